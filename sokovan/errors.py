@@ -1,0 +1,91 @@
+"""Errors of the scheduler. A per-item failure in a fan-out is a value, not one of these.
+
+    SokovanError                 the operation cannot go on
+    ├── ConfigError              a setting is missing or malformed
+    ├── InvalidRequest           a caller's input was refused before anything was created
+    │   ├── UnknownAgent
+    │   ├── NoCapacity
+    │   └── UnknownImage
+    ├── NotFound                 a session, kernel, run or handler id that does not exist
+    ├── AgentError               an agent call failed
+    │   ├── AgentUnavailable     no connection (refused, timed out, marked unavailable)
+    │   ├── AgentTimeout         the call was sent but no reply came in time
+    │   ├── AgentRemoteError     the agent raised; carries its error name and message
+    │   └── WireError            a reply could not be decoded safely (hostile or malformed)
+    ├── PresenceUnavailable      the presence store could not be read
+    ├── NetworkPluginError       a network driver is missing or failed
+    ├── ClaimHeld                another run of the handler holds the claim
+    └── DispatchError            the fan-out could not be handed to the broker
+"""
+
+from __future__ import annotations
+
+
+class SokovanError(Exception):
+    """Root of every error the scheduler raises."""
+
+
+class ConfigError(SokovanError):
+    """A setting is missing or malformed."""
+
+
+class InvalidRequest(SokovanError):
+    """A caller's input was refused before anything was created."""
+
+
+class UnknownAgent(InvalidRequest):
+    """An agent id that is not registered."""
+
+
+class NoCapacity(InvalidRequest):
+    """No registered agent has room for the requested slots."""
+
+
+class UnknownImage(InvalidRequest):
+    """A kernel's image has no image config."""
+
+
+class NotFound(SokovanError):
+    """An id that does not exist."""
+
+
+class AgentError(SokovanError):
+    """An agent call failed."""
+
+
+class AgentUnavailable(AgentError):
+    """The agent could not be reached."""
+
+
+class AgentTimeout(AgentError):
+    """The agent did not answer in time."""
+
+
+class AgentRemoteError(AgentError):
+    """The agent raised an exception while serving the call."""
+
+    def __init__(self, name: str, message: str, method: str = "") -> None:
+        super().__init__(f"{name}: {message}" if name else message)
+        self.name = name
+        self.message = message
+        self.method = method
+
+
+class WireError(AgentError):
+    """A message could not be decoded safely."""
+
+
+class PresenceUnavailable(SokovanError):
+    """The presence store could not be read."""
+
+
+class NetworkPluginError(SokovanError):
+    """A network driver is missing or failed."""
+
+
+class ClaimHeld(SokovanError):
+    """Another run of the handler holds the claim."""
+
+
+class DispatchError(SokovanError):
+    """The fan-out could not be handed to the broker."""

@@ -1,0 +1,259 @@
+"""Domain types: ids, statuses and value objects shared by every layer."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from enum import StrEnum
+from typing import Any, NewType
+
+SessionId = NewType("SessionId", uuid.UUID)
+KernelId = NewType("KernelId", uuid.UUID)
+AgentId = NewType("AgentId", str)
+RunId = NewType("RunId", int)
+
+JSON = dict[str, Any]
+
+
+class KernelStatus(StrEnum):
+    """Lifecycle of one kernel (container), as Backend.AI names it."""
+
+    PENDING = "PENDING"
+    SCHEDULED = "SCHEDULED"
+    PREPARING = "PREPARING"
+    PULLING = "PULLING"
+    PREPARED = "PREPARED"
+    CREATING = "CREATING"
+    RUNNING = "RUNNING"
+    TERMINATING = "TERMINATING"
+    TERMINATED = "TERMINATED"
+    CANCELLED = "CANCELLED"
+    ERROR = "ERROR"
+
+
+class SessionStatus(StrEnum):
+    """Lifecycle of a session, as Backend.AI names it."""
+
+    PENDING = "PENDING"
+    SCHEDULED = "SCHEDULED"
+    PREPARING = "PREPARING"
+    PULLING = "PULLING"
+    PREPARED = "PREPARED"
+    CREATING = "CREATING"
+    RUNNING = "RUNNING"
+    TERMINATING = "TERMINATING"
+    TERMINATED = "TERMINATED"
+    CANCELLED = "CANCELLED"
+    ERROR = "ERROR"
+
+
+TERMINAL_KERNEL_STATUSES = frozenset(
+    {KernelStatus.TERMINATED, KernelStatus.CANCELLED, KernelStatus.ERROR}
+)
+TERMINAL_SESSION_STATUSES = frozenset(
+    {SessionStatus.TERMINATED, SessionStatus.CANCELLED, SessionStatus.ERROR}
+)
+
+
+class HealthCheckStatus(StrEnum):
+    """Presence verdict read from Valkey for one kernel."""
+
+    HEALTHY = "HEALTHY"
+    UNHEALTHY = "UNHEALTHY"
+    STALE = "STALE"
+    ALIVE = "HEALTHY"  # the scenario documents' word for HEALTHY
+
+
+class ClusterMode(StrEnum):
+    SINGLE_NODE = "single-node"
+    MULTI_NODE = "multi-node"
+
+
+class NetworkType(StrEnum):
+    VOLATILE = "volatile"
+    PERSISTENT = "persistent"
+    HOST = "host"
+
+
+class RunTrigger(StrEnum):
+    BEAT = "beat"
+    MANUAL = "manual"
+    EVENT = "event"
+    API = "api"
+
+
+class RunStatus(StrEnum):
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    PARTIAL = "partial"
+    FAILED = "failed"
+    ABANDONED = "abandoned"
+    SKIPPED = "skipped"
+
+
+class Operation(StrEnum):
+    """An agent call fanned out one task per agent."""
+
+    DESTROY_KERNELS = "destroy_kernels"
+    CHECK_AND_PULL = "check_and_pull"
+    CREATE_KERNELS = "create_kernels"
+
+
+class ResourceSlot(dict[str, Decimal]):
+    """Resource amounts by slot name (cpu, mem, cuda.device, ...)."""
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any] | None) -> ResourceSlot:
+        """Parses a JSON mapping of slot name to number or numeric string."""
+        return cls({str(k): Decimal(str(v)) for k, v in (data or {}).items()})
+
+    def to_json(self) -> dict[str, str]:
+        return {k: format(v, "f") for k, v in self.items()}
+
+    def __add__(self, other: Mapping[str, Decimal]) -> ResourceSlot:  # type: ignore[override]
+        out = ResourceSlot(self)
+        for k, v in other.items():
+            out[k] = out.get(k, Decimal(0)) + v
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class ImageConfig:
+    """What an agent needs to find or pull an image."""
+
+    canonical: str
+    architecture: str = "x86_64"
+    registry_name: str = "cr.backend.ai"
+    registry_url: str = "https://cr.backend.ai"
+    is_local: bool = False
+    digest: str = ""
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class KernelInfo:
+    """One kernel as the scheduler sees it."""
+
+    id: KernelId
+    session_id: SessionId
+    agent_id: AgentId | None
+    status: KernelStatus = KernelStatus.RUNNING
+    image: str = ""
+    architecture: str = "x86_64"
+    occupied_slots: ResourceSlot = field(default_factory=ResourceSlot)
+    cluster_role: str = "main"
+    cluster_idx: int = 1
+    cluster_hostname: str = "main1"
+    scaling_group: str = "default"
+    agent_addr: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SessionInfo:
+    """One session and its kernels."""
+
+    id: SessionId
+    kernels: tuple[KernelInfo, ...]
+    name: str = ""
+    status: SessionStatus = SessionStatus.RUNNING
+    scaling_group: str = "default"
+    cluster_mode: ClusterMode = ClusterMode.SINGLE_NODE
+    network_type: NetworkType = NetworkType.VOLATILE
+    network_id: str | None = None
+    user_uuid: uuid.UUID = field(default_factory=lambda: uuid.UUID(int=0))
+    access_key: str = ""
+    environ: Mapping[str, str] = field(default_factory=dict)
+    status_info: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class KernelTerminationResult:
+    """Outcome of one destroy_kernel call."""
+
+    kernel_id: KernelId
+    agent_id: AgentId
+    occupied_slots: ResourceSlot
+    success: bool
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class KernelTransitionInfo:
+    """A kernel a handler judged, and why."""
+
+    kernel_id: KernelId
+    from_status: KernelStatus
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class KernelExecutionResult:
+    """What a kernel handler decided: successes keep status, failures move on."""
+
+    successes: list[KernelTransitionInfo] = field(default_factory=list)
+    failures: list[KernelTransitionInfo] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class KernelPresence:
+    """Presence of one kernel as read from Valkey in stage 1 of the sweep."""
+
+    presence: HealthCheckStatus
+    last_presence: float | None = None
+    last_check: float | None = None
+    created_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AgentAddress:
+    """How to reach one agent: its RPC address and, with CURVE, its public key."""
+
+    agent_id: AgentId
+    rpc_addr: str
+    public_key: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AgentBatch:
+    """The items of one operation for one agent: one Celery task."""
+
+    agent_id: AgentId
+    items: tuple[JSON, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ItemOutcome:
+    """Result of one item (kernel or agent call) of a fan-out, JSON-safe."""
+
+    item_id: str
+    agent_id: str | None
+    ok: bool
+    error: str | None = None
+    duration: float = 0.0
+    detail: JSON = field(default_factory=dict)
+    skipped: bool = False
+
+    def to_json(self) -> JSON:
+        return {
+            "item_id": self.item_id,
+            "agent_id": self.agent_id,
+            "ok": self.ok,
+            "error": self.error,
+            "duration": self.duration,
+            "detail": self.detail,
+            "skipped": self.skipped,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ItemOutcome:
+        return cls(
+            item_id=str(data["item_id"]),
+            agent_id=None if data.get("agent_id") is None else str(data["agent_id"]),
+            ok=bool(data["ok"]),
+            error=data.get("error"),
+            duration=float(data.get("duration") or 0.0),
+            detail=dict(data.get("detail") or {}),
+            skipped=bool(data.get("skipped", False)),
+        )

