@@ -117,7 +117,11 @@ class AgentDirectory(Protocol):
 class SessionRecorder(Protocol):
     """What the launcher writes about a session."""
 
-    async def update_session_network_id(self, session_id: SessionId, network_id: str) -> None: ...
+    async def update_session_network_id(
+        self, session_id: SessionId, network_id: str | None
+    ) -> None:
+        """Stores the session's network id; None when the session has no network of its own."""
+        ...
 
     async def update_session_error_info(
         self, session_id: SessionId, error_info: Mapping[str, Any]
@@ -129,8 +133,9 @@ class SessionRecorder(Protocol):
 class SecretStore(Protocol):
     """Keeps secrets out of task messages: the launcher stores, the worker task resolves."""
 
-    async def put_ssh_keypair(self, session_id: SessionId, private_key: str, public_key: str) -> None:
-        ...
+    async def put_ssh_keypair(
+        self, session_id: SessionId, private_key: str, public_key: str
+    ) -> None: ...
 
     async def get_ssh_keypair(self, session_id: SessionId) -> tuple[str, str]:
         """Returns (private_key, public_key); raises NotFound."""

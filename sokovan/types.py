@@ -112,7 +112,7 @@ class ResourceSlot(dict[str, Decimal]):
     def to_json(self) -> dict[str, str]:
         return {k: format(v, "f") for k, v in self.items()}
 
-    def __add__(self, other: Mapping[str, Decimal]) -> ResourceSlot:  # type: ignore[override]
+    def __add__(self, other: Mapping[str, Decimal]) -> ResourceSlot:
         out = ResourceSlot(self)
         for k, v in other.items():
             out[k] = out.get(k, Decimal(0)) + v
@@ -148,6 +148,17 @@ class KernelInfo:
     cluster_hostname: str = "main1"
     scaling_group: str = "default"
     agent_addr: str | None = None
+    # What the agent needs to create the kernel (Backend.AI's KernelCreationConfig fields).
+    local_rank: int = 0
+    uid: int | None = None
+    main_gid: int | None = None
+    supplementary_gids: tuple[int, ...] = ()
+    resource_opts: Mapping[str, Any] = field(default_factory=dict)
+    mounts: tuple[Mapping[str, Any], ...] = ()
+    bootstrap_script: str | None = None
+    startup_command: str | None = None
+    internal_data: Mapping[str, Any] | None = None
+    preopen_ports: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +177,11 @@ class SessionInfo:
     access_key: str = ""
     environ: Mapping[str, str] = field(default_factory=dict)
     status_info: str | None = None
+    # Fields the launcher passes to agents (Backend.AI's session row has them).
+    session_type: str = "interactive"
+    user_email: str = ""
+    user_name: str = ""
+    idle_timeout: int = 600
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,6 +210,20 @@ class KernelExecutionResult:
 
     successes: list[KernelTransitionInfo] = field(default_factory=list)
     failures: list[KernelTransitionInfo] = field(default_factory=list)
+    # Kernels left as they are without a verdict (agent could not tell, or the brake held).
+    skipped: list[KernelTransitionInfo] = field(default_factory=list)
+    # Per-kernel evidence for the run ledger, keyed by kernel id string.
+    evidence: dict[str, JSON] = field(default_factory=dict)
+    # Why the handler refused to judge this run (outage guard); None when it judged.
+    brake: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class KernelStatusTransitions:
+    """Where a kernel handler moves its successes and failures; None keeps the status."""
+
+    success: KernelStatus | None
+    failure: KernelStatus | None
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,36 @@
+# Two entry points on a fresh machine: `make demo` and `make test`. Each sets itself up.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTHON ?= python3
+
+.PHONY: venv demo test unit lint bench up clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+demo: venv
+	$(PY) -m tasks.demo
+
+test: venv lint
+	$(PY) -m pytest -q -p no:cacheprovider
+
+unit: venv
+	$(PY) -m pytest -q tests/unit
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+bench: venv
+	$(PY) -m bench.all
+
+up: venv
+	$(VENV)/bin/sokovan up
+
+clean:
+	rm -rf var .pytest_cache .mypy_cache .ruff_cache

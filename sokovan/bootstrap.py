@@ -1,0 +1,125 @@
+"""The composition root: builds every adapter from settings. Nothing else constructs them."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+from redis.asyncio import Redis
+
+from sokovan.config import Settings
+from sokovan.db.engine import create_engine
+from sokovan.db.ledger import RunLedger
+from sokovan.db.repository import SchedulerRepository
+from sokovan.db.secrets import SqlSecretStore, load_or_create_key
+from sokovan.ports import AgentClientPool, FanOut, NetworkPlugin
+from sokovan.presence import ValkeyPresence
+from sokovan.scheduler.claims import RedisClaims
+from sokovan.scheduler.coordinator import Coordinator, HandlerKicker
+from sokovan.scheduler.terminator import SessionTerminator
+
+log = logging.getLogger(__name__)
+
+
+def build_engine(settings: Settings) -> sa.Engine:
+    """The SQL engine for the configured database URL."""
+    return create_engine(settings.effective_database_url)
+
+
+def build_redis(settings: Settings) -> Redis:
+    """An asyncio Redis client; it binds to the loop that first uses it."""
+    return Redis.from_url(settings.redis_url, socket_timeout=10, socket_connect_timeout=5)
+
+
+def build_agent_pool(settings: Settings, repository: SchedulerRepository) -> AgentClientPool:
+    """The agent client pool, resolving addresses from the agents table."""
+    from sokovan.agent.pool import AgentClientPool as Pool
+
+    return Pool.from_settings(settings, directory=repository)
+
+
+def build_network_plugins() -> dict[str, NetworkPlugin]:
+    from sokovan.scheduler.launcher.network import load_network_plugins
+
+    return load_network_plugins()
+
+
+@dataclass
+class Services:
+    """Everything a worker process uses, built once per process."""
+
+    settings: Settings
+    engine: sa.Engine
+    repository: SchedulerRepository
+    ledger: RunLedger
+    redis: Redis
+    presence: ValkeyPresence
+    pool: AgentClientPool
+    terminator: SessionTerminator
+    coordinator: Coordinator
+    secrets: SqlSecretStore
+    launcher: Any = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    async def close(self) -> None:
+        """Closes agent connections, Redis and the engine; each failure is logged, not raised."""
+        for name, closer in (("agent pool", self.pool.close_all), ("redis", self.redis.aclose)):
+            try:
+                await closer()
+            except Exception as e:
+                log.warning("closing %s failed: %s", name, e)
+        self.engine.dispose()
+
+
+async def build_services(
+    settings: Settings,
+    fanout: FanOut,
+    kicker: HandlerKicker,
+    *,
+    pool: AgentClientPool | None = None,
+    engine: sa.Engine | None = None,
+) -> Services:
+    """Builds the services inside the event loop that will use them."""
+    from sokovan.scheduler.specs.registry import register_handlers
+
+    engine = engine or build_engine(settings)
+    repository = SchedulerRepository(engine)
+    ledger = RunLedger(engine)
+    redis = build_redis(settings)
+    presence = ValkeyPresence(
+        redis, stale_after=settings.presence_stale_after, ttl=settings.presence_ttl
+    )
+    pool = pool or build_agent_pool(settings, repository)
+    terminator = SessionTerminator(
+        pool,
+        presence,
+        fanout,
+        destroy_concurrency=settings.destroy_concurrency,
+        check_running_concurrency=settings.check_running_concurrency,
+    )
+    coordinator = Coordinator(
+        repository=repository,
+        ledger=ledger,
+        claims=RedisClaims(redis),
+        kicker=kicker,
+        claim_lifetime=settings.claim_lifetime,
+        run_deadline=settings.run_deadline,
+        budgets=settings.budgets,
+    )
+    secrets = SqlSecretStore(engine, load_or_create_key(settings.secret_key, settings.var_dir))
+    services = Services(
+        settings=settings,
+        engine=engine,
+        repository=repository,
+        ledger=ledger,
+        redis=redis,
+        presence=presence,
+        pool=pool,
+        terminator=terminator,
+        coordinator=coordinator,
+        secrets=secrets,
+    )
+    register_handlers(services, fanout)
+    return services

@@ -1,0 +1,26 @@
+"""`sokovan db`: schema migrations."""
+
+from __future__ import annotations
+
+import typer
+
+from sokovan.cli.common import engine, settings
+from sokovan.db.engine import current_revision
+from sokovan.db.engine import upgrade as run_upgrade
+
+app = typer.Typer(help="Database schema (Alembic migrations).", no_args_is_help=True)
+
+
+@app.command()
+def upgrade(revision: str = typer.Argument("head", help="Target revision.")) -> None:
+    """Applies the migrations."""
+    s = settings()
+    eng = engine(s, migrated=False)
+    run_upgrade(eng, revision)
+    typer.echo(f"database at revision {current_revision(eng)} ({s.effective_database_url})")
+
+
+@app.command()
+def current() -> None:
+    """Prints the revision the database is at."""
+    typer.echo(current_revision(engine(migrated=False)) or "no schema")

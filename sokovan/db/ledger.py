@@ -1,0 +1,316 @@
+"""The run ledger: one row per handler execution, one row per item it touched."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+
+from sokovan.db.schema import handler_state, run_items, runs
+from sokovan.errors import NotFound
+from sokovan.types import ItemOutcome, RunId, RunStatus, RunTrigger
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class RunRecord:
+    """One run as stored."""
+
+    id: RunId
+    handler: str
+    trigger: str
+    status: RunStatus
+    operation: str | None
+    requested: int
+    succeeded: int
+    failed: int
+    skipped: int
+    started_at: datetime
+    finished_at: datetime | None
+    deadline_at: datetime | None
+    fanout_id: str | None
+    claim_token: str | None
+    error: str | None
+    scope: Any
+    note: str | None
+
+    @property
+    def duration(self) -> float | None:
+        """Seconds from start to finish, None while running."""
+        if self.finished_at is None:
+            return None
+        return (self.finished_at - self.started_at).total_seconds()
+
+
+@dataclass(frozen=True, slots=True)
+class RunItemRecord:
+    """One item's outcome within a run."""
+
+    item_id: str
+    agent_id: str | None
+    ok: bool
+    skipped: bool
+    error: str | None
+    duration: float
+    evidence: dict[str, Any]
+
+
+def final_status(succeeded: int, failed: int, error: str | None) -> RunStatus:
+    """The status a finished run gets from its counts."""
+    if error is not None and succeeded == 0:
+        return RunStatus.FAILED
+    if failed == 0 and error is None:
+        return RunStatus.SUCCEEDED
+    return RunStatus.PARTIAL if succeeded else RunStatus.FAILED
+
+
+class RunLedger:
+    """Reads and writes runs; every state change is a guarded update."""
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self._engine = engine
+
+    def open_run(
+        self,
+        handler: str,
+        trigger: RunTrigger | str,
+        *,
+        requested: int = 0,
+        scope: Any = None,
+        claim_token: str | None = None,
+        deadline_sec: float | None = None,
+        status: RunStatus = RunStatus.RUNNING,
+        note: str | None = None,
+    ) -> RunId:
+        """Creates a run row and returns its id."""
+        now = utcnow()
+        finished = now if status != RunStatus.RUNNING else None
+        deadline = now + timedelta(seconds=deadline_sec) if deadline_sec else None
+        with self._engine.begin() as conn:
+            row = conn.execute(
+                runs.insert()
+                .values(
+                    handler=handler,
+                    trigger=str(trigger),
+                    status=str(status),
+                    requested=requested,
+                    started_at=now,
+                    finished_at=finished,
+                    deadline_at=deadline,
+                    claim_token=claim_token,
+                    scope=scope,
+                    note=note,
+                )
+                .returning(runs.c.id)
+            ).scalar_one()
+        return RunId(int(row))
+
+    def update_run(self, run_id: RunId, **values: Any) -> None:
+        """Sets plain fields (requested, fanout_id, operation, note) of a running run."""
+        with self._engine.begin() as conn:
+            conn.execute(runs.update().where(runs.c.id == run_id).values(**values))
+
+    def record_items(self, run_id: RunId, outcomes: Sequence[ItemOutcome]) -> int:
+        """Stores outcomes; an item already recorded for the run is not counted again."""
+        if not outcomes:
+            return 0
+        now = utcnow()
+        rows = [
+            {
+                "run_id": run_id,
+                "item_id": o.item_id,
+                "agent_id": o.agent_id,
+                "ok": o.ok,
+                "skipped": o.skipped,
+                "error": o.error,
+                "duration": o.duration,
+                "evidence": o.detail,
+                "recorded_at": now,
+            }
+            for o in outcomes
+        ]
+        dialect = self._engine.dialect.name
+        insert: Any = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        stmt = insert(run_items).on_conflict_do_nothing(index_elements=["run_id", "item_id"])
+        inserted = 0
+        with self._engine.begin() as conn:
+            for start in range(0, len(rows), 500):
+                inserted += conn.execute(stmt, rows[start : start + 500]).rowcount or 0
+        return max(inserted, 0)
+
+    def close_run(
+        self,
+        run_id: RunId,
+        *,
+        error: str | None = None,
+        note: str | None = None,
+        bulk_ok: int = 0,
+    ) -> RunRecord | None:
+        """Counts the items and finishes a running run; None if it was already finished.
+
+        `bulk_ok` counts items that succeeded without a row each (healthy kernels of a sweep).
+        """
+        with self._engine.begin() as conn:
+            counts = conn.execute(
+                sa.select(
+                    sa.func.count().filter(sa.and_(run_items.c.ok, ~run_items.c.skipped)),
+                    sa.func.count().filter(sa.and_(~run_items.c.ok, ~run_items.c.skipped)),
+                    sa.func.count().filter(run_items.c.skipped),
+                ).where(run_items.c.run_id == run_id)
+            ).one()
+            succeeded, failed, skipped = (int(c) for c in counts)
+            succeeded += bulk_ok
+            values: dict[str, Any] = {
+                "status": str(final_status(succeeded, failed, error)),
+                "succeeded": succeeded,
+                "failed": failed,
+                "skipped": skipped,
+                "finished_at": utcnow(),
+                "error": error,
+            }
+            if note is not None:
+                values["note"] = note
+            done = conn.execute(
+                runs.update()
+                .where(runs.c.id == run_id, runs.c.status == str(RunStatus.RUNNING))
+                .values(**values)
+            ).rowcount
+        return self.get_run(run_id) if done else None
+
+    def finish_as(self, run_id: RunId, status: RunStatus, note: str) -> bool:
+        """Finishes a running run with a given status (abandoned), keeping its items."""
+        with self._engine.begin() as conn:
+            done = conn.execute(
+                runs.update()
+                .where(runs.c.id == run_id, runs.c.status == str(RunStatus.RUNNING))
+                .values(status=str(status), finished_at=utcnow(), note=note)
+            ).rowcount
+        if done:
+            self._recount(run_id)
+        return bool(done)
+
+    def _recount(self, run_id: RunId) -> None:
+        with self._engine.begin() as conn:
+            ok = sa.and_(run_items.c.ok, ~run_items.c.skipped)
+            bad = sa.and_(~run_items.c.ok, ~run_items.c.skipped)
+            s, f, k = conn.execute(
+                sa.select(
+                    sa.func.count().filter(ok),
+                    sa.func.count().filter(bad),
+                    sa.func.count().filter(run_items.c.skipped),
+                ).where(run_items.c.run_id == run_id)
+            ).one()
+            conn.execute(
+                runs.update().where(runs.c.id == run_id).values(succeeded=s, failed=f, skipped=k)
+            )
+
+    def get_run(self, run_id: RunId) -> RunRecord:
+        """One run; raises NotFound."""
+        with self._engine.connect() as conn:
+            row = conn.execute(sa.select(runs).where(runs.c.id == run_id)).mappings().first()
+        if row is None:
+            raise NotFound(f"no run with id {run_id}")
+        return _run(row)
+
+    def items(self, run_id: RunId) -> list[RunItemRecord]:
+        """The outcomes recorded for a run, in recording order."""
+        with self._engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(run_items).where(run_items.c.run_id == run_id).order_by(run_items.c.id)
+            ).mappings()
+            return [
+                RunItemRecord(
+                    item_id=r["item_id"],
+                    agent_id=r["agent_id"],
+                    ok=r["ok"],
+                    skipped=r["skipped"],
+                    error=r["error"],
+                    duration=r["duration"],
+                    evidence=dict(r["evidence"] or {}),
+                )
+                for r in rows
+            ]
+
+    def list_runs(
+        self, handler: str | None = None, limit: int = 20, status: str | None = None
+    ) -> list[RunRecord]:
+        """Newest runs first."""
+        query = sa.select(runs).order_by(runs.c.id.desc()).limit(limit)
+        if handler:
+            query = query.where(runs.c.handler == handler)
+        if status:
+            query = query.where(runs.c.status == status)
+        with self._engine.connect() as conn:
+            return [_run(r) for r in conn.execute(query).mappings()]
+
+    def running_past_deadline(self, now: datetime | None = None) -> list[RunRecord]:
+        """Runs still `running` whose deadline has passed."""
+        now = now or utcnow()
+        query = sa.select(runs).where(
+            runs.c.status == str(RunStatus.RUNNING), runs.c.deadline_at < now
+        )
+        with self._engine.connect() as conn:
+            return [_run(r) for r in conn.execute(query).mappings()]
+
+    def prune(self, older_than: datetime) -> int:
+        """Deletes finished runs that started before `older_than`; returns how many."""
+        with self._engine.begin() as conn:
+            old = sa.select(runs.c.id).where(
+                runs.c.started_at < older_than, runs.c.status != str(RunStatus.RUNNING)
+            )
+            conn.execute(run_items.delete().where(run_items.c.run_id.in_(old)))
+            return int(conn.execute(runs.delete().where(runs.c.id.in_(old))).rowcount or 0)
+
+    def is_paused(self, handler: str) -> bool:
+        with self._engine.connect() as conn:
+            value = conn.execute(
+                sa.select(handler_state.c.paused).where(handler_state.c.handler == handler)
+            ).scalar()
+        return bool(value)
+
+    def set_paused(self, handler: str, paused: bool, reason: str | None = None) -> None:
+        """Pauses or resumes a handler; survives restarts."""
+        dialect = self._engine.dialect.name
+        insert: Any = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        values = {"handler": handler, "paused": paused, "reason": reason, "changed_at": utcnow()}
+        stmt = insert(handler_state).values(**values)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["handler"],
+            set_={"paused": paused, "reason": reason, "changed_at": values["changed_at"]},
+        )
+        with self._engine.begin() as conn:
+            conn.execute(stmt)
+
+    def handler_states(self) -> dict[str, tuple[bool, str | None]]:
+        with self._engine.connect() as conn:
+            rows = conn.execute(sa.select(handler_state)).mappings()
+            return {r["handler"]: (bool(r["paused"]), r["reason"]) for r in rows}
+
+
+def _run(row: Any) -> RunRecord:
+    return RunRecord(
+        id=RunId(row["id"]),
+        handler=row["handler"],
+        trigger=row["trigger"],
+        status=RunStatus(row["status"]),
+        operation=row["operation"],
+        requested=row["requested"],
+        succeeded=row["succeeded"],
+        failed=row["failed"],
+        skipped=row["skipped"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+        deadline_at=row["deadline_at"],
+        fanout_id=row["fanout_id"],
+        claim_token=row["claim_token"],
+        error=row["error"],
+        scope=row["scope"],
+        note=row["note"],
+    )

@@ -1,0 +1,45 @@
+"""One run per handler at a time: an atomic Redis claim with a lifetime."""
+
+from __future__ import annotations
+
+import secrets
+
+from redis.asyncio import Redis
+
+from sokovan import constants as C
+
+# Deletes the claim only if the caller still holds it, so a late release cannot free
+# a claim that expired and was taken by someone else.
+_RELEASE = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
+return 0
+"""
+
+
+def claim_key(lock_id: str) -> str:
+    return f"{C.CLAIM_KEY_PREFIX}{lock_id}"
+
+
+class RedisClaims:
+    """SET NX PX claims; the token proves ownership on release."""
+
+    def __init__(self, redis: Redis) -> None:
+        self._redis = redis
+
+    async def claim(self, lock_id: str, lifetime: float) -> str | None:
+        """Takes the claim and returns its token, or None when someone holds it."""
+        token = secrets.token_hex(16)
+        ok = await self._redis.set(claim_key(lock_id), token, nx=True, px=int(lifetime * 1000))
+        return token if ok else None
+
+    async def release(self, lock_id: str, token: str) -> bool:
+        """Frees the claim if `token` still holds it."""
+        result = await self._redis.eval(_RELEASE, 1, claim_key(lock_id), token)
+        return bool(result)
+
+    async def holder(self, lock_id: str) -> str | None:
+        """The token holding the claim, if any."""
+        value = await self._redis.get(claim_key(lock_id))
+        if value is None:
+            return None
+        return value.decode() if isinstance(value, bytes) else str(value)

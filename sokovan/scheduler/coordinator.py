@@ -1,0 +1,216 @@
+"""The coordinator: claims a handler, opens its run, lets it plan, and closes the run."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any, Protocol
+
+from sokovan.db.ledger import RunLedger, RunRecord, utcnow
+from sokovan.db.repository import SchedulerRepository
+from sokovan.errors import DispatchError, SokovanError
+from sokovan.scheduler.claims import RedisClaims
+from sokovan.types import ItemOutcome, Operation, RunId, RunStatus, RunTrigger
+
+log = logging.getLogger(__name__)
+
+
+class HandlerKicker(Protocol):
+    """Starts a handler run soon (a Celery task in production)."""
+
+    async def kick(
+        self, handler: str, trigger: RunTrigger, scope: Sequence[str] | None
+    ) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What a handler's planning step did within a run."""
+
+    requested: int
+    dispatched: bool = False  # True: a fan-out will complete the run later
+    outcomes: Sequence[ItemOutcome] = ()
+    bulk_ok: int = 0  # items that succeeded without an outcome row each
+    note: str | None = None
+    follow_ups: Sequence[tuple[str, Sequence[str] | None]] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RunReport:
+    """What a start of a handler came to."""
+
+    handler: str
+    run_id: RunId | None
+    status: RunStatus
+    note: str | None = None
+
+
+Planner = Callable[[RunId, Sequence[str] | None, int], Awaitable[Plan]]
+Completer = Callable[
+    [RunId, Sequence[ItemOutcome]], Awaitable[Sequence[tuple[str, Sequence[str] | None]]]
+]
+
+
+@dataclass
+class HandlerSpec:
+    """A handler as the coordinator runs it."""
+
+    name: str
+    lock_id: str
+    plan: Planner
+    complete: Mapping[Operation, Completer] = field(default_factory=dict)
+
+
+class Coordinator:
+    """Runs handlers one at a time each, and records every run in the ledger."""
+
+    def __init__(
+        self,
+        *,
+        repository: SchedulerRepository,
+        ledger: RunLedger,
+        claims: RedisClaims,
+        kicker: HandlerKicker,
+        claim_lifetime: float,
+        run_deadline: float,
+        budgets: Mapping[str, int] | None = None,
+    ) -> None:
+        self.repository = repository
+        self.ledger = ledger
+        self.claims = claims
+        self.kicker = kicker
+        self.claim_lifetime = claim_lifetime
+        self.run_deadline = run_deadline
+        self.budgets = dict(budgets or {})
+        self.handlers: dict[str, HandlerSpec] = {}
+
+    def register(self, spec: HandlerSpec) -> None:
+        self.handlers[spec.name] = spec
+
+    def spec(self, handler: str) -> HandlerSpec:
+        try:
+            return self.handlers[handler]
+        except KeyError:
+            known = ", ".join(sorted(self.handlers))
+            raise SokovanError(f"unknown handler {handler!r}; known: {known}") from None
+
+    async def run(
+        self,
+        handler: str,
+        trigger: RunTrigger = RunTrigger.MANUAL,
+        scope: Sequence[str] | None = None,
+        budget: int | None = None,
+    ) -> RunReport:
+        """Starts one run of `handler` unless it is paused or already running."""
+        spec = self.spec(handler)
+        if await asyncio.to_thread(self.ledger.is_paused, handler):
+            log.info("handler %s is paused; %s start ignored", handler, trigger)
+            return RunReport(handler, None, RunStatus.SKIPPED, "paused")
+        token = await self.claims.claim(spec.lock_id, self.claim_lifetime)
+        if token is None:
+            log.info("handler %s already running (claim %s held); skipped", handler, spec.lock_id)
+            return RunReport(handler, None, RunStatus.SKIPPED, "another run holds the claim")
+        run_id = await asyncio.to_thread(
+            self.ledger.open_run,
+            handler,
+            trigger,
+            scope=list(scope) if scope else None,
+            claim_token=token,
+            deadline_sec=self.run_deadline,
+        )
+        limit = self.budgets.get(handler, 0) if budget is None else budget
+        try:
+            plan = await spec.plan(run_id, scope, limit)
+        except DispatchError as e:
+            log.warning("run %s of %s could not dispatch: %s", run_id, handler, e)
+            await self._finish(run_id, spec.lock_id, token, error=f"dispatch failed: {e}")
+            return RunReport(handler, run_id, RunStatus.FAILED, str(e))
+        except Exception as e:
+            log.exception("run %s of %s failed while planning", run_id, handler)
+            await self._finish(run_id, spec.lock_id, token, error=f"{type(e).__name__}: {e}")
+            return RunReport(handler, run_id, RunStatus.FAILED, str(e))
+        await asyncio.to_thread(self.ledger.update_run, run_id, requested=plan.requested)
+        if plan.dispatched:
+            return RunReport(handler, run_id, RunStatus.RUNNING, plan.note)
+        await asyncio.to_thread(self.ledger.record_items, run_id, list(plan.outcomes))
+        record = await self._finish(
+            run_id, spec.lock_id, token, note=plan.note, bulk_ok=plan.bulk_ok
+        )
+        await self._follow_up(plan.follow_ups)
+        status = record.status if record else RunStatus.SUCCEEDED
+        return RunReport(handler, run_id, status, plan.note)
+
+    async def complete(
+        self, run_id: RunId, operation: Operation, outcomes: Sequence[ItemOutcome]
+    ) -> RunRecord | None:
+        """Chord body: records outcomes, applies their status moves, closes the run."""
+        run = await asyncio.to_thread(self.ledger.get_run, run_id)
+        spec = self.spec(run.handler)
+        await asyncio.to_thread(self.ledger.record_items, run_id, list(outcomes))
+        follow_ups: Sequence[tuple[str, Sequence[str] | None]] = ()
+        completer = spec.complete.get(operation)
+        if completer is not None:
+            follow_ups = await completer(run_id, outcomes)
+        record = await self._finish(run_id, spec.lock_id, run.claim_token)
+        await self._follow_up(follow_ups)
+        return record
+
+    async def fail(self, run_id: RunId, error: str) -> RunRecord | None:
+        """Chord errback: a header task was lost; the run ends failed and frees its claim."""
+        run = await asyncio.to_thread(self.ledger.get_run, run_id)
+        spec = self.spec(run.handler)
+        log.warning("run %s of %s failed: %s", run_id, run.handler, error)
+        return await self._finish(run_id, spec.lock_id, run.claim_token, error=error)
+
+    async def recover(self) -> list[RunId]:
+        """Abandons runs past their deadline, keeping their outcomes; returns their ids."""
+        overdue = await asyncio.to_thread(self.ledger.running_past_deadline)
+        abandoned: list[RunId] = []
+        for run in overdue:
+            note = "abandoned: past its deadline; unfinished targets go to the next run"
+            if await asyncio.to_thread(self.ledger.finish_as, run.id, RunStatus.ABANDONED, note):
+                abandoned.append(run.id)
+                spec = self.handlers.get(run.handler)
+                if spec is not None and run.claim_token:
+                    await self.claims.release(spec.lock_id, run.claim_token)
+                log.warning("run %s of %s abandoned past its deadline", run.id, run.handler)
+        return abandoned
+
+    async def prune(self, older_than_days: int) -> int:
+        """Deletes finished runs older than the retention."""
+        cutoff = utcnow() - timedelta(days=older_than_days)
+        return await asyncio.to_thread(self.ledger.prune, cutoff)
+
+    async def _finish(
+        self,
+        run_id: RunId,
+        lock_id: str,
+        token: str | None,
+        *,
+        error: str | None = None,
+        note: str | None = None,
+        bulk_ok: int = 0,
+    ) -> RunRecord | None:
+        record = await asyncio.to_thread(
+            self.ledger.close_run, run_id, error=error, note=note, bulk_ok=bulk_ok
+        )
+        if token:
+            await self.claims.release(lock_id, token)
+        return record
+
+    async def _follow_up(self, follow_ups: Sequence[tuple[str, Sequence[str] | None]]) -> None:
+        for handler, scope in follow_ups:
+            try:
+                await self.kicker.kick(handler, RunTrigger.EVENT, scope)
+            except Exception as e:  # the level-triggered beat tick will pick it up
+                log.warning("could not kick %s for %s: %s", handler, scope, e)
+
+
+def outcome_summary(outcomes: Sequence[ItemOutcome]) -> dict[str, Any]:
+    """Counts of a batch of outcomes, for logs."""
+    ok = sum(1 for o in outcomes if o.ok and not o.skipped)
+    skipped = sum(1 for o in outcomes if o.skipped)
+    return {"ok": ok, "failed": len(outcomes) - ok - skipped, "skipped": skipped}

@@ -1,0 +1,37 @@
+"""Registers every handler with the coordinator, and runs one agent batch of an operation."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from sokovan.ports import FanOut
+from sokovan.scheduler.handlers.sweep_stale_kernels import SweepStaleKernelsKernelHandler
+from sokovan.scheduler.specs.sweep import sweep_spec
+from sokovan.scheduler.specs.terminate import terminate_spec
+from sokovan.types import AgentId, ItemOutcome, Operation
+
+if TYPE_CHECKING:
+    from sokovan.bootstrap import Services
+
+
+def register_handlers(services: Services, fanout: FanOut) -> None:
+    """Plugs each handler into the coordinator."""
+    coordinator = services.coordinator
+    settings = services.settings
+    coordinator.register(terminate_spec(services.repository, services.terminator))
+    sweeper = SweepStaleKernelsKernelHandler(
+        services.terminator,
+        max_stale_ratio=settings.sweep_max_stale_ratio,
+        brake_min_kernels=settings.sweep_brake_min_kernels,
+    )
+    coordinator.register(sweep_spec(services.repository, sweeper))
+
+
+async def execute_batch(
+    services: Services, operation: Operation, agent_id: AgentId, items: Sequence[Mapping[str, Any]]
+) -> list[ItemOutcome]:
+    """One agent's share of a fan-out; per-item failures come back as outcomes."""
+    if operation == Operation.DESTROY_KERNELS:
+        return await services.terminator.destroy_batch(agent_id, items)
+    raise ValueError(f"unknown operation {operation!r}")

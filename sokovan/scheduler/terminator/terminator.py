@@ -1,0 +1,128 @@
+"""SessionTerminator: destroys kernels of terminating sessions and finds dead ones."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from sokovan import constants as C
+from sokovan.ports import AgentClientPool, FanOut, PresenceReader
+from sokovan.scheduler.terminator.destroy import (
+    DestroyJob,
+    destroy_kernels_on_agent,
+    destroy_with_client,
+    plan_destroy,
+)
+from sokovan.scheduler.terminator.stale import StaleJudgement, confirm_with_agents, read_presence
+from sokovan.types import (
+    AgentId,
+    ItemOutcome,
+    KernelId,
+    KernelInfo,
+    KernelTerminationResult,
+    Operation,
+    ResourceSlot,
+    RunId,
+    SessionId,
+    SessionInfo,
+)
+
+log = logging.getLogger(__name__)
+
+# Runs started outside the ledger (tests, ad-hoc calls) use this id.
+NO_RUN = RunId(0)
+
+
+class SessionTerminator:
+    """Sends destroy requests for terminating sessions and judges stale kernels."""
+
+    def __init__(
+        self,
+        agent_client_pool: AgentClientPool,
+        presence: PresenceReader,
+        fanout: FanOut,
+        *,
+        destroy_concurrency: int = C.DESTROY_CONCURRENCY_PER_AGENT,
+        check_running_concurrency: int = C.CHECK_RUNNING_CONCURRENCY_PER_AGENT,
+    ) -> None:
+        self._agent_client_pool = agent_client_pool
+        self._presence = presence
+        self._fanout = fanout
+        self._destroy_concurrency = destroy_concurrency
+        self._check_running_concurrency = check_running_concurrency
+
+    async def terminate_sessions_for_handler(
+        self,
+        sessions: Sequence[SessionInfo],
+        *,
+        run_id: RunId = NO_RUN,
+        reason: str = "USER_REQUESTED",
+    ) -> None:
+        """Dispatches one destroy job per kernel with an agent, grouped per agent."""
+        if not sessions:
+            log.debug("no sessions to terminate")
+            return
+        plan = plan_destroy(sessions, reason)
+        if plan.skipped:
+            log.info("run %s: %d kernels without an agent skipped", run_id, len(plan.skipped))
+        if not plan.batches and not plan.skipped:
+            log.debug("run %s: the sessions have no kernels", run_id)
+            return
+        log.info(
+            "run %s: destroying %d kernels of %d sessions on %d agents",
+            run_id,
+            plan.planned,
+            len(sessions),
+            len(plan.batches),
+        )
+        # Skipped kernels still go to the fan-out so the run's completion counts them.
+        await self._fanout.dispatch(run_id, Operation.DESTROY_KERNELS, plan.batches, plan.skipped)
+
+    async def destroy_batch(
+        self, agent_id: AgentId, items: Sequence[Mapping[str, Any]]
+    ) -> list[ItemOutcome]:
+        """Runs one agent's destroy batch with this terminator's pool and bound."""
+        return await destroy_kernels_on_agent(
+            self._agent_client_pool, agent_id, items, self._destroy_concurrency
+        )
+
+    async def _terminate_kernel(
+        self,
+        agent_id: AgentId,
+        kernel_id: KernelId,
+        session_id: SessionId,
+        reason: str,
+        occupied_slots: ResourceSlot,
+    ) -> KernelTerminationResult:
+        """Destroys one kernel; every failure, the lease's included, is a failed result."""
+        job = DestroyJob(kernel_id, session_id, reason, occupied_slots)
+        try:
+            async with self._agent_client_pool.acquire(agent_id) as client:
+                return await destroy_with_client(client, agent_id, job)
+        except Exception as e:
+            log.warning("kernel %s not destroyed: agent %s unreachable: %s", kernel_id, agent_id, e)
+            error = str(e) or type(e).__name__
+            return KernelTerminationResult(kernel_id, agent_id, occupied_slots, False, error)
+
+    async def read_presence(self, kernels: Sequence[KernelInfo]) -> StaleJudgement:
+        """Stage 1 of the sweep; raises PresenceUnavailable when the store cannot be read."""
+        return await read_presence(self._presence, kernels)
+
+    async def confirm_with_agents(self, judgement: StaleJudgement) -> StaleJudgement:
+        """Stage 2 of the sweep: each candidate's agent says whether it runs."""
+        return await confirm_with_agents(
+            self._agent_client_pool, judgement, self._check_running_concurrency
+        )
+
+    async def judge_stale_kernels(self, kernels: Sequence[KernelInfo]) -> StaleJudgement:
+        """Both stages of the sweep, with the evidence for every suspected kernel."""
+        judgement = await self.read_presence(kernels)
+        if not judgement.candidates:
+            return judgement
+        return await self.confirm_with_agents(judgement)
+
+    async def check_stale_kernels(self, kernels: Sequence[KernelInfo]) -> list[KernelId]:
+        """Returns kernels confirmed dead by their agent, in input order."""
+        judgement = await self.judge_stale_kernels(kernels)
+        return judgement.dead_kernel_ids

@@ -1,0 +1,57 @@
+"""The Celery application, configured from SOKOVAN_* settings."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+
+from sokovan.config import Settings, load_settings
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """Celery settings that follow the project's conventions (see README, Celery)."""
+    return {
+        "broker_url": settings.redis_url,
+        "result_backend": settings.redis_url,
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "timezone": "UTC",
+        "enable_utc": True,
+        # A task is acknowledged after it ran; a worker lost mid-task gets it redelivered.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "broker_transport_options": {"visibility_timeout": settings.visibility_timeout},
+        "result_backend_transport_options": {"visibility_timeout": settings.visibility_timeout},
+        "task_soft_time_limit": settings.task_soft_time_limit,
+        "task_time_limit": settings.task_time_limit,
+        "result_expires": settings.result_expires,
+        "result_extended": True,
+        "result_chord_join_timeout": 30.0,
+        # Redis chord counting (not polling); Celery >= 5.7 de-duplicates redelivered parts.
+        "task_track_started": True,
+        # Events on, so Flower sees sent, started and finished tasks.
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "worker_hijack_root_logger": False,
+        "broker_connection_retry_on_startup": True,
+        "task_default_queue": "sokovan",
+    }
+
+
+def create_app(settings: Settings | None = None) -> Celery:
+    """Builds the app and registers the tasks."""
+    settings = settings or load_settings()
+    celery = Celery(
+        "sokovan", include=["tasks.agent_tasks", "tasks.run_tasks", "tasks.handler_tasks"]
+    )
+    celery.conf.update(celery_config(settings))
+    from beat_schedule import beat_schedule
+
+    celery.conf.beat_schedule = beat_schedule(settings)
+    return celery
+
+
+app = create_app()

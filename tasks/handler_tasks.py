@@ -1,0 +1,90 @@
+"""Tasks a manager or beat sends by name: run a handler, terminate a session, maintenance."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+from celery.signals import worker_process_init, worker_process_shutdown
+
+from sokovan.errors import SokovanError
+from sokovan.scheduler.agents import sync_agents
+from sokovan.scheduler.specs.common import request_termination
+from sokovan.types import RunTrigger, SessionId
+from tasks.app import app
+from tasks.runtime import runtime, shutdown_runtime
+
+log = logging.getLogger(__name__)
+
+
+@worker_process_init.connect
+def _start_runtime(**_: Any) -> None:
+    runtime()
+
+
+@worker_process_shutdown.connect
+def _stop_runtime(**_: Any) -> None:
+    shutdown_runtime()
+
+
+@app.task(name="sokovan.handler.run")
+def run_handler(
+    handler: str, trigger: str = "manual", scope: list[str] | None = None, budget: int | None = None
+) -> dict[str, Any]:
+    """Starts one run of a handler (beat, manual, api or event trigger)."""
+    rt = runtime()
+    try:
+        report = rt.run(rt.services.coordinator.run(handler, RunTrigger(trigger), scope, budget))
+    except (SokovanError, ValueError) as e:
+        log.warning("handler run refused: %s", e)
+        return {"handler": handler, "error": str(e)}
+    return {
+        "handler": handler,
+        "run_id": report.run_id,
+        "status": str(report.status),
+        "note": report.note,
+    }
+
+
+@app.task(name="sokovan.session.terminate")
+def terminate_session(session_id: str, reason: str = "USER_REQUESTED") -> dict[str, Any]:
+    """Marks a session TERMINATING and starts the terminate handler for it."""
+    try:
+        sid = SessionId(uuid.UUID(str(session_id)))
+    except ValueError:
+        return {"session_id": session_id, "error": f"not a session id: {session_id!r}"}
+    rt = runtime()
+    moved = rt.run(request_termination(rt.services.repository, [sid], reason))
+    if not moved:
+        status = rt.services.repository.get_session(sid).status
+        return {
+            "session_id": session_id,
+            "terminating": False,
+            "status": str(status),
+            "note": f"session is {status}; nothing to do",
+        }
+    report = rt.run(rt.services.coordinator.run("terminate_sessions", RunTrigger.API, [str(sid)]))
+    return {"session_id": session_id, "terminating": True, "run_id": report.run_id}
+
+
+@app.task(name="sokovan.agents.sync")
+def sync_agent_registry() -> dict[str, int]:
+    """Copies agents' self-registrations into the agents table."""
+    rt = runtime()
+    return rt.run(sync_agents(rt.services.redis, rt.services.repository))
+
+
+@app.task(name="sokovan.maintenance.recover")
+def recover_runs() -> dict[str, Any]:
+    """Abandons runs past their deadline so the next run re-plans their targets."""
+    rt = runtime()
+    return {"abandoned": [int(r) for r in rt.run(rt.services.coordinator.recover())]}
+
+
+@app.task(name="sokovan.maintenance.prune")
+def prune_runs() -> dict[str, int]:
+    """Deletes runs older than the retention."""
+    rt = runtime()
+    days = rt.services.settings.run_retention_days
+    return {"pruned": rt.run(rt.services.coordinator.prune(days))}

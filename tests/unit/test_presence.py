@@ -1,0 +1,172 @@
+"""Presence: the verdict on one hash (judge) and the batched reader against real Valkey."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+from redis.asyncio import Redis
+
+from sokovan.errors import PresenceUnavailable
+from sokovan.presence import ValkeyPresence, judge, presence_key
+from sokovan.types import HealthCheckStatus, KernelId, KernelPresence
+from tests.conftest import free_port
+
+NOW = 1_700_000_000.0
+STALE_AFTER = 120.0
+
+
+def fields(presence: str, last_presence: float | str, **extra: str) -> dict[str, str]:
+    return {"presence": presence, "last_presence": str(last_presence), **extra}
+
+
+def test_judge_missing_presence_field_is_none() -> None:
+    """A hash without a `presence` field (or no hash at all) has no verdict."""
+    assert judge({}, NOW, STALE_AFTER) is None
+    assert judge({"last_presence": str(NOW)}, NOW, STALE_AFTER) is None
+
+
+def test_judge_fresh_presence_is_healthy_with_its_fields() -> None:
+    """presence "1" refreshed recently: HEALTHY, with the recorded times parsed."""
+    verdict = judge(
+        fields("1", NOW - 10, last_check=str(NOW - 5), created_at=str(NOW - 600)),
+        NOW,
+        STALE_AFTER,
+    )
+
+    assert verdict == KernelPresence(
+        HealthCheckStatus.HEALTHY,
+        last_presence=NOW - 10,
+        last_check=NOW - 5,
+        created_at=NOW - 600,
+    )
+
+
+def test_judge_presence_zero_is_unhealthy() -> None:
+    """An agent that reports the kernel not present, recently: UNHEALTHY, not STALE."""
+    verdict = judge(fields("0", NOW - 10), NOW, STALE_AFTER)
+
+    assert verdict is not None and verdict.presence is HealthCheckStatus.UNHEALTHY
+
+
+@pytest.mark.parametrize("presence", ["1", "0"])
+def test_judge_old_refresh_is_stale(presence: str) -> None:
+    """No refresh for longer than the threshold: STALE whatever the presence flag says."""
+    verdict = judge(fields(presence, NOW - STALE_AFTER - 1), NOW, STALE_AFTER)
+
+    assert verdict is not None and verdict.presence is HealthCheckStatus.STALE
+    assert verdict.last_presence == NOW - STALE_AFTER - 1
+
+
+def test_judge_exactly_at_threshold_is_not_stale() -> None:
+    """The threshold is exclusive: now - last_presence == stale_after is still fresh."""
+    verdict = judge(fields("1", NOW - STALE_AFTER), NOW, STALE_AFTER)
+
+    assert verdict is not None and verdict.presence is HealthCheckStatus.HEALTHY
+
+
+def test_judge_unreadable_times_do_not_make_a_kernel_stale() -> None:
+    """A garbled last_presence is unknown, not old: the flag alone decides."""
+    verdict = judge(fields("1", "yesterday", created_at="?"), NOW, STALE_AFTER)
+
+    assert verdict is not None
+    assert verdict.presence is HealthCheckStatus.HEALTHY
+    assert (verdict.last_presence, verdict.created_at) == (None, None)
+
+
+async def _server_now(redis: Redis) -> float:
+    seconds, micros = await redis.time()
+    return float(seconds) + float(micros) / 1_000_000
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+async def _commandstats(redis: Redis) -> dict[str, int]:
+    info = await redis.info("commandstats")
+    return {name: int(stat["calls"]) for name, stat in info.items()}
+
+
+@pytest.mark.integration
+async def test_valkey_presence_one_round_trip_per_batch_with_server_time(
+    redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reading presence of many kernels is one pipelined trip that asks Valkey for TIME.
+
+    Given fresh, old and absent presence hashes written against the server's clock,
+    When the local clock is a day off and one batch is read,
+    Then the verdicts follow the server's clock, and TIME ran once with one HGETALL per kernel.
+    """
+    reader = ValkeyPresence(redis, stale_after=STALE_AFTER)
+    fresh, old, dead_flag, absent = (KernelId(uuid.uuid4()) for _ in range(4))
+    server_now = await _server_now(redis)
+    await reader.write_presence([fresh], now=server_now - 10)
+    await reader.write_presence([old], now=server_now - 600)
+    await reader.write_presence([dead_flag], alive=False, now=server_now - 10)
+    before = await _commandstats(redis)
+    local_clock = time.time
+    monkeypatch.setattr(time, "time", lambda: local_clock() + 86_400)
+
+    statuses = await reader.check_kernel_presence_status_batch([fresh, old, dead_flag, absent])
+
+    monkeypatch.undo()
+    after = await _commandstats(redis)
+    assert reader.round_trips == 1
+    assert {k: v.presence for k, v in statuses.items()} == {
+        fresh: HealthCheckStatus.HEALTHY,
+        old: HealthCheckStatus.STALE,
+        dead_flag: HealthCheckStatus.UNHEALTHY,
+    }
+    assert after["cmdstat_time"] - before.get("cmdstat_time", 0) == 1
+    assert after["cmdstat_hgetall"] - before.get("cmdstat_hgetall", 0) == 4
+
+    await reader.check_kernel_presence_status_batch([fresh])
+    assert reader.round_trips == 2
+
+
+@pytest.mark.integration
+async def test_valkey_presence_written_like_an_agent(redis: Redis) -> None:
+    """write_presence stores Backend.AI's fields with a TTL and keeps the first created_at."""
+    reader = ValkeyPresence(redis, ttl=300)
+    kernel = KernelId(uuid.uuid4())
+    server_now = await _server_now(redis)
+
+    await reader.write_presence([kernel], now=server_now - 100)
+    await reader.write_presence([kernel], now=server_now)
+
+    raw = await redis.hgetall(presence_key(kernel))
+    stored = {_text(k): _text(v) for k, v in raw.items()}
+    assert stored == {
+        "presence": "1",
+        "last_presence": str(int(server_now)),
+        "last_check": str(int(server_now)),
+        "created_at": str(int(server_now - 100)),
+    }
+    assert 0 < await redis.ttl(presence_key(kernel)) <= 300
+
+    await reader.remove_presence([kernel])
+    assert await reader.check_kernel_presence_status_batch([kernel]) == {}
+
+
+@pytest.mark.integration
+async def test_valkey_presence_empty_batch_makes_no_trip(redis: Redis) -> None:
+    """No kernels: no round trip at all."""
+    reader = ValkeyPresence(redis)
+
+    assert await reader.check_kernel_presence_status_batch([]) == {}
+    assert reader.round_trips == 0
+
+
+@pytest.mark.integration
+async def test_valkey_presence_unreachable_store_raises_presence_unavailable() -> None:
+    """A store nobody listens on is PresenceUnavailable, not a redis exception."""
+    client: Redis = Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=2)
+    try:
+        reader = ValkeyPresence(client)
+        with pytest.raises(PresenceUnavailable):
+            await reader.check_kernel_presence_status_batch([KernelId(uuid.uuid4())])
+        assert reader.round_trips == 0
+    finally:
+        await client.aclose()
