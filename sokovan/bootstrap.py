@@ -19,6 +19,7 @@ from sokovan.presence import ValkeyPresence
 from sokovan.scheduler.claims import RedisClaims
 from sokovan.scheduler.coordinator import Coordinator, HandlerKicker
 from sokovan.scheduler.terminator import SessionTerminator
+from sokovan.scheduler.tracking import FanOutTracker, TrackedFanOut
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ def build_agent_pool(settings: Settings, repository: SchedulerRepository) -> Age
     """The agent client pool, resolving addresses from the agents table."""
     from sokovan.agent.pool import AgentClientPool as Pool
 
-    return Pool.from_settings(settings, directory=repository)
+    return Pool(repository, settings)
 
 
 def build_network_plugins() -> dict[str, NetworkPlugin]:
@@ -60,7 +61,7 @@ class Services:
     terminator: SessionTerminator
     coordinator: Coordinator
     secrets: SqlSecretStore
-    launcher: Any = None
+    network_plugins: dict[str, NetworkPlugin] = field(default_factory=dict)
     extras: dict[str, Any] = field(default_factory=dict)
 
     async def close(self) -> None:
@@ -92,6 +93,8 @@ async def build_services(
         redis, stale_after=settings.presence_stale_after, ttl=settings.presence_ttl
     )
     pool = pool or build_agent_pool(settings, repository)
+    tracker = FanOutTracker(redis)
+    fanout = TrackedFanOut(fanout, tracker)
     terminator = SessionTerminator(
         pool,
         presence,
@@ -104,6 +107,7 @@ async def build_services(
         ledger=ledger,
         claims=RedisClaims(redis),
         kicker=kicker,
+        tracker=tracker,
         claim_lifetime=settings.claim_lifetime,
         run_deadline=settings.run_deadline,
         budgets=settings.budgets,
@@ -120,6 +124,7 @@ async def build_services(
         terminator=terminator,
         coordinator=coordinator,
         secrets=secrets,
+        network_plugins=build_network_plugins(),
     )
     register_handlers(services, fanout)
     return services

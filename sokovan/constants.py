@@ -23,6 +23,12 @@ RUN_DEADLINE_SEC: Final = 900
 # Reference agents register here so the scheduler and tests can find them.
 AGENT_REGISTRY_KEY: Final = "sokovan:agents"
 AGENT_CONTROL_PREFIX: Final = "sokovan:agentd:"
+# A reference agent rewrites its registry entry this often; readers judge liveness by it.
+AGENT_HEARTBEAT_SEC: Final = 5.0
+# How often a reference agent reads fault operations queued for it in Redis: quick for tests.
+AGENT_CONTROL_POLL_SEC: Final = 0.2
+# How long the acknowledgement of an applied fault operation is kept.
+AGENT_CONTROL_ACK_TTL_SEC: Final = 300
 
 # Backend.AI bounds one session's start so a hung agent does not hold it forever.
 START_SESSION_TIMEOUT_SEC: Final = 60
@@ -65,3 +71,12 @@ RUN_RETENTION_DAYS: Final = 30
 SSH_KEY_COMMENT: Final = "work@cluster.backend.ai.local"
 DEFAULT_REDIS_URL: Final = "redis://127.0.0.1:6399/0"
 DEFAULT_EMBEDDED_PORT: Final = 6399
+
+# Launcher. Kernel creation pins images by digest, as Backend.AI's launcher does.
+KERNEL_AUTO_PULL: Final = "digest"
+# check_and_pull compares digests too, so an agent with a stale tag still pulls.
+PULL_AUTO_PULL: Final = "digest"
+# Cluster SSH keys: RSA of this size, generated once per session start.
+SSH_KEY_BITS: Final = 2048
+# Prefix of the agent-local bridge made for a single-node multi-kernel session.
+SINGLE_NODE_NETWORK_PREFIX: Final = "bai-singlenode-"

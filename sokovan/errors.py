@@ -1,21 +1,27 @@
 """Errors of the scheduler. A per-item failure in a fan-out is a value, not one of these.
 
-    SokovanError                 the operation cannot go on
-    ├── ConfigError              a setting is missing or malformed
-    ├── InvalidRequest           a caller's input was refused before anything was created
-    │   ├── UnknownAgent
-    │   ├── NoCapacity
-    │   └── UnknownImage
-    ├── NotFound                 a session, kernel, run or handler id that does not exist
-    ├── AgentError               an agent call failed
-    │   ├── AgentUnavailable     no connection (refused, timed out, marked unavailable)
-    │   ├── AgentTimeout         the call was sent but no reply came in time
-    │   ├── AgentRemoteError     the agent raised; carries its error name and message
-    │   └── WireError            a reply could not be decoded safely (hostile or malformed)
-    ├── PresenceUnavailable      the presence store could not be read
-    ├── NetworkPluginError       a network driver is missing or failed
-    ├── ClaimHeld                another run of the handler holds the claim
-    └── DispatchError            the fan-out could not be handed to the broker
+SokovanError                 the operation cannot go on
+├── ConfigError              a setting is missing or malformed
+├── InvalidRequest           a caller's input was refused before anything was created
+│   ├── UnknownAgent
+│   ├── NoCapacity
+│   ├── UnknownImage         (also a ValueError)
+│   └── EmptySession         a session to start has no kernels (also a ValueError)
+├── NotFound                 a session, kernel, run or handler id that does not exist
+├── AgentError               an agent call failed
+│   ├── AgentUnavailable     no connection (refused, timed out, marked unavailable)
+│   ├── AgentTimeout         the call was sent but no reply came in time
+│   ├── AgentRemoteError     the agent raised; carries its error name and message
+│   └── WireError            a reply could not be decoded safely (hostile or malformed)
+├── PresenceUnavailable      the presence store could not be read
+├── NetworkPluginError       a network driver is missing or failed
+│   └── UnknownNetworkDriver no plugin for the driver (also a KeyError)
+├── ClaimHeld                another run of the handler holds the claim
+├── DispatchError            the fan-out could not be handed to the broker
+└── AgentdError              the reference agent refused a call (sent as an RPC user error)
+    ├── InjectedFault        a fault set on purpose by a test or an operator
+    ├── AgentIdNotFoundError a call addressed to an agent id this daemon does not serve
+    └── UnknownRPCMethod     a call to a method the agent does not serve
 """
 
 from __future__ import annotations
@@ -41,8 +47,12 @@ class NoCapacity(InvalidRequest):
     """No registered agent has room for the requested slots."""
 
 
-class UnknownImage(InvalidRequest):
+class UnknownImage(InvalidRequest, ValueError):
     """A kernel's image has no image config."""
+
+
+class EmptySession(InvalidRequest, ValueError):
+    """A session to start has no kernels."""
 
 
 class NotFound(SokovanError):
@@ -83,9 +93,33 @@ class NetworkPluginError(SokovanError):
     """A network driver is missing or failed."""
 
 
+class UnknownNetworkDriver(NetworkPluginError, KeyError):
+    """The configured network driver has no plugin; the message lists the available ones."""
+
+    def __str__(self) -> str:
+        # KeyError quotes its argument; this error is read by people.
+        return str(self.args[0]) if self.args else ""
+
+
 class ClaimHeld(SokovanError):
     """Another run of the handler holds the claim."""
 
 
 class DispatchError(SokovanError):
     """The fan-out could not be handed to the broker."""
+
+
+class AgentdError(SokovanError):
+    """The reference agent refused or failed a call; the caller sees it as an RPC user error."""
+
+
+class InjectedFault(AgentdError):
+    """A fault set on purpose by a test or an operator."""
+
+
+class AgentIdNotFoundError(AgentdError):
+    """A call addressed to an agent id this daemon does not serve."""
+
+
+class UnknownRPCMethod(AgentdError):
+    """A call to a method the agent does not serve."""

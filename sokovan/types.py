@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
 from typing import Any, NewType
@@ -182,6 +183,7 @@ class SessionInfo:
     user_email: str = ""
     user_name: str = ""
     idle_timeout: int = 600
+    status_changed_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)

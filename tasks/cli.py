@@ -49,6 +49,39 @@ def terminate(
     typer.echo(f"session {session_id} terminating (run {answer.get('run_id')})")
 
 
+@session_cmd.app.command("create")
+def create(
+    image: str = typer.Option(..., help="Image name (see `sokovan image list`)."),
+    kernels: int = typer.Option(1, help="Number of kernels."),
+    cluster_mode: str = typer.Option("single-node", help="single-node or multi-node."),
+    network_type: str = typer.Option("volatile", help="volatile, persistent or host."),
+    network_id: str = typer.Option(None, help="Existing network (persistent)."),
+    agent: list[str] = typer.Option(None, help="Place on these agents (1, or one per kernel)."),
+    slot: list[str] = typer.Option(None, help="Resource slot per kernel, e.g. cpu=2 (repeat)."),
+    env: list[str] = typer.Option(None, help="Environment variable NAME=VALUE (repeat)."),
+    name: str = typer.Option("", help="Session name."),
+    wait: float = typer.Option(30.0, help="Seconds to wait for the answer."),
+) -> None:
+    """Submits a session; it is refused with a clear error before anything is created."""
+    request = {
+        "image": image,
+        "kernels": kernels,
+        "cluster_mode": cluster_mode,
+        "network_type": network_type,
+        "network_id": network_id,
+        "agents": agent or [],
+        "resource_slots": dict(kv.split("=", 1) for kv in slot) if slot else None,
+        "environ": dict(kv.split("=", 1) for kv in env) if env else {},
+        "name": name,
+    }
+    result = create_app(settings()).send_task("sokovan.session.create", kwargs={"request": request})
+    answer = result.get(timeout=wait)
+    if answer.get("error"):
+        typer.echo(f"refused: {answer['error']}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"session {answer['session_id']} submitted")
+
+
 def main() -> None:
     setup_logging()
     app()

@@ -11,6 +11,7 @@ from celery.signals import worker_process_init, worker_process_shutdown
 from sokovan.errors import SokovanError
 from sokovan.scheduler.agents import sync_agents
 from sokovan.scheduler.specs.common import request_termination
+from sokovan.scheduler.submit import SessionRequest, submit_session
 from sokovan.types import RunTrigger, SessionId
 from tasks.app import app
 from tasks.runtime import runtime, shutdown_runtime
@@ -66,6 +67,20 @@ def terminate_session(session_id: str, reason: str = "USER_REQUESTED") -> dict[s
         }
     report = rt.run(rt.services.coordinator.run("terminate_sessions", RunTrigger.API, [str(sid)]))
     return {"session_id": session_id, "terminating": True, "run_id": report.run_id}
+
+
+@app.task(name="sokovan.session.create")
+def create_session(request: dict[str, Any]) -> dict[str, Any]:
+    """Validates and stores a session, then starts image pulling for it at once."""
+    rt = runtime()
+    try:
+        parsed = SessionRequest.from_json(request if isinstance(request, dict) else {})
+        session_id = submit_session(rt.services.repository, parsed)
+    except SokovanError as e:
+        log.warning("session request refused: %s", e)
+        return {"error": str(e), "kind": type(e).__name__}
+    report = rt.run(rt.services.coordinator.run("pull_images", RunTrigger.API, [str(session_id)]))
+    return {"session_id": str(session_id), "pull_run_id": report.run_id}
 
 
 @app.task(name="sokovan.agents.sync")

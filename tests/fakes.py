@@ -193,3 +193,62 @@ class InProcessFanOut:
         results = await asyncio.gather(*(self._execute(operation, b) for b in batches))
         record.outcomes = [o for batch in results for o in batch] + list(skipped)
         return f"inprocess-{len(self.records)}"
+
+
+class FakeSessionRecorder:
+    """Records the network ids and error infos the launcher stores per session."""
+
+    def __init__(self) -> None:
+        self.network_ids: dict[SessionId, str | None] = {}
+        self.network_id_calls: list[tuple[SessionId, str | None]] = []
+        self.error_infos: dict[SessionId, list[Mapping[str, Any]]] = {}
+
+    async def update_session_network_id(
+        self, session_id: SessionId, network_id: str | None
+    ) -> None:
+        self.network_id_calls.append((session_id, network_id))
+        self.network_ids[session_id] = network_id
+
+    async def update_session_error_info(
+        self, session_id: SessionId, error_info: Mapping[str, Any]
+    ) -> None:
+        self.error_infos.setdefault(session_id, []).append(dict(error_info))
+
+
+class FakeSecretStore:
+    """Keeps SSH keypairs in memory; records which sessions were read."""
+
+    def __init__(self) -> None:
+        self.keypairs: dict[SessionId, tuple[str, str]] = {}
+        self.reads: list[SessionId] = []
+
+    async def put_ssh_keypair(
+        self, session_id: SessionId, private_key: str, public_key: str
+    ) -> None:
+        self.keypairs[session_id] = (private_key, public_key)
+
+    async def get_ssh_keypair(self, session_id: SessionId) -> tuple[str, str]:
+        self.reads.append(session_id)
+        if session_id not in self.keypairs:
+            from sokovan.errors import NotFound
+
+            raise NotFound(f"no SSH keypair for session {session_id}")
+        return self.keypairs[session_id]
+
+
+class FakeNetworkPlugin:
+    """A network driver that records created and destroyed networks."""
+
+    def __init__(self, prefix: str = "net", options: Mapping[str, Any] | None = None) -> None:
+        self.prefix = prefix
+        self.options = dict(options or {})
+        self.created: list[str] = []
+        self.destroyed: list[str] = []
+
+    async def create_network(self, identifier: str) -> Mapping[str, Any]:
+        self.created.append(identifier)
+        network_id = f"{self.prefix}-{identifier}"
+        return {"network_id": network_id, "options": {**self.options, "network_name": network_id}}
+
+    async def destroy_network(self, network_id: str) -> None:
+        self.destroyed.append(network_id)

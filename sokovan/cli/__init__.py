@@ -6,8 +6,10 @@ import logging
 
 import typer
 
+from sokovan.cli import agents as agents_cmd
 from sokovan.cli import db as db_cmd
 from sokovan.cli import handlers as handlers_cmd
+from sokovan.cli import image as image_cmd
 from sokovan.cli import runs as runs_cmd
 from sokovan.cli import session as session_cmd
 from sokovan.cli import up as up_cmd
@@ -21,6 +23,8 @@ app.add_typer(db_cmd.app, name="db")
 app.add_typer(runs_cmd.app, name="runs")
 app.add_typer(handlers_cmd.app, name="handlers")
 app.add_typer(session_cmd.app, name="session")
+app.add_typer(image_cmd.app, name="image")
+app.add_typer(agents_cmd.app, name="agents")
 app.command("up")(up_cmd.up)
 app.command("valkey")(up_cmd.valkey)
 

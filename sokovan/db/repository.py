@@ -422,13 +422,15 @@ class SchedulerRepository:
                 sessions.update().where(sessions.c.id == session_id).values(status_data=merged)
             )
 
-    def set_session_network_id(self, session_id: SessionId, network_id: str) -> None:
+    def set_session_network_id(self, session_id: SessionId, network_id: str | None) -> None:
         with self.engine.begin() as conn:
             conn.execute(
                 sessions.update().where(sessions.c.id == session_id).values(network_id=network_id)
             )
 
-    async def update_session_network_id(self, session_id: SessionId, network_id: str) -> None:
+    async def update_session_network_id(
+        self, session_id: SessionId, network_id: str | None
+    ) -> None:
         """SessionRecorder port."""
         await asyncio.to_thread(self.set_session_network_id, session_id, network_id)
 

@@ -13,6 +13,7 @@ from sokovan.db.ledger import RunLedger, RunRecord, utcnow
 from sokovan.db.repository import SchedulerRepository
 from sokovan.errors import DispatchError, SokovanError
 from sokovan.scheduler.claims import RedisClaims
+from sokovan.scheduler.tracking import FanOutTracker
 from sokovan.types import ItemOutcome, Operation, RunId, RunStatus, RunTrigger
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,7 @@ class Coordinator:
         ledger: RunLedger,
         claims: RedisClaims,
         kicker: HandlerKicker,
+        tracker: FanOutTracker,
         claim_lifetime: float,
         run_deadline: float,
         budgets: Mapping[str, int] | None = None,
@@ -82,6 +84,7 @@ class Coordinator:
         self.ledger = ledger
         self.claims = claims
         self.kicker = kicker
+        self.tracker = tracker
         self.claim_lifetime = claim_lifetime
         self.run_deadline = run_deadline
         self.budgets = dict(budgets or {})
@@ -132,14 +135,16 @@ class Coordinator:
             log.exception("run %s of %s failed while planning", run_id, handler)
             await self._finish(run_id, spec.lock_id, token, error=f"{type(e).__name__}: {e}")
             return RunReport(handler, run_id, RunStatus.FAILED, str(e))
-        await asyncio.to_thread(self.ledger.update_run, run_id, requested=plan.requested)
-        if plan.dispatched:
-            return RunReport(handler, run_id, RunStatus.RUNNING, plan.note)
+        await asyncio.to_thread(
+            self.ledger.update_run, run_id, requested=plan.requested, note=plan.note
+        )
         await asyncio.to_thread(self.ledger.record_items, run_id, list(plan.outcomes))
+        await self._follow_up(plan.follow_ups)
+        if plan.dispatched and not await self.tracker.planned(run_id):
+            return RunReport(handler, run_id, RunStatus.RUNNING, plan.note)
         record = await self._finish(
             run_id, spec.lock_id, token, note=plan.note, bulk_ok=plan.bulk_ok
         )
-        await self._follow_up(plan.follow_ups)
         status = record.status if record else RunStatus.SUCCEEDED
         return RunReport(handler, run_id, status, plan.note)
 
@@ -154,9 +159,10 @@ class Coordinator:
         completer = spec.complete.get(operation)
         if completer is not None:
             follow_ups = await completer(run_id, outcomes)
-        record = await self._finish(run_id, spec.lock_id, run.claim_token)
         await self._follow_up(follow_ups)
-        return record
+        if not await self.tracker.completed(run_id):
+            return None  # other fan-outs of this run have yet to report
+        return await self._finish(run_id, spec.lock_id, run.claim_token)
 
     async def fail(self, run_id: RunId, error: str) -> RunRecord | None:
         """Chord errback: a header task was lost; the run ends failed and frees its claim."""

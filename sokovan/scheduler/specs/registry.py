@@ -7,6 +7,9 @@ from typing import TYPE_CHECKING, Any
 
 from sokovan.ports import FanOut
 from sokovan.scheduler.handlers.sweep_stale_kernels import SweepStaleKernelsKernelHandler
+from sokovan.scheduler.launcher import SessionLauncher
+from sokovan.scheduler.launcher.agent_jobs import create_kernels_on_agent, pull_images_on_agent
+from sokovan.scheduler.specs.launch import pull_spec, start_spec
 from sokovan.scheduler.specs.sweep import sweep_spec
 from sokovan.scheduler.specs.terminate import terminate_spec
 from sokovan.types import AgentId, ItemOutcome, Operation
@@ -27,6 +30,22 @@ def register_handlers(services: Services, fanout: FanOut) -> None:
     )
     coordinator.register(sweep_spec(services.repository, sweeper))
 
+    def make_launcher(dispatch: FanOut) -> SessionLauncher:
+        return SessionLauncher(
+            services.pool,
+            dispatch,
+            services.repository,
+            services.secrets,
+            services.network_plugins,
+            default_network_driver=settings.network_default_driver,
+            start_session_timeout=settings.start_session_timeout,
+        )
+
+    coordinator.register(pull_spec(services.repository, make_launcher, fanout))
+    coordinator.register(
+        start_spec(services.repository, make_launcher, fanout, settings.start_session_timeout)
+    )
+
 
 async def execute_batch(
     services: Services, operation: Operation, agent_id: AgentId, items: Sequence[Mapping[str, Any]]
@@ -34,4 +53,10 @@ async def execute_batch(
     """One agent's share of a fan-out; per-item failures come back as outcomes."""
     if operation == Operation.DESTROY_KERNELS:
         return await services.terminator.destroy_batch(agent_id, items)
+    if operation == Operation.CHECK_AND_PULL:
+        return await pull_images_on_agent(services.pool, agent_id, items)
+    if operation == Operation.CREATE_KERNELS:
+        return await create_kernels_on_agent(
+            services.pool, services.secrets, agent_id, items, services.repository
+        )
     raise ValueError(f"unknown operation {operation!r}")
