@@ -89,7 +89,11 @@ class FakeAgentClient:
         suppress_events: bool = False,
     ) -> None:
         self.calls.append(
-            Call("destroy_kernel", (kernel_id, session_id, reason), {"suppress_events": suppress_events})
+            Call(
+                "destroy_kernel",
+                (kernel_id, session_id, reason),
+                {"suppress_events": suppress_events},
+            )
         )
         await self._answer("destroy_kernel", kernel_id, None, kernel_id)
 

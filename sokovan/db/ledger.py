@@ -16,6 +16,7 @@ from sokovan.types import ItemOutcome, RunId, RunStatus, RunTrigger
 
 
 def utcnow() -> datetime:
+    """Now, timezone-aware UTC."""
     return datetime.now(UTC)
 
 
@@ -193,10 +194,11 @@ class RunLedger:
                 .values(status=str(status), finished_at=utcnow(), note=note)
             ).rowcount
         if done:
-            self._recount(run_id)
+            self.recount(run_id)
         return bool(done)
 
-    def _recount(self, run_id: RunId) -> None:
+    def recount(self, run_id: RunId) -> None:
+        """Sets a run's counts from its item rows (late outcomes of an abandoned run)."""
         with self._engine.begin() as conn:
             ok = sa.and_(run_items.c.ok, ~run_items.c.skipped)
             bad = sa.and_(~run_items.c.ok, ~run_items.c.skipped)
@@ -238,15 +240,37 @@ class RunLedger:
                 for r in rows
             ]
 
+    def outcomes(self, run_id: RunId) -> list[ItemOutcome]:
+        """The recorded items of a run as outcomes, for completing them after a crash."""
+        return [
+            ItemOutcome(
+                item_id=i.item_id,
+                agent_id=i.agent_id,
+                ok=i.ok,
+                error=i.error,
+                duration=i.duration,
+                detail=i.evidence,
+                skipped=i.skipped,
+            )
+            for i in self.items(run_id)
+        ]
+
     def list_runs(
-        self, handler: str | None = None, limit: int = 20, status: str | None = None
+        self,
+        handler: str | None = None,
+        limit: int = 20,
+        status: str | None = None,
+        *,
+        finished: bool = False,
     ) -> list[RunRecord]:
-        """Newest runs first."""
+        """Newest runs first; `finished` leaves out runs still `running`."""
         query = sa.select(runs).order_by(runs.c.id.desc()).limit(limit)
         if handler:
             query = query.where(runs.c.handler == handler)
         if status:
             query = query.where(runs.c.status == status)
+        if finished:
+            query = query.where(runs.c.status != str(RunStatus.RUNNING))
         with self._engine.connect() as conn:
             return [_run(r) for r in conn.execute(query).mappings()]
 
@@ -268,7 +292,16 @@ class RunLedger:
             conn.execute(run_items.delete().where(run_items.c.run_id.in_(old)))
             return int(conn.execute(runs.delete().where(runs.c.id.in_(old))).rowcount or 0)
 
+    def running(self, handler: str | None = None) -> list[RunRecord]:
+        """Runs still `running`, oldest first."""
+        query = sa.select(runs).where(runs.c.status == str(RunStatus.RUNNING)).order_by(runs.c.id)
+        if handler:
+            query = query.where(runs.c.handler == handler)
+        with self._engine.connect() as conn:
+            return [_run(r) for r in conn.execute(query).mappings()]
+
     def is_paused(self, handler: str) -> bool:
+        """Whether an operator paused the handler."""
         with self._engine.connect() as conn:
             value = conn.execute(
                 sa.select(handler_state.c.paused).where(handler_state.c.handler == handler)
@@ -289,6 +322,7 @@ class RunLedger:
             conn.execute(stmt)
 
     def handler_states(self) -> dict[str, tuple[bool, str | None]]:
+        """Handler -> (paused, reason) for every handler ever paused or resumed."""
         with self._engine.connect() as conn:
             rows = conn.execute(sa.select(handler_state)).mappings()
             return {r["handler"]: (bool(r["paused"]), r["reason"]) for r in rows}

@@ -43,3 +43,11 @@ class RedisClaims:
         if value is None:
             return None
         return value.decode() if isinstance(value, bytes) else str(value)
+
+    async def mark_pending(self, lock_id: str, lifetime: float) -> None:
+        """Notes that a start was turned away, so the holder re-runs when it finishes."""
+        await self._redis.set(f"{claim_key(lock_id)}:pending", "1", px=int(lifetime * 1000))
+
+    async def take_pending(self, lock_id: str) -> bool:
+        """Clears and returns the pending note."""
+        return bool(await self._redis.getdel(f"{claim_key(lock_id)}:pending"))

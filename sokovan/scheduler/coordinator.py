@@ -114,16 +114,24 @@ class Coordinator:
             return RunReport(handler, None, RunStatus.SKIPPED, "paused")
         token = await self.claims.claim(spec.lock_id, self.claim_lifetime)
         if token is None:
+            if trigger != RunTrigger.BEAT:
+                # Event and API starts must not wait for the next beat tick.
+                await self.claims.mark_pending(spec.lock_id, self.claim_lifetime)
             log.info("handler %s already running (claim %s held); skipped", handler, spec.lock_id)
             return RunReport(handler, None, RunStatus.SKIPPED, "another run holds the claim")
-        run_id = await asyncio.to_thread(
-            self.ledger.open_run,
-            handler,
-            trigger,
-            scope=list(scope) if scope else None,
-            claim_token=token,
-            deadline_sec=self.run_deadline,
-        )
+        try:
+            run_id = await asyncio.to_thread(
+                self.ledger.open_run,
+                handler,
+                trigger,
+                scope=list(scope) if scope else None,
+                claim_token=token,
+                deadline_sec=self.run_deadline,
+            )
+        except Exception:
+            # Without a run row nothing would release the claim before it lapses.
+            await self.claims.release(spec.lock_id, token)
+            raise
         limit = self.budgets.get(handler, 0) if budget is None else budget
         try:
             plan = await spec.plan(run_id, scope, limit)
@@ -160,6 +168,10 @@ class Coordinator:
         if completer is not None:
             follow_ups = await completer(run_id, outcomes)
         await self._follow_up(follow_ups)
+        if run.status == RunStatus.ABANDONED:
+            # Recovery gave up on the run before this fan-out reported: count it all the same.
+            await asyncio.to_thread(self.ledger.recount, run_id)
+            return None
         if not await self.tracker.completed(run_id):
             return None  # other fan-outs of this run have yet to report
         return await self._finish(run_id, spec.lock_id, run.claim_token)
@@ -174,16 +186,39 @@ class Coordinator:
     async def recover(self) -> list[RunId]:
         """Abandons runs past their deadline, keeping their outcomes; returns their ids."""
         overdue = await asyncio.to_thread(self.ledger.running_past_deadline)
-        abandoned: list[RunId] = []
-        for run in overdue:
-            note = "abandoned: past its deadline; unfinished targets go to the next run"
-            if await asyncio.to_thread(self.ledger.finish_as, run.id, RunStatus.ABANDONED, note):
-                abandoned.append(run.id)
-                spec = self.handlers.get(run.handler)
-                if spec is not None and run.claim_token:
-                    await self.claims.release(spec.lock_id, run.claim_token)
-                log.warning("run %s of %s abandoned past its deadline", run.id, run.handler)
-        return abandoned
+        return [run.id for run in overdue if await self._abandon(run)]
+
+    async def _abandon(self, run: RunRecord) -> bool:
+        """Marks one overdue run abandoned and applies the status moves of what it recorded."""
+        note = "abandoned: past its deadline; unfinished targets go to the next run"
+        if not await asyncio.to_thread(self.ledger.finish_as, run.id, RunStatus.ABANDONED, note):
+            return False
+        log.warning("run %s of %s abandoned past its deadline", run.id, run.handler)
+        spec = self.handlers.get(run.handler)
+        if spec is None:
+            return True
+        if await asyncio.to_thread(self.ledger.is_paused, run.handler):
+            # A paused handler does nothing more, recovery included; its next run re-plans.
+            log.warning("handler %s is paused: run %s left as recorded", run.handler, run.id)
+        else:
+            await self._complete_recorded(spec, run)
+        if run.claim_token:
+            await self.claims.release(spec.lock_id, run.claim_token)
+        return True
+
+    async def _complete_recorded(self, spec: HandlerSpec, run: RunRecord) -> None:
+        """Applies an abandoned run's recorded outcomes, so its next run gets only the rest."""
+        known = {str(op): c for op, c in spec.complete.items()}
+        completer = known.get(run.operation or "")
+        if completer is None:
+            return
+        outcomes = await asyncio.to_thread(self.ledger.outcomes, run.id)
+        if not outcomes:
+            return
+        try:
+            await self._follow_up(await completer(run.id, outcomes))
+        except Exception:  # the next run re-plans from the database either way
+            log.exception("run %s: applying its recorded outcomes failed", run.id)
 
     async def prune(self, older_than_days: int) -> int:
         """Deletes finished runs older than the retention."""
@@ -205,6 +240,8 @@ class Coordinator:
         )
         if token:
             await self.claims.release(lock_id, token)
+        if record is not None and await self.claims.take_pending(lock_id):
+            await self._follow_up([(record.handler, None)])
         return record
 
     async def _follow_up(self, follow_ups: Sequence[tuple[str, Sequence[str] | None]]) -> None:

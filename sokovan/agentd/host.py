@@ -1,0 +1,190 @@
+"""Many reference agents on one event loop, with batched presence, registry and control."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from callosum.rpc import Peer
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from sokovan import constants as C
+from sokovan.agentd.agent import AgentSpec, ReferenceAgent
+from sokovan.agentd.control import ack_key, control_key, decode_op
+from sokovan.agentd.runtime import make_runtime
+from sokovan.agentd.server import load_curve_auth, open_peer
+from sokovan.errors import SokovanError
+from sokovan.presence import ValkeyPresence
+
+log = logging.getLogger(__name__)
+
+# Presence hashes written per pipeline: bounded so one huge agent set does not stall Redis.
+_PRESENCE_CHUNK = 2000
+
+
+@dataclass(frozen=True)
+class HostOptions:
+    """Everything an agent host needs besides the agents themselves."""
+
+    redis_url: str
+    presence_interval: float = C.PRESENCE_REFRESH_SEC
+    presence_ttl: int = C.PRESENCE_TTL_SEC
+    heartbeat_interval: float = C.AGENT_HEARTBEAT_SEC
+    control_interval: float = C.AGENT_CONTROL_POLL_SEC
+    curve_secret_key_file: Path | None = None
+    curve_client_key_files: tuple[Path, ...] = ()
+
+
+class AgentHost:
+    """Runs reference agents: their RPC sockets, presence, registration and fault queue."""
+
+    def __init__(self, specs: Sequence[AgentSpec], options: HostOptions) -> None:
+        self.specs = list(specs)
+        self.options = options
+        self.agents: list[ReferenceAgent] = []
+        self._peers: list[Peer] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._redis: Redis | None = None
+
+    async def start(self) -> None:
+        """Binds every agent's socket, registers them and starts the periodic loops."""
+        redis: Redis = Redis.from_url(self.options.redis_url)
+        self._redis = redis
+        presence = ValkeyPresence(redis, ttl=self.options.presence_ttl)
+        auth = None
+        if self.options.curve_secret_key_file is not None:
+            auth = load_curve_auth(
+                self.options.curve_secret_key_file, self.options.curve_client_key_files
+            )
+        for spec in self.specs:
+            agent = ReferenceAgent(spec, make_runtime(spec.runtime), presence)
+            self._peers.append(await open_peer(agent, auth))
+            self.agents.append(agent)
+        await self._heartbeat()
+        opts = self.options
+        self._tasks = [
+            asyncio.create_task(self._every(opts.presence_interval, self._refresh_presence)),
+            asyncio.create_task(self._every(opts.heartbeat_interval, self._heartbeat)),
+            asyncio.create_task(self._every(opts.control_interval, self._take_control_ops)),
+        ]
+        log.info(
+            "%d reference agent(s) serving: %s",
+            len(self.agents),
+            ", ".join(f"{a.agent_id}={a.rpc_addr}" for a in self.agents),
+        )
+
+    async def close(self) -> None:
+        """Stops serving, kills kernels, drops presence and unregisters."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for peer in self._peers:
+            try:
+                await peer.__aexit__(None, None, None)
+            except Exception:
+                log.exception("closing an RPC socket failed")
+        for agent in self.agents:
+            try:
+                await agent.close()
+            except (RedisError, OSError) as e:
+                log.warning("agent %s: dropping presence at shutdown failed: %s", agent.agent_id, e)
+        if self._redis is not None:
+            try:
+                if self.agents:
+                    await self._redis.hdel(C.AGENT_REGISTRY_KEY, *(a.agent_id for a in self.agents))
+            except (RedisError, OSError) as e:
+                log.warning("unregistering agents failed: %s", e)
+            await self._redis.aclose()
+        log.info("%d reference agent(s) stopped", len(self.agents))
+
+    @property
+    def redis(self) -> Redis:
+        assert self._redis is not None, "start() first"
+        return self._redis
+
+    async def _every(self, interval: float, step: Callable[[], Awaitable[None]]) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await step()
+            except (RedisError, OSError) as e:
+                log.warning("%s failed, retrying in %.1fs: %s", step.__name__, interval, e)
+
+    async def _refresh_presence(self) -> None:
+        due = [kid for agent in self.agents for kid in agent.presence_due()]
+        if not due:
+            return
+        seconds, micros = await self.redis.time()
+        now = float(seconds) + float(micros) / 1_000_000
+        presence = ValkeyPresence(self.redis, ttl=self.options.presence_ttl)
+        for start in range(0, len(due), _PRESENCE_CHUNK):
+            await presence.write_presence(due[start : start + _PRESENCE_CHUNK], now=now)
+
+    async def _heartbeat(self) -> None:
+        entries: dict[Any, Any] = {
+            a.agent_id: json.dumps(a.registration()) for a in self.agents if not a.faults.silent
+        }
+        if entries:
+            await self.redis.hset(C.AGENT_REGISTRY_KEY, mapping=entries)
+
+    async def _take_control_ops(self) -> None:
+        # One cheap EXISTS over every queue; the read-and-delete only runs when one is waiting.
+        if not await self.redis.exists(*(control_key(a.agent_id) for a in self.agents)):
+            return
+        async with self.redis.pipeline(transaction=True) as pipe:
+            for agent in self.agents:
+                pipe.lrange(control_key(agent.agent_id), 0, -1)
+                pipe.delete(control_key(agent.agent_id))
+            replies: list[Any] = await pipe.execute()
+        acks: dict[str, str] = {}
+        for agent, queued in zip(self.agents, replies[::2], strict=True):
+            for raw in queued:
+                token, error = _apply_queued(agent, raw)
+                if token:
+                    acks[ack_key(agent.agent_id, token)] = json.dumps({"error": error})
+        if acks:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for key, value in acks.items():
+                    pipe.set(key, value, ex=C.AGENT_CONTROL_ACK_TTL_SEC)
+                await pipe.execute()
+
+
+def _apply_queued(agent: ReferenceAgent, raw: bytes) -> tuple[str, str]:
+    """Applies one queued operation; returns its token and an error message or ""."""
+    try:
+        op = decode_op(raw)
+    except SokovanError as e:
+        log.warning("agent %s: queued fault operation skipped: %s", agent.agent_id, e)
+        return "", str(e)
+    token = str(op.pop("token", ""))
+    try:
+        agent.faults.apply(op)
+    except SokovanError as e:
+        log.warning("agent %s: fault operation %s refused: %s", agent.agent_id, op, e)
+        return token, str(e)
+    log.warning("agent %s: fault operation %s applied", agent.agent_id, op)
+    return token, ""
+
+
+async def serve(specs: Sequence[AgentSpec], options: HostOptions) -> None:
+    """Runs the agents until SIGTERM or SIGINT, then shuts them down cleanly."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    host = AgentHost(specs, options)
+    try:
+        await host.start()
+        await stop.wait()
+        log.info("stop signal received")
+    finally:
+        await host.close()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)

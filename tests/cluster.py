@@ -1,0 +1,97 @@
+"""A whole scheduler for end-to-end tests: Valkey, SQLite, reference agents, a real worker."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+from celery import Celery
+from redis.asyncio import Redis
+
+from sokovan.db.ledger import RunLedger
+from sokovan.db.repository import SchedulerRepository
+from sokovan.scheduler.agents import sync_agents
+from sokovan.types import ImageConfig, SessionId, SessionInfo, SessionStatus
+from tasks.app import create_app
+from tests.agents import AgentProcess, agent_process
+from tests.workers import SchedulerEnv, celery_worker, make_env, wait_for
+
+IMAGE = "cr.backend.ai/stable/python:3.12-ubuntu22.04"
+
+
+@dataclass
+class Cluster:
+    senv: SchedulerEnv
+    app: Celery
+    repo: SchedulerRepository
+    ledger: RunLedger
+    agents: AgentProcess
+
+    def send(self, task: str, timeout: float = 60.0, **kwargs: Any) -> Any:
+        """Sends a public task and waits for its answer."""
+        return self.app.send_task(task, kwargs=kwargs).get(timeout=timeout)
+
+    def create(self, timeout: float = 60.0, **request: Any) -> SessionId:
+        answer = self.send(
+            "sokovan.session.create", timeout=timeout, request={"image": IMAGE, **request}
+        )
+        assert "session_id" in answer, answer
+        return SessionId(__import__("uuid").UUID(answer["session_id"]))
+
+    def session(self, sid: SessionId) -> SessionInfo:
+        return self.repo.get_session(sid)
+
+    def wait_status(
+        self, sid: SessionId, *statuses: SessionStatus, timeout: float = 90.0
+    ) -> SessionInfo:
+        wait_for(
+            lambda: self.session(sid).status in statuses,
+            timeout=timeout,
+            what=f"session {sid} to reach {statuses}",
+        )
+        return self.session(sid)
+
+
+def kernel_processes(kernel_id: str) -> list[psutil.Process]:
+    """OS processes whose environment names this kernel."""
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.environ().get("BACKENDAI_KERNEL_ID") == kernel_id:
+                found.append(proc)
+        except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
+            continue
+    return found
+
+
+@asynccontextmanager
+async def running_cluster(
+    tmp_path: Path,
+    valkey_url: str,
+    *,
+    agents: int = 2,
+    runtime: str = "process",
+    settings: Mapping[str, str] | None = None,
+    concurrency: int = 2,
+    **agent_kwargs: Any,
+) -> AsyncIterator[Cluster]:
+    """Everything running; the agents are registered and one image is known."""
+    senv = make_env(tmp_path, valkey_url, **dict(settings or {}))
+    repo = SchedulerRepository(senv.engine)
+    repo.add_image(ImageConfig(canonical=IMAGE))
+    async with agent_process(
+        senv.settings.redis_url, count=agents, id_prefix="a", runtime=runtime, **agent_kwargs
+    ) as procs:
+        redis: Redis = Redis.from_url(senv.settings.redis_url)
+        try:
+            await sync_agents(redis, repo)
+        finally:
+            await redis.aclose()
+        with celery_worker(senv, concurrency=concurrency):
+            yield Cluster(senv, create_app(senv.settings), repo, RunLedger(senv.engine), procs)
+        await asyncio.sleep(0)

@@ -1,0 +1,150 @@
+"""Real Backend.AI agents (dummy backend) started with the bai-agent script, per test session."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+
+BAI_AGENT = Path(os.environ.get("SOKOVAN_BAI_AGENT", "/work/shared/interop/bai-agent"))
+INSTALL_HINT = (
+    "install the interop agent: put the bai-agent script at /work/shared/interop/bai-agent "
+    "(or set SOKOVAN_BAI_AGENT), and make Python 3.13 available to it (pyenv install 3.13, "
+    "or BAI_PYTHON=/path/to/python3.13); then run `bai-agent install`"
+)
+# Install can take minutes the first time; start waits for the agent's RPC ping.
+START_TIMEOUT_SEC = 900
+STOP_TIMEOUT_SEC = 60
+
+
+@dataclass(frozen=True)
+class RealAgent:
+    """One running agent: its id, RPC address and, with CURVE, its key files."""
+
+    agent_id: str
+    rpc_addr: str
+    env: dict[str, str]
+    manager_public_key: Path | None = None
+    manager_secret_key: Path | None = None
+    agent_public_key: Path | None = None
+
+
+def _ports_free(first: int, count: int) -> bool:
+    for port in range(first, first + count):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                return False
+    return True
+
+
+def free_port_block(count: int, avoid: set[int]) -> int:
+    """The first port of `count` consecutive free ports, 10 away from the ones in `avoid`."""
+    for _ in range(200):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            base = int(s.getsockname()[1]) // 10 * 10
+        if base + count > 65535 or any(abs(base - a) < 10 for a in avoid):
+            continue
+        if _ports_free(base, count):
+            return base
+    raise RuntimeError("no block of free ports on loopback")
+
+
+def _run(command: str, env: dict[str, str], timeout: float) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BAI_AGENT), command], env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def _parse_start_line(stdout: str) -> dict[str, str]:
+    fields: dict[str, str] = {}
+    for line in stdout.splitlines():
+        for part in line.split():
+            key, sep, value = part.partition("=")
+            if sep:
+                fields[key] = value
+    return fields
+
+
+def start_agent(agent_id: str, redis_addr: str, used_ports: set[int], curve: bool) -> RealAgent:
+    """Starts one agent instance; fails the test session with what to install if it cannot."""
+    if not BAI_AGENT.is_file() or not os.access(BAI_AGENT, os.X_OK):
+        pytest.fail(f"{BAI_AGENT} is missing: {INSTALL_HINT}")
+    rpc_port = free_port_block(6, used_ports)
+    used_ports.add(rpc_port)
+    etcd_port = free_port_block(2, used_ports)
+    used_ports.add(etcd_port)
+    env = {
+        **os.environ,
+        "REDIS_ADDR": redis_addr,
+        "BAI_AGENT_ID": agent_id,
+        "BAI_RPC_PORT": str(rpc_port),
+        "BAI_ETCD_PORT": str(etcd_port),
+        "BAI_AUTO_INSTALL": "1",
+        "BAI_CURVE": "1" if curve else "0",
+        "BAI_DELAY": "0.05",
+    }
+    result = _run("start", env, START_TIMEOUT_SEC)
+    fields = _parse_start_line(result.stdout)
+    if result.returncode != 0 or "RPC" not in fields:
+        logs = _run("logs", env, STOP_TIMEOUT_SEC).stdout[-3000:]
+        _run("stop", env, STOP_TIMEOUT_SEC)
+        pytest.fail(
+            f"bai-agent start failed (exit {result.returncode}): {result.stderr[-3000:]}\n"
+            f"agent log:\n{logs}\nIf Python 3.13 or etcd is missing: {INSTALL_HINT}"
+        )
+    keys = {
+        k: Path(fields[k])
+        for k in ("MANAGER_PUBLIC_KEY", "MANAGER_SECRET_KEY", "AGENT_PUBLIC_KEY")
+        if k in fields
+    }
+    return RealAgent(
+        agent_id=fields.get("AGENT_ID", agent_id),
+        rpc_addr=fields["RPC"],
+        env=env,
+        manager_public_key=keys.get("MANAGER_PUBLIC_KEY"),
+        manager_secret_key=keys.get("MANAGER_SECRET_KEY"),
+        agent_public_key=keys.get("AGENT_PUBLIC_KEY"),
+    )
+
+
+def stop_agent(agent: RealAgent) -> None:
+    result = _run("stop", agent.env, STOP_TIMEOUT_SEC)
+    if result.returncode != 0:
+        print(f"bai-agent stop {agent.agent_id} failed: {result.stderr[-2000:]}")
+
+
+@pytest.fixture(scope="session")
+def redis_addr(valkey_url: str) -> str:
+    """host:port of the session's embedded Valkey, as bai-agent wants REDIS_ADDR."""
+    url = urlparse(valkey_url)
+    return f"{url.hostname}:{url.port}"
+
+
+@pytest.fixture(scope="session")
+def used_ports() -> set[int]:
+    return set()
+
+
+@pytest.fixture(scope="session")
+def real_agent(redis_addr: str, used_ports: set[int]) -> Iterator[RealAgent]:
+    """A real Backend.AI agent without CURVE."""
+    agent = start_agent(f"i-sokovan-{os.getpid()}", redis_addr, used_ports, curve=False)
+    yield agent
+    stop_agent(agent)
+
+
+@pytest.fixture(scope="session")
+def curve_agent(redis_addr: str, used_ports: set[int]) -> Iterator[RealAgent]:
+    """A second real agent that only accepts CURVE-authenticated managers."""
+    agent = start_agent(f"i-sokovan-curve-{os.getpid()}", redis_addr, used_ports, curve=True)
+    yield agent
+    stop_agent(agent)
