@@ -12,10 +12,12 @@ from urllib.parse import urlparse
 
 import pytest
 
-BAI_AGENT = Path(os.environ.get("SOKOVAN_BAI_AGENT", "/work/shared/interop/bai-agent"))
+# The script lives in ../shared/interop beside the checkout; BAI_AGENT_SCRIPT overrides it.
+_DEFAULT_SCRIPT = Path(__file__).resolve().parents[2].parent / "shared" / "interop" / "bai-agent"
+BAI_AGENT = Path(os.environ.get("BAI_AGENT_SCRIPT", str(_DEFAULT_SCRIPT)))
 INSTALL_HINT = (
-    "install the interop agent: put the bai-agent script at /work/shared/interop/bai-agent "
-    "(or set SOKOVAN_BAI_AGENT), and make Python 3.13 available to it (pyenv install 3.13, "
+    f"install the interop agent: put the bai-agent script at {_DEFAULT_SCRIPT} "
+    "(or set BAI_AGENT_SCRIPT), and make Python 3.13 available to it (pyenv install 3.13, "
     "or BAI_PYTHON=/path/to/python3.13); then run `bai-agent install`"
 )
 # Install can take minutes the first time; start waits for the agent's RPC ping.

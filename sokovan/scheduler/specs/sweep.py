@@ -66,12 +66,13 @@ def sweep_spec(repo: SchedulerRepository, handler: SweepStaleKernelsKernelHandle
         if sessions:
             moved_sessions = await request_termination(repo, sorted(sessions), ABNORMAL_TERMINATION)
             follow_ups.append((TERMINATE, [str(s) for s in moved_sessions] or None))
-        notes.insert(0, f"{len(reaped)} stale kernel(s) terminated")
+        if kernels:
+            notes.insert(0, f"{len(reaped)} stale kernel(s) terminated")
         return Plan(
             requested=len(kernels),
             outcomes=outcomes,
             bulk_ok=bulk_ok,
-            note="; ".join(notes),
+            note="; ".join(notes) or None,
             follow_ups=follow_ups,
         )
 

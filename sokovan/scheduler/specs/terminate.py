@@ -56,7 +56,8 @@ def terminate_spec(repo: SchedulerRepository, terminator: SessionTerminator) -> 
         live = [s for s in live if s.kernels]
         requested = sum(len(s.kernels) for s in live)
         if not live:
-            return Plan(requested=0, note=f"{len(empty)} session(s) had no live kernel")
+            note = f"{len(empty)} session(s) had no live kernel" if empty else None
+            return Plan(requested=0, note=note)
         await terminator.terminate_sessions_for_handler(live, run_id=run_id)
         return Plan(requested=requested, dispatched=True)
 
