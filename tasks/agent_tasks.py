@@ -8,7 +8,7 @@ from typing import Any
 from celery import Task
 
 from sokovan.scheduler.specs.registry import execute_batch
-from sokovan.types import AgentId, ItemOutcome, Operation
+from sokovan.types import AgentId, ItemOutcome, Operation, RunId
 from tasks.app import app
 from tasks.runtime import runtime
 
@@ -28,6 +28,10 @@ def _run_batch(
         return [ItemOutcome(f"payload:{agent_id!s}", None, ok=False, error=error).to_json()]
     services = runtime().services
     outcomes = runtime().run(execute_batch(services, operation, AgentId(agent_id), items))
+    try:  # recorded now too, so a run abandoned after a crash keeps what was done
+        services.ledger.record_items(RunId(int(run_id)), outcomes)
+    except Exception as e:  # the chord body records them again; duplicates are dropped
+        log.warning("run %s: outcomes of agent %s not recorded early: %s", run_id, agent_id, e)
     return [o.to_json() for o in outcomes]
 
 

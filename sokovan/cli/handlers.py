@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from sokovan.cli.common import engine, table
+from sokovan.cli.common import engine, settings, table
 from sokovan.db.ledger import RunLedger
 
 app = typer.Typer(help="The periodic handlers: list, pause, resume, run now.", no_args_is_help=True)
@@ -20,22 +20,26 @@ def _known(name: str) -> str:
 
 @app.command("list")
 def list_handlers() -> None:
-    """Lists handlers with their paused state and last run."""
-    ledger = RunLedger(engine())
+    """Lists handlers: paused or active, budget, the run in flight and the last finished run."""
+    s = settings()
+    ledger = RunLedger(engine(s))
     states = ledger.handler_states()
     rows = []
     for name in HANDLERS:
         paused, reason = states.get(name, (False, None))
-        last = ledger.list_runs(handler=name, limit=1)
+        running = ledger.running(name)
+        last = ledger.list_runs(handler=name, limit=1, finished=True)
         rows.append(
             (
                 name,
                 "paused" if paused else "active",
-                reason or "",
+                s.budget(name) or "-",
+                ",".join(f"#{r.id}" for r in running) or "-",
                 f"#{last[0].id} {last[0].status}" if last else "-",
+                reason or "",
             )
         )
-    typer.echo(table(("HANDLER", "STATE", "REASON", "LAST RUN"), rows))
+    typer.echo(table(("HANDLER", "STATE", "BUDGET", "RUNNING", "LAST FINISHED", "REASON"), rows))
 
 
 @app.command()

@@ -40,6 +40,7 @@ def processes(s: Settings, agents: int = 2, concurrency: int = 2) -> dict[str, s
     procs["worker"] = f"{celery} worker -E -l INFO -c {concurrency} -Q sokovan -n worker1@%h"
     procs["beat"] = f"{celery} beat -l INFO -s {s.var_dir / 'celerybeat-schedule'}"
     procs["flower"] = f"{celery} flower --port={s.flower_port}"
+    procs["metrics"] = f"{sokovan} metrics"
     for i in range(1, agents + 1):
         procs[f"agent{i}"] = f"{sokovan} agent run --id a{i} --port {6010 + i} --runtime process"
     return procs
