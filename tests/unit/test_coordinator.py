@@ -8,195 +8,35 @@ Celery chord body does (coordinator.complete with every batch's outcomes).
 from __future__ import annotations
 
 import asyncio
-import uuid
-from collections.abc import AsyncIterator, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 from redis.asyncio import Redis
 
-from sokovan.db.engine import create_engine, upgrade
+from sokovan.db.engine import create_engine
 from sokovan.db.ledger import RunLedger, utcnow
-from sokovan.db.repository import NewKernel, SchedulerRepository
 from sokovan.db.schema import sessions as sessions_table
 from sokovan.errors import DispatchError
-from sokovan.scheduler.claims import RedisClaims, claim_key
-from sokovan.scheduler.coordinator import Coordinator
-from sokovan.scheduler.handlers.sweep_stale_kernels import SweepStaleKernelsKernelHandler
-from sokovan.scheduler.specs.sweep import sweep_spec
-from sokovan.scheduler.specs.terminate import LOCK_ID, NAME, terminate_spec
-from sokovan.scheduler.terminator import SessionTerminator
-from sokovan.scheduler.tracking import FanOutTracker, TrackedFanOut
+from sokovan.scheduler.claims import claim_key
+from sokovan.scheduler.specs.terminate import LOCK_ID, NAME
 from sokovan.types import (
-    AgentBatch,
-    AgentId,
     HealthCheckStatus,
     ItemOutcome,
     KernelId,
     KernelPresence,
     KernelStatus,
     Operation,
-    ResourceSlot,
     RunId,
     RunStatus,
     RunTrigger,
     SessionId,
     SessionStatus,
 )
-from tests.fakes import FakeAgentClient, FakeAgentClientPool, FakePresence, InProcessFanOut
+from tests.rig import Rig, add_session, build_rig
 
 SWEEP = "sweep_stale_kernels"
-
-
-class RecordingKicker:
-    """HandlerKicker that records what it was asked to start."""
-
-    def __init__(self) -> None:
-        self.kicks: list[tuple[str, RunTrigger, list[str] | None]] = []
-
-    async def kick(self, handler: str, trigger: RunTrigger, scope: Sequence[str] | None) -> None:
-        self.kicks.append((handler, trigger, None if scope is None else list(scope)))
-
-
-class ChordFanOut:
-    """InProcessFanOut running the terminator's batches, then the chord body.
-
-    `hold` keeps the fan-out in flight (batches ran, body not yet): the run stays
-    `running` until `release()`. `refuse` makes dispatch fail as a broker that is down.
-    """
-
-    def __init__(self, ledger: RunLedger) -> None:
-        self.inner = InProcessFanOut(self._execute)
-        self.ledger = ledger
-        self.coordinator: Coordinator | None = None
-        self.terminator: SessionTerminator | None = None
-        self.hold = False
-        self.refuse: Exception | None = None
-        self.held: list[tuple[RunId, Operation, list[ItemOutcome]]] = []
-
-    async def _execute(self, operation: Operation, batch: AgentBatch) -> list[ItemOutcome]:
-        assert self.terminator is not None
-        return await self.terminator.destroy_batch(batch.agent_id, batch.items)
-
-    async def dispatch(
-        self,
-        run_id: RunId,
-        operation: Operation,
-        batches: Sequence[AgentBatch],
-        skipped: Sequence[ItemOutcome] = (),
-    ) -> str:
-        if self.refuse is not None:
-            raise self.refuse
-        fanout_id = await self.inner.dispatch(run_id, operation, batches, skipped)
-        # As the Celery fan-out does, the run notes its fan-out id and operation.
-        await asyncio.to_thread(
-            self.ledger.update_run, run_id, fanout_id=fanout_id, operation=str(operation)
-        )
-        outcomes = self.inner.records[-1].outcomes
-        if self.hold:
-            self.held.append((run_id, operation, outcomes))
-        else:
-            assert self.coordinator is not None
-            await self.coordinator.complete(run_id, operation, outcomes)
-        return fanout_id
-
-    async def release(self) -> None:
-        assert self.coordinator is not None
-        held, self.held = self.held, []
-        for run_id, operation, outcomes in held:
-            await self.coordinator.complete(run_id, operation, outcomes)
-
-
-@dataclass
-class Rig:
-    engine: sa.Engine
-    repo: SchedulerRepository
-    ledger: RunLedger
-    coordinator: Coordinator
-    pool: FakeAgentClientPool
-    presence: FakePresence
-    fanout: ChordFanOut
-    kicker: RecordingKicker
-    redis: Redis
-    agents: dict[str, FakeAgentClient] = field(default_factory=dict)
-
-    def destroyed(self) -> list[KernelId]:
-        return [c.args[0] for a in self.agents.values() for c in a.calls_to("destroy_kernel")]
-
-    def agent_calls(self) -> int:
-        return sum(len(a.calls) for a in self.agents.values())
-
-
-@pytest.fixture
-def engine(tmp_path: Path) -> Iterator[sa.Engine]:
-    eng = create_engine(f"sqlite:///{tmp_path / 'ledger.db'}")
-    upgrade(eng)
-    yield eng
-    eng.dispose()
-
-
-def build_rig(
-    engine: sa.Engine,
-    redis: Redis,
-    *,
-    claim_lifetime: float = 60.0,
-    budgets: dict[str, int] | None = None,
-) -> Rig:
-    repo = SchedulerRepository(engine)
-    ledger = RunLedger(engine)
-    pool = FakeAgentClientPool()
-    agents = {name: pool.add(name) for name in ("a1", "a2")}
-    presence = FakePresence()
-    fanout = ChordFanOut(ledger)
-    tracker = FanOutTracker(redis)
-    terminator = SessionTerminator(pool, presence, TrackedFanOut(fanout, tracker))
-    kicker = RecordingKicker()
-    coordinator = Coordinator(
-        repository=repo,
-        ledger=ledger,
-        claims=RedisClaims(redis),
-        kicker=kicker,
-        tracker=tracker,
-        claim_lifetime=claim_lifetime,
-        run_deadline=600,
-        budgets=budgets,
-    )
-    fanout.coordinator, fanout.terminator = coordinator, terminator
-    coordinator.register(terminate_spec(repo, terminator))
-    sweeper = SweepStaleKernelsKernelHandler(terminator, max_stale_ratio=0.5, brake_min_kernels=10)
-    coordinator.register(sweep_spec(repo, sweeper))
-    return Rig(engine, repo, ledger, coordinator, pool, presence, fanout, kicker, redis, agents)
-
-
-@pytest.fixture
-async def rig(engine: sa.Engine, redis: Redis) -> AsyncIterator[Rig]:
-    yield build_rig(engine, redis)
-
-
-def add_session(
-    rig: Rig,
-    agents: Sequence[str | None],
-    status: SessionStatus = SessionStatus.TERMINATING,
-    slots: dict[str, str] | None = None,
-) -> tuple[SessionId, list[KernelId]]:
-    sid = SessionId(uuid.uuid4())
-    kids = [KernelId(uuid.uuid4()) for _ in agents]
-    kernels = [
-        NewKernel(
-            kid,
-            None if a is None else AgentId(a),
-            "python:3.12",
-            ResourceSlot.from_json(slots if slots is not None else {"cpu": "1", "mem": "1024"}),
-            cluster_idx=i + 1,
-            cluster_hostname=f"k{i + 1}",
-        )
-        for i, (kid, a) in enumerate(zip(kids, agents, strict=True))
-    ]
-    rig.repo.create_session(session_id=sid, name="s", kernels_=kernels, status=status)
-    return sid, kids
 
 
 def kernel_status(rig: Rig, kid: KernelId) -> KernelStatus:
