@@ -15,6 +15,7 @@ from callosum.rpc import Peer, RPCInternalError, RPCUserError
 from sokovan.agent import wire
 from sokovan.agent.curve import CurveKeys, ManagerAuthenticator, diagnose_handshake
 from sokovan.errors import AgentRemoteError, AgentTimeout, AgentUnavailable, WireError
+from sokovan.images import image_config_to_json
 from sokovan.types import AgentId, ImageConfig, KernelId, SessionId
 
 log = logging.getLogger(__name__)
@@ -30,22 +31,7 @@ AUTO_PULL_DEFAULT = "digest"
 
 def image_config_to_wire(config: ImageConfig) -> dict[str, Any]:
     """The ImageConfig mapping a Backend.AI agent reads in check_and_pull and kernel configs."""
-    return {
-        "canonical": config.canonical,
-        "project": None,
-        "architecture": config.architecture,
-        "digest": config.digest,
-        "repo_digest": None,
-        "registry": {
-            "name": config.registry_name,
-            "url": config.registry_url,
-            "username": None,
-            "password": None,
-        },
-        "labels": dict(config.labels),
-        "is_local": config.is_local,
-        "auto_pull": AUTO_PULL_DEFAULT,
-    }
+    return image_config_to_json(config, AUTO_PULL_DEFAULT)
 
 
 def image_ref_of(config: ImageConfig | wire.ImageRef) -> wire.ImageRef:

@@ -12,12 +12,12 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from sokovan.constants import SSH_KEY_COMMENT
 from sokovan.errors import AgentRemoteError, UnknownImage
+from sokovan.images import image_config_from_json, image_config_to_json
 from sokovan.scheduler.launcher import (
     LocalBridgeNetworkPlugin,
     SessionLauncher,
     create_kernels_on_agent,
 )
-from sokovan.scheduler.launcher.images import image_config_from_json, image_config_to_json
 from sokovan.scheduler.launcher.status_data import error_info_of
 from sokovan.types import (
     AgentBatch,

@@ -14,8 +14,8 @@ from decimal import Decimal
 from typing import Any
 
 from sokovan.constants import PULL_AUTO_PULL
+from sokovan.images import image_config_from_json, image_config_to_json
 from sokovan.ports import AgentClientPool, SecretStore, SessionRecorder
-from sokovan.scheduler.launcher.images import image_config_from_json, image_config_to_json
 from sokovan.scheduler.launcher.status_data import error_info_of
 from sokovan.types import JSON, AgentBatch, AgentId, ImageConfig, ItemOutcome, KernelId, SessionId
 

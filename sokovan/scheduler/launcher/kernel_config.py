@@ -12,7 +12,7 @@ from typing import Any
 
 from sokovan.constants import KERNEL_AUTO_PULL
 from sokovan.errors import UnknownImage
-from sokovan.scheduler.launcher.images import image_config_to_json
+from sokovan.images import image_config_to_json
 from sokovan.scheduler.launcher.network import NetworkSetup
 from sokovan.types import JSON, ImageConfig, KernelInfo, SessionInfo
 

@@ -1,4 +1,4 @@
-"""Image configs in the JSON shape a Backend.AI agent reads, and back."""
+"""Image names and the ImageConfig mapping agents read (no registry credentials in it)."""
 
 from __future__ import annotations
 
