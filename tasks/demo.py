@@ -25,6 +25,7 @@ import psutil
 from redis.asyncio import Redis
 
 from sokovan.cli.common import table
+from sokovan.cli.runs import runs_table
 from sokovan.config import Settings, load_settings
 from sokovan.db.engine import create_engine, upgrade
 from sokovan.db.ledger import RunLedger
@@ -279,21 +280,7 @@ def summary(settings: Settings) -> None:
     ledger = RunLedger(create_engine(settings.effective_database_url))
     runs = [r for r in ledger.list_runs(limit=200) if r.requested or r.note]
     say(f"run ledger ({len(runs)} runs that touched something; empty beat ticks left out)")
-    rows = [
-        (
-            r.id,
-            r.handler,
-            r.trigger,
-            r.status,
-            r.requested,
-            r.succeeded,
-            r.failed,
-            r.skipped,
-            r.note or "",
-        )
-        for r in reversed(runs[:25])
-    ]
-    print(table(("RUN", "HANDLER", "TRIGGER", "STATUS", "REQ", "OK", "FAIL", "SKIP", "NOTE"), rows))
+    print(runs_table(list(reversed(runs[:25]))))
     sweep = next(
         (
             r

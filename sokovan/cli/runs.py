@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import re
 import threading
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 import typer
 
 from sokovan.cli.common import engine, settings, table
-from sokovan.db.ledger import RunLedger, utcnow
+from sokovan.db.ledger import RunLedger, RunRecord, utcnow
 from sokovan.db.stats import RunStats, slot_text
 from sokovan.errors import NotFound
 from sokovan.types import RunId
@@ -28,6 +29,12 @@ def list_runs(
 ) -> None:
     """Lists runs, newest first."""
     ledger = RunLedger(engine())
+    runs = ledger.list_runs(handler=handler, limit=limit, status=status)
+    typer.echo(runs_table(runs))
+
+
+def runs_table(runs: Sequence[RunRecord]) -> str:
+    """The `runs list` table of these runs."""
     rows = [
         (
             r.id,
@@ -42,7 +49,7 @@ def list_runs(
             "" if r.duration is None else f"{r.duration:.2f}s",
             r.note or r.error or "",
         )
-        for r in ledger.list_runs(handler=handler, limit=limit, status=status)
+        for r in runs
     ]
     headers = (
         "ID",
@@ -57,7 +64,7 @@ def list_runs(
         "TOOK",
         "NOTE",
     )
-    typer.echo(table(headers, rows))
+    return table(headers, rows)
 
 
 @app.command()
