@@ -139,12 +139,18 @@ class RunLedger:
         ]
         dialect = self._engine.dialect.name
         insert: Any = postgresql.insert if dialect == "postgresql" else sqlite.insert
-        stmt = insert(run_items).on_conflict_do_nothing(index_elements=["run_id", "item_id"])
+        stmt = (
+            insert(run_items)
+            .on_conflict_do_nothing(index_elements=["run_id", "item_id"])
+            .returning(run_items.c.id)
+        )
         inserted = 0
         with self._engine.begin() as conn:
             for start in range(0, len(rows), 500):
-                inserted += conn.execute(stmt, rows[start : start + 500]).rowcount or 0
-        return max(inserted, 0)
+                # rowcount of a batched insert is not reliable everywhere; RETURNING is.
+                result = conn.execute(stmt, rows[start : start + 500])
+                inserted += len(result.all())
+        return inserted
 
     def close_run(
         self,
