@@ -14,6 +14,7 @@ from callosum.rpc import Peer, RPCInternalError, RPCUserError
 
 from sokovan.agent import wire
 from sokovan.agent.curve import CurveKeys, ManagerAuthenticator, diagnose_handshake
+from sokovan.agent.reasons import lifecycle_reason
 from sokovan.errors import AgentRemoteError, AgentTimeout, AgentUnavailable, WireError
 from sokovan.images import image_config_to_json
 from sokovan.types import AgentId, ImageConfig, KernelId, SessionId
@@ -206,11 +207,12 @@ class CallosumAgentClient:
         reason: str,
         suppress_events: bool = False,
     ) -> None:
+        # A real agent waits on an unknown reason instead of refusing it: send only valid ones.
         await self.call(
             "destroy_kernel",
             str(kernel_id),
             str(session_id),
-            reason,
+            lifecycle_reason(reason),
             suppress_events=suppress_events,
         )
 

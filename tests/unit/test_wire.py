@@ -256,3 +256,17 @@ def test_peer_deserializer_returns_undecodable_instead_of_raising() -> None:
     result = wire.peer_deserialize(b"\x92\x01")
     assert isinstance(result, wire.Undecodable)
     assert wire.peer_deserialize(wire.packb([1, "a"])) == [1, "a"]
+
+
+def test_termination_reasons_become_lifecycle_reasons_an_agent_accepts() -> None:
+    """Session reasons map onto Backend.AI lifecycle reasons; nothing invalid is sent."""
+    from sokovan.agent.reasons import LIFECYCLE_REASONS, lifecycle_reason
+
+    assert lifecycle_reason("USER_REQUESTED") == "user-requested"
+    assert lifecycle_reason("FAILED_TO_START") == "failed-to-start"
+    assert lifecycle_reason("ABNORMAL_TERMINATION") == "anomaly-detected"
+    assert lifecycle_reason("idle-timeout") == "idle-timeout"
+    assert lifecycle_reason("no such reason") == "unknown"
+    assert lifecycle_reason(None) == "unknown"
+    for reason in ("USER_REQUESTED", "STALE_KERNEL", "CREATION_TIMEOUT", "FORCE_TERMINATED"):
+        assert lifecycle_reason(reason) in LIFECYCLE_REASONS
