@@ -7,8 +7,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 
+from sokovan import constants as C
 from sokovan.config import Settings
 from sokovan.db.engine import create_engine
 from sokovan.db.ledger import RunLedger
@@ -31,7 +32,16 @@ def build_engine(settings: Settings) -> sa.Engine:
 
 def build_redis(settings: Settings) -> Redis:
     """An asyncio Redis client; it binds to the loop that first uses it."""
-    return Redis.from_url(settings.redis_url, socket_timeout=10, socket_connect_timeout=5)
+    # Many sessions started at once each touch Redis: a blocking pool makes the burst wait
+    # for a connection instead of failing past redis-py's default of 100.
+    pool = BlockingConnectionPool.from_url(
+        settings.redis_url,
+        max_connections=C.REDIS_MAX_CONNECTIONS,
+        timeout=C.REDIS_POOL_WAIT_SEC,
+        socket_timeout=10,
+        socket_connect_timeout=5,
+    )
+    return Redis.from_pool(pool)
 
 
 def build_agent_pool(settings: Settings, repository: SchedulerRepository) -> AgentClientPool:

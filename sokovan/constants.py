@@ -80,3 +80,7 @@ PULL_AUTO_PULL: Final = "digest"
 SSH_KEY_BITS: Final = 2048
 # Prefix of the agent-local bridge made for a single-node multi-kernel session.
 SINGLE_NODE_NETWORK_PREFIX: Final = "bai-singlenode-"
+# Redis connections one worker process opens at most; a burst beyond it waits for one.
+REDIS_MAX_CONNECTIONS: Final = 64
+# How long a Redis call waits for a free pooled connection before failing.
+REDIS_POOL_WAIT_SEC: Final = 30.0

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from callosum.rpc import Peer
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import RedisError
 
 from sokovan import constants as C
@@ -25,6 +25,8 @@ from sokovan.presence import ValkeyPresence
 
 log = logging.getLogger(__name__)
 
+# Redis connections shared by the agents of one process.
+_REDIS_CONNECTIONS = 64
 # Presence hashes written per pipeline: bounded so one huge agent set does not stall Redis.
 _PRESENCE_CHUNK = 2000
 
@@ -55,7 +57,12 @@ class AgentHost:
 
     async def start(self) -> None:
         """Binds every agent's socket, registers them and starts the periodic loops."""
-        redis: Redis = Redis.from_url(self.options.redis_url)
+        # Every agent of this process shares one pool; a blocking pool makes a burst of calls
+        # (more than redis-py's default of 100 connections) wait for a connection, not fail.
+        pool = BlockingConnectionPool.from_url(
+            self.options.redis_url, max_connections=_REDIS_CONNECTIONS, timeout=30
+        )
+        redis: Redis = Redis.from_pool(pool)
         self._redis = redis
         presence = ValkeyPresence(redis, ttl=self.options.presence_ttl)
         auth = None

@@ -57,8 +57,9 @@ def sweep_spec(repo: SchedulerRepository, handler: SweepStaleKernelsKernelHandle
                 [KernelStatus.RUNNING],
                 status_info=STALE_KERNEL,
             )
-            sessions.update(k.session_id for k in members if k.id in set(moved))
-            group_outcomes = _outcomes(members, result, set(moved))
+            moved_set = set(moved)
+            sessions.update(k.session_id for k in members if k.id in moved_set)
+            group_outcomes = _outcomes(members, result, moved_set)
             outcomes.extend(group_outcomes)
             bulk_ok += len(members) - len(group_outcomes)
         reaped = [o for o in outcomes if o.detail.get("verdict") == "dead"]

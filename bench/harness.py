@@ -1,0 +1,299 @@
+"""What the benchmarks stand up: a private Valkey, many reference agents, a real Celery worker.
+
+Each benchmark gets its own Valkey server (so INFO commandstats counts only its traffic),
+a migrated SQLite file, reference agents in one process (`--count N`) and, when asked,
+one `celery worker` subprocess whose process tree is sampled for its peak RSS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import platform
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+import redis as sync_redis
+import sqlalchemy as sa
+from celery import Celery
+from redis.asyncio import Redis
+
+from sokovan.db.ledger import RunLedger, utcnow
+from sokovan.db.repository import SchedulerRepository
+from sokovan.db.schema import kernels, sessions
+from sokovan.embedded import EmbeddedValkey
+from sokovan.scheduler.agents import sync_agents
+from sokovan.types import AgentId, ImageConfig, KernelStatus, SessionStatus
+from tasks.app import create_app
+from tests.agents import AgentProcess, agent_process
+from tests.workers import SchedulerEnv, WorkerProcess, celery_worker, make_env
+
+IMAGE = "cr.backend.ai/stable/python:3.12-ubuntu22.04"
+SLOTS = {"cpu": "1", "mem": "1073741824"}
+# Enough capacity that placement never refuses a benchmark's sessions.
+AGENT_CAPACITY = ["--cpu", "100000", "--mem", "100000g"]
+
+
+@dataclass(frozen=True, slots=True)
+class Figure:
+    """One row of the results table."""
+
+    name: str
+    ours: float
+    baseline: float
+    unit: str
+    # "lower" when a smaller number is better (times), "higher" for rates.
+    better: str = "lower"
+    note: str = ""
+
+    @property
+    def ratio(self) -> float:
+        """ours / baseline."""
+        return self.ours / self.baseline if self.baseline else float("nan")
+
+
+@dataclass
+class Stack:
+    """A running scheduler for one benchmark."""
+
+    senv: SchedulerEnv
+    agents: AgentProcess
+    app: Celery
+    repo: SchedulerRepository
+    ledger: RunLedger
+    worker: WorkerProcess | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def redis_url(self) -> str:
+        return self.senv.settings.redis_url
+
+    @property
+    def agent_ids(self) -> list[AgentId]:
+        return [AgentId(a) for a in self.agents.ids]
+
+
+@asynccontextmanager
+async def stack(
+    *,
+    agents: int,
+    latency: Mapping[str, float] | None = None,
+    worker_concurrency: int = 2,
+    presence_interval: float = 3600.0,
+    settings: Mapping[str, str] | None = None,
+    with_worker: bool = True,
+) -> AsyncIterator[Stack]:
+    """Valkey, SQLite, `agents` reference agents in one process and (optionally) one worker."""
+    async with AsyncExitStack() as exits:
+        tmp = Path(exits.enter_context(tempfile.TemporaryDirectory(prefix="sokovan-bench-")))
+        valkey = EmbeddedValkey(tmp / "valkey", persist=False)
+        url = valkey.start()
+        exits.callback(valkey.stop)
+        senv = make_env(tmp, url, **dict(settings or {}))
+        exits.callback(senv.engine.dispose)
+        repo = SchedulerRepository(senv.engine)
+        repo.add_image(ImageConfig(canonical=IMAGE))
+        procs = await exits.enter_async_context(
+            agent_process(
+                senv.settings.redis_url,
+                count=agents,
+                id_prefix="a",
+                runtime="sim",
+                latency=latency,
+                presence_interval=presence_interval,
+                extra_args=[*AGENT_CAPACITY, "--log-level", "WARNING"],
+                ready_timeout=120.0,
+            )
+        )
+        redis: Redis = Redis.from_url(senv.settings.redis_url)
+        try:
+            await sync_agents(redis, repo)
+        finally:
+            await redis.aclose()
+        worker = None
+        if with_worker:
+            worker = exits.enter_context(celery_worker(senv, concurrency=worker_concurrency))
+        yield Stack(senv, procs, create_app(senv.settings), repo, RunLedger(senv.engine), worker)
+
+
+def bulk_sessions(
+    engine: sa.Engine,
+    agent_ids: Sequence[AgentId],
+    count: int,
+    status: SessionStatus,
+    kernel_status: KernelStatus,
+) -> list[tuple[uuid.UUID, uuid.UUID, AgentId]]:
+    """Inserts `count` one-kernel sessions round-robin over the agents; (session, kernel, agent)."""
+    now = utcnow()
+    made: list[tuple[uuid.UUID, uuid.UUID, AgentId]] = []
+    for start in range(0, count, 5000):
+        srows: list[dict[str, Any]] = []
+        krows: list[dict[str, Any]] = []
+        for i in range(start, min(count, start + 5000)):
+            sid, kid, agent = uuid.uuid4(), uuid.uuid4(), agent_ids[i % len(agent_ids)]
+            made.append((sid, kid, agent))
+            srows.append(
+                {
+                    "id": sid,
+                    "name": f"bench-{i}",
+                    "status": str(status),
+                    "status_data": {},
+                    "user_uuid": uuid.UUID(int=0),
+                    "environ": {},
+                    "created_at": now,
+                    "status_changed_at": now,
+                }
+            )
+            krows.append(
+                {
+                    "id": kid,
+                    "session_id": sid,
+                    "agent_id": agent,
+                    "status": str(kernel_status),
+                    "status_data": {},
+                    "image": IMAGE,
+                    "requested_slots": SLOTS,
+                    "occupied_slots": SLOTS,
+                    "created_at": now,
+                    "status_changed_at": now,
+                }
+            )
+        with engine.begin() as conn:
+            conn.execute(sessions.insert(), srows)
+            conn.execute(kernels.insert(), krows)
+    return made
+
+
+def set_statuses(
+    engine: sa.Engine, session_status: SessionStatus, kernel_status: KernelStatus
+) -> None:
+    """Puts every session and kernel back in one status (between rounds)."""
+    with engine.begin() as conn:
+        conn.execute(
+            sessions.update().values(
+                status=str(session_status), status_info=None, terminated_at=None
+            )
+        )
+        conn.execute(
+            kernels.update().values(status=str(kernel_status), status_info=None, terminated_at=None)
+        )
+
+
+def count_kernels(engine: sa.Engine, status: KernelStatus) -> int:
+    with engine.connect() as conn:
+        query = (
+            sa.select(sa.func.count()).select_from(kernels).where(kernels.c.status == str(status))
+        )
+        return int(conn.execute(query).scalar() or 0)
+
+
+def count_sessions(engine: sa.Engine, status: SessionStatus) -> int:
+    with engine.connect() as conn:
+        query = (
+            sa.select(sa.func.count()).select_from(sessions).where(sessions.c.status == str(status))
+        )
+        return int(conn.execute(query).scalar() or 0)
+
+
+async def wait_until(
+    predicate: Callable[[], bool], limit: float, interval: float = 0.05, what: str = ""
+) -> float:
+    """Polls `predicate` off the loop; returns the monotonic time it first held."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        if await asyncio.to_thread(predicate):
+            return time.monotonic()
+        await asyncio.sleep(interval)
+    raise TimeoutError(f"timed out after {limit}s waiting for {what or predicate}")
+
+
+def commandstats(redis_url: str) -> dict[str, int]:
+    """Calls per Redis command since the server started (INFO commandstats)."""
+    client = sync_redis.Redis.from_url(redis_url)
+    try:
+        info: dict[str, Any] = client.info("commandstats")
+    finally:
+        client.close()
+    return {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in info.items()}
+
+
+def stats_delta(before: Mapping[str, int], after: Mapping[str, int]) -> dict[str, int]:
+    return {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)}
+
+
+class RssSampler:
+    """Samples the summed RSS of a process and its children in a thread; keeps the peak."""
+
+    def __init__(self, pid: int, interval: float = 0.02) -> None:
+        self._root = psutil.Process(pid)
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="rss-sampler", daemon=True)
+        self.peak = 0  # the whole tree
+        self.peak_process = 0  # the largest single process of the tree
+
+    def sample(self) -> int:
+        total = 0
+        for proc in _tree(self._root):
+            try:
+                rss = int(proc.memory_info().rss)
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+            total += rss
+            self.peak_process = max(self.peak_process, rss)
+        self.peak = max(self.peak, total)
+        return total
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self.sample()
+            self._stop.wait(self._interval)
+
+    def __enter__(self) -> RssSampler:
+        self.sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.sample()
+
+
+def _tree(root: psutil.Process) -> Iterable[psutil.Process]:
+    try:
+        return [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def mib(n: float) -> float:
+    return n / (1024 * 1024)
+
+
+def machine() -> str:
+    """A one-line description of this machine."""
+    freq = psutil.cpu_freq()
+    mhz = f" @ {freq.max or freq.current:.0f} MHz" if freq else ""
+    cpu = platform.processor() or platform.machine()
+    mem = psutil.virtual_memory().total / 2**30
+    return (
+        f"{psutil.cpu_count()} cores ({cpu}{mhz}), {mem:.0f} GiB, "
+        f"Python {platform.python_version()}, load avg {psutil.getloadavg()[0]:.1f}"
+    )
+
+
+def print_figures(title: str, figures: Sequence[Figure]) -> None:
+    print(f"\n{title}")
+    print(f"{'figure':<44}{'ours':>12}{'baseline':>12}{'ours/base':>11}")
+    for f in figures:
+        print(f"{f.name:<44}{f.ours:>12.3f}{f.baseline:>12.3f}{f.ratio:>11.2f}  {f.unit}")
+        if f.note:
+            print(f"    {f.note}")

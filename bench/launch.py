@@ -1,0 +1,195 @@
+"""Many one-kernel sessions submitted at once: submit -> RUNNING through Celery, beside asyncio.
+
+Ours: `sokovan.session.create` sent for every session as fast as this process can send,
+then pull (one check_and_pull per agent) and start (create_kernels) on a real worker;
+latency is each session's RUNNING time in the database minus the moment it was sent.
+Baseline, same agents and client: in this process, one check_and_pull per agent and one
+create_kernels per session, all at once in asyncio (no database, no keys, no broker).
+
+    python -m bench.launch [--sessions 1000] [--agents 20] [--latency-ms 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+import uuid
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+
+from bench.harness import (
+    IMAGE,
+    Figure,
+    RssSampler,
+    Stack,
+    commandstats,
+    count_sessions,
+    machine,
+    mib,
+    print_figures,
+    stack,
+    stats_delta,
+    wait_until,
+)
+from sokovan.bootstrap import build_agent_pool
+from sokovan.db.schema import sessions
+from sokovan.ports import AgentClientPool
+from sokovan.types import AgentId, ImageConfig, KernelId, SessionId, SessionStatus
+
+FAILED = (SessionStatus.TERMINATING, SessionStatus.TERMINATED, SessionStatus.ERROR)
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+def _running_at(st: Stack, prefix: str) -> dict[str, float]:
+    """RUNNING sessions named `prefix*` and the unix time they became RUNNING."""
+    with st.senv.engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(sessions.c.name, sessions.c.status_changed_at).where(
+                sessions.c.name.like(f"{prefix}%"),
+                sessions.c.status == str(SessionStatus.RUNNING),
+            )
+        )
+        return {str(name): at.timestamp() for name, at in rows}
+
+
+def _count(st: Stack, prefix: str, statuses: Sequence[SessionStatus]) -> int:
+    with st.senv.engine.connect() as conn:
+        query = (
+            sa.select(sa.func.count())
+            .select_from(sessions)
+            .where(
+                sessions.c.name.like(f"{prefix}%"),
+                sessions.c.status.in_([str(s) for s in statuses]),
+            )
+        )
+        return int(conn.execute(query).scalar() or 0)
+
+
+async def ours(st: Stack, count: int, prefix: str, limit: float) -> dict[str, float]:
+    """Sends every create at once; waits until all are RUNNING; latencies from the database."""
+    assert st.worker is not None
+    before = commandstats(st.redis_url)
+    sent: dict[str, float] = {}
+    with RssSampler(st.worker.proc.pid) as rss:
+        for i in range(count):
+            name = f"{prefix}{i}"
+            sent[name] = time.time()
+            st.app.send_task(
+                "sokovan.session.create", kwargs={"request": {"image": IMAGE, "name": name}}
+            )
+        sending = time.time() - min(sent.values())
+
+        def settled() -> bool:
+            failed = _count(st, prefix, FAILED)
+            if failed:
+                with st.senv.engine.connect() as conn:
+                    why = conn.execute(
+                        sa.select(sessions.c.status_info, sessions.c.status_data).where(
+                            sessions.c.name.like(f"{prefix}%"),
+                            sessions.c.status.in_([str(s) for s in FAILED]),
+                        )
+                    ).first()
+                raise RuntimeError(f"{failed} session(s) failed to start, e.g. {why}")
+            return _count(st, prefix, [SessionStatus.RUNNING]) == count
+
+        await wait_until(settled, limit, interval=0.2, what="every session RUNNING")
+    delta = stats_delta(before, commandstats(st.redis_url))
+    running = _running_at(st, prefix)
+    latencies = [running[name] - sent[name] for name in sent]
+    span = max(running.values()) - min(sent.values())
+    return {
+        "rate": count / span,
+        "p50": percentile(latencies, 0.50),
+        "p99": percentile(latencies, 0.99),
+        "sending": sending,
+        "tasks": delta.get("lpush", 0),
+        "rss": rss.peak,
+        "rss_process": rss.peak_process,
+    }
+
+
+async def baseline(
+    pool: AgentClientPool, agents: Sequence[AgentId], count: int
+) -> dict[str, float]:
+    """check_and_pull per agent, then create_kernels per session, all in one gather each."""
+    image = ImageConfig(canonical=IMAGE)
+    config = {"image": {"canonical": IMAGE}, "environ": {}, "resource_slots": {"cpu": "1"}}
+    began = time.monotonic()
+
+    async def pull(agent: AgentId) -> None:
+        async with pool.acquire(agent) as client:
+            await client.check_and_pull({IMAGE: image})
+
+    async def create(i: int) -> float:
+        agent, kernel = agents[i % len(agents)], KernelId(uuid.uuid4())
+        async with pool.acquire(agent) as client:
+            await client.create_kernels(
+                SessionId(uuid.uuid4()), [kernel], [config], {}, {kernel: image}
+            )
+        return time.monotonic() - began
+
+    await asyncio.gather(*(pull(a) for a in agents))
+    latencies = await asyncio.gather(*(create(i) for i in range(count)))
+    span = time.monotonic() - began
+    return {
+        "rate": count / span,
+        "p50": percentile(latencies, 0.50),
+        "p99": percentile(latencies, 0.99),
+    }
+
+
+async def run(args: argparse.Namespace) -> list[Figure]:
+    """A warm-up batch on each side, then the timed batch on each side."""
+    latency = {"create_kernels": args.latency_ms / 1000}
+    async with stack(
+        agents=args.agents, latency=latency, worker_concurrency=args.concurrency
+    ) as st:
+        pool = build_agent_pool(st.senv.settings, st.repo)
+        try:
+            # Warm-up: images land on every agent, clients connect on both sides.
+            await ours(st, args.agents, "warm-", args.timeout)
+            await baseline(pool, st.agent_ids, args.agents)
+            mine = await ours(st, args.sessions, "timed-", args.timeout)
+            base = await baseline(pool, st.agent_ids, args.sessions)
+        finally:
+            await pool.close_all()
+        running = count_sessions(st.senv.engine, SessionStatus.RUNNING)
+    label = f"launch {args.sessions:,} sessions / {args.agents} agents, {args.latency_ms:g} ms"
+    note = (
+        f"{running} RUNNING; sending took {mine['sending']:.2f} s; tasks sent {mine['tasks']:.0f}; "
+        f"worker peak RSS {mib(mine['rss']):.0f} MiB tree, "
+        f"{mib(mine['rss_process']):.0f} MiB largest process"
+    )
+    return [
+        Figure(
+            f"{label}: sessions/s", mine["rate"], base["rate"], "1/s", better="higher", note=note
+        ),
+        Figure("launch: p50 submit -> RUNNING", mine["p50"], base["p50"], "s"),
+        Figure("launch: p99 submit -> RUNNING", mine["p99"], base["p99"], "s"),
+    ]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sessions", type=int, default=1000)
+    parser.add_argument("--agents", type=int, default=20)
+    parser.add_argument("--latency-ms", type=float, default=10.0, help="create_kernels delay")
+    parser.add_argument("--concurrency", type=int, default=2, help="worker processes")
+    parser.add_argument("--timeout", type=float, default=900.0)
+    return parser.parse_args(argv)
+
+
+def main() -> None:
+    args = parse_args()
+    figures = asyncio.run(run(args))
+    print_figures(f"bench.launch on {machine()}", figures)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,245 @@
+"""One stale-kernel sweep over many RUNNING kernels: ours beside a sequential stage 2.
+
+The kernels are spread over the agents with fresh presence, except a share of them
+whose presence is STALE; half of those still run on their agent, half are gone.
+Ours: `sokovan.handler.run sweep_stale_kernels` on a real worker, timed from the request
+to its answer (claim, load, stage 1, stage 2, marking, ledger: the run is closed by then).
+Baseline, same run and data: the same handler run in this process, with stage 2 asking
+one kernel at a time (the original algorithm).
+
+    python -m bench.sweep [--kernels 100000] [--agents 100] [--stale 0.005]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import time
+from collections.abc import Sequence
+
+from redis.asyncio import Redis
+
+from bench.harness import (
+    IMAGE,
+    Figure,
+    RssSampler,
+    Stack,
+    bulk_sessions,
+    commandstats,
+    count_kernels,
+    machine,
+    mib,
+    print_figures,
+    set_statuses,
+    stack,
+    stats_delta,
+)
+from sokovan.bootstrap import Services, build_services
+from sokovan.ports import AgentClientPool
+from sokovan.presence import ValkeyPresence
+from sokovan.scheduler.handlers.sweep_stale_kernels import SweepStaleKernelsKernelHandler
+from sokovan.scheduler.specs.sweep import sweep_spec
+from sokovan.scheduler.terminator import SessionTerminator, StaleJudgement
+from sokovan.scheduler.terminator.stale import ANSWER_DEAD, ANSWER_NO_AGENT, ANSWER_RUNNING
+from sokovan.types import (
+    AgentBatch,
+    AgentId,
+    ImageConfig,
+    ItemOutcome,
+    KernelId,
+    KernelStatus,
+    Operation,
+    RunId,
+    RunStatus,
+    RunTrigger,
+    SessionId,
+    SessionStatus,
+)
+
+HANDLER = "sweep_stale_kernels"
+
+
+class SequentialStage2(SessionTerminator):
+    """Stage 2 as first written: one check_running call at a time, in input order."""
+
+    def __init__(self, pool: AgentClientPool, presence: ValkeyPresence) -> None:
+        super().__init__(pool, presence, _NoFanOut())
+        self._pool = pool
+
+    async def confirm_with_agents(self, judgement: StaleJudgement) -> StaleJudgement:
+        confirmed = []
+        for evidence in judgement.candidates:
+            answer = ANSWER_NO_AGENT
+            if evidence.agent_id is not None:
+                answer = await self._ask(evidence.agent_id, evidence.kernel_id)
+            confirmed.append(dataclasses.replace(evidence, answer=answer))
+        return dataclasses.replace(judgement, candidates=tuple(confirmed))
+
+    async def _ask(self, agent_id: AgentId, kernel_id: KernelId) -> str:
+        try:
+            async with self._pool.acquire(agent_id) as client:
+                running = await client.check_running(kernel_id)
+        except Exception as e:
+            return f"error: {e}"
+        if running is None:
+            return str(running)
+        return ANSWER_RUNNING if running else ANSWER_DEAD
+
+
+class _NoFanOut:
+    async def dispatch(
+        self,
+        run_id: RunId,
+        operation: Operation,
+        batches: Sequence[AgentBatch],
+        skipped: Sequence[ItemOutcome] = (),
+    ) -> str:
+        raise RuntimeError("the sweep dispatches nothing")
+
+
+class _NoKick:
+    async def kick(self, handler: str, trigger: RunTrigger, scope: Sequence[str] | None) -> None:
+        return None
+
+
+async def seed(st: Stack, kernels: int, stale: float) -> tuple[list[str], list[str], list[str]]:
+    """RUNNING kernels with presence; returns ids (stale but alive, stale and dead, fresh)."""
+    made = bulk_sessions(
+        st.senv.engine, st.agent_ids, kernels, SessionStatus.RUNNING, KernelStatus.RUNNING
+    )
+    step = max(1, round(1 / stale)) if stale > 0 else kernels + 1
+    suspects = made[::step]
+    alive, dead = suspects[::2], suspects[1::2]
+    pool_services = st.extras["services"]
+    pool: AgentClientPool = pool_services.pool
+    image = ImageConfig(canonical=IMAGE)
+    config = {"image": {"canonical": IMAGE}, "environ": {}}
+    for sid, kid, agent in alive:
+        async with pool.acquire(agent) as client:
+            await client.create_kernels(
+                SessionId(sid), [KernelId(kid)], [config], {}, {KernelId(kid): image}
+            )
+    redis: Redis = Redis.from_url(st.redis_url)
+    try:
+        presence = ValkeyPresence(redis)
+        seconds, _ = await redis.time()
+        now = float(seconds)
+        fresh = {str(k) for _, k, _ in made} - {str(k) for _, k, _ in suspects}
+        ids = sorted(fresh)
+        for start in range(0, len(ids), 5000):
+            await presence.write_presence(ids[start : start + 5000], now=now)
+        # Last seen ten minutes ago: well past the 120 s after which presence is STALE.
+        await presence.write_presence([str(k) for _, k, _ in suspects], now=now - 600)
+    finally:
+        await redis.aclose()
+    return [str(k) for _, k, _ in alive], [str(k) for _, k, _ in dead], ids
+
+
+async def ours(st: Stack, scope: list[str] | None, limit: float) -> dict[str, float]:
+    """One sweep run on the worker, timed from the request to its answer."""
+    assert st.worker is not None
+    before = commandstats(st.redis_url)
+    with RssSampler(st.worker.proc.pid) as rss:
+        began = time.monotonic()
+        kwargs = {"handler": HANDLER, "trigger": "api", "scope": scope}
+        answer = await asyncio.to_thread(
+            st.app.send_task("sokovan.handler.run", kwargs=kwargs).get, timeout=limit
+        )
+        ended = time.monotonic()
+    delta = stats_delta(before, commandstats(st.redis_url))
+    if answer.get("status") != "succeeded":
+        raise RuntimeError(f"sweep run did not succeed: {answer}")
+    return {
+        "seconds": ended - began,
+        "rss": rss.peak,
+        "rss_process": rss.peak_process,
+        # Stage 1 opens each pipelined batch with TIME; the agents send none here.
+        "pipelines": delta.get("time", 0),
+        "hgetall": delta.get("hgetall", 0),
+    }
+
+
+async def baseline(services: Services, scope: list[str] | None) -> dict[str, float]:
+    """The same run in this process, with the sequential stage 2 registered."""
+    trips = services.presence.round_trips
+    began = time.monotonic()
+    report = await services.coordinator.run(HANDLER, RunTrigger.API, scope)
+    ended = time.monotonic()
+    if report.status != RunStatus.SUCCEEDED:
+        raise RuntimeError(f"baseline sweep run did not succeed: {report}")
+    return {"seconds": ended - began, "round_trips": services.presence.round_trips - trips}
+
+
+async def _baseline_services(st: Stack) -> Services:
+    settings = st.senv.settings
+    services = await build_services(settings, _NoFanOut(), _NoKick())
+    sequential = SequentialStage2(services.pool, services.presence)
+    handler = SweepStaleKernelsKernelHandler(
+        sequential,
+        max_stale_ratio=settings.sweep_max_stale_ratio,
+        brake_min_kernels=settings.sweep_brake_min_kernels,
+    )
+    services.coordinator.register(sweep_spec(services.repository, handler))
+    return services
+
+
+async def run(args: argparse.Namespace) -> list[Figure]:
+    """Seeds the kernels, warms both sides up on the suspects, then times one full run each."""
+    async with stack(agents=args.agents, worker_concurrency=args.concurrency) as st:
+        services = await _baseline_services(st)
+        st.extras["services"] = services
+        try:
+            alive, dead, fresh = await seed(st, args.kernels, args.stale)
+            # Warm-up on the suspects that still run (with fresh kernels so the brake holds
+            # off): both sides connect to their agents and change nothing.
+            warm = alive + fresh[: 3 * len(alive)]
+            await ours(st, warm, args.timeout)
+            await baseline(services, warm)
+            base = await baseline(services, None)
+            reaped = args.kernels - count_kernels(st.senv.engine, KernelStatus.RUNNING)
+            set_statuses(st.senv.engine, SessionStatus.RUNNING, KernelStatus.RUNNING)
+            mine = await ours(st, None, args.timeout)
+            mine_reaped = args.kernels - count_kernels(st.senv.engine, KernelStatus.RUNNING)
+        finally:
+            await services.close()
+    if reaped != len(dead) or mine_reaped != len(dead):
+        raise RuntimeError(f"expected {len(dead)} reaped, got {mine_reaped} / {reaped}")
+    label = f"sweep {args.kernels:,} kernels / {args.agents} agents, {len(alive) + len(dead)} stale"
+    return [
+        Figure(
+            label,
+            mine["seconds"],
+            base["seconds"],
+            "s",
+            note=(
+                f"{len(dead)} reaped; stage 1: {base['round_trips']:.0f} round trip(s) "
+                f"({mine['pipelines']:.0f} pipeline(s), {mine['hgetall']:.0f} HGETALL in ours); "
+                f"worker peak RSS {mib(mine['rss']):.0f} MiB tree, "
+                f"{mib(mine['rss_process']):.0f} MiB largest process"
+            ),
+        ),
+        Figure(
+            "sweep: worker peak RSS, largest process", mib(mine["rss_process"]), float("nan"), "MiB"
+        ),
+    ]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--kernels", type=int, default=100_000)
+    parser.add_argument("--agents", type=int, default=100)
+    parser.add_argument("--stale", type=float, default=0.005, help="share of kernels stale")
+    parser.add_argument("--concurrency", type=int, default=2, help="worker processes")
+    parser.add_argument("--timeout", type=float, default=600.0)
+    return parser.parse_args(argv)
+
+
+def main() -> None:
+    args = parse_args()
+    figures = asyncio.run(run(args))
+    print_figures(f"bench.sweep on {machine()}", figures)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,194 @@
+"""Terminating K kernels over N agents: the Celery fan-out beside one in-process gather.
+
+Ours: `sokovan.handler.run terminate_sessions` on a real worker (one destroy task per
+agent, a chord body that marks the kernels), timed from the request until the run is
+closed and every kernel is TERMINATED in the database. Baseline, same agents and the same
+agent client: one `destroy_kernel` call per kernel in a single asyncio.gather, then the
+same bulk status moves (the design before Celery).
+
+    python -m bench.terminate [--kernels 10000] [--agents 100] [--latency-ms 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+
+from bench.harness import (
+    Figure,
+    RssSampler,
+    Stack,
+    bulk_sessions,
+    commandstats,
+    count_kernels,
+    machine,
+    mib,
+    print_figures,
+    set_statuses,
+    stack,
+    stats_delta,
+    wait_until,
+)
+from sokovan.bootstrap import build_agent_pool
+from sokovan.db.schema import kernels, sessions
+from sokovan.ports import AgentClientPool
+from sokovan.scheduler.specs.common import NON_TERMINAL_KERNEL, finish_terminated_sessions
+from sokovan.scheduler.terminator.destroy import DestroyJob, destroy_with_client
+from sokovan.types import (
+    AgentId,
+    KernelStatus,
+    KernelTerminationResult,
+    RunId,
+    SessionStatus,
+)
+
+HANDLER = "terminate_sessions"
+
+
+async def ours(st: Stack, kernels_total: int, limit: float) -> dict[str, float]:
+    """One terminate run on the worker; seconds, tasks sent and the worker's peak RSS."""
+    assert st.worker is not None
+    before = commandstats(st.redis_url)
+    with RssSampler(st.worker.proc.pid) as rss:
+        began = time.monotonic()
+        result = st.app.send_task(
+            "sokovan.handler.run", kwargs={"handler": HANDLER, "trigger": "api"}
+        )
+        answer = await asyncio.to_thread(result.get, timeout=limit)
+        run_id = RunId(int(answer["run_id"]))
+
+        def done() -> bool:
+            return (
+                st.ledger.get_run(run_id).finished_at is not None
+                and count_kernels(st.senv.engine, KernelStatus.TERMINATED) == kernels_total
+            )
+
+        ended = await wait_until(done, limit, what="the terminate run to close")
+    delta = stats_delta(before, commandstats(st.redis_url))
+    run = st.ledger.get_run(run_id)
+    if run.succeeded != kernels_total:
+        raise RuntimeError(f"run {run_id} destroyed {run.succeeded} of {kernels_total} kernels")
+    # Each task message is one LPUSH onto the broker queue.
+    return {"seconds": ended - began, "tasks": delta.get("lpush", 0), "rss": rss.peak}
+
+
+async def _destroy_one(
+    pool: AgentClientPool, agent_id: AgentId, job: DestroyJob
+) -> KernelTerminationResult:
+    try:
+        async with pool.acquire(agent_id) as client:
+            return await destroy_with_client(client, agent_id, job)
+    except Exception as e:
+        return KernelTerminationResult(job.kernel_id, agent_id, job.occupied_slots, False, str(e))
+
+
+async def baseline(st: Stack, pool: AgentClientPool, kernels_total: int) -> dict[str, float]:
+    """One destroy_kernel call per kernel in one gather, then the same status moves."""
+    repo = st.repo
+    began = time.monotonic()
+    found = await asyncio.to_thread(repo.sessions_in, [SessionStatus.TERMINATING])
+    calls = [
+        _destroy_one(
+            pool,
+            k.agent_id,
+            DestroyJob(k.id, s.id, s.status_info or "USER_REQUESTED", k.occupied_slots),
+        )
+        for s in found
+        for k in s.kernels
+        if k.agent_id is not None
+    ]
+    results = await asyncio.gather(*calls)
+    gathered = time.monotonic()
+    destroyed = [r.kernel_id for r in results if r.success]
+    await asyncio.to_thread(
+        repo.transition_kernels, destroyed, KernelStatus.TERMINATED, NON_TERMINAL_KERNEL
+    )
+    await asyncio.to_thread(finish_terminated_sessions, repo, [s.id for s in found])
+    ended = time.monotonic()
+    if len(destroyed) != kernels_total:
+        errors = sorted({str(r.error) for r in results if not r.success})[:5]
+        raise RuntimeError(f"baseline destroyed {len(destroyed)} of {kernels_total}: {errors}")
+    return {"seconds": ended - began, "gather": gathered - began}
+
+
+def _clear(st: Stack) -> None:
+    with st.senv.engine.begin() as conn:
+        conn.execute(kernels.delete())
+        conn.execute(sessions.delete())
+
+
+async def run(args: argparse.Namespace) -> list[Figure]:
+    """Both designs on the same agents; the figures of the timed round."""
+    latency = {"destroy_kernel": args.latency_ms / 1000}
+    async with stack(
+        agents=args.agents, latency=latency, worker_concurrency=args.concurrency
+    ) as st:
+        pool = build_agent_pool(st.senv.settings, st.repo)
+        try:
+            # Warm-up: one kernel per agent, so both sides start with connected clients.
+            ids = st.agent_ids
+            for side in ("ours", "baseline"):
+                bulk_sessions(
+                    st.senv.engine,
+                    ids,
+                    len(ids),
+                    SessionStatus.TERMINATING,
+                    KernelStatus.TERMINATING,
+                )
+                if side == "ours":
+                    await ours(st, len(ids), args.timeout)
+                else:
+                    await baseline(st, pool, len(ids))
+                _clear(st)
+            bulk_sessions(
+                st.senv.engine,
+                ids,
+                args.kernels,
+                SessionStatus.TERMINATING,
+                KernelStatus.TERMINATING,
+            )
+            mine = await ours(st, args.kernels, args.timeout)
+            set_statuses(st.senv.engine, SessionStatus.TERMINATING, KernelStatus.TERMINATING)
+            base = await baseline(st, pool, args.kernels)
+        finally:
+            await pool.close_all()
+    label = f"terminate {args.kernels:,} kernels / {args.agents} agents, {args.latency_ms:g} ms"
+    return [
+        Figure(
+            label,
+            mine["seconds"],
+            base["seconds"],
+            "s",
+            note=(
+                f"tasks sent {mine['tasks']:.0f}; worker peak RSS {mib(mine['rss']):.0f} MiB; "
+                f"baseline gather alone {base['gather']:.2f} s"
+            ),
+        ),
+        Figure(
+            f"terminate: worker peak RSS ({args.concurrency} procs)",
+            mib(mine["rss"]),
+            float("nan"),
+            "MiB",
+        ),
+    ]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--kernels", type=int, default=10_000)
+    parser.add_argument("--agents", type=int, default=100)
+    parser.add_argument("--latency-ms", type=float, default=5.0, help="destroy_kernel delay")
+    parser.add_argument("--concurrency", type=int, default=2, help="worker processes")
+    parser.add_argument("--timeout", type=float, default=600.0)
+    return parser.parse_args(argv)
+
+
+def main() -> None:
+    args = parse_args()
+    figures = asyncio.run(run(args))
+    print_figures(f"bench.terminate on {machine()}", figures)
+
+
+if __name__ == "__main__":
+    main()
