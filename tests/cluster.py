@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
+import uuid
+from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import psutil
+import sqlalchemy as sa
 from celery import Celery
 from redis.asyncio import Redis
 
@@ -95,3 +97,83 @@ async def running_cluster(
         with celery_worker(senv, concurrency=concurrency):
             yield Cluster(senv, create_app(senv.settings), repo, RunLedger(senv.engine), procs)
         await asyncio.sleep(0)
+
+
+def kernel_rows(
+    senv: SchedulerEnv, kernel_ids: Iterable[object]
+) -> dict[str, tuple[str, str | None]]:
+    """Kernel id -> (status, status_info) straight from the database."""
+    from sokovan.db.schema import kernels
+
+    ids = [uuid.UUID(str(k)) for k in kernel_ids]
+    with senv.engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(kernels.c.id, kernels.c.status, kernels.c.status_info).where(
+                kernels.c.id.in_(ids)
+            )
+        )
+        return {str(r.id): (str(r.status), r.status_info) for r in rows}
+
+
+def rpc_ports(agents: AgentProcess) -> dict[str, int]:
+    """Agent id -> the TCP port of its RPC address."""
+    return {agent_id: int(addr.rsplit(":", 1)[1]) for agent_id, addr in agents.agents.items()}
+
+
+def agent_connections(agents: AgentProcess) -> dict[str, int]:
+    """Agent id -> ESTABLISHED TCP connections the agent daemon holds on its RPC port."""
+    ports = rpc_ports(agents)
+    counts = dict.fromkeys(ports, 0)
+    by_port = {port: agent_id for agent_id, port in ports.items()}
+    for conn in psutil.Process(agents.pid).net_connections(kind="tcp"):
+        if conn.status == psutil.CONN_ESTABLISHED and conn.laddr and conn.laddr.port in by_port:
+            counts[by_port[conn.laddr.port]] += 1
+    return counts
+
+
+def connections_to(pids: Iterable[int], ports: Iterable[int]) -> dict[int, int]:
+    """Remote port -> ESTABLISHED connections from these processes to it."""
+    wanted = set(ports)
+    counts = dict.fromkeys(wanted, 0)
+    for pid in pids:
+        try:
+            conns = psutil.Process(pid).net_connections(kind="tcp")
+        except psutil.NoSuchProcess:
+            continue
+        for conn in conns:
+            if conn.status == psutil.CONN_ESTABLISHED and conn.raddr and conn.raddr.port in wanted:
+                counts[conn.raddr.port] += 1
+    return counts
+
+
+def pool_children(worker_pid: int) -> list[int]:
+    """Process ids of a prefork worker's pool processes."""
+    try:
+        return [p.pid for p in psutil.Process(worker_pid).children()]
+    except psutil.NoSuchProcess:
+        return []
+
+
+@asynccontextmanager
+async def cluster_without_worker(
+    tmp_path: Path,
+    valkey_url: str,
+    *,
+    agents: int = 2,
+    runtime: str = "sim",
+    settings: Mapping[str, str] | None = None,
+    **agent_kwargs: Any,
+) -> AsyncIterator[Cluster]:
+    """Like running_cluster, but the test starts and stops its workers itself."""
+    senv = make_env(tmp_path, valkey_url, **dict(settings or {}))
+    repo = SchedulerRepository(senv.engine)
+    repo.add_image(ImageConfig(canonical=IMAGE))
+    async with agent_process(
+        senv.settings.redis_url, count=agents, id_prefix="a", runtime=runtime, **agent_kwargs
+    ) as procs:
+        redis: Redis = Redis.from_url(senv.settings.redis_url)
+        try:
+            await sync_agents(redis, repo)
+        finally:
+            await redis.aclose()
+        yield Cluster(senv, create_app(senv.settings), repo, RunLedger(senv.engine), procs)

@@ -119,7 +119,14 @@ class RunLedger:
             conn.execute(runs.update().where(runs.c.id == run_id).values(**values))
 
     def record_items(self, run_id: RunId, outcomes: Sequence[ItemOutcome]) -> int:
-        """Stores outcomes; an item already recorded for the run is not counted again."""
+        """Stores outcomes; an item already recorded for the run is not counted again.
+
+        Outcomes that reach an abandoned run late (a redelivered task) are dropped for items
+        a later run of the same handler has recorded, so no item is counted twice.
+        """
+        if not outcomes:
+            return 0
+        outcomes = self._drop_recounted(run_id, outcomes)
         if not outcomes:
             return 0
         now = utcnow()
@@ -151,6 +158,32 @@ class RunLedger:
                 result = conn.execute(stmt, rows[start : start + 500])
                 inserted += len(result.all())
         return inserted
+
+    def _drop_recounted(
+        self, run_id: RunId, outcomes: Sequence[ItemOutcome]
+    ) -> Sequence[ItemOutcome]:
+        with self._engine.connect() as conn:
+            run = conn.execute(
+                sa.select(runs.c.handler, runs.c.status).where(runs.c.id == run_id)
+            ).first()
+            if run is None or run.status != str(RunStatus.ABANDONED):
+                return outcomes
+            later = runs.alias("later")
+            taken: set[str] = set()
+            ids = [o.item_id for o in outcomes]
+            for start in range(0, len(ids), 500):
+                taken.update(
+                    conn.execute(
+                        sa.select(run_items.c.item_id)
+                        .join(later, later.c.id == run_items.c.run_id)
+                        .where(
+                            later.c.handler == run.handler,
+                            later.c.id > run_id,
+                            run_items.c.item_id.in_(ids[start : start + 500]),
+                        )
+                    ).scalars()
+                )
+        return [o for o in outcomes if o.item_id not in taken]
 
     def close_run(
         self,

@@ -130,6 +130,28 @@ def test_sc_rl_008_abandoned_run_keeps_its_outcomes(ledger: RunLedger) -> None:
     assert ledger.running_past_deadline() == []
 
 
+def test_sc_rl_008_late_outcomes_of_an_abandoned_run_never_count_twice(
+    ledger: RunLedger,
+) -> None:
+    """SC-RL-008: a task redelivered long after its run was abandoned reports kernels the
+    next run already destroyed; those are not recorded again, the others still are."""
+    first = ledger.open_run("terminate_sessions", RunTrigger.BEAT)
+    ledger.record_items(first, [destroy("k1", "s1")])
+    assert ledger.finish_as(first, RunStatus.ABANDONED, "past its deadline")
+    second = ledger.open_run("terminate_sessions", RunTrigger.BEAT)
+    ledger.record_items(second, [destroy("k2", "s1"), destroy("k3", "s1")])
+    ledger.close_run(second)
+
+    late = [destroy("k2", "s1"), destroy("k3", "s1"), destroy("k4", "s1")]
+    assert ledger.record_items(first, late) == 1  # only k4, which no later run recorded
+    ledger.recount(first)
+
+    assert [o.item_id for o in ledger.outcomes(first)] == ["k1", "k4"]
+    assert ledger.get_run(first).succeeded == 2
+    other = ledger.open_run("sweep_stale_kernels", RunTrigger.BEAT)
+    assert ledger.record_items(other, [destroy("k2", "s1")]) == 1  # other handlers unaffected
+
+
 def test_retention_prunes_old_finished_runs_only(ledger: RunLedger, engine: sa.Engine) -> None:
     """Runs older than the retention are deleted with their items; running ones stay."""
     old = finished_run(ledger, "terminate_sessions", [destroy("k1", "s1")])
