@@ -6,8 +6,10 @@ Ours: `sokovan.handler.run sweep_stale_kernels` on a real worker, timed from the
 to its answer (claim, load, stage 1, stage 2, marking, ledger: the run is closed by then).
 Baseline, same run and data: the same handler run in this process, with stage 2 asking
 one kernel at a time (the original algorithm).
+Each agent takes `--check-latency-ms` (default 5 ms, as the terminate benchmark's destroy
+latency) to answer `check_running`, so stage 2's concurrency shows; 0 answers at once.
 
-    python -m bench.sweep [--kernels 100000] [--agents 100] [--stale 0.005]
+    python -m bench.sweep [--kernels 100000] [--agents 100] [--stale 0.005] [--check-latency-ms 5]
 """
 
 from __future__ import annotations
@@ -154,8 +156,9 @@ async def ours(st: Stack, scope: list[str] | None, limit: float) -> dict[str, fl
         "seconds": ended - began,
         "rss": rss.peak,
         "rss_process": rss.peak_process,
-        # Stage 1 opens each pipelined batch with TIME; the agents send none here.
-        "pipelines": delta.get("time", 0),
+        # Each stage-1 presence read asks for TIME once; the agents send none here.
+        "reads": delta.get("time", 0),
+        "hmget": delta.get("hmget", 0),
         "hgetall": delta.get("hgetall", 0),
     }
 
@@ -186,7 +189,10 @@ async def _baseline_services(st: Stack) -> Services:
 
 async def run(args: argparse.Namespace) -> list[Figure]:
     """Seeds the kernels, warms both sides up on the suspects, then times one full run each."""
-    async with stack(agents=args.agents, worker_concurrency=args.concurrency) as st:
+    latency = {"check_running": args.check_latency_ms / 1000}
+    async with stack(
+        agents=args.agents, latency=latency, worker_concurrency=args.concurrency
+    ) as st:
         services = await _baseline_services(st)
         st.extras["services"] = services
         try:
@@ -205,7 +211,10 @@ async def run(args: argparse.Namespace) -> list[Figure]:
             await services.close()
     if reaped != len(dead) or mine_reaped != len(dead):
         raise RuntimeError(f"expected {len(dead)} reaped, got {mine_reaped} / {reaped}")
-    label = f"sweep {args.kernels:,} kernels / {args.agents} agents, {len(alive) + len(dead)} stale"
+    label = (
+        f"sweep {args.kernels:,} kernels / {args.agents} agents, {len(alive) + len(dead)} stale,"
+        f" check_running {args.check_latency_ms:g} ms"
+    )
     return [
         Figure(
             label,
@@ -213,8 +222,10 @@ async def run(args: argparse.Namespace) -> list[Figure]:
             base["seconds"],
             "s",
             note=(
-                f"{len(dead)} reaped; stage 1: {base['round_trips']:.0f} round trip(s) "
-                f"({mine['pipelines']:.0f} pipeline(s), {mine['hgetall']:.0f} HGETALL in ours); "
+                f"agents answer check_running after {args.check_latency_ms:g} ms; "
+                f"{len(dead)} reaped; stage 1: {base['round_trips']:.0f} round trip(s) in the "
+                f"baseline, {mine['reads']:.0f} in ours ({mine['hmget']:.0f} HMGET, "
+                f"{mine['hgetall']:.0f} HGETALL); "
                 f"worker peak RSS {mib(mine['rss']):.0f} MiB tree, "
                 f"{mib(mine['rss_process']):.0f} MiB largest process"
             ),
@@ -230,6 +241,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--kernels", type=int, default=100_000)
     parser.add_argument("--agents", type=int, default=100)
     parser.add_argument("--stale", type=float, default=0.005, help="share of kernels stale")
+    parser.add_argument(
+        "--check-latency-ms", type=float, default=5.0, help="check_running delay on every agent"
+    )
     parser.add_argument("--concurrency", type=int, default=2, help="worker processes")
     parser.add_argument("--timeout", type=float, default=600.0)
     return parser.parse_args(argv)

@@ -12,6 +12,9 @@ PRESENCE_TTL_SEC: Final = 300
 PRESENCE_STALE_AFTER_SEC: Final = 120
 # How often an agent rewrites presence for its RUNNING kernels; far below the stale threshold.
 PRESENCE_REFRESH_SEC: Final = 30
+# Kernels per presence read in stage 1 of the sweep: one round trip each, small enough that
+# neither Valkey (busy in one script) nor the worker (holding the replies) feels a large sweep.
+PRESENCE_PAGE_SIZE: Final = 10_000
 
 # Handler claims: one run per handler at a time, released by the run's completion.
 CLAIM_KEY_PREFIX: Final = "sokovan:claim:"
@@ -84,3 +87,9 @@ SINGLE_NODE_NETWORK_PREFIX: Final = "bai-singlenode-"
 REDIS_MAX_CONNECTIONS: Final = 64
 # How long a Redis call waits for a free pooled connection before failing.
 REDIS_POOL_WAIT_SEC: Final = 30.0
+# create_kernels calls in flight per agent inside one task: the original sends them all
+# at once, so the bound is generous; it only keeps one task's sockets and memory in check.
+CREATE_CONCURRENCY_PER_AGENT: Final = 64
+# Sessions one create_kernels task carries at most: their keypairs (~35 ms of CPU each) and
+# calls fit well inside the start timeout, and a large run's sessions reach RUNNING in steps.
+CREATE_SESSIONS_PER_TASK: Final = 200

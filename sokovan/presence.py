@@ -21,24 +21,52 @@ def presence_key(kernel_id: KernelId | str) -> str:
     return f"{C.PRESENCE_KEY_PREFIX}{kernel_id}"
 
 
+# The fields a verdict needs, in the order a batch read asks for them; a batch read leaves
+# last_check and created_at out: the sweep never reads them, and each costs parsing per kernel.
+PRESENCE_FIELDS = ("presence", "last_presence")
+
+# One HMGET per key on the server, the server's TIME first: a batch costs one command to send
+# and one flat reply to parse, where a pipeline pays the client library's overhead per key.
+_BATCH_READ = """
+local out = {}
+local n = #ARGV
+for i, key in ipairs(KEYS) do
+  local values = redis.call('HMGET', key, unpack(ARGV))
+  for j = 1, n do
+    out[(i - 1) * n + j] = values[j]
+  end
+end
+return {redis.call('TIME'), out}
+"""
+
+Raw = str | bytes | None
+
+
 def judge(fields: dict[str, str], now: float, stale_after: float) -> KernelPresence | None:
     """Reads one presence hash; None when it has no `presence` field."""
-    presence = fields.get("presence")
-    if presence is None:
+    verdict = _verdict(fields.get("presence"), fields.get("last_presence"), now, stale_after)
+    if verdict is None:
         return None
-    last_presence = _float(fields.get("last_presence"))
-    status = HealthCheckStatus.HEALTHY if presence == "1" else HealthCheckStatus.UNHEALTHY
-    if last_presence is not None and now - last_presence > stale_after:
-        status = HealthCheckStatus.STALE
     return KernelPresence(
-        presence=status,
-        last_presence=last_presence,
+        verdict.presence,
+        verdict.last_presence,
         last_check=_float(fields.get("last_check")),
         created_at=_float(fields.get("created_at")),
     )
 
 
-def _float(raw: str | None) -> float | None:
+def _verdict(presence: Raw, last_presence: Raw, now: float, stale: float) -> KernelPresence | None:
+    if presence is None:
+        return None
+    seen = _float(last_presence)
+    if seen is not None and now - seen > stale:
+        return KernelPresence(HealthCheckStatus.STALE, seen)
+    if presence == "1" or presence == b"1":
+        return KernelPresence(HealthCheckStatus.HEALTHY, seen)
+    return KernelPresence(HealthCheckStatus.UNHEALTHY, seen)
+
+
+def _float(raw: Raw) -> float | None:
     try:
         return None if raw is None else float(raw)
     except ValueError:
@@ -46,7 +74,7 @@ def _float(raw: str | None) -> float | None:
 
 
 class ValkeyPresence:
-    """Reads and writes presence hashes; one pipelined round trip per batch."""
+    """Reads and writes presence hashes; one round trip per batch, however many kernels."""
 
     def __init__(
         self,
@@ -57,29 +85,33 @@ class ValkeyPresence:
         self._redis = redis
         self._stale_after = stale_after
         self._ttl = ttl
+        self._batch_read = redis.register_script(_BATCH_READ)
         self.round_trips = 0
 
     async def check_kernel_presence_status_batch(
         self, kernel_ids: Sequence[KernelId], agent_ids: Sequence[AgentId | None] | None = None
     ) -> dict[KernelId, KernelPresence]:
-        """Presence per kernel, judged against the server's clock; absent kernels are left out."""
+        """Presence per kernel, judged against the server's clock; absent kernels are left out.
+
+        Only `presence` and `last_presence` are read: the verdicts carry no last_check or
+        created_at.
+        """
         if not kernel_ids:
             return {}
+        keys = [presence_key(k) for k in kernel_ids]
         try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.time()
-                for kernel_id in kernel_ids:
-                    pipe.hgetall(presence_key(kernel_id))
-                replies: list[Any] = await pipe.execute()
+            reply: list[Any] = await self._batch_read(keys=keys, args=PRESENCE_FIELDS)
         except (RedisError, OSError) as e:
             raise PresenceUnavailable(f"presence store unreadable: {e}") from e
         self.round_trips += 1
-        seconds, micros = replies[0]
+        (seconds, micros), values = reply
         now = float(seconds) + float(micros) / 1_000_000
+        stale = self._stale_after
         out: dict[KernelId, KernelPresence] = {}
-        for kernel_id, raw in zip(kernel_ids, replies[1:], strict=True):
-            fields = {_text(k): _text(v) for k, v in (raw or {}).items()}
-            verdict = judge(fields, now, self._stale_after)
+        fields = iter(values)
+        # The same iterator twice over: each kernel takes the next two values.
+        for kernel_id, presence, last_presence in zip(kernel_ids, fields, fields, strict=True):
+            verdict = _verdict(presence, last_presence, now, stale)
             if verdict is not None:
                 out[kernel_id] = verdict
         return out
@@ -115,7 +147,3 @@ class ValkeyPresence:
         keys = [presence_key(k) for k in kernel_ids]
         if keys:
             await self._redis.delete(*keys)
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -124,6 +125,29 @@ class SchedulerRepository:
         with self.engine.connect() as conn:
             for agent_id, slots in conn.execute(query):
                 out[agent_id] = out.get(agent_id, ResourceSlot()) + ResourceSlot.from_json(slots)
+        return out
+
+    def occupied_by_agent_grouped(self) -> dict[str, ResourceSlot]:
+        """occupied_by_agent, counted in SQL: one row per agent and distinct slot set.
+
+        Kernels of a cluster mostly share their slots, so this reads a handful of rows
+        where occupied_by_agent reads one per live kernel.
+        """
+        slots_text = sa.cast(kernels.c.requested_slots, sa.Text)
+        query = (
+            sa.select(kernels.c.agent_id, slots_text, sa.func.count())
+            .where(
+                kernels.c.agent_id.is_not(None),
+                kernels.c.status.not_in([str(s) for s in TERMINAL_KERNEL_STATUSES]),
+            )
+            .group_by(kernels.c.agent_id, slots_text)
+        )
+        out: dict[str, ResourceSlot] = {}
+        with self.engine.connect() as conn:
+            for agent_id, text, count in conn.execute(query):
+                slots = ResourceSlot.from_json(json.loads(text) if text else None)
+                total = ResourceSlot({k: v * count for k, v in slots.items()})
+                out[agent_id] = out.get(agent_id, ResourceSlot()) + total
         return out
 
     async def resolve(self, agent_id: AgentId) -> AgentAddress:
@@ -304,6 +328,45 @@ class SchedulerRepository:
         with self.engine.connect() as conn:
             return [_kernel(r) for r in conn.execute(query).mappings()]
 
+    def kernels_to_sweep(
+        self,
+        statuses: Collection[KernelStatus],
+        *,
+        limit: int = 0,
+        only: Collection[KernelId] | None = None,
+    ) -> list[KernelInfo]:
+        """Like `kernels_in`, with only ids, status and scaling group filled in (the rest default).
+
+        The stale sweep reads every RUNNING kernel each run and needs no more than these.
+        """
+        query = (
+            sa.select(
+                kernels.c.id,
+                kernels.c.session_id,
+                kernels.c.agent_id,
+                kernels.c.status,
+                kernels.c.scaling_group,
+            )
+            .where(kernels.c.status.in_([str(s) for s in statuses]))
+            .order_by(kernels.c.created_at, kernels.c.id)
+        )
+        if only is not None:
+            query = query.where(kernels.c.id.in_(list(only)))
+        if limit:
+            query = query.limit(limit)
+        status_of = {str(s): s for s in KernelStatus}
+        with self.engine.connect() as conn:
+            return [
+                KernelInfo(
+                    id=kid,
+                    session_id=sid,
+                    agent_id=agent,
+                    status=status_of[status],
+                    scaling_group=group,
+                )
+                for kid, sid, agent, status, group in conn.execute(query)
+            ]
+
     def kernel_statuses(self, kernel_ids: Collection[KernelId]) -> dict[KernelId, KernelStatus]:
         with self.engine.connect() as conn:
             rows = conn.execute(
@@ -360,6 +423,50 @@ class SchedulerRepository:
             for kernel_id, kv in (values or {}).items():
                 if kernel_id in set(moved):
                     conn.execute(kernels.update().where(kernels.c.id == kernel_id).values(**kv))
+        return moved
+
+    def transition_kernels_with_values(
+        self,
+        values: Mapping[KernelId, Mapping[str, Any]],
+        to: KernelStatus,
+        allowed_from: Collection[KernelStatus],
+    ) -> list[KernelId]:
+        """transition_kernels for many kernels, each also given its own column values.
+
+        One transaction, with one executemany per set of columns however many kernels.
+        """
+        if not values:
+            return []
+        extra: dict[str, Any] = {"status": str(to), "status_changed_at": utcnow()}
+        if to in TERMINAL_KERNEL_STATUSES:
+            extra["terminated_at"] = extra["status_changed_at"]
+        allowed = [str(s) for s in allowed_from]
+        ids = list(values)
+        moved: list[KernelId] = []
+        with self.engine.begin() as conn:
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                found = conn.execute(
+                    sa.select(kernels.c.id).where(
+                        kernels.c.id.in_(chunk), kernels.c.status.in_(allowed)
+                    )
+                ).scalars()
+                moved.extend(KernelId(k) for k in found)
+            by_columns: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+            for kernel_id in moved:
+                row = {**dict(values[kernel_id]), **extra}
+                by_columns.setdefault(tuple(sorted(row)), []).append(
+                    {f"v_{k}": v for k, v in row.items()} | {"b_id": kernel_id}
+                )
+            # executemany cannot expand IN lists: the status guard is spelled out instead.
+            still_allowed = sa.or_(*(kernels.c.status == s for s in allowed))
+            for columns, rows in by_columns.items():
+                stmt = (
+                    kernels.update()
+                    .where(kernels.c.id == sa.bindparam("b_id"), still_allowed)
+                    .values({c: sa.bindparam(f"v_{c}") for c in columns})
+                )
+                conn.execute(stmt, rows)
         return moved
 
     def transition_sessions(

@@ -10,7 +10,8 @@ from redis.asyncio import Redis
 
 from sokovan.errors import PresenceUnavailable
 from sokovan.presence import ValkeyPresence, judge, presence_key
-from sokovan.types import HealthCheckStatus, KernelId, KernelPresence
+from sokovan.scheduler.terminator.stale import read_presence
+from sokovan.types import HealthCheckStatus, KernelId, KernelInfo, KernelPresence, SessionId
 from tests.conftest import free_port
 
 NOW = 1_700_000_000.0
@@ -97,7 +98,8 @@ async def test_valkey_presence_one_round_trip_per_batch_with_server_time(
 
     Given fresh, old and absent presence hashes written against the server's clock,
     When the local clock is a day off and one batch is read,
-    Then the verdicts follow the server's clock, and TIME ran once with one HGETALL per kernel.
+    Then the verdicts follow the server's clock, and TIME ran once with one HMGET per kernel
+    (no HGETALL), all on the server in one call.
     """
     reader = ValkeyPresence(redis, stale_after=STALE_AFTER)
     fresh, old, dead_flag, absent = (KernelId(uuid.uuid4()) for _ in range(4))
@@ -120,7 +122,10 @@ async def test_valkey_presence_one_round_trip_per_batch_with_server_time(
         dead_flag: HealthCheckStatus.UNHEALTHY,
     }
     assert after["cmdstat_time"] - before.get("cmdstat_time", 0) == 1
-    assert after["cmdstat_hgetall"] - before.get("cmdstat_hgetall", 0) == 4
+    assert after["cmdstat_hmget"] - before.get("cmdstat_hmget", 0) == 4
+    assert "cmdstat_hgetall" not in after
+    # The verdict's fields only: what the sweep reads.
+    assert statuses[old] == KernelPresence(HealthCheckStatus.STALE, float(int(server_now - 600)))
 
     await reader.check_kernel_presence_status_batch([fresh])
     assert reader.round_trips == 2
@@ -170,3 +175,24 @@ async def test_valkey_presence_unreachable_store_raises_presence_unavailable() -
         assert reader.round_trips == 0
     finally:
         await client.aclose()
+
+
+@pytest.mark.integration
+async def test_valkey_presence_stage_one_round_trips_equal_pages(redis: Redis) -> None:
+    """Stage 1 over 25 kernels in pages of 10 makes 3 round trips (one TIME each), not 25."""
+    reader = ValkeyPresence(redis, stale_after=STALE_AFTER)
+    kernels = [KernelInfo(KernelId(uuid.uuid4()), SessionId(uuid.uuid4()), None) for _ in range(25)]
+    server_now = await _server_now(redis)
+    await reader.write_presence([k.id for k in kernels[:20]], now=server_now)
+    await reader.write_presence([kernels[20].id], now=server_now - 600)
+    before = await _commandstats(redis)
+
+    judgement = await read_presence(reader, kernels, page_size=10)
+
+    after = await _commandstats(redis)
+    assert reader.round_trips == 3 and judgement.pages == 3
+    assert after["cmdstat_time"] - before.get("cmdstat_time", 0) == 3
+    assert after["cmdstat_hmget"] - before.get("cmdstat_hmget", 0) == 25
+    assert [e.kernel_id for e in judgement.candidates] == [k.id for k in kernels[20:]]
+    assert judgement.candidates[0].presence == HealthCheckStatus.STALE
+    assert [e.presence for e in judgement.candidates[1:]] == [None] * 4

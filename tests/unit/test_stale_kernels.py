@@ -322,3 +322,24 @@ async def test_presence_unavailable_propagates_without_agent_calls() -> None:
         await build(presence, pool).check_stale_kernels([new_kernel(A1)])
 
     assert pool.acquired == []
+
+
+async def test_stage_one_reads_presence_one_page_at_a_time() -> None:
+    """Stage 1 over more kernels than a page: one presence read per page, candidates of
+    every page kept in input order, and the judgement counts all kernels."""
+    pool = FakeAgentClientPool()
+    pool.add(A1)
+    kernels = [new_kernel(A1) for _ in range(7)]
+    stale = {kernels[1].id, kernels[4].id, kernels[6].id}
+    presence = FakePresence({k.id: STALE if k.id in stale else ALIVE for k in kernels})
+    terminator = SessionTerminator(
+        pool, presence, InProcessFanOut(_no_fanout), presence_page_size=3
+    )
+
+    judgement = await terminator.read_presence(kernels)
+
+    assert presence.batches == [[k.id for k in kernels[i : i + 3]] for i in (0, 3, 6)]
+    assert judgement.pages == 3
+    assert judgement.total == 7
+    assert [e.kernel_id for e in judgement.candidates] == [kernels[i].id for i in (1, 4, 6)]
+    assert pool.acquired == []

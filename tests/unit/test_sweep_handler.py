@@ -45,8 +45,11 @@ def build(
     pool: FakeAgentClientPool,
     max_stale_ratio: float = 0.5,
     brake_min_kernels: int = 10,
+    page_size: int = 10_000,
 ) -> SweepStaleKernelsKernelHandler:
-    terminator = SessionTerminator(pool, presence, InProcessFanOut(_no_fanout))
+    terminator = SessionTerminator(
+        pool, presence, InProcessFanOut(_no_fanout), presence_page_size=page_size
+    )
     return SweepStaleKernelsKernelHandler(terminator, max_stale_ratio, brake_min_kernels)
 
 
@@ -242,3 +245,47 @@ async def test_sc_kh_int_001_full_stale_kernel_sweep_flow() -> None:
     assert handler.status_transitions.failure is KernelStatus.TERMINATED
     assert handler.status_transitions.success is None
     assert [c.args[0] for c in a1.calls_to("check_running")] == [k1.id, k3.id]
+
+
+async def test_brake_is_judged_over_all_pages_not_per_page() -> None:
+    """Stale kernels bunched in the first pages do not brake a run whose whole ratio is low.
+
+    Given 10 kernels read in pages of 2, the first 4 without presence (pages 1 and 2 all
+    stale), every agent answering False,
+    When the handler runs with max_stale_ratio 0.5 and brake_min_kernels 2,
+    Then 4 of 10 is under the ratio: no brake, the 4 are failures, 5 presence reads.
+    """
+    pool = FakeAgentClientPool()
+    a1 = pool.add(A1)
+    a1.script("check_running", False)
+    kernels = [new_kernel() for _ in range(10)]
+    presence = FakePresence({k.id: ALIVE for k in kernels[4:]})
+
+    result = await build(presence, pool, brake_min_kernels=2, page_size=2).execute(
+        "default", kernels
+    )
+
+    assert result.brake is None
+    assert [f.kernel_id for f in result.failures] == [k.id for k in kernels[:4]]
+    assert len(result.successes) == 6
+    assert len(presence.batches) == 5
+
+
+async def test_brake_over_pages_holds_when_the_whole_run_is_stale() -> None:
+    """Stale kernels spread thin over pages still brake when the run as a whole is mostly stale.
+
+    Given 10 kernels in pages of 4 where 6 lack presence, When the handler runs with
+    max_stale_ratio 0.5, Then the brake holds over all 10 (6 of 10) and no agent is asked.
+    """
+    pool = FakeAgentClientPool()
+    a1 = pool.add(A1)
+    a1.script("check_running", False)
+    kernels = [new_kernel() for _ in range(10)]
+    presence = FakePresence({kernels[i].id: ALIVE for i in (0, 3, 6, 9)})
+
+    result = await build(presence, pool, page_size=4).execute("default", kernels)
+
+    assert result.brake is not None and "6 of 10" in result.brake
+    assert result.failures == [] and len(result.skipped) == 10
+    assert pool.acquired == [] and a1.calls_to("check_running") == []
+    assert len(presence.batches) == 3

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 import sqlalchemy as sa
 from redis.asyncio import Redis
 
@@ -9,6 +11,7 @@ from sokovan.scheduler.claims import claim_key
 from sokovan.types import (
     HealthCheckStatus,
     KernelId,
+    KernelInfo,
     KernelPresence,
     KernelStatus,
     RunStatus,
@@ -85,3 +88,48 @@ async def test_sc_kh_int_001_dead_kernel_terminated_and_its_session_handed_to_te
     assert evidence[k1]["verdict"] == "dead" and evidence[k1]["check_running"] == "False"
     assert evidence[k3]["verdict"] == "alive"
     assert k2 not in evidence  # healthy in stage 1: counted, no row of its own
+
+
+async def test_sweep_loads_the_same_kernels_as_kernels_in_with_only_what_it_reads(
+    rig: Rig,
+) -> None:
+    """The sweep's lean load gives the kernels, order, ids, agent, status and scaling group
+    of `kernels_in`, honouring `only` and `limit`."""
+    for agents in (["a1"], ["a1", "a2"], ["a2"]):
+        _, kids = add_session(rig, agents, status=SessionStatus.RUNNING)
+        rig.repo.transition_kernels(kids, KernelStatus.RUNNING, list(KernelStatus))
+    full = rig.repo.kernels_in([KernelStatus.RUNNING])
+
+    lean = rig.repo.kernels_to_sweep([KernelStatus.RUNNING])
+
+    def seen(k: KernelInfo) -> tuple[object, ...]:
+        return (k.id, k.session_id, k.agent_id, k.status, k.scaling_group)
+
+    assert [seen(k) for k in lean] == [seen(k) for k in full] and len(lean) == 4
+    assert all(k.status is KernelStatus.RUNNING for k in lean)
+    some = rig.repo.kernels_to_sweep([KernelStatus.RUNNING], only=[full[3].id, full[1].id])
+    assert [k.id for k in some] == [full[1].id, full[3].id]
+    assert [k.id for k in rig.repo.kernels_to_sweep([KernelStatus.RUNNING], limit=2)] == [
+        k.id for k in full[:2]
+    ]
+
+
+async def test_sweep_holds_off_the_cyclic_collector_only_while_it_runs(rig: Rig) -> None:
+    """The collector is off while the sweep judges its kernels and on again once the run ends."""
+    _, kids = add_session(rig, ["a1"], status=SessionStatus.RUNNING)
+    rig.repo.transition_kernels(kids, KernelStatus.RUNNING, list(KernelStatus))
+    seen: list[bool] = []
+    original = rig.presence.check_kernel_presence_status_batch
+
+    async def spying(kernel_ids, agent_ids=None):  # type: ignore[no-untyped-def]
+        seen.append(gc.isenabled())
+        return await original(kernel_ids, agent_ids)
+
+    rig.presence.check_kernel_presence_status_batch = spying  # type: ignore[method-assign]
+    assert gc.isenabled()
+
+    report = await rig.coordinator.run(SWEEP, RunTrigger.BEAT)
+
+    assert report.status == RunStatus.SUCCEEDED
+    assert seen == [False]
+    assert gc.isenabled()

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 
+from sokovan import constants as C
 from sokovan.ports import AgentClient, AgentClientPool, PresenceReader
-from sokovan.types import JSON, AgentId, HealthCheckStatus, KernelId, KernelInfo
+from sokovan.types import JSON, AgentId, HealthCheckStatus, KernelId, KernelInfo, KernelPresence
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,8 @@ class StaleJudgement:
 
     total: int
     candidates: tuple[KernelEvidence, ...] = ()
+    # Presence reads (round trips) stage 1 took.
+    pages: int = 0
 
     @property
     def dead_kernel_ids(self) -> list[KernelId]:
@@ -71,23 +74,39 @@ class StaleJudgement:
         return {str(e.kernel_id): e.to_json() for e in self.candidates}
 
 
-async def read_presence(presence: PresenceReader, kernels: Sequence[KernelInfo]) -> StaleJudgement:
-    """Stage 1: one batched presence read; missing or STALE kernels become candidates."""
-    if not kernels:
-        return StaleJudgement(total=0)
-    statuses = await presence.check_kernel_presence_status_batch(
-        [k.id for k in kernels], [k.agent_id for k in kernels]
-    )
+async def read_presence(
+    presence: PresenceReader,
+    kernels: Sequence[KernelInfo],
+    page_size: int = C.PRESENCE_PAGE_SIZE,
+) -> StaleJudgement:
+    """Stage 1: one batched presence read per page; missing or STALE kernels become candidates.
+
+    Only the candidates are kept across pages, so the judgement (and the brake on it) covers
+    every kernel while one page of presence is held at a time.
+    """
+    page_size = max(1, page_size)
     candidates: list[KernelEvidence] = []
+    pages = 0
+    for start in range(0, len(kernels), page_size):
+        page = kernels[start : start + page_size]
+        statuses = await presence.check_kernel_presence_status_batch(
+            [k.id for k in page], [k.agent_id for k in page]
+        )
+        pages += 1
+        candidates.extend(_suspects(page, statuses))
+    return StaleJudgement(total=len(kernels), candidates=tuple(candidates), pages=pages)
+
+
+def _suspects(
+    kernels: Sequence[KernelInfo], statuses: Mapping[KernelId, KernelPresence]
+) -> Iterator[KernelEvidence]:
+    """Kernels of one page whose presence is missing or STALE, in input order."""
     for kernel in kernels:
         status = statuses.get(kernel.id)
         if status is None:
-            candidates.append(KernelEvidence(kernel.id, kernel.agent_id, None))
+            yield KernelEvidence(kernel.id, kernel.agent_id, None)
         elif status.presence == HealthCheckStatus.STALE:
-            candidates.append(
-                KernelEvidence(kernel.id, kernel.agent_id, status.presence, status.last_presence)
-            )
-    return StaleJudgement(total=len(kernels), candidates=tuple(candidates))
+            yield KernelEvidence(kernel.id, kernel.agent_id, status.presence, status.last_presence)
 
 
 async def confirm_with_agents(

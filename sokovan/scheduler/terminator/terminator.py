@@ -45,12 +45,14 @@ class SessionTerminator:
         *,
         destroy_concurrency: int = C.DESTROY_CONCURRENCY_PER_AGENT,
         check_running_concurrency: int = C.CHECK_RUNNING_CONCURRENCY_PER_AGENT,
+        presence_page_size: int = C.PRESENCE_PAGE_SIZE,
     ) -> None:
         self._agent_client_pool = agent_client_pool
         self._presence = presence
         self._fanout = fanout
         self._destroy_concurrency = destroy_concurrency
         self._check_running_concurrency = check_running_concurrency
+        self._presence_page_size = presence_page_size
 
     async def terminate_sessions_for_handler(
         self,
@@ -106,8 +108,8 @@ class SessionTerminator:
             return KernelTerminationResult(kernel_id, agent_id, occupied_slots, False, error)
 
     async def read_presence(self, kernels: Sequence[KernelInfo]) -> StaleJudgement:
-        """Stage 1 of the sweep; raises PresenceUnavailable when the store cannot be read."""
-        return await read_presence(self._presence, kernels)
+        """Stage 1 of the sweep, a page at a time; raises PresenceUnavailable when unreadable."""
+        return await read_presence(self._presence, kernels, self._presence_page_size)
 
     async def confirm_with_agents(self, judgement: StaleJudgement) -> StaleJudgement:
         """Stage 2 of the sweep: each candidate's agent says whether it runs."""
