@@ -3,8 +3,11 @@
 Ours: `sokovan.session.create` sent for every session as fast as this process can send,
 then pull (one check_and_pull per agent) and start (create_kernels) on a real worker;
 latency is each session's RUNNING time in the database minus the moment it was sent.
-Baseline, same agents and client: in this process, one check_and_pull per agent and one
-create_kernels per session, all at once in asyncio (no database, no keys, no broker).
+Baseline, same agents and client: in this process, the per-session work of Backend.AI's
+asyncio launcher: one check_and_pull per agent, then per session one cluster SSH keypair
+(RSA-2048, made on the event loop as the original does) and one create_kernels, all
+sessions at once in one gather (no database, no broker). The same calls without the
+keypairs are measured too and printed as a note.
 
     python -m bench.launch [--sessions 1000] [--agents 20] [--latency-ms 10]
 """
@@ -13,10 +16,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import re
 import time
 import uuid
 from collections.abc import Sequence
+from dataclasses import replace
+from datetime import datetime
 
+import psutil
 import sqlalchemy as sa
 
 from bench.harness import (
@@ -36,6 +44,7 @@ from bench.harness import (
 from sokovan.bootstrap import build_agent_pool
 from sokovan.db.schema import sessions
 from sokovan.ports import AgentClientPool
+from sokovan.scheduler.launcher.keys import generate_cluster_ssh_keypair
 from sokovan.types import AgentId, ImageConfig, KernelId, SessionId, SessionStatus
 
 FAILED = (SessionStatus.TERMINATING, SessionStatus.TERMINATED, SessionStatus.ERROR)
@@ -71,10 +80,68 @@ def _count(st: Stack, prefix: str, statuses: Sequence[SessionStatus]) -> int:
         return int(conn.execute(query).scalar() or 0)
 
 
-async def ours(st: Stack, count: int, prefix: str, limit: float) -> dict[str, float]:
+def _cpu_seconds(st: Stack) -> dict[str, float]:
+    """CPU seconds used so far by the worker's processes, the agents and this process."""
+    out: dict[str, float] = {}
+    procs = {"agents": st.agents.proc.pid, "bench": os.getpid()}
+    if st.worker is not None:
+        procs["worker"] = st.worker.proc.pid
+        for child in psutil.Process(st.worker.proc.pid).children(recursive=True):
+            procs[f"worker child {child.pid}"] = child.pid
+    for name, pid in procs.items():
+        try:
+            times = psutil.Process(pid).cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        out[name] = times.user + times.system
+    return out
+
+
+def _print_runs(st: Stack, since: float) -> None:
+    """Launch runs that started after `since`: when, how long, how many kernels."""
+    print("run timeline (s after the first send):")
+    for run in reversed(st.ledger.list_runs(limit=200)):
+        began = run.started_at.timestamp() - since
+        if began < 0 or run.handler not in ("pull_images", "start_sessions"):
+            continue
+        took = "running" if run.duration is None else f"{run.duration:6.2f}"
+        print(f"  {began:7.2f} {took:>8} {run.handler:<15} {run.trigger:<6} req {run.requested}")
+    if st.worker is None:
+        return
+    done = re.findall(
+        r"\[([\d:, -]+): INFO/(\S+)\] Task sokovan\.agent\.create_kernels\[\S+\] "
+        r"succeeded in ([\d.]+)s",
+        st.worker.output(),
+    )
+    per_process: dict[str, list[float]] = {}
+    for _, process, took in done:
+        per_process.setdefault(process, []).append(float(took))
+    for process, times in sorted(per_process.items()):
+        print(f"  {process}: {len(times)} create_kernels task(s), {sum(times):.2f} s in all")
+    # The worker logs local time without a zone; this process reads it on the same clock.
+    received = [
+        t
+        for t in (
+            datetime.strptime(at, "%Y-%m-%d %H:%M:%S,%f").timestamp() - since  # noqa: DTZ007
+            for at in re.findall(
+                r"\[([\d:, -]+): INFO/MainProcess\] Task sokovan\.agent\.create_kernels\[\S+\] "
+                r"received",
+                st.worker.output(),
+            )
+        )
+        if t > 0
+    ]
+    if received:
+        print(f"  create_kernels tasks taken from {min(received):.2f} to {max(received):.2f} s")
+
+
+async def ours(
+    st: Stack, count: int, prefix: str, limit: float, *, timeline: bool = False
+) -> dict[str, float]:
     """Sends every create at once; waits until all are RUNNING; latencies from the database."""
     assert st.worker is not None
     before = commandstats(st.redis_url)
+    cpu_before = _cpu_seconds(st)
     sent: dict[str, float] = {}
     with RssSampler(st.worker.proc.pid) as rss:
         for i in range(count):
@@ -101,6 +168,10 @@ async def ours(st: Stack, count: int, prefix: str, limit: float) -> dict[str, fl
         await wait_until(settled, limit, interval=0.2, what="every session RUNNING")
     delta = stats_delta(before, commandstats(st.redis_url))
     running = _running_at(st, prefix)
+    if timeline:
+        _print_runs(st, min(sent.values()))
+        cpu = {k: v - cpu_before.get(k, 0.0) for k, v in _cpu_seconds(st).items()}
+        print("  CPU seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in cpu.items()))
     latencies = [running[name] - sent[name] for name in sent]
     span = max(running.values()) - min(sent.values())
     return {
@@ -115,9 +186,9 @@ async def ours(st: Stack, count: int, prefix: str, limit: float) -> dict[str, fl
 
 
 async def baseline(
-    pool: AgentClientPool, agents: Sequence[AgentId], count: int
+    pool: AgentClientPool, agents: Sequence[AgentId], count: int, *, keys: bool = True
 ) -> dict[str, float]:
-    """check_and_pull per agent, then create_kernels per session, all in one gather each."""
+    """check_and_pull per agent, then keypair + create_kernels per session, one gather each."""
     image = ImageConfig(canonical=IMAGE)
     config = {"image": {"canonical": IMAGE}, "environ": {}, "resource_slots": {"cpu": "1"}}
     began = time.monotonic()
@@ -128,9 +199,11 @@ async def baseline(
 
     async def create(i: int) -> float:
         agent, kernel = agents[i % len(agents)], KernelId(uuid.uuid4())
+        # The original makes the keypair synchronously, on the loop, for every session.
+        cluster_info = {"ssh_keypair": generate_cluster_ssh_keypair().to_agent()} if keys else {}
         async with pool.acquire(agent) as client:
             await client.create_kernels(
-                SessionId(uuid.uuid4()), [kernel], [config], {}, {kernel: image}
+                SessionId(uuid.uuid4()), [kernel], [config], cluster_info, {kernel: image}
             )
         return time.monotonic() - began
 
@@ -150,13 +223,16 @@ async def run(args: argparse.Namespace) -> list[Figure]:
     async with stack(
         agents=args.agents, latency=latency, worker_concurrency=args.concurrency
     ) as st:
-        pool = build_agent_pool(st.senv.settings, st.repo)
+        # The baseline's loop is busy making keys, so it reads replies late: a short call
+        # timeout would fail it rather than measure it.
+        pool = build_agent_pool(replace(st.senv.settings, agent_call_timeout=600.0), st.repo)
         try:
             # Warm-up: images land on every agent, clients connect on both sides.
             await ours(st, args.agents, "warm-", args.timeout)
             await baseline(pool, st.agent_ids, args.agents)
-            mine = await ours(st, args.sessions, "timed-", args.timeout)
+            mine = await ours(st, args.sessions, "timed-", args.timeout, timeline=args.runs)
             base = await baseline(pool, st.agent_ids, args.sessions)
+            bare = await baseline(pool, st.agent_ids, args.sessions, keys=False)
         finally:
             await pool.close_all()
         running = count_sessions(st.senv.engine, SessionStatus.RUNNING)
@@ -164,7 +240,9 @@ async def run(args: argparse.Namespace) -> list[Figure]:
     note = (
         f"{running} RUNNING; sending took {mine['sending']:.2f} s; tasks sent {mine['tasks']:.0f}; "
         f"worker peak RSS {mib(mine['rss']):.0f} MiB tree, "
-        f"{mib(mine['rss_process']):.0f} MiB largest process"
+        f"{mib(mine['rss_process']):.0f} MiB largest process; baseline = keypair + "
+        f"create_kernels per session as Backend.AI does; without keypairs the baseline's "
+        f"p50/p99 are {bare['p50']:.2f}/{bare['p99']:.2f} s ({bare['rate']:.0f} sessions/s)"
     )
     return [
         Figure(
@@ -182,6 +260,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--latency-ms", type=float, default=10.0, help="create_kernels delay")
     parser.add_argument("--concurrency", type=int, default=2, help="worker processes")
     parser.add_argument("--timeout", type=float, default=900.0)
+    parser.add_argument("--runs", action="store_true", help="print the timed batch's runs")
     return parser.parse_args(argv)
 
 

@@ -55,5 +55,5 @@ def check_and_pull(
 def create_kernels(
     self: Task, run_id: int, agent_id: str, items: list[dict[str, Any]]
 ) -> list[dict[str, Any]]:
-    """create_kernels of one session's kernels on one agent."""
+    """create_kernels on one agent: one call per session among the items."""
     return _run_batch(Operation.CREATE_KERNELS, run_id, agent_id, items)

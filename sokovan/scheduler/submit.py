@@ -141,7 +141,7 @@ def submit_session(repo: SchedulerRepository, request: SessionRequest) -> Sessio
         raise InvalidRequest("network_id: a PERSISTENT network needs the id of an existing network")
     if request.image not in repo.image_configs([request.image]):
         raise UnknownImage(f"image {request.image!r} has no image config (sokovan image add)")
-    agents = place(request, repo.list_agents(), repo.occupied_by_agent())
+    agents = place(request, repo.list_agents(), repo.occupied_by_agent_grouped())
     session_id = SessionId(uuid.uuid4())
     kernels = [
         NewKernel(

@@ -6,10 +6,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis as sync_redis
 
 from sokovan.types import KernelStatus, SessionStatus
 from tests.agents import set_fault
-from tests.cluster import kernel_processes, running_cluster
+from tests.cluster import Cluster, kernel_processes, running_cluster
 from tests.workers import wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
@@ -22,8 +23,9 @@ async def test_every_session_shape_reaches_running_then_terminates(
 
     Given two reference agents (process runtime) and a real worker,
     when single-kernel, 3-kernel single-node, 3-kernel multi-node, HOST and PERSISTENT
-    sessions are submitted, they all reach RUNNING; each kernel is a real process whose
-    environment carries the BACKENDAI_* variables; terminating them leaves no process."""
+    sessions are submitted, they all reach RUNNING with no SSH private key left in the
+    broker, results or worker log; each kernel is a real process whose environment
+    carries the BACKENDAI_* variables; terminating them leaves no process."""
     async with running_cluster(tmp_path, valkey_url, settings={"launch_interval": "2"}) as c:
         shapes: dict[str, dict[str, Any]] = {
             "single": {},
@@ -39,6 +41,7 @@ async def test_every_session_shape_reaches_running_then_terminates(
             )
             assert s.status == SessionStatus.RUNNING, (name, c.repo.session_status_data(sid))
             assert all(k.status == KernelStatus.RUNNING for k in s.kernels)
+        assert_no_private_key_outside_the_agents(c)
         multi = c.session(sids["multi-node"])
         assert len({k.agent_id for k in multi.kernels}) == 2
         assert c.session(sids["persistent"]).network_id == "n1"
@@ -61,6 +64,36 @@ async def test_every_session_shape_reaches_running_then_terminates(
                 assert kernel_processes(str(k.id)) == []
         again = c.send("sokovan.session.terminate", session_id=str(sids["single"]))
         assert again["terminating"] is False and "TERMINATED" in again["note"]
+
+
+def assert_no_private_key_outside_the_agents(c: Cluster) -> None:
+    """No SSH private key in the broker, the result backend or the worker's log.
+
+    Single-agent sessions get their keypair from the worker that calls the agent and
+    cluster sessions read theirs from the encrypted store; neither may leave a key in
+    a task message, a stored result or a log line."""
+    client = sync_redis.Redis.from_url(c.senv.settings.redis_url)
+    try:
+        values: list[Any] = []
+        for key in client.scan_iter(count=1000):
+            kind = client.type(key)
+            if kind == b"string":
+                values.append(client.get(key) or b"")
+            elif kind == b"list":
+                values.extend(client.lrange(key, 0, -1))
+            elif kind == b"hash":
+                values.extend(client.hgetall(key).values())
+            elif kind == b"zset":
+                values.extend(client.zrange(key, 0, -1))
+            elif kind == b"set":
+                values.extend(client.smembers(key))
+    finally:
+        client.close()
+    assert values, "the broker holds nothing: the scan read the wrong database"
+    texts = [v.decode(errors="replace") if isinstance(v, bytes) else str(v) for v in values]
+    assert not [t for t in texts if "PRIVATE KEY" in t]
+    logs = list(c.senv.var_dir.glob("worker-*.log"))
+    assert logs and all("PRIVATE KEY" not in log.read_text(errors="replace") for log in logs)
 
 
 async def test_failed_creation_ends_with_error_info_and_no_leak(

@@ -80,7 +80,9 @@ def make_kit(
 
     async def execute(operation: Operation, batch: AgentBatch) -> list[ItemOutcome]:
         assert operation is Operation.CREATE_KERNELS
-        return await create_kernels_on_agent(pool, secrets, batch.agent_id, batch.items, recorder)
+        return await create_kernels_on_agent(
+            pool, secrets, batch.agent_id, batch.items, recorder, start_timeout=timeout
+        )
 
     fanout = InProcessFanOut(execute)
     cls = SessionLauncher if real_keys else QuickKeysLauncher
@@ -207,8 +209,8 @@ async def test_sc_la_008_slow_session_times_out_while_others_complete(
     with caplog.at_level(logging.WARNING):
         await kit.launcher.start_sessions_for_handler([fast, slow], IMAGES)
 
-    fast_record = next(r for r in kit.fanout.records if r.batches[0].agent_id == "a1")
-    assert [o.ok for o in fast_record.outcomes] == [True]
+    [record] = kit.fanout.records
+    assert [(o.agent_id, o.ok) for o in record.outcomes] == [("a1", True), ("a2", False)]
     assert fast.id not in kit.recorder.error_infos
     assert len(kit.pool.clients[AgentId("a2")].calls_to("create_kernels")) == 1
     [info] = kit.recorder.error_infos[slow.id]
@@ -299,10 +301,10 @@ async def test_ssh_private_key_never_travels_in_fanout_messages(
 
 async def test_create_fails_per_kernel_when_the_keypair_is_gone() -> None:
     """A worker that cannot read the session's keypair fails its kernels without an agent call."""
-    kit = make_kit()
-    session = make_session(("a1",))
+    kit = make_kit(("a1", "a2"))
+    session = make_session(("a1", "a2"), mode=ClusterMode.MULTI_NODE)
     await kit.launcher.start_sessions_for_handler([session], IMAGES)
-    [batch] = kit.fanout.records[0].batches
+    batch = next(b for b in kit.fanout.records[0].batches if b.agent_id == "a1")
     kit.secrets.keypairs.clear()
 
     outcomes = await create_kernels_on_agent(kit.pool, kit.secrets, AgentId("a1"), batch.items)

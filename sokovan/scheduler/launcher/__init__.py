@@ -1,6 +1,7 @@
 """scheduler/launcher: pulls images and creates the kernels of sessions on their agents."""
 
-from sokovan.scheduler.launcher.agent_jobs import create_kernels_on_agent, pull_images_on_agent
+from sokovan.scheduler.launcher.agent_jobs import pull_images_on_agent
+from sokovan.scheduler.launcher.creation import create_kernels_on_agent
 from sokovan.scheduler.launcher.keys import ClusterSSHKeyPair
 from sokovan.scheduler.launcher.launcher import SessionLauncher
 from sokovan.scheduler.launcher.network import (

@@ -1,7 +1,7 @@
-"""The per-agent work of a launch fan-out: what one task does on a worker.
+"""Image pulls of a launch: one batch per agent, what one pull task does, shared helpers.
 
-Each function calls one agent and turns every answer or failure into one outcome
-per kernel; it never raises, so one agent's failure never blocks the others.
+The pull calls one agent and turns its answer or failure into one outcome per waiting
+kernel; it never raises, so one agent's failure never blocks the others.
 """
 
 from __future__ import annotations
@@ -15,9 +15,16 @@ from typing import Any
 
 from sokovan.constants import PULL_AUTO_PULL
 from sokovan.images import image_config_from_json, image_config_to_json
-from sokovan.ports import AgentClientPool, SecretStore, SessionRecorder
-from sokovan.scheduler.launcher.status_data import error_info_of
-from sokovan.types import JSON, AgentBatch, AgentId, ImageConfig, ItemOutcome, KernelId, SessionId
+from sokovan.ports import AgentClientPool
+from sokovan.types import (
+    JSON,
+    AgentBatch,
+    AgentId,
+    ImageConfig,
+    ItemOutcome,
+    KernelInfo,
+    SessionInfo,
+)
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +38,52 @@ def pull_batch(
         "kernels": kernels,
     }
     return AgentBatch(agent_id=agent_id, items=(item,))
+
+
+def plan_image_pulls(
+    sessions: Sequence[SessionInfo], image_configs: Mapping[str, ImageConfig]
+) -> tuple[list[AgentBatch], list[ItemOutcome]]:
+    """One pull batch per agent, and outcomes for kernels that cannot be pulled for."""
+    images: dict[AgentId, dict[str, ImageConfig]] = {}
+    waiting: dict[AgentId, list[JSON]] = {}
+    refused: list[ItemOutcome] = []
+    for session in sessions:
+        for kernel in session.kernels:
+            if kernel.agent_id is None:
+                log.warning(
+                    "kernel %s of session %s has no agent: no image pull", kernel.id, session.id
+                )
+                refused.append(refused_outcome(kernel, "no agent assigned", skipped=True))
+                continue
+            config = image_configs.get(kernel.image)
+            if config is None:
+                log.warning(
+                    "kernel %s of session %s: image %r has no image config",
+                    kernel.id,
+                    session.id,
+                    kernel.image,
+                )
+                refused.append(
+                    refused_outcome(kernel, f"UnknownImage: {kernel.image}", skipped=False)
+                )
+                continue
+            images.setdefault(kernel.agent_id, {}).setdefault(kernel.image, config)
+            waiting.setdefault(kernel.agent_id, []).append(
+                {"kernel_id": str(kernel.id), "session_id": str(session.id), "image": kernel.image}
+            )
+    batches = [pull_batch(agent, images[agent], waiting[agent]) for agent in images]
+    return batches, refused
+
+
+def refused_outcome(kernel: KernelInfo, error: str, *, skipped: bool) -> ItemOutcome:
+    return ItemOutcome(
+        item_id=str(kernel.id),
+        agent_id=kernel.agent_id,
+        ok=False,
+        error=error,
+        detail={"session_id": str(kernel.session_id), "image": kernel.image},
+        skipped=skipped,
+    )
 
 
 async def pull_images_on_agent(
@@ -78,121 +131,6 @@ def _pull_outcome(
             "answer": answers.get(image),
             "images": dict(answers),
         },
-    )
-
-
-async def create_kernels_on_agent(
-    pool: AgentClientPool,
-    secrets: SecretStore,
-    agent_id: AgentId,
-    items: Sequence[Mapping[str, Any]],
-    recorder: SessionRecorder | None = None,
-) -> list[ItemOutcome]:
-    """Runs create_kernels once per session among the items; one outcome per kernel.
-
-    With a recorder, a session whose creation failed gets its error info stored.
-    """
-    by_session: dict[str, list[Mapping[str, Any]]] = {}
-    for item in items:
-        by_session.setdefault(str(item["session_id"]), []).append(item)
-    outcomes: list[ItemOutcome] = []
-    for session_id, session_items in by_session.items():
-        outcomes.extend(
-            await _create_session_kernels(
-                pool, secrets, recorder, agent_id, session_id, session_items
-            )
-        )
-    return outcomes
-
-
-async def _create_session_kernels(
-    pool: AgentClientPool,
-    secrets: SecretStore,
-    recorder: SessionRecorder | None,
-    agent_id: AgentId,
-    session_id: str,
-    items: list[Mapping[str, Any]],
-) -> list[ItemOutcome]:
-    started = time.monotonic()
-    sid = SessionId(uuid.UUID(session_id))
-    kernel_ids = [KernelId(uuid.UUID(str(i["kernel_id"]))) for i in items]
-    configs = [dict(i["config"]) for i in items]
-    image_refs = {
-        k: image_config_from_json(c["image"]) for k, c in zip(kernel_ids, configs, strict=True)
-    }
-    try:
-        private_key, public_key = await secrets.get_ssh_keypair(sid)
-        cluster_info = {
-            **items[0]["cluster_info"],
-            "ssh_keypair": {"private_key": private_key, "public_key": public_key},
-        }
-        async with pool.acquire(agent_id) as client:
-            created = await client.create_kernels(
-                sid, kernel_ids, configs, cluster_info, image_refs
-            )
-    except Exception as exc:
-        error, error_info = describe(exc), error_info_of(exc)
-        log.warning(
-            "create_kernels of session %s on agent %s failed for kernels %s: %s",
-            session_id,
-            agent_id,
-            [str(k) for k in kernel_ids],
-            error,
-        )
-        await _record_error(recorder, sid, error_info)
-        return [
-            _create_outcome(
-                agent_id, session_id, k, False, error, {"error_info": error_info}, started
-            )
-            for k in kernel_ids
-        ]
-    infos = _match_creation_infos(kernel_ids, created)
-    return [
-        _create_outcome(
-            agent_id, session_id, k, True, None, {"creation_info": infos.get(k, {})}, started
-        )
-        for k in kernel_ids
-    ]
-
-
-async def _record_error(
-    recorder: SessionRecorder | None, session_id: SessionId, error_info: JSON
-) -> None:
-    if recorder is None:
-        return
-    try:
-        await recorder.update_session_error_info(session_id, error_info)
-    except Exception:
-        log.warning("error info of session %s could not be stored", session_id, exc_info=True)
-
-
-def _match_creation_infos(
-    kernel_ids: list[KernelId], created: Sequence[Mapping[str, Any]] | None
-) -> dict[KernelId, JSON]:
-    """Pairs the agent's creation infos with kernels, by their `id` or else by position."""
-    infos = [jsonable(dict(c)) for c in (created or [])]
-    by_id = {str(i.get("id")): i for i in infos if i.get("id") is not None}
-    if by_id:
-        return {k: by_id[str(k)] for k in kernel_ids if str(k) in by_id}
-    return dict(zip(kernel_ids, infos, strict=False))
-
-
-def _create_outcome(
-    agent_id: AgentId,
-    session_id: str,
-    kernel_id: KernelId,
-    ok: bool,
-    error: str | None,
-    extra: JSON,
-    started: float,
-) -> ItemOutcome:
-    return ItemOutcome(
-        item_id=str(kernel_id),
-        agent_id=str(agent_id),
-        ok=ok,
-        error=error,
-        duration=time.monotonic() - started,
-        detail={"session_id": session_id, **extra},
     )
 
 

@@ -1,7 +1,9 @@
 """Launches sessions: asks agents to pull images, then to create the kernels.
 
-The launcher plans and dispatches; each agent's call runs as one fan-out task
-(`agent_jobs`), and the run's completion moves kernel statuses from the outcomes.
+The launcher plans and dispatches; each agent's calls run as one fan-out task per agent
+and run (`agent_jobs` pulls, `creation` creates kernels), and the outcomes move kernel
+statuses. A session's start is bounded by the start timeout twice over: here while its
+network and keys are prepared, and in its agent's task while its kernels are created.
 """
 
 from __future__ import annotations
@@ -9,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
-from sokovan.constants import START_SESSION_TIMEOUT_SEC
+from sokovan.constants import CREATE_SESSIONS_PER_TASK, START_SESSION_TIMEOUT_SEC
 from sokovan.errors import EmptySession, UnknownImage
 from sokovan.ports import AgentClientPool, FanOut, NetworkPlugin, SecretStore, SessionRecorder
-from sokovan.scheduler.launcher.agent_jobs import describe, pull_batch
+from sokovan.scheduler.launcher.agent_jobs import describe, plan_image_pulls, refused_outcome
+from sokovan.scheduler.launcher.creation import KEYPAIR_FROM_STORE, KEYPAIR_FROM_WORKER
 from sokovan.scheduler.launcher.kernel_config import (
     build_cluster_info,
     creation_items,
@@ -36,6 +40,16 @@ from sokovan.types import (
 )
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class _Launch:
+    """A prepared session: its create batches per agent, and kernels left out."""
+
+    session: SessionInfo
+    batches: list[AgentBatch]
+    skipped: list[ItemOutcome]
+
 
 # The run id of a call made outside any recorded run (tests, one-off scripts).
 NO_RUN = RunId(0)
@@ -83,16 +97,35 @@ class SessionLauncher:
         *,
         run_id: RunId = NO_RUN,
     ) -> None:
-        """Starts every session concurrently, each bounded by the start timeout."""
-        await asyncio.gather(*(self._start_bounded(s, image_configs, run_id) for s in sessions))
+        """Starts every session concurrently, each bounded by the start timeout.
 
-    async def _start_bounded(
-        self, session: SessionInfo, image_configs: Mapping[str, ImageConfig], run_id: RunId
-    ) -> None:
-        """Starts one session; a failure is stored as its error info, never raised."""
+        The sessions' kernel creations leave as one fan-out: one task per agent, which
+        still calls create_kernels once per session.
+        """
+        prepared = await asyncio.gather(
+            *(self._prepare_bounded(s, image_configs) for s in sessions)
+        )
+        launches = [launch for launch in prepared if launch is not None]
+        if not launches:
+            return
+        try:
+            await self._dispatch(launches, run_id)
+        except Exception as exc:
+            log.warning(
+                "create_kernels of run %s could not be dispatched for sessions %s: %s",
+                run_id,
+                [str(launch.session.id) for launch in launches],
+                describe(exc),
+            )
+            await asyncio.gather(*(self._record_error(x.session, exc) for x in launches))
+
+    async def _prepare_bounded(
+        self, session: SessionInfo, image_configs: Mapping[str, ImageConfig]
+    ) -> _Launch | None:
+        """Prepares one session; a failure is stored as its error info, never raised."""
         try:
             async with asyncio.timeout(self._timeout):
-                await self._start_single_session(session, image_configs, run_id=run_id)
+                return await self._prepare_session(session, image_configs)
         except TimeoutError:
             log.warning("start of session %s timed out after %ss", session.id, self._timeout)
             await self._record_error(
@@ -101,6 +134,7 @@ class SessionLauncher:
         except Exception as exc:
             log.warning("start of session %s failed: %s", session.id, describe(exc), exc_info=True)
             await self._record_error(session, exc)
+        return None
 
     async def _record_error(self, session: SessionInfo, exc: BaseException) -> None:
         # The session keeps its status: the coordinator's timeout detection decides its fate.
@@ -117,24 +151,47 @@ class SessionLauncher:
         run_id: RunId = NO_RUN,
     ) -> str:
         """Sets up the network and keys, then dispatches one create_kernels per agent."""
+        return await self._dispatch([await self._prepare_session(session, image_configs)], run_id)
+
+    async def _prepare_session(
+        self, session: SessionInfo, image_configs: Mapping[str, ImageConfig]
+    ) -> _Launch:
+        """Network, keypair and one create batch per agent; raises when the session cannot go."""
         if not session.kernels:
             raise EmptySession(f"session {session.id} has no kernels")
         _check_images(session, image_configs)
         network = await self._setup_network_configuration(session)
-        keypair = await self._create_cluster_ssh_keypair()
-        # Only the worker that calls the agent reads the private key back.
-        await self._secrets.put_ssh_keypair(session.id, keypair.private_key, keypair.public_key)
         by_agent, skipped = _group_by_agent(session)
+        source = KEYPAIR_FROM_WORKER
+        if len(by_agent) > 1:
+            # Kernels on several agents share one keypair: it is stored encrypted, and only
+            # the workers that call those agents read it back.
+            keypair = await self._create_cluster_ssh_keypair()
+            await self._secrets.put_ssh_keypair(session.id, keypair.private_key, keypair.public_key)
+            source = KEYPAIR_FROM_STORE
         cluster_info = build_cluster_info(session, network)
         batches = [
-            AgentBatch(agent_id, creation_items(session, kernels, image_configs, cluster_info))
+            AgentBatch(
+                agent_id,
+                tuple(
+                    {**item, "keypair_source": source}
+                    for item in creation_items(session, kernels, image_configs, cluster_info)
+                ),
+            )
             for agent_id, kernels in by_agent.items()
         ]
+        return _Launch(session, batches, skipped)
+
+    async def _dispatch(self, launches: Sequence[_Launch], run_id: RunId) -> str:
+        """One fan-out for all the sessions: one batch per agent (per CREATE_SESSIONS_PER_TASK)."""
+        batches = _merge_batches(launches)
+        skipped = [outcome for launch in launches for outcome in launch.skipped]
         fanout_id = await self._fanout.dispatch(run_id, Operation.CREATE_KERNELS, batches, skipped)
         log.info(
-            "session %s: create_kernels dispatched to agents %s (%s)",
-            session.id,
-            sorted(by_agent),
+            "run %s: create_kernels of %s session(s) dispatched in %s task(s) (%s)",
+            run_id,
+            len(launches),
+            len(batches),
             fanout_id,
         )
         return fanout_id
@@ -152,52 +209,12 @@ class SessionLauncher:
         return network
 
     async def _create_cluster_ssh_keypair(self) -> ClusterSSHKeyPair:
-        """A fresh keypair for the session's kernels to reach each other."""
+        """A fresh keypair for the session's kernels to reach each other.
+
+        Used for sessions spread over agents; a session on one agent gets the same kind
+        of keypair from the worker that calls its agent (`creation`).
+        """
         return await create_cluster_ssh_keypair()
-
-
-def plan_image_pulls(
-    sessions: Sequence[SessionInfo], image_configs: Mapping[str, ImageConfig]
-) -> tuple[list[AgentBatch], list[ItemOutcome]]:
-    """One pull batch per agent, and outcomes for kernels that cannot be pulled for."""
-    images: dict[AgentId, dict[str, ImageConfig]] = {}
-    waiting: dict[AgentId, list[JSON]] = {}
-    refused: list[ItemOutcome] = []
-    for session in sessions:
-        for kernel in session.kernels:
-            if kernel.agent_id is None:
-                log.warning(
-                    "kernel %s of session %s has no agent: no image pull", kernel.id, session.id
-                )
-                refused.append(_refused(kernel, "no agent assigned", skipped=True))
-                continue
-            config = image_configs.get(kernel.image)
-            if config is None:
-                log.warning(
-                    "kernel %s of session %s: image %r has no image config",
-                    kernel.id,
-                    session.id,
-                    kernel.image,
-                )
-                refused.append(_refused(kernel, f"UnknownImage: {kernel.image}", skipped=False))
-                continue
-            images.setdefault(kernel.agent_id, {}).setdefault(kernel.image, config)
-            waiting.setdefault(kernel.agent_id, []).append(
-                {"kernel_id": str(kernel.id), "session_id": str(session.id), "image": kernel.image}
-            )
-    batches = [pull_batch(agent, images[agent], waiting[agent]) for agent in images]
-    return batches, refused
-
-
-def _refused(kernel: KernelInfo, error: str, *, skipped: bool) -> ItemOutcome:
-    return ItemOutcome(
-        item_id=str(kernel.id),
-        agent_id=kernel.agent_id,
-        ok=False,
-        error=error,
-        detail={"session_id": str(kernel.session_id), "image": kernel.image},
-        skipped=skipped,
-    )
 
 
 def _check_images(session: SessionInfo, image_configs: Mapping[str, ImageConfig]) -> None:
@@ -215,6 +232,23 @@ def _check_images(session: SessionInfo, image_configs: Mapping[str, ImageConfig]
             raise
 
 
+def _merge_batches(launches: Sequence[_Launch]) -> list[AgentBatch]:
+    """The sessions' batches merged per agent, at most CREATE_SESSIONS_PER_TASK sessions each."""
+    chunks: dict[AgentId, list[list[JSON]]] = {}
+    counts: dict[AgentId, int] = {}
+    for launch in launches:
+        for batch in launch.batches:
+            agent_chunks = chunks.setdefault(batch.agent_id, [[]])
+            if counts.get(batch.agent_id, 0) == CREATE_SESSIONS_PER_TASK:
+                agent_chunks.append([])
+                counts[batch.agent_id] = 0
+            agent_chunks[-1].extend(batch.items)
+            counts[batch.agent_id] = counts.get(batch.agent_id, 0) + 1
+    return [
+        AgentBatch(agent, tuple(c)) for agent, agent_chunks in chunks.items() for c in agent_chunks
+    ]
+
+
 def _group_by_agent(
     session: SessionInfo,
 ) -> tuple[dict[AgentId, list[KernelInfo]], list[ItemOutcome]]:
@@ -223,7 +257,7 @@ def _group_by_agent(
     for kernel in session.kernels:
         if kernel.agent_id is None:
             log.warning("kernel %s of session %s has no agent: not created", kernel.id, session.id)
-            skipped.append(_refused(kernel, "no agent assigned", skipped=True))
+            skipped.append(refused_outcome(kernel, "no agent assigned", skipped=True))
             continue
         by_agent.setdefault(kernel.agent_id, []).append(kernel)
     return by_agent, skipped

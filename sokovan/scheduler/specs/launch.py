@@ -120,11 +120,15 @@ def pull_spec(
             repo.transition_kernels, ready, KernelStatus.PREPARED, [KernelStatus.PULLING]
         )
         failed_sessions = session_ids_of(o for o in outcomes if not o.ok)
-        for o in outcomes:
-            if not o.ok:
-                sid = SessionId(uuid.UUID(str(o.detail["session_id"])))
-                info = {"src": "agent", "name": "ImagePullFailed", "message": o.error or ""}
-                await asyncio.to_thread(repo.merge_session_status_data, sid, {"error": info})
+        # One error per failed session (its kernels share the agent's answer), not per kernel.
+        pull_errors = {
+            SessionId(uuid.UUID(str(o.detail["session_id"]))): o.error or ""
+            for o in outcomes
+            if not o.ok
+        }
+        for sid, message in pull_errors.items():
+            info = {"src": "agent", "name": "ImagePullFailed", "message": message}
+            await asyncio.to_thread(repo.merge_session_status_data, sid, {"error": info})
         follow: list[tuple[str, Sequence[str] | None]] = []
         follow.extend(await _fail_sessions(repo, sorted(failed_sessions), FAILED_TO_START))
         prepared = await _promote(
@@ -166,7 +170,7 @@ def start_spec(
     fanout: FanOut,
     start_timeout: float,
 ) -> HandlerSpec:
-    """Kernel creation for PREPARED sessions: one create_kernels task per session and agent."""
+    """Kernel creation for PREPARED sessions: one create_kernels task per agent per run."""
 
     async def plan(run_id: RunId, scope: Sequence[str] | None, budget: int) -> Plan:
         follow = list(await _expire_creating(repo, start_timeout))
@@ -209,17 +213,7 @@ def start_spec(
         )
 
     async def complete(run_id: RunId, outcomes: Sequence[ItemOutcome]) -> FollowUps:
-        for o in outcomes:
-            if o.ok and not o.skipped:
-                info = o.detail.get("creation_info") or {}
-                values = {"container_id": str(info.get("container_id") or "")}
-                await asyncio.to_thread(
-                    repo.transition_kernels,
-                    [KernelId(uuid.UUID(o.item_id))],
-                    KernelStatus.RUNNING,
-                    [KernelStatus.CREATING],
-                    values={KernelId(uuid.UUID(o.item_id)): values},
-                )
+        await apply_created(repo, outcomes)
         failed = [KernelId(uuid.UUID(o.item_id)) for o in outcomes if not o.ok]
         await asyncio.to_thread(
             repo.transition_kernels,
@@ -229,18 +223,40 @@ def start_spec(
             status_info=FAILED_TO_START,
         )
         failed_sessions = session_ids_of(o for o in outcomes if not o.ok)
-        await _promote(
-            repo,
-            session_ids_of(outcomes) - failed_sessions,
-            KernelStatus.RUNNING,
-            SessionStatus.CREATING,
-            SessionStatus.RUNNING,
-        )
         return await _fail_sessions(repo, sorted(failed_sessions), FAILED_TO_START)
 
     return HandlerSpec(
         START_SESSIONS, "LOCKID_SOKOVAN_START_SESSIONS", plan, {Operation.CREATE_KERNELS: complete}
     )
+
+
+async def apply_created(repo: SchedulerRepository, outcomes: Sequence[ItemOutcome]) -> None:
+    """Created kernels go RUNNING, and sessions whose kernels all run go RUNNING too.
+
+    Idempotent: an agent's task applies its own outcomes as soon as it has them, so a
+    session does not wait for the run's other agents; the run's completion applies every
+    outcome again and alone deals with failures.
+    """
+    created = {
+        KernelId(uuid.UUID(o.item_id)): {"container_id": _container_id(o)}
+        for o in outcomes
+        if o.ok and not o.skipped
+    }
+    await asyncio.to_thread(
+        repo.transition_kernels_with_values, created, KernelStatus.RUNNING, [KernelStatus.CREATING]
+    )
+    await _promote(
+        repo,
+        session_ids_of(outcomes) - session_ids_of(o for o in outcomes if not o.ok),
+        KernelStatus.RUNNING,
+        SessionStatus.CREATING,
+        SessionStatus.RUNNING,
+    )
+
+
+def _container_id(outcome: ItemOutcome) -> str:
+    info = outcome.detail.get("creation_info") or {}
+    return str(info.get("container_id") or "")
 
 
 async def _expire_creating(repo: SchedulerRepository, start_timeout: float) -> FollowUps:

@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from sokovan.ports import FanOut
 from sokovan.scheduler.handlers.sweep_stale_kernels import SweepStaleKernelsKernelHandler
 from sokovan.scheduler.launcher import SessionLauncher
-from sokovan.scheduler.launcher.agent_jobs import create_kernels_on_agent, pull_images_on_agent
-from sokovan.scheduler.specs.launch import pull_spec, start_spec
+from sokovan.scheduler.launcher.agent_jobs import pull_images_on_agent
+from sokovan.scheduler.launcher.creation import create_kernels_on_agent
+from sokovan.scheduler.specs.launch import apply_created, pull_spec, start_spec
 from sokovan.scheduler.specs.sweep import sweep_spec
 from sokovan.scheduler.specs.terminate import terminate_spec
 from sokovan.types import AgentId, ItemOutcome, Operation
 
 if TYPE_CHECKING:
     from sokovan.bootstrap import Services
+
+log = logging.getLogger(__name__)
 
 
 def register_handlers(services: Services, fanout: FanOut) -> None:
@@ -56,7 +60,17 @@ async def execute_batch(
     if operation == Operation.CHECK_AND_PULL:
         return await pull_images_on_agent(services.pool, agent_id, items)
     if operation == Operation.CREATE_KERNELS:
-        return await create_kernels_on_agent(
-            services.pool, services.secrets, agent_id, items, services.repository
+        outcomes = await create_kernels_on_agent(
+            services.pool,
+            services.secrets,
+            agent_id,
+            items,
+            services.repository,
+            start_timeout=services.settings.start_session_timeout,
         )
+        try:
+            await apply_created(services.repository, outcomes)
+        except Exception as e:  # the run's completion applies them all the same
+            log.warning("kernels created on agent %s not moved early: %s", agent_id, e)
+        return outcomes
     raise ValueError(f"unknown operation {operation!r}")

@@ -1,0 +1,194 @@
+"""Kernel creation on one agent for many sessions: what one create_kernels task does.
+
+A run sends one task per agent whatever the number of sessions; inside it each session
+still gets its own create_kernels call, because an agent takes one session per call.
+Sessions go concurrently up to CREATE_CONCURRENCY_PER_AGENT, and each is bounded by the
+start timeout counted from the task's start, so the task ends well inside Celery's soft
+time limit however many sessions it carries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sokovan.constants import CREATE_CONCURRENCY_PER_AGENT, START_SESSION_TIMEOUT_SEC
+from sokovan.images import image_config_from_json
+from sokovan.ports import AgentClientPool, SecretStore, SessionRecorder
+from sokovan.scheduler.launcher.agent_jobs import describe, jsonable
+from sokovan.scheduler.launcher.keys import create_cluster_ssh_keypair
+from sokovan.scheduler.launcher.status_data import error_info_of
+from sokovan.types import JSON, AgentId, ItemOutcome, KernelId, SessionId
+
+log = logging.getLogger(__name__)
+
+# Where the worker finds a session's cluster keypair (the item field "keypair_source").
+# A session on one agent gets its keypair made by the worker that calls that agent, so
+# the private key is never stored; a session spread over agents shares one keypair that
+# the launcher stored encrypted, and each agent's worker reads it back.
+KEYPAIR_FROM_WORKER = "worker"
+KEYPAIR_FROM_STORE = "secret_store"
+
+
+@dataclass(frozen=True, slots=True)
+class SessionCreation:
+    """One session's share of an agent's task: one create_kernels call."""
+
+    session_id: SessionId
+    kernel_ids: tuple[KernelId, ...]
+    configs: tuple[JSON, ...]
+    cluster_info: JSON
+    keypair_source: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Context:
+    pool: AgentClientPool
+    secrets: SecretStore
+    recorder: SessionRecorder | None
+    agent_id: AgentId
+    timeout: float
+    deadline: float
+    slots: asyncio.Semaphore
+    # RSA generation holds the GIL: one at a time leaves the loop free to serve replies.
+    keygen: asyncio.Lock
+
+
+def sessions_of(items: Sequence[Mapping[str, Any]]) -> list[SessionCreation]:
+    """The items of a task grouped per session, in the order they came."""
+    grouped: dict[str, list[Mapping[str, Any]]] = {}
+    for item in items:
+        grouped.setdefault(str(item["session_id"]), []).append(item)
+    return [
+        SessionCreation(
+            session_id=SessionId(uuid.UUID(sid)),
+            kernel_ids=tuple(KernelId(uuid.UUID(str(i["kernel_id"]))) for i in group),
+            configs=tuple(dict(i["config"]) for i in group),
+            cluster_info=dict(group[0]["cluster_info"]),
+            keypair_source=str(group[0].get("keypair_source") or KEYPAIR_FROM_STORE),
+        )
+        for sid, group in grouped.items()
+    ]
+
+
+async def create_kernels_on_agent(
+    pool: AgentClientPool,
+    secrets: SecretStore,
+    agent_id: AgentId,
+    items: Sequence[Mapping[str, Any]],
+    recorder: SessionRecorder | None = None,
+    *,
+    start_timeout: float = START_SESSION_TIMEOUT_SEC,
+    concurrency: int = CREATE_CONCURRENCY_PER_AGENT,
+) -> list[ItemOutcome]:
+    """Runs create_kernels once per session among the items; one outcome per kernel.
+
+    With a recorder, a session whose creation failed gets its error info stored.
+    """
+    ctx = _Context(
+        pool=pool,
+        secrets=secrets,
+        recorder=recorder,
+        agent_id=agent_id,
+        timeout=start_timeout,
+        deadline=asyncio.get_running_loop().time() + start_timeout,
+        slots=asyncio.Semaphore(max(1, concurrency)),
+        keygen=asyncio.Lock(),
+    )
+    results = await asyncio.gather(*(_create_session(ctx, job) for job in sessions_of(items)))
+    return [outcome for outcomes in results for outcome in outcomes]
+
+
+async def _create_session(ctx: _Context, job: SessionCreation) -> list[ItemOutcome]:
+    started = time.monotonic()
+    bound = asyncio.timeout_at(ctx.deadline)
+    try:
+        async with bound, ctx.slots:
+            cluster_info = {**job.cluster_info, "ssh_keypair": await _keypair(ctx, job)}
+            async with ctx.pool.acquire(ctx.agent_id) as client:
+                created = await client.create_kernels(
+                    job.session_id,
+                    list(job.kernel_ids),
+                    [dict(c) for c in job.configs],
+                    cluster_info,
+                    {k: image_config_from_json(c["image"]) for k, c in _pairs(job)},
+                )
+    except Exception as exc:
+        if isinstance(exc, TimeoutError) and bound.expired():
+            log.warning("start of session %s timed out after %ss", job.session_id, ctx.timeout)
+            exc = TimeoutError(f"session start exceeded {ctx.timeout}s")
+        return await _failed(ctx, job, exc, started)
+    infos = _match_creation_infos(list(job.kernel_ids), created)
+    return [
+        _outcome(ctx.agent_id, job, k, None, {"creation_info": infos.get(k, {})}, started)
+        for k in job.kernel_ids
+    ]
+
+
+async def _keypair(ctx: _Context, job: SessionCreation) -> dict[str, str]:
+    """The agent's ClusterSSHKeyPair mapping for the session."""
+    if job.keypair_source == KEYPAIR_FROM_WORKER:
+        async with ctx.keygen:
+            return (await create_cluster_ssh_keypair()).to_agent()
+    private_key, public_key = await ctx.secrets.get_ssh_keypair(job.session_id)
+    return {"private_key": private_key, "public_key": public_key}
+
+
+async def _failed(
+    ctx: _Context, job: SessionCreation, exc: BaseException, started: float
+) -> list[ItemOutcome]:
+    error, error_info = describe(exc), error_info_of(exc)
+    log.warning(
+        "create_kernels of session %s on agent %s failed for kernels %s: %s",
+        job.session_id,
+        ctx.agent_id,
+        [str(k) for k in job.kernel_ids],
+        error,
+    )
+    if ctx.recorder is not None:
+        try:
+            await ctx.recorder.update_session_error_info(job.session_id, error_info)
+        except Exception:
+            log.warning("error info of session %s could not be stored", job.session_id)
+    return [
+        _outcome(ctx.agent_id, job, k, error, {"error_info": error_info}, started)
+        for k in job.kernel_ids
+    ]
+
+
+def _pairs(job: SessionCreation) -> list[tuple[KernelId, JSON]]:
+    return list(zip(job.kernel_ids, job.configs, strict=True))
+
+
+def _match_creation_infos(
+    kernel_ids: list[KernelId], created: Sequence[Mapping[str, Any]] | None
+) -> dict[KernelId, JSON]:
+    """Pairs the agent's creation infos with kernels, by their `id` or else by position."""
+    infos = [jsonable(dict(c)) for c in (created or [])]
+    by_id = {str(i.get("id")): i for i in infos if i.get("id") is not None}
+    if by_id:
+        return {k: by_id[str(k)] for k in kernel_ids if str(k) in by_id}
+    return dict(zip(kernel_ids, infos, strict=False))
+
+
+def _outcome(
+    agent_id: AgentId,
+    job: SessionCreation,
+    kernel_id: KernelId,
+    error: str | None,
+    extra: JSON,
+    started: float,
+) -> ItemOutcome:
+    return ItemOutcome(
+        item_id=str(kernel_id),
+        agent_id=str(agent_id),
+        ok=error is None,
+        error=error,
+        duration=time.monotonic() - started,
+        detail={"session_id": str(job.session_id), **extra},
+    )
