@@ -8,9 +8,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 
-from sokovan.db.schema import handler_state, run_items, runs
+from sokovan.db.handler_state import HandlerStates
+from sokovan.db.schema import run_items, runs
 from sokovan.errors import NotFound
 from sokovan.types import ItemOutcome, RunId, RunStatus, RunTrigger
 
@@ -72,11 +72,8 @@ def final_status(succeeded: int, failed: int, error: str | None) -> RunStatus:
     return RunStatus.PARTIAL if succeeded else RunStatus.FAILED
 
 
-class RunLedger:
+class RunLedger(HandlerStates):
     """Reads and writes runs; every state change is a guarded update."""
-
-    def __init__(self, engine: sa.Engine) -> None:
-        self._engine = engine
 
     def open_run(
         self,
@@ -94,7 +91,7 @@ class RunLedger:
         now = utcnow()
         finished = now if status != RunStatus.RUNNING else None
         deadline = now + timedelta(seconds=deadline_sec) if deadline_sec else None
-        with self._engine.begin() as conn:
+        with self.engine.begin() as conn:
             row = conn.execute(
                 runs.insert()
                 .values(
@@ -115,7 +112,7 @@ class RunLedger:
 
     def update_run(self, run_id: RunId, **values: Any) -> None:
         """Sets plain fields (requested, fanout_id, operation, note) of a running run."""
-        with self._engine.begin() as conn:
+        with self.engine.begin() as conn:
             conn.execute(runs.update().where(runs.c.id == run_id).values(**values))
 
     def record_items(self, run_id: RunId, outcomes: Sequence[ItemOutcome]) -> int:
@@ -144,15 +141,13 @@ class RunLedger:
             }
             for o in outcomes
         ]
-        dialect = self._engine.dialect.name
-        insert: Any = postgresql.insert if dialect == "postgresql" else sqlite.insert
         stmt = (
-            insert(run_items)
+            self._insert()(run_items)
             .on_conflict_do_nothing(index_elements=["run_id", "item_id"])
             .returning(run_items.c.id)
         )
         inserted = 0
-        with self._engine.begin() as conn:
+        with self.engine.begin() as conn:
             for start in range(0, len(rows), 500):
                 # rowcount of a batched insert is not reliable everywhere; RETURNING is.
                 result = conn.execute(stmt, rows[start : start + 500])
@@ -162,7 +157,7 @@ class RunLedger:
     def _drop_recounted(
         self, run_id: RunId, outcomes: Sequence[ItemOutcome]
     ) -> Sequence[ItemOutcome]:
-        with self._engine.connect() as conn:
+        with self.engine.connect() as conn:
             run = conn.execute(
                 sa.select(runs.c.handler, runs.c.status).where(runs.c.id == run_id)
             ).first()
@@ -197,7 +192,7 @@ class RunLedger:
 
         `bulk_ok` counts items that succeeded without a row each (healthy kernels of a sweep).
         """
-        with self._engine.begin() as conn:
+        with self.engine.begin() as conn:
             counts = conn.execute(
                 sa.select(
                     sa.func.count().filter(sa.and_(run_items.c.ok, ~run_items.c.skipped)),
@@ -226,7 +221,7 @@ class RunLedger:
 
     def finish_as(self, run_id: RunId, status: RunStatus, note: str) -> bool:
         """Finishes a running run with a given status (abandoned), keeping its items."""
-        with self._engine.begin() as conn:
+        with self.engine.begin() as conn:
             done = conn.execute(
                 runs.update()
                 .where(runs.c.id == run_id, runs.c.status == str(RunStatus.RUNNING))
@@ -238,7 +233,7 @@ class RunLedger:
 
     def recount(self, run_id: RunId) -> None:
         """Sets a run's counts from its item rows (late outcomes of an abandoned run)."""
-        with self._engine.begin() as conn:
+        with self.engine.begin() as conn:
             ok = sa.and_(run_items.c.ok, ~run_items.c.skipped)
             bad = sa.and_(~run_items.c.ok, ~run_items.c.skipped)
             s, f, k = conn.execute(
@@ -254,7 +249,7 @@ class RunLedger:
 
     def get_run(self, run_id: RunId) -> RunRecord:
         """One run; raises NotFound."""
-        with self._engine.connect() as conn:
+        with self.engine.connect() as conn:
             row = conn.execute(sa.select(runs).where(runs.c.id == run_id)).mappings().first()
         if row is None:
             raise NotFound(f"no run with id {run_id}")
@@ -262,7 +257,7 @@ class RunLedger:
 
     def items(self, run_id: RunId) -> list[RunItemRecord]:
         """The outcomes recorded for a run, in recording order."""
-        with self._engine.connect() as conn:
+        with self.engine.connect() as conn:
             rows = conn.execute(
                 sa.select(run_items).where(run_items.c.run_id == run_id).order_by(run_items.c.id)
             ).mappings()
@@ -310,7 +305,7 @@ class RunLedger:
             query = query.where(runs.c.status == status)
         if finished:
             query = query.where(runs.c.status != str(RunStatus.RUNNING))
-        with self._engine.connect() as conn:
+        with self.engine.connect() as conn:
             return [_run(r) for r in conn.execute(query).mappings()]
 
     def running_past_deadline(self, now: datetime | None = None) -> list[RunRecord]:
@@ -319,12 +314,12 @@ class RunLedger:
         query = sa.select(runs).where(
             runs.c.status == str(RunStatus.RUNNING), runs.c.deadline_at < now
         )
-        with self._engine.connect() as conn:
+        with self.engine.connect() as conn:
             return [_run(r) for r in conn.execute(query).mappings()]
 
     def prune(self, older_than: datetime) -> int:
         """Deletes finished runs that started before `older_than`; returns how many."""
-        with self._engine.begin() as conn:
+        with self.engine.begin() as conn:
             old = sa.select(runs.c.id).where(
                 runs.c.started_at < older_than, runs.c.status != str(RunStatus.RUNNING)
             )
@@ -336,35 +331,8 @@ class RunLedger:
         query = sa.select(runs).where(runs.c.status == str(RunStatus.RUNNING)).order_by(runs.c.id)
         if handler:
             query = query.where(runs.c.handler == handler)
-        with self._engine.connect() as conn:
+        with self.engine.connect() as conn:
             return [_run(r) for r in conn.execute(query).mappings()]
-
-    def is_paused(self, handler: str) -> bool:
-        """Whether an operator paused the handler."""
-        with self._engine.connect() as conn:
-            value = conn.execute(
-                sa.select(handler_state.c.paused).where(handler_state.c.handler == handler)
-            ).scalar()
-        return bool(value)
-
-    def set_paused(self, handler: str, paused: bool, reason: str | None = None) -> None:
-        """Pauses or resumes a handler; survives restarts."""
-        dialect = self._engine.dialect.name
-        insert: Any = postgresql.insert if dialect == "postgresql" else sqlite.insert
-        values = {"handler": handler, "paused": paused, "reason": reason, "changed_at": utcnow()}
-        stmt = insert(handler_state).values(**values)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["handler"],
-            set_={"paused": paused, "reason": reason, "changed_at": values["changed_at"]},
-        )
-        with self._engine.begin() as conn:
-            conn.execute(stmt)
-
-    def handler_states(self) -> dict[str, tuple[bool, str | None]]:
-        """Handler -> (paused, reason) for every handler ever paused or resumed."""
-        with self._engine.connect() as conn:
-            rows = conn.execute(sa.select(handler_state)).mappings()
-            return {r["handler"]: (bool(r["paused"]), r["reason"]) for r in rows}
 
 
 def _run(row: Any) -> RunRecord:

@@ -2,25 +2,21 @@
 
 from __future__ import annotations
 
-import asyncio
-import json
 import uuid
-from collections.abc import Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 
+from sokovan.db.agents import AgentRow, AgentsAndImages
 from sokovan.db.ledger import utcnow
-from sokovan.db.schema import agents, images, kernels, sessions
-from sokovan.errors import NotFound, UnknownAgent
+from sokovan.db.schema import agents, kernels, sessions
+from sokovan.db.transitions import Transitions
+from sokovan.errors import NotFound
 from sokovan.types import (
-    TERMINAL_KERNEL_STATUSES,
-    AgentAddress,
     AgentId,
     ClusterMode,
-    ImageConfig,
     KernelId,
     KernelInfo,
     KernelStatus,
@@ -31,18 +27,7 @@ from sokovan.types import (
     SessionStatus,
 )
 
-
-@dataclass(frozen=True, slots=True)
-class AgentRow:
-    """A registered agent."""
-
-    id: AgentId
-    rpc_addr: str
-    scaling_group: str = "default"
-    status: str = "ALIVE"
-    runtime: str | None = None
-    capacity: ResourceSlot = field(default_factory=ResourceSlot)
-    public_key: bytes | None = None
+__all__ = ["AgentRow", "NewKernel", "SchedulerRepository"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,137 +45,8 @@ class NewKernel:
     architecture: str = "x86_64"
 
 
-class SchedulerRepository:
-    """Synchronous SQL access; async callers use the `a*` wrappers or a thread."""
-
-    def __init__(self, engine: sa.Engine) -> None:
-        self.engine = engine
-
-    def _insert(self) -> Any:
-        return postgresql.insert if self.engine.dialect.name == "postgresql" else sqlite.insert
-
-    # Agents ---------------------------------------------------------------
-
-    def upsert_agent(self, agent: AgentRow) -> None:
-        """Registers an agent or refreshes its address, capacity and heartbeat."""
-        now = utcnow()
-        values = {
-            "id": agent.id,
-            "rpc_addr": agent.rpc_addr,
-            "scaling_group": agent.scaling_group,
-            "status": agent.status,
-            "runtime": agent.runtime,
-            "capacity": ResourceSlot(agent.capacity).to_json(),
-            "public_key": agent.public_key,
-            "registered_at": now,
-            "last_seen": now,
-        }
-        update = {k: v for k, v in values.items() if k not in ("id", "registered_at")}
-        stmt = self._insert()(agents).values(**values)
-        stmt = stmt.on_conflict_do_update(index_elements=["id"], set_=update)
-        with self.engine.begin() as conn:
-            conn.execute(stmt)
-
-    def mark_agents(self, agent_ids: Collection[str], status: str) -> int:
-        if not agent_ids:
-            return 0
-        with self.engine.begin() as conn:
-            return int(
-                conn.execute(
-                    agents.update().where(agents.c.id.in_(list(agent_ids))).values(status=status)
-                ).rowcount
-            )
-
-    def list_agents(self, scaling_group: str | None = None) -> list[AgentRow]:
-        query = sa.select(agents).order_by(agents.c.id)
-        if scaling_group:
-            query = query.where(agents.c.scaling_group == scaling_group)
-        with self.engine.connect() as conn:
-            return [_agent(r) for r in conn.execute(query).mappings()]
-
-    def get_agent(self, agent_id: str) -> AgentRow:
-        with self.engine.connect() as conn:
-            row = conn.execute(sa.select(agents).where(agents.c.id == agent_id)).mappings().first()
-        if row is None:
-            raise UnknownAgent(f"agent {agent_id!r} is not registered")
-        return _agent(row)
-
-    def occupied_by_agent(self) -> dict[str, ResourceSlot]:
-        """Slots held by non-terminal kernels, per agent."""
-        query = sa.select(kernels.c.agent_id, kernels.c.requested_slots).where(
-            kernels.c.agent_id.is_not(None),
-            kernels.c.status.not_in([str(s) for s in TERMINAL_KERNEL_STATUSES]),
-        )
-        out: dict[str, ResourceSlot] = {}
-        with self.engine.connect() as conn:
-            for agent_id, slots in conn.execute(query):
-                out[agent_id] = out.get(agent_id, ResourceSlot()) + ResourceSlot.from_json(slots)
-        return out
-
-    def occupied_by_agent_grouped(self) -> dict[str, ResourceSlot]:
-        """occupied_by_agent, counted in SQL: one row per agent and distinct slot set.
-
-        Kernels of a cluster mostly share their slots, so this reads a handful of rows
-        where occupied_by_agent reads one per live kernel.
-        """
-        slots_text = sa.cast(kernels.c.requested_slots, sa.Text)
-        query = (
-            sa.select(kernels.c.agent_id, slots_text, sa.func.count())
-            .where(
-                kernels.c.agent_id.is_not(None),
-                kernels.c.status.not_in([str(s) for s in TERMINAL_KERNEL_STATUSES]),
-            )
-            .group_by(kernels.c.agent_id, slots_text)
-        )
-        out: dict[str, ResourceSlot] = {}
-        with self.engine.connect() as conn:
-            for agent_id, text, count in conn.execute(query):
-                slots = ResourceSlot.from_json(json.loads(text) if text else None)
-                total = ResourceSlot({k: v * count for k, v in slots.items()})
-                out[agent_id] = out.get(agent_id, ResourceSlot()) + total
-        return out
-
-    async def resolve(self, agent_id: AgentId) -> AgentAddress:
-        """AgentDirectory port: where the agent listens."""
-        row = await asyncio.to_thread(self.get_agent, agent_id)
-        return AgentAddress(agent_id=row.id, rpc_addr=row.rpc_addr, public_key=row.public_key)
-
-    # Images ---------------------------------------------------------------
-
-    def add_image(self, image: ImageConfig) -> None:
-        values = {
-            "canonical": image.canonical,
-            "architecture": image.architecture,
-            "registry_name": image.registry_name,
-            "registry_url": image.registry_url,
-            "is_local": image.is_local,
-            "digest": image.digest,
-            "labels": dict(image.labels),
-        }
-        stmt = self._insert()(images).values(**values)
-        stmt = stmt.on_conflict_do_update(index_elements=["canonical"], set_=values)
-        with self.engine.begin() as conn:
-            conn.execute(stmt)
-
-    def image_configs(self, names: Iterable[str] | None = None) -> dict[str, ImageConfig]:
-        query = sa.select(images)
-        if names is not None:
-            query = query.where(images.c.canonical.in_(list(set(names))))
-        with self.engine.connect() as conn:
-            return {
-                r["canonical"]: ImageConfig(
-                    canonical=r["canonical"],
-                    architecture=r["architecture"],
-                    registry_name=r["registry_name"],
-                    registry_url=r["registry_url"],
-                    is_local=r["is_local"],
-                    digest=r["digest"],
-                    labels=dict(r["labels"] or {}),
-                )
-                for r in conn.execute(query).mappings()
-            }
-
-    # Sessions and kernels ---------------------------------------------------
+class SchedulerRepository(AgentsAndImages, Transitions):
+    """Synchronous SQL access; async callers use the async port methods or a thread."""
 
     def create_session(
         self,
@@ -378,188 +234,6 @@ class SchedulerRepository:
         with self.engine.connect() as conn:
             rows = conn.execute(sa.select(kernels.c.scaling_group).distinct())
             return sorted(str(r[0]) for r in rows)
-
-    def transition_kernels(
-        self,
-        kernel_ids: Collection[KernelId],
-        to: KernelStatus,
-        allowed_from: Collection[KernelStatus],
-        *,
-        status_info: str | None = None,
-        values: Mapping[KernelId, Mapping[str, Any]] | None = None,
-    ) -> list[KernelId]:
-        """Moves kernels that are in `allowed_from` to `to`; returns the ones that moved."""
-        if not kernel_ids:
-            return []
-        now = utcnow()
-        extra: dict[str, Any] = {"status": str(to), "status_changed_at": now}
-        if status_info is not None:
-            extra["status_info"] = status_info
-        if to in TERMINAL_KERNEL_STATUSES:
-            extra["terminated_at"] = now
-        allowed = [str(s) for s in allowed_from]
-        moved: list[KernelId] = []
-        ids = list(kernel_ids)
-        with self.engine.begin() as conn:
-            for start in range(0, len(ids), 500):
-                chunk = ids[start : start + 500]
-                found = (
-                    conn.execute(
-                        sa.select(kernels.c.id).where(
-                            kernels.c.id.in_(chunk), kernels.c.status.in_(allowed)
-                        )
-                    )
-                    .scalars()
-                    .all()
-                )
-                if not found:
-                    continue
-                conn.execute(
-                    kernels.update()
-                    .where(kernels.c.id.in_(found), kernels.c.status.in_(allowed))
-                    .values(**extra)
-                )
-                moved.extend(KernelId(k) for k in found)
-            for kernel_id, kv in (values or {}).items():
-                if kernel_id in set(moved):
-                    conn.execute(kernels.update().where(kernels.c.id == kernel_id).values(**kv))
-        return moved
-
-    def transition_kernels_with_values(
-        self,
-        values: Mapping[KernelId, Mapping[str, Any]],
-        to: KernelStatus,
-        allowed_from: Collection[KernelStatus],
-    ) -> list[KernelId]:
-        """transition_kernels for many kernels, each also given its own column values.
-
-        One transaction, with one executemany per set of columns however many kernels.
-        """
-        if not values:
-            return []
-        extra: dict[str, Any] = {"status": str(to), "status_changed_at": utcnow()}
-        if to in TERMINAL_KERNEL_STATUSES:
-            extra["terminated_at"] = extra["status_changed_at"]
-        allowed = [str(s) for s in allowed_from]
-        ids = list(values)
-        moved: list[KernelId] = []
-        with self.engine.begin() as conn:
-            for start in range(0, len(ids), 500):
-                chunk = ids[start : start + 500]
-                found = conn.execute(
-                    sa.select(kernels.c.id).where(
-                        kernels.c.id.in_(chunk), kernels.c.status.in_(allowed)
-                    )
-                ).scalars()
-                moved.extend(KernelId(k) for k in found)
-            by_columns: dict[tuple[str, ...], list[dict[str, Any]]] = {}
-            for kernel_id in moved:
-                row = {**dict(values[kernel_id]), **extra}
-                by_columns.setdefault(tuple(sorted(row)), []).append(
-                    {f"v_{k}": v for k, v in row.items()} | {"b_id": kernel_id}
-                )
-            # executemany cannot expand IN lists: the status guard is spelled out instead.
-            still_allowed = sa.or_(*(kernels.c.status == s for s in allowed))
-            for columns, rows in by_columns.items():
-                stmt = (
-                    kernels.update()
-                    .where(kernels.c.id == sa.bindparam("b_id"), still_allowed)
-                    .values({c: sa.bindparam(f"v_{c}") for c in columns})
-                )
-                conn.execute(stmt, rows)
-        return moved
-
-    def transition_sessions(
-        self,
-        session_ids: Collection[SessionId],
-        to: SessionStatus,
-        allowed_from: Collection[SessionStatus],
-        *,
-        status_info: str | None = None,
-    ) -> list[SessionId]:
-        """Moves sessions that are in `allowed_from` to `to`; returns the ones that moved."""
-        if not session_ids:
-            return []
-        now = utcnow()
-        extra: dict[str, Any] = {"status": str(to), "status_changed_at": now}
-        if status_info is not None:
-            extra["status_info"] = status_info
-        if to in (SessionStatus.TERMINATED, SessionStatus.CANCELLED, SessionStatus.ERROR):
-            extra["terminated_at"] = now
-        allowed = [str(s) for s in allowed_from]
-        with self.engine.begin() as conn:
-            found = (
-                conn.execute(
-                    sa.select(sessions.c.id).where(
-                        sessions.c.id.in_(list(session_ids)), sessions.c.status.in_(allowed)
-                    )
-                )
-                .scalars()
-                .all()
-            )
-            if found:
-                conn.execute(
-                    sessions.update()
-                    .where(sessions.c.id.in_(found), sessions.c.status.in_(allowed))
-                    .values(**extra)
-                )
-        return [SessionId(s) for s in found]
-
-    def kernel_statuses_by_session(
-        self, session_ids: Collection[SessionId]
-    ) -> dict[SessionId, list[KernelStatus]]:
-        with self.engine.connect() as conn:
-            rows = conn.execute(
-                sa.select(kernels.c.session_id, kernels.c.status).where(
-                    kernels.c.session_id.in_(list(session_ids))
-                )
-            )
-            out: dict[SessionId, list[KernelStatus]] = {}
-            for sid, status in rows:
-                out.setdefault(SessionId(sid), []).append(KernelStatus(status))
-            return out
-
-    def merge_session_status_data(self, session_id: SessionId, data: Mapping[str, Any]) -> None:
-        with self.engine.begin() as conn:
-            current = conn.execute(
-                sa.select(sessions.c.status_data).where(sessions.c.id == session_id)
-            ).scalar()
-            merged = {**dict(current or {}), **data}
-            conn.execute(
-                sessions.update().where(sessions.c.id == session_id).values(status_data=merged)
-            )
-
-    def set_session_network_id(self, session_id: SessionId, network_id: str | None) -> None:
-        with self.engine.begin() as conn:
-            conn.execute(
-                sessions.update().where(sessions.c.id == session_id).values(network_id=network_id)
-            )
-
-    async def update_session_network_id(
-        self, session_id: SessionId, network_id: str | None
-    ) -> None:
-        """SessionRecorder port."""
-        await asyncio.to_thread(self.set_session_network_id, session_id, network_id)
-
-    async def update_session_error_info(
-        self, session_id: SessionId, error_info: Mapping[str, Any]
-    ) -> None:
-        """SessionRecorder port: keeps the error under status_data["error"]."""
-        await asyncio.to_thread(
-            self.merge_session_status_data, session_id, {"error": dict(error_info)}
-        )
-
-
-def _agent(r: Any) -> AgentRow:
-    return AgentRow(
-        id=AgentId(r["id"]),
-        rpc_addr=r["rpc_addr"],
-        scaling_group=r["scaling_group"],
-        status=r["status"],
-        runtime=r["runtime"],
-        capacity=ResourceSlot.from_json(r["capacity"]),
-        public_key=r["public_key"],
-    )
 
 
 def _kernel(r: Any) -> KernelInfo:

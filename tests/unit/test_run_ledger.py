@@ -205,7 +205,7 @@ def test_sc_rl_010_per_session_aggregates(ledger: RunLedger) -> None:
         operation="destroy_kernels",
     )
 
-    by_session = {s.session_id: s for s in RunStats(ledger._engine).sessions()}
+    by_session = {s.session_id: s for s in RunStats(ledger.engine).sessions()}
 
     one = by_session[s1]
     assert (one.created, one.destroyed, one.failed, one.skipped) == (2, 4, 1, 0)
@@ -213,7 +213,7 @@ def test_sc_rl_010_per_session_aggregates(ledger: RunLedger) -> None:
     two = by_session[s2]
     assert (two.created, two.destroyed, two.failed, two.skipped) == (0, 0, 1, 1)
     assert two.freed_slots == ResourceSlot()
-    only = RunStats(ledger._engine).sessions([s2])
+    only = RunStats(ledger.engine).sessions([s2])
     assert [s.session_id for s in only] == [s2]
 
 
@@ -227,7 +227,7 @@ def test_sc_rl_010_per_handler_aggregates(ledger: RunLedger) -> None:
     finished_run(ledger, "sweep_stale_kernels", [], seconds=0.2)
     ledger.open_run("sweep_stale_kernels", RunTrigger.BEAT)  # still running: no duration
 
-    stats = {h.handler: h for h in RunStats(ledger._engine).handlers()}
+    stats = {h.handler: h for h in RunStats(ledger.engine).handlers()}
 
     term = stats["terminate_sessions"]
     assert (term.runs, term.items, term.succeeded, term.failed) == (10, 11, 10, 1)
@@ -239,7 +239,7 @@ def test_sc_rl_010_per_handler_aggregates(ledger: RunLedger) -> None:
     assert sweep.runs == 2 and sweep.by_status == {"succeeded": 1, "running": 1}
     assert sweep.failure_rate == 0.0 and sweep.p50 == pytest.approx(0.2, abs=0.01)
 
-    histograms = {h.handler: h for h in RunStats(ledger._engine).duration_histograms()}
+    histograms = {h.handler: h for h in RunStats(ledger.engine).duration_histograms()}
     buckets = dict(histograms["terminate_sessions"].buckets)
     assert (buckets[1.0], buckets[5.0], buckets[15.0]) == (1, 5, 10)
     assert histograms["terminate_sessions"].total == pytest.approx(55.0, abs=0.05)
@@ -275,7 +275,7 @@ def test_sc_rl_010_prometheus_counters_from_the_ledger(ledger: RunLedger) -> Non
         seconds=2.0,
     )
     ledger.set_paused("sweep_stale_kernels", True)
-    registry = registry_for(ledger._engine, ["terminate_sessions", "sweep_stale_kernels"])
+    registry = registry_for(ledger.engine, ["terminate_sessions", "sweep_stale_kernels"])
 
     first = scrape(generate_latest(registry).decode())
 
@@ -307,7 +307,7 @@ def test_sc_rl_010_metrics_served_over_http(ledger: RunLedger) -> None:
     """SC-RL-010: the exporter answers /metrics over HTTP beside Flower's own metrics."""
     finished_run(ledger, "terminate_sessions", [destroy("k1", "s")])
     port = free_port()
-    server, thread = serve(ledger._engine, port)
+    server, thread = serve(ledger.engine, port)
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
             body = reply.read().decode()

@@ -1,0 +1,169 @@
+"""Registered agents and image configs in SQL."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+
+from sokovan.db.base import SqlBase
+from sokovan.db.ledger import utcnow
+from sokovan.db.schema import agents, images, kernels
+from sokovan.errors import UnknownAgent
+from sokovan.types import (
+    TERMINAL_KERNEL_STATUSES,
+    AgentAddress,
+    AgentId,
+    ImageConfig,
+    ResourceSlot,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class AgentRow:
+    """A registered agent."""
+
+    id: AgentId
+    rpc_addr: str
+    scaling_group: str = "default"
+    status: str = "ALIVE"
+    runtime: str | None = None
+    capacity: ResourceSlot = field(default_factory=ResourceSlot)
+    public_key: bytes | None = None
+
+
+class AgentsAndImages(SqlBase):
+    """Agents (capacity, address, liveness) and the images sessions may use."""
+
+    def upsert_agent(self, agent: AgentRow) -> None:
+        """Registers an agent or refreshes its address, capacity and heartbeat."""
+        now = utcnow()
+        values = {
+            "id": agent.id,
+            "rpc_addr": agent.rpc_addr,
+            "scaling_group": agent.scaling_group,
+            "status": agent.status,
+            "runtime": agent.runtime,
+            "capacity": ResourceSlot(agent.capacity).to_json(),
+            "public_key": agent.public_key,
+            "registered_at": now,
+            "last_seen": now,
+        }
+        update = {k: v for k, v in values.items() if k not in ("id", "registered_at")}
+        stmt = self._insert()(agents).values(**values)
+        stmt = stmt.on_conflict_do_update(index_elements=["id"], set_=update)
+        with self.engine.begin() as conn:
+            conn.execute(stmt)
+
+    def mark_agents(self, agent_ids: Collection[str], status: str) -> int:
+        if not agent_ids:
+            return 0
+        with self.engine.begin() as conn:
+            return int(
+                conn.execute(
+                    agents.update().where(agents.c.id.in_(list(agent_ids))).values(status=status)
+                ).rowcount
+            )
+
+    def list_agents(self, scaling_group: str | None = None) -> list[AgentRow]:
+        query = sa.select(agents).order_by(agents.c.id)
+        if scaling_group:
+            query = query.where(agents.c.scaling_group == scaling_group)
+        with self.engine.connect() as conn:
+            return [_agent(r) for r in conn.execute(query).mappings()]
+
+    def get_agent(self, agent_id: str) -> AgentRow:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(agents).where(agents.c.id == agent_id)).mappings().first()
+        if row is None:
+            raise UnknownAgent(f"agent {agent_id!r} is not registered")
+        return _agent(row)
+
+    def occupied_by_agent(self) -> dict[str, ResourceSlot]:
+        """Slots held by non-terminal kernels, per agent."""
+        query = sa.select(kernels.c.agent_id, kernels.c.requested_slots).where(
+            kernels.c.agent_id.is_not(None),
+            kernels.c.status.not_in([str(s) for s in TERMINAL_KERNEL_STATUSES]),
+        )
+        out: dict[str, ResourceSlot] = {}
+        with self.engine.connect() as conn:
+            for agent_id, slots in conn.execute(query):
+                out[agent_id] = out.get(agent_id, ResourceSlot()) + ResourceSlot.from_json(slots)
+        return out
+
+    def occupied_by_agent_grouped(self) -> dict[str, ResourceSlot]:
+        """occupied_by_agent, counted in SQL: one row per agent and distinct slot set.
+
+        Kernels of a cluster mostly share their slots, so this reads a handful of rows
+        where occupied_by_agent reads one per live kernel.
+        """
+        slots_text = sa.cast(kernels.c.requested_slots, sa.Text)
+        query = (
+            sa.select(kernels.c.agent_id, slots_text, sa.func.count())
+            .where(
+                kernels.c.agent_id.is_not(None),
+                kernels.c.status.not_in([str(s) for s in TERMINAL_KERNEL_STATUSES]),
+            )
+            .group_by(kernels.c.agent_id, slots_text)
+        )
+        out: dict[str, ResourceSlot] = {}
+        with self.engine.connect() as conn:
+            for agent_id, text, count in conn.execute(query):
+                slots = ResourceSlot.from_json(json.loads(text) if text else None)
+                total = ResourceSlot({k: v * count for k, v in slots.items()})
+                out[agent_id] = out.get(agent_id, ResourceSlot()) + total
+        return out
+
+    async def resolve(self, agent_id: AgentId) -> AgentAddress:
+        """AgentDirectory port: where the agent listens."""
+        row = await asyncio.to_thread(self.get_agent, agent_id)
+        return AgentAddress(agent_id=row.id, rpc_addr=row.rpc_addr, public_key=row.public_key)
+
+    def add_image(self, image: ImageConfig) -> None:
+        values = {
+            "canonical": image.canonical,
+            "architecture": image.architecture,
+            "registry_name": image.registry_name,
+            "registry_url": image.registry_url,
+            "is_local": image.is_local,
+            "digest": image.digest,
+            "labels": dict(image.labels),
+        }
+        stmt = self._insert()(images).values(**values)
+        stmt = stmt.on_conflict_do_update(index_elements=["canonical"], set_=values)
+        with self.engine.begin() as conn:
+            conn.execute(stmt)
+
+    def image_configs(self, names: Iterable[str] | None = None) -> dict[str, ImageConfig]:
+        query = sa.select(images)
+        if names is not None:
+            query = query.where(images.c.canonical.in_(list(set(names))))
+        with self.engine.connect() as conn:
+            return {
+                r["canonical"]: ImageConfig(
+                    canonical=r["canonical"],
+                    architecture=r["architecture"],
+                    registry_name=r["registry_name"],
+                    registry_url=r["registry_url"],
+                    is_local=r["is_local"],
+                    digest=r["digest"],
+                    labels=dict(r["labels"] or {}),
+                )
+                for r in conn.execute(query).mappings()
+            }
+
+
+def _agent(r: Any) -> AgentRow:
+    return AgentRow(
+        id=AgentId(r["id"]),
+        rpc_addr=r["rpc_addr"],
+        scaling_group=r["scaling_group"],
+        status=r["status"],
+        runtime=r["runtime"],
+        capacity=ResourceSlot.from_json(r["capacity"]),
+        public_key=r["public_key"],
+    )

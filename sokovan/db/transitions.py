@@ -1,0 +1,194 @@
+"""Guarded status moves of kernels and sessions, and what is written beside them."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Collection, Mapping
+from typing import Any
+
+import sqlalchemy as sa
+
+from sokovan.db.base import SqlBase
+from sokovan.db.ledger import utcnow
+from sokovan.db.schema import kernels, sessions
+from sokovan.types import (
+    TERMINAL_KERNEL_STATUSES,
+    KernelId,
+    KernelStatus,
+    SessionId,
+    SessionStatus,
+)
+
+
+class Transitions(SqlBase):
+    """Every status change is `UPDATE ... WHERE status IN (allowed)`: nothing moves backwards."""
+
+    def transition_kernels(
+        self,
+        kernel_ids: Collection[KernelId],
+        to: KernelStatus,
+        allowed_from: Collection[KernelStatus],
+        *,
+        status_info: str | None = None,
+        values: Mapping[KernelId, Mapping[str, Any]] | None = None,
+    ) -> list[KernelId]:
+        """Moves kernels that are in `allowed_from` to `to`; returns the ones that moved."""
+        if not kernel_ids:
+            return []
+        now = utcnow()
+        extra: dict[str, Any] = {"status": str(to), "status_changed_at": now}
+        if status_info is not None:
+            extra["status_info"] = status_info
+        if to in TERMINAL_KERNEL_STATUSES:
+            extra["terminated_at"] = now
+        allowed = [str(s) for s in allowed_from]
+        moved: list[KernelId] = []
+        ids = list(kernel_ids)
+        with self.engine.begin() as conn:
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                found = (
+                    conn.execute(
+                        sa.select(kernels.c.id).where(
+                            kernels.c.id.in_(chunk), kernels.c.status.in_(allowed)
+                        )
+                    )
+                    .scalars()
+                    .all()
+                )
+                if not found:
+                    continue
+                conn.execute(
+                    kernels.update()
+                    .where(kernels.c.id.in_(found), kernels.c.status.in_(allowed))
+                    .values(**extra)
+                )
+                moved.extend(KernelId(k) for k in found)
+            for kernel_id, kv in (values or {}).items():
+                if kernel_id in set(moved):
+                    conn.execute(kernels.update().where(kernels.c.id == kernel_id).values(**kv))
+        return moved
+
+    def transition_kernels_with_values(
+        self,
+        values: Mapping[KernelId, Mapping[str, Any]],
+        to: KernelStatus,
+        allowed_from: Collection[KernelStatus],
+    ) -> list[KernelId]:
+        """transition_kernels for many kernels, each also given its own column values.
+
+        One transaction, with one executemany per set of columns however many kernels.
+        """
+        if not values:
+            return []
+        extra: dict[str, Any] = {"status": str(to), "status_changed_at": utcnow()}
+        if to in TERMINAL_KERNEL_STATUSES:
+            extra["terminated_at"] = extra["status_changed_at"]
+        allowed = [str(s) for s in allowed_from]
+        ids = list(values)
+        moved: list[KernelId] = []
+        with self.engine.begin() as conn:
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                found = conn.execute(
+                    sa.select(kernels.c.id).where(
+                        kernels.c.id.in_(chunk), kernels.c.status.in_(allowed)
+                    )
+                ).scalars()
+                moved.extend(KernelId(k) for k in found)
+            by_columns: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+            for kernel_id in moved:
+                row = {**dict(values[kernel_id]), **extra}
+                by_columns.setdefault(tuple(sorted(row)), []).append(
+                    {f"v_{k}": v for k, v in row.items()} | {"b_id": kernel_id}
+                )
+            # executemany cannot expand IN lists: the status guard is spelled out instead.
+            still_allowed = sa.or_(*(kernels.c.status == s for s in allowed))
+            for columns, rows in by_columns.items():
+                stmt = (
+                    kernels.update()
+                    .where(kernels.c.id == sa.bindparam("b_id"), still_allowed)
+                    .values({c: sa.bindparam(f"v_{c}") for c in columns})
+                )
+                conn.execute(stmt, rows)
+        return moved
+
+    def transition_sessions(
+        self,
+        session_ids: Collection[SessionId],
+        to: SessionStatus,
+        allowed_from: Collection[SessionStatus],
+        *,
+        status_info: str | None = None,
+    ) -> list[SessionId]:
+        """Moves sessions that are in `allowed_from` to `to`; returns the ones that moved."""
+        if not session_ids:
+            return []
+        now = utcnow()
+        extra: dict[str, Any] = {"status": str(to), "status_changed_at": now}
+        if status_info is not None:
+            extra["status_info"] = status_info
+        if to in (SessionStatus.TERMINATED, SessionStatus.CANCELLED, SessionStatus.ERROR):
+            extra["terminated_at"] = now
+        allowed = [str(s) for s in allowed_from]
+        with self.engine.begin() as conn:
+            found = (
+                conn.execute(
+                    sa.select(sessions.c.id).where(
+                        sessions.c.id.in_(list(session_ids)), sessions.c.status.in_(allowed)
+                    )
+                )
+                .scalars()
+                .all()
+            )
+            if found:
+                conn.execute(
+                    sessions.update()
+                    .where(sessions.c.id.in_(found), sessions.c.status.in_(allowed))
+                    .values(**extra)
+                )
+        return [SessionId(s) for s in found]
+
+    def kernel_statuses_by_session(
+        self, session_ids: Collection[SessionId]
+    ) -> dict[SessionId, list[KernelStatus]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(kernels.c.session_id, kernels.c.status).where(
+                    kernels.c.session_id.in_(list(session_ids))
+                )
+            )
+            out: dict[SessionId, list[KernelStatus]] = {}
+            for sid, status in rows:
+                out.setdefault(SessionId(sid), []).append(KernelStatus(status))
+            return out
+
+    def merge_session_status_data(self, session_id: SessionId, data: Mapping[str, Any]) -> None:
+        with self.engine.begin() as conn:
+            current = conn.execute(
+                sa.select(sessions.c.status_data).where(sessions.c.id == session_id)
+            ).scalar()
+            merged = {**dict(current or {}), **data}
+            conn.execute(
+                sessions.update().where(sessions.c.id == session_id).values(status_data=merged)
+            )
+
+    def set_session_network_id(self, session_id: SessionId, network_id: str | None) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                sessions.update().where(sessions.c.id == session_id).values(network_id=network_id)
+            )
+
+    async def update_session_network_id(
+        self, session_id: SessionId, network_id: str | None
+    ) -> None:
+        """SessionRecorder port."""
+        await asyncio.to_thread(self.set_session_network_id, session_id, network_id)
+
+    async def update_session_error_info(
+        self, session_id: SessionId, error_info: Mapping[str, Any]
+    ) -> None:
+        """SessionRecorder port: keeps the error under status_data["error"]."""
+        await asyncio.to_thread(
+            self.merge_session_status_data, session_id, {"error": dict(error_info)}
+        )
