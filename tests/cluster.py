@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
@@ -83,20 +82,11 @@ async def running_cluster(
     **agent_kwargs: Any,
 ) -> AsyncIterator[Cluster]:
     """Everything running; the agents are registered and one image is known."""
-    senv = make_env(tmp_path, valkey_url, **dict(settings or {}))
-    repo = SchedulerRepository(senv.engine)
-    repo.add_image(ImageConfig(canonical=IMAGE))
-    async with agent_process(
-        senv.settings.redis_url, count=agents, id_prefix="a", runtime=runtime, **agent_kwargs
-    ) as procs:
-        redis: Redis = Redis.from_url(senv.settings.redis_url)
-        try:
-            await sync_agents(redis, repo)
-        finally:
-            await redis.aclose()
-        with celery_worker(senv, concurrency=concurrency):
-            yield Cluster(senv, create_app(senv.settings), repo, RunLedger(senv.engine), procs)
-        await asyncio.sleep(0)
+    async with cluster_without_worker(
+        tmp_path, valkey_url, agents=agents, runtime=runtime, settings=settings, **agent_kwargs
+    ) as cluster:
+        with celery_worker(cluster.senv, concurrency=concurrency):
+            yield cluster
 
 
 def kernel_rows(
