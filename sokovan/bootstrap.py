@@ -121,6 +121,7 @@ async def build_services(
         claim_lifetime=settings.claim_lifetime,
         run_deadline=settings.run_deadline,
         budgets=settings.budgets,
+        record_empty_beat_runs=settings.record_empty_beat_runs,
     )
     secrets = SqlSecretStore(engine, load_or_create_key(settings.secret_key, settings.var_dir))
     services = Services(

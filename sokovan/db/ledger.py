@@ -317,6 +317,12 @@ class RunLedger(HandlerStates):
         with self.engine.connect() as conn:
             return [_run(r) for r in conn.execute(query).mappings()]
 
+    def discard_run(self, run_id: RunId) -> None:
+        """Deletes a run that recorded nothing (an idle beat tick)."""
+        with self.engine.begin() as conn:
+            conn.execute(run_items.delete().where(run_items.c.run_id == run_id))
+            conn.execute(runs.delete().where(runs.c.id == run_id))
+
     def prune(self, older_than: datetime) -> int:
         """Deletes finished runs that started before `older_than`; returns how many."""
         with self.engine.begin() as conn:

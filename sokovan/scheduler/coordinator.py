@@ -79,6 +79,7 @@ class Coordinator:
         claim_lifetime: float,
         run_deadline: float,
         budgets: Mapping[str, int] | None = None,
+        record_empty_beat_runs: bool = True,
     ) -> None:
         self.repository = repository
         self.ledger = ledger
@@ -88,6 +89,7 @@ class Coordinator:
         self.claim_lifetime = claim_lifetime
         self.run_deadline = run_deadline
         self.budgets = dict(budgets or {})
+        self.record_empty_beat_runs = record_empty_beat_runs
         self.handlers: dict[str, HandlerSpec] = {}
 
     def register(self, spec: HandlerSpec) -> None:
@@ -150,6 +152,12 @@ class Coordinator:
         await self._follow_up(plan.follow_ups)
         if plan.dispatched and not await self.tracker.planned(run_id):
             return RunReport(handler, run_id, RunStatus.RUNNING, plan.note)
+        if trigger == RunTrigger.BEAT and self._idle(plan) and not self.record_empty_beat_runs:
+            # A tick that found nothing to do is not worth a row; it is logged instead.
+            await asyncio.to_thread(self.ledger.discard_run, run_id)
+            await self._release(spec.lock_id, token, handler)
+            log.debug("beat tick of %s found nothing to do", handler)
+            return RunReport(handler, None, RunStatus.SUCCEEDED, "nothing to do")
         record = await self._finish(
             run_id, spec.lock_id, token, note=plan.note, bulk_ok=plan.bulk_ok
         )
@@ -238,11 +246,22 @@ class Coordinator:
         record = await asyncio.to_thread(
             self.ledger.close_run, run_id, error=error, note=note, bulk_ok=bulk_ok
         )
+        if record is not None:
+            await self._release(lock_id, token, record.handler)
+        elif token:
+            await self.claims.release(lock_id, token)
+        return record
+
+    async def _release(self, lock_id: str, token: str | None, handler: str) -> None:
+        """Frees the claim and re-runs the handler if a start was turned away meanwhile."""
         if token:
             await self.claims.release(lock_id, token)
-        if record is not None and await self.claims.take_pending(lock_id):
-            await self._follow_up([(record.handler, None)])
-        return record
+        if await self.claims.take_pending(lock_id):
+            await self._follow_up([(handler, None)])
+
+    @staticmethod
+    def _idle(plan: Plan) -> bool:
+        return not (plan.dispatched or plan.requested or plan.outcomes or plan.note)
 
     async def _follow_up(self, follow_ups: Sequence[tuple[str, Sequence[str] | None]]) -> None:
         for handler, scope in follow_ups:

@@ -97,6 +97,23 @@ async def test_sc_rl_002_empty_run_records_zeros_and_calls_no_agent(rig: Rig) ->
     assert rig.agent_calls() == 0 and rig.fanout.inner.records == []
 
 
+async def test_sc_rl_002_idle_beat_ticks_leave_no_row_when_so_configured(
+    engine: sa.Engine, redis: Redis
+) -> None:
+    """SC-RL-002 (configured to skip empty runs): an idle beat tick records nothing and frees
+    its claim; a manual start with nothing to do is still recorded."""
+    rig = build_rig(engine, redis)
+    rig.coordinator.record_empty_beat_runs = False
+
+    report = await rig.coordinator.run(NAME, RunTrigger.BEAT)
+
+    assert report.run_id is None and report.status == RunStatus.SUCCEEDED
+    assert rig.ledger.list_runs(NAME) == []
+    assert await redis.get(claim_key(LOCK_ID)) is None
+    manual = await rig.coordinator.run(NAME, RunTrigger.MANUAL)
+    assert manual.run_id is not None and rig.ledger.get_run(manual.run_id).requested == 0
+
+
 # SC-RL-003 ------------------------------------------------------------------
 
 
