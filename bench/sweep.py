@@ -45,19 +45,16 @@ from sokovan.scheduler.specs.sweep import sweep_spec
 from sokovan.scheduler.terminator import SessionTerminator, StaleJudgement
 from sokovan.scheduler.terminator.stale import ANSWER_DEAD, ANSWER_NO_AGENT, ANSWER_RUNNING
 from sokovan.types import (
-    AgentBatch,
     AgentId,
     ImageConfig,
-    ItemOutcome,
     KernelId,
     KernelStatus,
-    Operation,
-    RunId,
     RunStatus,
     RunTrigger,
     SessionId,
     SessionStatus,
 )
+from tests.fakes import RefusingFanOut
 
 HANDLER = "sweep_stale_kernels"
 
@@ -66,7 +63,7 @@ class SequentialStage2(SessionTerminator):
     """Stage 2 as first written: one check_running call at a time, in input order."""
 
     def __init__(self, pool: AgentClientPool, presence: ValkeyPresence) -> None:
-        super().__init__(pool, presence, _NoFanOut())
+        super().__init__(pool, presence, RefusingFanOut("the sweep dispatches nothing"))
         self._pool = pool
 
     async def confirm_with_agents(self, judgement: StaleJudgement) -> StaleJudgement:
@@ -87,17 +84,6 @@ class SequentialStage2(SessionTerminator):
         if running is None:
             return str(running)
         return ANSWER_RUNNING if running else ANSWER_DEAD
-
-
-class _NoFanOut:
-    async def dispatch(
-        self,
-        run_id: RunId,
-        operation: Operation,
-        batches: Sequence[AgentBatch],
-        skipped: Sequence[ItemOutcome] = (),
-    ) -> str:
-        raise RuntimeError("the sweep dispatches nothing")
 
 
 class _NoKick:
@@ -176,7 +162,9 @@ async def baseline(services: Services, scope: list[str] | None) -> dict[str, flo
 
 async def _baseline_services(st: Stack) -> Services:
     settings = st.senv.settings
-    services = await build_services(settings, _NoFanOut(), _NoKick())
+    services = await build_services(
+        settings, RefusingFanOut("the sweep dispatches nothing"), _NoKick()
+    )
     sequential = SequentialStage2(services.pool, services.presence)
     handler = SweepStaleKernelsKernelHandler(
         sequential,

@@ -256,3 +256,19 @@ class FakeNetworkPlugin:
 
     async def destroy_network(self, network_id: str) -> None:
         self.destroyed.append(network_id)
+
+
+class RefusingFanOut:
+    """A FanOut for code paths that must not dispatch: any dispatch is an error."""
+
+    def __init__(self, why: str = "this path dispatches nothing") -> None:
+        self.why = why
+
+    async def dispatch(
+        self,
+        run_id: RunId,
+        operation: Operation,
+        batches: Sequence[AgentBatch],
+        skipped: Sequence[ItemOutcome] = (),
+    ) -> str:
+        raise AssertionError(self.why)

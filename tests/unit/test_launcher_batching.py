@@ -39,7 +39,7 @@ from sokovan.types import (
     SessionId,
     SessionStatus,
 )
-from tests.fakes import FakeSecretStore, FakeSessionRecorder
+from tests.fakes import FakeSecretStore, FakeSessionRecorder, RefusingFanOut
 from tests.unit.test_launcher_start import IMAGES, make_kit, make_session
 
 
@@ -219,7 +219,7 @@ async def test_create_kernels_in_flight_per_agent_stay_under_the_bound() -> None
 async def test_sc_la_017_a_refused_dispatch_is_recorded_on_every_session() -> None:
     """SC-LA-017: the broker refuses the run's fan-out -> each session keeps an error info."""
 
-    class RefusingFanOut:
+    class BrokerDownFanOut:
         async def dispatch(
             self,
             run_id: RunId,
@@ -231,7 +231,7 @@ async def test_sc_la_017_a_refused_dispatch_is_recorded_on_every_session() -> No
 
     kit = make_kit(("a1",))
     recorder = FakeSessionRecorder()
-    refusing: FanOut = RefusingFanOut()
+    refusing: FanOut = BrokerDownFanOut()
     launcher = SessionLauncher(kit.pool, refusing, recorder, kit.secrets, {})
     sessions = [make_session(("a1",)) for _ in range(3)]
 
@@ -320,18 +320,7 @@ def _no_launcher(_: FanOut) -> SessionLauncher:
     raise AssertionError("completion needs no launcher")
 
 
-class _NoFanOut:
-    async def dispatch(
-        self,
-        run_id: RunId,
-        operation: Operation,
-        batches: Sequence[AgentBatch],
-        skipped: Sequence[ItemOutcome] = (),
-    ) -> str:
-        raise AssertionError("completion dispatches nothing")
-
-
-_NO_FANOUT: FanOut = _NoFanOut()
+_NO_FANOUT: FanOut = RefusingFanOut("completion dispatches nothing")
 
 
 def test_placement_occupancy_counted_in_sql_matches_the_row_by_row_sum(
