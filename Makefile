@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 venv: $(VENV)/.installed
 
 demo: venv
-	$(PY) -m tasks.demo
+	$(PY) -m demo
 
 test: venv lint
 	$(PY) -m pytest -q -p no:cacheprovider

@@ -1,17 +1,22 @@
-"""Periodic entries: name -> task, interval and expiry (a backlog never piles up stale ticks)."""
+"""Periodic entries: name -> task, interval and expiry (a backlog never piles up stale ticks).
+
+Handler ticks come from the handler declarations; the rest are maintenance entries.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 from sokovan.config import Settings
+from sokovan.scheduler.handlers import HANDLERS
+from tasks import names
 
 
-def _handler(name: str, every: float) -> dict[str, Any]:
+def _entry(task: str, every: float, **kwargs: Any) -> dict[str, Any]:
     return {
-        "task": "sokovan.handler.run",
+        "task": task,
         "schedule": every,
-        "kwargs": {"handler": name, "trigger": "beat"},
+        "kwargs": kwargs,
         # A tick not started within its own interval is dropped; the next one replaces it.
         "options": {"expires": max(every, 1.0)},
     }
@@ -20,24 +25,13 @@ def _handler(name: str, every: float) -> dict[str, Any]:
 def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
     """The beat schedule for these settings."""
     every_agent_sync = max(settings.presence_refresh / 2, 1.0)
-    return {
-        "sync-agents": {
-            "task": "sokovan.agents.sync",
-            "schedule": every_agent_sync,
-            "options": {"expires": every_agent_sync},
-        },
-        "terminate-sessions": _handler("terminate_sessions", settings.terminate_interval),
-        "sweep-stale-kernels": _handler("sweep_stale_kernels", settings.sweep_interval),
-        "pull-images": _handler("pull_images", settings.launch_interval),
-        "start-sessions": _handler("start_sessions", settings.launch_interval),
-        "recover-runs": {
-            "task": "sokovan.maintenance.recover",
-            "schedule": settings.recover_interval,
-            "options": {"expires": settings.recover_interval},
-        },
-        "prune-runs": {
-            "task": "sokovan.maintenance.prune",
-            "schedule": settings.prune_interval,
-            "options": {"expires": settings.prune_interval},
-        },
+    schedule = {
+        d.beat_entry: _entry(
+            names.HANDLER_RUN, d.interval(settings), handler=d.name, trigger="beat"
+        )
+        for d in HANDLERS
     }
+    schedule["sync-agents"] = _entry(names.AGENTS_SYNC, every_agent_sync)
+    schedule["recover-runs"] = _entry(names.MAINTENANCE_RECOVER, settings.recover_interval)
+    schedule["prune-runs"] = _entry(names.MAINTENANCE_PRUNE, settings.prune_interval)
+    return schedule

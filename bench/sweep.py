@@ -40,10 +40,10 @@ from bench.harness import (
 from sokovan.bootstrap import Services, build_services
 from sokovan.ports import AgentClientPool
 from sokovan.presence import ValkeyPresence
-from sokovan.scheduler.handlers.sweep_stale_kernels import SweepStaleKernelsKernelHandler
-from sokovan.scheduler.specs.sweep import sweep_spec
+from sokovan.scheduler.handlers import sweep_stale_kernels
 from sokovan.scheduler.terminator import SessionTerminator, StaleJudgement
 from sokovan.scheduler.terminator.stale import ANSWER_DEAD, ANSWER_NO_AGENT, ANSWER_RUNNING
+from sokovan.testing import RefusingFanOut
 from sokovan.types import (
     AgentId,
     ImageConfig,
@@ -54,7 +54,6 @@ from sokovan.types import (
     SessionId,
     SessionStatus,
 )
-from tests.fakes import RefusingFanOut
 
 HANDLER = "sweep_stale_kernels"
 
@@ -151,6 +150,7 @@ async def ours(st: Stack, scope: list[str] | None, limit: float) -> dict[str, fl
 
 async def baseline(services: Services, scope: list[str] | None) -> dict[str, float]:
     """The same run in this process, with the sequential stage 2 registered."""
+    assert isinstance(services.presence, ValkeyPresence)
     trips = services.presence.round_trips
     began = time.monotonic()
     report = await services.coordinator.run(HANDLER, RunTrigger.API, scope)
@@ -165,13 +165,10 @@ async def _baseline_services(st: Stack) -> Services:
     services = await build_services(
         settings, RefusingFanOut("the sweep dispatches nothing"), _NoKick()
     )
+    assert isinstance(services.presence, ValkeyPresence)
     sequential = SequentialStage2(services.pool, services.presence)
-    handler = SweepStaleKernelsKernelHandler(
-        sequential,
-        max_stale_ratio=settings.sweep_max_stale_ratio,
-        brake_min_kernels=settings.sweep_brake_min_kernels,
-    )
-    services.coordinator.register(sweep_spec(services.repository, handler))
+    context = dataclasses.replace(services.context, terminator=sequential)
+    services.coordinator.register(sweep_stale_kernels.build(context))
     return services
 
 

@@ -33,8 +33,8 @@ from bench.harness import (
 from sokovan.bootstrap import build_agent_pool
 from sokovan.db.schema import kernels, sessions
 from sokovan.ports import AgentClientPool
-from sokovan.scheduler.specs.common import NON_TERMINAL_KERNEL, finish_terminated_sessions
 from sokovan.scheduler.terminator.destroy import DestroyJob, destroy_with_client
+from sokovan.scheduler.transitions import NON_TERMINAL_KERNEL, finish_terminated_sessions
 from sokovan.types import (
     AgentId,
     KernelStatus,

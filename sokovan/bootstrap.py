@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any
 
 import sqlalchemy as sa
 from redis.asyncio import BlockingConnectionPool, Redis
@@ -15,10 +14,20 @@ from sokovan.db.engine import create_engine
 from sokovan.db.ledger import RunLedger
 from sokovan.db.repository import SchedulerRepository
 from sokovan.db.secrets import SqlSecretStore, load_or_create_key
-from sokovan.ports import AgentClientPool, FanOut, NetworkPlugin
+from sokovan.ports import (
+    AgentClientPool,
+    Claims,
+    FanOut,
+    FanOutTracking,
+    HandlerKicker,
+    NetworkPlugin,
+    PresenceReader,
+)
 from sokovan.presence import ValkeyPresence
 from sokovan.scheduler.claims import RedisClaims
-from sokovan.scheduler.coordinator import Coordinator, HandlerKicker
+from sokovan.scheduler.coordinator import Coordinator
+from sokovan.scheduler.handlers import build_handlers
+from sokovan.scheduler.handlers.base import HandlerContext
 from sokovan.scheduler.terminator import SessionTerminator
 from sokovan.scheduler.tracking import FanOutTracker, TrackedFanOut
 
@@ -66,13 +75,13 @@ class Services:
     repository: SchedulerRepository
     ledger: RunLedger
     redis: Redis
-    presence: ValkeyPresence
+    presence: PresenceReader
     pool: AgentClientPool
     terminator: SessionTerminator
     coordinator: Coordinator
     secrets: SqlSecretStore
+    context: HandlerContext
     network_plugins: dict[str, NetworkPlugin] = field(default_factory=dict)
-    extras: dict[str, Any] = field(default_factory=dict)
 
     async def close(self) -> None:
         """Closes agent connections, Redis and the engine; each failure is logged, not raised."""
@@ -91,31 +100,34 @@ async def build_services(
     *,
     pool: AgentClientPool | None = None,
     engine: sa.Engine | None = None,
+    redis: Redis | None = None,
+    presence: PresenceReader | None = None,
+    claims: Claims | None = None,
+    tracker: FanOutTracking | None = None,
+    network_plugins: dict[str, NetworkPlugin] | None = None,
 ) -> Services:
-    """Builds the services inside the event loop that will use them."""
-    from sokovan.scheduler.specs.registry import register_handlers
-
+    """Builds the services inside the event loop that will use them; any adapter may be given."""
     engine = engine or build_engine(settings)
     repository = SchedulerRepository(engine)
     ledger = RunLedger(engine)
-    redis = build_redis(settings)
-    presence = ValkeyPresence(
+    redis = redis or build_redis(settings)
+    presence = presence or ValkeyPresence(
         redis, stale_after=settings.presence_stale_after, ttl=settings.presence_ttl
     )
     pool = pool or build_agent_pool(settings, repository)
-    tracker = FanOutTracker(redis)
-    fanout = TrackedFanOut(fanout, tracker)
+    tracker = tracker or FanOutTracker(redis)
+    tracked = TrackedFanOut(fanout, tracker, ledger)
     terminator = SessionTerminator(
         pool,
         presence,
-        fanout,
+        tracked,
         destroy_concurrency=settings.destroy_concurrency,
         check_running_concurrency=settings.check_running_concurrency,
     )
     coordinator = Coordinator(
-        repository=repository,
+        states=repository,
         ledger=ledger,
-        claims=RedisClaims(redis),
+        claims=claims or RedisClaims(redis),
         kicker=kicker,
         tracker=tracker,
         claim_lifetime=settings.claim_lifetime,
@@ -124,7 +136,19 @@ async def build_services(
         record_empty_beat_runs=settings.record_empty_beat_runs,
     )
     secrets = SqlSecretStore(engine, load_or_create_key(settings.secret_key, settings.var_dir))
-    services = Services(
+    plugins = build_network_plugins() if network_plugins is None else network_plugins
+    context = HandlerContext(
+        settings=settings,
+        repository=repository,
+        terminator=terminator,
+        pool=pool,
+        secrets=secrets,
+        fanout=tracked,
+        network_plugins=plugins,
+    )
+    for runtime in build_handlers(context):
+        coordinator.register(runtime)
+    return Services(
         settings=settings,
         engine=engine,
         repository=repository,
@@ -135,7 +159,6 @@ async def build_services(
         terminator=terminator,
         coordinator=coordinator,
         secrets=secrets,
-        network_plugins=build_network_plugins(),
+        context=context,
+        network_plugins=plugins,
     )
-    register_handlers(services, fanout)
-    return services

@@ -31,6 +31,8 @@ class Settings:
     launch_interval: float = C.LAUNCH_INTERVAL_SEC
     recover_interval: float = C.RECOVER_INTERVAL_SEC
     prune_interval: float = C.PRUNE_INTERVAL_SEC
+    # Beat interval of any other handler, e.g. SOKOVAN_INTERVALS="reconcile_leftovers=30".
+    intervals: Mapping[str, int] = field(default_factory=dict)
     # Presence.
     presence_stale_after: float = C.PRESENCE_STALE_AFTER_SEC
     presence_ttl: int = C.PRESENCE_TTL_SEC

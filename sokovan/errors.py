@@ -8,15 +8,16 @@ SokovanError                 the operation cannot go on
 │   ├── UnknownImage         (also a ValueError)
 │   └── EmptySession         a session to start has no kernels (also a ValueError)
 ├── NotFound                 a session, kernel, run or handler id that does not exist
+│   └── UnknownHandler       a handler name that no declaration has
 ├── AgentError               an agent call failed
 │   ├── AgentUnavailable     no connection (refused, timed out, marked unavailable)
 │   ├── AgentTimeout         the call was sent but no reply came in time
 │   ├── AgentRemoteError     the agent raised; carries its error name and message
 │   └── WireError            a reply could not be decoded safely (hostile or malformed)
+│       └── PickleRejected   a pickled value we do not rebuild
 ├── PresenceUnavailable      the presence store could not be read
 ├── NetworkPluginError       a network driver is missing or failed
 │   └── UnknownNetworkDriver no plugin for the driver (also a KeyError)
-├── ClaimHeld                another run of the handler holds the claim
 ├── DispatchError            the fan-out could not be handed to the broker
 └── AgentdError              the reference agent refused a call (sent as an RPC user error)
     ├── InjectedFault        a fault set on purpose by a test or an operator
@@ -59,6 +60,10 @@ class NotFound(SokovanError):
     """An id that does not exist."""
 
 
+class UnknownHandler(NotFound):
+    """A handler name that no declaration has."""
+
+
 class AgentError(SokovanError):
     """An agent call failed."""
 
@@ -85,6 +90,10 @@ class WireError(AgentError):
     """A message could not be decoded safely."""
 
 
+class PickleRejected(WireError):
+    """A pickled value holds something we do not rebuild (never unpickled)."""
+
+
 class PresenceUnavailable(SokovanError):
     """The presence store could not be read."""
 
@@ -99,10 +108,6 @@ class UnknownNetworkDriver(NetworkPluginError, KeyError):
     def __str__(self) -> str:
         # KeyError quotes its argument; this error is read by people.
         return str(self.args[0]) if self.args else ""
-
-
-class ClaimHeld(SokovanError):
-    """Another run of the handler holds the claim."""
 
 
 class DispatchError(SokovanError):
@@ -123,3 +128,14 @@ class AgentIdNotFoundError(AgentdError):
 
 class UnknownRPCMethod(AgentdError):
     """A call to a method the agent does not serve."""
+
+
+def describe_error(exc: BaseException, *, with_type: bool = False) -> str:
+    """An exception's message for outcomes and logs (`Name: message` with `with_type`).
+
+    Some errors (a bare TimeoutError) have no message; the type name then says what happened.
+    """
+    message = str(exc)
+    if not message:
+        return type(exc).__name__
+    return f"{type(exc).__name__}: {message}" if with_type else message

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Any, Protocol
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sokovan.types import (
     AgentAddress,
@@ -14,10 +15,16 @@ from sokovan.types import (
     ItemOutcome,
     KernelId,
     KernelPresence,
+    KernelStatus,
     Operation,
     RunId,
+    RunStatus,
+    RunTrigger,
     SessionId,
 )
+
+if TYPE_CHECKING:
+    from sokovan.db.ledger import RunRecord
 
 
 class AgentClient(Protocol):
@@ -140,3 +147,111 @@ class SecretStore(Protocol):
     async def get_ssh_keypair(self, session_id: SessionId) -> tuple[str, str]:
         """Returns (private_key, public_key); raises NotFound."""
         ...
+
+
+class KernelMover(Protocol):
+    """Guarded kernel status moves: the coordinator applies declared transitions with it."""
+
+    def transition_kernels(
+        self,
+        kernel_ids: Collection[KernelId],
+        to: KernelStatus,
+        allowed_from: Collection[KernelStatus],
+        *,
+        status_info: str | None = None,
+        values: Mapping[KernelId, Mapping[str, Any]] | None = None,
+    ) -> list[KernelId]:
+        """Moves kernels that are in `allowed_from` to `to`; returns the ones that moved."""
+        ...
+
+
+class HandlerKicker(Protocol):
+    """Starts a handler run soon (a Celery task in production)."""
+
+    async def kick(
+        self, handler: str, trigger: RunTrigger, scope: Sequence[str] | None
+    ) -> None: ...
+
+
+class Claims(Protocol):
+    """One run per handler at a time: claims with a lifetime, proven by a token."""
+
+    async def claim(self, lock_id: str, lifetime: float) -> str | None:
+        """Takes the claim and returns its token, or None when someone holds it."""
+        ...
+
+    async def release(self, lock_id: str, token: str) -> bool:
+        """Frees the claim if `token` still holds it."""
+        ...
+
+    async def holder(self, lock_id: str) -> str | None: ...
+
+    async def mark_pending(self, lock_id: str, lifetime: float) -> None:
+        """Notes that a start was turned away, so the holder re-runs when it finishes."""
+        ...
+
+    async def take_pending(self, lock_id: str) -> bool:
+        """Clears and returns the pending note."""
+        ...
+
+
+class FanOutTracking(Protocol):
+    """Counts a run's fan-outs so the run closes once planning is over and all reported."""
+
+    async def dispatched(self, run_id: RunId, by: int = 1) -> None: ...
+
+    async def completed(self, run_id: RunId) -> bool:
+        """A fan-out reported; True when the run is now complete."""
+        ...
+
+    async def planned(self, run_id: RunId) -> bool:
+        """Planning is over; True when every fan-out has already reported."""
+        ...
+
+
+class Ledger(Protocol):
+    """The run ledger as the coordinator uses it (sokovan.db.ledger.RunLedger in production)."""
+
+    def is_paused(self, handler: str) -> bool: ...
+
+    def open_run(
+        self,
+        handler: str,
+        trigger: RunTrigger | str,
+        *,
+        requested: int = 0,
+        scope: Any = None,
+        claim_token: str | None = None,
+        deadline_sec: float | None = None,
+        status: RunStatus = RunStatus.RUNNING,
+        note: str | None = None,
+        operation: str | None = None,
+    ) -> RunId: ...
+
+    def update_run(self, run_id: RunId, **values: Any) -> None: ...
+
+    def record_items(self, run_id: RunId, outcomes: Sequence[ItemOutcome]) -> int: ...
+
+    def close_run(
+        self,
+        run_id: RunId,
+        *,
+        error: str | None = None,
+        note: str | None = None,
+        bulk_ok: int = 0,
+        held: bool = False,
+    ) -> RunRecord | None: ...
+
+    def finish_as(self, run_id: RunId, status: RunStatus, note: str) -> bool: ...
+
+    def recount(self, run_id: RunId) -> None: ...
+
+    def get_run(self, run_id: RunId) -> RunRecord: ...
+
+    def outcomes(self, run_id: RunId) -> list[ItemOutcome]: ...
+
+    def running_past_deadline(self, now: datetime | None = None) -> list[RunRecord]: ...
+
+    def discard_run(self, run_id: RunId) -> None: ...
+
+    def prune(self, older_than: datetime) -> int: ...

@@ -92,6 +92,8 @@ class RunStatus(StrEnum):
     FAILED = "failed"
     ABANDONED = "abandoned"
     SKIPPED = "skipped"
+    # The handler held back on purpose (a braked sweep): nothing was changed, and why is noted.
+    HELD = "held"
 
 
 class Operation(StrEnum):

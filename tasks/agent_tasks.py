@@ -1,15 +1,15 @@
-"""One task per agent batch. They never raise for an item: failures come back as values."""
+"""One task per agent batch of each declared operation. They never raise for an item:
+failures come back as values, so the chord body always runs and counts."""
 
 from __future__ import annotations
 
 import logging
 from typing import Any
 
-from celery import Task
-
-from sokovan.scheduler.specs.registry import execute_batch
+from sokovan.scheduler.handlers import batch_runners, execute_batch
 from sokovan.types import AgentId, ItemOutcome, Operation, RunId
-from tasks.app import app
+from tasks import names
+from tasks.base import task
 from tasks.runtime import runtime
 
 log = logging.getLogger(__name__)
@@ -25,9 +25,10 @@ def _run_batch(
             f"string and items a list (got {type(agent_id).__name__}, {type(items).__name__})"
         )
         log.warning(error)
-        return [ItemOutcome(f"payload:{agent_id!s}", None, ok=False, error=error).to_json()]
-    services = runtime().services
-    outcomes = runtime().run(execute_batch(services, operation, AgentId(agent_id), items))
+        return [ItemOutcome(f"payload:{agent_id!s}"[:64], None, ok=False, error=error).to_json()]
+    rt = runtime()
+    services = rt.services
+    outcomes = rt.run(execute_batch(services.context, operation, AgentId(agent_id), items))
     try:  # recorded now too, so a run abandoned after a crash keeps what was done
         services.ledger.record_items(RunId(int(run_id)), outcomes)
     except Exception as e:  # the chord body records them again; duplicates are dropped
@@ -35,25 +36,14 @@ def _run_batch(
     return [o.to_json() for o in outcomes]
 
 
-@app.task(name="sokovan.agent.destroy_kernels", bind=True)
-def destroy_kernels(
-    self: Task, run_id: int, agent_id: str, items: list[dict[str, Any]]
-) -> list[dict[str, Any]]:
-    """destroy_kernel for each of one agent's kernels."""
-    return _run_batch(Operation.DESTROY_KERNELS, run_id, agent_id, items)
+def _register(operation: Operation) -> Any:
+    def run_agent_batch(run_id: int, agent_id: str, items: list[dict[str, Any]]) -> Any:
+        return _run_batch(operation, run_id, agent_id, items)
+
+    run_agent_batch.__doc__ = f"{operation} for one agent's batch of a run."
+    run_agent_batch.__name__ = run_agent_batch.__qualname__ = str(operation)
+    return task(names.agent_task(operation))(run_agent_batch)
 
 
-@app.task(name="sokovan.agent.check_and_pull", bind=True)
-def check_and_pull(
-    self: Task, run_id: int, agent_id: str, items: list[dict[str, Any]]
-) -> list[dict[str, Any]]:
-    """check_and_pull of one agent's de-duplicated images."""
-    return _run_batch(Operation.CHECK_AND_PULL, run_id, agent_id, items)
-
-
-@app.task(name="sokovan.agent.create_kernels", bind=True)
-def create_kernels(
-    self: Task, run_id: int, agent_id: str, items: list[dict[str, Any]]
-) -> list[dict[str, Any]]:
-    """create_kernels on one agent: one call per session among the items."""
-    return _run_batch(Operation.CREATE_KERNELS, run_id, agent_id, items)
+# The task routing follows the handler declarations: one task per declared operation.
+AGENT_TASKS = {operation: _register(operation) for operation in batch_runners()}

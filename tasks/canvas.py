@@ -10,15 +10,7 @@ from celery import chord, group
 
 from sokovan.errors import DispatchError
 from sokovan.types import AgentBatch, ItemOutcome, Operation, RunId, RunTrigger
-
-AGENT_TASK_NAMES = {
-    Operation.DESTROY_KERNELS: "sokovan.agent.destroy_kernels",
-    Operation.CHECK_AND_PULL: "sokovan.agent.check_and_pull",
-    Operation.CREATE_KERNELS: "sokovan.agent.create_kernels",
-}
-COMPLETE_RUN = "sokovan.run.complete"
-FAIL_RUN = "sokovan.run.fail"
-RUN_HANDLER = "sokovan.handler.run"
+from tasks import names
 
 
 def fanout_signature(
@@ -31,17 +23,17 @@ def fanout_signature(
     from tasks.app import app
 
     body = app.signature(
-        COMPLETE_RUN,
+        names.RUN_COMPLETE,
         kwargs={
             "run_id": int(run_id),
             "operation": str(operation),
             "skipped": [o.to_json() for o in skipped],
         },
     )
-    body.on_error(app.signature(FAIL_RUN, kwargs={"run_id": int(run_id)}))
+    body.on_error(app.signature(names.RUN_FAIL, kwargs={"run_id": int(run_id)}))
     header = [
         app.signature(
-            AGENT_TASK_NAMES[operation],
+            names.agent_task(operation),
             args=(int(run_id), str(b.agent_id), list(b.items)),
         )
         for b in batches
@@ -61,21 +53,13 @@ class CeleryFanOut:
         batches: Sequence[AgentBatch],
         skipped: Sequence[ItemOutcome] = (),
     ) -> str:
-        """Sends the chord; raises DispatchError when the broker does not take it."""
+        """Sends the chord and returns its id; raises DispatchError when the broker refuses."""
         signature = fanout_signature(run_id, operation, batches, skipped)
         try:
             result = await asyncio.to_thread(signature.apply_async)
         except Exception as e:
             raise DispatchError(f"broker refused the fan-out of run {run_id}: {e}") from e
-        fanout_id = str(getattr(result, "id", ""))
-        await asyncio.to_thread(_note_fanout, run_id, fanout_id, operation)
-        return fanout_id
-
-
-def _note_fanout(run_id: RunId, fanout_id: str, operation: Operation) -> None:
-    from tasks.runtime import runtime
-
-    runtime().services.ledger.update_run(run_id, fanout_id=fanout_id, operation=str(operation))
+        return str(getattr(result, "id", ""))
 
 
 class CeleryKicker:
@@ -86,7 +70,7 @@ class CeleryKicker:
 
         await asyncio.to_thread(
             app.send_task,
-            RUN_HANDLER,
+            names.HANDLER_RUN,
             kwargs={
                 "handler": handler,
                 "trigger": str(trigger),

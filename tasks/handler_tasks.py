@@ -6,30 +6,20 @@ import logging
 import uuid
 from typing import Any
 
-from celery.signals import worker_process_init, worker_process_shutdown
-
 from sokovan.errors import SokovanError
 from sokovan.scheduler.agents import sync_agents
-from sokovan.scheduler.specs.common import request_termination
+from sokovan.scheduler.handlers import pull_images, terminate_sessions
 from sokovan.scheduler.submit import SessionRequest, submit_session
+from sokovan.scheduler.transitions import request_termination
 from sokovan.types import RunTrigger, SessionId
-from tasks.app import app
-from tasks.runtime import runtime, shutdown_runtime
+from tasks import names
+from tasks.base import task
+from tasks.runtime import runtime
 
 log = logging.getLogger(__name__)
 
 
-@worker_process_init.connect
-def _start_runtime(**_: Any) -> None:
-    runtime()
-
-
-@worker_process_shutdown.connect
-def _stop_runtime(**_: Any) -> None:
-    shutdown_runtime()
-
-
-@app.task(name="sokovan.handler.run")
+@task(names.HANDLER_RUN)
 def run_handler(
     handler: str, trigger: str = "manual", scope: list[str] | None = None, budget: int | None = None
 ) -> dict[str, Any]:
@@ -48,7 +38,7 @@ def run_handler(
     }
 
 
-@app.task(name="sokovan.session.terminate")
+@task(names.SESSION_TERMINATE)
 def terminate_session(session_id: str, reason: str = "USER_REQUESTED") -> dict[str, Any]:
     """Marks a session TERMINATING and starts the terminate handler for it."""
     try:
@@ -65,11 +55,13 @@ def terminate_session(session_id: str, reason: str = "USER_REQUESTED") -> dict[s
             "status": str(status),
             "note": f"session is {status}; nothing to do",
         }
-    report = rt.run(rt.services.coordinator.run("terminate_sessions", RunTrigger.API, [str(sid)]))
+    report = rt.run(
+        rt.services.coordinator.run(terminate_sessions.NAME, RunTrigger.API, [str(sid)])
+    )
     return {"session_id": session_id, "terminating": True, "run_id": report.run_id}
 
 
-@app.task(name="sokovan.session.create")
+@task(names.SESSION_CREATE)
 def create_session(request: dict[str, Any]) -> dict[str, Any]:
     """Validates and stores a session, then starts image pulling for it at once."""
     rt = runtime()
@@ -79,25 +71,27 @@ def create_session(request: dict[str, Any]) -> dict[str, Any]:
     except SokovanError as e:
         log.warning("session request refused: %s", e)
         return {"error": str(e), "kind": type(e).__name__}
-    report = rt.run(rt.services.coordinator.run("pull_images", RunTrigger.API, [str(session_id)]))
+    report = rt.run(
+        rt.services.coordinator.run(pull_images.NAME, RunTrigger.API, [str(session_id)])
+    )
     return {"session_id": str(session_id), "pull_run_id": report.run_id}
 
 
-@app.task(name="sokovan.agents.sync")
+@task(names.AGENTS_SYNC)
 def sync_agent_registry() -> dict[str, int]:
     """Copies agents' self-registrations into the agents table."""
     rt = runtime()
     return rt.run(sync_agents(rt.services.redis, rt.services.repository))
 
 
-@app.task(name="sokovan.maintenance.recover")
+@task(names.MAINTENANCE_RECOVER)
 def recover_runs() -> dict[str, Any]:
     """Abandons runs past their deadline so the next run re-plans their targets."""
     rt = runtime()
     return {"abandoned": [int(r) for r in rt.run(rt.services.coordinator.recover())]}
 
 
-@app.task(name="sokovan.maintenance.prune")
+@task(names.MAINTENANCE_PRUNE)
 def prune_runs() -> dict[str, int]:
     """Deletes runs older than the retention."""
     rt = runtime()

@@ -6,7 +6,8 @@ import logging
 from typing import Any
 
 from sokovan.types import ItemOutcome, Operation, RunId
-from tasks.app import app
+from tasks import names
+from tasks.base import task
 from tasks.runtime import runtime
 
 log = logging.getLogger(__name__)
@@ -19,12 +20,12 @@ def _outcomes(results: Any, skipped: Any) -> list[ItemOutcome]:
             try:
                 out.append(ItemOutcome.from_json(raw))
             except (KeyError, TypeError, ValueError) as e:
-                log.warning("unreadable outcome %r: %s", raw, e)
+                log.warning("unreadable outcome %.200r: %s", raw, e)
     out.extend(ItemOutcome.from_json(raw) for raw in skipped or [])
     return out
 
 
-@app.task(name="sokovan.run.complete")
+@task(names.RUN_COMPLETE)
 def complete_run(
     results: list[list[dict[str, Any]]],
     run_id: int,
@@ -50,7 +51,7 @@ def complete_run(
     }
 
 
-@app.task(name="sokovan.run.fail")
+@task(names.RUN_FAIL)
 def fail_run(request: Any, exc: Any, traceback: Any, run_id: int) -> dict[str, Any]:
     """Errback of a chord body: a header task was lost, so the run ends failed."""
     rt = runtime()

@@ -8,8 +8,11 @@ import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
+from celery.signals import worker_process_init, worker_process_shutdown
+
 from sokovan.bootstrap import Services, build_services
 from sokovan.config import Settings, load_settings
+from tasks.canvas import CeleryFanOut, CeleryKicker
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -27,8 +30,6 @@ class WorkerRuntime:
         self._services: Services | None = None
 
     def start(self) -> None:
-        from tasks.canvas import CeleryFanOut, CeleryKicker
-
         self._thread.start()
         self._services = self.run(build_services(self.settings, CeleryFanOut(), CeleryKicker()))
         log.info("worker runtime started")
@@ -77,3 +78,13 @@ def shutdown_runtime() -> None:
         if _runtime is not None:
             _runtime.stop()
             _runtime = None
+
+
+@worker_process_init.connect
+def _start_runtime(**_: Any) -> None:
+    runtime()
+
+
+@worker_process_shutdown.connect
+def _stop_runtime(**_: Any) -> None:
+    shutdown_runtime()

@@ -7,9 +7,12 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from redis.asyncio import Redis
 
+from sokovan.db.engine import create_engine, upgrade
 from sokovan.embedded import EmbeddedValkey
+from tests.rig import Rig, build_rig
 
 
 def free_port() -> int:
@@ -53,3 +56,18 @@ async def private_redis(tmp_path: Path) -> AsyncIterator[Redis]:
     yield client
     await client.aclose()
     server.stop()
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Iterator[sa.Engine]:
+    """A SQLite file built by the migrations."""
+    eng = create_engine(f"sqlite:///{tmp_path / 'ledger.db'}")
+    upgrade(eng)
+    yield eng
+    eng.dispose()
+
+
+@pytest.fixture
+async def rig(engine: sa.Engine, redis: Redis) -> AsyncIterator[Rig]:
+    """A coordinator over real SQLite and Valkey with stub agents."""
+    yield build_rig(engine, redis)

@@ -10,15 +10,23 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 from redis.asyncio import Redis
 
+from sokovan.config import Settings
 from sokovan.db.ledger import RunLedger
 from sokovan.db.repository import NewKernel, SchedulerRepository
 from sokovan.scheduler.claims import RedisClaims
 from sokovan.scheduler.coordinator import Coordinator
-from sokovan.scheduler.handlers.sweep_stale_kernels import SweepStaleKernelsKernelHandler
-from sokovan.scheduler.specs.sweep import sweep_spec
-from sokovan.scheduler.specs.terminate import terminate_spec
+from sokovan.scheduler.handlers import sweep_stale_kernels, terminate_sessions
+from sokovan.scheduler.handlers.base import HandlerContext
 from sokovan.scheduler.terminator import SessionTerminator
 from sokovan.scheduler.tracking import FanOutTracker, TrackedFanOut
+from sokovan.testing import (
+    FakeAgentClient,
+    FakeAgentClientPool,
+    FakePresence,
+    FakeSecretStore,
+    InProcessFanOut,
+    RecordingKicker,
+)
 from sokovan.types import (
     AgentBatch,
     AgentId,
@@ -27,21 +35,9 @@ from sokovan.types import (
     Operation,
     ResourceSlot,
     RunId,
-    RunTrigger,
     SessionId,
     SessionStatus,
 )
-from tests.fakes import FakeAgentClient, FakeAgentClientPool, FakePresence, InProcessFanOut
-
-
-class RecordingKicker:
-    """HandlerKicker that records what it was asked to start."""
-
-    def __init__(self) -> None:
-        self.kicks: list[tuple[str, RunTrigger, list[str] | None]] = []
-
-    async def kick(self, handler: str, trigger: RunTrigger, scope: Sequence[str] | None) -> None:
-        self.kicks.append((handler, trigger, None if scope is None else list(scope)))
 
 
 class ChordFanOut:
@@ -127,10 +123,11 @@ def build_rig(
     presence = FakePresence()
     fanout = ChordFanOut(ledger)
     tracker = FanOutTracker(redis)
-    terminator = SessionTerminator(pool, presence, TrackedFanOut(fanout, tracker))
+    tracked = TrackedFanOut(fanout, tracker, None)
+    terminator = SessionTerminator(pool, presence, tracked)
     kicker = RecordingKicker()
     coordinator = Coordinator(
-        repository=repo,
+        states=repo,
         ledger=ledger,
         claims=RedisClaims(redis),
         kicker=kicker,
@@ -140,9 +137,16 @@ def build_rig(
         budgets=budgets,
     )
     fanout.coordinator, fanout.terminator = coordinator, terminator
-    coordinator.register(terminate_spec(repo, terminator))
-    sweeper = SweepStaleKernelsKernelHandler(terminator, max_stale_ratio=0.5, brake_min_kernels=10)
-    coordinator.register(sweep_spec(repo, sweeper))
+    ctx = HandlerContext(
+        settings=Settings(sweep_max_stale_ratio=0.5, sweep_brake_min_kernels=10),
+        repository=repo,
+        terminator=terminator,
+        pool=pool,
+        secrets=FakeSecretStore(),
+        fanout=tracked,
+    )
+    coordinator.register(terminate_sessions.build(ctx))
+    coordinator.register(sweep_stale_kernels.build(ctx))
     return Rig(engine, repo, ledger, coordinator, pool, presence, fanout, kicker, redis, agents)
 
 

@@ -18,6 +18,7 @@ import sqlalchemy as sa
 
 from sokovan.config import Settings, load_settings
 from sokovan.db.engine import create_engine, upgrade
+from tasks.commands import worker_args
 
 ROOT = Path(__file__).resolve().parents[1]
 _db_index = itertools.count(1)
@@ -91,22 +92,11 @@ def celery_worker(
         sys.executable,
         "-m",
         "celery",
-        "-A",
-        "tasks.app",
-        "worker",
-        "-l",
-        "INFO",
-        "-c",
-        str(concurrency),
+        *worker_args(concurrency=concurrency, node=name),
         "-P",
         pool,
-        "-Q",
-        "sokovan",
-        "-n",
-        name,
         "--without-gossip",
         "--without-mingle",
-        "-E",
     ]
     with log.open("wb") as out:
         proc = subprocess.Popen(

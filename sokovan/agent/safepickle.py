@@ -11,6 +11,7 @@ import pickletools
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from sokovan.errors import PickleRejected
 from sokovan.types import ResourceSlot
 
 MAX_OPS = 10_000
@@ -20,10 +21,6 @@ MAX_DECIMAL_CHARS = 200
 _BAI_TYPES = "ai.backend.common.types"
 _BAI_DOCKER = "ai.backend.common.docker"
 IMAGE_REF_FIELDS = ("name", "project", "tag", "registry", "architecture", "is_local")
-
-
-class PickleRejected(Exception):
-    """The stream holds something we do not rebuild."""
 
 
 class _Global:

@@ -21,8 +21,8 @@ from typing import Any
 import msgpack
 import temporenc
 
-from sokovan.agent.safepickle import PickleRejected, read_pickle
-from sokovan.errors import WireError
+from sokovan.agent.safepickle import read_pickle
+from sokovan.errors import PickleRejected, WireError
 
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 # Every nesting level costs at least one byte, so shorter messages need no depth walk.

@@ -6,10 +6,11 @@ import typer
 
 from sokovan.cli.common import engine, settings, table
 from sokovan.db.ledger import RunLedger
+from sokovan.scheduler.handlers import handler_names
 
 app = typer.Typer(help="The periodic handlers: list, pause, resume, run now.", no_args_is_help=True)
 
-HANDLERS = ("pull_images", "start_sessions", "terminate_sessions", "sweep_stale_kernels")
+HANDLERS = handler_names()
 
 
 def _known(name: str) -> str:

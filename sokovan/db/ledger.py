@@ -86,6 +86,7 @@ class RunLedger(HandlerStates):
         deadline_sec: float | None = None,
         status: RunStatus = RunStatus.RUNNING,
         note: str | None = None,
+        operation: str | None = None,
     ) -> RunId:
         """Creates a run row and returns its id."""
         now = utcnow()
@@ -105,6 +106,7 @@ class RunLedger(HandlerStates):
                     claim_token=claim_token,
                     scope=scope,
                     note=note,
+                    operation=operation,
                 )
                 .returning(runs.c.id)
             ).scalar_one()
@@ -187,10 +189,12 @@ class RunLedger(HandlerStates):
         error: str | None = None,
         note: str | None = None,
         bulk_ok: int = 0,
+        held: bool = False,
     ) -> RunRecord | None:
         """Counts the items and finishes a running run; None if it was already finished.
 
-        `bulk_ok` counts items that succeeded without a row each (healthy kernels of a sweep).
+        `bulk_ok` counts items that succeeded without a row each (healthy kernels of a sweep);
+        `held` closes it as held back on purpose, whatever the counts.
         """
         with self.engine.begin() as conn:
             counts = conn.execute(
@@ -203,7 +207,11 @@ class RunLedger(HandlerStates):
             succeeded, failed, skipped = (int(c) for c in counts)
             succeeded += bulk_ok
             values: dict[str, Any] = {
-                "status": str(final_status(succeeded, failed, error)),
+                "status": str(
+                    RunStatus.HELD
+                    if held and error is None
+                    else final_status(succeeded, failed, error)
+                ),
                 "succeeded": succeeded,
                 "failed": failed,
                 "skipped": skipped,

@@ -14,11 +14,6 @@ import sqlalchemy as sa
 from sokovan.db.schema import run_items, runs
 from sokovan.types import Operation, ResourceSlot, RunStatus
 
-# A run records its operation once it fans out; older or planning-only runs fall back to this.
-HANDLER_OPERATION = {
-    "terminate_sessions": Operation.DESTROY_KERNELS,
-    "start_sessions": Operation.CREATE_KERNELS,
-}
 KERNEL_OPERATIONS = (Operation.CREATE_KERNELS, Operation.DESTROY_KERNELS)
 # Histogram bounds (seconds) of run durations, from a quick sweep to a long launch.
 DURATION_BUCKETS = (0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0)
@@ -201,8 +196,8 @@ class RunStats:
         wanted = None if session_ids is None else {str(s) for s in session_ids}
         tally: dict[str, _SessionTally] = {}
         with self._engine.connect() as conn:
-            for item_id, ok, skipped, evidence, operation, handler in conn.execute(query):
-                op = operation or HANDLER_OPERATION.get(handler)
+            for item_id, ok, skipped, evidence, operation, _handler in conn.execute(query):
+                op = operation  # a run records its handler's declared operation when opened
                 detail = dict(evidence or {})
                 sid = str(detail.get("session_id") or "")
                 if op not in KERNEL_OPERATIONS or not sid or (wanted and sid not in wanted):

@@ -3,40 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Protocol
 
-from sokovan.db.ledger import RunLedger, RunRecord, utcnow
-from sokovan.db.repository import SchedulerRepository
-from sokovan.errors import DispatchError, SokovanError
-from sokovan.scheduler.claims import RedisClaims
-from sokovan.scheduler.tracking import FanOutTracker
+from sokovan.db.ledger import RunRecord, utcnow
+from sokovan.errors import DispatchError, UnknownHandler
+from sokovan.ports import Claims, FanOutTracking, HandlerKicker, KernelMover, Ledger
+from sokovan.scheduler.handlers.base import FollowUps, HandlerRuntime, Moved, Plan
+from sokovan.scheduler.transitions import apply_transitions
 from sokovan.types import ItemOutcome, Operation, RunId, RunStatus, RunTrigger
 
 log = logging.getLogger(__name__)
 
-
-class HandlerKicker(Protocol):
-    """Starts a handler run soon (a Celery task in production)."""
-
-    async def kick(
-        self, handler: str, trigger: RunTrigger, scope: Sequence[str] | None
-    ) -> None: ...
-
-
-@dataclass(frozen=True, slots=True)
-class Plan:
-    """What a handler's planning step did within a run."""
-
-    requested: int
-    dispatched: bool = False  # True: a fan-out will complete the run later
-    outcomes: Sequence[ItemOutcome] = ()
-    bulk_ok: int = 0  # items that succeeded without an outcome row each
-    note: str | None = None
-    follow_ups: Sequence[tuple[str, Sequence[str] | None]] = ()
+__all__ = ["Coordinator", "Plan", "RunReport"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,39 +31,23 @@ class RunReport:
     note: str | None = None
 
 
-Planner = Callable[[RunId, Sequence[str] | None, int], Awaitable[Plan]]
-Completer = Callable[
-    [RunId, Sequence[ItemOutcome]], Awaitable[Sequence[tuple[str, Sequence[str] | None]]]
-]
-
-
-@dataclass
-class HandlerSpec:
-    """A handler as the coordinator runs it."""
-
-    name: str
-    lock_id: str
-    plan: Planner
-    complete: Mapping[Operation, Completer] = field(default_factory=dict)
-
-
 class Coordinator:
     """Runs handlers one at a time each, and records every run in the ledger."""
 
     def __init__(
         self,
         *,
-        repository: SchedulerRepository,
-        ledger: RunLedger,
-        claims: RedisClaims,
+        states: KernelMover,
+        ledger: Ledger,
+        claims: Claims,
         kicker: HandlerKicker,
-        tracker: FanOutTracker,
+        tracker: FanOutTracking,
         claim_lifetime: float,
         run_deadline: float,
         budgets: Mapping[str, int] | None = None,
         record_empty_beat_runs: bool = True,
     ) -> None:
-        self.repository = repository
+        self.states = states
         self.ledger = ledger
         self.claims = claims
         self.kicker = kicker
@@ -90,17 +56,17 @@ class Coordinator:
         self.run_deadline = run_deadline
         self.budgets = dict(budgets or {})
         self.record_empty_beat_runs = record_empty_beat_runs
-        self.handlers: dict[str, HandlerSpec] = {}
+        self.handlers: dict[str, HandlerRuntime] = {}
 
-    def register(self, spec: HandlerSpec) -> None:
+    def register(self, spec: HandlerRuntime) -> None:
         self.handlers[spec.name] = spec
 
-    def spec(self, handler: str) -> HandlerSpec:
+    def spec(self, handler: str) -> HandlerRuntime:
         try:
             return self.handlers[handler]
         except KeyError:
             known = ", ".join(sorted(self.handlers))
-            raise SokovanError(f"unknown handler {handler!r}; known: {known}") from None
+            raise UnknownHandler(f"unknown handler {handler!r}; known: {known}") from None
 
     async def run(
         self,
@@ -129,6 +95,9 @@ class Coordinator:
                 scope=list(scope) if scope else None,
                 claim_token=token,
                 deadline_sec=self.run_deadline,
+                operation=None
+                if spec.declaration.operation is None
+                else str(spec.declaration.operation),
             )
         except Exception:
             # Without a run row nothing would release the claim before it lapses.
@@ -149,7 +118,10 @@ class Coordinator:
             self.ledger.update_run, run_id, requested=plan.requested, note=plan.note
         )
         await asyncio.to_thread(self.ledger.record_items, run_id, list(plan.outcomes))
-        await self._follow_up(plan.follow_ups)
+        follow_ups = list(plan.follow_ups)
+        if plan.outcomes and None in spec.complete:
+            follow_ups.extend(await self._apply(spec, None, run_id, plan.outcomes))
+        await self._follow_up(follow_ups)
         if plan.dispatched and not await self.tracker.planned(run_id):
             return RunReport(handler, run_id, RunStatus.RUNNING, plan.note)
         if trigger == RunTrigger.BEAT and self._idle(plan) and not self.record_empty_beat_runs:
@@ -159,7 +131,12 @@ class Coordinator:
             log.debug("beat tick of %s found nothing to do", handler)
             return RunReport(handler, None, RunStatus.SUCCEEDED, "nothing to do")
         record = await self._finish(
-            run_id, spec.lock_id, token, note=plan.note, bulk_ok=plan.bulk_ok
+            run_id,
+            spec.lock_id,
+            token,
+            note=plan.note,
+            bulk_ok=plan.bulk_ok,
+            held=plan.held is not None,
         )
         status = record.status if record else RunStatus.SUCCEEDED
         return RunReport(handler, run_id, status, plan.note)
@@ -171,11 +148,7 @@ class Coordinator:
         run = await asyncio.to_thread(self.ledger.get_run, run_id)
         spec = self.spec(run.handler)
         await asyncio.to_thread(self.ledger.record_items, run_id, list(outcomes))
-        follow_ups: Sequence[tuple[str, Sequence[str] | None]] = ()
-        completer = spec.complete.get(operation)
-        if completer is not None:
-            follow_ups = await completer(run_id, outcomes)
-        await self._follow_up(follow_ups)
+        await self._follow_up(await self._apply(spec, operation, run_id, outcomes))
         if run.status == RunStatus.ABANDONED:
             # Recovery gave up on the run before this fan-out reported: count it all the same.
             await asyncio.to_thread(self.ledger.recount, run_id)
@@ -214,19 +187,30 @@ class Coordinator:
             await self.claims.release(spec.lock_id, run.claim_token)
         return True
 
-    async def _complete_recorded(self, spec: HandlerSpec, run: RunRecord) -> None:
+    async def _complete_recorded(self, spec: HandlerRuntime, run: RunRecord) -> None:
         """Applies an abandoned run's recorded outcomes, so its next run gets only the rest."""
-        known = {str(op): c for op, c in spec.complete.items()}
-        completer = known.get(run.operation or "")
-        if completer is None:
+        operation = next((op for op in spec.complete if str(op) == (run.operation or "")), None)
+        if operation is None:
             return
         outcomes = await asyncio.to_thread(self.ledger.outcomes, run.id)
         if not outcomes:
             return
         try:
-            await self._follow_up(await completer(run.id, outcomes))
+            await self._follow_up(await self._apply(spec, operation, run.id, outcomes))
         except Exception:  # the next run re-plans from the database either way
             log.exception("run %s: applying its recorded outcomes failed", run.id)
+
+    async def _apply(
+        self,
+        spec: HandlerRuntime,
+        operation: Operation | None,
+        run_id: RunId,
+        outcomes: Sequence[ItemOutcome],
+    ) -> FollowUps:
+        """Applies the declared transitions to a batch of outcomes, then the handler's rest."""
+        moved: Moved = await apply_transitions(self.states, spec.declaration.transitions, outcomes)
+        completer = spec.complete.get(operation)
+        return await completer(run_id, outcomes, moved) if completer is not None else ()
 
     async def prune(self, older_than_days: int) -> int:
         """Deletes finished runs older than the retention."""
@@ -242,9 +226,12 @@ class Coordinator:
         error: str | None = None,
         note: str | None = None,
         bulk_ok: int = 0,
+        held: bool = False,
     ) -> RunRecord | None:
         record = await asyncio.to_thread(
-            self.ledger.close_run, run_id, error=error, note=note, bulk_ok=bulk_ok
+            functools.partial(
+                self.ledger.close_run, run_id, error=error, note=note, bulk_ok=bulk_ok, held=held
+            )
         )
         if record is not None:
             await self._release(lock_id, token, record.handler)
@@ -263,16 +250,9 @@ class Coordinator:
     def _idle(plan: Plan) -> bool:
         return not (plan.dispatched or plan.requested or plan.outcomes or plan.note)
 
-    async def _follow_up(self, follow_ups: Sequence[tuple[str, Sequence[str] | None]]) -> None:
+    async def _follow_up(self, follow_ups: FollowUps) -> None:
         for handler, scope in follow_ups:
             try:
                 await self.kicker.kick(handler, RunTrigger.EVENT, scope)
             except Exception as e:  # the level-triggered beat tick will pick it up
                 log.warning("could not kick %s for %s: %s", handler, scope, e)
-
-
-def outcome_summary(outcomes: Sequence[ItemOutcome]) -> dict[str, Any]:
-    """Counts of a batch of outcomes, for logs."""
-    ok = sum(1 for o in outcomes if o.ok and not o.skipped)
-    skipped = sum(1 for o in outcomes if o.skipped)
-    return {"ok": ok, "failed": len(outcomes) - ok - skipped, "skipped": skipped}

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 
 from redis.asyncio import Redis
 
-from sokovan.ports import FanOut
+from sokovan.ports import FanOut, FanOutTracking, Ledger
 from sokovan.types import AgentBatch, ItemOutcome, Operation, RunId
 
 # Bumps one field and answers whether the run is complete: planned and all fan-outs reported.
@@ -47,11 +48,12 @@ class FanOutTracker:
 
 
 class TrackedFanOut:
-    """A FanOut that counts what it dispatches for the run's completion."""
+    """A FanOut that counts what it dispatches for the run's completion, and records its id."""
 
-    def __init__(self, inner: FanOut, tracker: FanOutTracker) -> None:
+    def __init__(self, inner: FanOut, tracker: FanOutTracking, ledger: Ledger | None) -> None:
         self._inner = inner
         self._tracker = tracker
+        self._ledger = ledger
 
     async def dispatch(
         self,
@@ -63,7 +65,12 @@ class TrackedFanOut:
         """Counts the fan-out first, so a fast completion never closes the run early."""
         await self._tracker.dispatched(run_id)
         try:
-            return await self._inner.dispatch(run_id, operation, batches, skipped)
+            fanout_id = await self._inner.dispatch(run_id, operation, batches, skipped)
         except BaseException:
             await self._tracker.dispatched(run_id, -1)
             raise
+        if self._ledger is not None and int(run_id):
+            await asyncio.to_thread(
+                self._ledger.update_run, run_id, fanout_id=fanout_id, operation=str(operation)
+            )
+        return fanout_id

@@ -14,7 +14,7 @@ import pytest
 import redis as sync_redis
 
 from sokovan.db.repository import NewKernel
-from sokovan.scheduler.specs.common import request_termination
+from sokovan.scheduler.transitions import request_termination
 from sokovan.types import (
     AgentId,
     KernelId,

@@ -12,8 +12,8 @@ import pytest
 from sokovan.agent.pool import AgentClientPool
 from sokovan.config import Settings
 from sokovan.errors import AgentRemoteError, AgentTimeout, AgentUnavailable, UnknownAgent
+from sokovan.testing import FakeAgentClient
 from sokovan.types import AgentAddress, AgentId, KernelId
-from tests.fakes import FakeAgentClient
 
 
 class Directory:

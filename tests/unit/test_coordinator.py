@@ -1,439 +1,227 @@
-"""The coordinator and the run ledger: counts, triggers, claims, budgets, recovery, pause.
+"""The coordinator on stubs alone: claims, runs, declared transitions, follow-ups, recovery.
 
-Real SQLite built by the migrations, real Valkey for claims and fan-out tracking, fake
-agents behind the pool port, and an in-process fan-out that completes runs the way the
-Celery chord body does (coordinator.complete with every batch's outcomes).
+No Valkey and no SQL: every port is an in-memory stub from sokovan.testing, and the
+handler under test is declared here, as a new handler module would declare it.
 """
 
 from __future__ import annotations
 
-import asyncio
+import uuid
 from collections.abc import Sequence
 from datetime import timedelta
 
 import pytest
-import sqlalchemy as sa
-from redis.asyncio import Redis
 
-from sokovan.db.engine import create_engine
-from sokovan.db.ledger import RunLedger, utcnow
-from sokovan.db.schema import sessions as sessions_table
-from sokovan.errors import DispatchError
-from sokovan.scheduler.claims import claim_key
-from sokovan.scheduler.specs.terminate import LOCK_ID, NAME
+from sokovan.db.ledger import utcnow
+from sokovan.errors import UnknownHandler
+from sokovan.scheduler.coordinator import Coordinator
+from sokovan.scheduler.handlers.base import (
+    FollowUps,
+    HandlerDeclaration,
+    HandlerRuntime,
+    Moved,
+    Plan,
+    Transition,
+)
+from sokovan.testing import (
+    InMemoryClaims,
+    InMemoryKernelStates,
+    InMemoryLedger,
+    InMemoryTracker,
+    RecordingKicker,
+)
 from sokovan.types import (
-    HealthCheckStatus,
     ItemOutcome,
     KernelId,
-    KernelPresence,
     KernelStatus,
     Operation,
     RunId,
     RunStatus,
     RunTrigger,
-    SessionId,
     SessionStatus,
 )
-from tests.rig import Rig, add_session, build_rig
 
-SWEEP = "sweep_stale_kernels"
-
-
-def kernel_status(rig: Rig, kid: KernelId) -> KernelStatus:
-    return rig.repo.kernel_statuses([kid])[kid]
+NAME = "probe_kernels"
 
 
-# SC-RL-001 ------------------------------------------------------------------
+class Probe:
+    """A test handler: plans what the test says, completes by recording what it saw."""
+
+    def __init__(self, tracker: InMemoryTracker) -> None:
+        self.tracker = tracker
+        self.plan_result = Plan(requested=0)
+        self.completed: list[tuple[RunId, list[str], Moved]] = []
+        self.follow_ups: FollowUps = ()
+
+    async def plan(self, run_id: RunId, scope: Sequence[str] | None, budget: int) -> Plan:
+        if self.plan_result.dispatched:  # as the tracked fan-out counts a dispatch
+            await self.tracker.dispatched(run_id)
+        return self.plan_result
+
+    async def complete(
+        self, run_id: RunId, outcomes: Sequence[ItemOutcome], moved: Moved
+    ) -> FollowUps:
+        self.completed.append((run_id, [o.item_id for o in outcomes], moved))
+        return self.follow_ups
 
 
-async def test_sc_rl_001_run_recorded_with_counts(rig: Rig) -> None:
-    """SC-RL-001: 2 sessions, 5 kernels, one without agent, destroy fails on one:
-    the run ends partial with 5/3/1/1 and one outcome row per kernel."""
-    s1, (k1, k2, k3) = add_session(rig, ["a1", "a1", None])
-    s2, (k4, k5) = add_session(rig, ["a2", "a2"])
-    rig.agents["a2"].script("destroy_kernel", RuntimeError("container stuck"), key=k4)
-
-    report = await rig.coordinator.run(NAME, RunTrigger.BEAT)
-
-    assert report.run_id is not None and report.status == RunStatus.PARTIAL
-    run = rig.ledger.get_run(report.run_id)
-    assert (run.status, run.requested, run.succeeded, run.failed, run.skipped) == (
-        RunStatus.PARTIAL,
-        5,
-        3,
-        1,
-        1,
+def declare(probe: Probe) -> HandlerDeclaration:
+    return HandlerDeclaration(
+        name=NAME,
+        lock_id="LOCKID_PROBE",
+        description="probes kernels",
+        default_interval=7.0,
+        target="kernels",
+        target_statuses=(KernelStatus.RUNNING,),
+        transitions={
+            "ok": Transition(KernelStatus.TERMINATED, (KernelStatus.RUNNING,), "PROBED"),
+            "failed": Transition(KernelStatus.ERROR, (KernelStatus.RUNNING,)),
+        },
+        build=lambda ctx: HandlerRuntime(
+            declare(probe), probe.plan, {Operation.DESTROY_KERNELS: probe.complete}
+        ),
+        batches={},
     )
-    assert run.finished_at is not None and run.finished_at >= run.started_at
-    assert run.operation == "destroy_kernels" and run.fanout_id
-    items = {i.item_id: i for i in rig.ledger.items(run.id)}
-    assert set(items) == {str(k) for k in (k1, k2, k3, k4, k5)}
-    assert items[str(k4)].ok is False and "container stuck" in (items[str(k4)].error or "")
-    assert items[str(k3)].skipped and items[str(k3)].agent_id is None
-    assert items[str(k1)].agent_id == "a1" and items[str(k1)].ok
-    assert sorted(map(str, rig.destroyed())) == sorted(str(k) for k in (k1, k2, k4, k5))
-    # Status moves from the outcomes: the failed kernel stays for the next run.
-    assert kernel_status(rig, k4) == KernelStatus.TERMINATING
-    assert kernel_status(rig, k3) == KernelStatus.CANCELLED
-    assert rig.repo.get_session(s1).status == SessionStatus.TERMINATED
-    assert rig.repo.get_session(s2).status == SessionStatus.TERMINATING
-    assert await rig.redis.get(claim_key(LOCK_ID)) is None
 
 
-# SC-RL-002 ------------------------------------------------------------------
-
-
-async def test_sc_rl_002_empty_run_records_zeros_and_calls_no_agent(rig: Rig) -> None:
-    """SC-RL-002: no targets -> a succeeded run with all counts 0 and no agent call."""
-    add_session(rig, ["a1"], status=SessionStatus.RUNNING)  # not a target of terminate
-
-    report = await rig.coordinator.run(NAME, RunTrigger.BEAT)
-
-    assert report.run_id is not None
-    run = rig.ledger.get_run(report.run_id)
-    assert run.status == RunStatus.SUCCEEDED
-    assert (run.requested, run.succeeded, run.failed, run.skipped) == (0, 0, 0, 0)
-    assert rig.ledger.items(run.id) == []
-    assert rig.agent_calls() == 0 and rig.fanout.inner.records == []
-
-
-async def test_sc_rl_002_idle_beat_ticks_leave_no_row_when_so_configured(
-    engine: sa.Engine, redis: Redis
-) -> None:
-    """SC-RL-002 (configured to skip empty runs): an idle beat tick records nothing and frees
-    its claim; a manual start with nothing to do is still recorded."""
-    rig = build_rig(engine, redis)
-    rig.coordinator.record_empty_beat_runs = False
-
-    report = await rig.coordinator.run(NAME, RunTrigger.BEAT)
-
-    assert report.run_id is None and report.status == RunStatus.SUCCEEDED
-    assert rig.ledger.list_runs(NAME) == []
-    assert await redis.get(claim_key(LOCK_ID)) is None
-    manual = await rig.coordinator.run(NAME, RunTrigger.MANUAL)
-    assert manual.run_id is not None and rig.ledger.get_run(manual.run_id).requested == 0
-
-
-# SC-RL-003 ------------------------------------------------------------------
-
-
-async def test_sc_rl_003_dispatch_failure_fails_the_run_and_next_start_works(rig: Rig) -> None:
-    """SC-RL-003: the broker refuses the fan-out -> run failed with the error; the kernels
-    stay TERMINATING and the next start re-plans and succeeds."""
-    _, kids = add_session(rig, ["a1", "a2"])
-    rig.fanout.refuse = DispatchError("broker refused the fan-out: connection refused")
-
-    first = await rig.coordinator.run(NAME, RunTrigger.BEAT)
-
-    assert first.status == RunStatus.FAILED and first.run_id is not None
-    failed = rig.ledger.get_run(first.run_id)
-    assert failed.status == RunStatus.FAILED and failed.finished_at is not None
-    assert failed.error and "connection refused" in failed.error
-    assert all(kernel_status(rig, k) == KernelStatus.TERMINATING for k in kids)
-
-    rig.fanout.refuse = None
-    second = await rig.coordinator.run(NAME, RunTrigger.BEAT)
-
-    assert second.status == RunStatus.SUCCEEDED and second.run_id != first.run_id
-    assert all(kernel_status(rig, k) == KernelStatus.TERMINATED for k in kids)
-
-
-async def test_sc_rl_003_lost_header_task_fails_the_run(rig: Rig) -> None:
-    """SC-RL-003: the chord body is never reached (errback): failed, error kept, claim freed."""
-    add_session(rig, ["a1"])
-    rig.fanout.hold = True
-    started = await rig.coordinator.run(NAME, RunTrigger.BEAT)
-    assert started.status == RunStatus.RUNNING and started.run_id is not None
-    rig.fanout.held.clear()  # the header task is lost: no chord body will come
-
-    record = await rig.coordinator.fail(started.run_id, "fan-out lost a task: WorkerLostError()")
-
-    assert record is not None and record.status == RunStatus.FAILED
-    assert record.error == "fan-out lost a task: WorkerLostError()"
-    assert await rig.redis.get(claim_key(LOCK_ID)) is None
-    rig.fanout.hold = False
-    again = await rig.coordinator.run(NAME, RunTrigger.BEAT)
-    assert again.status == RunStatus.SUCCEEDED
-
-
-# SC-RL-004 ------------------------------------------------------------------
-
-
-async def test_sc_rl_004_trigger_types_recorded(rig: Rig) -> None:
-    """SC-RL-004: beat, manual and api starts record their trigger."""
-    for trigger in (RunTrigger.BEAT, RunTrigger.MANUAL, RunTrigger.API):
-        await rig.coordinator.run(NAME, trigger)
-    assert [r.trigger for r in rig.ledger.list_runs(NAME)] == ["api", "manual", "beat"]
-
-
-async def test_sc_rl_004_event_run_touches_only_affected_sessions(rig: Rig) -> None:
-    """SC-RL-004: a kernel found dead by the sweep kicks an `event` run of terminate scoped
-    to its session; that run destroys only that session's kernels."""
-    dying, (dead, sibling) = add_session(rig, ["a1", "a1"], status=SessionStatus.RUNNING)
-    bystander, (other,) = add_session(rig, ["a2"])  # TERMINATING, not affected
-    rig.presence.statuses[sibling] = KernelPresence(HealthCheckStatus.HEALTHY)
-    rig.agents["a1"].script("check_running", False, key=dead)
-
-    sweep = await rig.coordinator.run(SWEEP, RunTrigger.BEAT)
-
-    assert sweep.status == RunStatus.SUCCEEDED
-    assert rig.kicker.kicks == [(NAME, RunTrigger.EVENT, [str(dying)])]
-    handler, trigger, scope = rig.kicker.kicks[0]
-    event = await rig.coordinator.run(handler, trigger, scope)
-
-    assert event.run_id is not None
-    run = rig.ledger.get_run(event.run_id)
-    assert run.trigger == "event" and run.scope == [str(dying)]
-    assert (run.requested, run.succeeded) == (1, 1)
-    assert rig.destroyed() == [sibling]
-    assert kernel_status(rig, other) == KernelStatus.TERMINATING
-    assert rig.repo.get_session(dying).status == SessionStatus.TERMINATED
-    assert rig.repo.get_session(bystander).status == SessionStatus.TERMINATING
-
-
-# SC-RL-005 ------------------------------------------------------------------
-
-
-async def test_sc_rl_005_twenty_concurrent_starts_yield_one_run(rig: Rig) -> None:
-    """SC-RL-005: 20 concurrent starts of one handler against real Valkey: exactly one
-    run, 19 skipped without a run row or an agent call; another handler still runs."""
-    _, kids = add_session(rig, ["a1", "a1", "a2"])
-    rig.fanout.hold = True  # the one run stays in flight while the others try
-
-    triggers = [RunTrigger.BEAT, RunTrigger.MANUAL] * 10
-    reports = await asyncio.gather(*(rig.coordinator.run(NAME, t) for t in triggers))
-
-    ran = [r for r in reports if r.status != RunStatus.SKIPPED]
-    skipped = [r for r in reports if r.status == RunStatus.SKIPPED]
-    assert len(ran) == 1 and len(skipped) == 19
-    assert all(r.run_id is None and r.note == "another run holds the claim" for r in skipped)
-    runs = rig.ledger.list_runs(NAME)
-    assert [r.id for r in runs] == [ran[0].run_id] and runs[0].status == RunStatus.RUNNING
-    assert sorted(map(str, rig.destroyed())) == sorted(map(str, kids))  # once each
-
-    other = await rig.coordinator.run(SWEEP, RunTrigger.BEAT)
-    assert other.status == RunStatus.SUCCEEDED
-    assert rig.ledger.get_run(runs[0].id).status == RunStatus.RUNNING
-
-    await rig.fanout.release()
-    assert rig.ledger.get_run(runs[0].id).status == RunStatus.SUCCEEDED
-
-
-# SC-RL-006 ------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("outcome", ["succeeded", "partial", "failed"])
-async def test_sc_rl_006_claim_released_after_any_finish(rig: Rig, outcome: str) -> None:
-    """SC-RL-006: after a run finishes (any status) the next start of the handler runs."""
-    _, (_, k2) = add_session(rig, ["a1", "a2"])
-    if outcome == "partial":
-        rig.agents["a2"].script("destroy_kernel", RuntimeError("boom"), key=k2)
-    if outcome == "failed":
-        rig.fanout.refuse = DispatchError("broker down")
-
-    first = await rig.coordinator.run(NAME, RunTrigger.BEAT)
-
-    assert str(first.status) == outcome
-    assert await rig.redis.get(claim_key(LOCK_ID)) is None
-    rig.fanout.refuse = None
-    second = await rig.coordinator.run(NAME, RunTrigger.BEAT)
-    assert second.status != RunStatus.SKIPPED and second.run_id != first.run_id
-
-
-async def test_sc_rl_006_dead_claimants_claim_expires(engine: sa.Engine, redis: Redis) -> None:
-    """SC-RL-006: a claimant that dies never releases; its claim lapses after its lifetime
-    and the next start runs."""
-    rig = build_rig(engine, redis, claim_lifetime=0.5)
-    add_session(rig, ["a1"])
-    rig.fanout.hold = True
-    first = await rig.coordinator.run(NAME, RunTrigger.BEAT)
-    rig.fanout.held.clear()  # the worker holding the run died: nothing completes it
-    assert first.status == RunStatus.RUNNING
-    ttl = await redis.pttl(claim_key(LOCK_ID))
-    assert 0 < ttl <= 500
-
-    blocked = await rig.coordinator.run(NAME, RunTrigger.BEAT)
-    assert blocked.status == RunStatus.SKIPPED
-
-    async with asyncio.timeout(30):
-        # A lapsing key has no event to wait on: poll the server.
-        while await redis.exists(claim_key(LOCK_ID)):  # noqa: ASYNC110
-            await asyncio.sleep(0.05)
-    rig.fanout.hold = False
-    later = await rig.coordinator.run(NAME, RunTrigger.BEAT)
-    assert later.status == RunStatus.SUCCEEDED and later.run_id != first.run_id
-
-
-# SC-RL-007 ------------------------------------------------------------------
-
-
-def age_sessions(rig: Rig, ordered: Sequence[SessionId]) -> None:
-    """Gives sessions distinct status-change times, first = oldest."""
-    base = utcnow() - timedelta(hours=1)
-    with rig.engine.begin() as conn:
-        for i, sid in enumerate(ordered):
-            conn.execute(
-                sessions_table.update()
-                .where(sessions_table.c.id == sid)
-                .values(status_changed_at=base + timedelta(seconds=i))
+class Stubs:
+    def __init__(self, kernels: int = 3) -> None:
+        self.kernels = [KernelId(uuid.uuid4()) for _ in range(kernels)]
+        self.states = InMemoryKernelStates({k: KernelStatus.RUNNING for k in self.kernels})
+        self.ledger = InMemoryLedger()
+        self.claims = InMemoryClaims()
+        self.tracker = InMemoryTracker()
+        self.kicker = RecordingKicker()
+        self.probe = Probe(self.tracker)
+        self.coordinator = Coordinator(
+            states=self.states,
+            ledger=self.ledger,
+            claims=self.claims,
+            kicker=self.kicker,
+            tracker=self.tracker,
+            claim_lifetime=30,
+            run_deadline=60,
+            record_empty_beat_runs=False,
+        )
+        declaration = declare(self.probe)
+        self.coordinator.register(
+            HandlerRuntime(
+                declaration, self.probe.plan, {Operation.DESTROY_KERNELS: self.probe.complete}
             )
+        )
+
+    def outcome(self, i: int, ok: bool = True) -> ItemOutcome:
+        return ItemOutcome(str(self.kernels[i]), "a1", ok=ok, error=None if ok else "boom")
 
 
-async def test_sc_rl_007_budget_oldest_first_rest_next_run(engine: sa.Engine, redis: Redis) -> None:
-    """SC-RL-007: a budget of 2 sessions per run: oldest first, the rest in later runs,
-    every kernel destroyed exactly once, nothing lost."""
-    rig = build_rig(engine, redis, budgets={NAME: 2})
-    made = [add_session(rig, ["a1", "a2"]) for _ in range(5)]
-    order = [made[i][0] for i in (3, 0, 4, 1, 2)]
-    age_sessions(rig, order)
-    kernels_of = {sid: kids for sid, kids in made}
+async def test_run_applies_declared_transitions_and_counts() -> None:
+    """A fan-out's outcomes move kernels as the declaration says; the run closes partial."""
+    s = Stubs()
+    s.probe.plan_result = Plan(requested=3, dispatched=True)
+    report = await s.coordinator.run(NAME, RunTrigger.API)
+    assert report.status == RunStatus.RUNNING and report.run_id is not None
 
-    per_run: list[set[str]] = []
-    for _ in range(4):
-        report = await rig.coordinator.run(NAME, RunTrigger.BEAT)
-        assert report.run_id is not None
-        per_run.append({i.item_id for i in rig.ledger.items(report.run_id)})
+    record = await s.coordinator.complete(
+        report.run_id, Operation.DESTROY_KERNELS, [s.outcome(0), s.outcome(1, ok=False)]
+    )
 
-    expected = [order[0:2], order[2:4], order[4:5], []]
-    assert per_run == [{str(k) for s in chunk for k in kernels_of[s]} for chunk in expected]
-    destroyed = list(map(str, rig.destroyed()))
-    assert len(destroyed) == len(set(destroyed)) == 10
-    assert all(rig.repo.get_session(s).status == SessionStatus.TERMINATED for s, _ in made)
+    assert record is not None and record.status == RunStatus.PARTIAL
+    assert (record.succeeded, record.failed) == (1, 1)
+    assert s.states.statuses[s.kernels[0]] == KernelStatus.TERMINATED
+    assert s.states.info[s.kernels[0]] == "PROBED"
+    assert s.states.statuses[s.kernels[1]] == KernelStatus.ERROR
+    assert s.states.statuses[s.kernels[2]] == KernelStatus.RUNNING
+    [(run_id, items, moved)] = s.probe.completed
+    assert run_id == report.run_id and items == [str(s.kernels[0]), str(s.kernels[1])]
+    assert list(moved["ok"]) == [s.kernels[0]] and list(moved["failed"]) == [s.kernels[1]]
+    assert await s.claims.holder("LOCKID_PROBE") is None
 
 
-async def test_sc_rl_007_budget_argument_overrides_settings(rig: Rig) -> None:
-    """SC-RL-007: the per-start budget (CLI --budget) bounds one run."""
-    made = [add_session(rig, ["a1"]) for _ in range(3)]
-    age_sessions(rig, [s for s, _ in made])
+async def test_second_start_is_skipped_and_rerun_when_the_holder_finishes() -> None:
+    """One run per handler: an API start during a run is skipped, then kicked on release."""
+    s = Stubs()
+    s.probe.plan_result = Plan(requested=1, dispatched=True)
+    first = await s.coordinator.run(NAME, RunTrigger.BEAT)
+    assert first.run_id is not None
 
-    report = await rig.coordinator.run(NAME, RunTrigger.MANUAL, budget=1)
+    second = await s.coordinator.run(NAME, RunTrigger.API)
 
+    assert second.status == RunStatus.SKIPPED and second.run_id is None
+    await s.coordinator.complete(first.run_id, Operation.DESTROY_KERNELS, [s.outcome(0)])
+    assert s.kicker.kicks == [(NAME, RunTrigger.EVENT, None)]
+
+
+async def test_paused_handler_records_nothing() -> None:
+    s = Stubs()
+    s.ledger.paused.add(NAME)
+    report = await s.coordinator.run(NAME, RunTrigger.MANUAL)
+    assert (report.status, report.run_id, report.note) == (RunStatus.SKIPPED, None, "paused")
+    assert s.ledger.runs == {}
+
+
+async def test_held_plan_closes_the_run_as_held() -> None:
+    """A handler that holds back on purpose (a braked sweep) gets a status of its own."""
+    s = Stubs()
+    s.probe.plan_result = Plan(requested=3, note="brake: outage", held="brake: outage")
+    report = await s.coordinator.run(NAME, RunTrigger.BEAT)
+    assert report.status == RunStatus.HELD
+    assert s.ledger.get_run(RunId(1)).note == "brake: outage"
+
+
+async def test_idle_beat_tick_leaves_no_row() -> None:
+    s = Stubs()
+    report = await s.coordinator.run(NAME, RunTrigger.BEAT)
+    assert report.status == RunStatus.SUCCEEDED and report.run_id is None
+    assert s.ledger.runs == {}
+
+
+async def test_follow_ups_are_kicked_as_events() -> None:
+    s = Stubs()
+    s.probe.plan_result = Plan(requested=1, dispatched=True)
+    s.probe.follow_ups = [("terminate_sessions", ["x"])]
+    report = await s.coordinator.run(NAME, RunTrigger.API)
     assert report.run_id is not None
-    assert [i.item_id for i in rig.ledger.items(report.run_id)] == [str(made[0][1][0])]
+    await s.coordinator.complete(report.run_id, Operation.DESTROY_KERNELS, [s.outcome(0)])
+    assert ("terminate_sessions", RunTrigger.EVENT, ["x"]) in s.kicker.kicks
 
 
-# SC-RL-008 ------------------------------------------------------------------
-
-
-async def start_then_crash(rig: Rig) -> tuple[RunId, list[ItemOutcome]]:
-    """Runs terminate until its fan-out is in flight, then loses the worker: only agent a1's
-    batch had its outcomes recorded; the chord body never comes."""
-    rig.fanout.hold = True
-    report = await rig.coordinator.run(NAME, RunTrigger.BEAT)
-    assert report.run_id is not None and report.status == RunStatus.RUNNING
-    ((_, _, outcomes),) = rig.fanout.held
-    rig.fanout.held.clear()
-    rig.ledger.record_items(report.run_id, [o for o in outcomes if o.agent_id == "a1"])
-    rig.ledger.update_run(report.run_id, deadline_at=utcnow() - timedelta(seconds=1))
-    rig.fanout.hold = False
-    return report.run_id, outcomes
-
-
-async def test_sc_rl_008_recovery_abandons_and_next_run_picks_up_the_rest(rig: Rig) -> None:
-    """SC-RL-008: a run past its deadline is abandoned with what it recorded; the recorded
-    destroys are applied, and the next run destroys only the unfinished kernels."""
-    done_sid, done = add_session(rig, ["a1", "a1"])
-    open_sid, unfinished = add_session(rig, ["a2", "a2"])
-    run_id, _ = await start_then_crash(rig)
-    calls_before = len(rig.destroyed())
-
-    assert await rig.coordinator.recover() == [run_id]
-
-    run = rig.ledger.get_run(run_id)
-    assert run.status == RunStatus.ABANDONED and run.finished_at is not None
-    assert (run.requested, run.succeeded, run.failed, run.skipped) == (4, 2, 0, 0)
-    assert {i.item_id for i in rig.ledger.items(run_id)} == {str(k) for k in done}
-    assert all(kernel_status(rig, k) == KernelStatus.TERMINATED for k in done)
-    assert rig.repo.get_session(done_sid).status == SessionStatus.TERMINATED
-    assert await rig.coordinator.recover() == []  # nothing more overdue
-
-    nxt = await rig.coordinator.run(NAME, RunTrigger.BEAT)
-
-    assert nxt.status == RunStatus.SUCCEEDED and nxt.run_id is not None
-    assert {i.item_id for i in rig.ledger.items(nxt.run_id)} == {str(k) for k in unfinished}
-    assert sorted(map(str, rig.destroyed()[calls_before:])) == sorted(map(str, unfinished))
-    assert rig.repo.get_session(open_sid).status == SessionStatus.TERMINATED
-
-
-async def test_sc_rl_008_late_and_redelivered_outcomes_count_once(rig: Rig) -> None:
-    """SC-RL-008: a redelivered batch reports again, and the chord body of an abandoned run
-    arrives late: each item is counted once and the abandoned run shows every outcome."""
-    add_session(rig, ["a1", "a1"])
-    _, unfinished = add_session(rig, ["a2"])
-    run_id, outcomes = await start_then_crash(rig)
-    await rig.coordinator.recover()
-
-    redelivered = outcomes + [o for o in outcomes if o.agent_id == "a2"]
-    await rig.coordinator.complete(run_id, Operation.DESTROY_KERNELS, redelivered)
-
-    run = rig.ledger.get_run(run_id)
-    assert run.status == RunStatus.ABANDONED
-    assert (run.succeeded, run.failed, run.skipped) == (3, 0, 0)
-    assert len(rig.ledger.items(run_id)) == 3
-    assert kernel_status(rig, unfinished[0]) == KernelStatus.TERMINATED
-
-
-async def test_sc_rl_008_duplicate_outcomes_in_one_completion_count_once(rig: Rig) -> None:
-    """SC-RL-008: acks-late redelivery hands the chord body a batch twice: counted once."""
-    add_session(rig, ["a1", "a2"])
-    rig.fanout.hold = True
-    report = await rig.coordinator.run(NAME, RunTrigger.BEAT)
+async def test_recovery_abandons_overdue_runs_and_applies_what_they_recorded() -> None:
+    """An overdue run is abandoned, its recorded outcomes applied, its claim freed."""
+    s = Stubs()
+    s.probe.plan_result = Plan(requested=2, dispatched=True)
+    report = await s.coordinator.run(NAME, RunTrigger.API)
     assert report.run_id is not None
-    ((run_id, op, outcomes),) = rig.fanout.held
-    rig.fanout.held.clear()
+    s.ledger.update_run(report.run_id, operation=str(Operation.DESTROY_KERNELS))
+    s.ledger.record_items(report.run_id, [s.outcome(0)])
+    s.ledger.update_run(report.run_id, deadline_at=utcnow() - timedelta(seconds=1))
 
-    record = await rig.coordinator.complete(run_id, op, outcomes + outcomes)
+    abandoned = await s.coordinator.recover()
 
-    assert record is not None and (record.succeeded, record.failed) == (2, 0)
-    assert len(rig.ledger.items(run_id)) == 2
-
-
-# SC-RL-009 ------------------------------------------------------------------
-
-
-async def test_sc_rl_009_paused_handler_records_nothing_and_calls_no_agent(rig: Rig) -> None:
-    """SC-RL-009: a paused handler ignores beat and manual starts; resuming lets it run;
-    the paused state is read from SQL, so it survives a restart."""
-    _, kids = add_session(rig, ["a1", "a2"])
-    rig.ledger.set_paused(NAME, True, "agent maintenance")
-    other_engine = create_engine(rig.engine.url.render_as_string(hide_password=False))
-    restarted = RunLedger(other_engine)
-    assert restarted.is_paused(NAME)
-    assert restarted.handler_states()[NAME] == (True, "agent maintenance")
-    other_engine.dispose()
-
-    for trigger in (RunTrigger.BEAT, RunTrigger.MANUAL):
-        report = await rig.coordinator.run(NAME, trigger)
-        assert report.status == RunStatus.SKIPPED and report.note == "paused"
-    assert rig.ledger.list_runs(NAME) == [] and rig.agent_calls() == 0
-    assert await rig.redis.get(claim_key(LOCK_ID)) is None
-
-    other = await rig.coordinator.run(SWEEP, RunTrigger.BEAT)  # other handlers unaffected
-    assert other.status == RunStatus.SUCCEEDED
-
-    rig.ledger.set_paused(NAME, False)
-    resumed = await rig.coordinator.run(NAME, RunTrigger.BEAT)
-    assert resumed.status == RunStatus.SUCCEEDED
-    assert all(kernel_status(rig, k) == KernelStatus.TERMINATED for k in kids)
+    assert abandoned == [report.run_id]
+    run = s.ledger.get_run(report.run_id)
+    assert run.status == RunStatus.ABANDONED and run.succeeded == 1
+    assert s.states.statuses[s.kernels[0]] == KernelStatus.TERMINATED
+    assert await s.claims.holder("LOCKID_PROBE") is None
 
 
-async def test_sc_rl_009_recovery_does_not_resume_a_paused_handler(rig: Rig) -> None:
-    """SC-RL-009: recovery of a paused handler's overdue run marks it abandoned but applies
-    nothing and starts nothing; after resume the next tick does the work."""
-    _, done = add_session(rig, ["a1"])
-    _, rest = add_session(rig, ["a2"])
-    run_id, _ = await start_then_crash(rig)
-    rig.ledger.set_paused(NAME, True)
-    calls_before = rig.agent_calls()
+async def test_unknown_handler_names_the_known_ones() -> None:
+    s = Stubs()
+    with pytest.raises(UnknownHandler, match=NAME):
+        await s.coordinator.run("nope")
 
-    assert await rig.coordinator.recover() == [run_id]
 
-    assert rig.ledger.get_run(run_id).status == RunStatus.ABANDONED
-    assert all(kernel_status(rig, k) == KernelStatus.TERMINATING for k in done + rest)
-    assert rig.kicker.kicks == [] and rig.agent_calls() == calls_before
-    assert (await rig.coordinator.run(NAME, RunTrigger.BEAT)).status == RunStatus.SKIPPED
+def test_declarations_drive_beat_cli_and_routing() -> None:
+    """Every declared handler gets a beat entry and a CLI name; operations get agent tasks."""
+    from beat_schedule import beat_schedule
+    from sokovan.config import Settings
+    from sokovan.scheduler.handlers import HANDLERS, batch_runners, handler_names
 
-    rig.ledger.set_paused(NAME, False)
-    report = await rig.coordinator.run(NAME, RunTrigger.BEAT)
-    assert report.status == RunStatus.SUCCEEDED
-    assert all(kernel_status(rig, k) == KernelStatus.TERMINATED for k in done + rest)
+    schedule = beat_schedule(Settings(sweep_interval=42))
+    for d in HANDLERS:
+        assert schedule[d.beat_entry]["kwargs"]["handler"] == d.name
+    assert schedule["sweep-stale-kernels"]["schedule"] == 42
+    assert set(handler_names()) == {d.name for d in HANDLERS}
+    assert set(batch_runners()) == set(Operation)
+    assert all(
+        isinstance(s, SessionStatus | KernelStatus) for d in HANDLERS for s in d.target_statuses
+    )

@@ -23,9 +23,11 @@ from sokovan.db.repository import NewKernel, SchedulerRepository
 from sokovan.db.schema import kernels as kernels_table
 from sokovan.errors import DispatchError
 from sokovan.ports import FanOut
+from sokovan.scheduler.handlers import start_sessions
 from sokovan.scheduler.launcher import SessionLauncher, create_kernels_on_agent
 from sokovan.scheduler.launcher.creation import KEYPAIR_FROM_STORE, KEYPAIR_FROM_WORKER
-from sokovan.scheduler.specs.launch import start_spec
+from sokovan.scheduler.transitions import apply_transitions
+from sokovan.testing import FakeSecretStore, FakeSessionRecorder, RefusingFanOut, stub_context
 from sokovan.types import (
     AgentBatch,
     AgentId,
@@ -39,7 +41,6 @@ from sokovan.types import (
     SessionId,
     SessionStatus,
 )
-from tests.fakes import FakeSecretStore, FakeSessionRecorder, RefusingFanOut
 from tests.unit.test_launcher_start import IMAGES, make_kit, make_session
 
 
@@ -258,9 +259,10 @@ async def test_start_completion_moves_every_created_kernel_at_once(engine: sa.En
         for sid, kids in made
         for k in kids
     ]
-    spec = start_spec(repo, _no_launcher, _NO_FANOUT, 60.0)
+    spec = start_sessions.build(stub_context(repo, fanout=_NO_FANOUT))
 
-    await spec.complete[Operation.CREATE_KERNELS](RunId(1), outcomes)
+    moved = await apply_transitions(repo, start_sessions.DECLARATION.transitions, outcomes)
+    await spec.complete[Operation.CREATE_KERNELS](RunId(1), outcomes, moved)
 
     with engine.connect() as conn:
         rows = {
@@ -314,10 +316,6 @@ def _creating_session(repo: SchedulerRepository, kernels: int) -> tuple[SessionI
         ],
     )
     return sid, kids
-
-
-def _no_launcher(_: FanOut) -> SessionLauncher:
-    raise AssertionError("completion needs no launcher")
 
 
 _NO_FANOUT: FanOut = RefusingFanOut("completion dispatches nothing")

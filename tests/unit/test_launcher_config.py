@@ -19,6 +19,12 @@ from sokovan.scheduler.launcher import (
     create_kernels_on_agent,
 )
 from sokovan.scheduler.launcher.status_data import error_info_of
+from sokovan.testing import (
+    FakeAgentClientPool,
+    FakeSecretStore,
+    FakeSessionRecorder,
+    InProcessFanOut,
+)
 from sokovan.types import (
     AgentBatch,
     AgentId,
@@ -31,12 +37,6 @@ from sokovan.types import (
     ResourceSlot,
     SessionId,
     SessionInfo,
-)
-from tests.fakes import (
-    FakeAgentClientPool,
-    FakeSecretStore,
-    FakeSessionRecorder,
-    InProcessFanOut,
 )
 
 IMAGE = ImageConfig(

@@ -14,6 +14,13 @@ from sokovan.scheduler.launcher import (
     SessionLauncher,
     load_network_plugins,
 )
+from sokovan.testing import (
+    FakeAgentClientPool,
+    FakeNetworkPlugin,
+    FakeSecretStore,
+    FakeSessionRecorder,
+    InProcessFanOut,
+)
 from sokovan.types import (
     AgentId,
     ClusterMode,
@@ -24,13 +31,6 @@ from sokovan.types import (
     NetworkType,
     SessionId,
     SessionInfo,
-)
-from tests.fakes import (
-    FakeAgentClientPool,
-    FakeNetworkPlugin,
-    FakeSecretStore,
-    FakeSessionRecorder,
-    InProcessFanOut,
 )
 
 IMAGES = {"image1": ImageConfig(canonical="image1")}

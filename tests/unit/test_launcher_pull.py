@@ -7,6 +7,12 @@ import uuid
 
 from sokovan.errors import AgentError
 from sokovan.scheduler.launcher import SessionLauncher, pull_images_on_agent
+from sokovan.testing import (
+    FakeAgentClientPool,
+    FakeSecretStore,
+    FakeSessionRecorder,
+    InProcessFanOut,
+)
 from sokovan.types import (
     AgentBatch,
     AgentId,
@@ -18,12 +24,6 @@ from sokovan.types import (
     RunId,
     SessionId,
     SessionInfo,
-)
-from tests.fakes import (
-    FakeAgentClientPool,
-    FakeSecretStore,
-    FakeSessionRecorder,
-    InProcessFanOut,
 )
 
 IMAGES = {

@@ -22,6 +22,12 @@ from sokovan.scheduler.launcher import (
     create_kernels_on_agent,
 )
 from sokovan.scheduler.launcher.keys import generate_cluster_ssh_keypair
+from sokovan.testing import (
+    FakeAgentClientPool,
+    FakeSecretStore,
+    FakeSessionRecorder,
+    InProcessFanOut,
+)
 from sokovan.types import (
     AgentBatch,
     AgentId,
@@ -34,12 +40,6 @@ from sokovan.types import (
     RunId,
     SessionId,
     SessionInfo,
-)
-from tests.fakes import (
-    FakeAgentClientPool,
-    FakeSecretStore,
-    FakeSessionRecorder,
-    InProcessFanOut,
 )
 
 IMAGES = {"image1": ImageConfig(canonical="image1", digest="sha256:1")}

@@ -10,6 +10,7 @@ import pytest
 
 from sokovan.errors import AgentError, PresenceUnavailable
 from sokovan.scheduler.terminator import SessionTerminator
+from sokovan.testing import FakeAgentClient, FakeAgentClientPool, FakePresence, InProcessFanOut
 from sokovan.types import (
     AgentId,
     HealthCheckStatus,
@@ -19,7 +20,6 @@ from sokovan.types import (
     KernelPresence,
     SessionId,
 )
-from tests.fakes import FakeAgentClient, FakeAgentClientPool, FakePresence, InProcessFanOut
 
 A1, A2, A3 = AgentId("a1"), AgentId("a2"), AgentId("a3")
 ALIVE = KernelPresence(HealthCheckStatus.ALIVE, last_presence=1000.0)

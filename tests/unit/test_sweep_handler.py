@@ -10,6 +10,7 @@ import pytest
 from sokovan.scheduler.handlers.base import KernelHandler
 from sokovan.scheduler.handlers.sweep_stale_kernels import SweepStaleKernelsKernelHandler
 from sokovan.scheduler.terminator import SessionTerminator
+from sokovan.testing import FakeAgentClientPool, FakePresence, InProcessFanOut
 from sokovan.types import (
     AgentId,
     HealthCheckStatus,
@@ -20,7 +21,6 @@ from sokovan.types import (
     KernelStatus,
     SessionId,
 )
-from tests.fakes import FakeAgentClientPool, FakePresence, InProcessFanOut
 
 A1, A2 = AgentId("a1"), AgentId("a2")
 ALIVE = KernelPresence(HealthCheckStatus.ALIVE, last_presence=1000.0)

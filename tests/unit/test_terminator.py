@@ -15,6 +15,7 @@ import pytest
 
 from sokovan.errors import AgentError
 from sokovan.scheduler.terminator import SessionTerminator, destroy_kernels_on_agent
+from sokovan.testing import FakeAgentClient, FakeAgentClientPool, FakePresence, InProcessFanOut
 from sokovan.types import (
     AgentBatch,
     AgentId,
@@ -27,7 +28,6 @@ from sokovan.types import (
     SessionId,
     SessionInfo,
 )
-from tests.fakes import FakeAgentClient, FakeAgentClientPool, FakePresence, InProcessFanOut
 
 A1, A2, A3 = AgentId("a1"), AgentId("a2"), AgentId("a3")
 

@@ -18,8 +18,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sokovan.agent import wire
-from sokovan.agent.safepickle import PickleRejected, read_pickle
-from sokovan.errors import WireError
+from sokovan.agent.safepickle import read_pickle
+from sokovan.errors import PickleRejected, WireError
 
 # msgpack bodies produced by a real Backend.AI agent 26.9.6 (its own packb).
 IMAGE_REF = bytes.fromhex(

@@ -1,56 +1,188 @@
-"""Abstract bases of scheduler handlers: handlers judge, the coordinator applies."""
+"""What a handler declares, and the abstract base of handlers that judge kernels.
+
+Handlers judge; the coordinator decides: it claims the handler's lock, opens the run,
+calls the planner, applies the declared transitions to the outcomes, and closes the run.
+"""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
-from typing import ClassVar
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from sokovan.types import (
+    AgentId,
+    ItemOutcome,
     KernelExecutionResult,
+    KernelId,
     KernelInfo,
     KernelStatus,
     KernelStatusTransitions,
+    Operation,
     RunId,
-    SessionInfo,
     SessionStatus,
 )
 
+if TYPE_CHECKING:
+    from sokovan.config import Settings
+    from sokovan.db.repository import SchedulerRepository
+    from sokovan.ports import AgentClientPool, FanOut, NetworkPlugin, SecretStore
+    from sokovan.scheduler.launcher import SessionLauncher
+    from sokovan.scheduler.terminator import SessionTerminator
 
-class SchedulerHandler(ABC):
-    """A periodic scheduler job; at most one run of it at a time."""
+FollowUps = Sequence[tuple[str, Sequence[str] | None]]
+# Kernel ids that moved, by the verdict whose transition moved them.
+Moved = Mapping[str, Sequence[KernelId]]
 
-    # Stable public name: run ledger rows, claims and task routing use it.
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What a handler's planning step did within a run."""
+
+    requested: int
+    dispatched: bool = False  # True: a fan-out will complete the run later
+    outcomes: Sequence[ItemOutcome] = ()
+    bulk_ok: int = 0  # items that succeeded without an outcome row each
+    note: str | None = None
+    follow_ups: FollowUps = ()
+    # Set when the handler held back on purpose (a braked sweep): the run is `held`.
+    held: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """Where the kernels of one verdict go, from the handler's target statuses."""
+
+    kernel: KernelStatus
+    source: tuple[KernelStatus, ...]  # only kernels in these statuses move
+    reason: str | None = None  # status_info written with the move
+    # Extra column values per kernel, read from its outcome (a container id, ...).
+    values: Callable[[ItemOutcome], Mapping[str, Any]] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GiveUp:
+    """What happens to a target that stays in the handler's state too long."""
+
+    deadline_setting: str  # Settings field: seconds a target may stay in the state
+    attempts_setting: str | None = None  # Settings field: tries before giving up
+    then: str = ""  # what the deadline path does, in one line (CLI, README)
+
+
+Planner = Callable[[RunId, Sequence[str] | None, int], Awaitable[Plan]]
+# Called with a batch of outcomes after the coordinator applied the declared transitions.
+Completer = Callable[[RunId, Sequence[ItemOutcome], Moved], Awaitable[FollowUps]]
+BatchRunner = Callable[
+    ["HandlerContext", AgentId, Sequence[Mapping[str, Any]]], Awaitable[list[ItemOutcome]]
+]
+
+
+@dataclass
+class HandlerContext:
+    """The adapters a handler may use; built once per process by the composition root."""
+
+    settings: Settings
+    repository: SchedulerRepository
+    terminator: SessionTerminator
+    pool: AgentClientPool
+    secrets: SecretStore
+    fanout: FanOut
+    network_plugins: Mapping[str, NetworkPlugin] = field(default_factory=dict)
+
+    def launcher(self, fanout: FanOut | None = None) -> SessionLauncher:
+        """A launcher over these adapters, dispatching through `fanout` (default: the port)."""
+        from sokovan.scheduler.launcher import SessionLauncher
+
+        return SessionLauncher(
+            self.pool,
+            fanout or self.fanout,
+            self.repository,
+            self.secrets,
+            dict(self.network_plugins),
+            default_network_driver=self.settings.network_default_driver,
+            start_session_timeout=self.settings.start_session_timeout,
+        )
+
+
+@dataclass
+class HandlerRuntime:
+    """A declared handler bound to its adapters: what the coordinator runs."""
+
+    declaration: HandlerDeclaration
+    plan: Planner
+    # Keyed by operation; None completes the outcomes the planner itself returned.
+    complete: Mapping[Operation | None, Completer] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.declaration.name
+
+    @property
+    def lock_id(self) -> str:
+        return self.declaration.lock_id
+
+
+@dataclass(frozen=True)
+class HandlerDeclaration:
+    """Everything about a handler that is not its code: one per module in this package."""
+
+    name: str  # stable public name: ledger rows, claims, CLI, metrics labels
+    lock_id: str  # Backend.AI's lock name; handlers touching the same targets share one
+    description: str
+    default_interval: float  # seconds between beat ticks
+    target: Literal["sessions", "kernels"]
+    target_statuses: tuple[SessionStatus | KernelStatus, ...]
+    # Kernel moves by outcome verdict ("ok", "failed", "skipped" or a handler's own).
+    transitions: Mapping[str, Transition]
+    build: Callable[[HandlerContext], HandlerRuntime]
+    # Per-agent batch operations: one Celery task per agent batch each.
+    batches: Mapping[Operation, BatchRunner] = field(default_factory=dict)
+    budget_unit: Literal["sessions", "kernels"] = "sessions"
+    give_up: GiveUp | None = None
+    interval_setting: str | None = None  # Settings field overriding default_interval
+
+    @property
+    def beat_entry(self) -> str:
+        return self.name.replace("_", "-")
+
+    @property
+    def operation(self) -> Operation | None:
+        """The operation the handler fans out first (what its runs record)."""
+        return next(iter(self.batches), None)
+
+    def interval(self, settings: Settings) -> float:
+        if self.interval_setting is None:
+            return float(settings.intervals.get(self.name, self.default_interval))
+        return float(getattr(settings, self.interval_setting))
+
+
+def verdict_of(outcome: ItemOutcome, declared: Mapping[str, Transition]) -> str:
+    """An outcome's verdict: the handler's own when it declares one, else ok/failed/skipped."""
+    own = outcome.detail.get("verdict")
+    if isinstance(own, str) and own in declared:
+        return own
+    if outcome.skipped:
+        return "skipped"
+    return "ok" if outcome.ok else "failed"
+
+
+class KernelHandler(ABC):
+    """Judges kernels of one scaling group; the coordinator applies the transitions."""
+
+    # Copied from the handler's declaration, for callers that hold only the class.
     name: ClassVar[str]
-    # Backend.AI's lock shared by handlers that touch the same targets; None for none.
-    lock_id: ClassVar[str | None] = None
+    lock_id: ClassVar[str]
+    target_kernel_statuses: ClassVar[tuple[KernelStatus, ...]]
+    status_transitions: ClassVar[KernelStatusTransitions]
 
     @classmethod
     def claim_name(cls) -> str:
         """The claim that keeps runs of this handler from overlapping."""
         return cls.name
 
-
-class KernelHandler(SchedulerHandler):
-    """Judges kernels; the coordinator applies the declared status transitions."""
-
-    target_kernel_statuses: ClassVar[tuple[KernelStatus, ...]]
-    status_transitions: ClassVar[KernelStatusTransitions]
-
     @abstractmethod
     async def execute(
         self, scaling_group: str, kernels: Sequence[KernelInfo]
     ) -> KernelExecutionResult:
         """Judges the kernels of one scaling group."""
-
-
-class SessionHandler(SchedulerHandler):
-    """Hands sessions' agent work to the fan-out; its completion records the outcome."""
-
-    target_session_statuses: ClassVar[tuple[SessionStatus, ...]]
-
-    @abstractmethod
-    async def execute(
-        self, scaling_group: str, sessions: Sequence[SessionInfo], *, run_id: RunId
-    ) -> None:
-        """Starts the work for the sessions of one scaling group under run `run_id`."""

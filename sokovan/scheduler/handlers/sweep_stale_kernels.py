@@ -1,37 +1,54 @@
-"""Sweeps RUNNING kernels whose presence lapsed and whose agent confirms them dead."""
+"""sweep_stale_kernels: reap RUNNING kernels whose presence lapsed and whose agent confirms
+them gone. No fan-out: the sweep judges in its planning step and the coordinator applies."""
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import logging
-from collections.abc import Sequence
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 from sokovan import constants as C
 from sokovan.errors import PresenceUnavailable
-from sokovan.scheduler.handlers.base import KernelHandler
+from sokovan.scheduler.handlers.base import (
+    FollowUps,
+    HandlerContext,
+    HandlerDeclaration,
+    HandlerRuntime,
+    KernelHandler,
+    Moved,
+    Plan,
+    Transition,
+)
+from sokovan.scheduler.handlers.terminate_sessions import NAME as TERMINATE
 from sokovan.scheduler.terminator import SessionTerminator, StaleJudgement
+from sokovan.scheduler.transitions import parse_ids, request_termination, session_ids_of
 from sokovan.types import (
     JSON,
+    ItemOutcome,
     KernelExecutionResult,
+    KernelId,
     KernelInfo,
     KernelStatus,
     KernelStatusTransitions,
     KernelTransitionInfo,
+    RunId,
+    SessionId,
 )
 
 log = logging.getLogger(__name__)
 
 STALE_KERNEL_REASON = "STALE_KERNEL"
+ABNORMAL_TERMINATION = "ABNORMAL_TERMINATION"
 # Reason on kernels left alone because the brake held the whole run.
 BRAKE_REASON = "SWEEP_BRAKE"
+DEAD = "dead"
 
 
 class SweepStaleKernelsKernelHandler(KernelHandler):
     """Marks kernels TERMINATED once presence and their agent both say they are gone."""
-
-    name = "sweep_stale_kernels"
-    lock_id = "LOCKID_SOKOVAN_TARGET_TERMINATING"
-    target_kernel_statuses = (KernelStatus.RUNNING,)
-    status_transitions = KernelStatusTransitions(success=None, failure=KernelStatus.TERMINATED)
 
     def __init__(
         self,
@@ -101,3 +118,138 @@ def _braked(
     )
     skipped = [KernelTransitionInfo(k.id, k.status, BRAKE_REASON) for k in kernels]
     return KernelExecutionResult(skipped=skipped, evidence=evidence, brake=brake)
+
+
+def build(ctx: HandlerContext) -> HandlerRuntime:
+    """The sweep bound to its adapters: it judges while planning, with no fan-out."""
+    repo = ctx.repository
+    settings = ctx.settings
+    handler = SweepStaleKernelsKernelHandler(
+        ctx.terminator,
+        max_stale_ratio=settings.sweep_max_stale_ratio,
+        brake_min_kernels=settings.sweep_brake_min_kernels,
+    )
+
+    async def plan(run_id: RunId, scope: Sequence[str] | None, budget: int) -> Plan:
+        with _collector_paused():
+            return await judge(scope, budget)
+
+    async def judge(scope: Sequence[str] | None, budget: int) -> Plan:
+        only = parse_ids(scope)
+        kernels = await asyncio.to_thread(
+            repo.kernels_to_sweep,
+            list(SweepStaleKernelsKernelHandler.target_kernel_statuses),
+            limit=budget,
+            only=None if only is None else [KernelId(u) for u in only],
+        )
+        by_group: dict[str, list[KernelInfo]] = {}
+        for k in kernels:
+            by_group.setdefault(k.scaling_group, []).append(k)
+        outcomes: list[ItemOutcome] = []
+        bulk_ok = 0
+        brakes: list[str] = []
+        for group, members in by_group.items():
+            result = await handler.execute(group, members)
+            if result.brake:
+                brakes.append(f"{group}: brake: {result.brake}")
+            group_outcomes = _outcomes(members, result)
+            outcomes.extend(group_outcomes)
+            bulk_ok += len(members) - len(group_outcomes)
+        reaped = sum(1 for o in outcomes if o.detail.get("verdict") == DEAD)
+        notes = ([f"{reaped} stale kernel(s) terminated"] if kernels else []) + brakes
+        return Plan(
+            requested=len(kernels),
+            outcomes=outcomes,
+            bulk_ok=bulk_ok,
+            note="; ".join(notes) or None,
+            held="; ".join(brakes) or None,
+        )
+
+    async def complete(run_id: RunId, outcomes: Sequence[ItemOutcome], moved: Moved) -> FollowUps:
+        """Sessions of reaped kernels go TERMINATING, so the rest of each is cleaned up."""
+        reaped = {str(k) for k in moved.get(DEAD, ())}
+        sessions: set[SessionId] = session_ids_of(o for o in outcomes if o.item_id in reaped)
+        if not sessions:
+            return ()
+        moved_sessions = await request_termination(repo, sorted(sessions), ABNORMAL_TERMINATION)
+        return [(TERMINATE, [str(s) for s in moved_sessions] or None)]
+
+    return HandlerRuntime(DECLARATION, plan, {None: complete})
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Holds off Python's cyclic garbage collector for the length of one sweep."""
+    # A sweep loads every RUNNING kernel at once: a burst of 100k+ objects that live until the
+    # run ends and hold no cycles. Each automatic collection meanwhile walks them all again,
+    # which took most of the judging time; reference counting frees them all the same.
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _outcomes(members: Sequence[KernelInfo], result: KernelExecutionResult) -> list[ItemOutcome]:
+    """One outcome per suspected kernel, carrying the evidence of both stages."""
+    by_id = {k.id: k for k in members}
+    out: list[ItemOutcome] = []
+    for info in result.failures:
+        kernel = by_id[info.kernel_id]
+        evidence = dict(result.evidence.get(str(info.kernel_id), {}))
+        evidence["verdict"] = DEAD
+        evidence["session_id"] = str(kernel.session_id)
+        out.append(ItemOutcome(str(info.kernel_id), kernel.agent_id, ok=True, detail=evidence))
+    for info in result.skipped:
+        evidence = dict(result.evidence.get(str(info.kernel_id), {}))
+        evidence["verdict"] = info.reason or "unverified"
+        out.append(
+            ItemOutcome(
+                str(info.kernel_id),
+                by_id[info.kernel_id].agent_id,
+                ok=False,
+                error=info.reason,
+                detail=evidence,
+                skipped=True,
+            )
+        )
+    # Every other suspect was found alive: a success with a row; the unsuspected get none.
+    # Walking the evidence, not the successes, keeps this to the few suspects of a large run.
+    decided = {o.item_id for o in out}
+    for key, seen in result.evidence.items():
+        if key not in decided:
+            alive = by_id.get(KernelId(uuid.UUID(key)))
+            out.append(
+                ItemOutcome(
+                    key,
+                    None if alive is None else alive.agent_id,
+                    ok=True,
+                    detail={**seen, "verdict": "alive"},
+                )
+            )
+    return out
+
+
+DECLARATION = HandlerDeclaration(
+    name="sweep_stale_kernels",
+    lock_id="LOCKID_SOKOVAN_TARGET_TERMINATING",
+    description="reaps RUNNING kernels whose presence lapsed and whose agent confirms them dead",
+    default_interval=C.SWEEP_INTERVAL_SEC,
+    interval_setting="sweep_interval",
+    target="kernels",
+    target_statuses=(KernelStatus.RUNNING,),
+    transitions={
+        DEAD: Transition(KernelStatus.TERMINATED, (KernelStatus.RUNNING,), STALE_KERNEL_REASON)
+    },
+    build=build,
+    budget_unit="kernels",
+)
+
+SweepStaleKernelsKernelHandler.name = DECLARATION.name
+SweepStaleKernelsKernelHandler.lock_id = DECLARATION.lock_id
+SweepStaleKernelsKernelHandler.target_kernel_statuses = (KernelStatus.RUNNING,)
+SweepStaleKernelsKernelHandler.status_transitions = KernelStatusTransitions(
+    success=None, failure=DECLARATION.transitions[DEAD].kernel
+)

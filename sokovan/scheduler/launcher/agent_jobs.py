@@ -14,6 +14,7 @@ from decimal import Decimal
 from typing import Any
 
 from sokovan.constants import PULL_AUTO_PULL
+from sokovan.errors import describe_error
 from sokovan.images import image_config_from_json, image_config_to_json
 from sokovan.ports import AgentClientPool
 from sokovan.types import (
@@ -101,7 +102,7 @@ async def pull_images_on_agent(
         async with pool.acquire(agent_id) as client:
             answers = dict(await client.check_and_pull(images))
     except Exception as exc:
-        error = describe(exc)
+        error = describe_error(exc, with_type=True)
         log.warning(
             "check_and_pull on agent %s failed for images %s: %s", agent_id, sorted(images), error
         )
@@ -132,12 +133,6 @@ def _pull_outcome(
             "images": dict(answers),
         },
     )
-
-
-def describe(exc: BaseException) -> str:
-    """`Name: message` of an exception, for an outcome's error."""
-    message = str(exc)
-    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
 
 
 def jsonable(value: Any) -> Any:

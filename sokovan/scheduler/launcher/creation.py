@@ -18,9 +18,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from sokovan.constants import CREATE_CONCURRENCY_PER_AGENT, START_SESSION_TIMEOUT_SEC
+from sokovan.errors import describe_error
 from sokovan.images import image_config_from_json
 from sokovan.ports import AgentClientPool, SecretStore, SessionRecorder
-from sokovan.scheduler.launcher.agent_jobs import describe, jsonable
+from sokovan.scheduler.launcher.agent_jobs import jsonable
 from sokovan.scheduler.launcher.keys import create_cluster_ssh_keypair
 from sokovan.scheduler.launcher.status_data import error_info_of
 from sokovan.types import JSON, AgentId, ItemOutcome, KernelId, SessionId
@@ -142,7 +143,7 @@ async def _keypair(ctx: _Context, job: SessionCreation) -> dict[str, str]:
 async def _failed(
     ctx: _Context, job: SessionCreation, exc: BaseException, started: float
 ) -> list[ItemOutcome]:
-    error, error_info = describe(exc), error_info_of(exc)
+    error, error_info = describe_error(exc, with_type=True), error_info_of(exc)
     log.warning(
         "create_kernels of session %s on agent %s failed for kernels %s: %s",
         job.session_id,

@@ -14,9 +14,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from sokovan.constants import CREATE_SESSIONS_PER_TASK, START_SESSION_TIMEOUT_SEC
-from sokovan.errors import EmptySession, UnknownImage
+from sokovan.errors import EmptySession, UnknownImage, describe_error
 from sokovan.ports import AgentClientPool, FanOut, NetworkPlugin, SecretStore, SessionRecorder
-from sokovan.scheduler.launcher.agent_jobs import describe, plan_image_pulls, refused_outcome
+from sokovan.scheduler.launcher.agent_jobs import plan_image_pulls, refused_outcome
 from sokovan.scheduler.launcher.creation import KEYPAIR_FROM_STORE, KEYPAIR_FROM_WORKER
 from sokovan.scheduler.launcher.kernel_config import (
     build_cluster_info,
@@ -115,7 +115,7 @@ class SessionLauncher:
                 "create_kernels of run %s could not be dispatched for sessions %s: %s",
                 run_id,
                 [str(launch.session.id) for launch in launches],
-                describe(exc),
+                describe_error(exc, with_type=True),
             )
             await asyncio.gather(*(self._record_error(x.session, exc) for x in launches))
 
@@ -132,7 +132,12 @@ class SessionLauncher:
                 session, TimeoutError(f"session start exceeded {self._timeout}s")
             )
         except Exception as exc:
-            log.warning("start of session %s failed: %s", session.id, describe(exc), exc_info=True)
+            log.warning(
+                "start of session %s failed: %s",
+                session.id,
+                describe_error(exc, with_type=True),
+                exc_info=True,
+            )
             await self._record_error(session, exc)
         return None
 

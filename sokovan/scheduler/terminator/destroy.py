@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from sokovan.errors import describe_error
 from sokovan.ports import AgentClient, AgentClientPool
 from sokovan.types import (
     JSON,
@@ -128,7 +129,7 @@ async def destroy_with_client(
         )
     except Exception as e:
         log.warning("destroying kernel %s on agent %s failed: %s", job.kernel_id, agent_id, e)
-        return _failed(job, agent_id, _describe(e))
+        return _failed(job, agent_id, describe_error(e))
     return KernelTerminationResult(job.kernel_id, agent_id, job.occupied_slots, success=True)
 
 
@@ -180,7 +181,7 @@ async def _destroy_jobs(
             log.warning(
                 "kernel %s not destroyed: agent %s unreachable: %s", job.kernel_id, agent_id, e
             )
-        return [(_failed(job, agent_id, _describe(e)), 0.0) for job in jobs]
+        return [(_failed(job, agent_id, describe_error(e)), 0.0) for job in jobs]
     return results
 
 
@@ -203,11 +204,6 @@ def to_outcome(
 
 def _failed(job: DestroyJob, agent_id: AgentId, error: str) -> KernelTerminationResult:
     return KernelTerminationResult(job.kernel_id, agent_id, job.occupied_slots, False, error)
-
-
-def _describe(e: BaseException) -> str:
-    # Some errors (a bare TimeoutError) have no message; the type still says what happened.
-    return str(e) or type(e).__name__
 
 
 def _item_id(item: Mapping[str, Any]) -> str:

@@ -8,6 +8,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from sokovan import constants as C
+from sokovan.errors import describe_error
 from sokovan.ports import AgentClient, AgentClientPool, PresenceReader
 from sokovan.types import JSON, AgentId, HealthCheckStatus, KernelId, KernelInfo, KernelPresence
 
@@ -151,7 +152,7 @@ async def _ask_agent(
         if answers is None:
             for kernel_id in kernel_ids:
                 log.warning("kernel %s skipped: agent %s unreachable: %s", kernel_id, agent_id, e)
-            answers = [f"error: {_describe(e)}"] * len(kernel_ids)
+            answers = [f"error: {describe_error(e)}"] * len(kernel_ids)
         else:
             log.warning("agent %s: releasing the client failed: %s", agent_id, e)
     return dict(zip(kernel_ids, answers, strict=True))
@@ -164,7 +165,7 @@ async def _check_running(client: AgentClient, agent_id: AgentId, kernel_id: Kern
         log.warning(
             "kernel %s skipped: check_running on agent %s failed: %s", kernel_id, agent_id, e
         )
-        return f"error: {_describe(e)}"
+        return f"error: {describe_error(e)}"
     if running is False:
         return ANSWER_DEAD
     if running is True:
@@ -174,8 +175,3 @@ async def _check_running(client: AgentClient, agent_id: AgentId, kernel_id: Kern
         return ANSWER_UNSURE
     log.warning("kernel %s skipped: agent %s answered %r", kernel_id, agent_id, running)
     return f"unexpected: {running!r}"
-
-
-def _describe(e: BaseException) -> str:
-    # Some errors (a bare TimeoutError) have no message; the type still says what happened.
-    return str(e) or type(e).__name__

@@ -35,6 +35,7 @@ from sokovan.scheduler.agents import sync_agents
 from sokovan.types import ImageConfig, SessionId, SessionStatus
 from tasks.api import Scheduler
 from tasks.app import create_app
+from tasks.commands import beat_args, worker_args
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGE = "cr.backend.ai/stable/python:3.12-ubuntu22.04"
@@ -138,23 +139,7 @@ def start_cluster(stack: ExitStack, var_dir: Path) -> tuple[Settings, dict[str, 
     stack.enter_context(
         process(
             "worker",
-            [
-                py,
-                "-m",
-                "celery",
-                "-A",
-                "tasks.app",
-                "worker",
-                "-E",
-                "-l",
-                "INFO",
-                "-c",
-                "2",
-                "-Q",
-                "sokovan",
-                "-n",
-                "demo@%h",
-            ],
+            [py, "-m", "celery", *worker_args(concurrency=2, node="demo@%h")],
             env,
             logs,
         )
@@ -162,18 +147,7 @@ def start_cluster(stack: ExitStack, var_dir: Path) -> tuple[Settings, dict[str, 
     stack.enter_context(
         process(
             "beat",
-            [
-                py,
-                "-m",
-                "celery",
-                "-A",
-                "tasks.app",
-                "beat",
-                "-l",
-                "INFO",
-                "-s",
-                str(var_dir / "beat-schedule"),
-            ],
+            [py, "-m", "celery", *beat_args(var_dir / "beat-schedule")],
             env,
             logs,
         )

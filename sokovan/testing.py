@@ -1,11 +1,14 @@
-"""Fakes behind the domain's ports. They record what happened; tests assert on that."""
+"""In-memory stubs of every port, for unit tests and the test rig: they record what happened."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+import dataclasses
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
 from sokovan.errors import AgentUnavailable, PresenceUnavailable
@@ -16,8 +19,11 @@ from sokovan.types import (
     ItemOutcome,
     KernelId,
     KernelPresence,
+    KernelStatus,
     Operation,
     RunId,
+    RunStatus,
+    RunTrigger,
     SessionId,
 )
 
@@ -272,3 +278,259 @@ class RefusingFanOut:
         skipped: Sequence[ItemOutcome] = (),
     ) -> str:
         raise AssertionError(self.why)
+
+
+class RecordingKicker:
+    """HandlerKicker that records what it was asked to start."""
+
+    def __init__(self) -> None:
+        self.kicks: list[tuple[str, RunTrigger, list[str] | None]] = []
+
+    async def kick(self, handler: str, trigger: RunTrigger, scope: Sequence[str] | None) -> None:
+        self.kicks.append((handler, trigger, None if scope is None else list(scope)))
+
+
+class InMemoryClaims:
+    """Claims with a lifetime on a clock the test may move (`advance`)."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self._held: dict[str, tuple[str, float]] = {}
+        self._pending: set[str] = set()
+        self.released: list[str] = []
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+    async def claim(self, lock_id: str, lifetime: float) -> str | None:
+        held = self._held.get(lock_id)
+        if held is not None and held[1] > self.now:
+            return None
+        token = uuid.uuid4().hex
+        self._held[lock_id] = (token, self.now + lifetime)
+        return token
+
+    async def release(self, lock_id: str, token: str) -> bool:
+        held = self._held.get(lock_id)
+        if held is None or held[0] != token:
+            return False
+        del self._held[lock_id]
+        self.released.append(lock_id)
+        return True
+
+    async def holder(self, lock_id: str) -> str | None:
+        held = self._held.get(lock_id)
+        return held[0] if held is not None and held[1] > self.now else None
+
+    async def mark_pending(self, lock_id: str, lifetime: float) -> None:
+        self._pending.add(lock_id)
+
+    async def take_pending(self, lock_id: str) -> bool:
+        if lock_id in self._pending:
+            self._pending.discard(lock_id)
+            return True
+        return False
+
+
+class InMemoryTracker:
+    """FanOutTracking over plain counters."""
+
+    def __init__(self) -> None:
+        self.counts: dict[RunId, dict[str, int]] = {}
+
+    def _bump(self, run_id: RunId, name: str, by: int = 1) -> bool:
+        c = self.counts.setdefault(run_id, {"planned": 0, "expected": 0, "done": 0})
+        c[name] += by
+        return c["planned"] > 0 and c["done"] >= c["expected"]
+
+    async def dispatched(self, run_id: RunId, by: int = 1) -> None:
+        self._bump(run_id, "expected", by)
+
+    async def completed(self, run_id: RunId) -> bool:
+        return self._bump(run_id, "done")
+
+    async def planned(self, run_id: RunId) -> bool:
+        return self._bump(run_id, "planned")
+
+
+class InMemoryKernelStates:
+    """KernelMover over a dict of kernel statuses; records every move."""
+
+    def __init__(self, statuses: Mapping[KernelId, KernelStatus] | None = None) -> None:
+        self.statuses: dict[KernelId, KernelStatus] = dict(statuses or {})
+        self.info: dict[KernelId, str | None] = {}
+        self.moves: list[tuple[list[KernelId], KernelStatus]] = []
+
+    def transition_kernels(
+        self,
+        kernel_ids: Collection[KernelId],
+        to: KernelStatus,
+        allowed_from: Collection[KernelStatus],
+        *,
+        status_info: str | None = None,
+        values: Mapping[KernelId, Mapping[str, Any]] | None = None,
+    ) -> list[KernelId]:
+        moved = [k for k in kernel_ids if self.statuses.get(k) in set(allowed_from)]
+        for k in moved:
+            self.statuses[k] = to
+            if status_info is not None:
+                self.info[k] = status_info
+        self.moves.append((moved, to))
+        return moved
+
+
+@dataclass
+class _Run:
+    record: Any
+    items: dict[str, ItemOutcome] = field(default_factory=dict)
+
+
+class InMemoryLedger:
+    """The Ledger port in memory: runs, their items and paused handlers."""
+
+    def __init__(self) -> None:
+        from sokovan.db.ledger import RunRecord, utcnow
+
+        self._record = RunRecord
+        self._now = utcnow
+        self.runs: dict[RunId, _Run] = {}
+        self.paused: set[str] = set()
+
+    def is_paused(self, handler: str) -> bool:
+        return handler in self.paused
+
+    def open_run(
+        self,
+        handler: str,
+        trigger: RunTrigger | str,
+        *,
+        requested: int = 0,
+        scope: Any = None,
+        claim_token: str | None = None,
+        deadline_sec: float | None = None,
+        status: RunStatus = RunStatus.RUNNING,
+        note: str | None = None,
+        operation: str | None = None,
+    ) -> RunId:
+        run_id = RunId(len(self.runs) + 1)
+        now = self._now()
+        deadline = None if not deadline_sec else now + timedelta(seconds=deadline_sec)
+        self.runs[run_id] = _Run(
+            self._record(
+                run_id, handler, str(trigger), status, operation, requested, 0, 0, 0, now,
+                None, deadline, None, claim_token, None, scope, note,
+            )
+        )  # fmt: skip
+        return run_id
+
+    def update_run(self, run_id: RunId, **values: Any) -> None:
+        run = self.runs[run_id]
+        run.record = dataclasses.replace(run.record, **values)
+
+    def record_items(self, run_id: RunId, outcomes: Sequence[ItemOutcome]) -> int:
+        items = self.runs[run_id].items
+        new = [o for o in outcomes if o.item_id not in items]
+        items.update((o.item_id, o) for o in new)
+        return len(new)
+
+    def _counts(self, run_id: RunId, bulk_ok: int = 0) -> tuple[int, int, int]:
+        items = self.runs[run_id].items.values()
+        ok = sum(1 for o in items if o.ok and not o.skipped) + bulk_ok
+        failed = sum(1 for o in items if not o.ok and not o.skipped)
+        return ok, failed, sum(1 for o in items if o.skipped)
+
+    def close_run(
+        self,
+        run_id: RunId,
+        *,
+        error: str | None = None,
+        note: str | None = None,
+        bulk_ok: int = 0,
+        held: bool = False,
+    ) -> Any:
+        from sokovan.db.ledger import final_status
+
+        run = self.runs[run_id]
+        if run.record.status != RunStatus.RUNNING:
+            return None
+        ok, failed, skipped = self._counts(run_id, bulk_ok)
+        status = RunStatus.HELD if held and error is None else final_status(ok, failed, error)
+        run.record = dataclasses.replace(
+            run.record,
+            status=status,
+            succeeded=ok,
+            failed=failed,
+            skipped=skipped,
+            finished_at=self._now(),
+            error=error,
+            note=run.record.note if note is None else note,
+        )
+        return run.record
+
+    def finish_as(self, run_id: RunId, status: RunStatus, note: str) -> bool:
+        run = self.runs[run_id]
+        if run.record.status != RunStatus.RUNNING:
+            return False
+        run.record = dataclasses.replace(
+            run.record, status=status, finished_at=self._now(), note=note
+        )
+        self.recount(run_id)
+        return True
+
+    def recount(self, run_id: RunId) -> None:
+        ok, failed, skipped = self._counts(run_id)
+        run = self.runs[run_id]
+        run.record = dataclasses.replace(run.record, succeeded=ok, failed=failed, skipped=skipped)
+
+    def get_run(self, run_id: RunId) -> Any:
+        from sokovan.errors import NotFound
+
+        if run_id not in self.runs:
+            raise NotFound(f"no run with id {run_id}")
+        return self.runs[run_id].record
+
+    def outcomes(self, run_id: RunId) -> list[ItemOutcome]:
+        return list(self.runs[run_id].items.values())
+
+    def running_past_deadline(self, now: datetime | None = None) -> list[Any]:
+        now = now or self._now()
+        return [
+            r.record
+            for r in self.runs.values()
+            if r.record.status == RunStatus.RUNNING
+            and r.record.deadline_at is not None
+            and r.record.deadline_at < now
+        ]
+
+    def discard_run(self, run_id: RunId) -> None:
+        self.runs.pop(run_id, None)
+
+    def prune(self, older_than: datetime) -> int:
+        old = [
+            rid
+            for rid, r in self.runs.items()
+            if r.record.started_at < older_than and r.record.status != RunStatus.RUNNING
+        ]
+        for rid in old:
+            del self.runs[rid]
+        return len(old)
+
+
+def stub_context(repository: Any, **adapters: Any) -> Any:
+    """A HandlerContext over `repository` with a stub for every adapter not given."""
+    from sokovan.config import Settings
+    from sokovan.scheduler.handlers.base import HandlerContext
+    from sokovan.scheduler.terminator import SessionTerminator
+
+    pool = adapters.pop("pool", None) or FakeAgentClientPool()
+    fanout = adapters.pop("fanout", None) or RefusingFanOut("this test dispatches nothing")
+    presence = adapters.pop("presence", None) or FakePresence()
+    return HandlerContext(
+        settings=adapters.pop("settings", None) or Settings(),
+        repository=repository,
+        terminator=adapters.pop("terminator", None) or SessionTerminator(pool, presence, fanout),
+        pool=pool,
+        secrets=adapters.pop("secrets", None) or FakeSecretStore(),
+        fanout=fanout,
+        **adapters,
+    )

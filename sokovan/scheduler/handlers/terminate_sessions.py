@@ -5,20 +5,28 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
-from sokovan.db.repository import SchedulerRepository
-from sokovan.scheduler.coordinator import HandlerSpec, Plan
-from sokovan.scheduler.specs.common import (
+from sokovan.scheduler.handlers.base import (
+    FollowUps,
+    HandlerContext,
+    HandlerDeclaration,
+    HandlerRuntime,
+    Moved,
+    Plan,
+    Transition,
+)
+from sokovan.scheduler.transitions import (
     NON_TERMINAL_KERNEL,
+    TERMINATE_HANDLER,
     finish_terminated_sessions,
-    kernel_ids,
     parse_ids,
     session_ids_of,
 )
-from sokovan.scheduler.terminator import SessionTerminator
 from sokovan.types import (
     TERMINAL_KERNEL_STATUSES,
+    AgentId,
     ItemOutcome,
     KernelStatus,
     Operation,
@@ -29,12 +37,20 @@ from sokovan.types import (
 
 log = logging.getLogger(__name__)
 
-NAME = "terminate_sessions"
+NAME = TERMINATE_HANDLER
 LOCK_ID = "LOCKID_SOKOVAN_TERMINATE_SESSIONS"
 
 
-def terminate_spec(repo: SchedulerRepository, terminator: SessionTerminator) -> HandlerSpec:
-    """The terminate handler as the coordinator runs it."""
+async def destroy_on_agent(
+    ctx: HandlerContext, agent_id: AgentId, items: Sequence[Mapping[str, Any]]
+) -> list[ItemOutcome]:
+    """One agent's destroy batch."""
+    return await ctx.terminator.destroy_batch(agent_id, items)
+
+
+def build(ctx: HandlerContext) -> HandlerRuntime:
+    """The terminate handler bound to its adapters."""
+    repo = ctx.repository
 
     async def plan(run_id: RunId, scope: Sequence[str] | None, budget: int) -> Plan:
         only = parse_ids(scope)
@@ -58,20 +74,10 @@ def terminate_spec(repo: SchedulerRepository, terminator: SessionTerminator) -> 
         if not live:
             note = f"{len(empty)} session(s) had no live kernel" if empty else None
             return Plan(requested=0, note=note)
-        await terminator.terminate_sessions_for_handler(live, run_id=run_id)
+        await ctx.terminator.terminate_sessions_for_handler(live, run_id=run_id)
         return Plan(requested=requested, dispatched=True)
 
-    async def complete(
-        run_id: RunId, outcomes: Sequence[ItemOutcome]
-    ) -> Sequence[tuple[str, Sequence[str] | None]]:
-        destroyed = kernel_ids(o for o in outcomes if o.ok and not o.skipped)
-        unplaced = kernel_ids(o for o in outcomes if o.skipped)
-        await asyncio.to_thread(
-            repo.transition_kernels, destroyed, KernelStatus.TERMINATED, NON_TERMINAL_KERNEL
-        )
-        await asyncio.to_thread(
-            repo.transition_kernels, unplaced, KernelStatus.CANCELLED, NON_TERMINAL_KERNEL
-        )
+    async def complete(run_id: RunId, outcomes: Sequence[ItemOutcome], moved: Moved) -> FollowUps:
         sessions = session_ids_of(outcomes)
         finished = await asyncio.to_thread(finish_terminated_sessions, repo, sessions)
         failed = [o.item_id for o in outcomes if not o.ok and not o.skipped]
@@ -85,9 +91,28 @@ def terminate_spec(repo: SchedulerRepository, terminator: SessionTerminator) -> 
         log.info(
             "run %s: %d kernel(s) destroyed, %d session(s) terminated",
             run_id,
-            len(destroyed),
+            len(moved.get("ok", ())),
             len(finished),
         )
         return ()
 
-    return HandlerSpec(NAME, LOCK_ID, plan, {Operation.DESTROY_KERNELS: complete})
+    return HandlerRuntime(DECLARATION, plan, {Operation.DESTROY_KERNELS: complete})
+
+
+DECLARATION = HandlerDeclaration(
+    name=NAME,
+    lock_id=LOCK_ID,
+    description="destroys the kernels of TERMINATING sessions, one task per agent",
+    default_interval=5.0,
+    interval_setting="terminate_interval",
+    target="sessions",
+    target_statuses=(SessionStatus.TERMINATING,),
+    transitions={
+        "ok": Transition(KernelStatus.TERMINATED, NON_TERMINAL_KERNEL),
+        # A kernel that never had an agent has nothing to destroy.
+        "skipped": Transition(KernelStatus.CANCELLED, NON_TERMINAL_KERNEL),
+    },
+    build=build,
+    batches={Operation.DESTROY_KERNELS: destroy_on_agent},
+    budget_unit="sessions",
+)

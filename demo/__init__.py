@@ -1,0 +1,1 @@
+"""`make demo` (`python -m demo`): the whole lifecycle on the embedded defaults."""

@@ -1,0 +1,215 @@
+"""start_sessions: PREPARED -> CREATING -> RUNNING, one create_kernels task per agent per run."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Mapping, Sequence
+from datetime import timedelta
+from typing import Any
+
+from sokovan import constants as C
+from sokovan.db.ledger import utcnow
+from sokovan.db.repository import SchedulerRepository
+from sokovan.ports import FanOut
+from sokovan.scheduler.handlers.base import (
+    FollowUps,
+    HandlerContext,
+    HandlerDeclaration,
+    HandlerRuntime,
+    Moved,
+    Plan,
+    Transition,
+)
+from sokovan.scheduler.launcher.creation import create_kernels_on_agent
+from sokovan.scheduler.transitions import (
+    FAILED_TO_START,
+    NON_TERMINAL_KERNEL,
+    fail_sessions,
+    move_sessions,
+    parse_ids,
+    promote_sessions,
+    session_ids_of,
+)
+from sokovan.types import (
+    AgentBatch,
+    AgentId,
+    ItemOutcome,
+    KernelId,
+    KernelStatus,
+    Operation,
+    RunId,
+    SessionId,
+    SessionStatus,
+)
+
+log = logging.getLogger(__name__)
+
+NAME = "start_sessions"
+CREATION_TIMEOUT = "CREATION_TIMEOUT"
+
+
+class _DispatchLog:
+    """A FanOut proxy that remembers which sessions reached dispatch."""
+
+    def __init__(self, inner: FanOut) -> None:
+        self.inner = inner
+        self.sessions: set[str] = set()
+
+    async def dispatch(
+        self,
+        run_id: RunId,
+        operation: Operation,
+        batches: Sequence[AgentBatch],
+        skipped: Sequence[ItemOutcome] = (),
+    ) -> str:
+        fanout_id = await self.inner.dispatch(run_id, operation, batches, skipped)
+        for batch in batches:
+            for item in batch.items:
+                if "session_id" in item:
+                    self.sessions.add(str(item["session_id"]))
+        return fanout_id
+
+
+async def create_on_agent(
+    ctx: HandlerContext, agent_id: AgentId, items: Sequence[Mapping[str, Any]]
+) -> list[ItemOutcome]:
+    """create_kernels on one agent; created kernels run at once, not at the run's end."""
+    outcomes = await create_kernels_on_agent(
+        ctx.pool,
+        ctx.secrets,
+        agent_id,
+        items,
+        ctx.repository,
+        start_timeout=ctx.settings.start_session_timeout,
+    )
+    try:
+        await apply_created(ctx.repository, outcomes)
+    except Exception as e:  # the run's completion applies them all the same
+        log.warning("kernels created on agent %s not moved early: %s", agent_id, e)
+    return outcomes
+
+
+def build(ctx: HandlerContext) -> HandlerRuntime:
+    """Kernel creation bound to its adapters."""
+    repo = ctx.repository
+    settings = ctx.settings
+
+    async def plan(run_id: RunId, scope: Sequence[str] | None, budget: int) -> Plan:
+        follow = list(await _expire_creating(repo, settings.start_session_timeout))
+        only = parse_ids(scope)
+        sessions = await asyncio.to_thread(
+            repo.sessions_in,
+            [SessionStatus.PREPARED],
+            limit=budget,
+            only=None if only is None else [SessionId(u) for u in only],
+        )
+        sessions = await move_sessions(
+            repo, sessions, SessionStatus.CREATING, KernelStatus.CREATING, SessionStatus.PREPARED
+        )
+        if not sessions:
+            return Plan(requested=0, follow_ups=follow)
+        images = {k.image for s in sessions for k in s.kernels}
+        configs = await asyncio.to_thread(repo.image_configs, images)
+        dispatch_log = _DispatchLog(ctx.fanout)
+        await ctx.launcher(dispatch_log).start_sessions_for_handler(
+            sessions, configs, run_id=run_id
+        )
+        undispatched = [s for s in sessions if str(s.id) not in dispatch_log.sessions]
+        outcomes = [
+            ItemOutcome(
+                str(k.id),
+                k.agent_id,
+                ok=False,
+                error=f"{FAILED_TO_START}: see session",
+                detail={"session_id": str(s.id)},
+            )
+            for s in undispatched
+            for k in s.kernels
+        ]
+        follow.extend(await fail_sessions(repo, [s.id for s in undispatched], FAILED_TO_START))
+        return Plan(
+            requested=sum(len(s.kernels) for s in sessions),
+            dispatched=True,
+            outcomes=outcomes,
+            follow_ups=follow,
+        )
+
+    async def complete(run_id: RunId, outcomes: Sequence[ItemOutcome], moved: Moved) -> FollowUps:
+        await apply_created(repo, outcomes)
+        failed_sessions = session_ids_of(o for o in outcomes if not o.ok)
+        return await fail_sessions(repo, sorted(failed_sessions), FAILED_TO_START)
+
+    return HandlerRuntime(DECLARATION, plan, {Operation.CREATE_KERNELS: complete})
+
+
+async def apply_created(repo: SchedulerRepository, outcomes: Sequence[ItemOutcome]) -> None:
+    """Created kernels go RUNNING, and sessions whose kernels all run go RUNNING too.
+
+    Idempotent: an agent's task applies its own outcomes as soon as it has them, so a
+    session does not wait for the run's other agents; the run's completion applies every
+    outcome again and alone deals with failures.
+    """
+    created = {
+        KernelId(uuid.UUID(o.item_id)): {"container_id": _container_id(o)}
+        for o in outcomes
+        if o.ok and not o.skipped
+    }
+    await asyncio.to_thread(
+        repo.transition_kernels_with_values, created, KernelStatus.RUNNING, [KernelStatus.CREATING]
+    )
+    await promote_sessions(
+        repo,
+        session_ids_of(outcomes) - session_ids_of(o for o in outcomes if not o.ok),
+        KernelStatus.RUNNING,
+        SessionStatus.CREATING,
+        SessionStatus.RUNNING,
+    )
+
+
+def _container_id(outcome: ItemOutcome) -> str:
+    info = outcome.detail.get("creation_info") or {}
+    return str(info.get("container_id") or "")
+
+
+async def _expire_creating(repo: SchedulerRepository, start_timeout: float) -> FollowUps:
+    """Sessions stuck in CREATING well past the start timeout are given up and cleaned up."""
+    sessions = await asyncio.to_thread(repo.sessions_in, [SessionStatus.CREATING])
+    cutoff = utcnow() - timedelta(seconds=max(2 * start_timeout, 30.0))
+    stuck = [
+        s.id for s in sessions if s.status_changed_at is not None and s.status_changed_at < cutoff
+    ]
+    for sid in stuck:
+        log.warning("session %s stuck in CREATING past the start timeout; terminating", sid)
+        info = {
+            "src": "other",
+            "name": "CreationTimeout",
+            "message": f"no kernel creation result within {start_timeout}s",
+        }
+        await asyncio.to_thread(repo.merge_session_status_data, sid, {"error": info})
+    return await fail_sessions(repo, stuck, CREATION_TIMEOUT)
+
+
+DECLARATION = HandlerDeclaration(
+    name=NAME,
+    lock_id="LOCKID_SOKOVAN_START_SESSIONS",
+    description="creates the kernels of PREPARED sessions, one task per agent per run",
+    default_interval=C.LAUNCH_INTERVAL_SEC,
+    interval_setting="launch_interval",
+    target="sessions",
+    target_statuses=(SessionStatus.PREPARED, SessionStatus.CREATING),
+    transitions={
+        # Usually applied already by the agent's own task (apply_created), so sessions do not
+        # wait for the run's other agents; applying it again is a no-op.
+        "ok": Transition(
+            KernelStatus.RUNNING,
+            (KernelStatus.CREATING,),
+            values=lambda o: {"container_id": _container_id(o)},
+        ),
+        "failed": Transition(KernelStatus.ERROR, NON_TERMINAL_KERNEL, FAILED_TO_START),
+    },
+    build=build,
+    batches={Operation.CREATE_KERNELS: create_on_agent},
+    budget_unit="sessions",
+)

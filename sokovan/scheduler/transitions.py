@@ -1,0 +1,175 @@
+"""Status moves shared by handlers, and the one that applies a handler's declared transitions."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING
+
+from sokovan.db.repository import SchedulerRepository
+from sokovan.ports import KernelMover
+from sokovan.types import (
+    TERMINAL_KERNEL_STATUSES,
+    ItemOutcome,
+    KernelId,
+    KernelStatus,
+    SessionId,
+    SessionInfo,
+    SessionStatus,
+)
+
+if TYPE_CHECKING:
+    from sokovan.scheduler.handlers.base import Moved, Transition
+
+# The handler that destroys what a failed launch created (named here to avoid an import circle).
+TERMINATE_HANDLER = "terminate_sessions"
+# status_info of sessions whose launch failed.
+FAILED_TO_START = "FAILED_TO_START"
+
+NON_TERMINAL_KERNEL = tuple(s for s in KernelStatus if s not in TERMINAL_KERNEL_STATUSES)
+NON_TERMINAL_SESSION = tuple(
+    s
+    for s in SessionStatus
+    if s not in (SessionStatus.TERMINATED, SessionStatus.CANCELLED, SessionStatus.ERROR)
+)
+
+
+def parse_ids(raw: Iterable[str] | None) -> list[uuid.UUID] | None:
+    """UUIDs of a run's scope; None means no scope."""
+    return None if raw is None else [uuid.UUID(str(x)) for x in raw]
+
+
+def kernel_ids(outcomes: Iterable[ItemOutcome]) -> list[KernelId]:
+    return [KernelId(uuid.UUID(o.item_id)) for o in outcomes]
+
+
+def session_ids_of(outcomes: Iterable[ItemOutcome]) -> set[SessionId]:
+    out: set[SessionId] = set()
+    for o in outcomes:
+        sid = o.detail.get("session_id")
+        if sid:
+            out.add(SessionId(uuid.UUID(str(sid))))
+    return out
+
+
+def finish_terminated_sessions(
+    repo: SchedulerRepository, session_ids: Iterable[SessionId]
+) -> list[SessionId]:
+    """Moves TERMINATING sessions whose kernels are all terminal to TERMINATED."""
+    statuses = repo.kernel_statuses_by_session(list(session_ids))
+    done = [
+        sid
+        for sid in session_ids
+        if all(s in TERMINAL_KERNEL_STATUSES for s in statuses.get(sid, []))
+    ]
+    return repo.transition_sessions(done, SessionStatus.TERMINATED, [SessionStatus.TERMINATING])
+
+
+async def request_termination(
+    repo: SchedulerRepository, session_ids: Sequence[SessionId], reason: str
+) -> list[SessionId]:
+    """Moves live sessions and their kernels to TERMINATING; returns the sessions that moved."""
+    moved = await asyncio.to_thread(
+        repo.transition_sessions,
+        session_ids,
+        SessionStatus.TERMINATING,
+        [s for s in NON_TERMINAL_SESSION if s != SessionStatus.TERMINATING],
+        status_info=reason,
+    )
+    if moved:
+        sessions = await asyncio.to_thread(repo.sessions_by_ids, moved)
+        kernels = [k.id for s in sessions for k in s.kernels]
+        await asyncio.to_thread(
+            repo.transition_kernels,
+            kernels,
+            KernelStatus.TERMINATING,
+            [s for s in NON_TERMINAL_KERNEL if s != KernelStatus.TERMINATING],
+            status_info=reason,
+        )
+    return moved
+
+
+async def apply_transitions(
+    mover: KernelMover, transitions: Mapping[str, Transition], outcomes: Sequence[ItemOutcome]
+) -> Moved:
+    """Moves each outcome's kernel as its verdict's declared transition says."""
+    from sokovan.scheduler.handlers.base import verdict_of
+
+    by_verdict: dict[str, list[ItemOutcome]] = {}
+    for outcome in outcomes:
+        verdict = verdict_of(outcome, transitions)
+        if verdict in transitions:
+            by_verdict.setdefault(verdict, []).append(outcome)
+    moved: dict[str, list[KernelId]] = {}
+    for verdict, group in by_verdict.items():
+        move = transitions[verdict]
+        ids = _kernel_ids_safe(group)
+        values = None
+        if move.values is not None:
+            values = {ids[o.item_id]: move.values(o) for o in group if o.item_id in ids}
+        moved[verdict] = await asyncio.to_thread(
+            mover.transition_kernels,
+            list(ids.values()),
+            move.kernel,
+            move.source,
+            status_info=move.reason,
+            values=values,
+        )
+    return moved
+
+
+def _kernel_ids_safe(outcomes: Iterable[ItemOutcome]) -> dict[str, KernelId]:
+    """Item id -> kernel id for outcomes whose item is a kernel (payload errors are not)."""
+    out: dict[str, KernelId] = {}
+    for o in outcomes:
+        try:
+            out[o.item_id] = KernelId(uuid.UUID(o.item_id))
+        except ValueError:
+            continue
+    return out
+
+
+async def move_sessions(
+    repo: SchedulerRepository,
+    sessions: Sequence[SessionInfo],
+    to_session: SessionStatus,
+    to_kernel: KernelStatus,
+    allowed: SessionStatus,
+) -> list[SessionInfo]:
+    """Moves sessions (and their kernels) out of `allowed`; returns the ones that moved."""
+    moved = set(
+        await asyncio.to_thread(
+            repo.transition_sessions, [s.id for s in sessions], to_session, [allowed]
+        )
+    )
+    kernel_ids = [k.id for s in sessions if s.id in moved for k in s.kernels]
+    await asyncio.to_thread(
+        repo.transition_kernels, kernel_ids, to_kernel, [KernelStatus(str(allowed))]
+    )
+    return [s for s in sessions if s.id in moved]
+
+
+async def promote_sessions(
+    repo: SchedulerRepository,
+    session_ids: set[SessionId],
+    kernel_status: KernelStatus,
+    from_status: SessionStatus,
+    to_status: SessionStatus,
+) -> list[SessionId]:
+    """Moves sessions whose kernels all reached `kernel_status`."""
+    statuses = await asyncio.to_thread(repo.kernel_statuses_by_session, list(session_ids))
+    ready = [
+        sid
+        for sid in session_ids
+        if statuses.get(sid) and all(s == kernel_status for s in statuses[sid])
+    ]
+    return await asyncio.to_thread(repo.transition_sessions, ready, to_status, [from_status])
+
+
+async def fail_sessions(
+    repo: SchedulerRepository, session_ids: Sequence[SessionId], reason: str
+) -> list[tuple[str, Sequence[str] | None]]:
+    """Failed launches go to TERMINATING so whatever was created is destroyed."""
+    moved = await request_termination(repo, sorted(session_ids), reason)
+    return [(TERMINATE_HANDLER, [str(s) for s in moved])] if moved else []

@@ -1,0 +1,34 @@
+"""The worker and beat command lines, written once: the Procfile, `sokovan up`, the demo and
+the tests start them from here (a test checks the Procfile against it)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+# The queue every task goes to (task_default_queue); workers consume it.
+QUEUE = "sokovan"
+
+
+def worker_args(
+    *, concurrency: int = 2, node: str = "worker1@%h", loglevel: str = "INFO"
+) -> list[str]:
+    """`celery` arguments of a worker: events on (Flower), our queue, a node name."""
+    return [
+        "-A",
+        "tasks.app",
+        "worker",
+        "-E",
+        "-l",
+        loglevel,
+        "-c",
+        str(concurrency),
+        "-Q",
+        QUEUE,
+        "-n",
+        node,
+    ]
+
+
+def beat_args(schedule_file: Path | str, *, loglevel: str = "INFO") -> list[str]:
+    """`celery` arguments of beat, with its schedule file."""
+    return ["-A", "tasks.app", "beat", "-l", loglevel, "-s", str(schedule_file)]

@@ -1,0 +1,33 @@
+"""Task names: a public API for managers that `send_task` without importing us (README)."""
+
+from __future__ import annotations
+
+from typing import Final
+
+from sokovan.types import Operation
+
+# Public: sent by a manager, the CLI, the Python API or beat.
+SESSION_CREATE: Final = "sokovan.session.create"
+SESSION_TERMINATE: Final = "sokovan.session.terminate"
+HANDLER_RUN: Final = "sokovan.handler.run"
+AGENTS_SYNC: Final = "sokovan.agents.sync"
+MAINTENANCE_RECOVER: Final = "sokovan.maintenance.recover"
+MAINTENANCE_PRUNE: Final = "sokovan.maintenance.prune"
+PUBLIC: Final = (
+    SESSION_CREATE,
+    SESSION_TERMINATE,
+    HANDLER_RUN,
+    AGENTS_SYNC,
+    MAINTENANCE_RECOVER,
+    MAINTENANCE_PRUNE,
+)
+
+# Internal: sent by the scheduler itself.
+RUN_COMPLETE: Final = "sokovan.run.complete"  # chord body
+RUN_FAIL: Final = "sokovan.run.fail"  # its errback
+AGENT_TASK_PREFIX: Final = "sokovan.agent."
+
+
+def agent_task(operation: Operation | str) -> str:
+    """The task that runs one agent's batch of a declared operation."""
+    return f"{AGENT_TASK_PREFIX}{operation}"

@@ -1,0 +1,38 @@
+"""The Celery edge is uniform: task names in one module, commands written once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sokovan.scheduler.handlers import batch_runners
+from tasks import names
+from tasks.commands import beat_args, worker_args
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _procfile() -> dict[str, str]:
+    lines = (ROOT / "Procfile").read_text().splitlines()
+    return dict(
+        (name.strip(), cmd.strip())
+        for name, cmd in (ln.split(":", 1) for ln in lines if ln and not ln.startswith("#"))
+    )
+
+
+def test_procfile_worker_and_beat_lines_are_the_commands_written_once() -> None:
+    procs = _procfile()
+    assert procs["worker"] == " ".join(["celery", *worker_args()])
+    assert procs["beat"] == " ".join(["celery", *beat_args("var/celerybeat-schedule")])
+
+
+def test_every_task_name_is_registered_and_every_public_name_is_in_the_readme() -> None:
+    from tasks.app import app
+
+    app.loader.import_default_modules()
+    registered = set(app.tasks)
+    internal = {names.RUN_COMPLETE, names.RUN_FAIL}
+    internal |= {names.agent_task(op) for op in batch_runners()}
+    assert set(names.PUBLIC) | internal <= registered
+    readme = (ROOT / "README.md").read_text()
+    for name in (*names.PUBLIC, *internal):
+        assert f"`{name}`" in readme, name
