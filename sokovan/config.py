@@ -33,6 +33,13 @@ class Settings:
     prune_interval: float = C.PRUNE_INTERVAL_SEC
     # Beat interval of any other handler, e.g. SOKOVAN_INTERVALS="reconcile_leftovers=30".
     intervals: Mapping[str, int] = field(default_factory=dict)
+    # Deadlines of transitional session states, and per-item retry backoff (seconds).
+    terminating_deadline: float = C.TERMINATING_DEADLINE_SEC
+    pulling_deadline: float = C.PULLING_DEADLINE_SEC
+    pull_attempts: int = C.PULL_ATTEMPTS
+    creating_deadline: float = C.CREATING_DEADLINE_SEC
+    retry_backoff: float = C.RETRY_BACKOFF_SEC
+    retry_backoff_max: float = C.RETRY_BACKOFF_MAX_SEC
     # Presence.
     presence_stale_after: float = C.PRESENCE_STALE_AFTER_SEC
     presence_ttl: int = C.PRESENCE_TTL_SEC

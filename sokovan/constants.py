@@ -93,3 +93,20 @@ CREATE_CONCURRENCY_PER_AGENT: Final = 64
 # Sessions one create_kernels task carries at most: their keypairs (~35 ms of CPU each) and
 # calls fit well inside the start timeout, and a large run's sessions reach RUNNING in steps.
 CREATE_SESSIONS_PER_TASK: Final = 200
+
+# Deadlines of the transitional session states (seconds in the state), and retries.
+# TERMINATING: an agent that has not destroyed a kernel in five minutes of retries is not
+# going to; the kernel is given up (FORCE_TERMINATED) and its container remembered.
+TERMINATING_DEADLINE_SEC: Final = 300.0
+# PULLING: large images take minutes; a pull with no result in ten is re-sent, then failed.
+PULLING_DEADLINE_SEC: Final = 600.0
+# Tries of a pull that got no answer before the session fails.
+PULL_ATTEMPTS: Final = 3
+# CREATING: twice Backend.AI's start bound; no creation result by then will come.
+CREATING_DEADLINE_SEC: Final = 120.0
+# Per-item retry backoff: doubles from the base up to the cap, so one unreachable agent
+# costs a handful of attempts an hour, not one every tick.
+RETRY_BACKOFF_SEC: Final = 5.0
+RETRY_BACKOFF_MAX_SEC: Final = 300.0
+# Leftover containers of kernels given up on are retried this often once their agent answers.
+RECONCILE_INTERVAL_SEC: Final = 30.0

@@ -23,6 +23,7 @@ from prometheus_client.registry import Collector
 
 from sokovan.db.ledger import RunLedger
 from sokovan.db.stats import RunStats, SessionStats
+from sokovan.scheduler.handlers import handler_names
 from sokovan.types import RunStatus
 
 log = logging.getLogger(__name__)
@@ -54,10 +55,11 @@ class _Monotonic:
 class LedgerCollector(Collector):
     """Runs, items, durations and kernel aggregates per handler, from the ledger tables."""
 
-    def __init__(self, engine: sa.Engine, handlers: Sequence[str] = ()) -> None:
+    def __init__(self, engine: sa.Engine, handlers: Sequence[str] | None = None) -> None:
         self._stats = RunStats(engine)
         self._ledger = RunLedger(engine)
-        self._handlers = tuple(handlers)
+        # Every declared handler is labelled, whether or not it has run yet.
+        self._handlers = tuple(handler_names() if handlers is None else handlers)
         self._mono = _Monotonic()
 
     def collect(self) -> Iterator[Metric]:
@@ -148,7 +150,7 @@ class LedgerCollector(Collector):
         return state
 
 
-def registry_for(engine: sa.Engine, handlers: Sequence[str] = ()) -> CollectorRegistry:
+def registry_for(engine: sa.Engine, handlers: Sequence[str] | None = None) -> CollectorRegistry:
     """A registry holding only the ledger collector (read at scrape time, not at registration)."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(LedgerCollector(engine, handlers))
@@ -156,7 +158,7 @@ def registry_for(engine: sa.Engine, handlers: Sequence[str] = ()) -> CollectorRe
 
 
 def serve(
-    engine: sa.Engine, port: int, addr: str = "127.0.0.1", handlers: Sequence[str] = ()
+    engine: sa.Engine, port: int, addr: str = "127.0.0.1", handlers: Sequence[str] | None = None
 ) -> tuple[WSGIServer, threading.Thread]:
     """Serves /metrics on `addr:port` from a daemon thread; shut it down with server.shutdown()."""
     server, thread = start_http_server(port, addr=addr, registry=registry_for(engine, handlers))

@@ -162,6 +162,8 @@ class KernelInfo:
     startup_command: str | None = None
     internal_data: Mapping[str, Any] | None = None
     preopen_ports: tuple[int, ...] = ()
+    # The scheduler's own notes on the kernel: attempts, next attempt, last error.
+    status_data: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +188,7 @@ class SessionInfo:
     user_name: str = ""
     idle_timeout: int = 600
     status_changed_at: datetime | None = None
+    status_data: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

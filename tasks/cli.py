@@ -8,6 +8,7 @@ from sokovan.cli import app, setup_logging
 from sokovan.cli import handlers as handlers_cmd
 from sokovan.cli import session as session_cmd
 from sokovan.cli.common import settings
+from tasks import names
 from tasks.app import create_app
 
 
@@ -19,7 +20,7 @@ def run_handler(
 ) -> None:
     """Sends a manual run of a handler to the workers."""
     result = create_app(settings()).send_task(
-        "sokovan.handler.run", kwargs={"handler": name, "trigger": "manual", "budget": budget}
+        names.HANDLER_RUN, kwargs={"handler": name, "trigger": "manual", "budget": budget}
     )
     typer.echo(f"sent {name} as task {result.id}")
     if wait:
@@ -30,11 +31,15 @@ def run_handler(
 def terminate(
     session_id: str,
     reason: str = typer.Option("USER_REQUESTED", help="Recorded and passed to the agents."),
+    force: bool = typer.Option(
+        False, "--force", help="Give kernels up at once if their agent cannot destroy them."
+    ),
     wait: float = typer.Option(30.0, help="Seconds to wait for the answer (0: don't wait)."),
 ) -> None:
     """Requests termination of a session."""
     result = create_app(settings()).send_task(
-        "sokovan.session.terminate", kwargs={"session_id": session_id, "reason": reason}
+        names.SESSION_TERMINATE,
+        kwargs={"session_id": session_id, "reason": reason, "force": force},
     )
     if not wait:
         typer.echo(f"sent as task {result.id}")
@@ -74,7 +79,7 @@ def create(
         "environ": dict(kv.split("=", 1) for kv in env) if env else {},
         "name": name,
     }
-    result = create_app(settings()).send_task("sokovan.session.create", kwargs={"request": request})
+    result = create_app(settings()).send_task(names.SESSION_CREATE, kwargs={"request": request})
     answer = result.get(timeout=wait)
     if answer.get("error"):
         typer.echo(f"refused: {answer['error']}", err=True)

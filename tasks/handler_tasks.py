@@ -6,12 +6,13 @@ import logging
 import uuid
 from typing import Any
 
+from sokovan.db.ledger import utcnow
 from sokovan.errors import SokovanError
 from sokovan.scheduler.agents import sync_agents
 from sokovan.scheduler.handlers import pull_images, terminate_sessions
 from sokovan.scheduler.submit import SessionRequest, submit_session
 from sokovan.scheduler.transitions import request_termination
-from sokovan.types import RunTrigger, SessionId
+from sokovan.types import RunTrigger, SessionId, SessionStatus
 from tasks import names
 from tasks.base import task
 from tasks.runtime import runtime
@@ -39,26 +40,40 @@ def run_handler(
 
 
 @task(names.SESSION_TERMINATE)
-def terminate_session(session_id: str, reason: str = "USER_REQUESTED") -> dict[str, Any]:
-    """Marks a session TERMINATING and starts the terminate handler for it."""
+def terminate_session(
+    session_id: str, reason: str = "USER_REQUESTED", force: bool = False
+) -> dict[str, Any]:
+    """Marks a session TERMINATING and starts the terminate handler for it.
+
+    With `force`, the TERMINATING deadline is now: kernels whose agent is not up, or whose
+    destroy fails once, are given up at once (FORCE_TERMINATED) instead of retried.
+    """
     try:
         sid = SessionId(uuid.UUID(str(session_id)))
     except ValueError:
-        return {"session_id": session_id, "error": f"not a session id: {session_id!r}"}
+        return {
+            "session_id": str(session_id)[:64],
+            "error": "not a session id",
+            "kind": "InvalidRequest",
+            "field": "session_id",
+        }
     rt = runtime()
-    moved = rt.run(request_termination(rt.services.repository, [sid], reason))
-    if not moved:
-        status = rt.services.repository.get_session(sid).status
+    repo = rt.services.repository
+    moved = rt.run(request_termination(repo, [sid], reason))
+    status = repo.get_session(sid).status
+    if not moved and not (force and status == SessionStatus.TERMINATING):
         return {
             "session_id": session_id,
             "terminating": False,
             "status": str(status),
             "note": f"session is {status}; nothing to do",
         }
+    if force:
+        repo.set_session_deadline(sid, utcnow())
     report = rt.run(
         rt.services.coordinator.run(terminate_sessions.NAME, RunTrigger.API, [str(sid)])
     )
-    return {"session_id": session_id, "terminating": True, "run_id": report.run_id}
+    return {"session_id": session_id, "terminating": True, "run_id": report.run_id, "force": force}
 
 
 @task(names.SESSION_CREATE)

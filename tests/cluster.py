@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Iterable, Mapping
-from contextlib import asynccontextmanager
+from contextlib import ExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,7 @@ from sokovan.scheduler.agents import sync_agents
 from sokovan.types import ImageConfig, SessionId, SessionInfo, SessionStatus
 from tasks.app import create_app
 from tests.agents import AgentProcess, agent_process
-from tests.workers import SchedulerEnv, celery_worker, make_env, wait_for
+from tests.workers import SchedulerEnv, celery_beat, celery_worker, make_env, wait_for
 
 IMAGE = "cr.backend.ai/stable/python:3.12-ubuntu22.04"
 
@@ -79,13 +79,16 @@ async def running_cluster(
     runtime: str = "process",
     settings: Mapping[str, str] | None = None,
     concurrency: int = 2,
+    beat: bool = False,
     **agent_kwargs: Any,
 ) -> AsyncIterator[Cluster]:
-    """Everything running; the agents are registered and one image is known."""
+    """Everything running (beat too with `beat`); the agents are registered, one image known."""
     async with cluster_without_worker(
         tmp_path, valkey_url, agents=agents, runtime=runtime, settings=settings, **agent_kwargs
     ) as cluster:
-        with celery_worker(cluster.senv, concurrency=concurrency):
+        with celery_worker(cluster.senv, concurrency=concurrency), ExitStack() as extra:
+            if beat:
+                extra.enter_context(celery_beat(cluster.senv))
             yield cluster
 
 

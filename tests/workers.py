@@ -18,7 +18,7 @@ import sqlalchemy as sa
 
 from sokovan.config import Settings, load_settings
 from sokovan.db.engine import create_engine, upgrade
-from tasks.commands import worker_args
+from tasks.commands import beat_args, worker_args
 
 ROOT = Path(__file__).resolve().parents[1]
 _db_index = itertools.count(1)
@@ -111,6 +111,27 @@ def celery_worker(
     try:
         _wait_ready(worker, timeout)
         yield worker
+    finally:
+        stop_process(proc)
+
+
+@contextmanager
+def celery_beat(senv: SchedulerEnv) -> Iterator[subprocess.Popen[bytes]]:
+    """A `celery beat` subprocess on the test's settings; stopped after."""
+    log = senv.var_dir / f"beat-{uuid.uuid4().hex[:8]}.log"
+    schedule = senv.var_dir / f"beat-schedule-{uuid.uuid4().hex[:8]}"
+    cmd = [sys.executable, "-m", "celery", *beat_args(schedule)]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            cmd,
+            cwd=ROOT,
+            env=senv.env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        yield proc
     finally:
         stop_process(proc)
 

@@ -44,6 +44,7 @@ _SYNONYMS: Final = {
     "abnormal-termination": "anomaly-detected",
     "stale-kernel": "anomaly-detected",
     "creation-timeout": "failed-to-start",
+    "agent-lost": "force-terminated",
 }
 
 

@@ -56,3 +56,11 @@ def current_revision(engine: sa.Engine) -> str | None:
             return None
         row = conn.execute(sa.text("SELECT version_num FROM alembic_version")).first()
         return None if row is None else str(row[0])
+
+
+def head_revision() -> str:
+    """The newest revision of the packaged migrations."""
+    from alembic.script import ScriptDirectory
+
+    head = ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
+    return str(head)

@@ -10,6 +10,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from sokovan.db.agents import AgentRow, AgentsAndImages
+from sokovan.db.attempts import Attempts
 from sokovan.db.ledger import utcnow
 from sokovan.db.schema import agents, kernels, sessions
 from sokovan.db.transitions import Transitions
@@ -45,7 +46,7 @@ class NewKernel:
     architecture: str = "x86_64"
 
 
-class SchedulerRepository(AgentsAndImages, Transitions):
+class SchedulerRepository(AgentsAndImages, Transitions, Attempts):
     """Synchronous SQL access; async callers use the async port methods or a thread."""
 
     def create_session(
@@ -250,6 +251,7 @@ def _kernel(r: Any) -> KernelInfo:
         cluster_hostname=r["cluster_hostname"],
         scaling_group=r["scaling_group"],
         agent_addr=r.get("rpc_addr"),
+        status_data=dict(r["status_data"] or {}),
     )
 
 
@@ -267,4 +269,6 @@ def _session(r: Any, ks: list[KernelInfo]) -> SessionInfo:
         access_key=r["access_key"],
         environ=dict(r["environ"] or {}),
         status_info=r["status_info"],
+        status_changed_at=r["status_changed_at"],
+        status_data=dict(r["status_data"] or {}),
     )

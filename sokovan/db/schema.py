@@ -178,3 +178,19 @@ handler_state = sa.Table(
     sa.Column("reason", sa.Text, nullable=True),
     sa.Column("changed_at", TS, nullable=False),
 )
+
+# Kernels given up on (forced to TERMINATED past a deadline, or on a lost agent) whose
+# container may still exist: reconciliation destroys it once the agent answers again.
+leftover_kernels = sa.Table(
+    "leftover_kernels",
+    metadata,
+    sa.Column("kernel_id", sa.Uuid, primary_key=True),
+    sa.Column("session_id", sa.Uuid, nullable=False),
+    sa.Column("agent_id", sa.String(64), nullable=False, index=True),
+    sa.Column("reason", sa.String(64), nullable=False),
+    sa.Column("forced_at", TS, nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("next_attempt_at", TS, nullable=True),
+    sa.Column("last_error", sa.Text, nullable=True),
+    sa.Column("destroyed_at", TS, nullable=True, index=True),
+)

@@ -38,9 +38,16 @@ class HandlerStats:
         """Items the runs processed or skipped."""
         return self.succeeded + self.failed + self.skipped
 
+    # Failed outcomes beyond the first of items that kept failing (retries of a stuck item).
+    retried: int = 0
+
     @property
     def failure_rate(self) -> float:
-        """Failed items over attempted (succeeded + failed) items; 0.0 with none attempted."""
+        """Failed items over attempted (succeeded + failed) items; 0.0 with none attempted.
+
+        An item that failed in several runs counts once; one that failed and later
+        succeeded counts as succeeded only.
+        """
         attempted = self.succeeded + self.failed
         return self.failed / attempted if attempted else 0.0
 
@@ -110,6 +117,7 @@ class RunStats:
         with self._engine.connect() as conn:
             grouped = list(conn.execute(counts.where(*where)))
             timed = list(conn.execute(durations.where(*where)))
+            repeats = self._repeated_failures(conn, where)
         by_handler: dict[str, list[float]] = {}
         for name, seconds in timed:
             by_handler.setdefault(name, []).append(max(0.0, float(seconds or 0.0)))
@@ -126,14 +134,42 @@ class RunStats:
                 runs=sum(t["by_status"].values()),
                 by_status=t["by_status"],
                 succeeded=t["ok"],
-                failed=t["bad"],
+                failed=max(0, t["bad"] - repeats.get(name, 0)),
                 skipped=t["skip"],
+                retried=repeats.get(name, 0),
                 p50=percentile(by_handler.get(name, []), 0.5),
                 p95=percentile(by_handler.get(name, []), 0.95),
                 duration_sum=sum(by_handler.get(name, [])),
             )
             for name, t in sorted(totals.items())
         ]
+
+    def _repeated_failures(self, conn: sa.Connection, where: list[Any]) -> dict[str, int]:
+        """Per handler: failed outcomes that are not an item's first distinct failure.
+
+        That is every failed row of an item beyond its first, and every failed row of an
+        item that later succeeded (it counts as succeeded).
+        """
+        failed = sa.and_(~run_items.c.ok, ~run_items.c.skipped)
+        succeeded = sa.and_(run_items.c.ok, ~run_items.c.skipped)
+        query = (
+            sa.select(
+                runs.c.handler,
+                run_items.c.item_id,
+                sa.func.count().filter(failed),
+                sa.func.count().filter(succeeded),
+            )
+            .select_from(run_items.join(runs, run_items.c.run_id == runs.c.id))
+            .where(*where)
+            .group_by(runs.c.handler, run_items.c.item_id)
+            .having(sa.func.count().filter(failed) > 0)
+        )
+        out: dict[str, int] = {}
+        for handler, _item, bad, ok in conn.execute(query):
+            extra = int(bad) if int(ok) else int(bad) - 1
+            if extra:
+                out[handler] = out.get(handler, 0) + extra
+        return out
 
     def duration_histograms(
         self, bounds: Sequence[float] = DURATION_BUCKETS

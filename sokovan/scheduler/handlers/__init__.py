@@ -14,6 +14,7 @@ from typing import Any
 from sokovan.errors import UnknownHandler
 from sokovan.scheduler.handlers import (
     pull_images,
+    reconcile_leftovers,
     start_sessions,
     sweep_stale_kernels,
     terminate_sessions,
@@ -31,6 +32,7 @@ HANDLERS: tuple[HandlerDeclaration, ...] = (
     start_sessions.DECLARATION,
     terminate_sessions.DECLARATION,
     sweep_stale_kernels.DECLARATION,
+    reconcile_leftovers.DECLARATION,
 )
 
 

@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import logging
 import uuid
 from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
 from typing import Any
 
 from sokovan import constants as C
+from sokovan.config import Settings
+from sokovan.db.attempts import backoff_seconds
+from sokovan.db.ledger import utcnow
+from sokovan.db.repository import SchedulerRepository
+from sokovan.scheduler.deadlines import parse_time
 from sokovan.scheduler.handlers.base import (
     FollowUps,
+    GiveUp,
     HandlerContext,
     HandlerDeclaration,
     HandlerRuntime,
@@ -33,8 +42,11 @@ from sokovan.types import (
     Operation,
     RunId,
     SessionId,
+    SessionInfo,
     SessionStatus,
 )
+
+log = logging.getLogger(__name__)
 
 NAME = "pull_images"
 START_SESSIONS = "start_sessions"
@@ -47,44 +59,94 @@ async def pull_on_agent(
     return await pull_images_on_agent(ctx.pool, agent_id, items)
 
 
+# A pull that failed with one of these got no answer from the agent: it is tried again.
+NO_ANSWER = ("AgentTimeout", "AgentUnavailable", "TimeoutError")
+RETRY_AT = "pull_retry_at"
+SENT_AT = "pull_sent_at"
+ATTEMPTS = "pull_attempts"
+
+
+def _due(session: SessionInfo, deadline: float, now: datetime) -> bool:
+    """A PULLING session whose retry is due, or whose pull got no result by the deadline."""
+    retry_at = parse_time(session.status_data.get(RETRY_AT))
+    if retry_at is not None:
+        return retry_at <= now
+    sent = parse_time(session.status_data.get(SENT_AT)) or session.status_changed_at
+    return sent is not None and sent + timedelta(seconds=deadline) <= now
+
+
 def build(ctx: HandlerContext) -> HandlerRuntime:
     """Image pulling bound to its adapters."""
     repo = ctx.repository
+    settings = ctx.settings
 
     async def plan(run_id: RunId, scope: Sequence[str] | None, budget: int) -> Plan:
         only = parse_ids(scope)
+        wanted = None if only is None else [SessionId(u) for u in only]
         sessions = await asyncio.to_thread(
-            repo.sessions_in,
-            [SessionStatus.SCHEDULED],
-            limit=budget,
-            only=None if only is None else [SessionId(u) for u in only],
+            repo.sessions_in, [SessionStatus.SCHEDULED], limit=budget, only=wanted
         )
         sessions = await move_sessions(
             repo, sessions, SessionStatus.PULLING, KernelStatus.PULLING, SessionStatus.SCHEDULED
         )
+        follow, retried = await _retries(wanted)
+        sessions.extend(retried)
         if not sessions:
-            return Plan(requested=0)
+            return Plan(requested=0, follow_ups=follow)
+        now = utcnow().isoformat()
+        for s in sessions:
+            await asyncio.to_thread(
+                repo.merge_session_status_data, s.id, {SENT_AT: now, RETRY_AT: None}
+            )
         images = {k.image for s in sessions for k in s.kernels}
         configs = await asyncio.to_thread(repo.image_configs, images)
         await ctx.launcher().trigger_image_pulling(sessions, configs, run_id=run_id)
-        return Plan(requested=sum(len(s.kernels) for s in sessions), dispatched=True)
+        requested = sum(len(s.kernels) for s in sessions)
+        return Plan(requested=requested, dispatched=True, follow_ups=follow)
+
+    async def _retries(wanted: list[SessionId] | None) -> tuple[FollowUps, list[SessionInfo]]:
+        """PULLING sessions to pull again; those out of attempts fail instead."""
+        now = utcnow()
+        pulling = await asyncio.to_thread(repo.sessions_in, [SessionStatus.PULLING], only=wanted)
+        due = [s for s in pulling if _due(s, settings.pulling_deadline, now)]
+        again: list[SessionInfo] = []
+        exhausted: list[SessionId] = []
+        for s in due:
+            lost = s.status_data.get(RETRY_AT) is None  # no result at all by the deadline
+            tried = int(s.status_data.get(ATTEMPTS) or 0) + (1 if lost else 0)
+            if tried >= settings.pull_attempts:
+                message = (
+                    f"no pull result within {settings.pulling_deadline:g}s"
+                    if lost
+                    else str(s.status_data.get("pull_last_error") or "no answer")
+                )
+                await _note_error(repo, s.id, f"{message} after {tried} attempt(s)")
+                exhausted.append(s.id)
+                continue
+            if lost:
+                await asyncio.to_thread(repo.merge_session_status_data, s.id, {ATTEMPTS: tried})
+            kernels = tuple(k for k in s.kernels if k.status == KernelStatus.PULLING)
+            again.append(dataclasses.replace(s, kernels=kernels))
+        follow = await fail_sessions(repo, exhausted, FAILED_TO_START)
+        return follow, [s for s in again if s.kernels]
 
     async def complete(run_id: RunId, outcomes: Sequence[ItemOutcome], moved: Moved) -> FollowUps:
-        failed_sessions = session_ids_of(o for o in outcomes if not o.ok)
+        unanswered = [o for o in outcomes if not o.ok and (o.error or "").startswith(NO_ANSWER)]
+        retry, exhausted = await _schedule_retries(repo, settings, unanswered)
+        refused = [o for o in outcomes if not o.ok and o not in unanswered]
+        failed_sessions = session_ids_of(refused)
+        failed_sessions |= session_ids_of(unanswered) - retry
         # One error per failed session (its kernels share the agent's answer), not per kernel.
-        pull_errors = {
-            SessionId(uuid.UUID(str(o.detail["session_id"]))): o.error or ""
-            for o in outcomes
-            if not o.ok
-        }
-        for sid, message in pull_errors.items():
-            info = {"src": "agent", "name": "ImagePullFailed", "message": message}
-            await asyncio.to_thread(repo.merge_session_status_data, sid, {"error": info})
+        for o in [*refused, *unanswered]:
+            sid = SessionId(uuid.UUID(str(o.detail["session_id"])))
+            if sid in failed_sessions and sid not in retry:
+                tries = f" after {exhausted[sid]} attempt(s)" if sid in exhausted else ""
+                await _note_error(repo, sid, _pull_error(o) + tries, name=_error_name(o))
         follow: list[tuple[str, Sequence[str] | None]] = []
         follow.extend(await fail_sessions(repo, sorted(failed_sessions), FAILED_TO_START))
         prepared = await promote_sessions(
             repo,
-            session_ids_of(outcomes) - failed_sessions,
+            session_ids_of(outcomes) - failed_sessions - retry,
             KernelStatus.PREPARED,
             SessionStatus.PULLING,
             SessionStatus.PREPARED,
@@ -94,6 +156,60 @@ def build(ctx: HandlerContext) -> HandlerRuntime:
         return follow
 
     return HandlerRuntime(DECLARATION, plan, {Operation.CHECK_AND_PULL: complete})
+
+
+async def _schedule_retries(
+    repo: SchedulerRepository, settings: Settings, unanswered: Sequence[ItemOutcome]
+) -> tuple[set[SessionId], dict[SessionId, int]]:
+    """Sessions whose pull got no answer: retried after a backoff while attempts are left
+    (the first set), else out of attempts (with how many they had)."""
+    errors = {SessionId(uuid.UUID(str(o.detail["session_id"]))): o for o in unanswered}
+    sessions = await asyncio.to_thread(repo.sessions_by_ids, list(errors))
+    retry: set[SessionId] = set()
+    exhausted: dict[SessionId, int] = {}
+    now = utcnow()
+    for s in sessions:
+        tried = int(s.status_data.get(ATTEMPTS) or 0) + 1
+        if tried >= settings.pull_attempts:
+            await asyncio.to_thread(repo.merge_session_status_data, s.id, {ATTEMPTS: tried})
+            exhausted[s.id] = tried
+            continue
+        wait = backoff_seconds(tried, settings.retry_backoff, settings.retry_backoff_max)
+        log.warning(
+            "session %s: pull got no answer (%s); attempt %d of %d again in %.0fs",
+            s.id,
+            errors[s.id].error,
+            tried,
+            settings.pull_attempts,
+            wait,
+        )
+        values = {
+            ATTEMPTS: tried,
+            RETRY_AT: (now + timedelta(seconds=wait)).isoformat(),
+            "pull_last_error": _pull_error(errors[s.id]),
+        }
+        await asyncio.to_thread(repo.merge_session_status_data, s.id, values)
+        retry.add(s.id)
+    return retry, exhausted
+
+
+def _error_name(o: ItemOutcome) -> str:
+    return "ImagePullTimeout" if (o.error or "").startswith(NO_ANSWER) else "ImagePullFailed"
+
+
+def _pull_error(o: ItemOutcome) -> str:
+    """The agent's error, naming the image and the agent when it got no answer."""
+    error = o.error or ""
+    if not error.startswith(NO_ANSWER):
+        return error
+    return f"image {o.detail.get('image')!r} on agent {o.agent_id}: {error}"
+
+
+async def _note_error(
+    repo: SchedulerRepository, sid: SessionId, message: str, name: str = "ImagePullTimeout"
+) -> None:
+    info = {"src": "agent", "name": name, "message": message}
+    await asyncio.to_thread(repo.merge_session_status_data, sid, {"error": info})
 
 
 DECLARATION = HandlerDeclaration(
@@ -108,4 +224,12 @@ DECLARATION = HandlerDeclaration(
     build=build,
     batches={Operation.CHECK_AND_PULL: pull_on_agent},
     budget_unit="sessions",
+    give_up=GiveUp(
+        deadline_setting="pulling_deadline",
+        attempts_setting="pull_attempts",
+        then=(
+            "a pull with no answer, or no result by the deadline, is sent again up to the"
+            " attempts; then the session fails with error info naming the image and agent"
+        ),
+    ),
 )

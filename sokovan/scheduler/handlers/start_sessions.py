@@ -6,15 +6,16 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Mapping, Sequence
-from datetime import timedelta
 from typing import Any
 
 from sokovan import constants as C
 from sokovan.db.ledger import utcnow
 from sokovan.db.repository import SchedulerRepository
 from sokovan.ports import FanOut
+from sokovan.scheduler.deadlines import past_deadline
 from sokovan.scheduler.handlers.base import (
     FollowUps,
+    GiveUp,
     HandlerContext,
     HandlerDeclaration,
     HandlerRuntime,
@@ -97,7 +98,7 @@ def build(ctx: HandlerContext) -> HandlerRuntime:
     settings = ctx.settings
 
     async def plan(run_id: RunId, scope: Sequence[str] | None, budget: int) -> Plan:
-        follow = list(await _expire_creating(repo, settings.start_session_timeout))
+        follow = list(await _expire_creating(repo, settings.creating_deadline))
         only = parse_ids(scope)
         sessions = await asyncio.to_thread(
             repo.sessions_in,
@@ -173,19 +174,17 @@ def _container_id(outcome: ItemOutcome) -> str:
     return str(info.get("container_id") or "")
 
 
-async def _expire_creating(repo: SchedulerRepository, start_timeout: float) -> FollowUps:
-    """Sessions stuck in CREATING well past the start timeout are given up and cleaned up."""
+async def _expire_creating(repo: SchedulerRepository, deadline: float) -> FollowUps:
+    """Sessions in CREATING past the deadline fail; what was created is destroyed."""
     sessions = await asyncio.to_thread(repo.sessions_in, [SessionStatus.CREATING])
-    cutoff = utcnow() - timedelta(seconds=max(2 * start_timeout, 30.0))
-    stuck = [
-        s.id for s in sessions if s.status_changed_at is not None and s.status_changed_at < cutoff
-    ]
+    now = utcnow()
+    stuck = [s.id for s in sessions if past_deadline(s, deadline, now)]
     for sid in stuck:
-        log.warning("session %s stuck in CREATING past the start timeout; terminating", sid)
+        log.warning("session %s in CREATING past its %gs deadline; failing it", sid, deadline)
         info = {
             "src": "other",
             "name": "CreationTimeout",
-            "message": f"no kernel creation result within {start_timeout}s",
+            "message": f"no creation result arrived within the {deadline:g}s CREATING deadline",
         }
         await asyncio.to_thread(repo.merge_session_status_data, sid, {"error": info})
     return await fail_sessions(repo, stuck, CREATION_TIMEOUT)
@@ -212,4 +211,8 @@ DECLARATION = HandlerDeclaration(
     build=build,
     batches={Operation.CREATE_KERNELS: create_on_agent},
     budget_unit="sessions",
+    give_up=GiveUp(
+        deadline_setting="creating_deadline",
+        then="the session fails (CREATION_TIMEOUT) and the kernels that were created are destroyed",
+    ),
 )

@@ -4,12 +4,30 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
+import uuid
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
+from sokovan.db.attempts import Leftover
+from sokovan.db.ledger import utcnow
+from sokovan.db.repository import SchedulerRepository
+from sokovan.scheduler.deadlines import (
+    AGENT_LOST,
+    FORCE_TERMINATED,
+    FORCED,
+    LOST,
+    attempts_of,
+    forced_outcome,
+    past_deadline,
+    retry_due,
+)
 from sokovan.scheduler.handlers.base import (
     FollowUps,
+    GiveUp,
     HandlerContext,
     HandlerDeclaration,
     HandlerRuntime,
@@ -28,16 +46,19 @@ from sokovan.types import (
     TERMINAL_KERNEL_STATUSES,
     AgentId,
     ItemOutcome,
+    KernelId,
     KernelStatus,
     Operation,
     RunId,
     SessionId,
+    SessionInfo,
     SessionStatus,
 )
 
 log = logging.getLogger(__name__)
 
 NAME = TERMINATE_HANDLER
+ALIVE = "ALIVE"
 LOCK_ID = "LOCKID_SOKOVAN_TERMINATE_SESSIONS"
 
 
@@ -48,9 +69,55 @@ async def destroy_on_agent(
     return await ctx.terminator.destroy_batch(agent_id, items)
 
 
+@dataclass
+class _Split:
+    """A run's kernels: to destroy now, to give up on, and waiting for their retry."""
+
+    sessions: list[SessionInfo] = field(default_factory=list)
+    forced: list[ItemOutcome] = field(default_factory=list)
+    leftovers: list[Leftover] = field(default_factory=list)
+    waiting: int = 0
+
+
+def _split(ctx: HandlerContext, live: Sequence[SessionInfo], now: datetime) -> _Split:
+    """Past the deadline a kernel tried at least once is given up; a failed one waits."""
+    seconds = ctx.settings.terminating_deadline
+    agents = {k.agent_id for s in live for k in s.kernels if k.agent_id}
+    agent_states = ctx.repository.agent_states(agents)
+    out = _Split()
+    for session in live:
+        late = past_deadline(session, seconds, now)
+        due = []
+        for k in session.kernels:
+            state = agent_states.get(k.agent_id) if k.agent_id else None
+            # Tried at least once, or its agent is known not to be up: nothing to wait for.
+            gone = state is not None and state[0] != ALIVE
+            if k.agent_id and late and (attempts_of(k) >= 1 or gone):
+                out.forced.append(
+                    forced_outcome(
+                        k,
+                        session,
+                        state="TERMINATING",
+                        seconds=seconds,
+                        agent_state=state,
+                    )
+                )
+                lost = out.forced[-1].detail.get("verdict") == LOST
+                reason = AGENT_LOST if lost else FORCE_TERMINATED
+                out.leftovers.append(Leftover(k.id, session.id, k.agent_id, reason, now, 0, None))
+            elif attempts_of(k) and not retry_due(k, now):
+                out.waiting += 1
+            else:
+                due.append(k)
+        if due:
+            out.sessions.append(dataclasses.replace(session, kernels=tuple(due)))
+    return out
+
+
 def build(ctx: HandlerContext) -> HandlerRuntime:
     """The terminate handler bound to its adapters."""
     repo = ctx.repository
+    settings = ctx.settings
 
     async def plan(run_id: RunId, scope: Sequence[str] | None, budget: int) -> Plan:
         only = parse_ids(scope)
@@ -69,24 +136,47 @@ def build(ctx: HandlerContext) -> HandlerRuntime:
         empty = [s.id for s in live if not s.kernels]
         if empty:
             await asyncio.to_thread(finish_terminated_sessions, repo, empty)
-        live = [s for s in live if s.kernels]
-        requested = sum(len(s.kernels) for s in live)
-        if not live:
+        split = await asyncio.to_thread(_split, ctx, [s for s in live if s.kernels], utcnow())
+        if split.forced:
+            for o in split.forced:
+                log.warning("run %s: kernel %s given up: %s", run_id, o.item_id, o.error)
+            await asyncio.to_thread(repo.remember_leftovers, split.leftovers)
+        requested = sum(len(s.kernels) for s in split.sessions) + len(split.forced)
+        if not split.sessions:
             note = f"{len(empty)} session(s) had no live kernel" if empty else None
-            return Plan(requested=0, note=note)
-        await ctx.terminator.terminate_sessions_for_handler(live, run_id=run_id)
-        return Plan(requested=requested, dispatched=True)
+            if split.forced:
+                note = f"{len(split.forced)} kernel(s) given up past the deadline"
+            return Plan(requested=requested, outcomes=split.forced, note=note)
+        await ctx.terminator.terminate_sessions_for_handler(split.sessions, run_id=run_id)
+        return Plan(requested=requested, dispatched=True, outcomes=split.forced)
+
+    async def finish(run_id: RunId, outcomes: Sequence[ItemOutcome], moved: Moved) -> FollowUps:
+        """Sessions whose kernels are all terminal are TERMINATED."""
+        await asyncio.to_thread(finish_terminated_sessions, repo, session_ids_of(outcomes))
+        return ()
 
     async def complete(run_id: RunId, outcomes: Sequence[ItemOutcome], moved: Moved) -> FollowUps:
         sessions = session_ids_of(outcomes)
         finished = await asyncio.to_thread(finish_terminated_sessions, repo, sessions)
-        failed = [o.item_id for o in outcomes if not o.ok and not o.skipped]
+        failed = {
+            KernelId(uuid.UUID(o.item_id)): o.error or "unknown error"
+            for o in outcomes
+            if not o.ok and not o.skipped and _is_kernel(o.item_id)
+        }
         if failed:
+            await asyncio.to_thread(
+                functools.partial(
+                    repo.note_kernel_attempts,
+                    failed,
+                    base=settings.retry_backoff,
+                    cap=settings.retry_backoff_max,
+                )
+            )
             log.warning(
-                "run %s: %d kernel(s) not destroyed, left TERMINATING: %s",
+                "run %s: %d kernel(s) not destroyed, left TERMINATING for a retry: %s",
                 run_id,
                 len(failed),
-                ", ".join(failed[:20]),
+                ", ".join(str(k) for k in list(failed)[:20]),
             )
         log.info(
             "run %s: %d kernel(s) destroyed, %d session(s) terminated",
@@ -94,9 +184,34 @@ def build(ctx: HandlerContext) -> HandlerRuntime:
             len(moved.get("ok", ())),
             len(finished),
         )
-        return ()
+        return await _past_deadline_follow_up(repo, settings.terminating_deadline, outcomes)
 
-    return HandlerRuntime(DECLARATION, plan, {Operation.DESTROY_KERNELS: complete})
+    return HandlerRuntime(DECLARATION, plan, {Operation.DESTROY_KERNELS: complete, None: finish})
+
+
+async def _past_deadline_follow_up(
+    repo: SchedulerRepository, seconds: float, outcomes: Sequence[ItemOutcome]
+) -> FollowUps:
+    """Sessions whose destroy failed past their deadline are given up at once, not next tick."""
+    failed = session_ids_of(o for o in outcomes if not o.ok and not o.skipped)
+    if not failed:
+        return ()
+    now = utcnow()
+    sessions = await asyncio.to_thread(repo.sessions_by_ids, list(failed))
+    late = [
+        str(s.id)
+        for s in sessions
+        if s.status == SessionStatus.TERMINATING and past_deadline(s, seconds, now)
+    ]
+    return [(NAME, late)] if late else ()
+
+
+def _is_kernel(item_id: str) -> bool:
+    try:
+        uuid.UUID(item_id)
+    except ValueError:
+        return False
+    return True
 
 
 DECLARATION = HandlerDeclaration(
@@ -111,8 +226,18 @@ DECLARATION = HandlerDeclaration(
         "ok": Transition(KernelStatus.TERMINATED, NON_TERMINAL_KERNEL),
         # A kernel that never had an agent has nothing to destroy.
         "skipped": Transition(KernelStatus.CANCELLED, NON_TERMINAL_KERNEL),
+        FORCED: Transition(KernelStatus.TERMINATED, NON_TERMINAL_KERNEL, FORCE_TERMINATED),
+        LOST: Transition(KernelStatus.TERMINATED, NON_TERMINAL_KERNEL, AGENT_LOST),
     },
     build=build,
     batches={Operation.DESTROY_KERNELS: destroy_on_agent},
     budget_unit="sessions",
+    give_up=GiveUp(
+        deadline_setting="terminating_deadline",
+        then=(
+            "destroy is retried with backoff; past the deadline a kernel is TERMINATED"
+            " (FORCE_TERMINATED, or AGENT_LOST on a lost agent), its slots freed and its"
+            " container remembered for reconciliation"
+        ),
+    ),
 )

@@ -49,6 +49,7 @@ class DestroyJob:
     session_id: SessionId
     reason: str
     occupied_slots: ResourceSlot
+    attempt: int = 1  # this kernel's how-many-th destroy try
 
 
 def plan_destroy(sessions: Sequence[SessionInfo], reason: str) -> DestroyPlan:
@@ -72,6 +73,9 @@ def plan_destroy(sessions: Sequence[SessionInfo], reason: str) -> DestroyPlan:
                 "reason": kernel_reason,
                 "occupied_slots": kernel.occupied_slots.to_json(),
             }
+            tried = int(kernel.status_data.get("attempts") or 0)
+            if tried:  # a retry says which try it is; a first try stays as it always was
+                item["attempt"] = tried + 1
             if kernel.agent_id:
                 per_agent.setdefault(kernel.agent_id, []).append(item)
                 continue
@@ -116,7 +120,11 @@ def parse_destroy_item(item: Mapping[str, Any]) -> DestroyJob:
         raise ValueError(
             f"malformed item: bad occupied_slots {item.get('occupied_slots')!r}"
         ) from None
-    return DestroyJob(kernel_id, session_id, str(item.get("reason") or "unknown"), slots)
+    try:
+        attempt = max(1, int(item.get("attempt") or 1))
+    except (TypeError, ValueError):
+        attempt = 1
+    return DestroyJob(kernel_id, session_id, str(item.get("reason") or "unknown"), slots, attempt)
 
 
 async def destroy_with_client(
@@ -150,7 +158,7 @@ async def destroy_kernels_on_agent(
             outcomes[index] = ItemOutcome(_item_id(item), str(agent_id), ok=False, error=str(e))
     results = await _destroy_jobs(pool, agent_id, [job for _, job in jobs], concurrency)
     for (index, job), (result, duration) in zip(jobs, results, strict=True):
-        outcomes[index] = to_outcome(result, job.session_id, duration)
+        outcomes[index] = to_outcome(result, job.session_id, duration, job.attempt)
     return [o for o in outcomes if o is not None]
 
 
@@ -186,19 +194,25 @@ async def _destroy_jobs(
 
 
 def to_outcome(
-    result: KernelTerminationResult, session_id: SessionId, duration: float = 0.0
+    result: KernelTerminationResult,
+    session_id: SessionId,
+    duration: float = 0.0,
+    attempt: int = 1,
 ) -> ItemOutcome:
     """The JSON-safe fan-out outcome of one kernel's termination."""
+    detail: JSON = {
+        "session_id": str(session_id),
+        "occupied_slots": result.occupied_slots.to_json(),
+    }
+    if attempt > 1:
+        detail["attempt"] = attempt
     return ItemOutcome(
         item_id=str(result.kernel_id),
         agent_id=str(result.agent_id),
         ok=result.success,
         error=result.error,
         duration=duration,
-        detail={
-            "session_id": str(session_id),
-            "occupied_slots": result.occupied_slots.to_json(),
-        },
+        detail=detail,
     )
 
 

@@ -1,0 +1,109 @@
+"""reconcile_leftovers: destroy the containers of kernels given up on, once their agent answers.
+
+A kernel forced to TERMINATED past its deadline (or on a lost agent) may still run on its
+agent. Each leftover is retried with backoff while its agent is not LOST; destroying a
+container that is already gone is a success, and either way the leftover is closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import uuid
+from collections.abc import Sequence
+
+from sokovan import constants as C
+from sokovan.db.attempts import Leftover
+from sokovan.db.ledger import utcnow
+from sokovan.scheduler.deadlines import LOST_AGENT_STATUS
+from sokovan.scheduler.handlers.base import (
+    FollowUps,
+    HandlerContext,
+    HandlerDeclaration,
+    HandlerRuntime,
+    Moved,
+    Plan,
+)
+from sokovan.scheduler.handlers.terminate_sessions import destroy_on_agent
+from sokovan.types import (
+    JSON,
+    AgentBatch,
+    AgentId,
+    ItemOutcome,
+    KernelId,
+    KernelStatus,
+    Operation,
+    RunId,
+)
+
+NAME = "reconcile_leftovers"
+
+
+def _item(leftover: Leftover) -> JSON:
+    # No occupied slots: the kernel's slots were freed when it was given up.
+    item: JSON = {
+        "kernel_id": str(leftover.kernel_id),
+        "session_id": str(leftover.session_id),
+        "reason": leftover.reason,
+        "occupied_slots": {},
+    }
+    if leftover.attempts:
+        item["attempt"] = leftover.attempts + 1
+    return item
+
+
+def build(ctx: HandlerContext) -> HandlerRuntime:
+    """Reconciliation bound to its adapters."""
+    repo = ctx.repository
+    settings = ctx.settings
+
+    async def plan(run_id: RunId, scope: Sequence[str] | None, budget: int) -> Plan:
+        due = await asyncio.to_thread(repo.leftovers_due, utcnow(), budget)
+        if scope is not None:
+            wanted = {str(s) for s in scope}
+            due = [d for d in due if str(d.kernel_id) in wanted or d.agent_id in wanted]
+        states = await asyncio.to_thread(repo.agent_states, {d.agent_id for d in due})
+        # A lost agent is not asked; its leftovers wait until it is seen again.
+        reachable = [d for d in due if states.get(d.agent_id, ("",))[0] != LOST_AGENT_STATUS]
+        if not reachable:
+            return Plan(requested=0)
+        per_agent: dict[AgentId, list[JSON]] = {}
+        for d in reachable:
+            per_agent.setdefault(d.agent_id, []).append(_item(d))
+        batches = [AgentBatch(agent, tuple(items)) for agent, items in per_agent.items()]
+        await ctx.fanout.dispatch(run_id, Operation.DESTROY_KERNELS, batches)
+        return Plan(requested=len(reachable), dispatched=True)
+
+    async def complete(run_id: RunId, outcomes: Sequence[ItemOutcome], moved: Moved) -> FollowUps:
+        done = [KernelId(uuid.UUID(o.item_id)) for o in outcomes if o.ok and not o.skipped]
+        await asyncio.to_thread(repo.leftovers_destroyed, done)
+        failed = {
+            KernelId(uuid.UUID(o.item_id)): o.error or "unknown error"
+            for o in outcomes
+            if not o.ok and not o.skipped and o.detail.get("session_id")
+        }
+        await asyncio.to_thread(
+            functools.partial(
+                repo.leftovers_failed,
+                failed,
+                base=settings.retry_backoff,
+                cap=settings.retry_backoff_max,
+            )
+        )
+        return ()
+
+    return HandlerRuntime(DECLARATION, plan, {Operation.DESTROY_KERNELS: complete})
+
+
+DECLARATION = HandlerDeclaration(
+    name=NAME,
+    lock_id="LOCKID_SOKOVAN_RECONCILE_LEFTOVERS",
+    description="destroys leftover containers of kernels given up on, once their agent answers",
+    default_interval=C.RECONCILE_INTERVAL_SEC,
+    target="kernels",
+    target_statuses=(KernelStatus.TERMINATED,),
+    transitions={},  # the kernels are TERMINATED already; only their leftovers close
+    build=build,
+    batches={Operation.DESTROY_KERNELS: destroy_on_agent},
+    budget_unit="kernels",
+)
