@@ -110,3 +110,10 @@ RETRY_BACKOFF_SEC: Final = 5.0
 RETRY_BACKOFF_MAX_SEC: Final = 300.0
 # Leftover containers of kernels given up on are retried this often once their agent answers.
 RECONCILE_INTERVAL_SEC: Final = 30.0
+# Text an agent sends (error names, messages, answers) is cut to this many UTF-8 bytes before
+# it is stored or logged: enough for any real error, and one hostile agent cannot fill rows.
+AGENT_TEXT_MAX_BYTES: Final = 2048
+# A sample of a wrong-shaped reply quoted in the error: enough to recognise it.
+REPLY_SAMPLE_MAX_BYTES: Final = 200
+# An exception's class name is short; a longer "name" from an agent is noise or an attack.
+AGENT_ERROR_NAME_MAX_BYTES: Final = 200

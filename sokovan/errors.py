@@ -14,7 +14,8 @@ SokovanError                 the operation cannot go on
 │   ├── AgentTimeout         the call was sent but no reply came in time
 │   ├── AgentRemoteError     the agent raised; carries its error name and message
 │   └── WireError            a reply could not be decoded safely (hostile or malformed)
-│       └── PickleRejected   a pickled value we do not rebuild
+│       ├── PickleRejected   a pickled value we do not rebuild
+│       └── ReplyShapeError  a reply decoded, but is not the shape its method returns
 ├── PresenceUnavailable      the presence store could not be read
 ├── NetworkPluginError       a network driver is missing or failed
 │   └── UnknownNetworkDriver no plugin for the driver (also a KeyError)
@@ -26,6 +27,9 @@ SokovanError                 the operation cannot go on
 """
 
 from __future__ import annotations
+
+from sokovan import constants as C
+from sokovan.text import bounded_text
 
 
 class SokovanError(Exception):
@@ -80,6 +84,8 @@ class AgentRemoteError(AgentError):
     """The agent raised an exception while serving the call."""
 
     def __init__(self, name: str, message: str, method: str = "") -> None:
+        # Both come from the agent: bounded here so no caller stores or logs them whole.
+        name, message = bounded_text(name, C.AGENT_ERROR_NAME_MAX_BYTES), bounded_text(message)
         super().__init__(f"{name}: {message}" if name else message)
         self.name = name
         self.message = message
@@ -92,6 +98,15 @@ class WireError(AgentError):
 
 class PickleRejected(WireError):
     """A pickled value holds something we do not rebuild (never unpickled)."""
+
+
+class ReplyShapeError(WireError):
+    """A reply decoded, but is not the shape its method returns."""
+
+    def __init__(self, message: str, method: str, expected: str) -> None:
+        super().__init__(message)
+        self.method = method
+        self.expected = expected
 
 
 class PresenceUnavailable(SokovanError):

@@ -4,19 +4,27 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import zmq
 from callosum.exceptions import AuthenticationError
-from callosum.lower.zeromq import ZeroMQAddress, ZeroMQRPCTransport
+from callosum.lower.zeromq import ZeroMQAddress
 from callosum.rpc import Peer, RPCInternalError, RPCUserError
 
-from sokovan.agent import wire
+from sokovan.agent import shapes, wire
 from sokovan.agent.curve import CurveKeys, ManagerAuthenticator, diagnose_handshake
 from sokovan.agent.reasons import lifecycle_reason
-from sokovan.errors import AgentRemoteError, AgentTimeout, AgentUnavailable, WireError
+from sokovan.agent.transport import FrameGuard, GuardedZeroMQRPCTransport
+from sokovan.errors import (
+    AgentError,
+    AgentRemoteError,
+    AgentTimeout,
+    AgentUnavailable,
+    WireError,
+)
 from sokovan.images import image_config_to_json
+from sokovan.text import bounded_text
 from sokovan.types import AgentId, ImageConfig, KernelId, SessionId
 
 log = logging.getLogger(__name__)
@@ -47,8 +55,15 @@ def image_ref_of(config: ImageConfig | wire.ImageRef) -> wire.ImageRef:
     )
 
 
+Observer = Callable[[AgentError | None], None]
+
+
 class CallosumAgentClient:
-    """One connection to one agent; every call has a timeout and maps failures to AgentError."""
+    """One connection to one agent; every call has a timeout and maps failures to AgentError.
+
+    A connection whose receive loop stopped (a malformed frame, see `transport`) fails the
+    calls waiting on it with a WireError and is made anew by the next call.
+    """
 
     def __init__(
         self,
@@ -64,20 +79,29 @@ class CallosumAgentClient:
         self.call_timeout = call_timeout
         self.connect_timeout = connect_timeout
         self.curve = curve
+        # Told the outcome of every call (None: it succeeded), e.g. by the pool to count failures.
+        self.observer: Observer | None = None
         self._peer: Peer | None = None
+        self._guard: FrameGuard | None = None
         self._closed = False
-        self._inflight: set[asyncio.Task[Any]] = set()
-        self._cut_by_close: set[asyncio.Task[Any]] = set()
+        self._reconnecting = asyncio.Lock()
+        self._inflight: dict[asyncio.Task[Any], str] = {}  # call -> its method
+        self._cut: dict[asyncio.Task[Any], AgentError] = {}  # cancelled calls -> what they raise
 
     @property
     def closed(self) -> bool:
         return self._closed
 
-    def _make_peer(self) -> Peer:
+    @property
+    def broken(self) -> str | None:
+        """Why the current connection is unusable, or None."""
+        return self._guard.broken if self._guard is not None else None
+
+    def _make_peer(self, guard: FrameGuard) -> Peer:
         keepalive_interval = max(2, KEEPALIVE_IDLE_SEC // KEEPALIVE_PROBES)
         return Peer(
             connect=ZeroMQAddress(self.rpc_addr),
-            transport=ZeroMQRPCTransport,
+            transport=GuardedZeroMQRPCTransport,
             authenticator=ManagerAuthenticator(self.curve) if self.curve else None,
             transport_opts={
                 "zsock_opts": {
@@ -87,6 +111,7 @@ class CallosumAgentClient:
                     zmq.TCP_KEEPALIVE_CNT: KEEPALIVE_PROBES,
                 },
                 "handshake_timeout": self.connect_timeout,
+                "frame_guard": guard,
             },
             serializer=wire.packb,
             deserializer=wire.peer_deserialize,
@@ -98,46 +123,51 @@ class CallosumAgentClient:
             raise AgentUnavailable(f"the client of agent {self.agent_id} is closed")
         if self._peer is not None:
             return
-        peer = self._make_peer()
+        guard = FrameGuard(f"agent {self.agent_id}", self._connection_broke)
+        peer = self._make_peer(guard)
         try:
             await peer.__aenter__()
         except AuthenticationError as e:
-            await _quietly_exit(peer, self.agent_id)
+            await _quietly_exit(peer, guard, self.agent_id)
             reason = await diagnose_handshake(self.rpc_addr, self.curve)
             raise AgentUnavailable(
                 f"agent {self.agent_id} at {self.rpc_addr}: no handshake within "
                 f"{self.connect_timeout:g}s: {reason}"
             ) from e
         except (zmq.ZMQError, OSError, ValueError) as e:
-            await _quietly_exit(peer, self.agent_id)
+            await _quietly_exit(peer, guard, self.agent_id)
             raise AgentUnavailable(
                 f"agent {self.agent_id} at {self.rpc_addr}: cannot connect: {e}"
             ) from e
-        self._peer = peer
+        self._peer, self._guard = peer, guard
 
     async def close(self) -> None:
         """Fails the calls in flight, then closes the socket so the agent sees it go."""
         if self._closed:
             return
         self._closed = True
-        for task in list(self._inflight):
-            self._cut_by_close.add(task)
-            task.cancel()
-        peer, self._peer = self._peer, None
-        if peer is not None:
-            await _quietly_exit(peer, self.agent_id)
+        self._cut_inflight(lambda method: f"the connection was closed during {method}", False)
+        await self._drop_connection()
 
     async def call(
         self, method: str, *args: Any, limit_sec: float | None = None, **kwargs: Any
     ) -> Any:
-        """Invokes one agent method; failures raise AgentError subclasses."""
-        peer = self._peer
-        if peer is None:
-            state = "closed" if self._closed else "not connected"
-            raise AgentUnavailable(f"the client of agent {self.agent_id} is {state}")
+        """Invokes one agent method and checks its reply's shape; failures raise AgentError."""
+        try:
+            reply = await self._call(method, args, kwargs, limit_sec)
+        except AgentError as e:
+            self._report(e)
+            raise
+        self._report(None)
+        return reply
+
+    async def _call(
+        self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], limit_sec: float | None
+    ) -> Any:
+        peer = await self._usable_peer()
         task = asyncio.current_task()
         assert task is not None
-        self._inflight.add(task)
+        self._inflight[task] = method
         limit = self.call_timeout if limit_sec is None else limit_sec
         try:
             async with asyncio.timeout(limit):
@@ -145,20 +175,68 @@ class CallosumAgentClient:
         except TimeoutError as e:
             raise AgentTimeout(f"agent {self.agent_id}: {method} got no reply in {limit:g}s") from e
         except asyncio.CancelledError:
-            if task not in self._cut_by_close:
+            cut = self._cut.pop(task, None)
+            if cut is not None:
+                task.uncancel()
+                raise cut from None
+            if task.cancelling():
                 raise
-            task.uncancel()
-            raise AgentUnavailable(
-                f"agent {self.agent_id}: the connection was closed during {method}"
-            ) from None
+            # Nobody cancelled this task: the agent answered CANCELLED.
+            raise AgentRemoteError("CancelledError", "the agent cancelled it", method) from None
         except (RPCUserError, RPCInternalError) as e:
             raise AgentRemoteError(e.name, e.repr, method) from e
+        except Exception as e:  # anything else callosum raises on a reply is a wire problem
+            raise WireError(f"agent {self.agent_id}: reply to {method}: {e!r}") from e
         finally:
-            self._inflight.discard(task)
-            self._cut_by_close.discard(task)
+            self._inflight.pop(task, None)
+            self._cut.pop(task, None)
         if isinstance(reply, wire.Undecodable):
             raise WireError(f"agent {self.agent_id}: reply to {method}: {reply.reason}")
-        return reply
+        return shapes.check_reply(self.agent_id, method, reply)
+
+    async def _usable_peer(self) -> Peer:
+        """The connected peer; a broken one is replaced first."""
+        if self._closed or self._peer is None:
+            state = "closed" if self._closed else "not connected"
+            raise AgentUnavailable(f"the client of agent {self.agent_id} is {state}")
+        if self.broken is not None:
+            async with self._reconnecting:
+                if self.broken is not None:
+                    log.info("agent %s: replacing a broken connection", self.agent_id)
+                    await self._drop_connection()
+                    await self.connect()
+        assert self._peer is not None
+        return self._peer
+
+    def _connection_broke(self, guard: FrameGuard) -> None:
+        if guard is not self._guard:
+            return  # a connection already replaced
+        reason = guard.broken
+
+        def message(method: str) -> str:
+            return f"{method} failed: {reason}; the connection is made anew for the next call"
+
+        self._cut_inflight(message, True)
+
+    def _cut_inflight(self, message: Callable[[str], str], wire_fault: bool) -> None:
+        for task, method in list(self._inflight.items()):
+            text = f"agent {self.agent_id}: {message(method)}"
+            self._cut[task] = WireError(text) if wire_fault else AgentUnavailable(text)
+            task.cancel()
+
+    async def _drop_connection(self) -> None:
+        peer, guard = self._peer, self._guard
+        self._peer = self._guard = None
+        if peer is not None and guard is not None:
+            await _quietly_exit(peer, guard, self.agent_id)
+
+    def _report(self, error: AgentError | None) -> None:
+        if self.observer is None:
+            return
+        try:
+            self.observer(error)
+        except Exception as e:  # counting must never change a call's outcome
+            log.warning("agent %s: the call observer failed: %s", self.agent_id, e)
 
     def _body(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
         body = wire.request_body(self.agent_id, list(args), kwargs)
@@ -178,7 +256,7 @@ class CallosumAgentClient:
     async def check_and_pull(self, image_configs: Mapping[str, ImageConfig]) -> Mapping[str, str]:
         configs = {name: image_config_to_wire(cfg) for name, cfg in image_configs.items()}
         reply = await self.call("check_and_pull", configs)
-        return {str(k): str(v) for k, v in (reply or {}).items()}
+        return {bounded_text(k): bounded_text(v) for k, v in reply.items()}
 
     async def create_kernels(
         self,
@@ -198,7 +276,7 @@ class CallosumAgentClient:
             dict(cluster_info),
             refs,
         )
-        return [dict(item) for item in reply or []]
+        return [dict(item) for item in reply]
 
     async def destroy_kernel(
         self,
@@ -217,22 +295,19 @@ class CallosumAgentClient:
         )
 
     async def check_running(self, kernel_id: KernelId) -> bool | None:
-        reply = await self.call("check_running", str(kernel_id))
-        if isinstance(reply, bool) or reply is None:
-            return reply
-        log.warning(
-            "agent %s: check_running(%s) answered %r, not a bool", self.agent_id, kernel_id, reply
-        )
-        return None
+        running: bool | None = await self.call("check_running", str(kernel_id))
+        return running
 
     async def create_local_network(self, network_name: str) -> None:
         await self.call("create_local_network", network_name)
 
     async def assign_port(self) -> int:
-        return int(await self.call("assign_port"))
+        port: int = await self.call("assign_port")
+        return port
 
 
-async def _quietly_exit(peer: Peer, agent_id: str) -> None:
+async def _quietly_exit(peer: Peer, guard: FrameGuard, agent_id: str) -> None:
+    guard.closing = True
     try:
         await peer.__aexit__(None, None, None)
     except Exception as e:  # the socket is gone either way; keep the original error

@@ -3,18 +3,28 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from typing import Any, Protocol
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
 
 from sokovan.agent.client import DEFAULT_CONNECT_TIMEOUT, CallosumAgentClient
 from sokovan.agent.curve import CurveKeys, agent_key_path, load_manager_cert, load_public_key
 from sokovan.config import Settings
-from sokovan.errors import AgentTimeout, AgentUnavailable, ConfigError, UnknownAgent
+from sokovan.errors import (
+    AgentError,
+    AgentRemoteError,
+    AgentTimeout,
+    AgentUnavailable,
+    ConfigError,
+    UnknownAgent,
+    WireError,
+)
 from sokovan.ports import AgentClient, AgentDirectory
 from sokovan.types import AgentAddress, AgentId
 
@@ -27,9 +37,16 @@ class ClosableAgentClient(AgentClient, Protocol):
     async def close(self) -> None: ...
 
 
+@runtime_checkable
+class ObservedClient(Protocol):
+    """A client that reports each call's outcome (None: success) to its observer."""
+
+    observer: Callable[[AgentError | None], None] | None
+
+
 ClientFactory = Callable[[AgentAddress], Awaitable[ClosableAgentClient]]
 # Failures that say the agent cannot be reached; a remote exception says it can.
-CONNECTION_FAILURES = (AgentUnavailable, AgentTimeout, OSError)
+CONNECTION_FAILURES = (AgentUnavailable, AgentTimeout, WireError, OSError)
 
 
 @dataclass(eq=False)
@@ -39,6 +56,8 @@ class _Entry:
     in_use: int = 0
     retired: bool = False  # left the cache while in use: close on the last release
     closed: bool = False
+    # Failures the client already reported, so acquire does not count them a second time.
+    counted: weakref.WeakSet[BaseException] = field(default_factory=weakref.WeakSet)
 
 
 @dataclass
@@ -117,18 +136,27 @@ class AgentClientPool:
 
     @asynccontextmanager
     async def acquire(self, agent_id: AgentId) -> AsyncIterator[ClosableAgentClient]:
-        """Lends the agent's client; raises AgentUnavailable when it cannot be reached."""
+        """Lends the agent's client; raises AgentUnavailable when it cannot be reached.
+
+        Connection failures (no connection, timeouts, bad frames) count toward the agent's
+        failure threshold, also those of calls whose error the borrower catches; an
+        agent's own exception (AgentRemoteError) does not.
+        """
         self._check_available(agent_id)
         entry = await self._checkout(agent_id)
         try:
             yield entry.client
-        except CONNECTION_FAILURES:
-            if self._record_failure(agent_id):
-                # A fresh connection is made after the recovery period, not this one reused.
-                await self._retire(self._cache.pop(agent_id, None))
+        except CONNECTION_FAILURES as e:
+            if e not in entry.counted:
+                self._connection_failed(entry, e)
+            raise
+        except AgentRemoteError:
+            self._health.pop(agent_id, None)
             raise
         else:
-            self._health.pop(agent_id, None)
+            # An observed client has had each call counted; a clean exit says nothing more.
+            if not isinstance(entry.client, ObservedClient):
+                self._health.pop(agent_id, None)
         finally:
             entry.in_use -= 1
             if entry.retired and entry.in_use == 0:
@@ -165,13 +193,45 @@ class AgentClientPool:
         async with lock:
             entry = self._cache.get(agent_id)
             if isinstance(entry, _Entry) and not entry.closed:
-                self._cache.move_to_end(agent_id)
-                entry.in_use += 1
-                return entry
+                broken = getattr(entry.client, "broken", None)
+                if broken is None:
+                    self._cache.move_to_end(agent_id)
+                    entry.in_use += 1
+                    return entry
+                log.info("agent %s: dropping a broken connection: %s", agent_id, broken)
+                del self._cache[agent_id]
+                await self._retire(entry)
             entry = _Entry(agent_id, await self._connect(agent_id), in_use=1)
+            if isinstance(entry.client, ObservedClient):
+                entry.client.observer = functools.partial(self._observe, entry)
             self._cache[agent_id] = entry
             await self._evict_over_bound()
             return entry
+
+    def _observe(self, entry: _Entry, error: AgentError | None) -> None:
+        """Counts the outcome of one call made on `entry`'s client."""
+        if error is None or isinstance(error, AgentRemoteError):
+            self._health.pop(entry.agent_id, None)  # the agent answered
+        elif isinstance(error, CONNECTION_FAILURES):
+            entry.counted.add(error)
+            self._connection_failed(entry, error)
+
+    def _connection_failed(self, entry: _Entry, error: BaseException) -> None:
+        """Counts a failure once per connection; drops the connection if it is broken."""
+        if entry.retired or entry.closed:
+            return  # dropped already: the calls that shared it fail with it, counted once
+        marked = self._record_failure(entry.agent_id)
+        # A bad frame leaves nothing to reuse; after marking, a fresh connection is made
+        # once the recovery period is over, not this one reused.
+        if marked or isinstance(error, WireError):
+            self._drop(entry)
+
+    def _drop(self, entry: _Entry) -> None:
+        """Takes an entry out of the cache; it is closed on its last release."""
+        if self._cache.get(entry.agent_id) is entry:
+            del self._cache[entry.agent_id]
+        entry.retired = True
+        self._retired.add(entry)
 
     async def _connect(self, agent_id: AgentId) -> ClosableAgentClient:
         try:

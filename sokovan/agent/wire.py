@@ -246,6 +246,8 @@ def peer_deserialize(data: bytes) -> Any:
         return unpackb(data)
     except WireError as e:
         return Undecodable(str(e))
+    except Exception as e:  # not bytes at all, or a decoder bug: still never out of the loop
+        return Undecodable(f"undecodable message: {type(e).__name__}: {e}")
 
 
 def request_body(

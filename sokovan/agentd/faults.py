@@ -6,6 +6,7 @@ Redis under `AGENT_CONTROL_PREFIX + agent_id`:
     {"op": "fail",   "method": M, "message": "...", "kernels": [...]}   raise InjectedFault
     {"op": "hang",   "method": M, "seconds": 5.0,   "kernels": [...]}   sleep, then serve
     {"op": "answer", "method": M, "value": None,    "kernels": [...]}   reply `value` unserved
+    {"op": "frame",  "method": M, "kind": K,        "kernels": [...]}   reply a hostile frame
     {"op": "stop_presence",   "kernels": [...]}   stop refreshing presence (no kernels: all)
     {"op": "resume_presence", "kernels": [...]}   refresh again (no kernels: all)
     {"op": "silent"}                              answer nothing, refresh nothing
@@ -13,7 +14,8 @@ Redis under `AGENT_CONTROL_PREFIX + agent_id`:
     {"op": "status"}                              no change (the RPC replies with the state)
 
 `method` may be "*" (every method but `sokovan_control`); `kernels` is optional and
-narrows a method fault to calls that name one of those kernel ids.
+narrows a method fault to calls that name one of those kernel ids. A frame `kind` is one
+of `frames.FrameKind` (a bad envelope, an undecodable or pickled body, ...).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from sokovan.agentd.frames import FrameKind
 from sokovan.errors import InvalidRequest
 
 ANY_METHOD = "*"
@@ -36,6 +39,7 @@ class FaultMode(StrEnum):
     FAIL = "fail"
     HANG = "hang"
     ANSWER = "answer"
+    FRAME = "frame"
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +51,7 @@ class MethodFault:
     seconds: float = 0.0
     value: Any = None
     kernels: frozenset[str] | None = None
+    frame: FrameKind | None = None
 
     def applies_to(self, kernel_ids: Iterable[str]) -> bool:
         """Whether a call naming `kernel_ids` is hit by this fault."""
@@ -61,6 +66,7 @@ class MethodFault:
             "message": self.message,
             "seconds": self.seconds,
             "value": self.value,
+            "frame": str(self.frame) if self.frame is not None else None,
             "kernels": sorted(self.kernels) if self.kernels is not None else None,
         }
 
@@ -71,6 +77,14 @@ def _kernel_set(raw: Any) -> frozenset[str] | None:
     if isinstance(raw, str | bytes) or not isinstance(raw, Iterable):
         raise InvalidRequest(f"fault `kernels` must be a list of ids, got {raw!r}")
     return frozenset(str(k) for k in raw)
+
+
+def _frame_kind(op: Mapping[str, Any]) -> FrameKind:
+    try:
+        return FrameKind(str(op.get("kind")))
+    except ValueError:
+        known = ", ".join(k.value for k in FrameKind)
+        raise InvalidRequest(f"fault `kind` {op.get('kind')!r} is not one of {known}") from None
 
 
 class Faults:
@@ -110,7 +124,7 @@ class Faults:
     def apply(self, op: Mapping[str, Any]) -> None:
         """Applies one operation; raises InvalidRequest on a malformed one."""
         name = op.get("op")
-        if name in (FaultMode.FAIL, FaultMode.HANG, FaultMode.ANSWER):
+        if name in (FaultMode.FAIL, FaultMode.HANG, FaultMode.ANSWER, FaultMode.FRAME):
             self._set_method_fault(FaultMode(str(name)), op)
         elif name == "stop_presence":
             self._set_presence(op, stopped=True)
@@ -137,6 +151,7 @@ class Faults:
             seconds=seconds,
             value=op.get("value"),
             kernels=_kernel_set(op.get("kernels")),
+            frame=_frame_kind(op) if mode is FaultMode.FRAME else None,
         )
 
     def _set_presence(self, op: Mapping[str, Any], stopped: bool) -> None:

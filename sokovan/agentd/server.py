@@ -21,6 +21,7 @@ from callosum.rpc import Peer, RPCMessage
 from sokovan.agent.wire import packb, unpackb
 from sokovan.agentd.agent import ReferenceAgent, normalize_id
 from sokovan.agentd.faults import FaultMode
+from sokovan.agentd.frames import HostileConnection, HostileFrames
 from sokovan.errors import (
     AgentdError,
     AgentIdNotFoundError,
@@ -77,6 +78,15 @@ async def _unknown_method(method: str, request: RPCMessage) -> Any:
 class AgentPeer(Peer):
     """A Peer that answers an unknown method with an error instead of dropping the link."""
 
+    frames: HostileFrames | None = None  # replies marked by `frame` faults go out hostile
+
+    async def __aenter__(self) -> Peer:
+        await super().__aenter__()
+        if self.frames is not None and self._connection is not None:
+            # The send loop reads the connection for every reply: this wrapper sees them all.
+            self._connection = HostileConnection(self._connection, self.frames)
+        return self
+
     def _lookup_func(self, method: str) -> Handler:
         try:
             handler: Handler = super()._lookup_func(method)
@@ -110,8 +120,9 @@ def _named_kernels(arguments: Mapping[str, Any]) -> list[str]:
 class Dispatcher:
     """Binds a call's args and kwargs to one agent method, with latency and faults."""
 
-    def __init__(self, agent: ReferenceAgent) -> None:
+    def __init__(self, agent: ReferenceAgent, frames: HostileFrames | None = None) -> None:
         self.agent = agent
+        self.frames = frames
 
     def handler(self, method: str) -> Handler:
         """The callosum handler of `method`."""
@@ -120,7 +131,7 @@ class Dispatcher:
 
         async def _serve(request: RPCMessage) -> Any:
             try:
-                return await self._serve(method, func, signature, request.body)
+                return await self._serve(method, func, signature, request)
             except AgentdError as e:
                 log.warning("agent %s: %s failed: %s", self.agent.agent_id, method, e)
                 raise
@@ -131,9 +142,13 @@ class Dispatcher:
         return _serve
 
     async def _serve(
-        self, method: str, func: Callable[..., Any], signature: inspect.Signature, body: Any
+        self,
+        method: str,
+        func: Callable[..., Any],
+        signature: inspect.Signature,
+        request: RPCMessage,
     ) -> Any:
-        args, kwargs = _call_parts(body)
+        args, kwargs = _call_parts(request.body)
         agent_id = kwargs.pop("agent_id", None)
         if agent_id is not None and str(agent_id) != self.agent.agent_id:
             raise AgentIdNotFoundError(
@@ -156,6 +171,10 @@ class Dispatcher:
                 raise InjectedFault(fault.message)
             if fault.mode is FaultMode.ANSWER:
                 return fault.value
+            if fault.mode is FaultMode.FRAME and self.frames is not None and fault.frame:
+                key = (request.peer_id, request.method, request.order_key, request.client_seq_id)
+                self.frames.mark(key, fault.frame)
+                return None
             await asyncio.sleep(fault.seconds)
         return await func(*bound.args, **bound.kwargs)
 
@@ -203,7 +222,8 @@ async def open_peer(
         serializer=packb,
         deserializer=_deserialize,
     )
-    dispatcher = Dispatcher(agent)
+    peer.frames = HostileFrames()
+    dispatcher = Dispatcher(agent, peer.frames)
     for method in METHODS:
         peer.handle_function(method, dispatcher.handler(method))
     await peer.__aenter__()

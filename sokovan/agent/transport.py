@@ -1,0 +1,90 @@
+"""callosum's ZeroMQ transport with a guard on the client's receive loop.
+
+Every reply frame is checked before callosum decodes it (`envelope.frame_problem`). A bad
+frame ends the receive loop on purpose, and so does anything callosum itself chokes on;
+either way the guard tells the client at once, which fails the calls waiting on that
+connection and makes a new one for the next call, instead of leaving them to time out.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncGenerator, Callable
+from contextlib import aclosing
+from typing import Any
+
+from callosum.abc import RawHeaderBody
+from callosum.lower.zeromq import ZeroMQDealerConnector, ZeroMQRPCConnection, ZeroMQRPCTransport
+
+from sokovan.agent.envelope import frame_problem
+
+log = logging.getLogger(__name__)
+
+
+class FrameGuard:
+    """Watches one connection's receive loop and says why it stopped."""
+
+    def __init__(self, label: str, on_broken: Callable[[FrameGuard], None]) -> None:
+        self.label = label
+        self.broken: str | None = None
+        self.closing = False  # set before a deliberate close: its loop end is no fault
+        self._on_broken = on_broken
+
+    def reject(self, problem: str) -> None:
+        """Records a frame that must not reach callosum."""
+        log.warning("%s: malformed reply frame, connection dropped: %s", self.label, problem)
+        if self.broken is None:
+            self.broken = f"malformed reply frame: {problem}"
+
+    def ended(self) -> None:
+        """The receive loop stopped: unless closing, the connection is of no further use."""
+        if self.closing:
+            return
+        if self.broken is None:
+            self.broken = "the RPC receive loop stopped on a reply it could not handle"
+            log.warning("%s: %s", self.label, self.broken)
+        self._on_broken(self)
+
+
+class GuardedConnection(ZeroMQRPCConnection):
+    """Yields only reply frames that callosum can decode safely."""
+
+    __slots__ = ("guard",)
+
+    def __init__(self, transport: Any, guard: FrameGuard) -> None:
+        super().__init__(transport)  # type: ignore[no-untyped-call]
+        self.guard = guard
+
+    async def recv_message(self) -> AsyncGenerator[RawHeaderBody | None, None]:
+        try:
+            async with aclosing(super().recv_message()) as frames:
+                async for frame in frames:
+                    problem = None if frame is None else frame_problem(frame)
+                    if problem is not None:
+                        self.guard.reject(problem)
+                        return
+                    yield frame
+        finally:
+            self.guard.ended()
+
+
+class GuardedDealerConnector(ZeroMQDealerConnector):
+    """The DEALER connector, handing out a GuardedConnection."""
+
+    def __init__(
+        self, transport: Any, addr: Any, *, frame_guard: FrameGuard | None = None, **opts: Any
+    ) -> None:
+        super().__init__(transport, addr, **opts)
+        self._frame_guard = frame_guard
+
+    async def __aenter__(self) -> ZeroMQRPCConnection:
+        connection = await super().__aenter__()
+        if self._frame_guard is None:
+            return connection
+        return GuardedConnection(connection.transport, self._frame_guard)
+
+
+class GuardedZeroMQRPCTransport(ZeroMQRPCTransport):
+    """ZeroMQ RPC transport whose connections are guarded; pass `frame_guard` in its options."""
+
+    connector_cls = GuardedDealerConnector
