@@ -117,3 +117,6 @@ AGENT_TEXT_MAX_BYTES: Final = 2048
 REPLY_SAMPLE_MAX_BYTES: Final = 200
 # An exception's class name is short; a longer "name" from an agent is noise or an attack.
 AGENT_ERROR_NAME_MAX_BYTES: Final = 200
+# Backstop for error text stored in outcomes and status data: room for an agent's text,
+# already cut to AGENT_TEXT_MAX_BYTES, plus our own context around it.
+STORED_ERROR_MAX_BYTES: Final = 4096

@@ -153,4 +153,6 @@ def describe_error(exc: BaseException, *, with_type: bool = False) -> str:
     message = str(exc)
     if not message:
         return type(exc).__name__
-    return f"{type(exc).__name__}: {message}" if with_type else message
+    text = f"{type(exc).__name__}: {message}" if with_type else message
+    # Stored in outcomes and status data; agent text inside is cut already, this is a backstop.
+    return bounded_text(text, C.STORED_ERROR_MAX_BYTES)

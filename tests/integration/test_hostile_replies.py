@@ -69,6 +69,14 @@ def _pool(agents: AgentProcess) -> tuple[AgentClientPool, CountingFactory]:
     return AgentClientPool(Directory(agents), settings, factory), factory
 
 
+def _forget_pwned() -> None:
+    PWNED.unlink(missing_ok=True)
+
+
+def _pwned() -> bool:
+    return PWNED.exists()
+
+
 async def _fault(agents: AgentProcess, op: dict[str, Any]) -> None:
     await set_fault(agents.redis_url, agents.id, op)
 
@@ -106,7 +114,7 @@ async def test_sc_fa_007_undecodable_and_pickled_bodies_fail_one_call(
     """SC-FA-007: a result body that is not bytes, not msgpack, 100k deep, or a pickle
     ext type with a payload fails that call with a WireError; nothing is unpickled; the
     next call succeeds."""
-    PWNED.unlink(missing_ok=True)
+    _forget_pwned()
     agents = await start_agents(agent_id="hostile-body")
     agent_id, kernel = AgentId(agents.id), KernelId(uuid.uuid4())
     pool, _ = _pool(agents)
@@ -119,7 +127,7 @@ async def test_sc_fa_007_undecodable_and_pickled_bodies_fail_one_call(
             assert "OpaqueExt" in str(caught.value)
         await _fault(agents, {"op": "clear", "method": "check_running"})
         assert await _running(pool, agent_id, kernel) is False, kind
-    assert not PWNED.exists()
+    assert not _pwned()
     await pool.close_all()
 
 
@@ -133,7 +141,8 @@ async def test_sc_fa_007_a_cancelled_reply_is_an_agent_error_not_our_cancellatio
     await _fault(agents, {"op": "frame", "method": "check_running", "kind": "cancelled"})
     with pytest.raises(AgentRemoteError, match="cancelled"):
         await _running(pool, agent_id, kernel)
-    assert asyncio.current_task() is not None and not asyncio.current_task().cancelling()  # type: ignore[union-attr]
+    task = asyncio.current_task()
+    assert task is not None and task.cancelling() == 0
     await _fault(agents, {"op": "clear"})
     assert await _running(pool, agent_id, kernel) is False
     await pool.close_all()

@@ -17,6 +17,7 @@ from sokovan.constants import PULL_AUTO_PULL
 from sokovan.errors import describe_error
 from sokovan.images import image_config_from_json, image_config_to_json
 from sokovan.ports import AgentClientPool
+from sokovan.text import bounded_text
 from sokovan.types import (
     JSON,
     AgentBatch,
@@ -136,15 +137,20 @@ def _pull_outcome(
 
 
 def jsonable(value: Any) -> Any:
-    """A JSON-safe copy of an agent's answer: ids and decimals as strings, unknowns as repr."""
-    if value is None or isinstance(value, bool | int | float | str):
+    """A JSON-safe copy of an agent's answer: ids and decimals as strings, unknowns as repr.
+
+    Text is bounded: the answer comes from the agent and is stored.
+    """
+    if isinstance(value, str):
+        return bounded_text(value)
+    if value is None or isinstance(value, bool | int | float):
         return value
     if isinstance(value, Mapping):
-        return {str(k): jsonable(v) for k, v in value.items()}
+        return {bounded_text(str(k)): jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple | set | frozenset):
         return [jsonable(v) for v in value]
     if isinstance(value, uuid.UUID | Decimal):
-        return str(value)
+        return bounded_text(str(value))
     if isinstance(value, bytes):
-        return value.hex()
-    return repr(value)
+        return bounded_text(value.hex())
+    return bounded_text(repr(value))
