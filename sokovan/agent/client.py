@@ -139,6 +139,9 @@ class CallosumAgentClient:
             raise AgentUnavailable(
                 f"agent {self.agent_id} at {self.rpc_addr}: cannot connect: {e}"
             ) from e
+        if self._closed:  # closed while the handshake ran: this socket must not outlive it
+            await _quietly_exit(peer, guard, self.agent_id)
+            raise AgentUnavailable(f"the client of agent {self.agent_id} is closed")
         self._peer, self._guard = peer, guard
 
     async def close(self) -> None:
@@ -186,25 +189,27 @@ class CallosumAgentClient:
         except (RPCUserError, RPCInternalError) as e:
             raise AgentRemoteError(e.name, e.repr, method) from e
         except Exception as e:  # anything else callosum raises on a reply is a wire problem
-            raise WireError(f"agent {self.agent_id}: reply to {method}: {e!r}") from e
+            raise WireError(
+                f"agent {self.agent_id}: reply to {method}: {bounded_text(repr(e))}"
+            ) from e
         finally:
             self._inflight.pop(task, None)
             self._cut.pop(task, None)
         if isinstance(reply, wire.Undecodable):
-            raise WireError(f"agent {self.agent_id}: reply to {method}: {reply.reason}")
+            reason = bounded_text(reply.reason)
+            raise WireError(f"agent {self.agent_id}: reply to {method}: {reason}")
         return shapes.check_reply(self.agent_id, method, reply)
 
     async def _usable_peer(self) -> Peer:
-        """The connected peer; a broken one is replaced first."""
-        if self._closed or self._peer is None:
-            state = "closed" if self._closed else "not connected"
-            raise AgentUnavailable(f"the client of agent {self.agent_id} is {state}")
-        if self.broken is not None:
+        """The connected peer; a broken or missing one (a failed renewal) is made anew first."""
+        if self._closed:
+            raise AgentUnavailable(f"the client of agent {self.agent_id} is closed")
+        if self._peer is None or self.broken is not None:
             async with self._reconnecting:
                 if self.broken is not None:
                     log.info("agent %s: replacing a broken connection", self.agent_id)
                     await self._drop_connection()
-                    await self.connect()
+                await self.connect()
         assert self._peer is not None
         return self._peer
 

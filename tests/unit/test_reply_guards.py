@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import attrs
@@ -15,7 +16,9 @@ from hypothesis import strategies as st
 from sokovan.agent import shapes, wire
 from sokovan.agent.envelope import HEADER_FIELDS, frame_problem
 from sokovan.agentd.frames import FrameKind, hostile_frame
-from sokovan.errors import AgentRemoteError, ReplyShapeError
+from sokovan.errors import AgentRemoteError, ReplyShapeError, WireError
+from sokovan.scheduler.launcher.agent_jobs import describe, jsonable
+from sokovan.scheduler.launcher.status_data import error_info_of
 from sokovan.text import bounded_text
 
 ENVELOPE_KINDS = {
@@ -243,3 +246,16 @@ def test_sc_fa_007_agent_error_text_is_bounded_at_construction() -> None:
     assert len(error.message.encode()) < 2100 and error.message.endswith("bytes cut)")
     assert len(error.name.encode()) < 300
     assert len(str(error).encode()) < 2500
+
+
+def test_sc_fa_007_agent_text_is_bounded_where_it_is_stored() -> None:
+    """SC-FA-007: outcome errors, session error info and stored answers hold no 5 MB text."""
+    huge = "z" * 5 * 1024 * 1024
+    remote = AgentRemoteError("InjectedFault", huge, "create_kernels")
+    assert len(describe(remote).encode()) < 2500
+    assert len(describe(WireError(huge)).encode()) <= 4096 + 40
+    for exc in (remote, WireError(huge), ExceptionGroup("both", [remote, WireError(huge)])):
+        info = error_info_of(exc)
+        assert len(json.dumps(info)) < 20_000, type(exc)
+    answer = jsonable({"id": huge, huge: [huge.encode(), wire.OpaqueExt(6, huge.encode())]})
+    assert len(json.dumps(answer)) < 20_000

@@ -155,7 +155,9 @@ async def destroy_kernels_on_agent(
             jobs.append((index, parse_destroy_item(item)))
         except ValueError as e:
             log.warning("agent %s: item %r refused: %s", agent_id, item, e)
-            outcomes[index] = ItemOutcome(_item_id(item), str(agent_id), ok=False, error=str(e))
+            outcomes[index] = ItemOutcome(
+                _item_id(item), str(agent_id), ok=False, error=_describe(e)
+            )
     results = await _destroy_jobs(pool, agent_id, [job for _, job in jobs], concurrency)
     for (index, job), (result, duration) in zip(jobs, results, strict=True):
         outcomes[index] = to_outcome(result, job.session_id, duration, job.attempt)
