@@ -217,7 +217,7 @@ class AgentClientPool:
             self._connection_failed(entry, error)
 
     def _connection_failed(self, entry: _Entry, error: BaseException) -> None:
-        """Counts a failure once per connection; drops the connection if it is broken."""
+        """Counts a failure unless its connection was dropped already; drops a broken one."""
         if entry.retired or entry.closed:
             return  # dropped already: the calls that shared it fail with it, counted once
         marked = self._record_failure(entry.agent_id)
@@ -227,7 +227,7 @@ class AgentClientPool:
             self._drop(entry)
 
     def _drop(self, entry: _Entry) -> None:
-        """Takes an entry out of the cache; it is closed on its last release."""
+        """Takes an entry out of the cache; closed on its last release (or by close_all)."""
         if self._cache.get(entry.agent_id) is entry:
             del self._cache[entry.agent_id]
         entry.retired = True
