@@ -18,8 +18,8 @@ from sokovan.errors import (
     ReplyShapeError,
     WireError,
 )
+from sokovan.testing import FakeAgentClient
 from sokovan.types import AgentAddress, AgentId, KernelId
-from tests.fakes import FakeAgentClient
 
 A1 = AgentId("a1")
 

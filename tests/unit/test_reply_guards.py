@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 from sokovan.agent import shapes, wire
 from sokovan.agent.envelope import HEADER_FIELDS, frame_problem
 from sokovan.agentd.frames import FrameKind, hostile_frame
-from sokovan.errors import AgentRemoteError, ReplyShapeError, WireError
-from sokovan.scheduler.launcher.agent_jobs import describe, jsonable
+from sokovan.errors import AgentRemoteError, ReplyShapeError, WireError, describe_error
+from sokovan.scheduler.launcher.agent_jobs import jsonable
 from sokovan.scheduler.launcher.status_data import error_info_of
 from sokovan.text import bounded_text
 
@@ -252,8 +252,8 @@ def test_sc_fa_007_agent_text_is_bounded_where_it_is_stored() -> None:
     """SC-FA-007: outcome errors, session error info and stored answers hold no 5 MB text."""
     huge = "z" * 5 * 1024 * 1024
     remote = AgentRemoteError("InjectedFault", huge, "create_kernels")
-    assert len(describe(remote).encode()) < 2500
-    assert len(describe(WireError(huge)).encode()) <= 4096 + 40
+    assert len(describe_error(remote, with_type=True).encode()) < 2500
+    assert len(describe_error(WireError(huge)).encode()) <= 4096 + 40
     for exc in (remote, WireError(huge), ExceptionGroup("both", [remote, WireError(huge)])):
         info = error_info_of(exc)
         assert len(json.dumps(info)) < 20_000, type(exc)

@@ -156,7 +156,7 @@ async def destroy_kernels_on_agent(
         except ValueError as e:
             log.warning("agent %s: item %r refused: %s", agent_id, item, e)
             outcomes[index] = ItemOutcome(
-                _item_id(item), str(agent_id), ok=False, error=_describe(e)
+                _item_id(item), str(agent_id), ok=False, error=describe_error(e)
             )
     results = await _destroy_jobs(pool, agent_id, [job for _, job in jobs], concurrency)
     for (index, job), (result, duration) in zip(jobs, results, strict=True):

@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sokovan import constants as C
+from sokovan.errors import describe_error
 from sokovan.ports import AgentClientPool, FanOut, PresenceReader
 from sokovan.scheduler.terminator.destroy import (
     DestroyJob,
@@ -15,7 +16,6 @@ from sokovan.scheduler.terminator.destroy import (
     plan_destroy,
 )
 from sokovan.scheduler.terminator.stale import StaleJudgement, confirm_with_agents, read_presence
-from sokovan.text import bounded_text
 from sokovan.types import (
     AgentId,
     ItemOutcome,
@@ -105,7 +105,7 @@ class SessionTerminator:
                 return await destroy_with_client(client, agent_id, job)
         except Exception as e:
             log.warning("kernel %s not destroyed: agent %s unreachable: %s", kernel_id, agent_id, e)
-            error = bounded_text(str(e) or type(e).__name__, C.STORED_ERROR_MAX_BYTES)
+            error = describe_error(e)
             return KernelTerminationResult(kernel_id, agent_id, occupied_slots, False, error)
 
     async def read_presence(self, kernels: Sequence[KernelInfo]) -> StaleJudgement:
