@@ -15,8 +15,15 @@ from hypothesis import strategies as st
 
 from sokovan.agent import shapes, wire
 from sokovan.agent.envelope import HEADER_FIELDS, frame_problem
+from sokovan.agentd.faults import Faults
 from sokovan.agentd.frames import FrameKind, hostile_frame
-from sokovan.errors import AgentRemoteError, ReplyShapeError, WireError, describe_error
+from sokovan.errors import (
+    AgentRemoteError,
+    InvalidRequest,
+    ReplyShapeError,
+    WireError,
+    describe_error,
+)
 from sokovan.scheduler.launcher.agent_jobs import jsonable
 from sokovan.scheduler.launcher.status_data import error_info_of
 from sokovan.text import bounded_text
@@ -259,3 +266,13 @@ def test_sc_fa_007_agent_text_is_bounded_where_it_is_stored() -> None:
         assert len(json.dumps(info)) < 20_000, type(exc)
     answer = jsonable({"id": huge, huge: [huge.encode(), wire.OpaqueExt(6, huge.encode())]})
     assert len(json.dumps(answer)) < 20_000
+
+
+def test_frame_fault_takes_a_known_kind_and_names_the_field_otherwise() -> None:
+    faults = Faults()
+    faults.apply({"op": "frame", "method": "check_running", "kind": "header_deep"})
+    fault = faults.fault_for("check_running", [])
+    assert fault is not None and fault.frame is FrameKind.HEADER_DEEP
+    assert fault.to_json()["frame"] == "header_deep"
+    with pytest.raises(InvalidRequest, match="fault `kind` 'nope' is not one of header_type"):
+        faults.apply({"op": "frame", "method": "check_running", "kind": "nope"})
