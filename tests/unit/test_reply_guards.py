@@ -211,10 +211,12 @@ def test_sc_fa_008_wrong_shapes_name_the_method_and_the_shape(
     assert str(caught.value).endswith(f"expected {expected}")
 
 
+def _nested(inner: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    return st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner)
+
+
 json_values = st.recursive(
-    st.none() | st.booleans() | ints | st.floats() | st.text(max_size=8),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner),
-    max_leaves=10,
+    st.none() | st.booleans() | ints | st.floats() | st.text(max_size=8), _nested, max_leaves=10
 )
 
 
