@@ -61,8 +61,9 @@ Observer = Callable[[AgentError | None], None]
 class CallosumAgentClient:
     """One connection to one agent; every call has a timeout and maps failures to AgentError.
 
-    A connection whose receive loop stopped (a malformed frame, see `transport`) fails the
-    calls waiting on it with a WireError and is made anew by the next call.
+    A malformed reply frame fails the call it names with a WireError; a connection whose
+    receive loop stopped (see `transport`) fails every call waiting on it and is made anew
+    by the next call.
     """
 
     def __init__(
@@ -86,6 +87,7 @@ class CallosumAgentClient:
         self._closed = False
         self._reconnecting = asyncio.Lock()
         self._inflight: dict[asyncio.Task[Any], str] = {}  # call -> its method
+        self._numbered: dict[tuple[str, int], asyncio.Task[Any]] = {}  # (method, seq) -> call
         self._cut: dict[asyncio.Task[Any], AgentError] = {}  # cancelled calls -> what they raise
 
     @property
@@ -123,7 +125,7 @@ class CallosumAgentClient:
             raise AgentUnavailable(f"the client of agent {self.agent_id} is closed")
         if self._peer is not None:
             return
-        guard = FrameGuard(f"agent {self.agent_id}", self._connection_broke)
+        guard = FrameGuard(f"agent {self.agent_id}", self._connection_broke, self._bad_reply)
         peer = self._make_peer(guard)
         try:
             await peer.__aenter__()
@@ -172,9 +174,14 @@ class CallosumAgentClient:
         assert task is not None
         self._inflight[task] = method
         limit = self.call_timeout if limit_sec is None else limit_sec
+        body = self._body(method, args, kwargs)
+        # invoke numbers the call with the peer's next sequence number before it awaits
+        # anything; a bad reply frame naming that number then fails this call alone.
+        key = (method, peer._client_seq_id)
         try:
             async with asyncio.timeout(limit):
-                reply = await peer.invoke(method, self._body(method, args, kwargs))
+                self._numbered[key] = task
+                reply = await peer.invoke(method, body)
         except TimeoutError as e:
             raise AgentTimeout(f"agent {self.agent_id}: {method} got no reply in {limit:g}s") from e
         except asyncio.CancelledError:
@@ -195,6 +202,8 @@ class CallosumAgentClient:
         finally:
             self._inflight.pop(task, None)
             self._cut.pop(task, None)
+            if self._numbered.get(key) is task:
+                del self._numbered[key]
         if isinstance(reply, wire.Undecodable):
             reason = bounded_text(reply.reason)
             raise WireError(f"agent {self.agent_id}: reply to {method}: {reason}")
@@ -222,6 +231,15 @@ class CallosumAgentClient:
             return f"{method} failed: {reason}; the connection is made anew for the next call"
 
         self._cut_inflight(message, True)
+
+    def _bad_reply(self, guard: FrameGuard, key: tuple[str, int], problem: str) -> bool:
+        task = self._numbered.get(key) if guard is self._guard else None
+        if task is None or task not in self._inflight:
+            return False
+        text = f"agent {self.agent_id}: {key[0]} failed: malformed reply frame: {problem}"
+        self._cut[task] = WireError(text)
+        task.cancel()
+        return True
 
     def _cut_inflight(self, message: Callable[[str], str], wire_fault: bool) -> None:
         for task, method in list(self._inflight.items()):

@@ -3,8 +3,8 @@
 Callosum decodes every frame in one receive loop per connection and stops that loop on the
 first exception, so one malformed frame would leave every later call waiting forever.
 `frame_problem` decodes header and envelope exactly as callosum does, with tighter limits,
-and says what is wrong, so the frame never reaches callosum and the client can drop the
-connection instead.
+and says what is wrong, so the frame never reaches callosum; `reply_key` says which call a
+bad frame claims to answer, so that call alone can fail.
 """
 
 from __future__ import annotations
@@ -102,6 +102,20 @@ def _check_data(kind: RPCMessageTypes, data: Any) -> None:
     _check_meta(kind, data["meta"])
     if kind is RPCMessageTypes.RESULT and not isinstance(data["body"], bytes):
         raise FrameRejected(f"result body is {type(data['body']).__name__}, not bytes")
+
+
+def reply_key(frame: RawHeaderBody) -> tuple[str, int] | None:
+    """(method, sequence number) of the call a frame answers, if its header says so."""
+    try:
+        header = _decode(frame.header, "header", MAX_HEADER_BYTES)
+    except FrameRejected:
+        return None
+    if not isinstance(header, Mapping):
+        return None
+    method, seq = header.get("meth"), header.get("seq")
+    if isinstance(method, str) and isinstance(seq, int) and not isinstance(seq, bool):
+        return method, seq
+    return None
 
 
 def frame_problem(frame: RawHeaderBody) -> str | None:

@@ -1,9 +1,10 @@
 """callosum's ZeroMQ transport with a guard on the client's receive loop.
 
 Every reply frame is checked before callosum decodes it (`envelope.frame_problem`). A bad
-frame ends the receive loop on purpose, and so does anything callosum itself chokes on;
-either way the guard tells the client at once, which fails the calls waiting on that
-connection and makes a new one for the next call, instead of leaving them to time out.
+frame that names a call waiting for it fails that call and is dropped. Any other bad frame
+ends the receive loop on purpose, and so does anything callosum itself chokes on; either
+way the guard tells the client at once, which fails the calls waiting on that connection
+and makes a new one for the next call, instead of leaving them to time out.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 from callosum.abc import RawHeaderBody
 from callosum.lower.zeromq import ZeroMQDealerConnector, ZeroMQRPCConnection, ZeroMQRPCTransport
 
-from sokovan.agent.envelope import frame_problem
+from sokovan.agent.envelope import frame_problem, reply_key
 
 log = logging.getLogger(__name__)
 
@@ -24,11 +25,27 @@ log = logging.getLogger(__name__)
 class FrameGuard:
     """Watches one connection's receive loop and says why it stopped."""
 
-    def __init__(self, label: str, on_broken: Callable[[FrameGuard], None]) -> None:
+    def __init__(
+        self,
+        label: str,
+        on_broken: Callable[[FrameGuard], None],
+        on_bad_reply: Callable[[FrameGuard, tuple[str, int], str], bool] | None = None,
+    ) -> None:
         self.label = label
         self.broken: str | None = None
         self.closing = False  # set before a deliberate close: its loop end is no fault
         self._on_broken = on_broken
+        self._on_bad_reply = on_bad_reply
+
+    def fail_one(self, frame: RawHeaderBody, problem: str) -> bool:
+        """Fails the one call a bad frame answers; False if no waiting call is named."""
+        key = reply_key(frame)
+        if key is None or self._on_bad_reply is None:
+            return False
+        if not self._on_bad_reply(self, key, problem):
+            return False
+        log.warning("%s: malformed reply frame to %s dropped: %s", self.label, key[0], problem)
+        return True
 
     def reject(self, problem: str) -> None:
         """Records a frame that must not reach callosum."""
@@ -60,10 +77,11 @@ class GuardedConnection(ZeroMQRPCConnection):
             async with aclosing(super().recv_message()) as frames:
                 async for frame in frames:
                     problem = None if frame is None else frame_problem(frame)
-                    if problem is not None:
+                    if problem is None:
+                        yield frame
+                    elif frame is None or not self.guard.fail_one(frame, problem):
                         self.guard.reject(problem)
                         return
-                    yield frame
         finally:
             self.guard.ended()
 

@@ -148,27 +148,45 @@ async def test_sc_fa_007_a_cancelled_reply_is_an_agent_error_not_our_cancellatio
     await pool.close_all()
 
 
-async def test_sc_fa_007_bad_frame_among_concurrent_calls_is_counted_once(
-    start_agents: StartAgents,
-) -> None:
-    """SC-FA-007: one bad frame while calls share the connection: that call fails with a
-    WireError, the others end with an answer or the same WireError (none hangs), the
-    failure counts once, and the next call succeeds."""
-    agents = await start_agents(agent_id="hostile-many")
+async def _ask_eight(agents: AgentProcess, kind: str) -> list[bool | BaseException | None]:
+    """Eight concurrent check_running calls on one lease; the fourth gets a `kind` frame."""
     agent_id = AgentId(agents.id)
     kernels = [KernelId(uuid.uuid4()) for _ in range(8)]
     pool, factory = _pool(agents)
-    op = {"op": "frame", "method": "check_running", "kind": "header_type"}
-    await _fault(agents, {**op, "kernels": [str(kernels[3])]})
+    op = {"op": "frame", "method": "check_running", "kind": kind, "kernels": [str(kernels[3])]}
+    await _fault(agents, op)
     async with pool.acquire(agent_id) as client:
         answers = await asyncio.gather(
             *(client.check_running(k) for k in kernels), return_exceptions=True
         )
-    assert isinstance(answers[3], WireError)
-    assert all(a is False or isinstance(a, WireError) for a in answers), answers
     assert await _running(pool, agent_id, kernels[0]) is False
     assert factory.connects == 2
     await pool.close_all()
+    return answers
+
+
+async def test_sc_fa_007_a_bad_frame_naming_its_call_fails_that_call_only(
+    start_agents: StartAgents,
+) -> None:
+    """SC-FA-007: among concurrent calls on one connection, a malformed reply whose header
+    names its call fails that call alone; the others get their answers; the failure counts
+    once and the next lease gets a new connection."""
+    agents = await start_agents(agent_id="hostile-one")
+    answers = await _ask_eight(agents, "header_type")
+    assert isinstance(answers[3], WireError) and "malformed reply frame" in str(answers[3])
+    assert answers[:3] + answers[4:] == [False] * 7
+
+
+async def test_sc_fa_007_an_anonymous_bad_frame_fails_only_the_calls_of_its_connection(
+    start_agents: StartAgents,
+) -> None:
+    """SC-FA-007: a frame whose header is garbage cannot say which call it answers: the
+    connection is dropped, its waiting calls end with a WireError (none hangs until the
+    timeout), the failure counts once, and the next call succeeds."""
+    agents = await start_agents(agent_id="hostile-anon")
+    answers = await _ask_eight(agents, "header_garbage")
+    assert isinstance(answers[3], WireError)
+    assert all(a is False or isinstance(a, WireError) for a in answers), answers
 
 
 WRONG_SHAPES: list[tuple[str, Any, str]] = [

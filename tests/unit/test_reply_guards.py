@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sokovan.agent import shapes, wire
-from sokovan.agent.envelope import HEADER_FIELDS, frame_problem
+from sokovan.agent.envelope import HEADER_FIELDS, frame_problem, reply_key
 from sokovan.agentd.faults import Faults
 from sokovan.agentd.frames import FrameKind, hostile_frame
 from sokovan.errors import (
@@ -278,3 +278,13 @@ def test_frame_fault_takes_a_known_kind_and_names_the_field_otherwise() -> None:
     assert fault.to_json()["frame"] == "header_deep"
     with pytest.raises(InvalidRequest, match="fault `kind` 'nope' is not one of header_type"):
         faults.apply({"op": "frame", "method": "check_running", "kind": "nope"})
+
+
+def test_sc_fa_007_a_bad_frame_says_which_call_it_answers_when_its_header_can() -> None:
+    """SC-FA-007: the header's method and sequence number pick the one call to fail."""
+    frame = honest(seq=41)
+    assert reply_key(hostile_frame(FrameKind.HEADER_TYPE, frame)) == ("check_running", 41)
+    assert reply_key(hostile_frame(FrameKind.ENVELOPE_DEEP, frame)) == ("check_running", 41)
+    assert reply_key(hostile_frame(FrameKind.HEADER_GARBAGE, frame)) is None
+    assert reply_key(hostile_frame(FrameKind.HEADER_DEEP, frame)) is None
+    assert reply_key(RawHeaderBody(msgpack.packb({"meth": "m", "seq": True}), b"", None)) is None
