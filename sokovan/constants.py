@@ -110,6 +110,7 @@ RETRY_BACKOFF_SEC: Final = 5.0
 RETRY_BACKOFF_MAX_SEC: Final = 300.0
 # Leftover containers of kernels given up on are retried this often once their agent answers.
 RECONCILE_INTERVAL_SEC: Final = 30.0
+
 # Text an agent sends (error names, messages, answers) is cut to this many UTF-8 bytes before
 # it is stored or logged: enough for any real error, and one hostile agent cannot fill rows.
 AGENT_TEXT_MAX_BYTES: Final = 2048
