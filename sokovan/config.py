@@ -60,6 +60,8 @@ class Settings:
     claim_lifetime: int = C.CLAIM_LIFETIME_SEC
     run_deadline: int = C.RUN_DEADLINE_SEC
     run_retention_days: int = C.RUN_RETENTION_DAYS
+    # Admission: a session with more kernels than this is refused.
+    max_kernels_per_session: int = C.MAX_KERNELS_PER_SESSION
     # Beat ticks that found nothing to do leave no run row unless this is on.
     record_empty_beat_runs: bool = False
     # Max items per run per handler (0 = no bound), e.g. SOKOVAN_BUDGETS="sweep_stale_kernels=5000".

@@ -121,3 +121,35 @@ AGENT_ERROR_NAME_MAX_BYTES: Final = 200
 # Backstop for error text stored in outcomes and status data: room for an agent's text,
 # already cut to AGENT_TEXT_MAX_BYTES, plus our own context around it.
 STORED_ERROR_MAX_BYTES: Final = 4096
+
+# Admission: bounds of the public task payloads, so a hostile or mistaken request is refused
+# before it costs memory, a column overflow or an agent call.
+# Kernels per session unless SOKOVAN_MAX_KERNELS_PER_SESSION says otherwise; one agent batch
+# of this size stays well inside the start timeout.
+MAX_KERNELS_PER_SESSION: Final = 64
+# The sessions.name column is this wide.
+MAX_SESSION_NAME_CHARS: Final = 128
+# images.canonical and sessions.network_id columns are this wide.
+MAX_IMAGE_NAME_CHARS: Final = 255
+# scaling_group, agent id and access_key columns are this wide.
+MAX_SHORT_ID_CHARS: Final = 64
+# status_info (where the termination reason is kept) is this wide.
+MAX_REASON_CHARS: Final = 64
+# Environment variables per session: far above what a job uses, far below what hurts an agent.
+MAX_ENVIRON_VARS: Final = 256
+# One environment variable name, and one value (a certificate or a short script fits).
+MAX_ENVIRON_NAME_CHARS: Final = 256
+MAX_ENVIRON_VALUE_CHARS: Final = 32_768
+# All names and values of a session together: the environ column and the agent's config.
+MAX_ENVIRON_TOTAL_CHARS: Final = 65_536
+# Resource slots per kernel request; Backend.AI agents report a handful.
+MAX_SLOT_ENTRIES: Final = 32
+# A slot amount as text: enough for memory in bytes with decimals, too short to be a payload.
+MAX_SLOT_VALUE_CHARS: Final = 32
+# Ids in one handler run's scope; a bigger scope is a bug or an attack, and a run can be
+# started again for the rest.
+MAX_SCOPE_IDS: Final = 10_000
+# Items per run a caller may ask for at most.
+MAX_BUDGET: Final = 10_000_000
+# Characters of an offending value echoed in a refusal: enough to recognise it, never a payload.
+REFUSAL_ECHO_CHARS: Final = 40

@@ -43,6 +43,11 @@ class ConfigError(SokovanError):
 class InvalidRequest(SokovanError):
     """A caller's input was refused before anything was created."""
 
+    def __init__(self, message: str = "", field: str | None = None) -> None:
+        super().__init__(message)
+        # The request field the refusal is about ("agents", "resource_slots.cpu"), if one.
+        self.field = field
+
 
 class UnknownAgent(InvalidRequest):
     """An agent id that is not registered."""

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any, NoReturn
+
 import typer
 
+from sokovan.admission.parse import parse_create, parse_terminate
+from sokovan.admission.refusal import INVALID, Refusal
+from sokovan.admission.schemas import Limits
 from sokovan.cli import app, setup_logging
 from sokovan.cli import handlers as handlers_cmd
 from sokovan.cli import session as session_cmd
@@ -27,6 +32,28 @@ def run_handler(
         typer.echo(str(result.get(timeout=wait)))
 
 
+def _refuse(error: str, code: int = 2) -> NoReturn:
+    """One line on stderr and the exit code: 2 for malformed input, 1 for a refusal."""
+    typer.echo(f"refused: {error}", err=True)
+    raise typer.Exit(code)
+
+
+def _answer(answer: dict[str, Any]) -> dict[str, Any]:
+    if answer.get("error"):
+        _refuse(str(answer["error"]), 2 if answer.get("kind") == INVALID else 1)
+    return answer
+
+
+def _pairs(items: list[str] | None, field: str) -> dict[str, str]:
+    pairs = {}
+    for item in items or []:
+        name, sep, value = item.partition("=")
+        if not sep:
+            _refuse(f"{field}: {item[:40]!r} is not NAME=VALUE")
+        pairs[name] = value
+    return pairs
+
+
 @session_cmd.app.command("terminate")
 def terminate(
     session_id: str,
@@ -36,18 +63,16 @@ def terminate(
     ),
     wait: float = typer.Option(30.0, help="Seconds to wait for the answer (0: don't wait)."),
 ) -> None:
-    """Requests termination of a session."""
-    result = create_app(settings()).send_task(
-        names.SESSION_TERMINATE,
-        kwargs={"session_id": session_id, "reason": reason, "force": force},
-    )
+    """Requests termination of a session (a PENDING one is cancelled)."""
+    kwargs = {"session_id": session_id, "reason": reason, "force": force}
+    parsed = parse_terminate((), kwargs)
+    if isinstance(parsed, Refusal):
+        _refuse(parsed.error)
+    result = create_app(settings()).send_task(names.SESSION_TERMINATE, kwargs=kwargs)
     if not wait:
         typer.echo(f"sent as task {result.id}")
         return
-    answer = result.get(timeout=wait)
-    if answer.get("error"):
-        typer.echo(answer["error"], err=True)
-        raise typer.Exit(1)
+    answer = _answer(result.get(timeout=wait))
     if not answer.get("terminating"):
         typer.echo(f"session {session_id}: {answer.get('note')}")
         return
@@ -65,25 +90,33 @@ def create(
     slot: list[str] = typer.Option(None, help="Resource slot per kernel, e.g. cpu=2 (repeat)."),
     env: list[str] = typer.Option(None, help="Environment variable NAME=VALUE (repeat)."),
     name: str = typer.Option("", help="Session name."),
+    queue: bool = typer.Option(True, help="Wait as PENDING when the cluster is full."),
     wait: float = typer.Option(30.0, help="Seconds to wait for the answer."),
 ) -> None:
     """Submits a session; it is refused with a clear error before anything is created."""
-    request = {
+    request: dict[str, Any] = {
         "image": image,
         "kernels": kernels,
         "cluster_mode": cluster_mode,
         "network_type": network_type,
         "network_id": network_id,
         "agents": agent or [],
-        "resource_slots": dict(kv.split("=", 1) for kv in slot) if slot else None,
-        "environ": dict(kv.split("=", 1) for kv in env) if env else {},
+        "environ": _pairs(env, "environ"),
         "name": name,
+        "queue": queue,
     }
-    result = create_app(settings()).send_task(names.SESSION_CREATE, kwargs={"request": request})
-    answer = result.get(timeout=wait)
-    if answer.get("error"):
-        typer.echo(f"refused: {answer['error']}", err=True)
-        raise typer.Exit(1)
+    if slot:
+        request["resource_slots"] = _pairs(slot, "resource_slots")
+    s = settings()
+    parsed = parse_create(request, Limits(max_kernels=s.max_kernels_per_session))
+    if isinstance(parsed, Refusal):
+        _refuse(parsed.error)
+    result = create_app(s).send_task(names.SESSION_CREATE, kwargs={"request": request})
+    answer = _answer(result.get(timeout=wait))
+    if answer.get("status") == "PENDING":
+        position = answer.get("queue_position")
+        typer.echo(f"session {answer['session_id']} PENDING (queue position {position})")
+        return
     typer.echo(f"session {answer['session_id']} submitted")
 
 

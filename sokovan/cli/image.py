@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import typer
 
+from sokovan.admission.parse import parse_image_name
+from sokovan.admission.refusal import Refusal
 from sokovan.cli.common import engine, table
 from sokovan.db.repository import SchedulerRepository
 from sokovan.types import ImageConfig
@@ -21,6 +23,10 @@ def add(
     digest: str = typer.Option(""),
 ) -> None:
     """Adds or updates an image config."""
+    refused = parse_image_name(canonical)
+    if isinstance(refused, Refusal):
+        typer.echo(f"refused: {refused.error}", err=True)
+        raise typer.Exit(2)
     SchedulerRepository(engine()).add_image(
         ImageConfig(
             canonical=canonical,

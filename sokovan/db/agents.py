@@ -74,14 +74,14 @@ class AgentsAndImages(SqlBase):
         if scaling_group:
             query = query.where(agents.c.scaling_group == scaling_group)
         with self.engine.connect() as conn:
-            return [_agent(r) for r in conn.execute(query).mappings()]
+            return [agent_row(r) for r in conn.execute(query).mappings()]
 
     def get_agent(self, agent_id: str) -> AgentRow:
         with self.engine.connect() as conn:
             row = conn.execute(sa.select(agents).where(agents.c.id == agent_id)).mappings().first()
         if row is None:
             raise UnknownAgent(f"agent {agent_id!r} is not registered")
-        return _agent(row)
+        return agent_row(row)
 
     def occupied_by_agent(self) -> dict[str, ResourceSlot]:
         """Slots held by non-terminal kernels, per agent."""
@@ -101,22 +101,8 @@ class AgentsAndImages(SqlBase):
         Kernels of a cluster mostly share their slots, so this reads a handful of rows
         where occupied_by_agent reads one per live kernel.
         """
-        slots_text = sa.cast(kernels.c.requested_slots, sa.Text)
-        query = (
-            sa.select(kernels.c.agent_id, slots_text, sa.func.count())
-            .where(
-                kernels.c.agent_id.is_not(None),
-                kernels.c.status.not_in([str(s) for s in TERMINAL_KERNEL_STATUSES]),
-            )
-            .group_by(kernels.c.agent_id, slots_text)
-        )
-        out: dict[str, ResourceSlot] = {}
         with self.engine.connect() as conn:
-            for agent_id, text, count in conn.execute(query):
-                slots = ResourceSlot.from_json(json.loads(text) if text else None)
-                total = ResourceSlot({k: v * count for k, v in slots.items()})
-                out[agent_id] = out.get(agent_id, ResourceSlot()) + total
-        return out
+            return occupied_on(conn)
 
     async def resolve(self, agent_id: AgentId) -> AgentAddress:
         """AgentDirectory port: where the agent listens."""
@@ -157,7 +143,31 @@ class AgentsAndImages(SqlBase):
             }
 
 
-def _agent(r: Any) -> AgentRow:
+def occupied_on(
+    conn: sa.Connection, agent_ids: Collection[str] | None = None
+) -> dict[str, ResourceSlot]:
+    """Slots held by non-terminal kernels per agent, read on `conn` (inside its transaction)."""
+    slots_text = sa.cast(kernels.c.requested_slots, sa.Text)
+    query = (
+        sa.select(kernels.c.agent_id, slots_text, sa.func.count())
+        .where(
+            kernels.c.agent_id.is_not(None),
+            kernels.c.status.not_in([str(s) for s in TERMINAL_KERNEL_STATUSES]),
+        )
+        .group_by(kernels.c.agent_id, slots_text)
+    )
+    if agent_ids is not None:
+        query = query.where(kernels.c.agent_id.in_(list(agent_ids)))
+    out: dict[str, ResourceSlot] = {}
+    for agent_id, text, count in conn.execute(query):
+        slots = ResourceSlot.from_json(json.loads(text) if text else None)
+        total = ResourceSlot({k: v * count for k, v in slots.items()})
+        out[agent_id] = out.get(agent_id, ResourceSlot()) + total
+    return out
+
+
+def agent_row(r: Any) -> AgentRow:
+    """An AgentRow from a row of the agents table."""
     return AgentRow(
         id=AgentId(r["id"]),
         rpc_addr=r["rpc_addr"],

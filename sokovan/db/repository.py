@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Collection, Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,6 +13,7 @@ import sqlalchemy as sa
 from sokovan.db.agents import AgentRow, AgentsAndImages
 from sokovan.db.attempts import Attempts
 from sokovan.db.ledger import utcnow
+from sokovan.db.placement import PendingQueue, Placement
 from sokovan.db.schema import agents, kernels, sessions
 from sokovan.db.transitions import Transitions
 from sokovan.errors import NotFound
@@ -46,7 +48,7 @@ class NewKernel:
     architecture: str = "x86_64"
 
 
-class SchedulerRepository(AgentsAndImages, Transitions, Attempts):
+class SchedulerRepository(AgentsAndImages, Transitions, Attempts, Placement, PendingQueue):
     """Synchronous SQL access; async callers use the async port methods or a thread."""
 
     def create_session(
@@ -63,10 +65,11 @@ class SchedulerRepository(AgentsAndImages, Transitions, Attempts):
         user_uuid: uuid.UUID | None = None,
         access_key: str = "",
         environ: Mapping[str, str] | None = None,
+        conn: sa.Connection | None = None,
     ) -> SessionId:
-        """Inserts a session with its kernels in one transaction."""
+        """Inserts a session with its kernels in one transaction (`conn`'s, when given)."""
         now = utcnow()
-        with self.engine.begin() as conn:
+        with nullcontext(conn) if conn is not None else self.engine.begin() as conn:
             conn.execute(
                 sessions.insert().values(
                     id=session_id,

@@ -1,4 +1,4 @@
-"""Session submission: validate a request, place its kernels, store it SCHEDULED."""
+"""Session submission: place its kernels under the placement lock, store it SCHEDULED or PENDING."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
 
+from sokovan.db.placement import PlacementView
 from sokovan.db.repository import AgentRow, NewKernel, SchedulerRepository
 from sokovan.errors import InvalidRequest, NoCapacity, UnknownAgent, UnknownImage
 from sokovan.types import (
@@ -25,7 +25,7 @@ DEFAULT_SLOTS = {"cpu": "1", "mem": "1073741824"}
 
 @dataclass(frozen=True, slots=True)
 class SessionRequest:
-    """What a manager asks for; every field is JSON-friendly (see from_json)."""
+    """What a manager asks for, already validated (sokovan.admission parses the payload)."""
 
     image: str
     kernels: int = 1
@@ -42,32 +42,17 @@ class SessionRequest:
     user_uuid: uuid.UUID = field(default_factory=lambda: uuid.UUID(int=0))
     access_key: str = ""
 
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> SessionRequest:
-        """Parses a request; raises InvalidRequest naming the field that is wrong."""
-        known = set(cls.__dataclass_fields__)
-        unknown = set(data) - known
-        if unknown:
-            raise InvalidRequest(f"unknown field(s): {', '.join(sorted(unknown))}")
-        if not isinstance(data.get("image"), str) or not data["image"]:
-            raise InvalidRequest("image: a non-empty image name is required")
-        try:
-            return cls(
-                image=data["image"],
-                kernels=int(data.get("kernels", 1)),
-                cluster_mode=ClusterMode(data.get("cluster_mode", ClusterMode.SINGLE_NODE)),
-                network_type=NetworkType(data.get("network_type", NetworkType.VOLATILE)),
-                network_id=data.get("network_id"),
-                resource_slots=ResourceSlot.from_json(data.get("resource_slots") or DEFAULT_SLOTS),
-                environ={str(k): str(v) for k, v in (data.get("environ") or {}).items()},
-                agents=tuple(AgentId(str(a)) for a in data.get("agents") or ()),
-                name=str(data.get("name") or ""),
-                scaling_group=str(data.get("scaling_group") or "default"),
-                user_uuid=uuid.UUID(str(data.get("user_uuid") or uuid.UUID(int=0))),
-                access_key=str(data.get("access_key") or ""),
-            )
-        except (ValueError, TypeError, ArithmeticError) as e:
-            raise InvalidRequest(f"malformed session request: {e}") from e
+    # Wait as PENDING when no agent has room now; False refuses with NoCapacity instead.
+    queue: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Submitted:
+    """A stored submission: placed (SCHEDULED) or waiting for room (PENDING)."""
+
+    session_id: SessionId
+    status: SessionStatus
+    queue_position: int | None = None
 
 
 def _roles(count: int) -> list[tuple[str, int, str]]:
@@ -86,34 +71,49 @@ def _fits(free: ResourceSlot, need: ResourceSlot) -> bool:
     return all(free.get(k, Decimal(0)) >= v for k, v in need.items() if v > 0)
 
 
+def _check_named(request: SessionRequest, by_id: Mapping[AgentId, AgentRow]) -> None:
+    for agent_id in request.agents:
+        if agent_id not in by_id:
+            raise UnknownAgent(f"agent {agent_id!r} is not registered", field="agents")
+        if by_id[agent_id].status != "ALIVE":
+            raise UnknownAgent(
+                f"agent {agent_id!r} is {by_id[agent_id].status}, not ALIVE", field="agents"
+            )
+    if request.agents and len(request.agents) not in (1, request.kernels):
+        raise InvalidRequest(
+            f"name 1 agent or one per kernel ({request.kernels}), not {len(request.agents)}",
+            field="agents",
+        )
+
+
+def _no_room(text: str) -> NoCapacity:
+    return NoCapacity(text, field="resource_slots")
+
+
 def place(
     request: SessionRequest, agents: Sequence[AgentRow], occupied: Mapping[str, ResourceSlot]
 ) -> list[AgentId]:
     """One agent per kernel: named agents as given, else the freest agents that fit."""
     by_id = {a.id: a for a in agents}
-    for agent_id in request.agents:
-        if agent_id not in by_id:
-            raise UnknownAgent(f"agent {agent_id!r} is not registered")
-        if by_id[agent_id].status != "ALIVE":
-            raise UnknownAgent(f"agent {agent_id!r} is {by_id[agent_id].status}, not ALIVE")
+    _check_named(request, by_id)
+    need = request.resource_slots
     if request.agents:
-        if len(request.agents) not in (1, request.kernels):
-            raise InvalidRequest(
-                f"agents: name 1 agent or one per kernel ({request.kernels}), "
-                f"not {len(request.agents)}"
-            )
-        return [request.agents[i % len(request.agents)] for i in range(request.kernels)]
+        chosen = [request.agents[i % len(request.agents)] for i in range(request.kernels)]
+        for agent_id in set(chosen):
+            total = ResourceSlot({k: v * chosen.count(agent_id) for k, v in need.items()})
+            if not _fits(_free(by_id[agent_id], occupied), total):
+                raise _no_room(f"agent {agent_id!r} has no room for {total.to_json()}")
+        return chosen
     free = {
         a.id: _free(a, occupied)
         for a in agents
         if a.status == "ALIVE" and a.scaling_group == request.scaling_group
     }
-    need = request.resource_slots
     if request.cluster_mode == ClusterMode.SINGLE_NODE:
         total = ResourceSlot({k: v * request.kernels for k, v in need.items()})
         fitting = [a for a, f in free.items() if _fits(f, total)]
         if not fitting:
-            raise NoCapacity(
+            raise _no_room(
                 f"no ALIVE agent in {request.scaling_group!r} has room for "
                 f"{request.kernels} kernel(s) of {need.to_json()}"
             )
@@ -123,7 +123,7 @@ def place(
     for _ in range(request.kernels):
         fitting = [a for a, f in free.items() if _fits(f, need)]
         if not fitting:
-            raise NoCapacity(
+            raise _no_room(
                 f"no room for kernel {len(placed) + 1} of {request.kernels} "
                 f"({need.to_json()}) in {request.scaling_group!r}"
             )
@@ -133,17 +133,35 @@ def place(
     return placed
 
 
-def submit_session(repo: SchedulerRepository, request: SessionRequest) -> SessionId:
-    """Validates and stores a session in SCHEDULED; nothing is created on refusal."""
-    if request.kernels < 1:
-        raise InvalidRequest(f"kernels: at least 1 is needed, got {request.kernels}")
-    if request.network_type == NetworkType.PERSISTENT and not request.network_id:
-        raise InvalidRequest("network_id: a PERSISTENT network needs the id of an existing network")
-    if request.image not in repo.image_configs([request.image]):
-        raise UnknownImage(f"image {request.image!r} has no image config (sokovan image add)")
-    agents = place(request, repo.list_agents(), repo.occupied_by_agent_grouped())
-    session_id = SessionId(uuid.uuid4())
-    kernels = [
+def place_or_queue(request: SessionRequest, view: PlacementView) -> list[AgentId] | None:
+    """Agents for the kernels, or None to wait as PENDING; raises what makes it hopeless."""
+    if view.pending and request.queue:
+        # FIFO per scaling group: a newcomer does not overtake the sessions already waiting.
+        _check_named(request, {a.id: a for a in view.agents})
+        if _could_ever_fit(request, view.agents):
+            return None
+    try:
+        return place(request, view.agents, view.occupied)
+    except NoCapacity:
+        if request.queue and _could_ever_fit(request, view.agents):
+            return None
+        raise
+
+
+def _could_ever_fit(request: SessionRequest, agents: Sequence[AgentRow]) -> bool:
+    """False when ALIVE agents exist and none could hold the session even if empty."""
+    if not any(a.status == "ALIVE" for a in agents):
+        return True  # an agent may yet join; the scheduling handler places it then
+    try:
+        place(request, agents, {})
+    except NoCapacity:
+        return False
+    return True
+
+
+def new_kernels(request: SessionRequest, placed: Sequence[AgentId | None]) -> list[NewKernel]:
+    """The session's kernels with their cluster roles, on `placed` agents (None: not yet)."""
+    return [
         NewKernel(
             id=KernelId(uuid.uuid4()),
             agent_id=agent_id,
@@ -155,19 +173,34 @@ def submit_session(repo: SchedulerRepository, request: SessionRequest) -> Sessio
             cluster_hostname=host,
         )
         for rank, (agent_id, (role, idx, host)) in enumerate(
-            zip(agents, _roles(request.kernels), strict=True)
+            zip(placed, _roles(request.kernels), strict=True)
         )
     ]
-    return repo.create_session(
-        session_id=session_id,
-        name=request.name or f"session-{str(session_id)[:8]}",
-        kernels_=kernels,
-        status=SessionStatus.SCHEDULED,
-        scaling_group=request.scaling_group,
-        cluster_mode=request.cluster_mode,
-        network_type=request.network_type,
-        network_id=request.network_id,
-        user_uuid=request.user_uuid,
-        access_key=request.access_key,
-        environ=request.environ,
-    )
+
+
+def submit_session(repo: SchedulerRepository, request: SessionRequest) -> Submitted:
+    """Places and stores a session (PENDING if it must wait); nothing is stored on refusal."""
+    if request.image not in repo.image_configs([request.image]):
+        raise UnknownImage(
+            f"image {request.image!r} has no image config (sokovan image add)", field="image"
+        )
+    session_id = SessionId(uuid.uuid4())
+    with repo.placement(request.scaling_group, request.agents) as view:
+        placed = place_or_queue(request, view)
+        status = SessionStatus.PENDING if placed is None else SessionStatus.SCHEDULED
+        repo.create_session(
+            session_id=session_id,
+            name=request.name or f"session-{str(session_id)[:8]}",
+            kernels_=new_kernels(request, placed or [None] * request.kernels),
+            status=status,
+            scaling_group=request.scaling_group,
+            cluster_mode=request.cluster_mode,
+            network_type=request.network_type,
+            network_id=request.network_id,
+            user_uuid=request.user_uuid,
+            access_key=request.access_key,
+            environ=request.environ,
+            conn=view.conn,
+        )
+    position = view.pending + 1 if placed is None else None
+    return Submitted(session_id, status, position)

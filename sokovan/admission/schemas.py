@@ -1,0 +1,293 @@
+"""One schema per public task payload; anything they do not accept is refused before use."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from typing import Annotated, Any, Final, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    StringConstraints,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from sokovan import constants as C
+
+# Backend.AI's slot names: the intrinsic ones and the accelerator plugins' device slots.
+KNOWN_SLOTS: Final = frozenset(
+    {
+        "cpu",
+        "mem",
+        "cuda.device",
+        "cuda.shares",
+        "rocm.device",
+        "tpu.device",
+        "ipu.device",
+        "atom.device",
+        "atom-plus.device",
+        "gaudi2.device",
+        "warboy.device",
+        "rngd.device",
+        "hyperaccel-lpu.device",
+    }
+)
+# A slot amount above this is no machine's capacity (memory in bytes included).
+MAX_SLOT_AMOUNT: Final = Decimal(10) ** 18
+DEFAULT_SLOTS: Final = {"cpu": "1", "mem": "1073741824"}
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Bounds that come from settings and state, passed to validation as its context."""
+
+    max_kernels: int = C.MAX_KERNELS_PER_SESSION
+    handlers: frozenset[str] = frozenset()
+
+
+def limits_of(info: ValidationInfo) -> Limits:
+    context = info.context
+    return context if isinstance(context, Limits) else Limits()
+
+
+def _printable(value: str) -> str:
+    if not value.isprintable():
+        raise PydanticCustomError("printable", "only printable characters are allowed")
+    return value
+
+
+def _one_word(value: str) -> str:
+    if any(c.isspace() for c in value):
+        raise PydanticCustomError("one_word", "no spaces are allowed")
+    return value
+
+
+def _no_nul(value: str) -> str:
+    if "\x00" in value:
+        raise PydanticCustomError("nul", "NUL characters are not allowed")
+    return value
+
+
+def _env_name(value: str) -> str:
+    if "=" in value or "\x00" in value:
+        raise PydanticCustomError("env_name", "a variable name has no '=' and no NUL")
+    return value
+
+
+def _slot_name(value: str) -> str:
+    if value not in KNOWN_SLOTS:
+        raise PydanticCustomError(
+            "slot_name",
+            "unknown slot name; known: {known}",
+            {"known": ", ".join(sorted(KNOWN_SLOTS))},
+        )
+    return value
+
+
+def _slot_amount(value: Any) -> Decimal:
+    """A finite, non-negative amount from a number or numeric string (never a bool)."""
+    if isinstance(value, bool) or not isinstance(value, str | int | float | Decimal):
+        raise PydanticCustomError("slot_type", "a number or a numeric string is required")
+    if isinstance(value, str) and len(value) > C.MAX_SLOT_VALUE_CHARS:
+        raise PydanticCustomError("slot_too_long", "a slot amount is a short number")
+    if isinstance(value, int) and value.bit_length() > 64:
+        raise PydanticCustomError("slot_too_large", "the amount is out of range")
+    try:
+        amount = Decimal(value if isinstance(value, str | int | Decimal) else str(value))
+    except InvalidOperation:
+        raise PydanticCustomError("slot_number", "not a number") from None
+    if not amount.is_finite():
+        raise PydanticCustomError("slot_finite", "the amount must be finite")
+    if amount < 0:
+        raise PydanticCustomError("slot_negative", "the amount must be 0 or more")
+    if amount > MAX_SLOT_AMOUNT:
+        raise PydanticCustomError("slot_too_large", "the amount is out of range")
+    return amount
+
+
+def _uuid_text(value: Any) -> Any:
+    # Ids travel as JSON strings; anything else (a number, a list) is not an id.
+    if not isinstance(value, str | uuid.UUID):
+        raise PydanticCustomError("uuid_type", "a UUID string is required")
+    if isinstance(value, str) and len(value) > 64:
+        raise PydanticCustomError("uuid_parsing", "not a UUID")
+    return value
+
+
+Printable = AfterValidator(_printable)
+ImageName = Annotated[
+    StrictStr,
+    StringConstraints(min_length=1, max_length=C.MAX_IMAGE_NAME_CHARS),
+    Printable,
+    AfterValidator(_one_word),
+]
+SessionName = Annotated[
+    StrictStr, StringConstraints(max_length=C.MAX_SESSION_NAME_CHARS), Printable
+]
+AccessKey = Annotated[StrictStr, StringConstraints(max_length=C.MAX_SHORT_ID_CHARS), Printable]
+Reason = Annotated[
+    StrictStr, StringConstraints(min_length=1, max_length=C.MAX_REASON_CHARS), Printable
+]
+HandlerName = Annotated[
+    StrictStr, StringConstraints(min_length=1, max_length=C.MAX_SHORT_ID_CHARS), Printable
+]
+Uuid = Annotated[uuid.UUID, BeforeValidator(_uuid_text)]
+SlotName = Annotated[StrictStr, StringConstraints(max_length=64), AfterValidator(_slot_name)]
+SlotAmount = Annotated[Decimal, BeforeValidator(_slot_amount), Field(ge=0, allow_inf_nan=False)]
+EnvName = Annotated[
+    StrictStr,
+    StringConstraints(min_length=1, max_length=C.MAX_ENVIRON_NAME_CHARS),
+    AfterValidator(_env_name),
+]
+EnvValue = Annotated[
+    StrictStr, StringConstraints(max_length=C.MAX_ENVIRON_VALUE_CHARS), AfterValidator(_no_nul)
+]
+ShortId = Annotated[
+    StrictStr,
+    StringConstraints(
+        min_length=1, max_length=C.MAX_SHORT_ID_CHARS, pattern=r"^[A-Za-z0-9._:@-]+$"
+    ),
+]
+
+
+class Payload(BaseModel):
+    """Base of the public payloads: unknown fields are refused, values never coerced."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=False)
+
+
+class CreateSessionRequest(Payload):
+    """`sokovan.session.create(request=...)`: the session to submit."""
+
+    image: ImageName = Field(description="An image added with `sokovan image add`.")
+    kernels: StrictInt = Field(
+        1, ge=1, description="Kernels in the session, at most SOKOVAN_MAX_KERNELS_PER_SESSION."
+    )
+    cluster_mode: Literal["single-node", "multi-node"] = "single-node"
+    network_type: Literal["volatile", "persistent", "host"] = "volatile"
+    network_id: ImageName | None = Field(None, description="Required for a persistent network.")
+    resource_slots: dict[SlotName, SlotAmount] = Field(
+        default_factory=lambda: {k: Decimal(v) for k, v in DEFAULT_SLOTS.items()},
+        max_length=C.MAX_SLOT_ENTRIES,
+        description="Per kernel: slot name -> finite amount >= 0 (number or numeric string).",
+    )
+    environ: dict[EnvName, EnvValue] = Field(
+        default_factory=dict,
+        max_length=C.MAX_ENVIRON_VARS,
+        description=f"Names and values without NUL, {C.MAX_ENVIRON_TOTAL_CHARS} chars in all.",
+    )
+    agents: list[ShortId] = Field(
+        default_factory=list,
+        description="Place on these agents: none, one, or one per kernel.",
+    )
+    name: SessionName = ""
+    scaling_group: ShortId = "default"
+    user_uuid: Uuid = Field(default_factory=lambda: uuid.UUID(int=0))
+    access_key: AccessKey = ""
+    queue: StrictBool = Field(
+        True, description="Wait as PENDING when no agent has room (false: refuse)."
+    )
+
+    @field_validator("kernels")
+    @classmethod
+    def _kernels_bound(cls, value: int, info: ValidationInfo) -> int:
+        limit = limits_of(info).max_kernels
+        if value > limit:
+            raise PydanticCustomError("too_many", "at most {limit} kernels", {"limit": limit})
+        return value
+
+    @field_validator("agents", mode="before")
+    @classmethod
+    def _agents_bound(cls, value: Any, info: ValidationInfo) -> Any:
+        # Checked before the items: a 100k-element list is refused without reading it.
+        limit = limits_of(info).max_kernels
+        if isinstance(value, list) and len(value) > limit:
+            raise PydanticCustomError("too_many", "at most {limit} agents", {"limit": limit})
+        return value
+
+    @field_validator("environ")
+    @classmethod
+    def _environ_size(cls, value: dict[str, str]) -> dict[str, str]:
+        total = sum(len(k) + len(v) for k, v in value.items())
+        if total > C.MAX_ENVIRON_TOTAL_CHARS:
+            raise PydanticCustomError(
+                "too_large",
+                "{total} chars in all, at most {limit}",
+                {"total": total, "limit": C.MAX_ENVIRON_TOTAL_CHARS},
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> CreateSessionRequest:
+        if len(self.agents) not in (0, 1, self.kernels):
+            raise PydanticCustomError(
+                "agents_count",
+                "name 1 agent or one per kernel ({kernels}), not {count}",
+                {"field": "agents", "kernels": self.kernels, "count": len(self.agents)},
+            )
+        if self.network_type == "persistent" and not self.network_id:
+            raise PydanticCustomError(
+                "network_id",
+                "a persistent network needs the id of an existing network",
+                {"field": "network_id"},
+            )
+        return self
+
+
+class TerminateSessionPayload(Payload):
+    """`sokovan.session.terminate(session_id, reason)`."""
+
+    session_id: Uuid
+    reason: Reason = Field(
+        "USER_REQUESTED",
+        description="Recorded on the session and sent to agents (Backend.AI reasons map).",
+    )
+
+
+class RunHandlerPayload(Payload):
+    """`sokovan.handler.run(handler, trigger, scope, budget)`."""
+
+    handler: HandlerName = Field(description="A handler name (`sokovan handlers list`).")
+    trigger: Literal["beat", "manual", "event", "api"] = "manual"
+    scope: list[Uuid] | None = Field(
+        None, max_length=C.MAX_SCOPE_IDS, description="Only these session or kernel ids."
+    )
+    budget: StrictInt | None = Field(None, ge=1, le=C.MAX_BUDGET, description="At most N items.")
+
+    @field_validator("handler")
+    @classmethod
+    def _known_handler(cls, value: str, info: ValidationInfo) -> str:
+        known = limits_of(info).handlers
+        if known and value not in known:
+            raise PydanticCustomError(
+                "unknown_handler",
+                "unknown handler; known: {known}",
+                {"known": ", ".join(sorted(known))},
+            )
+        return value
+
+
+class NoArguments(Payload):
+    """`sokovan.agents.sync`, `sokovan.maintenance.recover`, `sokovan.maintenance.prune`."""
+
+
+# Task name -> the schema of its keyword arguments (create's `request` is one object).
+PUBLIC_PAYLOADS: Final[dict[str, type[Payload]]] = {
+    "sokovan.session.create": CreateSessionRequest,
+    "sokovan.session.terminate": TerminateSessionPayload,
+    "sokovan.handler.run": RunHandlerPayload,
+    "sokovan.agents.sync": NoArguments,
+    "sokovan.maintenance.recover": NoArguments,
+    "sokovan.maintenance.prune": NoArguments,
+}

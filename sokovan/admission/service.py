@@ -1,0 +1,114 @@
+"""The public tasks' bodies: validate, act, answer JSON; expected refusals are results."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from sokovan.admission.parse import parse_create_call, parse_run_handler, parse_terminate
+from sokovan.admission.refusal import Refusal, from_error
+from sokovan.admission.schemas import Limits
+from sokovan.config import Settings
+from sokovan.db.repository import SchedulerRepository
+from sokovan.errors import InvalidRequest, NotFound, SokovanError
+from sokovan.scheduler.coordinator import Coordinator
+from sokovan.scheduler.specs.common import request_termination
+from sokovan.scheduler.submit import submit_session
+from sokovan.types import RunTrigger, SessionId, SessionStatus
+
+log = logging.getLogger(__name__)
+
+JSON = dict[str, Any]
+
+
+def _refused(task: str, refusal: Refusal) -> JSON:
+    # The refusal echoes at most a prefix of the input, so this line stays short.
+    log.warning("%s refused: %s", task, refusal.error)
+    return refusal.to_json()
+
+
+class PublicTasks:
+    """What `sokovan.session.*` and `sokovan.handler.run` do, given their raw arguments."""
+
+    def __init__(
+        self, repository: SchedulerRepository, coordinator: Coordinator, settings: Settings
+    ) -> None:
+        self.repository = repository
+        self.coordinator = coordinator
+        self.limits = Limits(
+            max_kernels=settings.max_kernels_per_session,
+            handlers=frozenset(coordinator.handlers),
+        )
+
+    async def create_session(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> JSON:
+        """Stores a valid request (placed, or PENDING); placed sessions start pulling at once."""
+        request = parse_create_call(args, kwargs, self.limits)
+        if isinstance(request, Refusal):
+            return _refused("session create", request)
+        try:
+            submitted = await asyncio.to_thread(submit_session, self.repository, request)
+        except InvalidRequest as e:
+            return _refused("session create", from_error(e, e.field))
+        sid = str(submitted.session_id)
+        if submitted.status == SessionStatus.PENDING:
+            log.info("session %s PENDING at position %s", sid, submitted.queue_position)
+            return {
+                "session_id": sid,
+                "status": str(submitted.status),
+                "queue_position": submitted.queue_position,
+            }
+        report = await self.coordinator.run("pull_images", RunTrigger.API, [sid])
+        return {"session_id": sid, "status": str(submitted.status), "pull_run_id": report.run_id}
+
+    async def terminate_session(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> JSON:
+        """Cancels a PENDING session, or moves a live one to TERMINATING and terminates it."""
+        payload = parse_terminate(args, kwargs)
+        if isinstance(payload, Refusal):
+            return _refused("session terminate", payload)
+        sid = SessionId(payload.session_id)
+        try:
+            session = await asyncio.to_thread(self.repository.get_session, sid)
+        except NotFound as e:
+            return _refused("session terminate", from_error(e, "session_id"))
+        answer: JSON = {"session_id": str(sid)}
+        if session.status == SessionStatus.PENDING and await asyncio.to_thread(
+            self.repository.cancel_pending, sid, payload.reason
+        ):
+            return {
+                **answer,
+                "terminating": False,
+                "status": str(SessionStatus.CANCELLED),
+                "note": "cancelled while PENDING; no agent was called",
+            }
+        moved = await request_termination(self.repository, [sid], payload.reason)
+        if not moved:
+            status = (await asyncio.to_thread(self.repository.get_session, sid)).status
+            return {
+                **answer,
+                "terminating": False,
+                "status": str(status),
+                "note": f"session is {status}; nothing to do",
+            }
+        report = await self.coordinator.run("terminate_sessions", RunTrigger.API, [str(sid)])
+        return {**answer, "terminating": True, "run_id": report.run_id}
+
+    async def run_handler(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> JSON:
+        """Starts one run of a handler with the trigger, scope and budget given."""
+        payload = parse_run_handler(args, kwargs, self.limits)
+        if isinstance(payload, Refusal):
+            return _refused("handler run", payload)
+        scope = None if payload.scope is None else [str(x) for x in payload.scope]
+        try:
+            report = await self.coordinator.run(
+                payload.handler, RunTrigger(payload.trigger), scope, payload.budget
+            )
+        except SokovanError as e:
+            return _refused("handler run", from_error(e, "handler"))
+        return {
+            "handler": payload.handler,
+            "run_id": report.run_id,
+            "status": str(report.status),
+            "note": report.note,
+        }
