@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -21,6 +22,7 @@ from sokovan.scheduler.submit import SessionRequest
 from sokovan.types import AgentId, ClusterMode, NetworkType, ResourceSlot
 
 P = TypeVar("P", bound=Payload)
+log = logging.getLogger(__name__)
 
 
 def keywords(
@@ -122,4 +124,7 @@ def parse_image_name(name: Any) -> str | Refusal:
 def refuse_arguments(args: Sequence[Any], kwargs: Mapping[str, Any]) -> dict[str, Any] | None:
     """The refusal (as JSON) of arguments given to a task that takes none, else None."""
     parsed = parse_call(NoArguments, args, kwargs)
-    return parsed.to_json() if isinstance(parsed, Refusal) else None
+    if not isinstance(parsed, Refusal):
+        return None
+    log.warning("arguments refused: %s", parsed.error)
+    return parsed.to_json()

@@ -1,0 +1,1 @@
+"""Admission: public payload schemas, their refusals, and the public tasks' bodies."""
