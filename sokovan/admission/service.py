@@ -14,8 +14,9 @@ from sokovan.config import Settings
 from sokovan.db.repository import SchedulerRepository
 from sokovan.errors import InvalidRequest, NotFound, SokovanError
 from sokovan.scheduler.coordinator import Coordinator
-from sokovan.scheduler.specs.common import request_termination
+from sokovan.scheduler.handlers import pull_images, terminate_sessions
 from sokovan.scheduler.submit import submit_session
+from sokovan.scheduler.transitions import request_termination
 from sokovan.types import RunTrigger, SessionId, SessionStatus
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,7 @@ class PublicTasks:
                 "status": str(submitted.status),
                 "queue_position": submitted.queue_position,
             }
-        report = await self.coordinator.run("pull_images", RunTrigger.API, [sid])
+        report = await self.coordinator.run(pull_images.NAME, RunTrigger.API, [sid])
         return {"session_id": sid, "status": str(submitted.status), "pull_run_id": report.run_id}
 
     async def terminate_session(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> JSON:
@@ -91,7 +92,7 @@ class PublicTasks:
                 "status": str(status),
                 "note": f"session is {status}; nothing to do",
             }
-        report = await self.coordinator.run("terminate_sessions", RunTrigger.API, [str(sid)])
+        report = await self.coordinator.run(terminate_sessions.NAME, RunTrigger.API, [str(sid)])
         return {**answer, "terminating": True, "run_id": report.run_id}
 
     async def run_handler(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> JSON:
