@@ -6,7 +6,6 @@ from typing import Any
 
 from sokovan.admission.parse import refuse_arguments
 from sokovan.admission.service import PublicTasks
-from sokovan.scheduler.agents import sync_agents
 from tasks import names
 from tasks.base import task
 from tasks.runtime import WorkerRuntime, runtime
@@ -43,7 +42,7 @@ def sync_agent_registry(*args: Any, **kwargs: Any) -> dict[str, Any]:
     if refused := refuse_arguments(args, kwargs):
         return refused
     rt = runtime()
-    return rt.run(sync_agents(rt.services.redis, rt.services.repository))
+    return rt.run(_public(rt).sync_agents(rt.services.redis))
 
 
 @task(names.MAINTENANCE_RECOVER)

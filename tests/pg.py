@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,8 +17,11 @@ from sokovan.db.engine import create_engine, upgrade
 
 
 @contextmanager
-def postgres_engine(data: Path) -> Iterator[sa.Engine]:
-    """An engine on a fresh server whose files live under `data`; stopped afterwards."""
+def postgres_engine() -> Iterator[sa.Engine]:
+    """An engine on a fresh server with its own data folder; stopped and removed afterwards."""
+    # Outside pytest's private temp folder: as root, pgserver runs the server as another
+    # user, who must be able to reach the data folder.
+    data = Path(tempfile.mkdtemp(prefix="sokovan-pg-"))
     os.environ.setdefault("XDG_RUNTIME_DIR", str(data))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # platformdirs warns about the runtime dir at import
@@ -33,3 +38,4 @@ def postgres_engine(data: Path) -> Iterator[sa.Engine]:
     finally:
         engine.dispose()
         server.cleanup()
+        shutil.rmtree(data, ignore_errors=True)

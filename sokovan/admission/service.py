@@ -7,14 +7,17 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from redis.asyncio import Redis
+
 from sokovan.admission.parse import parse_create_call, parse_run_handler, parse_terminate
 from sokovan.admission.refusal import Refusal, from_error
 from sokovan.admission.schemas import Limits
 from sokovan.config import Settings
 from sokovan.db.repository import SchedulerRepository
 from sokovan.errors import InvalidRequest, NotFound, SokovanError
+from sokovan.scheduler.agents import sync_agents
 from sokovan.scheduler.coordinator import Coordinator
-from sokovan.scheduler.handlers import pull_images, terminate_sessions
+from sokovan.scheduler.handlers import pull_images, schedule_sessions, terminate_sessions
 from sokovan.scheduler.submit import submit_session
 from sokovan.scheduler.transitions import request_termination
 from sokovan.types import RunTrigger, SessionId, SessionStatus
@@ -77,6 +80,8 @@ class PublicTasks:
         if session.status == SessionStatus.PENDING and await asyncio.to_thread(
             self.repository.cancel_pending, sid, payload.reason
         ):
+            # The cancelled session may have been the head of its queue.
+            await self.coordinator.run(schedule_sessions.NAME, RunTrigger.API)
             return {
                 **answer,
                 "terminating": False,
@@ -94,6 +99,19 @@ class PublicTasks:
             }
         report = await self.coordinator.run(terminate_sessions.NAME, RunTrigger.API, [str(sid)])
         return {**answer, "terminating": True, "run_id": report.run_id}
+
+    async def sync_agents(self, redis: Redis) -> JSON:
+        """Copies agents' registrations; an agent that joined gets the pending queue a run."""
+        before = await asyncio.to_thread(self._alive)
+        counts = await sync_agents(redis, self.repository)
+        joined = await asyncio.to_thread(self._alive) - before
+        pending = await asyncio.to_thread(self.repository.pending_count) if joined else 0
+        if pending:
+            await self.coordinator.run(schedule_sessions.NAME, RunTrigger.EVENT)
+        return dict(counts)
+
+    def _alive(self) -> set[str]:
+        return {a.id for a in self.repository.list_agents() if a.status == "ALIVE"}
 
     async def run_handler(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> JSON:
         """Starts one run of a handler with the trigger, scope and budget given."""

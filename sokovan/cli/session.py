@@ -16,23 +16,27 @@ app = typer.Typer(help="Sessions: list, show, create, terminate.", no_args_is_he
 
 @app.command("list")
 def list_sessions(
-    status: list[SessionStatus] = typer.Option(None, help="Only these statuses (repeatable)."),
+    status: list[SessionStatus] = typer.Option(
+        None, case_sensitive=False, help="Only these statuses (repeatable), e.g. pending."
+    ),
     limit: int = typer.Option(50),
 ) -> None:
-    """Lists sessions with their kernel counts."""
+    """Lists sessions with their kernel counts; PENDING ones with their place in the queue."""
     repo = SchedulerRepository(engine())
+    queue = repo.queue_positions()
     rows = [
         (
             s.id,
             s.name,
             s.status,
+            queue.get(s.id, ""),
             s.status_info or "",
             len(s.kernels),
             ",".join(sorted({k.agent_id or "-" for k in s.kernels})),
         )
         for s in repo.sessions_in(status or list(SessionStatus), limit=limit)
     ]
-    typer.echo(table(("ID", "NAME", "STATUS", "INFO", "KERNELS", "AGENTS"), rows))
+    typer.echo(table(("ID", "NAME", "STATUS", "QUEUE", "INFO", "KERNELS", "AGENTS"), rows))
 
 
 @app.command()

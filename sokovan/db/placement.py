@@ -12,15 +12,13 @@ from __future__ import annotations
 from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
 
 import sqlalchemy as sa
 
 from sokovan.db.agents import AgentRow, agent_row, occupied_on
 from sokovan.db.base import SqlBase
-from sokovan.db.ledger import utcnow
-from sokovan.db.schema import agents, kernels, sessions
-from sokovan.types import KernelStatus, ResourceSlot, SessionId, SessionStatus
+from sokovan.db.schema import agents, sessions
+from sokovan.types import ResourceSlot, SessionStatus
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +37,7 @@ class Placement(SqlBase):
 
     @contextmanager
     def placement(self, scaling_group: str, named: Collection[str] = ()) -> Iterator[PlacementView]:
-        """A transaction holding the placement lock of the named agents (else the group's)."""
+        """A transaction holding the placement lock of the group's agents and the named ones."""
         with self.engine.connect() as conn:
             try:
                 if conn.dialect.name == "sqlite":
@@ -64,10 +62,10 @@ def _locked_agents(
     conn: sa.Connection, scaling_group: str, named: Collection[str]
 ) -> list[AgentRow]:
     query = sa.select(agents).order_by(agents.c.id)
-    if named:
-        query = query.where(agents.c.id.in_(sorted(set(named))))
-    else:
-        query = query.where(agents.c.scaling_group == scaling_group)
+    in_group = agents.c.scaling_group == scaling_group
+    query = query.where(
+        sa.or_(in_group, agents.c.id.in_(sorted(set(named)))) if named else in_group
+    )
     if conn.dialect.name == "postgresql":
         # Ordered by id, so two placements lock overlapping agents in the same order.
         query = query.with_for_update()
@@ -80,55 +78,3 @@ def _pending_count(conn: sa.Connection, scaling_group: str) -> int:
         sessions.c.scaling_group == scaling_group,
     )
     return int(conn.execute(query).scalar() or 0)
-
-
-def _cancel_values(reason: str) -> dict[str, Any]:
-    now = utcnow()
-    return {
-        "status": str(SessionStatus.CANCELLED),
-        "status_info": reason,
-        "status_changed_at": now,
-        "terminated_at": now,
-    }
-
-
-class PendingQueue(SqlBase):
-    """PENDING sessions: cancelled without an agent call, and their queue positions."""
-
-    def cancel_pending(self, session_id: SessionId, reason: str) -> bool:
-        """Cancels a session still PENDING (it holds no agent); False if it was not PENDING."""
-        values = _cancel_values(reason)
-        with self.engine.begin() as conn:
-            moved = conn.execute(
-                sessions.update()
-                .where(
-                    sessions.c.id == session_id,
-                    sessions.c.status == str(SessionStatus.PENDING),
-                )
-                .values(**values)
-            ).rowcount
-            if moved:
-                conn.execute(
-                    kernels.update()
-                    .where(
-                        kernels.c.session_id == session_id,
-                        kernels.c.status == str(KernelStatus.PENDING),
-                    )
-                    .values(**values)
-                )
-        return bool(moved)
-
-    def queue_positions(self) -> dict[SessionId, int]:
-        """Every PENDING session's place in its scaling group's queue, from 1."""
-        query = (
-            sa.select(sessions.c.id, sessions.c.scaling_group)
-            .where(sessions.c.status == str(SessionStatus.PENDING))
-            .order_by(sessions.c.created_at, sessions.c.id)
-        )
-        seen: dict[str, int] = {}
-        out: dict[SessionId, int] = {}
-        with self.engine.connect() as conn:
-            for sid, group in conn.execute(query):
-                seen[group] = seen.get(group, 0) + 1
-                out[SessionId(sid)] = seen[group]
-        return out

@@ -13,7 +13,8 @@ import sqlalchemy as sa
 from sokovan.db.agents import AgentRow, AgentsAndImages
 from sokovan.db.attempts import Attempts
 from sokovan.db.ledger import utcnow
-from sokovan.db.placement import PendingQueue, Placement
+from sokovan.db.pending import PendingQueue
+from sokovan.db.placement import Placement
 from sokovan.db.schema import agents, kernels, sessions
 from sokovan.db.transitions import Transitions
 from sokovan.errors import NotFound
@@ -65,6 +66,7 @@ class SchedulerRepository(AgentsAndImages, Transitions, Attempts, Placement, Pen
         user_uuid: uuid.UUID | None = None,
         access_key: str = "",
         environ: Mapping[str, str] | None = None,
+        status_data: Mapping[str, Any] | None = None,
         conn: sa.Connection | None = None,
     ) -> SessionId:
         """Inserts a session with its kernels in one transaction (`conn`'s, when given)."""
@@ -75,7 +77,7 @@ class SchedulerRepository(AgentsAndImages, Transitions, Attempts, Placement, Pen
                     id=session_id,
                     name=name,
                     status=str(status),
-                    status_data={},
+                    status_data=dict(status_data or {}),
                     scaling_group=scaling_group,
                     cluster_mode=str(cluster_mode),
                     network_type=str(network_type),

@@ -82,6 +82,8 @@ sessions = sa.Table(
     sa.Column("created_at", TS, nullable=False),
     sa.Column("status_changed_at", TS, nullable=False),
     sa.Column("terminated_at", TS, nullable=True),
+    # The pending queue: oldest first per scaling group.
+    sa.Index("ix_sessions_status_sg_created", "status", "scaling_group", "created_at"),
 )
 
 kernels = sa.Table(

@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 
+from sokovan.db.pending import REQUESTED_AGENTS
 from sokovan.db.placement import PlacementView
 from sokovan.db.repository import AgentRow, NewKernel, SchedulerRepository
 from sokovan.errors import InvalidRequest, NoCapacity, UnknownAgent, UnknownImage
@@ -138,17 +139,17 @@ def place_or_queue(request: SessionRequest, view: PlacementView) -> list[AgentId
     if view.pending and request.queue:
         # FIFO per scaling group: a newcomer does not overtake the sessions already waiting.
         _check_named(request, {a.id: a for a in view.agents})
-        if _could_ever_fit(request, view.agents):
+        if could_ever_fit(request, view.agents):
             return None
     try:
         return place(request, view.agents, view.occupied)
     except NoCapacity:
-        if request.queue and _could_ever_fit(request, view.agents):
+        if request.queue and could_ever_fit(request, view.agents):
             return None
         raise
 
 
-def _could_ever_fit(request: SessionRequest, agents: Sequence[AgentRow]) -> bool:
+def could_ever_fit(request: SessionRequest, agents: Sequence[AgentRow]) -> bool:
     """False when ALIVE agents exist and none could hold the session even if empty."""
     if not any(a.status == "ALIVE" for a in agents):
         return True  # an agent may yet join; the scheduling handler places it then
@@ -200,6 +201,10 @@ def submit_session(repo: SchedulerRepository, request: SessionRequest) -> Submit
             user_uuid=request.user_uuid,
             access_key=request.access_key,
             environ=request.environ,
+            # A waiting session keeps the agents it named until the queue places it.
+            status_data={REQUESTED_AGENTS: list(request.agents)}
+            if placed is None and request.agents
+            else None,
             conn=view.conn,
         )
     position = view.pending + 1 if placed is None else None

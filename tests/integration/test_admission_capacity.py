@@ -27,8 +27,8 @@ SUBMISSIONS = 100
 
 
 @pytest.fixture(scope="module")
-def pg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[sa.Engine]:
-    with postgres_engine(tmp_path_factory.mktemp("pg-admission")) as engine:
+def pg() -> Iterator[sa.Engine]:
+    with postgres_engine() as engine:
         yield engine
 
 

@@ -15,6 +15,7 @@ from sokovan.errors import UnknownHandler
 from sokovan.scheduler.handlers import (
     pull_images,
     reconcile_leftovers,
+    schedule_sessions,
     start_sessions,
     sweep_stale_kernels,
     terminate_sessions,
@@ -28,6 +29,7 @@ from sokovan.scheduler.handlers.base import (
 from sokovan.types import AgentId, ItemOutcome, Operation
 
 HANDLERS: tuple[HandlerDeclaration, ...] = (
+    schedule_sessions.DECLARATION,
     pull_images.DECLARATION,
     start_sessions.DECLARATION,
     terminate_sessions.DECLARATION,

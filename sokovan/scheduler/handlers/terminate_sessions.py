@@ -59,6 +59,7 @@ log = logging.getLogger(__name__)
 
 NAME = TERMINATE_HANDLER
 ALIVE = "ALIVE"
+SCHEDULE_SESSIONS = "schedule_sessions"
 LOCK_ID = "LOCKID_SOKOVAN_TERMINATE_SESSIONS"
 
 
@@ -153,7 +154,8 @@ def build(ctx: HandlerContext) -> HandlerRuntime:
     async def finish(run_id: RunId, outcomes: Sequence[ItemOutcome], moved: Moved) -> FollowUps:
         """Sessions whose kernels are all terminal are TERMINATED."""
         await asyncio.to_thread(finish_terminated_sessions, repo, session_ids_of(outcomes))
-        return ()
+        # Kernels given up freed their slots as well: the pending queue may fit now.
+        return [(SCHEDULE_SESSIONS, None)] if any(moved.values()) else ()
 
     async def complete(run_id: RunId, outcomes: Sequence[ItemOutcome], moved: Moved) -> FollowUps:
         sessions = session_ids_of(outcomes)
@@ -184,7 +186,11 @@ def build(ctx: HandlerContext) -> HandlerRuntime:
             len(moved.get("ok", ())),
             len(finished),
         )
-        return await _past_deadline_follow_up(repo, settings.terminating_deadline, outcomes)
+        follow = list(await _past_deadline_follow_up(repo, settings.terminating_deadline, outcomes))
+        if moved.get("ok") or moved.get("skipped"):
+            # Destroyed kernels freed their slots: the pending queue may fit now.
+            follow.append((SCHEDULE_SESSIONS, None))
+        return follow
 
     return HandlerRuntime(DECLARATION, plan, {Operation.DESTROY_KERNELS: complete, None: finish})
 
