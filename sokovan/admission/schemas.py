@@ -170,33 +170,41 @@ class Payload(BaseModel):
 class CreateSessionRequest(Payload):
     """`sokovan.session.create(request=...)`: the session to submit."""
 
-    image: ImageName = Field(description="An image added with `sokovan image add`.")
+    image: ImageName = Field(
+        description="An image added with `sokovan image add`; printable, no spaces."
+    )
     kernels: StrictInt = Field(
-        1, ge=1, description="Kernels in the session, at most SOKOVAN_MAX_KERNELS_PER_SESSION."
+        1, ge=1, description="At most `SOKOVAN_MAX_KERNELS_PER_SESSION` (64)."
     )
     cluster_mode: Literal["single-node", "multi-node"] = "single-node"
     network_type: Literal["volatile", "persistent", "host"] = "volatile"
-    network_id: ImageName | None = Field(None, description="Required for a persistent network.")
+    network_id: ImageName | None = Field(
+        None, description="An existing network; required when network_type is persistent."
+    )
     resource_slots: dict[SlotName, SlotAmount] = Field(
         default_factory=lambda: {k: Decimal(v) for k, v in DEFAULT_SLOTS.items()},
         max_length=C.MAX_SLOT_ENTRIES,
-        description="Per kernel: slot name -> finite amount >= 0 (number or numeric string).",
+        description="Per kernel. Names: " + ", ".join(sorted(KNOWN_SLOTS)) + ". Amounts: a "
+        f"number or numeric string (at most {C.MAX_SLOT_VALUE_CHARS} chars), finite, "
+        f">= 0, <= 10^18; never a bool.",
     )
     environ: dict[EnvName, EnvValue] = Field(
         default_factory=dict,
         max_length=C.MAX_ENVIRON_VARS,
-        description=f"Names and values without NUL, {C.MAX_ENVIRON_TOTAL_CHARS} chars in all.",
+        description="Strings only, no NUL, no `=` in a name; "
+        f"{C.MAX_ENVIRON_TOTAL_CHARS} chars in all.",
     )
     agents: list[ShortId] = Field(
         default_factory=list,
-        description="Place on these agents: none, one, or one per kernel.",
+        description="Agent ids to place on: none (the freest agents), one, or one per kernel.",
     )
-    name: SessionName = ""
+    name: SessionName = Field("", description="Printable; empty: `session-<id prefix>`.")
     scaling_group: ShortId = "default"
     user_uuid: Uuid = Field(default_factory=lambda: uuid.UUID(int=0))
-    access_key: AccessKey = ""
+    access_key: AccessKey = Field("", description="Printable.")
     queue: StrictBool = Field(
-        True, description="Wait as PENDING when no agent has room (false: refuse)."
+        True,
+        description="Wait as PENDING when no agent has room now; false refuses with NoCapacity.",
     )
 
     @field_validator("kernels")
@@ -248,22 +256,24 @@ class CreateSessionRequest(Payload):
 class TerminateSessionPayload(Payload):
     """`sokovan.session.terminate(session_id, reason)`."""
 
-    session_id: Uuid
+    session_id: Uuid = Field(description="An unknown id is a NotFound refusal.")
     reason: Reason = Field(
         "USER_REQUESTED",
-        description="Recorded on the session and sent to agents (Backend.AI reasons map).",
+        description="Printable; recorded on the session, mapped to the agent's lifecycle reason.",
     )
 
 
 class RunHandlerPayload(Payload):
     """`sokovan.handler.run(handler, trigger, scope, budget)`."""
 
-    handler: HandlerName = Field(description="A handler name (`sokovan handlers list`).")
+    handler: HandlerName = Field(description="A declared handler (`sokovan handlers list`).")
     trigger: Literal["beat", "manual", "event", "api"] = "manual"
     scope: list[Uuid] | None = Field(
         None, max_length=C.MAX_SCOPE_IDS, description="Only these session or kernel ids."
     )
-    budget: StrictInt | None = Field(None, ge=1, le=C.MAX_BUDGET, description="At most N items.")
+    budget: StrictInt | None = Field(
+        None, ge=1, le=C.MAX_BUDGET, description="At most this many items this run."
+    )
 
     @field_validator("handler")
     @classmethod

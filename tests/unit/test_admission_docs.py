@@ -1,0 +1,24 @@
+"""The README's payload tables are the ones the schema code generates."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sokovan.admission.docs import BEGIN, END, render
+from sokovan.admission.schemas import PUBLIC_PAYLOADS
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def test_readme_payload_section_is_generated_from_the_schemas() -> None:
+    text = README.read_text()
+    start, end = text.index(BEGIN), text.index(END) + len(END)
+    assert text[start:end] == render(), "run: python -m sokovan.admission.docs README.md"
+
+
+def test_every_public_task_and_field_is_documented() -> None:
+    section = render()
+    for task, model in PUBLIC_PAYLOADS.items():
+        assert f"`{task}`" in section
+        for name in model.model_fields:
+            assert f"| `{name}` |" in section
