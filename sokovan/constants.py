@@ -146,9 +146,9 @@ MAX_ENVIRON_TOTAL_CHARS: Final = 65_536
 MAX_SLOT_ENTRIES: Final = 32
 # A slot amount as text: enough for memory in bytes with decimals, too short to be a payload.
 MAX_SLOT_VALUE_CHARS: Final = 32
-# Ids in one handler run's scope; a bigger scope is a bug or an attack, and a run can be
-# started again for the rest.
-MAX_SCOPE_IDS: Final = 10_000
+# Ids in one handler run's scope: above the follow-up of any one run the scheduler kicks
+# itself (a run's sessions), far below what fills a worker's memory.
+MAX_SCOPE_IDS: Final = 50_000
 # Items per run a caller may ask for at most.
 MAX_BUDGET: Final = 10_000_000
 # Characters of an offending value echoed in a refusal: enough to recognise it, never a payload.

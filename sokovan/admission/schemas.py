@@ -164,7 +164,7 @@ ShortId = Annotated[
 class Payload(BaseModel):
     """Base of the public payloads: unknown fields are refused, values never coerced."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=False)
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class CreateSessionRequest(Payload):

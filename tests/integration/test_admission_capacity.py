@@ -246,3 +246,19 @@ def test_cancelling_a_pending_session_frees_its_place(repo: GroupRepo) -> None:
     assert all(k.status == KernelStatus.CANCELLED and k.agent_id is None for k in cancelled.kernels)
     positions = repo.queue_positions()
     assert (positions[first.session_id], positions[third.session_id]) == (1, 2)
+
+
+def test_a_named_agent_is_never_filled_past_its_capacity(repo: GroupRepo) -> None:
+    """SC-AD-004: naming an agent does not skip the capacity check (11 CPUs on a 30-CPU agent
+    that already holds 20 wait; with queue false they are refused)."""
+    agent = AgentId(f"{repo.group}-a1")
+    named = replace(request_of(repo, queue=True), agents=(agent,))
+    for _ in range(20):
+        assert submit_session(repo, named).status == SessionStatus.SCHEDULED
+    big = replace(named, resource_slots=ResourceSlot.from_json({"cpu": 11}))
+    waiting = submit_session(repo, big)
+    assert waiting.status == SessionStatus.PENDING
+    with pytest.raises(NoCapacity):
+        submit_session(repo, replace(big, queue=False))
+    assert repo.occupied_by_agent()[agent]["cpu"] == 20
+    assert repo.session_status_data(waiting.session_id) == {"requested_agents": [agent]}

@@ -15,6 +15,7 @@ import sqlalchemy as sa
 
 from sokovan.db.schema import run_items
 from sokovan.types import SessionId, SessionStatus
+from tests.agents import agent_process
 from tests.cluster import Cluster, running_cluster
 from tests.workers import wait_for
 
@@ -153,3 +154,20 @@ def outcomes_of(c: Cluster, item_ids: list[str]) -> list[Any]:
     """Run ledger items of these kernels: there are some only if a handler acted on them."""
     with c.senv.engine.connect() as conn:
         return list(conn.execute(sa.select(run_items).where(run_items.c.item_id.in_(item_ids))))
+
+
+async def test_an_agent_joining_places_the_waiting_session(tmp_path: Path, valkey_url: str) -> None:
+    """SC-AD-006: capacity that arrives with a new agent goes to the queue at once.
+
+    Given one agent with room for two one-CPU sessions and a third one PENDING, when a
+    second agent starts and `sokovan.agents.sync` registers it, the waiting session is
+    placed on it and runs, without waiting for a beat tick (no beat runs here)."""
+    cpu = ["--cpu", "2"]
+    async with running_cluster(tmp_path, valkey_url, agents=1, runtime="sim", extra_args=cpu) as c:
+        answers = [c.send("sokovan.session.create", request=request()) for _ in range(3)]
+        assert [a["status"] for a in answers] == ["SCHEDULED", "SCHEDULED", "PENDING"]
+        waiting = SessionId(uuid.UUID(answers[2]["session_id"]))
+        async with agent_process(c.senv.settings.redis_url, agent_id="b1", extra_args=cpu):
+            assert c.send("sokovan.agents.sync")["alive"] == 2
+            session = c.wait_status(waiting, SessionStatus.RUNNING)
+            assert {k.agent_id for k in session.kernels} == {"b1"}
