@@ -31,8 +31,12 @@ class SokovanTask(Task):  # type: ignore[misc]
 
 
 def refusal(error: BaseException) -> dict[str, Any]:
-    """The result of a task that refused its input: `{"error", "kind"}`."""
-    return {"error": str(error)[:MAX_ERROR_TEXT], "kind": type(error).__name__}
+    """The result of a task that refused its input: `{"error", "kind", "field"}` (README)."""
+    return {
+        "error": str(error)[:MAX_ERROR_TEXT],
+        "kind": type(error).__name__,
+        "field": getattr(error, "field", None),
+    }
 
 
 def task(name: str, **options: Any) -> Callable[[F], Any]:

@@ -22,3 +22,9 @@ def test_every_public_task_and_field_is_documented() -> None:
         assert f"`{task}`" in section
         for name in model.model_fields:
             assert f"| `{name}` |" in section
+
+
+def test_every_public_task_has_a_schema() -> None:
+    from tasks import names
+
+    assert set(PUBLIC_PAYLOADS) == set(names.PUBLIC)
