@@ -99,7 +99,8 @@ CASES: list[Hostile] = [
     terminate("reason", "terminate-reason-list", session_id=str(uuid.uuid4()), reason=["x"]),
     terminate("reason", "terminate-reason-5mb", session_id=str(uuid.uuid4()), reason=FIVE_MB),
     terminate("reason", "terminate-reason-nul", session_id=str(uuid.uuid4()), reason="a\x00"),
-    terminate("force", "terminate-unknown-field", session_id=str(uuid.uuid4()), force=True),
+    terminate("force", "terminate-force-string", session_id=str(uuid.uuid4()), force="yes"),
+    terminate("hard", "terminate-unknown-field", session_id=str(uuid.uuid4()), hard=True),
     # Handler runs.
     handler("handler", "handler-unknown", handler="rm_rf"),
     handler("handler", "handler-list", handler=["terminate_sessions"]),

@@ -254,12 +254,17 @@ class CreateSessionRequest(Payload):
 
 
 class TerminateSessionPayload(Payload):
-    """`sokovan.session.terminate(session_id, reason)`."""
+    """`sokovan.session.terminate(session_id, reason, force)`."""
 
     session_id: Uuid = Field(description="An unknown id is a NotFound refusal.")
     reason: Reason = Field(
         "USER_REQUESTED",
         description="Printable; recorded on the session, mapped to the agent's lifecycle reason.",
+    )
+    force: StrictBool = Field(
+        False,
+        description="Give kernels up at once (FORCE_TERMINATED) if their agent cannot "
+        "destroy them, instead of retrying until the TERMINATING deadline.",
     )
 
 

@@ -13,6 +13,7 @@ from sokovan.admission.parse import parse_create_call, parse_run_handler, parse_
 from sokovan.admission.refusal import Refusal, from_error
 from sokovan.admission.schemas import Limits
 from sokovan.config import Settings
+from sokovan.db.ledger import utcnow
 from sokovan.db.repository import SchedulerRepository
 from sokovan.errors import InvalidRequest, NotFound, SokovanError
 from sokovan.scheduler.agents import sync_agents
@@ -77,11 +78,7 @@ class PublicTasks:
         except NotFound as e:
             return _refused("session terminate", from_error(e, "session_id"))
         answer: JSON = {"session_id": str(sid)}
-        if session.status == SessionStatus.PENDING and await asyncio.to_thread(
-            self.repository.cancel_pending, sid, payload.reason
-        ):
-            # The cancelled session may have been the head of its queue.
-            await self.coordinator.run(schedule_sessions.NAME, RunTrigger.API)
+        if session.status == SessionStatus.PENDING and await self._cancel(sid, payload.reason):
             return {
                 **answer,
                 "terminating": False,
@@ -89,16 +86,27 @@ class PublicTasks:
                 "note": "cancelled while PENDING; no agent was called",
             }
         moved = await request_termination(self.repository, [sid], payload.reason)
-        if not moved:
-            status = (await asyncio.to_thread(self.repository.get_session, sid)).status
+        status = (await asyncio.to_thread(self.repository.get_session, sid)).status
+        if not moved and not (payload.force and status == SessionStatus.TERMINATING):
             return {
                 **answer,
                 "terminating": False,
                 "status": str(status),
                 "note": f"session is {status}; nothing to do",
             }
+        if payload.force:
+            # The TERMINATING deadline is now: what cannot be destroyed is given up at once.
+            await asyncio.to_thread(self.repository.set_session_deadline, sid, utcnow())
         report = await self.coordinator.run(terminate_sessions.NAME, RunTrigger.API, [str(sid)])
-        return {**answer, "terminating": True, "run_id": report.run_id}
+        return {**answer, "terminating": True, "run_id": report.run_id, "force": payload.force}
+
+    async def _cancel(self, sid: SessionId, reason: str) -> bool:
+        """Cancels a session still PENDING; False if the queue placed it meanwhile."""
+        if not await asyncio.to_thread(self.repository.cancel_pending, sid, reason):
+            return False
+        # The cancelled session may have been the head of its queue.
+        await self.coordinator.run(schedule_sessions.NAME, RunTrigger.API)
+        return True
 
     async def sync_agents(self, redis: Redis) -> JSON:
         """Copies agents' registrations; an agent that joined gets the pending queue a run."""
