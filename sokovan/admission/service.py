@@ -21,11 +21,9 @@ from sokovan.scheduler.coordinator import Coordinator
 from sokovan.scheduler.handlers import pull_images, schedule_sessions, terminate_sessions
 from sokovan.scheduler.submit import submit_session
 from sokovan.scheduler.transitions import request_termination
-from sokovan.types import RunTrigger, SessionId, SessionStatus
+from sokovan.types import JSON, RunTrigger, SessionId, SessionStatus
 
 log = logging.getLogger(__name__)
-
-JSON = dict[str, Any]
 
 
 def _refused(task: str, refusal: Refusal) -> JSON:
