@@ -211,6 +211,8 @@ async def test_sc_dl_004_creation_that_never_reports(tmp_path: Path, valkey_url:
         sid = _running_on(c, "a1", "lost-result")
         [kernel] = c.session(sid).kernels
         assert str(kernel.id) in await _agent_kernels(c, "a1")
+        # Once the start run has closed, nothing would record the creation result again.
+        wait_for(lambda: not c.ledger.running("start_sessions"), timeout=30, what="start run")
         with c.senv.engine.begin() as conn:  # as if the result had never been recorded
             conn.execute(
                 sessions_table.update().where(sessions_table.c.id == sid).values(status="CREATING")
