@@ -13,6 +13,7 @@ from sokovan.config import Settings
 from sokovan.db.engine import create_engine
 from sokovan.db.ledger import RunLedger
 from sokovan.db.repository import SchedulerRepository
+from sokovan.db.secret_environ import SqlSecretEnviron
 from sokovan.db.secrets import SqlSecretStore, load_or_create_key
 from sokovan.ports import (
     AgentClientPool,
@@ -28,6 +29,7 @@ from sokovan.scheduler.claims import RedisClaims
 from sokovan.scheduler.coordinator import Coordinator
 from sokovan.scheduler.handlers import build_handlers
 from sokovan.scheduler.handlers.base import HandlerContext
+from sokovan.scheduler.launcher.environ import StoredKernelEnvirons
 from sokovan.scheduler.terminator import SessionTerminator
 from sokovan.scheduler.tracking import FanOutTracker, TrackedFanOut
 
@@ -81,6 +83,7 @@ class Services:
     coordinator: Coordinator
     secrets: SqlSecretStore
     context: HandlerContext
+    secret_environ: SqlSecretEnviron
     network_plugins: dict[str, NetworkPlugin] = field(default_factory=dict)
 
     async def close(self) -> None:
@@ -135,7 +138,9 @@ async def build_services(
         budgets=settings.budgets,
         record_empty_beat_runs=settings.record_empty_beat_runs,
     )
-    secrets = SqlSecretStore(engine, load_or_create_key(settings.secret_key, settings.var_dir))
+    key = load_or_create_key(settings.secret_key, settings.var_dir)
+    secrets = SqlSecretStore(engine, key)
+    secret_environ = SqlSecretEnviron(engine, key, settings.secret_env_patterns)
     plugins = build_network_plugins() if network_plugins is None else network_plugins
     context = HandlerContext(
         settings=settings,
@@ -145,6 +150,7 @@ async def build_services(
         secrets=secrets,
         fanout=tracked,
         network_plugins=plugins,
+        environs=StoredKernelEnvirons(repository.sessions_by_ids, secret_environ),
     )
     for runtime in build_handlers(context):
         coordinator.register(runtime)
@@ -160,5 +166,6 @@ async def build_services(
         coordinator=coordinator,
         secrets=secrets,
         context=context,
+        secret_environ=secret_environ,
         network_plugins=plugins,
     )

@@ -75,8 +75,12 @@ class Settings:
     curve_agent_public_key: Path | None = None
     # Key that encrypts cluster SSH private keys at rest (Fernet); generated under var_dir if empty.
     secret_key: str = ""
+    # Environ names containing one of these (any case) are secret, e.g. "TOKEN,PASSWORD".
+    secret_env_patterns: tuple[str, ...] = C.DEFAULT_SECRET_ENV_PATTERNS
     network_default_driver: str = "local"
     # Flower.
+    # Loopback by default: Flower shows every task; open it wider on purpose only.
+    flower_host: str = "127.0.0.1"
     flower_user: str = "admin"
     flower_password: str = ""
     flower_port: int = 5555
@@ -119,6 +123,8 @@ def _parse(name: str, raw: str, kind: Any) -> Any:
             return Path(text)
         if kind == (Path | None):
             return Path(text) if text else None
+        if "tuple" in str(kind):
+            return tuple(p.strip() for p in text.replace(";", ",").split(",") if p.strip())
         if "Mapping" in str(kind):
             pairs = [p for p in text.replace(";", ",").split(",") if p.strip()]
             return {k.strip(): int(v) for k, v in (p.split("=", 1) for p in pairs)}

@@ -153,3 +153,24 @@ MAX_SCOPE_IDS: Final = 50_000
 MAX_BUDGET: Final = 10_000_000
 # Characters of an offending value echoed in a refusal: enough to recognise it, never a payload.
 REFUSAL_ECHO_CHARS: Final = 40
+
+# Secrets in session environments. A variable whose name contains one of these (any case)
+# is secret: kept encrypted at rest, never put in a task message, result, log or event.
+DEFAULT_SECRET_ENV_PATTERNS: Final = (
+    "TOKEN",
+    "PASSWORD",
+    "PASSWD",
+    "SECRET",
+    "KEY",
+    "CREDENTIAL",
+    "PRIVATE",
+    "AUTH",
+    "COOKIE",
+)
+# Task argument fields whose values are secret whatever their name says.
+SECRET_FIELD_NAMES: Final = frozenset({"ssh_keypair", "private_key", "password", "secret_environ"})
+# What a secret value looks like in a repr, an event or Flower.
+REDACTED: Final = "***"
+# An environ value of this form names a secret stored encrypted beforehand (the CLI and the
+# Python API send these instead of the value); the worker binds it to the new session.
+SECRET_REF_PREFIX: Final = "sokovan-secret-ref:"

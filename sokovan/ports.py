@@ -255,3 +255,23 @@ class Ledger(Protocol):
     def discard_run(self, run_id: RunId) -> None: ...
 
     def prune(self, older_than: datetime) -> int: ...
+
+
+class SecretEnvironStore(Protocol):
+    """Secret environ values at rest; only the worker that calls the agent reads them."""
+
+    async def get_secret_environs(
+        self, session_ids: Collection[SessionId]
+    ) -> dict[SessionId, dict[str, str]]:
+        """Each session's secret environ, decrypted; sessions without secrets are absent."""
+        ...
+
+
+class KernelEnvirons(Protocol):
+    """Resolves kernels' environments inside the worker, so no task message carries one."""
+
+    async def kernel_environs(
+        self, images: Mapping[SessionId, Mapping[KernelId, ImageConfig]]
+    ) -> dict[SessionId, dict[KernelId, dict[str, str]]]:
+        """Each kernel's full environ per session; a session not found is absent."""
+        ...

@@ -534,3 +534,17 @@ def stub_context(repository: Any, **adapters: Any) -> Any:
         fanout=fanout,
         **adapters,
     )
+
+
+class FakeSecretEnviron:
+    """Secret environ values per session in memory; records which sessions were read."""
+
+    def __init__(self, environs: Mapping[SessionId, Mapping[str, str]] | None = None) -> None:
+        self.environs = {sid: dict(env) for sid, env in (environs or {}).items()}
+        self.reads: list[list[SessionId]] = []
+
+    async def get_secret_environs(
+        self, session_ids: Collection[SessionId]
+    ) -> dict[SessionId, dict[str, str]]:
+        self.reads.append(list(session_ids))
+        return {s: dict(self.environs[s]) for s in session_ids if s in self.environs}

@@ -2,24 +2,52 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from celery import Celery
 from celery.result import AsyncResult
 
-from sokovan.config import load_settings
+from sokovan.config import Settings, load_settings
+from sokovan.db.engine import create_engine
+from sokovan.db.secret_environ import SqlSecretEnviron
+from sokovan.db.secrets import load_or_create_key
 from tasks import names
 from tasks.app import create_app
 
 
+def secret_environ_store(settings: Settings) -> SqlSecretEnviron:
+    """The encrypted store a client writes secret variables to before it sends a request."""
+    key = load_or_create_key(settings.secret_key, settings.var_dir)
+    engine = create_engine(settings.effective_database_url)
+    return SqlSecretEnviron(engine, key, settings.secret_env_patterns)
+
+
 class Scheduler:
-    """Sends the public tasks; each method returns the task's AsyncResult."""
+    """Sends the public tasks; each method returns the task's AsyncResult.
 
-    def __init__(self, app: Celery | None = None) -> None:
-        self.app = app or create_app(load_settings())
+    Secret variables of a session are written encrypted to the database first and the
+    request carries only their references, so no message holds a secret value.
+    """
 
-    def create_session(self, **request: Any) -> AsyncResult:
+    def __init__(self, app: Celery | None = None, settings: Settings | None = None) -> None:
+        self.settings = settings or load_settings()
+        self.app = app or create_app(self.settings)
+        self._secrets: SqlSecretEnviron | None = None
+
+    @property
+    def secrets(self) -> SqlSecretEnviron:
+        if self._secrets is None:
+            self._secrets = secret_environ_store(self.settings)
+        return self._secrets
+
+    def create_session(
+        self, *, secret_environ: Mapping[str, str] | None = None, **request: Any
+    ) -> AsyncResult:
         """sokovan.session.create: image, kernels, cluster_mode, network_type, ... (README)."""
+        environ = {str(k): str(v) for k, v in (request.get("environ") or {}).items()}
+        if environ or secret_environ:
+            request["environ"] = self.secrets.stash(environ, secret_environ)
         return self.app.send_task(names.SESSION_CREATE, kwargs={"request": request})
 
     def terminate_session(

@@ -7,6 +7,7 @@ from typing import Any
 from celery import Celery
 
 from sokovan.config import Settings, load_settings
+from tasks.redaction import PATTERNS_KEY, RedactingAMQP, RedactingTask, install_log_filters
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -28,7 +29,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_soft_time_limit": settings.task_soft_time_limit,
         "task_time_limit": settings.task_time_limit,
         "result_expires": settings.result_expires,
-        "result_extended": True,
+        # No result_extended: it would keep every task's arguments (secrets included) in
+        # the result backend for result_expires.
         "result_chord_join_timeout": 30.0,
         # Redis chord counting (not polling); Celery >= 5.7 de-duplicates redelivered parts.
         "task_track_started": True,
@@ -38,6 +40,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_hijack_root_logger": False,
         "broker_connection_retry_on_startup": True,
         "task_default_queue": "sokovan",
+        PATTERNS_KEY: list(settings.secret_env_patterns),
     }
 
 
@@ -45,8 +48,12 @@ def create_app(settings: Settings | None = None) -> Celery:
     """Builds the app and registers the tasks."""
     settings = settings or load_settings()
     celery = Celery(
-        "sokovan", include=["tasks.agent_tasks", "tasks.run_tasks", "tasks.handler_tasks"]
+        "sokovan",
+        include=["tasks.agent_tasks", "tasks.run_tasks", "tasks.handler_tasks"],
+        amqp=RedactingAMQP,
+        task_cls=RedactingTask,
     )
+    install_log_filters()
     celery.conf.update(celery_config(settings))
     from beat_schedule import beat_schedule
 

@@ -14,6 +14,7 @@ from sokovan.cli import handlers as handlers_cmd
 from sokovan.cli import session as session_cmd
 from sokovan.cli.common import settings
 from tasks import names
+from tasks.api import secret_environ_store
 from tasks.app import create_app
 
 
@@ -89,11 +90,17 @@ def create(
     agent: list[str] = typer.Option(None, help="Place on these agents (1, or one per kernel)."),
     slot: list[str] = typer.Option(None, help="Resource slot per kernel, e.g. cpu=2 (repeat)."),
     env: list[str] = typer.Option(None, help="Environment variable NAME=VALUE (repeat)."),
+    secret_env: list[str] = typer.Option(
+        None,
+        help="Secret variable NAME=VALUE whatever its name (repeat); names like "
+        "*TOKEN*, *PASSWORD* (SOKOVAN_SECRET_ENV_PATTERNS) given with --env are secret too.",
+    ),
     name: str = typer.Option("", help="Session name."),
     queue: bool = typer.Option(True, help="Wait as PENDING when the cluster is full."),
     wait: float = typer.Option(30.0, help="Seconds to wait for the answer."),
 ) -> None:
     """Submits a session; it is refused with a clear error before anything is created."""
+    declared = _pairs(secret_env, "secret_environ")
     request: dict[str, Any] = {
         "image": image,
         "kernels": kernels,
@@ -101,7 +108,7 @@ def create(
         "network_type": network_type,
         "network_id": network_id,
         "agents": agent or [],
-        "environ": _pairs(env, "environ"),
+        "environ": {**_pairs(env, "environ"), **declared},
         "name": name,
         "queue": queue,
     }
@@ -111,8 +118,19 @@ def create(
     parsed = parse_create(request, Limits(max_kernels=s.max_kernels_per_session))
     if isinstance(parsed, Refusal):
         _refuse(parsed.error)
+    # Secret values go to the database encrypted first; the message carries references.
+    store = secret_environ_store(s)
+    environ = store.stash(request["environ"], declared)
+    request["environ"] = environ
     result = create_app(s).send_task(names.SESSION_CREATE, kwargs={"request": request})
-    answer = _answer(result.get(timeout=wait))
+    try:
+        answer = result.get(timeout=wait)
+    except Exception:
+        store.discard(environ)
+        raise
+    if answer.get("error"):
+        store.discard(environ)
+    answer = _answer(answer)
     if answer.get("status") == "PENDING":
         position = answer.get("queue_position")
         typer.echo(f"session {answer['session_id']} PENDING (queue position {position})")

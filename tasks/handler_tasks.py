@@ -12,7 +12,12 @@ from tasks.runtime import WorkerRuntime, runtime
 
 
 def _public(rt: WorkerRuntime) -> PublicTasks:
-    return PublicTasks(rt.services.repository, rt.services.coordinator, rt.services.settings)
+    return PublicTasks(
+        rt.services.repository,
+        rt.services.coordinator,
+        rt.services.settings,
+        secrets=rt.services.secret_environ,
+    )
 
 
 @task(names.HANDLER_RUN)

@@ -83,7 +83,11 @@ def _wait_ready(worker: WorkerProcess, timeout: float) -> None:
 
 @contextmanager
 def celery_worker(
-    senv: SchedulerEnv, concurrency: int = 1, pool: str = "prefork", timeout: float = 60.0
+    senv: SchedulerEnv,
+    concurrency: int = 1,
+    pool: str = "prefork",
+    timeout: float = 60.0,
+    loglevel: str = "INFO",
 ) -> Iterator[WorkerProcess]:
     """A `celery worker` subprocess on the test's broker; stopped (SIGTERM, then SIGKILL) after."""
     name = f"test-{uuid.uuid4().hex[:8]}@localhost"
@@ -92,7 +96,7 @@ def celery_worker(
         sys.executable,
         "-m",
         "celery",
-        *worker_args(concurrency=concurrency, node=name),
+        *worker_args(concurrency=concurrency, node=name, loglevel=loglevel),
         "-P",
         pool,
         "--without-gossip",

@@ -19,7 +19,7 @@ from sokovan.errors import InvalidRequest, NotFound, SokovanError
 from sokovan.scheduler.agents import sync_agents
 from sokovan.scheduler.coordinator import Coordinator
 from sokovan.scheduler.handlers import pull_images, schedule_sessions, terminate_sessions
-from sokovan.scheduler.submit import submit_session
+from sokovan.scheduler.submit import SecretBinder, submit_session
 from sokovan.scheduler.transitions import request_termination
 from sokovan.types import JSON, RunTrigger, SessionId, SessionStatus
 
@@ -36,10 +36,16 @@ class PublicTasks:
     """What `sokovan.session.*` and `sokovan.handler.run` do, given their raw arguments."""
 
     def __init__(
-        self, repository: SchedulerRepository, coordinator: Coordinator, settings: Settings
+        self,
+        repository: SchedulerRepository,
+        coordinator: Coordinator,
+        settings: Settings,
+        secrets: SecretBinder | None = None,
     ) -> None:
         self.repository = repository
         self.coordinator = coordinator
+        # Where submissions store secret variables (encrypted); None refuses them.
+        self.secrets = secrets
         self.limits = Limits(
             max_kernels=settings.max_kernels_per_session,
             handlers=frozenset(coordinator.handlers),
@@ -51,7 +57,9 @@ class PublicTasks:
         if isinstance(request, Refusal):
             return _refused("session create", request)
         try:
-            submitted = await asyncio.to_thread(submit_session, self.repository, request)
+            submitted = await asyncio.to_thread(
+                submit_session, self.repository, request, self.secrets
+            )
         except InvalidRequest as e:
             return _refused("session create", from_error(e, e.field))
         sid = str(submitted.session_id)

@@ -27,6 +27,7 @@ app.add_typer(image_cmd.app, name="image")
 app.add_typer(agents_cmd.app, name="agents")
 app.command("up")(up_cmd.up)
 app.command("valkey")(up_cmd.valkey)
+app.command("flower")(up_cmd.flower)
 app.command("metrics")(runs_cmd.metrics)
 
 try:  # the reference agent's commands

@@ -39,7 +39,7 @@ def processes(s: Settings, agents: int = 2, concurrency: int = 2) -> dict[str, s
         procs["valkey"] = f"{sokovan} valkey"
     procs["worker"] = f"{celery} worker -E -l INFO -c {concurrency} -Q sokovan -n worker1@%h"
     procs["beat"] = f"{celery} beat -l INFO -s {s.var_dir / 'celerybeat-schedule'}"
-    procs["flower"] = f"{celery} flower --port={s.flower_port}"
+    procs["flower"] = f"{sokovan} flower"
     procs["metrics"] = f"{sokovan} metrics"
     for i in range(1, agents + 1):
         procs[f"agent{i}"] = f"{sokovan} agent run --id a{i} --port {6010 + i} --runtime process"
@@ -56,18 +56,36 @@ def up(
     s = settings()
     s.var_dir.mkdir(parents=True, exist_ok=True)
     run_upgrade(engine(s, migrated=False))
-    password = flower_password(s)
-    env = dict(os.environ, FLOWER_BASIC_AUTH=f"{s.flower_user}:{password}", PYTHONUNBUFFERED="1")
+    flower_password(s)  # made now, so the path printed below exists
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
     manager = Manager()
     for name, cmd in processes(s, agents, concurrency).items():
         manager.add_process(name, cmd, env=env)
     typer.echo(
-        f"Flower: http://127.0.0.1:{s.flower_port}/  user {s.flower_user!r}, "
+        f"Flower: http://{s.flower_host}:{s.flower_port}/  user {s.flower_user!r}, "
         f"password in {s.var_dir / 'flower-password'} (or SOKOVAN_FLOWER_PASSWORD); "
         f"metrics at /metrics"
     )
     manager.loop()
     sys.exit(manager.returncode)
+
+
+def flower_command(s: Settings) -> tuple[list[str], dict[str, str]]:
+    """Flower's command line and environment: basic auth always, bound to SOKOVAN_FLOWER_HOST."""
+    exe = Path(sys.executable).parent / "celery"
+    argv = [str(exe), "-A", "tasks.app", "flower"]
+    argv += [f"--address={s.flower_host}", f"--port={s.flower_port}"]
+    # The credentials travel in Flower's environment, not its command line, which any local
+    # user can read in the process list.
+    env = dict(os.environ, FLOWER_BASIC_AUTH=f"{s.flower_user}:{flower_password(s)}")
+    env.pop("FLOWER_UNAUTHENTICATED_API", None)
+    return argv, env
+
+
+def flower() -> None:
+    """Runs Flower with basic auth on SOKOVAN_FLOWER_HOST:SOKOVAN_FLOWER_PORT (exec)."""
+    argv, env = flower_command(settings())
+    os.execve(argv[0], argv, env)
 
 
 def valkey(

@@ -128,6 +128,19 @@ session_secrets = sa.Table(
     sa.Column("created_at", TS, nullable=False),
 )
 
+# Secret environ values, Fernet-encrypted. A row is written unbound (session_id NULL) by a
+# client that sends only its reference, or bound at submission; the worker reads a
+# session's rows when it calls the agent.
+environ_secrets = sa.Table(
+    "environ_secrets",
+    metadata,
+    sa.Column("ref", sa.String(36), primary_key=True),
+    sa.Column("session_id", sa.Uuid, nullable=True, index=True),
+    sa.Column("name", sa.String(255), nullable=False),
+    sa.Column("value", sa.LargeBinary, nullable=False),
+    sa.Column("created_at", TS, nullable=False),
+)
+
 runs = sa.Table(
     "runs",
     metadata,

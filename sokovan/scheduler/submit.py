@@ -6,11 +6,13 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
+from typing import Any, Protocol
 
 from sokovan.db.pending import REQUESTED_AGENTS
 from sokovan.db.placement import PlacementView
 from sokovan.db.repository import AgentRow, NewKernel, SchedulerRepository
 from sokovan.errors import InvalidRequest, NoCapacity, UnknownAgent, UnknownImage
+from sokovan.redaction import split_environ
 from sokovan.types import (
     AgentId,
     ClusterMode,
@@ -134,6 +136,30 @@ def place(
     return placed
 
 
+class SecretBinder(Protocol):
+    """Binds a request's secret variables to its session (see sokovan.db.secret_environ)."""
+
+    def bind(
+        self, session_id: SessionId, environ: Mapping[str, str], conn: Any = None
+    ) -> dict[str, str]:
+        """Stores the secrets encrypted (in `conn`'s transaction); returns the clear ones."""
+        ...
+
+
+def _store_environ(
+    session_id: SessionId, environ: Mapping[str, str], secrets: SecretBinder | None, conn: Any
+) -> dict[str, str]:
+    """The clear variables for sessions.environ; secret ones are bound, encrypted."""
+    if secrets is not None:
+        return secrets.bind(session_id, environ, conn)
+    clear, secret = split_environ(environ)
+    if secret:
+        raise InvalidRequest(
+            "secret variables need the secret store", field=f"environ.{min(secret)}"
+        )
+    return clear
+
+
 def place_or_queue(request: SessionRequest, view: PlacementView) -> list[AgentId] | None:
     """Agents for the kernels, or None to wait as PENDING; raises what makes it hopeless."""
     if view.pending and request.queue:
@@ -179,8 +205,13 @@ def new_kernels(request: SessionRequest, placed: Sequence[AgentId | None]) -> li
     ]
 
 
-def submit_session(repo: SchedulerRepository, request: SessionRequest) -> Submitted:
-    """Places and stores a session (PENDING if it must wait); nothing is stored on refusal."""
+def submit_session(
+    repo: SchedulerRepository, request: SessionRequest, secrets: SecretBinder | None = None
+) -> Submitted:
+    """Places and stores a session (PENDING if it must wait); nothing is stored on refusal.
+
+    Secret variables are stored encrypted in the session's own transaction.
+    """
     if request.image not in repo.image_configs([request.image]):
         raise UnknownImage(
             f"image {request.image!r} has no image config (sokovan image add)", field="image"
@@ -189,6 +220,7 @@ def submit_session(repo: SchedulerRepository, request: SessionRequest) -> Submit
     with repo.placement(request.scaling_group, request.agents) as view:
         placed = place_or_queue(request, view)
         status = SessionStatus.PENDING if placed is None else SessionStatus.SCHEDULED
+        environ = _store_environ(session_id, request.environ, secrets, view.conn)
         repo.create_session(
             session_id=session_id,
             name=request.name or f"session-{str(session_id)[:8]}",
@@ -200,7 +232,7 @@ def submit_session(repo: SchedulerRepository, request: SessionRequest) -> Submit
             network_id=request.network_id,
             user_uuid=request.user_uuid,
             access_key=request.access_key,
-            environ=request.environ,
+            environ=environ,
             # A waiting session keeps the agents it named until the queue places it.
             status_data={REQUESTED_AGENTS: list(request.agents)}
             if placed is None and request.agents

@@ -18,9 +18,11 @@ from sokovan.scheduler.launcher import (
     SessionLauncher,
     create_kernels_on_agent,
 )
+from sokovan.scheduler.launcher.environ import StoredKernelEnvirons
 from sokovan.scheduler.launcher.status_data import error_info_of
 from sokovan.testing import (
     FakeAgentClientPool,
+    FakeSecretEnviron,
     FakeSecretStore,
     FakeSessionRecorder,
     InProcessFanOut,
@@ -103,14 +105,25 @@ def full_session() -> SessionInfo:
     )
 
 
-async def start_and_capture(session: SessionInfo) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Starts the session through the launcher; returns the configs and cluster info a1 got."""
+async def start_and_capture(
+    session: SessionInfo, secret: dict[str, str] | None = None
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Starts the session through the launcher; returns the configs and cluster info a1 got.
+
+    The dispatched items carry no environ: the agent's task resolves it (`environs`).
+    """
     pool = FakeAgentClientPool()
     agent = pool.add("a1")
     secrets, recorder = FakeSecretStore(), FakeSessionRecorder()
+    environs = StoredKernelEnvirons(
+        lambda ids: [session], FakeSecretEnviron({session.id: secret or {}})
+    )
 
     async def execute(operation: Operation, batch: AgentBatch) -> list[ItemOutcome]:
-        return await create_kernels_on_agent(pool, secrets, batch.agent_id, batch.items)
+        assert all("environ" not in item["config"] for item in batch.items)
+        return await create_kernels_on_agent(
+            pool, secrets, batch.agent_id, batch.items, environs=environs
+        )
 
     launcher = SessionLauncher(pool, InProcessFanOut(execute), recorder, secrets,
                                {"local": LocalBridgeNetworkPlugin()})  # fmt: skip
@@ -152,10 +165,11 @@ async def test_sc_la_015_environ_describes_user_session_and_cluster() -> None:
     """SC-LA-015: BACKENDAI_* variables carry the user, session and each kernel's place."""
     session = full_session()
 
-    configs, _ = await start_and_capture(session)
+    configs, _ = await start_and_capture(session, {"API_TOKEN": "s3cr3t"})
 
     for config, kernel in zip(configs, session.kernels, strict=True):
         env = config["environ"]
+        assert env["API_TOKEN"] == "s3cr3t"
         assert env["BACKENDAI_USER_UUID"] == str(session.user_uuid)
         assert env["BACKENDAI_SESSION_ID"] == str(session.id)
         assert env["BACKENDAI_SESSION_NAME"] == "train"

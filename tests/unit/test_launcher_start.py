@@ -21,9 +21,11 @@ from sokovan.scheduler.launcher import (
     SessionLauncher,
     create_kernels_on_agent,
 )
+from sokovan.scheduler.launcher.environ import StoredKernelEnvirons
 from sokovan.scheduler.launcher.keys import generate_cluster_ssh_keypair
 from sokovan.testing import (
     FakeAgentClientPool,
+    FakeSecretEnviron,
     FakeSecretStore,
     FakeSessionRecorder,
     InProcessFanOut,
@@ -72,7 +74,9 @@ def make_kit(
     timeout: float = 60.0,
     plugins: Mapping[str, NetworkPlugin] | None = None,
     real_keys: bool = False,
+    sessions: tuple[SessionInfo, ...] = (),
 ) -> Kit:
+    """Without `sessions`, kernels get no environ (their configs go to the agent as built)."""
     pool = FakeAgentClientPool()
     for agent in agents:
         pool.add(agent)
@@ -80,8 +84,15 @@ def make_kit(
 
     async def execute(operation: Operation, batch: AgentBatch) -> list[ItemOutcome]:
         assert operation is Operation.CREATE_KERNELS
+        environs = StoredKernelEnvirons(lambda ids: sessions, FakeSecretEnviron())
         return await create_kernels_on_agent(
-            pool, secrets, batch.agent_id, batch.items, recorder, start_timeout=timeout
+            pool,
+            secrets,
+            batch.agent_id,
+            batch.items,
+            recorder,
+            start_timeout=timeout,
+            environs=environs if sessions else None,
         )
 
     fanout = InProcessFanOut(execute)
@@ -153,8 +164,8 @@ async def test_sc_la_005_single_kernel_session_is_created() -> None:
 
 async def test_sc_la_006_multi_node_cluster_creates_on_each_agent() -> None:
     """SC-LA-006: 3 kernels on 3 agents -> 3 create_kernels sharing one cluster info."""
-    kit = make_kit(("a1", "a2", "a3"), real_keys=True)
     session = make_session(("a1", "a2", "a3"), mode=ClusterMode.MULTI_NODE)
+    kit = make_kit(("a1", "a2", "a3"), real_keys=True, sessions=(session,))
 
     await kit.launcher.start_sessions_for_handler([session], IMAGES)
 

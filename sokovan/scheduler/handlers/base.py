@@ -27,7 +27,13 @@ from sokovan.types import (
 if TYPE_CHECKING:
     from sokovan.config import Settings
     from sokovan.db.repository import SchedulerRepository
-    from sokovan.ports import AgentClientPool, FanOut, NetworkPlugin, SecretStore
+    from sokovan.ports import (
+        AgentClientPool,
+        FanOut,
+        KernelEnvirons,
+        NetworkPlugin,
+        SecretStore,
+    )
     from sokovan.scheduler.launcher import SessionLauncher
     from sokovan.scheduler.terminator import SessionTerminator
 
@@ -89,6 +95,8 @@ class HandlerContext:
     secrets: SecretStore
     fanout: FanOut
     network_plugins: Mapping[str, NetworkPlugin] = field(default_factory=dict)
+    # Resolves kernel environs in the create task (none travel in messages); None: as sent.
+    environs: KernelEnvirons | None = None
 
     def launcher(self, fanout: FanOut | None = None) -> SessionLauncher:
         """A launcher over these adapters, dispatching through `fanout` (default: the port)."""

@@ -84,6 +84,7 @@ async def create_on_agent(
         items,
         ctx.repository,
         start_timeout=ctx.settings.start_session_timeout,
+        environs=ctx.environs,
     )
     try:
         await apply_created(ctx.repository, outcomes)

@@ -18,13 +18,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from sokovan.constants import CREATE_CONCURRENCY_PER_AGENT, START_SESSION_TIMEOUT_SEC
-from sokovan.errors import describe_error
+from sokovan.errors import NotFound, describe_error
 from sokovan.images import image_config_from_json
-from sokovan.ports import AgentClientPool, SecretStore, SessionRecorder
+from sokovan.ports import AgentClientPool, KernelEnvirons, SecretStore, SessionRecorder
 from sokovan.scheduler.launcher.agent_jobs import jsonable
 from sokovan.scheduler.launcher.keys import create_cluster_ssh_keypair
 from sokovan.scheduler.launcher.status_data import error_info_of
-from sokovan.types import JSON, AgentId, ItemOutcome, KernelId, SessionId
+from sokovan.types import JSON, AgentId, ImageConfig, ItemOutcome, KernelId, SessionId
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,8 @@ class _Context:
     slots: asyncio.Semaphore
     # RSA generation holds the GIL: one at a time leaves the loop free to serve replies.
     keygen: asyncio.Lock
+    # Kernel environs resolved for the task's sessions, or why they could not be.
+    environs: Mapping[SessionId, Mapping[KernelId, Mapping[str, str]]] | BaseException | None
 
 
 def sessions_of(items: Sequence[Mapping[str, Any]]) -> list[SessionCreation]:
@@ -86,11 +88,15 @@ async def create_kernels_on_agent(
     *,
     start_timeout: float = START_SESSION_TIMEOUT_SEC,
     concurrency: int = CREATE_CONCURRENCY_PER_AGENT,
+    environs: KernelEnvirons | None = None,
 ) -> list[ItemOutcome]:
     """Runs create_kernels once per session among the items; one outcome per kernel.
 
-    With a recorder, a session whose creation failed gets its error info stored.
+    With a recorder, a session whose creation failed gets its error info stored. With
+    `environs`, each kernel's environ is resolved here (items carry none); without it the
+    items' configs go to the agent as they are.
     """
+    jobs = sessions_of(items)
     ctx = _Context(
         pool=pool,
         secrets=secrets,
@@ -100,8 +106,9 @@ async def create_kernels_on_agent(
         deadline=asyncio.get_running_loop().time() + start_timeout,
         slots=asyncio.Semaphore(max(1, concurrency)),
         keygen=asyncio.Lock(),
+        environs=None if environs is None else await _resolve(environs, jobs),
     )
-    results = await asyncio.gather(*(_create_session(ctx, job) for job in sessions_of(items)))
+    results = await asyncio.gather(*(_create_session(ctx, job) for job in jobs))
     return [outcome for outcomes in results for outcome in outcomes]
 
 
@@ -110,12 +117,13 @@ async def _create_session(ctx: _Context, job: SessionCreation) -> list[ItemOutco
     bound = asyncio.timeout_at(ctx.deadline)
     try:
         async with bound, ctx.slots:
+            configs = _with_environ(ctx, job)
             cluster_info = {**job.cluster_info, "ssh_keypair": await _keypair(ctx, job)}
             async with ctx.pool.acquire(ctx.agent_id) as client:
                 created = await client.create_kernels(
                     job.session_id,
                     list(job.kernel_ids),
-                    [dict(c) for c in job.configs],
+                    configs,
                     cluster_info,
                     {k: image_config_from_json(c["image"]) for k, c in _pairs(job)},
                 )
@@ -129,6 +137,33 @@ async def _create_session(ctx: _Context, job: SessionCreation) -> list[ItemOutco
         _outcome(ctx.agent_id, job, k, None, {"creation_info": infos.get(k, {})}, started)
         for k in job.kernel_ids
     ]
+
+
+async def _resolve(
+    environs: KernelEnvirons, jobs: Sequence[SessionCreation]
+) -> Mapping[SessionId, Mapping[KernelId, Mapping[str, str]]] | BaseException:
+    """Every session's kernel environs in one go; a failure fails the sessions, not the task."""
+    images: dict[SessionId, dict[KernelId, ImageConfig]] = {
+        job.session_id: {k: image_config_from_json(c["image"]) for k, c in _pairs(job)}
+        for job in jobs
+    }
+    try:
+        return await environs.kernel_environs(images)
+    except Exception as exc:
+        log.warning("environs of sessions %s not resolved: %s", sorted(map(str, images)), exc)
+        return exc
+
+
+def _with_environ(ctx: _Context, job: SessionCreation) -> list[JSON]:
+    """The job's configs with each kernel's environ; raises when it could not be resolved."""
+    if ctx.environs is None:
+        return [dict(c) for c in job.configs]
+    if isinstance(ctx.environs, BaseException):
+        raise ctx.environs
+    found = ctx.environs.get(job.session_id)
+    if found is None or any(k not in found for k in job.kernel_ids):
+        raise NotFound(f"session {job.session_id} or one of its kernels is not stored")
+    return [{**c, "environ": dict(found[k])} for k, c in _pairs(job)]
 
 
 async def _keypair(ctx: _Context, job: SessionCreation) -> dict[str, str]:

@@ -76,10 +76,10 @@ def build_kernel_config(
     session: SessionInfo,
     kernel: KernelInfo,
     image: ImageConfig,
-    shared_environ: Mapping[str, str],
+    shared_environ: Mapping[str, str] | None = None,
 ) -> JSON:
-    """One kernel's KernelCreationConfig as JSON."""
-    return {
+    """One kernel's KernelCreationConfig as JSON; without `environ` when none is given."""
+    config: JSON = {
         "image": image_config_to_json(image, KERNEL_AUTO_PULL),
         "kernel_id": str(kernel.id),
         "session_id": str(session.id),
@@ -99,7 +99,7 @@ def build_kernel_config(
         "supplementary_gids": list(kernel.supplementary_gids),
         "resource_slots": kernel.occupied_slots.to_json(),
         "resource_opts": dict(kernel.resource_opts),
-        "environ": kernel_environ(kernel, image, shared_environ),
+        "environ": kernel_environ(kernel, image, shared_environ or {}),
         "mounts": [dict(m) for m in kernel.mounts],
         "package_directory": [],
         "idle_timeout": int(session.idle_timeout),
@@ -113,6 +113,9 @@ def build_kernel_config(
         "agent_addr": kernel.agent_addr or "",
         "endpoint_id": None,
     }
+    if shared_environ is None:
+        del config["environ"]
+    return config
 
 
 def build_cluster_info(session: SessionInfo, network: NetworkSetup) -> JSON:
@@ -136,15 +139,16 @@ def creation_items(
     image_configs: Mapping[str, ImageConfig],
     cluster_info: Mapping[str, Any],
 ) -> tuple[JSON, ...]:
-    """One create item per kernel: what the per-agent task needs, minus secrets."""
-    shared = session_environ(session)
+    """One create item per kernel: what the per-agent task needs, minus any environment.
+
+    The worker that calls the agent resolves each kernel's environ from SQL (`environ`),
+    so no task message, result or event carries a user's variables.
+    """
     return tuple(
         {
             "session_id": str(session.id),
             "kernel_id": str(kernel.id),
-            "config": build_kernel_config(
-                session, kernel, resolve_image(kernel, image_configs), shared
-            ),
+            "config": build_kernel_config(session, kernel, resolve_image(kernel, image_configs)),
             "cluster_info": dict(cluster_info),
         }
         for kernel in kernels

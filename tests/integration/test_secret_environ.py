@@ -1,0 +1,165 @@
+"""User secrets in a session's environment reach the kernel and nothing else.
+
+Real worker (DEBUG log), real beat (DEBUG log), Flower on the same broker, two reference
+agents with the `process` runtime, and a MONITOR tap on the Valkey server that sees every
+command any process sends it.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+from celery import Celery
+
+from sokovan.types import SessionId, SessionStatus
+from tests.cluster import IMAGE, Cluster, cluster_without_worker, kernel_processes
+from tests.services import (
+    BIN,
+    Flower,
+    MonitorTap,
+    celery_beat,
+    flower_process,
+    leaks,
+    redis_dump,
+    sql_rows,
+    wait_quiet,
+)
+from tests.workers import ROOT, celery_worker, wait_for
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+
+SECRET = "s3cr3t-value"
+DECLARED = "declared-s3cr3t"
+
+
+def _sokovan(c: Cluster, *args: str) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(
+        [str(BIN / "sokovan"), *args], cwd=ROOT, env=c.senv.env, capture_output=True,
+        text=True, timeout=90, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done
+
+
+def _assert_nowhere_in_redis(c: Cluster, secret: str) -> None:
+    dump = redis_dump(c.senv.settings.redis_url)
+    assert any(k.startswith(b"celery-task-meta-") for k in dump), "no task result read"
+    leaked = [k for k, values in dump.items() if any(leaks(v, secret) for v in values)]
+    assert leaked == [], f"secret in Redis keys {leaked}"
+
+
+def _assert_not_in_flower(flower: Flower, secret: str) -> list[str]:
+    status, body = flower.get("/api/tasks")
+    assert status == 200 and not leaks(body, secret)
+    tasks = flower.json("/api/tasks")
+    for task_id in tasks:
+        status, info = flower.get(f"/api/task/info/{task_id}")
+        assert status == 200 and not leaks(info, secret), task_id
+    return [t["name"] for t in tasks.values()]
+
+
+def _assert_not_in_sql(c: Cluster, secret: str) -> None:
+    assert not [r for r in sql_rows(c.senv.engine) if leaks(r, secret)]
+    for path in c.senv.var_dir.glob("sokovan.db*"):
+        assert not leaks(path.read_bytes(), secret), path
+
+
+async def test_cli_secret_reaches_the_kernel_and_nothing_else(
+    tmp_path: Path, valkey_url: str
+) -> None:
+    """A launch through the CLI with --env API_TOKEN=s3cr3t-value (and a declared secret).
+
+    Given a worker and beat logging at DEBUG, Flower and a MONITOR tap on Valkey,
+    when a 2-kernel multi-node session is created with two secret variables and a clear
+    one, then terminated, the secret values are in no command Valkey executed (so in no
+    message, event or result), no key (DUMP, during and after), no Flower answer, no log
+    line, no task result and not in clear in SQL, while each kernel process has them."""
+    settings = {"launch_interval": "2", "terminate_interval": "2", "sweep_interval": "3"}
+    async with cluster_without_worker(
+        tmp_path, valkey_url, runtime="process", settings=settings
+    ) as c:
+        tap = MonitorTap(c.senv.settings.redis_url)
+        tap.start()
+        with (
+            flower_process(c.senv) as flower,
+            celery_worker(c.senv, concurrency=2, loglevel="DEBUG") as worker,
+            celery_beat(c.senv, loglevel="DEBUG") as beat,
+        ):
+            out = _sokovan(
+                c, "session", "create", "--image", IMAGE, "--kernels", "2",
+                "--cluster-mode", "multi-node", "--env", f"API_TOKEN={SECRET}",
+                "--env", "PLAIN=visible", "--secret-env", f"DATABASE_URL={DECLARED}",
+            ).stdout  # fmt: skip
+            sid = SessionId(uuid.UUID(out.split()[1]))
+            session = c.wait_status(sid, SessionStatus.RUNNING)
+            assert len({k.agent_id for k in session.kernels}) == 2
+            for kernel in session.kernels:
+                [proc] = kernel_processes(str(kernel.id))
+                env = proc.environ()
+                assert env["API_TOKEN"] == SECRET and env["DATABASE_URL"] == DECLARED
+                assert env["PLAIN"] == "visible"
+            assert session.environ == {"PLAIN": "visible"}
+            for secret in (SECRET, DECLARED):
+                _assert_nowhere_in_redis(c, secret)
+            wait_for(
+                lambda: "sokovan.agent.create_kernels" in _assert_not_in_flower(flower, SECRET),
+                30,
+                what="Flower to see the create_kernels tasks",
+            )
+            _sokovan(c, "session", "terminate", str(sid))
+            c.wait_status(sid, SessionStatus.TERMINATED)
+            wait_quiet(4)  # a sweep tick and the last events and acks
+            for secret in (SECRET, DECLARED):
+                _assert_not_in_flower(flower, secret)
+                _assert_nowhere_in_redis(c, secret)
+        tap.stop()
+        assert any("session.create" in cmd for cmd in tap.commands), "the tap saw nothing"
+        for secret in (SECRET, DECLARED):
+            assert not [cmd for cmd in tap.commands if leaks(cmd, secret)]
+            for log in (worker.log, beat.log, flower.log):
+                assert not leaks(log.read_bytes(), secret), log
+            _assert_not_in_sql(c, secret)
+        assert "DEBUG" in worker.output() and "DEBUG" in beat.output()
+
+
+async def test_raw_send_task_secret_goes_no_further_than_its_message(
+    tmp_path: Path, valkey_url: str
+) -> None:
+    """A manager's own send_task with the secret inline: only its message carries it.
+
+    The submission (its LPUSH, its task-sent event, the broker's unacked copy of it) holds
+    the value; no task, event, result, log line, key left after, or SQL row does."""
+    async with cluster_without_worker(tmp_path, valkey_url, runtime="process") as c:
+        tap = MonitorTap(c.senv.settings.redis_url)
+        tap.start()
+        with celery_worker(c.senv, concurrency=2, loglevel="DEBUG") as worker:
+            manager = Celery(broker=c.senv.settings.redis_url, backend=c.senv.settings.redis_url)
+            manager.conf.task_send_sent_event = True
+            request = {"image": IMAGE, "environ": {"API_TOKEN": SECRET}}
+            sent = manager.send_task(
+                "sokovan.session.create", kwargs={"request": request}, queue="sokovan"
+            )
+            answer = sent.get(timeout=60)
+            sid = SessionId(uuid.UUID(answer["session_id"]))
+            [kernel] = c.wait_status(sid, SessionStatus.RUNNING).kernels
+            [proc] = kernel_processes(str(kernel.id))
+            assert proc.environ()["API_TOKEN"] == SECRET
+            c.send("sokovan.session.terminate", session_id=str(sid))
+            c.wait_status(sid, SessionStatus.TERMINATED)
+            wait_quiet(2)
+            _assert_nowhere_in_redis(c, SECRET)
+        tap.stop()
+        carrying = [cmd for cmd in tap.commands if leaks(cmd, SECRET)]
+        assert carrying, "the submission itself should carry the value"
+        for cmd in carrying:
+            verb = cmd.split(" ", 1)[0].upper()
+            assert leaks(cmd, sent.id), cmd[:300]
+            assert verb in {"LPUSH", "HSET", "PUBLISH"}, cmd[:300]
+            if verb == "PUBLISH":
+                assert leaks(cmd, "task-sent"), cmd[:300]
+        assert not leaks(worker.log.read_bytes(), SECRET)
+        _assert_not_in_sql(c, SECRET)
+        manager.close()
