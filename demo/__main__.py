@@ -185,7 +185,7 @@ def run_demo(settings: Settings) -> list[str]:
     """The lifecycle; returns the failed checks."""
     failures: list[str] = []
     repo = SchedulerRepository(create_engine(settings.effective_database_url))
-    scheduler = Scheduler(create_app(settings))
+    scheduler = Scheduler(create_app(settings), settings)
 
     def status(sid: SessionId) -> SessionStatus:
         return repo.get_session(sid).status
