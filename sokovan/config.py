@@ -75,6 +75,12 @@ class Settings:
     curve_agent_public_key: Path | None = None
     # Key that encrypts cluster SSH private keys at rest (Fernet); generated under var_dir if empty.
     secret_key: str = ""
+    # Signed task messages (Celery's auth serializer): a folder from `sokovan certs init`,
+    # or the three files; unset means messages are not signed.
+    task_signing_dir: Path | None = None
+    task_signing_key: Path | None = None
+    task_signing_cert: Path | None = None
+    task_signing_cert_store: Path | None = None
     # Environ names containing one of these (any case) are secret, e.g. "TOKEN,PASSWORD".
     secret_env_patterns: tuple[str, ...] = C.DEFAULT_SECRET_ENV_PATTERNS
     network_default_driver: str = "local"

@@ -174,3 +174,7 @@ REDACTED: Final = "***"
 # An environ value of this form names a secret stored encrypted beforehand (the CLI and the
 # Python API send these instead of the value); the worker binds it to the new session.
 SECRET_REF_PREFIX: Final = "sokovan-secret-ref:"
+# Task signing material made by `sokovan certs init`: RSA of the size Celery's examples use,
+# and a certificate valid for a year (Celery refuses messages once it has expired).
+SIGNING_KEY_BITS: Final = 2048
+SIGNING_CERT_DAYS: Final = 365

@@ -8,6 +8,7 @@ from celery import Celery
 
 from sokovan.config import Settings, load_settings
 from tasks.redaction import PATTERNS_KEY, RedactingAMQP, RedactingTask, install_log_filters
+from tasks.signing import CONSUMER, setup_signing, signing_config
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -41,6 +42,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "broker_connection_retry_on_startup": True,
         "task_default_queue": "sokovan",
         PATTERNS_KEY: list(settings.secret_env_patterns),
+        # Refused messages are logged by name and id, never by body.
+        "worker_consumer": CONSUMER,
+        **signing_config(settings),
     }
 
 
@@ -55,6 +59,7 @@ def create_app(settings: Settings | None = None) -> Celery:
     )
     install_log_filters()
     celery.conf.update(celery_config(settings))
+    setup_signing(celery)
     from beat_schedule import beat_schedule
 
     celery.conf.beat_schedule = beat_schedule(settings)

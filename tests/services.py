@@ -197,3 +197,13 @@ def flower_process(senv: SchedulerEnv, password: str = "test-flower-pw") -> Iter
 def wait_quiet(seconds: float) -> None:
     """Lets events and acknowledgements land before a scan (not a timing assertion)."""
     time.sleep(seconds)
+
+
+def run_cli(senv: SchedulerEnv, *args: str) -> str:
+    """Runs `sokovan ARGS` as a user would; returns its output, failing on a non-zero exit."""
+    done = subprocess.run(
+        [str(BIN / "sokovan"), *args], cwd=ROOT, env=senv.env, capture_output=True,
+        text=True, timeout=90, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout

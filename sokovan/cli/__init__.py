@@ -7,6 +7,7 @@ import logging
 import typer
 
 from sokovan.cli import agents as agents_cmd
+from sokovan.cli import certs as certs_cmd
 from sokovan.cli import db as db_cmd
 from sokovan.cli import handlers as handlers_cmd
 from sokovan.cli import image as image_cmd
@@ -25,6 +26,7 @@ app.add_typer(handlers_cmd.app, name="handlers")
 app.add_typer(session_cmd.app, name="session")
 app.add_typer(image_cmd.app, name="image")
 app.add_typer(agents_cmd.app, name="agents")
+app.add_typer(certs_cmd.app, name="certs")
 app.command("up")(up_cmd.up)
 app.command("valkey")(up_cmd.valkey)
 app.command("flower")(up_cmd.flower)

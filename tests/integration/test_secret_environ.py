@@ -7,7 +7,6 @@ command any process sends it.
 
 from __future__ import annotations
 
-import subprocess
 import uuid
 from pathlib import Path
 
@@ -17,31 +16,22 @@ from celery import Celery
 from sokovan.types import SessionId, SessionStatus
 from tests.cluster import IMAGE, Cluster, cluster_without_worker, kernel_processes
 from tests.services import (
-    BIN,
     Flower,
     MonitorTap,
     celery_beat,
     flower_process,
     leaks,
     redis_dump,
+    run_cli,
     sql_rows,
     wait_quiet,
 )
-from tests.workers import ROOT, celery_worker, wait_for
+from tests.workers import celery_worker, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 SECRET = "s3cr3t-value"
 DECLARED = "declared-s3cr3t"
-
-
-def _sokovan(c: Cluster, *args: str) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run(
-        [str(BIN / "sokovan"), *args], cwd=ROOT, env=c.senv.env, capture_output=True,
-        text=True, timeout=90, check=False,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-2000:]
-    return done
 
 
 def _assert_nowhere_in_redis(c: Cluster, secret: str) -> None:
@@ -88,11 +78,11 @@ async def test_cli_secret_reaches_the_kernel_and_nothing_else(
             celery_worker(c.senv, concurrency=2, loglevel="DEBUG") as worker,
             celery_beat(c.senv, loglevel="DEBUG") as beat,
         ):
-            out = _sokovan(
-                c, "session", "create", "--image", IMAGE, "--kernels", "2",
+            out = run_cli(
+                c.senv, "session", "create", "--image", IMAGE, "--kernels", "2",
                 "--cluster-mode", "multi-node", "--env", f"API_TOKEN={SECRET}",
                 "--env", "PLAIN=visible", "--secret-env", f"DATABASE_URL={DECLARED}",
-            ).stdout  # fmt: skip
+            )  # fmt: skip
             sid = SessionId(uuid.UUID(out.split()[1]))
             session = c.wait_status(sid, SessionStatus.RUNNING)
             assert len({k.agent_id for k in session.kernels}) == 2
@@ -109,7 +99,7 @@ async def test_cli_secret_reaches_the_kernel_and_nothing_else(
                 30,
                 what="Flower to see the create_kernels tasks",
             )
-            _sokovan(c, "session", "terminate", str(sid))
+            run_cli(c.senv, "session", "terminate", str(sid))
             c.wait_status(sid, SessionStatus.TERMINATED)
             wait_quiet(4)  # a sweep tick and the last events and acks
             for secret in (SECRET, DECLARED):
