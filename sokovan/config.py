@@ -73,6 +73,8 @@ class Settings:
     # CURVE: the manager's certificate (public+secret) and a folder of agents' public certs.
     curve_manager_cert: Path | None = None
     curve_agent_public_key: Path | None = None
+    # The reference agents' own certificate (with secret key), or a folder of <id>.key_secret.
+    curve_agent_cert: Path | None = None
     # Key that encrypts cluster SSH private keys at rest (Fernet); generated under var_dir if empty.
     secret_key: str = ""
     # Signed task messages (Celery's auth serializer): a folder from `sokovan certs init`,

@@ -47,6 +47,14 @@ class AgentProcess:
     log_path: Path
     agents: dict[str, str] = field(default_factory=dict)  # agent id -> rpc address
     client_auth: AbstractClientAuthenticator | None = None  # CURVE, when the agents use it
+    # CURVE per agent (each agent its own keypair); wins over client_auth when set.
+    client_auth_for: Callable[[str], AbstractClientAuthenticator] | None = None
+
+    def auth_for(self, agent_id: str) -> AbstractClientAuthenticator | None:
+        """The client authenticator that reaches one agent."""
+        if self.client_auth_for is not None:
+            return self.client_auth_for(agent_id)
+        return self.client_auth
 
     @property
     def ids(self) -> list[str]:
@@ -249,7 +257,9 @@ async def _wait_ready(agents: AgentProcess, ids: list[str], within: float) -> No
                 break
             await asyncio.sleep(0.1)
         for agent_id in ids:
-            client = RpcClient(agents.addr(agent_id), agent_id, authenticator=agents.client_auth)
+            client = RpcClient(
+                agents.addr(agent_id), agent_id, authenticator=agents.auth_for(agent_id)
+            )
             async with client as rpc:
                 assert await rpc.call("ping", "ready") == "ready"
 
@@ -277,6 +287,7 @@ async def agent_process(
     extra_args: Sequence[str] = (),
     ready_timeout: float = 30.0,
     curve: CurvePair | None = None,
+    client_auth_for: Callable[[str], AbstractClientAuthenticator] | None = None,
 ) -> AsyncIterator[AgentProcess]:
     """Starts reference agents on free ports, waits until registered and answering ping."""
     ids = (
@@ -291,6 +302,7 @@ async def agent_process(
     )
     agents = _spawn(cmd, redis_url)
     agents.client_auth = curve.client_auth() if curve is not None else None
+    agents.client_auth_for = client_auth_for
     try:
         try:
             await _wait_ready(agents, ids, ready_timeout)

@@ -18,7 +18,7 @@ from sokovan.agentd.control import send_fault
 from sokovan.agentd.host import HostOptions, serve
 from sokovan.agentd.runtime import RuntimeKind
 from sokovan.agentd.specs import build_specs, parse_latency
-from sokovan.config import load_settings
+from sokovan.config import Settings, load_settings
 from sokovan.errors import SokovanError
 
 app = typer.Typer(
@@ -55,11 +55,18 @@ def run(
         float | None, typer.Option(help="Seconds between presence refreshes.")
     ] = None,
     curve_secret_key_file: Annotated[
-        Path | None, typer.Option(help="ZeroMQ certificate with the agent's CURVE secret key.")
+        Path | None,
+        typer.Option(
+            help="ZeroMQ certificate with the agent's CURVE secret key, or a folder of "
+            "<agent-id>.key_secret (default: SOKOVAN_CURVE_AGENT_CERT)."
+        ),
     ] = None,
     curve_client_key_file: Annotated[
         list[Path] | None,
-        typer.Option(help="Public certificate of an admitted client (repeatable)."),
+        typer.Option(
+            help="Public certificate of an admitted client (repeatable; default: the public "
+            "key of SOKOVAN_CURVE_MANAGER_CERT when SOKOVAN_CURVE_AGENT_CERT is set)."
+        ),
     ] = None,
     log_level: Annotated[str, typer.Option(help="Logging level.")] = "INFO",
 ) -> None:
@@ -88,10 +95,29 @@ def run(
         redis_url=redis_url or settings.redis_url,
         presence_interval=presence_interval or settings.presence_refresh,
         presence_ttl=settings.presence_ttl,
-        curve_secret_key_file=curve_secret_key_file,
-        curve_client_key_files=tuple(curve_client_key_file or ()),
+        **curve_options(settings, curve_secret_key_file, curve_client_key_file),
     )
     asyncio.run(serve(specs, options))
+
+
+def curve_options(
+    settings: Settings, secret: Path | None, clients: list[Path] | None
+) -> dict[str, Any]:
+    """CURVE of the agents: the options given, else the settings (agent cert, manager key)."""
+    manager = settings.curve_manager_cert
+    if secret is None and settings.curve_agent_cert is not None:
+        if manager is None and not clients:
+            raise typer.BadParameter(
+                "SOKOVAN_CURVE_AGENT_CERT is set but not SOKOVAN_CURVE_MANAGER_CERT: "
+                "the agents would admit any CURVE client"
+            )
+        secret = settings.curve_agent_cert
+        if not clients and manager is not None:
+            clients = [manager]
+    return {
+        "curve_secret_key_file": secret,
+        "curve_client_key_files": tuple(clients or ()),
+    }
 
 
 @app.command()

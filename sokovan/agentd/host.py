@@ -19,7 +19,7 @@ from sokovan import constants as C
 from sokovan.agentd.agent import AgentSpec, ReferenceAgent
 from sokovan.agentd.control import ack_key, control_key, decode_op
 from sokovan.agentd.runtime import make_runtime
-from sokovan.agentd.server import load_curve_auth, open_peer
+from sokovan.agentd.server import CurveServerAuth, load_curve_auth, open_peer
 from sokovan.errors import SokovanError
 from sokovan.presence import ValkeyPresence
 
@@ -65,14 +65,9 @@ class AgentHost:
         redis: Redis = Redis.from_pool(pool)
         self._redis = redis
         presence = ValkeyPresence(redis, ttl=self.options.presence_ttl)
-        auth = None
-        if self.options.curve_secret_key_file is not None:
-            auth = load_curve_auth(
-                self.options.curve_secret_key_file, self.options.curve_client_key_files
-            )
         for spec in self.specs:
             agent = ReferenceAgent(spec, make_runtime(spec.runtime), presence)
-            self._peers.append(await open_peer(agent, auth))
+            self._peers.append(await open_peer(agent, self._curve_auth(spec.agent_id)))
             self.agents.append(agent)
         await self._heartbeat()
         opts = self.options
@@ -110,6 +105,15 @@ class AgentHost:
                 log.warning("unregistering agents failed: %s", e)
             await self._redis.aclose()
         log.info("%d reference agent(s) stopped", len(self.agents))
+
+    def _curve_auth(self, agent_id: str) -> CurveServerAuth | None:
+        """CURVE for one agent: one certificate for all, or `<folder>/<id>.key_secret` each."""
+        secret = self.options.curve_secret_key_file
+        if secret is None:
+            return None
+        if secret.is_dir():
+            secret = secret / f"{agent_id}.key_secret"
+        return load_curve_auth(secret, self.options.curve_client_key_files)
 
     @property
     def redis(self) -> Redis:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+import zmq.auth
 
 from sokovan.cli.common import settings
 from sokovan.constants import SIGNING_CERT_DAYS
@@ -31,3 +32,27 @@ def init(
     typer.echo(f"key {files.key} (mode 600), certificate {files.cert}, trusted store {files.store}")
     typer.echo(f"sign and verify with: SOKOVAN_TASK_SIGNING_DIR={target.resolve()}")
     typer.echo("other senders: add their certificates to the trusted store of every worker")
+
+
+@app.command("curve")
+def curve(
+    folder: Path = typer.Option(None, "--dir", help="Where to write (default: var/curve)."),
+    agents: str = typer.Option("a1,a2", help="Agent ids, comma-separated."),
+) -> None:
+    """Makes ZeroMQ CURVE certificates: the manager's, and one per reference agent."""
+    target = folder or settings().var_dir / "curve"
+    if (target / "manager.key_secret").exists():
+        typer.echo(f"{target / 'manager.key_secret'} exists already; nothing written", err=True)
+        raise typer.Exit(1)
+    (target / "agents").mkdir(parents=True, exist_ok=True)
+    zmq.auth.create_certificates(str(target), "manager")
+    ids = [a.strip() for a in agents.split(",") if a.strip()]
+    for agent_id in ids:
+        zmq.auth.create_certificates(str(target / "agents"), agent_id)
+    for secret in target.rglob("*.key_secret"):
+        secret.chmod(0o600)
+    root = target.resolve()
+    typer.echo(f"CURVE certificates of the manager and agents {', '.join(ids)} in {root}")
+    typer.echo(f"SOKOVAN_CURVE_MANAGER_CERT={root / 'manager.key_secret'}")
+    typer.echo(f"SOKOVAN_CURVE_AGENT_PUBLIC_KEY={root / 'agents'}")
+    typer.echo(f"SOKOVAN_CURVE_AGENT_CERT={root / 'agents'}")
