@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: venv demo test unit lint bench up clean
+.PHONY: venv demo demo-secure test unit lint bench up clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,6 +15,9 @@ venv: $(VENV)/.installed
 
 demo: venv
 	$(PY) -m demo
+
+demo-secure: venv
+	$(PY) -m tasks.demo --secure
 
 test: venv lint
 	$(PY) -m pytest -q -p no:cacheprovider

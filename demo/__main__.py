@@ -24,6 +24,7 @@ from typing import Any
 import psutil
 from redis.asyncio import Redis
 
+from sokovan.agent.curve import create_curve_certificates
 from sokovan.cli.common import table
 from sokovan.cli.runs import runs_table
 from sokovan.config import Settings, load_settings
@@ -32,6 +33,7 @@ from sokovan.db.ledger import RunLedger
 from sokovan.db.repository import SchedulerRepository
 from sokovan.embedded import EmbeddedValkey
 from sokovan.scheduler.agents import sync_agents
+from sokovan.signing import create_signing_files
 from sokovan.types import ImageConfig, SessionId, SessionStatus
 from tasks.api import Scheduler
 from tasks.app import create_app
@@ -81,9 +83,18 @@ def process(name: str, cmd: list[str], env: dict[str, str], logs: Path) -> Itera
                 proc.wait(10)
 
 
-def demo_env(var_dir: Path, redis_url: str) -> dict[str, str]:
+def secure_settings(var_dir: Path) -> dict[str, str]:
+    """Signed task messages and CURVE to the agents, with material made for the demo."""
+    signing = create_signing_files(var_dir / "signing").key.parent
+    curve = create_curve_certificates(var_dir / "curve", ["a1", "a2"])
+    return {"SOKOVAN_TASK_SIGNING_DIR": str(signing), **curve}
+
+
+def demo_env(var_dir: Path, redis_url: str, secure: bool = False) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SOKOVAN_")}
     env.update({f"SOKOVAN_{k}": v for k, v in DEMO_SETTINGS.items()})
+    if secure:
+        env.update(secure_settings(var_dir))
     env.update(
         SOKOVAN_VAR_DIR=str(var_dir),
         SOKOVAN_REDIS_URL=redis_url,
@@ -104,16 +115,20 @@ def kernel_pid(kernel_id: str) -> int | None:
     return None
 
 
-def start_cluster(stack: ExitStack, var_dir: Path) -> tuple[Settings, dict[str, str]]:
+def start_cluster(
+    stack: ExitStack, var_dir: Path, secure: bool = False
+) -> tuple[Settings, dict[str, str]]:
     logs = var_dir / "logs"
     logs.mkdir(parents=True)
     valkey = EmbeddedValkey(var_dir / "valkey", port=None, persist=False)
     redis_url = valkey.start()
     stack.callback(valkey.stop)
-    env = demo_env(var_dir, redis_url)
+    env = demo_env(var_dir, redis_url, secure)
     settings = load_settings(env, dotenv=None)
     upgrade(create_engine(settings.effective_database_url))
     say(f"embedded Valkey at {redis_url}; SQLite at {settings.effective_database_url}")
+    if secure:
+        say("task messages signed (SOKOVAN_TASK_SIGNING_DIR), agent calls over CURVE")
     py = sys.executable
     stack.enter_context(
         process(
@@ -172,8 +187,11 @@ def start_cluster(stack: ExitStack, var_dir: Path) -> tuple[Settings, dict[str, 
     return settings, env
 
 
+# The single session carries a secret variable: it must reach the kernel, and stay
+# encrypted in SQL and out of every message.
+SECRET = ("API_TOKEN", "demo-s3cr3t")
 SHAPES: dict[str, dict[str, Any]] = {
-    "single": {},
+    "single": {"environ": {SECRET[0]: SECRET[1], "GREETING": "hello"}},
     "cluster-1node": {"kernels": 3},
     "cluster-2nodes": {"kernels": 3, "cluster_mode": "multi-node"},
     "host-net": {"kernels": 2, "network_type": "host", "cluster_mode": "multi-node"},
@@ -215,6 +233,7 @@ def run_demo(settings: Settings) -> list[str]:
         for n, s in sids.items()
     ]
     print(table(("NAME", "SESSION", "KERNELS", "AGENTS", "NETWORK"), rows))
+    failures.extend(check_secret(repo, sids["single"]))
 
     say("terminating 'single' and 'host-net'")
     for name in ("single", "host-net"):
@@ -250,6 +269,19 @@ def run_demo(settings: Settings) -> list[str]:
     return failures
 
 
+def check_secret(repo: SchedulerRepository, sid: SessionId) -> list[str]:
+    """The secret variable is in the kernel's environment and not in sessions.environ."""
+    session = repo.get_session(sid)
+    pid = kernel_pid(str(session.kernels[0].id))
+    env = psutil.Process(pid).environ() if pid is not None else {}
+    if env.get(SECRET[0]) != SECRET[1]:
+        return [f"kernel of session {sid} lacks {SECRET[0]}"]
+    if SECRET[0] in session.environ:
+        return [f"{SECRET[0]} of session {sid} is stored in clear"]
+    print(f"    {SECRET[0]} reached the kernel; sessions.environ holds {sorted(session.environ)}")
+    return []
+
+
 def summary(settings: Settings) -> None:
     ledger = RunLedger(create_engine(settings.effective_database_url))
     runs = [r for r in ledger.list_runs(limit=200) if r.requested or r.note]
@@ -270,11 +302,12 @@ def summary(settings: Settings) -> None:
 
 
 def main() -> int:
-    var_dir = ROOT / "var" / "demo"
+    secure = "--secure" in sys.argv[1:]
+    var_dir = ROOT / "var" / ("demo-secure" if secure else "demo")
     shutil.rmtree(var_dir, ignore_errors=True)
     with ExitStack() as stack:
         try:
-            settings, _ = start_cluster(stack, var_dir)
+            settings, _ = start_cluster(stack, var_dir, secure)
             failures = run_demo(settings)
             summary(settings)
         except Exception as e:

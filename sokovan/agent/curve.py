@@ -71,6 +71,23 @@ def agent_key_path(configured: Path, agent_id: str) -> Path:
     return configured
 
 
+def create_curve_certificates(folder: Path, agent_ids: list[str]) -> dict[str, str]:
+    """The manager's and each agent's certificates; returns the settings that use them."""
+    agents = folder / "agents"
+    agents.mkdir(parents=True, exist_ok=True)
+    zmq.auth.create_certificates(str(folder), "manager")
+    for agent_id in agent_ids:
+        zmq.auth.create_certificates(str(agents), agent_id)
+    for secret in folder.rglob("*.key_secret"):
+        secret.chmod(0o600)
+    root = folder.resolve()
+    return {
+        "SOKOVAN_CURVE_MANAGER_CERT": str(root / "manager.key_secret"),
+        "SOKOVAN_CURVE_AGENT_PUBLIC_KEY": str(root / "agents"),
+        "SOKOVAN_CURVE_AGENT_CERT": str(root / "agents"),
+    }
+
+
 _AUTH_EVENTS: dict[int, str] = {
     zmq.EVENT_HANDSHAKE_FAILED_AUTH: "CURVE authentication was refused (wrong keys)",
     zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: (

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-import zmq.auth
 
+from sokovan.agent.curve import create_curve_certificates
 from sokovan.cli.common import settings
 from sokovan.constants import SIGNING_CERT_DAYS
 from sokovan.signing import KEY_FILE, create_signing_files
@@ -44,15 +44,8 @@ def curve(
     if (target / "manager.key_secret").exists():
         typer.echo(f"{target / 'manager.key_secret'} exists already; nothing written", err=True)
         raise typer.Exit(1)
-    (target / "agents").mkdir(parents=True, exist_ok=True)
-    zmq.auth.create_certificates(str(target), "manager")
     ids = [a.strip() for a in agents.split(",") if a.strip()]
-    for agent_id in ids:
-        zmq.auth.create_certificates(str(target / "agents"), agent_id)
-    for secret in target.rglob("*.key_secret"):
-        secret.chmod(0o600)
-    root = target.resolve()
-    typer.echo(f"CURVE certificates of the manager and agents {', '.join(ids)} in {root}")
-    typer.echo(f"SOKOVAN_CURVE_MANAGER_CERT={root / 'manager.key_secret'}")
-    typer.echo(f"SOKOVAN_CURVE_AGENT_PUBLIC_KEY={root / 'agents'}")
-    typer.echo(f"SOKOVAN_CURVE_AGENT_CERT={root / 'agents'}")
+    printed = create_curve_certificates(target, ids)
+    typer.echo(f"CURVE certificates of the manager and agents {', '.join(ids)} in {target}")
+    for name, value in printed.items():
+        typer.echo(f"{name}={value}")

@@ -7,13 +7,19 @@ command any process sends it.
 
 from __future__ import annotations
 
+import base64
+import json
 import uuid
 from pathlib import Path
 
 import pytest
+import redis as sync_redis
 from celery import Celery
 
+from sokovan.redaction import is_secret_ref
 from sokovan.types import SessionId, SessionStatus
+from tasks.api import Scheduler
+from tasks.app import create_app
 from tests.cluster import IMAGE, Cluster, cluster_without_worker, kernel_processes
 from tests.services import (
     Flower,
@@ -26,7 +32,7 @@ from tests.services import (
     sql_rows,
     wait_quiet,
 )
-from tests.workers import celery_worker, wait_for
+from tests.workers import celery_worker, make_env, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -153,3 +159,24 @@ async def test_raw_send_task_secret_goes_no_further_than_its_message(
         assert not leaks(worker.log.read_bytes(), SECRET)
         _assert_not_in_sql(c, SECRET)
         manager.close()
+
+
+def test_python_api_stores_secrets_first_and_sends_references(
+    tmp_path: Path, valkey_url: str
+) -> None:
+    """tasks.api.Scheduler: the queued message holds references, SQL holds ciphertext."""
+    senv = make_env(tmp_path, valkey_url)
+    scheduler = Scheduler(create_app(senv.settings), senv.settings)
+    scheduler.create_session(
+        image=IMAGE, environ={"API_TOKEN": SECRET, "A": "b"}, secret_environ={"DSN": DECLARED}
+    )
+    client = sync_redis.Redis.from_url(senv.settings.redis_url)
+    [raw] = client.lrange("sokovan", 0, -1)  # no worker: the message waits in the queue
+    client.close()
+    assert not leaks(raw, SECRET) and not leaks(raw, DECLARED)
+    _, kwargs, _ = json.loads(base64.b64decode(json.loads(raw)["body"]))
+    environ = kwargs["request"]["environ"]
+    assert environ["A"] == "b" and is_secret_ref(environ["API_TOKEN"])
+    assert is_secret_ref(environ["DSN"])
+    assert not [r for r in sql_rows(senv.engine) if leaks(r, SECRET) or leaks(r, DECLARED)]
+    assert len([r for r in sql_rows(senv.engine) if "API_TOKEN" in r or "DSN" in r]) == 2
