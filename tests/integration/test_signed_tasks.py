@@ -9,7 +9,10 @@ import uuid
 from pathlib import Path
 
 import pytest
+from celery.security.certificate import Certificate
+from typer.testing import CliRunner
 
+from sokovan.cli import app as cli_app
 from sokovan.config import load_settings
 from sokovan.errors import ConfigError
 from sokovan.signing import create_signing_files, signing_files
@@ -97,6 +100,24 @@ async def test_signed_cluster_refuses_rogue_messages_and_keeps_serving(
             assert "refused task message sokovan.session.terminate" in lines[0]
         assert MARKER not in log and "Traceback" not in log
         assert "refused" not in beat.output()
+
+
+def test_certs_init_makes_material_the_settings_accept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`sokovan certs init`: a key (mode 600), a certificate, a store that trusts it; once."""
+    monkeypatch.setenv("SOKOVAN_VAR_DIR", str(tmp_path))
+    first = CliRunner().invoke(cli_app, ["certs", "init"])
+    assert first.exit_code == 0, first.output
+    files = signing_files(
+        load_settings({"SOKOVAN_TASK_SIGNING_DIR": str(tmp_path / "signing")}, dotenv=None)
+    )
+    assert files is not None and files.key.stat().st_mode & 0o077 == 0
+    trusted = Certificate(next(files.store.iterdir()).read_text())
+    assert trusted.get_id() == Certificate(files.cert.read_text()).get_id()
+    assert not trusted.has_expired()
+    again = CliRunner().invoke(cli_app, ["certs", "init"])
+    assert again.exit_code == 1 and "exists already" in again.output
 
 
 def test_signing_settings_name_what_is_missing(tmp_path: Path) -> None:
