@@ -17,7 +17,7 @@ demo: venv
 	$(PY) -m demo
 
 demo-secure: venv
-	$(PY) -m tasks.demo --secure
+	$(PY) -m demo --secure
 
 test: venv lint
 	$(PY) -m pytest -q -p no:cacheprovider

@@ -11,6 +11,7 @@ from celery import Task
 
 from sokovan.errors import SokovanError
 from tasks.app import app
+from tasks.redaction import REDACTING_REQUEST
 from tasks.runtime import WorkerRuntime, runtime
 
 log = logging.getLogger(__name__)
@@ -23,6 +24,8 @@ class SokovanTask(Task):  # type: ignore[misc]
     """Base of every task of the scheduler."""
 
     abstract = True
+    # Worker requests recompute argsrepr/kwargsrepr redacted: no secret in events or logs.
+    Request = REDACTING_REQUEST
 
     @property
     def rt(self) -> WorkerRuntime:

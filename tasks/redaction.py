@@ -24,6 +24,8 @@ from sokovan.redaction import redact
 # The app configuration key holding the secret-name patterns (SOKOVAN_SECRET_ENV_PATTERNS).
 PATTERNS_KEY = "sokovan_secret_env_patterns"
 REPR_MAXSIZE = 1024
+# What every task's `Request` names (a task base class of the edge must keep it).
+REDACTING_REQUEST = "tasks.redaction:RedactingRequest"
 
 
 def _patterns(app: Any) -> tuple[str, ...]:
@@ -96,4 +98,4 @@ def install_log_filters() -> None:
 class RedactingTask(Task):  # type: ignore[misc]
     """The base of every task: its worker requests redact their reprs."""
 
-    Request = "tasks.redaction:RedactingRequest"
+    Request = REDACTING_REQUEST

@@ -16,7 +16,7 @@ def test_signed_and_curve_cluster_runs_the_demo() -> None:
     """The whole demo (every session shape, terminate, sweep) on a signed, CURVE cluster;
     the demo's secret variable reaches its kernel and is not stored in clear."""
     done = subprocess.run(
-        [sys.executable, "-m", "tasks.demo", "--secure"], cwd=ROOT, capture_output=True,
+        [sys.executable, "-m", "demo", "--secure"], cwd=ROOT, capture_output=True,
         text=True, timeout=380, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

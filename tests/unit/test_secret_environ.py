@@ -69,6 +69,20 @@ def test_messages_of_the_app_carry_redacted_reprs_and_sent_events(tmp_path: Path
     assert app.conf.result_extended is False
 
 
+def test_every_task_of_the_app_redacts_its_worker_reprs() -> None:
+    """A task base class that dropped the redacting request would show secrets in events."""
+    from celery.utils.imports import symbol_by_name
+
+    from tasks.app import app
+    from tasks.redaction import RedactingRequest
+
+    app.loader.import_default_modules()
+    ours = [t for name, t in app.tasks.items() if name.startswith("sokovan.")]
+    assert len(ours) >= 10
+    for task in ours:
+        assert issubclass(symbol_by_name(task.Request), RedactingRequest), task.name
+
+
 def test_pool_apply_debug_line_keeps_only_the_task_name_and_id() -> None:
     import logging
 
