@@ -178,3 +178,6 @@ SECRET_REF_PREFIX: Final = "sokovan-secret-ref:"
 # and a certificate valid for a year (Celery refuses messages once it has expired).
 SIGNING_KEY_BITS: Final = 2048
 SIGNING_CERT_DAYS: Final = 365
+# A client that stored secret variables and never got its submission through leaves them
+# unbound; after this long no submission can still be waiting for them.
+UNBOUND_SECRET_TTL_SEC: Final = 86400

@@ -61,9 +61,10 @@ def recover_runs(*args: Any, **kwargs: Any) -> dict[str, Any]:
 
 @task(names.MAINTENANCE_PRUNE)
 def prune_runs(*args: Any, **kwargs: Any) -> dict[str, Any]:
-    """Deletes runs older than the retention."""
+    """Deletes runs older than the retention, and secret variables no session needs."""
     if refused := refuse_arguments(args, kwargs):
         return refused
     rt = runtime()
     days = rt.services.settings.run_retention_days
-    return {"pruned": rt.run(rt.services.coordinator.prune(days))}
+    pruned = rt.run(rt.services.coordinator.prune(days))
+    return {"pruned": pruned, "secrets_pruned": rt.services.secret_environ.prune()}

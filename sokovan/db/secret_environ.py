@@ -8,18 +8,19 @@ the worker that calls the agent reads them back. Clear values stay in sessions.e
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import uuid
 from collections.abc import Collection, Mapping
 
 import sqlalchemy as sa
 from cryptography.fernet import Fernet, InvalidToken
 
-from sokovan.constants import DEFAULT_SECRET_ENV_PATTERNS
+from sokovan.constants import DEFAULT_SECRET_ENV_PATTERNS, UNBOUND_SECRET_TTL_SEC
 from sokovan.db.ledger import utcnow
-from sokovan.db.schema import environ_secrets
+from sokovan.db.schema import environ_secrets, sessions
 from sokovan.errors import ConfigError, InvalidRequest
 from sokovan.redaction import Patterns, is_secret_ref, ref_id_of, secret_ref, split_environ
-from sokovan.types import SessionId
+from sokovan.types import SessionId, SessionStatus
 
 
 class SqlSecretEnviron:
@@ -107,6 +108,21 @@ class SqlSecretEnviron:
         if inline:
             conn.execute(environ_secrets.insert(), inline)
         return clear
+
+    def prune(self, unbound_ttl: float = UNBOUND_SECRET_TTL_SEC) -> int:
+        """Deletes the secrets of TERMINATED sessions and unbound ones older than the TTL."""
+        done = sa.select(sessions.c.id).where(sessions.c.status == str(SessionStatus.TERMINATED))
+        cutoff = utcnow() - dt.timedelta(seconds=unbound_ttl)
+        with self._engine.begin() as conn:
+            finished = conn.execute(
+                environ_secrets.delete().where(environ_secrets.c.session_id.in_(done))
+            )
+            stale = conn.execute(
+                environ_secrets.delete().where(
+                    environ_secrets.c.session_id.is_(None), environ_secrets.c.created_at < cutoff
+                )
+            )
+        return int(finished.rowcount or 0) + int(stale.rowcount or 0)
 
     def environs(self, session_ids: Collection[SessionId]) -> dict[SessionId, dict[str, str]]:
         """Each session's secret environ, decrypted; sessions without secrets are absent."""

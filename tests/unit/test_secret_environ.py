@@ -18,7 +18,7 @@ from sokovan.db.secret_environ import SqlSecretEnviron
 from sokovan.errors import InvalidRequest
 from sokovan.redaction import is_secret_name, is_secret_ref, redact, split_environ
 from sokovan.scheduler.submit import SessionRequest, submit_session
-from sokovan.types import AgentId, ImageConfig, ResourceSlot, SessionId
+from sokovan.types import AgentId, ImageConfig, ResourceSlot, SessionId, SessionStatus
 from tasks.redaction import PoolApplyFilter, RedactingAMQP, redacted_repr
 from tests.services import leaks
 
@@ -163,3 +163,20 @@ def test_inline_secrets_of_a_raw_request_are_bound_encrypted_at_submission(
 def test_split_environ_treats_references_as_secret_whatever_the_name() -> None:
     clear, secret = split_environ({"X": "sokovan-secret-ref:1", "Y": "2", "MY_KEY": "3"})
     assert clear == {"Y": "2"} and secret == {"X": "sokovan-secret-ref:1", "MY_KEY": "3"}
+
+
+def test_prune_drops_secrets_of_terminated_sessions_and_old_unbound_ones(
+    engine: sa.Engine,
+) -> None:
+    repo = SchedulerRepository(engine)
+    store = _store(engine)
+    running, done = SessionId(uuid.uuid4()), SessionId(uuid.uuid4())
+    for sid, status in ((running, SessionStatus.RUNNING), (done, SessionStatus.TERMINATED)):
+        repo.create_session(session_id=sid, name=str(sid), kernels_=[], status=status)
+        store.bind(sid, store.stash({"API_TOKEN": str(sid)}))
+    fresh = store.stash({"NEW_TOKEN": "1"})
+    assert store.prune(unbound_ttl=3600) == 1
+    assert store.environs([running, done]) == {running: {"API_TOKEN": str(running)}}
+    assert store.prune(unbound_ttl=-1) == 1  # the unbound one, once past the TTL
+    with pytest.raises(InvalidRequest):
+        store.bind(SessionId(uuid.uuid4()), fresh)
