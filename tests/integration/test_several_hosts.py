@@ -34,6 +34,7 @@ from tests.workers import ROOT, SchedulerEnv, WorkerProcess, stop_process, wait_
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 MACHINES = ("host1", "host2")
+SECRET = "pg-s3cr3t"
 
 
 def recipe() -> tuple[list[str], list[str]]:
@@ -184,12 +185,15 @@ async def test_two_machines_two_beats_launch_terminate_and_sweep_on_postgres(
             what="both worker nodes to answer",
         )
         repo = SchedulerRepository(m.one.engine)
-        cluster = [
-            create(m.one, "--kernels", "2", "--cluster-mode", "multi-node") for _ in range(3)
-        ]
+        multi = ("--kernels", "2", "--cluster-mode", "multi-node", "--env", f"API_TOKEN={SECRET}")
+        cluster = [create(m.one, *multi) for _ in range(3)]
         lone = create(m.one)
         for sid in [*cluster, lone]:
             wait_session(repo, sid, SessionStatus.RUNNING)
+        for kernel in repo.get_session(cluster[0]).kernels:  # secrets at rest on PostgreSQL
+            [proc] = kernel_processes(str(kernel.id))
+            assert proc.environ()["API_TOKEN"] == SECRET
+        assert "API_TOKEN" not in repo.get_session(cluster[0]).environ
         await kill_silently(repo, lone, m.redis_url)
         wait_session(repo, lone, SessionStatus.TERMINATED)
         [victim] = repo.get_session(lone).kernels
