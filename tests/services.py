@@ -30,11 +30,19 @@ def secret_forms(secret: str) -> list[bytes]:
     Kombu's Redis transport base64-encodes message bodies, so a plain search would miss them.
     """
     raw = secret.encode()
-    forms = [raw]
+    once = _base64_cores(raw)
+    # Signed messages (the auth serializer) are base64 inside the transport's base64.
+    twice = [core for inner in once for core in _base64_cores(inner) if len(core) >= 8]
+    return [raw, *once, *twice]
+
+
+def _base64_cores(data: bytes) -> list[bytes]:
+    """What base64 of `data` always contains, at each of the three alignments it can have."""
+    cores = []
     for offset in range(3):
-        encoded = base64.b64encode(bytes(offset) + raw)
-        forms.append(encoded[4 if offset else 0 : -4])
-    return forms
+        encoded = base64.b64encode(bytes(offset) + data)
+        cores.append(encoded[4 if offset else 0 : -4])
+    return cores
 
 
 def leaks(blob: bytes | str, secret: str) -> bool:

@@ -18,7 +18,7 @@ from sokovan.errors import ConfigError
 from sokovan.signing import create_signing_files, signing_files
 from sokovan.types import SessionId, SessionStatus
 from tests.cluster import IMAGE, cluster_without_worker, kernel_processes
-from tests.services import celery_beat, run_cli
+from tests.services import celery_beat, flower_process, run_cli
 from tests.workers import ROOT, SchedulerEnv, celery_worker, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
@@ -76,10 +76,22 @@ async def test_signed_cluster_refuses_rogue_messages_and_keeps_serving(
     async with cluster_without_worker(
         tmp_path, valkey_url, runtime="process", settings=settings
     ) as c:
-        with celery_worker(c.senv, concurrency=2) as worker, celery_beat(c.senv) as beat:
+        with (
+            celery_worker(c.senv, concurrency=2) as worker,
+            celery_beat(c.senv) as beat,
+            flower_process(c.senv) as flower,
+        ):
             out = run_cli(c.senv, "session", "create", "--image", IMAGE)
             sid = SessionId(uuid.UUID(out.split()[1]))
             [kernel] = c.wait_status(sid, SessionStatus.RUNNING).kernels
+            wait_for(
+                lambda: any(
+                    t.get("name") == "sokovan.agent.create_kernels"
+                    for t in flower.json("/api/tasks").values()
+                ),
+                30,
+                what="Flower (same signed app) to show the launch",
+            )
             pid = worker.proc.pid
             refused = [
                 send(c.senv, UNSIGNED, sid, None),
