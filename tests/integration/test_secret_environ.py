@@ -17,6 +17,7 @@ import redis as sync_redis
 from celery import Celery
 
 from sokovan.redaction import is_secret_ref
+from sokovan.signing import create_signing_files
 from sokovan.types import SessionId, SessionStatus
 from tasks.api import Scheduler
 from tasks.app import create_app
@@ -63,8 +64,9 @@ def _assert_not_in_sql(c: Cluster, secret: str) -> None:
         assert not leaks(path.read_bytes(), secret), path
 
 
+@pytest.mark.parametrize("signed", [False, True], ids=["plain", "signed"])
 async def test_cli_secret_reaches_the_kernel_and_nothing_else(
-    tmp_path: Path, valkey_url: str
+    tmp_path: Path, valkey_url: str, signed: bool
 ) -> None:
     """A launch through the CLI with --env API_TOKEN=s3cr3t-value (and a declared secret).
 
@@ -72,8 +74,11 @@ async def test_cli_secret_reaches_the_kernel_and_nothing_else(
     when a 2-kernel multi-node session is created with two secret variables and a clear
     one, then terminated, the secret values are in no command Valkey executed (so in no
     message, event or result), no key (DUMP, during and after), no Flower answer, no log
-    line, no task result and not in clear in SQL, while each kernel process has them."""
+    line, no task result and not in clear in SQL, while each kernel process has them.
+    The same holds on a cluster whose task messages are signed."""
     settings = {"launch_interval": "2", "terminate_interval": "2", "sweep_interval": "3"}
+    if signed:
+        settings["task_signing_dir"] = str(create_signing_files(tmp_path / "signing").key.parent)
     async with cluster_without_worker(
         tmp_path, valkey_url, runtime="process", settings=settings
     ) as c:
