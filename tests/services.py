@@ -18,6 +18,7 @@ from typing import Any
 import redis as sync_redis
 import sqlalchemy as sa
 
+from tasks.commands import beat_args
 from tests.conftest import free_port
 from tests.workers import ROOT, SchedulerEnv, WorkerProcess, stop_process, wait_for
 
@@ -133,8 +134,8 @@ def celery_beat(
 ) -> Iterator[WorkerProcess]:
     """A `celery beat` subprocess with its own schedule file; stopped after."""
     log = senv.var_dir / f"{name}.log"
-    cmd = [sys.executable, "-m", "celery", "-A", "tasks.app", "beat", "-l", loglevel]
-    cmd += ["-s", str(senv.var_dir / f"{name}-schedule")]
+    schedule = senv.var_dir / f"{name}-schedule"
+    cmd = [sys.executable, "-m", "celery", *beat_args(schedule, loglevel=loglevel)]
     with log.open("wb") as out:
         proc = subprocess.Popen(
             cmd, cwd=ROOT, env=senv.env, stdout=out, stderr=subprocess.STDOUT,
