@@ -11,6 +11,8 @@ import logging
 from typing import Any
 
 from celery import Celery, signals
+from celery.exceptions import NotRegistered
+from celery.utils.objects import Bunch
 from celery.worker.consumer import Consumer
 
 from sokovan.config import Settings
@@ -53,8 +55,9 @@ def _describe(message: Any, exc: BaseException) -> tuple[str, str, str]:
 class QuietConsumer(Consumer):  # type: ignore[misc]
     """Celery's consumer, but a message it cannot accept is logged without its body.
 
-    Celery's own handlers print the whole body (secrets included) of an invalid or
-    undecodable message; an unsigned or wrongly signed message lands here too.
+    Celery's own handlers print the whole body (secrets included) of an invalid,
+    undecodable, unknown or unregistered message; unsigned and wrongly signed ones land
+    here too. Each is logged once by name and id and dropped.
     """
 
     def on_invalid_task(self, body: Any, message: Any, exc: BaseException) -> None:
@@ -74,3 +77,31 @@ class QuietConsumer(Consumer):  # type: ignore[misc]
             reason,
         )
         message.ack()
+
+    def on_unknown_message(self, body: Any, message: Any) -> None:
+        name, task_id, _ = _describe(message, Exception())
+        log.warning("refused message %s[%s]: not a task message", name, task_id)
+        message.reject_log_error(log, self.connection_errors)
+        signals.task_rejected.send(sender=self, message=message, exc=None)
+
+    def on_unknown_task(self, body: Any, message: Any, exc: BaseException) -> None:
+        name, task_id, _ = _describe(message, exc)
+        log.warning("refused task message %s[%s]: no such task here", name, task_id)
+        message.reject_log_error(log, self.connection_errors)
+        headers = message.headers if isinstance(message.headers, dict) else {}
+        if "id" in headers:
+            # As Celery does: the sender waiting on the result learns the task is unknown.
+            request = Bunch(
+                name=name,
+                chord=None,
+                root_id=headers.get("root_id"),
+                correlation_id=message.properties.get("correlation_id"),
+                reply_to=message.properties.get("reply_to"),
+                errbacks=None,
+            )
+            self.app.backend.mark_as_failure(task_id, NotRegistered(name), request=request)
+        if self.event_dispatcher:
+            self.event_dispatcher.send(
+                "task-failed", uuid=task_id, exception=f"NotRegistered({name!r})"
+            )
+        signals.task_unknown.send(sender=self, message=message, exc=exc, name=name, id=task_id)

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import redis as sync_redis
 from celery import Celery
+from celery.exceptions import NotRegistered
 
 from sokovan.redaction import is_secret_ref
 from sokovan.signing import create_signing_files
@@ -132,7 +133,8 @@ async def test_raw_send_task_secret_goes_no_further_than_its_message(
     """A manager's own send_task with the secret inline: only its message carries it.
 
     The submission (its LPUSH, its task-sent event, the broker's unacked copy of it) holds
-    the value; no task, event, result, log line, key left after, or SQL row does."""
+    the value; no task, event, result, log line, key left after, or SQL row does. A
+    message for a task the worker does not have is refused without its body logged."""
     async with cluster_without_worker(tmp_path, valkey_url, runtime="process") as c:
         tap = MonitorTap(c.senv.settings.redis_url)
         tap.start()
@@ -144,6 +146,11 @@ async def test_raw_send_task_secret_goes_no_further_than_its_message(
                 "sokovan.session.create", kwargs={"request": request}, queue="sokovan"
             )
             answer = sent.get(timeout=60)
+            unknown = manager.send_task(
+                "sokovan.no.such.task", kwargs={"token": SECRET}, queue="sokovan"
+            )
+            with pytest.raises(NotRegistered):
+                unknown.get(timeout=30)
             sid = SessionId(uuid.UUID(answer["session_id"]))
             [kernel] = c.wait_status(sid, SessionStatus.RUNNING).kernels
             [proc] = kernel_processes(str(kernel.id))
@@ -157,11 +164,13 @@ async def test_raw_send_task_secret_goes_no_further_than_its_message(
         assert carrying, "the submission itself should carry the value"
         for cmd in carrying:
             verb = cmd.split(" ", 1)[0].upper()
-            assert leaks(cmd, sent.id), cmd[:300]
+            assert leaks(cmd, sent.id) or leaks(cmd, unknown.id), cmd[:300]
             assert verb in {"LPUSH", "HSET", "PUBLISH"}, cmd[:300]
             if verb == "PUBLISH":
                 assert leaks(cmd, "task-sent"), cmd[:300]
         assert not leaks(worker.log.read_bytes(), SECRET)
+        [refusal] = [line for line in worker.output().splitlines() if unknown.id in line]
+        assert "no such task here" in refusal
         _assert_not_in_sql(c, SECRET)
         manager.close()
 
