@@ -9,7 +9,9 @@ from typing import Any, Final
 from pydantic import ValidationError
 
 from sokovan import constants as C
+from sokovan.constants import SECRET_FIELD_NAMES
 from sokovan.errors import SokovanError
+from sokovan.redaction import is_secret_name
 
 # The kind of a refusal whose input broke the payload schema (the CLI exits 2 for it).
 INVALID: Final = "InvalidRequest"
@@ -78,9 +80,15 @@ def from_validation(e: ValidationError) -> Refusal:
         message = "unknown field"
     elif kind == "missing":
         message = "required"
-    elif "field" not in ctx:
+    elif "field" not in ctx and _shows_value(loc):
         message = f"{message} (got {echo(first.get('input'))})"
     return Refusal(f"{field}: {message}" if field else message, INVALID, field)
+
+
+def _shows_value(loc: Sequence[int | str]) -> bool:
+    """False for a secret's value (an environ name like API_TOKEN, a declared field)."""
+    names = [str(part) for part in loc if isinstance(part, str)]
+    return not any(n in SECRET_FIELD_NAMES or is_secret_name(n) for n in names)
 
 
 def from_error(e: SokovanError, field: str | None = None) -> Refusal:

@@ -180,3 +180,15 @@ def test_prune_drops_secrets_of_terminated_sessions_and_old_unbound_ones(
     assert store.prune(unbound_ttl=-1) == 1  # the unbound one, once past the TTL
     with pytest.raises(InvalidRequest):
         store.bind(SessionId(uuid.uuid4()), fresh)
+
+
+def test_a_refused_secret_value_is_not_echoed() -> None:
+    """A schema refusal quotes a prefix of the bad value, except a secret's."""
+    from sokovan.admission.parse import parse_create
+    from sokovan.admission.refusal import Refusal
+    from sokovan.admission.schemas import Limits
+
+    for name in ("API_TOKEN", "PLAIN"):
+        refused = parse_create({"image": "img", "environ": {name: "s3cr3t\x00"}}, Limits())
+        assert isinstance(refused, Refusal) and refused.field == f"environ.{name}"
+        assert ("s3cr3t" in refused.error) is (name == "PLAIN"), refused.error
