@@ -110,8 +110,9 @@ class SqlSecretEnviron:
         return clear
 
     def prune(self, unbound_ttl: float = UNBOUND_SECRET_TTL_SEC) -> int:
-        """Deletes the secrets of TERMINATED sessions and unbound ones older than the TTL."""
-        done = sa.select(sessions.c.id).where(sessions.c.status == str(SessionStatus.TERMINATED))
+        """Deletes the secrets of finished sessions and unbound ones older than the TTL."""
+        finished_statuses = [str(SessionStatus.TERMINATED), str(SessionStatus.CANCELLED)]
+        done = sa.select(sessions.c.id).where(sessions.c.status.in_(finished_statuses))
         cutoff = utcnow() - dt.timedelta(seconds=unbound_ttl)
         with self._engine.begin() as conn:
             finished = conn.execute(

@@ -170,13 +170,17 @@ def test_prune_drops_secrets_of_terminated_sessions_and_old_unbound_ones(
 ) -> None:
     repo = SchedulerRepository(engine)
     store = _store(engine)
-    running, done = SessionId(uuid.uuid4()), SessionId(uuid.uuid4())
-    for sid, status in ((running, SessionStatus.RUNNING), (done, SessionStatus.TERMINATED)):
+    running, done, cancelled = (SessionId(uuid.uuid4()) for _ in range(3))
+    for sid, status in (
+        (running, SessionStatus.RUNNING),
+        (done, SessionStatus.TERMINATED),
+        (cancelled, SessionStatus.CANCELLED),
+    ):
         repo.create_session(session_id=sid, name=str(sid), kernels_=[], status=status)
         store.bind(sid, store.stash({"API_TOKEN": str(sid)}))
     fresh = store.stash({"NEW_TOKEN": "1"})
-    assert store.prune(unbound_ttl=3600) == 1
-    assert store.environs([running, done]) == {running: {"API_TOKEN": str(running)}}
+    assert store.prune(unbound_ttl=3600) == 2
+    assert store.environs([running, done, cancelled]) == {running: {"API_TOKEN": str(running)}}
     assert store.prune(unbound_ttl=-1) == 1  # the unbound one, once past the TTL
     with pytest.raises(InvalidRequest):
         store.bind(SessionId(uuid.uuid4()), fresh)
