@@ -25,8 +25,6 @@ import psutil
 from redis.asyncio import Redis
 
 from sokovan.agent.curve import create_curve_certificates
-from sokovan.cli.common import table
-from sokovan.cli.runs import runs_table
 from sokovan.config import Settings, load_settings
 from sokovan.db.engine import create_engine, upgrade
 from sokovan.db.ledger import RunLedger
@@ -38,6 +36,8 @@ from sokovan.types import ImageConfig, SessionId, SessionStatus
 from tasks.api import Scheduler
 from tasks.app import create_app
 from tasks.commands import beat_args, worker_args
+from tasks.cli.common import table
+from tasks.cli.runs import runs_table
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGE = "cr.backend.ai/stable/python:3.12-ubuntu22.04"

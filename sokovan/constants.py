@@ -181,3 +181,31 @@ SIGNING_CERT_DAYS: Final = 365
 # A client that stored secret variables and never got its submission through leaves them
 # unbound; after this long no submission can still be waiting for them.
 UNBOUND_SECRET_TTL_SEC: Final = 86400
+
+# Operators' tools (`sokovan up`, `status`, the exporter).
+# First RPC port of the reference agents `sokovan up` starts; agent i listens on base + i - 1.
+AGENT_BASE_PORT: Final = 6011
+# Prometheus exporter: loopback by default, since the ledger is not for the whole network.
+METRICS_HOST: Final = "127.0.0.1"
+# Redis list a worker moves a task to after too many deliveries; the exporter reports its length.
+DEADLETTER_KEY: Final = "sokovan:deadletter"
+# A reference agent's first Redis contact: retries with exponential backoff up to this cap, so
+# an agent started beside its Valkey waits for it instead of exiting.
+AGENT_REDIS_RETRIES: Final = 12
+AGENT_REDIS_BACKOFF_CAP_SEC: Final = 2.0
+# How long `sokovan up` waits for Valkey to answer PING before giving up.
+VALKEY_READY_TIMEOUT_SEC: Final = 20.0
+# Celery inspect ping in `sokovan status`: short, a healthy worker answers in milliseconds.
+STATUS_PING_TIMEOUT_SEC: Final = 1.0
+# beat rewrites its schedule file at least this often (Celery's beat_max_loop_interval is 300 s).
+BEAT_STALE_AFTER_SEC: Final = 360.0
+# Transitional session statuses whose oldest member the exporter reports, to catch stuck ones.
+TRANSITIONAL_SESSION_STATUSES: Final = (
+    "PENDING",
+    "SCHEDULED",
+    "PREPARING",
+    "PULLING",
+    "PREPARED",
+    "CREATING",
+    "TERMINATING",
+)

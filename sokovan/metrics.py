@@ -1,7 +1,9 @@
 """Prometheus exposition of the run ledger, read from SQL at scrape time.
 
 Any number of worker processes write the ledger; one small exporter process reads it, so
-no multi-process client state is needed and the numbers are the ledger's own.
+no multi-process client state is needed and the numbers are the ledger's own. Names follow
+Prometheus conventions: units in the name, one meaning per metric, `_total` counters for
+anything a rate is taken of. The README lists every metric.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, Protocol
 from wsgiref.simple_server import WSGIServer
 
 import sqlalchemy as sa
@@ -21,14 +24,29 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from sokovan import constants as C
 from sokovan.db.ledger import RunLedger
+from sokovan.db.listing import status_counts
 from sokovan.db.stats import RunStats, SessionStats
 from sokovan.scheduler.handlers import handler_names
-from sokovan.types import RunStatus
+from sokovan.types import RunStatus, SessionStatus
 
 log = logging.getLogger(__name__)
 
 FINISHED = [s for s in RunStatus if s not in (RunStatus.RUNNING, RunStatus.SKIPPED)]
+# Slots with a unit of their own get a metric each; any other slot (accelerators) is a count.
+_SLOT_METRICS = {
+    "cpu": ("sokovan_freed_cpu_cores", "CPU cores released by destroyed kernels."),
+    "mem": ("sokovan_freed_memory_bytes", "Memory (bytes) released by destroyed kernels."),
+}
+# Broker list names of the task queue: kombu's Redis transport keeps one list per priority step.
+_QUEUE_KEYS = ("sokovan", *(f"sokovan\x06\x16{p}" for p in (3, 6, 9)))
+
+
+class ListLengths(Protocol):
+    """The part of a synchronous Redis client the exporter reads."""
+
+    def llen(self, name: str) -> Any: ...
 
 
 class _Monotonic:
@@ -55,7 +73,14 @@ class _Monotonic:
 class LedgerCollector(Collector):
     """Runs, items, durations and kernel aggregates per handler, from the ledger tables."""
 
-    def __init__(self, engine: sa.Engine, handlers: Sequence[str] | None = None) -> None:
+    def __init__(
+        self,
+        engine: sa.Engine,
+        handlers: Sequence[str] | None = None,
+        redis: ListLengths | None = None,
+    ) -> None:
+        self._engine = engine
+        self._redis = redis
         self._stats = RunStats(engine)
         self._ledger = RunLedger(engine)
         # Every declared handler is labelled, whether or not it has run yet.
@@ -75,7 +100,9 @@ class LedgerCollector(Collector):
         yield from self._run_families()
         yield self._histogram()
         yield from self._kernel_families(self._stats.sessions())
-        yield self._state_family()
+        yield from self._handler_families()
+        yield from self._status_families()
+        yield from self._broker_families()
 
     def _run_families(self) -> Iterable[Metric]:
         runs = CounterMetricFamily(
@@ -86,11 +113,6 @@ class LedgerCollector(Collector):
             "Items of finished runs by result (ok, failed, skipped).",
             labels=["handler", "result"],
         )
-        ratio = GaugeMetricFamily(
-            "sokovan_run_item_failure_ratio",
-            "Failed over attempted items of all recorded runs.",
-            labels=["handler"],
-        )
         for h in self._stats.handlers():
             for status in FINISHED:
                 n = h.by_status.get(str(status), 0)
@@ -98,8 +120,7 @@ class LedgerCollector(Collector):
                 runs.add_metric([h.handler, str(status)], self._mono(key, n))
             for result, n in (("ok", h.succeeded), ("failed", h.failed), ("skipped", h.skipped)):
                 items.add_metric([h.handler, result], self._mono(("items", h.handler, result), n))
-            ratio.add_metric([h.handler], h.failure_rate)
-        return runs, items, ratio
+        return runs, items
 
     def _histogram(self) -> Metric:
         family = HistogramMetricFamily(
@@ -115,52 +136,116 @@ class LedgerCollector(Collector):
         return family
 
     def _kernel_families(self, sessions: Sequence[SessionStats]) -> Iterable[Metric]:
-        kernels = CounterMetricFamily(
-            "sokovan_kernels",
+        outcomes = CounterMetricFamily(
+            "sokovan_kernel_outcomes",
             "Kernels by what the scheduler did to them (created, destroyed, failed, skipped).",
             labels=["outcome"],
         )
         for outcome in ("created", "destroyed", "failed", "skipped"):
             n = sum(getattr(s, outcome) for s in sessions)
-            kernels.add_metric([outcome], self._mono(("kernels", outcome), n))
-        freed = CounterMetricFamily(
-            "sokovan_freed_slots",
-            "Occupied slots released by destroyed kernels, summed per slot name.",
-            labels=["slot"],
-        )
-        totals: dict[str, float] = {}
+            outcomes.add_metric([outcome], self._mono(("kernels", outcome), n))
+        totals: dict[str, float] = {"cpu": 0.0, "mem": 0.0}
         for s in sessions:
             for slot, amount in s.freed_slots.items():
                 totals[slot] = totals.get(slot, 0.0) + float(amount)
+        families: list[Metric] = [outcomes]
+        for slot, (name, text) in _SLOT_METRICS.items():
+            family = CounterMetricFamily(name, text)
+            family.add_metric([], self._mono(("freed", slot), totals[slot]))
+            families.append(family)
+        other = CounterMetricFamily(
+            "sokovan_freed_device_slots",
+            "Other slots (accelerator devices or shares) released by destroyed kernels.",
+            labels=["slot"],
+        )
         for slot, total in sorted(totals.items()):
-            freed.add_metric([slot], self._mono(("freed", slot), total))
-        return kernels, freed
+            if slot not in _SLOT_METRICS:
+                other.add_metric([slot], self._mono(("freed", slot), total))
+        families.append(other)
+        return families
 
-    def _state_family(self) -> Metric:
-        state = GaugeMetricFamily(
-            "sokovan_handler_state",
-            "Per handler: runs in flight (running) and whether it is paused (1/0).",
-            labels=["handler", "state"],
+    def _handler_families(self) -> Iterable[Metric]:
+        in_flight = GaugeMetricFamily(
+            "sokovan_handler_runs_in_flight",
+            "Runs of the handler still running.",
+            labels=["handler"],
+        )
+        paused = GaugeMetricFamily(
+            "sokovan_handler_paused",
+            "1 if an operator paused the handler, else 0.",
+            labels=["handler"],
         )
         running = self._stats.running()
-        paused = self._ledger.handler_states()
-        for name in sorted(set(self._handlers) | set(running) | set(paused)):
-            state.add_metric([name, "running"], running.get(name, 0))
-            state.add_metric([name, "paused"], 1.0 if paused.get(name, (False, None))[0] else 0.0)
-        return state
+        states = self._ledger.handler_states()
+        for name in sorted(set(self._handlers) | set(running) | set(states)):
+            in_flight.add_metric([name], running.get(name, 0))
+            paused.add_metric([name], 1.0 if states.get(name, (False, None))[0] else 0.0)
+        return in_flight, paused
+
+    def _status_families(self) -> Iterable[Metric]:
+        counts = status_counts(self._engine, C.TRANSITIONAL_SESSION_STATUSES)
+        sessions = GaugeMetricFamily("sokovan_sessions", "Sessions by status.", labels=["status"])
+        for status in SessionStatus:
+            sessions.add_metric([str(status)], counts.sessions.get(str(status), 0))
+        kernels = GaugeMetricFamily("sokovan_kernels", "Kernels by status.", labels=["status"])
+        for status in SessionStatus:  # kernels share the session statuses' names
+            kernels.add_metric([str(status)], counts.kernels.get(str(status), 0))
+        agents = GaugeMetricFamily(
+            "sokovan_agents", "Registered agents by liveness status.", labels=["status"]
+        )
+        for name in sorted({"ALIVE", "LOST", "UNREACHABLE"} | set(counts.agents)):
+            agents.add_metric([name], counts.agents.get(name, 0))
+        oldest = GaugeMetricFamily(
+            "sokovan_session_oldest_age_seconds",
+            "Age of the longest-waiting session in each transitional status (0: none there).",
+            labels=["status"],
+        )
+        for name in C.TRANSITIONAL_SESSION_STATUSES:
+            oldest.add_metric([name], counts.oldest_session_age.get(name, 0.0))
+        return sessions, kernels, agents, oldest
+
+    def _broker_families(self) -> Iterable[Metric]:
+        """Queue depth and dead-lettered tasks, read from the broker (absent if unreadable)."""
+        up = GaugeMetricFamily("sokovan_broker_up", "1 if the exporter could read the broker.")
+        if self._redis is None:
+            return ()
+        try:
+            depth = sum(int(self._redis.llen(key)) for key in _QUEUE_KEYS)
+            dead = int(self._redis.llen(C.DEADLETTER_KEY))
+        except Exception as e:  # any client error: report the broker down, keep the rest
+            log.warning("metrics: reading the broker failed: %s", e)
+            up.add_metric([], 0.0)
+            return (up,)
+        up.add_metric([], 1.0)
+        queue = GaugeMetricFamily(
+            "sokovan_queue_messages", "Task messages waiting in the queue.", labels=["queue"]
+        )
+        queue.add_metric(["sokovan"], depth)
+        dead_family = GaugeMetricFamily(
+            "sokovan_deadletter_messages", "Tasks moved aside after too many deliveries."
+        )
+        dead_family.add_metric([], dead)
+        return up, queue, dead_family
 
 
-def registry_for(engine: sa.Engine, handlers: Sequence[str] | None = None) -> CollectorRegistry:
+def registry_for(
+    engine: sa.Engine, handlers: Sequence[str] | None = None, redis: ListLengths | None = None
+) -> CollectorRegistry:
     """A registry holding only the ledger collector (read at scrape time, not at registration)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(LedgerCollector(engine, handlers))
+    registry.register(LedgerCollector(engine, handlers, redis))
     return registry
 
 
 def serve(
-    engine: sa.Engine, port: int, addr: str = "127.0.0.1", handlers: Sequence[str] | None = None
+    engine: sa.Engine,
+    port: int,
+    addr: str = C.METRICS_HOST,
+    handlers: Sequence[str] | None = None,
+    redis: ListLengths | None = None,
 ) -> tuple[WSGIServer, threading.Thread]:
     """Serves /metrics on `addr:port` from a daemon thread; shut it down with server.shutdown()."""
-    server, thread = start_http_server(port, addr=addr, registry=registry_for(engine, handlers))
+    registry = registry_for(engine, handlers, redis)
+    server, thread = start_http_server(port, addr=addr, registry=registry)
     log.info("ledger metrics on http://%s:%s/metrics", addr, port)
     return server, thread

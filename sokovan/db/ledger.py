@@ -261,7 +261,7 @@ class RunLedger(HandlerStates):
             row = conn.execute(sa.select(runs).where(runs.c.id == run_id)).mappings().first()
         if row is None:
             raise NotFound(f"no run with id {run_id}")
-        return _run(row)
+        return run_from_row(row)
 
     def items(self, run_id: RunId) -> list[RunItemRecord]:
         """The outcomes recorded for a run, in recording order."""
@@ -314,7 +314,7 @@ class RunLedger(HandlerStates):
         if finished:
             query = query.where(runs.c.status != str(RunStatus.RUNNING))
         with self.engine.connect() as conn:
-            return [_run(r) for r in conn.execute(query).mappings()]
+            return [run_from_row(r) for r in conn.execute(query).mappings()]
 
     def running_past_deadline(self, now: datetime | None = None) -> list[RunRecord]:
         """Runs still `running` whose deadline has passed."""
@@ -323,7 +323,7 @@ class RunLedger(HandlerStates):
             runs.c.status == str(RunStatus.RUNNING), runs.c.deadline_at < now
         )
         with self.engine.connect() as conn:
-            return [_run(r) for r in conn.execute(query).mappings()]
+            return [run_from_row(r) for r in conn.execute(query).mappings()]
 
     def discard_run(self, run_id: RunId) -> None:
         """Deletes a run that recorded nothing (an idle beat tick)."""
@@ -346,10 +346,11 @@ class RunLedger(HandlerStates):
         if handler:
             query = query.where(runs.c.handler == handler)
         with self.engine.connect() as conn:
-            return [_run(r) for r in conn.execute(query).mappings()]
+            return [run_from_row(r) for r in conn.execute(query).mappings()]
 
 
-def _run(row: Any) -> RunRecord:
+def run_from_row(row: Any) -> RunRecord:
+    """A run record from a row of the runs table."""
     return RunRecord(
         id=RunId(row["id"]),
         handler=row["handler"],

@@ -17,12 +17,12 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from typer.testing import CliRunner
 
-from sokovan.cli import app as cli
 from sokovan.db.engine import create_engine, upgrade
 from sokovan.db.ledger import RunLedger, final_status, utcnow
 from sokovan.db.stats import RunStats, percentile
 from sokovan.metrics import registry_for, serve
 from sokovan.types import ItemOutcome, ResourceSlot, RunId, RunStatus, RunTrigger
+from tasks.cli import app as cli
 from tests.conftest import free_port
 
 
@@ -282,13 +282,12 @@ def test_sc_rl_010_prometheus_counters_from_the_ledger(ledger: RunLedger) -> Non
     term = (("handler", "terminate_sessions"),)
     assert first[("sokovan_runs_total", (*term, ("status", "partial")))] == 1
     assert first[("sokovan_run_items_total", (*term, ("result", "failed")))] == 1
-    assert first[("sokovan_run_item_failure_ratio", term)] == 0.5
-    assert first[("sokovan_kernels_total", (("outcome", "destroyed"),))] == 1
-    assert first[("sokovan_freed_slots_total", (("slot", "cpu"),))] == 2
+    assert first[("sokovan_kernel_outcomes_total", (("outcome", "destroyed"),))] == 1
+    assert first[("sokovan_freed_cpu_cores_total", ())] == 2
     assert first[("sokovan_run_duration_seconds_bucket", (*term, ("le", "5.0")))] == 1
     assert first[("sokovan_run_duration_seconds_count", term)] == 1
-    paused = (("handler", "sweep_stale_kernels"), ("state", "paused"))
-    assert first[("sokovan_handler_state", paused)] == 1
+    assert first[("sokovan_handler_paused", (("handler", "sweep_stale_kernels"),))] == 1
+    assert first[("sokovan_handler_runs_in_flight", term)] == 0
 
     ledger.update_run(old, started_at=utcnow() - timedelta(days=60))
     ledger.prune(utcnow() - timedelta(days=30))
@@ -299,7 +298,7 @@ def test_sc_rl_010_prometheus_counters_from_the_ledger(ledger: RunLedger) -> Non
     assert second[("sokovan_runs_total", (*term, ("status", "partial")))] == 1
     assert second[("sokovan_runs_total", (*term, ("status", "succeeded")))] == 1
     assert second[("sokovan_run_items_total", (*term, ("result", "ok")))] >= 1
-    assert second[("sokovan_kernels_total", (("outcome", "destroyed"),))] >= 1
+    assert second[("sokovan_kernel_outcomes_total", (("outcome", "destroyed"),))] >= 1
     assert second[("sokovan_run_duration_seconds_count", term)] >= 1
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import typer
 
-from sokovan.cli.common import engine, settings
 from sokovan.db.engine import current_revision
 from sokovan.db.engine import upgrade as run_upgrade
+from tasks.cli.common import engine, settings
 
 app = typer.Typer(help="Database schema (Alembic migrations).", no_args_is_help=True)
 

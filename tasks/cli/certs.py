@@ -7,9 +7,9 @@ from pathlib import Path
 import typer
 
 from sokovan.agent.curve import create_curve_certificates
-from sokovan.cli.common import settings
 from sokovan.constants import SIGNING_CERT_DAYS
 from sokovan.signing import KEY_FILE, create_signing_files
+from tasks.cli.common import settings
 
 app = typer.Typer(help="Certificates that sign task messages.", no_args_is_help=True)
 

@@ -4,33 +4,82 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from typing import Any
 
 import typer
 
-from sokovan.cli.common import engine, settings, table
-from sokovan.db.ledger import RunLedger, RunRecord, utcnow
+from sokovan.db.ledger import RunItemRecord, RunLedger, RunRecord, utcnow
+from sokovan.db.listing import list_runs
 from sokovan.db.stats import RunStats, slot_text
-from sokovan.errors import NotFound
-from sokovan.types import RunId
+from sokovan.types import RunId, RunStatus
+from tasks.cli.common import JsonOption, engine, iso, print_json, print_table, table
+from tasks.cli.errors import BadInput
 
 app = typer.Typer(
     help="What the scheduler did: runs and their per-item outcomes.", no_args_is_help=True
 )
 
 
+def run_json(r: RunRecord) -> dict[str, Any]:
+    """A run's stable JSON fields."""
+    return {
+        "id": int(r.id),
+        "handler": r.handler,
+        "trigger": r.trigger,
+        "status": str(r.status),
+        "requested": r.requested,
+        "succeeded": r.succeeded,
+        "failed": r.failed,
+        "skipped": r.skipped,
+        "started_at": iso(r.started_at),
+        "finished_at": iso(r.finished_at),
+        "duration": r.duration,
+        "fanout_id": r.fanout_id,
+        "error": r.error,
+        "note": r.note,
+        "scope": r.scope,
+    }
+
+
+def item_json(i: RunItemRecord) -> dict[str, Any]:
+    """A run item's stable JSON fields."""
+    result = "skipped" if i.skipped else ("ok" if i.ok else "failed")
+    return {
+        "item_id": i.item_id,
+        "agent_id": i.agent_id,
+        "result": result,
+        "duration": i.duration,
+        "error": i.error,
+        "evidence": i.evidence,
+    }
+
+
 @app.command("list")
-def list_runs(
+def list_cmd(
     handler: str = typer.Option(None, help="Only this handler."),
-    status: str = typer.Option(None, help="Only runs with this status."),
-    limit: int = typer.Option(20, help="How many, newest first."),
+    status: list[RunStatus] = typer.Option(None, help="Only runs with this status (repeatable)."),
+    agent: str = typer.Option(None, help="Only runs with an item on this agent."),
+    limit: int = typer.Option(20, help="At most this many, newest first (0: all)."),
+    as_json: bool = JsonOption,
 ) -> None:
     """Lists runs, newest first."""
-    ledger = RunLedger(engine())
-    runs = ledger.list_runs(handler=handler, limit=limit, status=status)
-    typer.echo(runs_table(runs))
+    page = list_runs(
+        engine(),
+        handler=handler,
+        statuses=[str(s) for s in status or []],
+        agent=agent,
+        limit=limit,
+    )
+    if as_json:
+        print_json(
+            {"runs": [run_json(r) for r in page.items], "total": page.total, "more": page.more}
+        )
+        return
+    typer.echo(runs_table(page.items))
+    if page.more:
+        typer.echo(f"... {page.more} more run(s) (raise --limit, or filter)")
 
 
 def runs_table(runs: Sequence[RunRecord]) -> str:
@@ -68,14 +117,17 @@ def runs_table(runs: Sequence[RunRecord]) -> str:
 
 
 @app.command()
-def show(run_id: int = typer.Argument(..., help="The run's id.")) -> None:
+def show(
+    run_id: int = typer.Argument(..., help="The run's id (see `sokovan runs list`)."),
+    as_json: bool = JsonOption,
+) -> None:
     """Shows one run with its per-item outcomes and evidence."""
     ledger = RunLedger(engine())
-    try:
-        r = ledger.get_run(RunId(run_id))
-    except NotFound as e:
-        typer.echo(str(e), err=True)
-        raise typer.Exit(1) from e
+    r = ledger.get_run(RunId(run_id))
+    items = ledger.items(RunId(run_id))
+    if as_json:
+        print_json({**run_json(r), "items": [item_json(i) for i in items]})
+        return
     typer.echo(f"run {r.id}  {r.handler}  trigger={r.trigger}  status={r.status}")
     typer.echo(
         f"  requested={r.requested} succeeded={r.succeeded} failed={r.failed} skipped={r.skipped}"
@@ -87,7 +139,6 @@ def show(run_id: int = typer.Argument(..., help="The run's id.")) -> None:
     for label, value in (("fan-out", r.fanout_id), ("error", r.error), ("note", r.note)):
         if value:
             typer.echo(f"  {label}: {value}")
-    items = ledger.items(RunId(run_id))
     if items:
         rows = [
             (
@@ -101,7 +152,7 @@ def show(run_id: int = typer.Argument(..., help="The run's id.")) -> None:
             for i in items
         ]
         typer.echo("")
-        typer.echo(table(("ITEM", "AGENT", "RESULT", "TOOK", "ERROR", "EVIDENCE"), rows))
+        print_table(("ITEM", "AGENT", "RESULT", "TOOK", "ERROR", "EVIDENCE"), rows)
 
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -113,7 +164,7 @@ def parse_since(text: str | None) -> datetime | None:
         return None
     match = re.fullmatch(r"(\d+)([smhd])", text.strip())
     if match is None:
-        raise typer.BadParameter(f"{text!r}: expected a number and one of s, m, h, d (e.g. 24h)")
+        raise BadInput(f"--since {text!r}: expected a number and one of s, m, h, d (e.g. 24h)")
     return utcnow() - timedelta(seconds=int(match[1]) * _UNITS[match[2]])
 
 
@@ -127,17 +178,58 @@ def stats(
     handler: str = typer.Option(None, help="Only this handler."),
     sessions: bool = typer.Option(False, "--sessions", help="Per session instead of per handler."),
     session: list[str] = typer.Option(None, help="Only this session (repeatable; --sessions)."),
+    as_json: bool = JsonOption,
 ) -> None:
     """Aggregates: per handler (runs, items, failure rate, p50/p95) or per session (kernels)."""
     window = parse_since(since)
     reader = RunStats(engine())
     if sessions or session:
+        per_session = reader.sessions(session or None, since=window)
+        if as_json:
+            print_json(
+                {
+                    "sessions": [
+                        {
+                            "session_id": s.session_id,
+                            "created": s.created,
+                            "destroyed": s.destroyed,
+                            "failed": s.failed,
+                            "skipped": s.skipped,
+                            "freed_slots": s.freed_slots.to_json(),
+                        }
+                        for s in per_session
+                    ]
+                }
+            )
+            return
         rows = [
             (s.session_id, s.created, s.destroyed, s.failed, s.skipped, slot_text(s.freed_slots))
-            for s in reader.sessions(session or None, since=window)
+            for s in per_session
         ]
         headers = ("SESSION", "CREATED", "DESTROYED", "FAILED", "SKIPPED", "FREED SLOTS")
         typer.echo(table(headers, rows))
+        return
+    per_handler = reader.handlers(since=window, handler=handler)
+    if as_json:
+        print_json(
+            {
+                "handlers": [
+                    {
+                        "handler": h.handler,
+                        "runs": h.runs,
+                        "by_status": h.by_status,
+                        "items": h.items,
+                        "succeeded": h.succeeded,
+                        "failed": h.failed,
+                        "skipped": h.skipped,
+                        "failure_rate": h.failure_rate,
+                        "p50": h.p50,
+                        "p95": h.p95,
+                    }
+                    for h in per_handler
+                ]
+            }
+        )
         return
     rows2 = [
         (
@@ -152,26 +244,7 @@ def stats(
             _seconds(h.p50),
             _seconds(h.p95),
         )
-        for h in reader.handlers(since=window, handler=handler)
+        for h in per_handler
     ]
     headers2 = ("HANDLER", "RUNS", "BY STATUS", "ITEMS", "OK", "FAIL", "SKIP", "FAIL%")
     typer.echo(table((*headers2, "P50", "P95"), rows2))
-
-
-def metrics(
-    port: int = typer.Option(None, help="HTTP port (default: SOKOVAN_METRICS_PORT)."),
-    addr: str = typer.Option("127.0.0.1", help="Address to listen on."),
-) -> None:
-    """Serves the ledger's Prometheus metrics on /metrics until Ctrl-C."""
-    from sokovan.cli.handlers import HANDLERS
-    from sokovan.metrics import serve
-
-    s = settings()
-    server, _ = serve(engine(s), port or s.metrics_port, addr, HANDLERS)
-    typer.echo(f"ledger metrics on http://{addr}:{port or s.metrics_port}/metrics")
-    try:
-        threading.Event().wait()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.shutdown()

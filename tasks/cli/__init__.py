@@ -1,0 +1,56 @@
+"""The `sokovan` command: every subcommand, and one error path for all of them."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import typer
+
+from tasks.cli import agent as agent_cmd
+from tasks.cli import agents as agents_cmd
+from tasks.cli import certs as certs_cmd
+from tasks.cli import db as db_cmd
+from tasks.cli import handlers as handlers_cmd
+from tasks.cli import image as image_cmd
+from tasks.cli import runs as runs_cmd
+from tasks.cli import session as session_cmd
+from tasks.cli import status as status_cmd
+from tasks.cli import up as up_cmd
+from tasks.cli.errors import OneLineErrors
+from tasks.cli.metrics import metrics
+
+app = typer.Typer(
+    cls=OneLineErrors,
+    help="Session-lifecycle scheduler on Celery: launch, terminate and reap kernels.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(db_cmd.app, name="db")
+app.add_typer(runs_cmd.app, name="runs")
+app.add_typer(handlers_cmd.app, name="handlers")
+app.add_typer(session_cmd.app, name="session")
+app.add_typer(image_cmd.app, name="image")
+app.add_typer(agents_cmd.app, name="agents")
+app.add_typer(agent_cmd.app, name="agent")
+app.add_typer(certs_cmd.app, name="certs")
+app.command("up")(up_cmd.up)
+app.command("valkey")(up_cmd.valkey)
+app.command("status")(status_cmd.status)
+app.command("metrics")(metrics)
+
+
+def setup_logging() -> None:
+    """Warnings only for commands; SOKOVAN_LOG_LEVEL (read raw: settings may be invalid) wins."""
+    level = os.environ.get("SOKOVAN_LOG_LEVEL", "WARNING").upper()
+    logging.basicConfig(
+        level=level if level in logging.getLevelNamesMapping() else "WARNING",
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def main() -> None:
+    """Entry point of the `sokovan` script."""
+    setup_logging()
+    app()

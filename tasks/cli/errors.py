@@ -1,0 +1,116 @@
+"""The CLI's one error path: every failure becomes one line on stderr and an exit code.
+
+Exit codes: 0 done, 1 refused or failed (including a skipped, held, partial or failed run),
+2 bad input (an argument, an option or a setting), 3 unreachable (broker, database, workers).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import sqlalchemy as sa
+import typer
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from typer import Abort, Exit
+from typer._click.core import Context
+from typer._click.exceptions import ClickException, NoArgsIsHelpError
+from typer.core import TyperGroup
+
+from sokovan.errors import ConfigError, InvalidRequest, NotFound, SokovanError
+
+log = logging.getLogger(__name__)
+
+EXIT_FAILED = 1
+EXIT_BAD_INPUT = 2
+EXIT_UNREACHABLE = 3
+
+
+class CliError(Exception):
+    """A failure the CLI reports as one line with its exit code."""
+
+    def __init__(self, message: str, code: int = EXIT_FAILED) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class BadInput(CliError):
+    """An argument or option value that cannot be used (exit 2)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, EXIT_BAD_INPUT)
+
+
+class Unreachable(CliError):
+    """The broker, the database or the workers did not answer (exit 3)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, EXIT_UNREACHABLE)
+
+
+def _unreachable_types() -> tuple[type[BaseException], ...]:
+    """Connection failures of every client the CLI uses; kombu and celery only if loaded."""
+    types: list[type[BaseException]] = [
+        RedisConnectionError,
+        RedisTimeoutError,
+        sa.exc.OperationalError,
+        ConnectionError,
+    ]
+    try:
+        from celery.exceptions import TimeoutError as CeleryTimeout
+        from kombu.exceptions import OperationalError as KombuOperationalError
+
+        types += [CeleryTimeout, KombuOperationalError]
+    except ImportError:  # pragma: no cover - both ship with the package
+        pass
+    return tuple(types)
+
+
+def classify(exc: BaseException) -> tuple[int, str]:
+    """The exit code and the one line an exception is reported with."""
+    if isinstance(exc, CliError):
+        return exc.code, str(exc)
+    if isinstance(exc, ConfigError):
+        return EXIT_BAD_INPUT, f"bad setting: {exc}"
+    if isinstance(exc, InvalidRequest):
+        return EXIT_FAILED, f"refused: {exc}"
+    if isinstance(exc, NotFound):
+        return EXIT_FAILED, f"not found: {exc}"
+    if isinstance(exc, SokovanError):
+        return EXIT_FAILED, f"failed: {exc}"
+    if isinstance(exc, _unreachable_types()):
+        return EXIT_UNREACHABLE, f"unreachable: {_first_line(exc)}"
+    return EXIT_FAILED, f"failed: {type(exc).__name__}: {_first_line(exc)}"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]
+
+
+def report(message: str) -> None:
+    """Writes one line to stderr."""
+    typer.echo(" ".join(message.split()), err=True)
+
+
+class OneLineErrors(TyperGroup):
+    """The root group: commands' exceptions and usage errors become one line and a code."""
+
+    def invoke(self, ctx: Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (Exit, Abort, NoArgsIsHelpError):
+            raise
+        except ClickException as e:
+            # Typer would draw a box of several lines; operators' scripts want one.
+            where = getattr(e, "ctx", None)
+            report(f"{where.command_path if where else 'sokovan'}: {e.format_message()}")
+            raise Exit(e.exit_code) from e
+        except KeyboardInterrupt as e:
+            raise Exit(130) from e
+        except Exception as e:
+            code, line = classify(e)
+            log.debug("command failed", exc_info=True)
+            report(f"sokovan: {line}")
+            raise Exit(code) from e

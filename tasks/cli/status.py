@@ -1,0 +1,124 @@
+"""`sokovan status`: what is running, where the data lives, whether broker and database answer."""
+
+from __future__ import annotations
+
+import socket
+import time
+import urllib.request
+from typing import Any
+
+import sqlalchemy as sa
+import typer
+
+from sokovan import constants as C
+from sokovan.config import Settings
+from sokovan.db.engine import create_engine, current_revision
+from sokovan.db.listing import status_counts
+from tasks.cli.common import JsonOption, print_json, settings
+from tasks.cli.errors import EXIT_UNREACHABLE
+from tasks.cli.remote import broker_reachable
+
+
+def _database(s: Settings) -> dict[str, Any]:
+    try:
+        eng = create_engine(s.effective_database_url)
+        revision = current_revision(eng)
+        agents = status_counts(eng, ()).agents if revision else {}
+    except sa.exc.SQLAlchemyError as e:
+        return {"reachable": False, "error": str(e).splitlines()[0]}
+    return {"reachable": True, "revision": revision, "agents": agents}
+
+
+def _workers(s: Settings, broker_up: bool) -> list[str]:
+    if not broker_up:
+        return []
+    from tasks.app import create_app
+
+    try:
+        replies = create_app(s).control.ping(timeout=C.STATUS_PING_TIMEOUT_SEC) or []
+    except Exception:  # a broker that stops answering mid-ping: no worker seen
+        return []
+    return sorted(name for reply in replies for name in reply)
+
+
+def _beat(s: Settings) -> dict[str, Any]:
+    files = sorted(s.var_dir.glob("celerybeat-schedule*"), key=lambda p: p.stat().st_mtime)
+    if not files:
+        return {"running": False, "schedule_age": None}
+    age = time.time() - files[-1].stat().st_mtime
+    return {"running": age < C.BEAT_STALE_AFTER_SEC, "schedule_age": round(age, 1)}
+
+
+def _listening(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.settimeout(0.5)
+        return probe.connect_ex((host, port)) == 0
+
+
+def _metrics(s: Settings) -> bool:
+    url = f"http://{s.metrics_host}:{s.metrics_port}/metrics"
+    try:
+        with urllib.request.urlopen(url, timeout=2) as reply:
+            return bool(reply.status == 200)
+    except OSError:
+        return False
+
+
+def collect(s: Settings) -> dict[str, Any]:
+    """Everything `sokovan status` reports, as one JSON-ready document."""
+    broker_up = broker_reachable(s)
+    return {
+        "var_dir": str(s.var_dir),
+        "database_url": s.effective_database_url,
+        "redis_url": s.redis_url,
+        "embedded_valkey": s.uses_embedded_valkey,
+        "broker": {"reachable": broker_up},
+        "database": _database(s),
+        "workers": _workers(s, broker_up),
+        "beat": _beat(s),
+        "flower": {"port": s.flower_port, "listening": _listening("127.0.0.1", s.flower_port)},
+        "metrics": {"port": s.metrics_port, "serving": _metrics(s)},
+    }
+
+
+def _yes(flag: bool) -> str:
+    return "up" if flag else "DOWN"
+
+
+def status(as_json: bool = JsonOption) -> None:
+    """Shows what is running and where the data lives; exit 3 if broker or database is down."""
+    s = settings()
+    doc = collect(s)
+    if as_json:
+        print_json(doc)
+    else:
+        db = doc["database"]
+        beat = doc["beat"]
+        lines = [
+            f"data:      {doc['var_dir']}",
+            f"database:  {_yes(db['reachable'])}  {doc['database_url']}"
+            + (
+                f"  revision {db.get('revision') or 'none (run `sokovan db upgrade`)'}"
+                if db["reachable"]
+                else f"  {db['error']}"
+            ),
+            f"broker:    {_yes(doc['broker']['reachable'])}  {doc['redis_url']}"
+            + ("  (embedded Valkey)" if doc["embedded_valkey"] else ""),
+            f"workers:   {len(doc['workers'])}  {' '.join(doc['workers'])}".rstrip(),
+            f"beat:      {_yes(beat['running'])}"
+            + (
+                f"  schedule written {beat['schedule_age']:.0f}s ago"
+                if beat["schedule_age"] is not None
+                else "  no schedule file"
+            ),
+            f"flower:    {_yes(doc['flower']['listening'])}  http://127.0.0.1:{s.flower_port}/",
+            f"metrics:   {_yes(doc['metrics']['serving'])}  http://{s.metrics_host}:{s.metrics_port}/metrics",
+            "agents:    "
+            + (
+                ", ".join(f"{n} {k}" for k, n in sorted(db.get("agents", {}).items()))
+                or "none registered"
+            ),
+        ]
+        typer.echo("\n".join(lines))
+    if not (doc["broker"]["reachable"] and doc["database"]["reachable"]):
+        raise typer.Exit(EXIT_UNREACHABLE)

@@ -1,0 +1,170 @@
+"""`sokovan up` (every process of the Procfile under one supervisor) and `sokovan valkey`."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+
+import typer
+
+from sokovan import constants as C
+from sokovan.config import Settings
+from sokovan.db.engine import upgrade as run_upgrade
+from sokovan.embedded import EmbeddedValkey
+from tasks.cli.common import engine, settings
+from tasks.cli.errors import CliError
+from tasks.cli.remote import broker_reachable
+
+
+def flower_password(s: Settings) -> str:
+    """The Flower password from settings, else one generated once under var_dir (mode 600)."""
+    if s.flower_password:
+        return s.flower_password
+    path = s.var_dir / "flower-password"
+    if not path.exists():
+        s.var_dir.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(secrets.token_urlsafe(12))
+    return path.read_text().strip()
+
+
+def processes(s: Settings, agents: int = 2, concurrency: int = 2) -> dict[str, str]:
+    """Process name -> command line of what starts once Valkey answers (see the Procfile)."""
+    exe = Path(sys.executable).parent
+    celery = f"{exe / 'celery'} -A tasks.app"
+    sokovan = f"{exe / 'sokovan'}"
+    procs = {
+        "worker": f"{celery} worker -E -l INFO -c {concurrency} -Q sokovan -n worker1@%h",
+        "beat": f"{celery} beat -l INFO -s {s.var_dir / 'celerybeat-schedule'}",
+        "flower": f"{celery} flower --address=127.0.0.1 --port={s.flower_port}",
+        "metrics": f"{sokovan} metrics",
+    }
+    for i in range(1, agents + 1):
+        port = s.agent_port(i - 1)
+        procs[f"agent{i}"] = f"{sokovan} agent run --id a{i} --port {port} --runtime process"
+    return procs
+
+
+def ports(s: Settings, agents: int) -> list[tuple[str, int, str]]:
+    """(what, port, the setting that moves it) of every port `sokovan up` listens on."""
+    out = []
+    if s.uses_embedded_valkey:
+        out.append(("embedded Valkey", s.embedded_valkey_port, "SOKOVAN_EMBEDDED_VALKEY_PORT"))
+    out.append(("Flower", s.flower_port, "SOKOVAN_FLOWER_PORT"))
+    out.append(("metrics", s.metrics_port, "SOKOVAN_METRICS_PORT"))
+    which = "SOKOVAN_AGENT_PORTS" if s.agent_ports else "SOKOVAN_AGENT_BASE_PORT"
+    out += [(f"agent a{i + 1}", s.agent_port(i), which) for i in range(agents)]
+    return out
+
+
+def ensure_free(what: str, port: int, setting: str, host: str = "127.0.0.1") -> None:
+    """Refuses, in one line naming the setting, a port that something already holds."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError:
+            raise CliError(
+                f"port {port} ({what}) is already in use: set {setting} to a free port, "
+                "or stop what holds it (another `sokovan up`?)"
+            ) from None
+
+
+def wait_for_broker(s: Settings, timeout: float) -> None:
+    """Returns once the broker answers PING; refuses after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not broker_reachable(s, 1.0):
+        if time.monotonic() > deadline:
+            raise CliError(f"Valkey at {s.redis_url} did not answer PING within {timeout:g}s")
+        time.sleep(0.1)
+
+
+def announce_when_ready(s: Settings, agents: int, stop: threading.Event) -> None:
+    """Prints one `ready` line once a worker answers ping and every agent has registered."""
+    import redis
+
+    from tasks.app import create_app
+
+    app = create_app(s)
+    client = redis.Redis.from_url(s.redis_url)
+    try:
+        while not stop.is_set():
+            try:
+                workers = app.control.ping(timeout=C.STATUS_PING_TIMEOUT_SEC) or []
+                registered = client.hlen(C.AGENT_REGISTRY_KEY)
+            except Exception:  # not ready yet; the supervisor reports processes that fail
+                workers, registered = [], 0
+            if workers and registered >= agents:
+                typer.echo(
+                    f"sokovan is up: {len(workers)} worker(s), {registered} agent(s) registered; "
+                    f"data in {s.var_dir}",
+                )
+                return
+            stop.wait(0.5)
+    finally:
+        client.close()
+
+
+def up(
+    agents: int = typer.Option(2, min=0, help="Reference agents to start (0 for none)."),
+    concurrency: int = typer.Option(2, min=1, help="Worker processes."),
+) -> None:
+    """Runs Valkey, then a worker, beat, Flower, metrics and reference agents, until Ctrl-C."""
+    from honcho.manager import Manager
+
+    s = settings()
+    for what, port, setting in ports(s, agents):
+        ensure_free(what, port, setting)
+    s.var_dir.mkdir(parents=True, exist_ok=True)
+    run_upgrade(engine(s, migrated=False))
+    password = flower_password(s)
+    valkey = None
+    if s.uses_embedded_valkey:
+        valkey = EmbeddedValkey(s.var_dir / "valkey", port=s.embedded_valkey_port)
+        valkey.start()
+    stop = threading.Event()
+    try:
+        wait_for_broker(s, C.VALKEY_READY_TIMEOUT_SEC)
+        env = dict(
+            os.environ,
+            SOKOVAN_VAR_DIR=str(s.var_dir),
+            FLOWER_BASIC_AUTH=f"{s.flower_user}:{password}",
+            PYTHONUNBUFFERED="1",
+        )
+        manager = Manager()
+        for name, cmd in processes(s, agents, concurrency).items():
+            manager.add_process(name, cmd, env=env)
+        typer.echo(
+            f"Flower: http://127.0.0.1:{s.flower_port}/  user {s.flower_user!r}, "
+            f"password in {s.var_dir / 'flower-password'} (or SOKOVAN_FLOWER_PASSWORD); "
+            f"metrics: http://{s.metrics_host}:{s.metrics_port}/metrics"
+        )
+        threading.Thread(target=announce_when_ready, args=(s, agents, stop), daemon=True).start()
+        manager.loop()
+    finally:
+        stop.set()
+        if valkey is not None:
+            valkey.stop()
+    raise typer.Exit(manager.returncode or 0)
+
+
+def valkey(
+    port: int = typer.Option(None, help="TCP port (default: SOKOVAN_EMBEDDED_VALKEY_PORT)."),
+) -> None:
+    """Runs the embedded Valkey server with its data and socket under var/valkey."""
+    s = settings()
+    port = port or s.embedded_valkey_port
+    ensure_free("embedded Valkey", port, "SOKOVAN_EMBEDDED_VALKEY_PORT")
+    server = EmbeddedValkey(s.var_dir / "valkey", port=port)
+    url = server.start()
+    typer.echo(f"embedded Valkey on {url} (socket {s.var_dir / 'valkey' / 'valkey.sock'})")
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    server.stop()
