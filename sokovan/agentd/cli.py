@@ -72,7 +72,9 @@ def run(
 ) -> None:
     """Serve one or many reference agents until SIGTERM or SIGINT."""
     logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        force=True,  # the `sokovan` entry point already set commands' quieter level
     )
     settings = load_settings()
     try:

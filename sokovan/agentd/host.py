@@ -13,6 +13,8 @@ from typing import Any
 
 from callosum.rpc import Peer
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError
 
 from sokovan import constants as C
@@ -59,8 +61,13 @@ class AgentHost:
         """Binds every agent's socket, registers them and starts the periodic loops."""
         # Every agent of this process shares one pool; a blocking pool makes a burst of calls
         # (more than redis-py's default of 100 connections) wait for a connection, not fail.
+        # Started beside its Valkey, an agent may come up first: back off and retry instead of
+        # exiting, so a supervisor that stops everything on one exit is not brought down.
+        retry = Retry(
+            ExponentialBackoff(cap=C.AGENT_REDIS_BACKOFF_CAP_SEC, base=0.1), C.AGENT_REDIS_RETRIES
+        )
         pool = BlockingConnectionPool.from_url(
-            self.options.redis_url, max_connections=_REDIS_CONNECTIONS, timeout=30
+            self.options.redis_url, max_connections=_REDIS_CONNECTIONS, timeout=30, retry=retry
         )
         redis: Redis = Redis.from_pool(pool)
         self._redis = redis
