@@ -29,7 +29,7 @@ from sokovan.db.ledger import RunLedger
 from sokovan.db.listing import status_counts
 from sokovan.db.stats import RunStats, SessionStats
 from sokovan.scheduler.handlers import handler_names
-from sokovan.types import RunStatus, SessionStatus
+from sokovan.types import KernelStatus, RunStatus, SessionStatus
 
 log = logging.getLogger(__name__)
 
@@ -188,8 +188,8 @@ class LedgerCollector(Collector):
         for status in SessionStatus:
             sessions.add_metric([str(status)], counts.sessions.get(str(status), 0))
         kernels = GaugeMetricFamily("sokovan_kernels", "Kernels by status.", labels=["status"])
-        for status in SessionStatus:  # kernels share the session statuses' names
-            kernels.add_metric([str(status)], counts.kernels.get(str(status), 0))
+        for kstatus in KernelStatus:
+            kernels.add_metric([str(kstatus)], counts.kernels.get(str(kstatus), 0))
         agents = GaugeMetricFamily(
             "sokovan_agents", "Registered agents by liveness status.", labels=["status"]
         )

@@ -61,16 +61,12 @@ class AgentHost:
         """Binds every agent's socket, registers them and starts the periodic loops."""
         # Every agent of this process shares one pool; a blocking pool makes a burst of calls
         # (more than redis-py's default of 100 connections) wait for a connection, not fail.
-        # Started beside its Valkey, an agent may come up first: back off and retry instead of
-        # exiting, so a supervisor that stops everything on one exit is not brought down.
-        retry = Retry(
-            ExponentialBackoff(cap=C.AGENT_REDIS_BACKOFF_CAP_SEC, base=0.1), C.AGENT_REDIS_RETRIES
-        )
         pool = BlockingConnectionPool.from_url(
-            self.options.redis_url, max_connections=_REDIS_CONNECTIONS, timeout=30, retry=retry
+            self.options.redis_url, max_connections=_REDIS_CONNECTIONS, timeout=30
         )
         redis: Redis = Redis.from_pool(pool)
         self._redis = redis
+        await _first_contact(redis)
         presence = ValkeyPresence(redis, ttl=self.options.presence_ttl)
         for spec in self.specs:
             agent = ReferenceAgent(spec, make_runtime(spec.runtime), presence)
@@ -189,6 +185,21 @@ def _apply_queued(agent: ReferenceAgent, raw: bytes) -> tuple[str, str]:
         return token, str(e)
     log.warning("agent %s: fault operation %s applied", agent.agent_id, op)
     return token, ""
+
+
+async def _first_contact(redis: Redis) -> None:
+    """Waits for Redis to answer, backing off; raises once the retries are spent."""
+    # Started beside its Valkey, an agent may come up first: back off and retry instead of
+    # exiting, so a supervisor that stops everything on one exit is not brought down. Only
+    # the first contact waits: later outages are logged and retried by the periodic loops.
+    retry = Retry(
+        ExponentialBackoff(cap=C.AGENT_REDIS_BACKOFF_CAP_SEC, base=0.1), C.AGENT_REDIS_RETRIES
+    )
+
+    async def failed(error: Exception) -> None:
+        log.warning("Redis not answering yet, retrying: %s", error)
+
+    await retry.call_with_retry(redis.ping, failed)
 
 
 async def serve(specs: Sequence[AgentSpec], options: HostOptions) -> None:

@@ -6,6 +6,7 @@ import os
 import secrets
 import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -66,6 +67,8 @@ def ports(s: Settings, agents: int) -> list[tuple[str, int, str]]:
 def ensure_free(what: str, port: int, setting: str, host: str = "127.0.0.1") -> None:
     """Refuses, in one line naming the setting, a port that something already holds."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        # As servers bind: a closed connection lingering in TIME_WAIT does not hold the port.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
         except OSError:
@@ -75,10 +78,14 @@ def ensure_free(what: str, port: int, setting: str, host: str = "127.0.0.1") -> 
             ) from None
 
 
-def wait_for_broker(s: Settings, timeout: float) -> None:
-    """Returns once the broker answers PING; refuses after `timeout` seconds."""
+def wait_for_broker(
+    s: Settings, timeout: float, proc: subprocess.Popen[bytes] | None = None
+) -> None:
+    """Returns once the broker answers PING; refuses after `timeout` or if `proc` exits."""
     deadline = time.monotonic() + timeout
     while not broker_reachable(s, 1.0):
+        if proc is not None and proc.poll() is not None:
+            raise CliError(f"the embedded Valkey exited (see {s.var_dir / 'valkey.log'})")
         if time.monotonic() > deadline:
             raise CliError(f"Valkey at {s.redis_url} did not answer PING within {timeout:g}s")
         time.sleep(0.1)
@@ -110,6 +117,30 @@ def announce_when_ready(s: Settings, agents: int, stop: threading.Event) -> None
         client.close()
 
 
+def start_valkey(s: Settings, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """`sokovan valkey` in a session of its own: Ctrl-C stops the others first, then it."""
+    log = (s.var_dir / "valkey.log").open("ab")
+    with log:
+        return subprocess.Popen(
+            [str(Path(sys.executable).parent / "sokovan"), "valkey"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def stop_valkey(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL if it lingers."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
 def up(
     agents: int = typer.Option(2, min=0, help="Reference agents to start (0 for none)."),
     concurrency: int = typer.Option(2, min=1, help="Worker processes."),
@@ -123,19 +154,16 @@ def up(
     s.var_dir.mkdir(parents=True, exist_ok=True)
     run_upgrade(engine(s, migrated=False))
     password = flower_password(s)
-    valkey = None
-    if s.uses_embedded_valkey:
-        valkey = EmbeddedValkey(s.var_dir / "valkey", port=s.embedded_valkey_port)
-        valkey.start()
+    env = dict(
+        os.environ,
+        SOKOVAN_VAR_DIR=str(s.var_dir),
+        FLOWER_BASIC_AUTH=f"{s.flower_user}:{password}",
+        PYTHONUNBUFFERED="1",
+    )
+    valkey = start_valkey(s, env) if s.uses_embedded_valkey else None
     stop = threading.Event()
     try:
-        wait_for_broker(s, C.VALKEY_READY_TIMEOUT_SEC)
-        env = dict(
-            os.environ,
-            SOKOVAN_VAR_DIR=str(s.var_dir),
-            FLOWER_BASIC_AUTH=f"{s.flower_user}:{password}",
-            PYTHONUNBUFFERED="1",
-        )
+        wait_for_broker(s, C.VALKEY_READY_TIMEOUT_SEC, valkey)
         manager = Manager()
         for name, cmd in processes(s, agents, concurrency).items():
             manager.add_process(name, cmd, env=env)
@@ -149,7 +177,7 @@ def up(
     finally:
         stop.set()
         if valkey is not None:
-            valkey.stop()
+            stop_valkey(valkey)
     raise typer.Exit(manager.returncode or 0)
 
 
