@@ -249,6 +249,7 @@ async def test_sweep_brake_kills_nothing_when_most_kernels_look_stale(
         braked = c.ledger.get_run(RunId(answer["run_id"]))
         assert braked.note == answer["note"]
         assert braked.skipped == 4 and braked.succeeded == 0
+        assert braked.status == RunStatus.HELD
 
         for agent_id in c.agents.ids:
             await set_fault(c.senv.settings.redis_url, agent_id, {"op": "resume_presence"})

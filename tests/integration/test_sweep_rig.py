@@ -133,3 +133,26 @@ async def test_sweep_holds_off_the_cyclic_collector_only_while_it_runs(rig: Rig)
     assert report.status == RunStatus.SUCCEEDED
     assert seen == [False]
     assert gc.isenabled()
+
+
+async def test_braked_sweep_is_recorded_held_with_the_reason(rig: Rig) -> None:
+    """Given the presence store is unreadable, the sweep kills nothing and its run ends `held`
+    (not `succeeded`), its note saying why, so a scan of `runs list` for trouble finds it."""
+    from sokovan.errors import PresenceUnavailable
+
+    sid, kids = add_session(rig, ["a1"], status=SessionStatus.RUNNING)
+    rig.repo.transition_kernels(kids, KernelStatus.RUNNING, list(KernelStatus))
+
+    async def unreadable(*_: object, **__: object) -> None:
+        raise PresenceUnavailable("connection refused")
+
+    rig.presence.check_kernel_presence_status_batch = unreadable  # type: ignore[method-assign,assignment]
+    report = await rig.coordinator.run(SWEEP, RunTrigger.MANUAL)
+
+    assert report.status == RunStatus.HELD
+    assert report.run_id is not None
+    run = rig.ledger.get_run(report.run_id)
+    assert run.status == RunStatus.HELD and run.finished_at is not None
+    assert run.note is not None and "presence unavailable" in run.note
+    assert (run.succeeded, run.skipped) == (0, 1)
+    assert rig.repo.get_session(sid).status == SessionStatus.RUNNING
