@@ -1,0 +1,198 @@
+"""Every bad CLI input or unreachable service: one line on stderr, the documented exit code."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from sokovan.db.engine import create_engine, upgrade
+from sokovan.db.repository import NewKernel, SchedulerRepository
+from sokovan.types import AgentId, KernelId, ResourceSlot, SessionId, SessionStatus
+from tests.conftest import free_port
+from tests.workers import celery_worker, make_env
+
+pytestmark = pytest.mark.integration
+
+BIN = Path(sys.executable).parent
+IMAGE = "cr.backend.ai/stable/python:3.12-ubuntu22.04"
+UNKNOWN = str(uuid.uuid4())
+
+# (what, arguments, extra settings, exit code, a word the one line must hold)
+CASES = [
+    ("unknown session", ["session", "terminate", UNKNOWN], {}, 1, UNKNOWN),
+    ("unknown session shown", ["session", "show", UNKNOWN], {}, 1, UNKNOWN),
+    ("not a session id", ["session", "terminate", "nope"], {}, 2, "SESSION_ID"),
+    (
+        "slot without value",
+        ["session", "create", "--image", IMAGE, "--slot", "cpu"],
+        {},
+        2,
+        "--slot",
+    ),
+    ("slot not a number", ["session", "create", "--image", IMAGE, "--slot", "cpu=x"], {}, 2, "cpu"),
+    ("env without value", ["session", "create", "--image", IMAGE, "--env", "FOO"], {}, 2, "--env"),
+    (
+        "cluster mode",
+        ["session", "create", "--image", IMAGE, "--cluster-mode", "x"],
+        {},
+        2,
+        "--cluster-mode",
+    ),
+    (
+        "network type",
+        ["session", "create", "--image", IMAGE, "--network-type", "x"],
+        {},
+        2,
+        "--network-type",
+    ),
+    (
+        "bad mem unit",
+        ["agents", "register", "n1", "--rpc-addr", "tcp://127.0.0.1:1", "--mem", "8x"],
+        {},
+        2,
+        "--mem",
+    ),
+    (
+        "bad rpc address",
+        ["agents", "register", "n1", "--rpc-addr", "10.0.0.5:6001"],
+        {},
+        2,
+        "--rpc-addr",
+    ),
+    ("unknown run", ["runs", "show", "999"], {}, 1, "999"),
+    ("unknown handler", ["handlers", "pause", "nope"], {}, 2, "nope"),
+    ("bad window", ["runs", "stats", "--since", "yesterday"], {}, 2, "--since"),
+    ("misspelt setting", ["session", "list"], {"SOKOVAN_REDIS_ULR": "x"}, 2, "SOKOVAN_REDIS_URL"),
+    (
+        "malformed setting",
+        ["session", "list"],
+        {"SOKOVAN_METRICS_PORT": "high"},
+        2,
+        "SOKOVAN_METRICS_PORT",
+    ),
+    (
+        "broker down, create",
+        ["session", "create", "--image", IMAGE, "--wait", "5"],
+        {},
+        3,
+        "broker",
+    ),
+    ("broker down, terminate", ["session", "terminate", "SID"], {}, 3, "broker"),
+    (
+        "broker down, run",
+        ["handlers", "run", "sweep_stale_kernels", "--wait", "5"],
+        {},
+        3,
+        "broker",
+    ),
+    ("broker down, status", ["status"], {}, 3, "DOWN"),
+    (
+        "database unreachable",
+        ["session", "list"],
+        {"SOKOVAN_DATABASE_URL": "postgresql+psycopg://u@127.0.0.1:1/x"},
+        3,
+        "unreachable",
+    ),
+    (
+        "no schema",
+        ["session", "list"],
+        {"SOKOVAN_DATABASE_URL": "sqlite:///EMPTY"},
+        1,
+        "sokovan db upgrade",
+    ),
+]
+
+
+@pytest.fixture
+def offline_env(tmp_path: Path) -> dict[str, str]:
+    """Settings of a migrated SQLite database and a broker nothing listens on."""
+    var = tmp_path / "var"
+    var.mkdir()
+    db = f"sqlite:///{var / 'sokovan.db'}"
+    upgrade(create_engine(db))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SOKOVAN_")}
+    env.update(
+        SOKOVAN_VAR_DIR=str(var),
+        SOKOVAN_DATABASE_URL=db,
+        SOKOVAN_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0",
+        SOKOVAN_EMBEDDED_VALKEY="false",
+    )
+    return env
+
+
+def sokovan(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BIN / "sokovan"), *args], env=env, capture_output=True, text=True, timeout=60
+    )
+
+
+@pytest.mark.parametrize(
+    ("what", "args", "extra", "code", "word"), CASES, ids=[c[0] for c in CASES]
+)
+def test_bad_input_gives_one_line_and_its_exit_code(
+    offline_env: dict[str, str],
+    tmp_path: Path,
+    what: str,
+    args: list[str],
+    extra: dict[str, str],
+    code: int,
+    word: str,
+) -> None:
+    """Exit 2 for bad input, 1 for refused, 3 for unreachable; one line, never a traceback."""
+    env = dict(offline_env, **extra)
+    if env["SOKOVAN_DATABASE_URL"] == "sqlite:///EMPTY":
+        env["SOKOVAN_DATABASE_URL"] = f"sqlite:///{tmp_path / 'empty.db'}"
+    if "SID" in args:
+        sid = json.loads(sokovan(["session", "list", "--json"], env).stdout)
+        assert sid["sessions"] == []
+        args = [a if a != "SID" else _stored_session(env) for a in args]
+    started = time.monotonic()
+    done = sokovan(args, env)
+    took = time.monotonic() - started
+    assert done.returncode == code, (what, done.stdout, done.stderr)
+    assert "Traceback" not in done.stdout + done.stderr
+    if args == ["status"]:
+        assert word in done.stdout
+        return
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert word in lines[0], lines[0]
+    if "--wait" in args:
+        # Bounded by its own --wait (plus start-up), never the 20 s of broker retries seen before.
+        assert took < 5 + 15, took
+
+
+def _stored_session(env: dict[str, str]) -> str:
+    """A RUNNING session row straight in the database, so terminate gets past the id check."""
+    sid = SessionId(uuid.uuid4())
+    kernel = NewKernel(KernelId(uuid.uuid4()), AgentId("a1"), IMAGE, ResourceSlot())
+    repo = SchedulerRepository(create_engine(env["SOKOVAN_DATABASE_URL"]))
+    repo.create_session(session_id=sid, name="s", kernels_=[kernel], status=SessionStatus.RUNNING)
+    return str(sid)
+
+
+def test_accepted_units_and_a_skipped_run_exit_codes(tmp_path: Path, valkey_url: str) -> None:
+    """`--mem 8g` is accepted as `agent run --mem 32g` is; a paused handler's run is skipped and
+    `handlers run --wait` exits 1 saying so (README: a skipped run exits non-zero)."""
+    senv = make_env(tmp_path, valkey_url)
+    env = dict(senv.env, PATH=f"{BIN}{os.pathsep}{senv.env.get('PATH', '')}")
+    registered = sokovan(
+        ["agents", "register", "n1", "--rpc-addr", "tcp://127.0.0.1:1", "--mem", "8g"], env
+    )
+    assert registered.returncode == 0, registered.stderr
+    agents = json.loads(sokovan(["agents", "list", "--json"], env).stdout)["agents"]
+    assert agents[0]["capacity"] == {"cpu": "4", "mem": str(8 * 2**30)}
+    assert sokovan(["handlers", "pause", "sweep_stale_kernels"], env).returncode == 0
+    with celery_worker(senv):
+        done = sokovan(["handlers", "run", "sweep_stale_kernels", "--wait", "30", "--json"], env)
+    assert done.returncode == 1, done.stderr
+    assert json.loads(done.stdout)["status"] == "skipped"
+    lines = done.stderr.strip().splitlines()
+    assert "skipped" in lines[-1] and "paused" in lines[-1], done.stderr
