@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import sqlalchemy as sa
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from sokovan.db.listing import kernel_statuses
+from sokovan.errors import NotFound
+from sokovan.types import (
+    TERMINAL_KERNEL_STATUSES,
+    TERMINAL_SESSION_STATUSES,
+    KernelStatus,
+    SessionId,
+    SessionStatus,
+)
 from tasks.cli.common import console
 
 # How often the ledger is read while waiting: quick enough to feel live, light on the database.
@@ -54,3 +64,45 @@ def follow(label: str, poll: Callable[[], Snapshot], deadline: float) -> Snapsho
             if snap.finished or time.monotonic() >= deadline:
                 return snap
             time.sleep(POLL_SEC)
+
+
+def sessions_snapshot(
+    engine: sa.Engine, sids: Sequence[SessionId], until: SessionStatus
+) -> tuple[Snapshot, dict[SessionId, str]]:
+    """Kernels of these sessions as progress (at `until` is done) and each session's status."""
+    target = KernelStatus(str(until))
+    statuses: dict[SessionId, str] = {}
+    requested = done = failed = 0
+    over = True
+    for sid in sids:
+        found = kernel_statuses(engine, sid)
+        if found is None:
+            raise NotFound(f"no session {sid}")
+        status, kernels = found
+        statuses[sid] = status
+        requested += len(kernels)
+        done += sum(1 for k in kernels if k == target)
+        failed += sum(1 for k in kernels if k in TERMINAL_KERNEL_STATUSES and k != target)
+        ended = status == str(until) or SessionStatus(status) in TERMINAL_SESSION_STATUSES
+        # A start that failed: the launcher hands the session to termination.
+        ended = ended or (until == SessionStatus.RUNNING and status == "TERMINATING")
+        over = over and ended
+    reached = sum(1 for s in statuses.values() if s == str(until))
+    label = f"{reached}/{len(sids)} {until}"
+    return Snapshot(label, requested, done, failed, 0, over), statuses
+
+
+def follow_sessions(
+    engine: sa.Engine, sids: Sequence[SessionId], until: SessionStatus, deadline: float
+) -> dict[SessionId, str]:
+    """Follows sessions until each reached `until` (or an end) or the deadline."""
+    latest: dict[SessionId, str] = {}
+
+    def poll() -> Snapshot:
+        snap, statuses = sessions_snapshot(engine, sids, until)
+        latest.update(statuses)
+        return snap
+
+    what = f"session {sids[0]}" if len(sids) == 1 else f"{len(sids)} sessions"
+    follow(what, poll, deadline)
+    return latest

@@ -3,27 +3,17 @@
 from __future__ import annotations
 
 import uuid
-from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import typer
 
-from sokovan.agentd.specs import parse_size
-from sokovan.db.listing import kernel_statuses, list_sessions
+from sokovan.db.listing import list_sessions
 from sokovan.db.repository import SchedulerRepository
-from sokovan.errors import ConfigError, NotFound
-from sokovan.types import (
-    TERMINAL_KERNEL_STATUSES,
-    TERMINAL_SESSION_STATUSES,
-    ClusterMode,
-    KernelStatus,
-    NetworkType,
-    SessionId,
-    SessionStatus,
-)
+from sokovan.types import ClusterMode, NetworkType, SessionId, SessionStatus
 from tasks.cli.common import JsonOption, engine, iso, print_json, print_table, settings
-from tasks.cli.errors import EXIT_FAILED, BadInput, CliError
-from tasks.cli.progress import Snapshot, follow
+from tasks.cli.errors import EXIT_FAILED, CliError
+from tasks.cli.parsing import parse_pairs, parse_session_id, parse_slots
+from tasks.cli.progress import follow_sessions
 from tasks.cli.remote import Remote
 
 app = typer.Typer(help="Sessions: list, show, create, terminate.", no_args_is_help=True)
@@ -31,36 +21,6 @@ app = typer.Typer(help="Sessions: list, show, create, terminate.", no_args_is_he
 WAIT_HELP = (
     "Seconds to wait for the answer and the work it starts, with live progress (0: send only)."
 )
-
-
-def parse_session_id(text: str) -> SessionId:
-    """A session id argument, or exit 2 naming it."""
-    try:
-        return SessionId(uuid.UUID(text))
-    except ValueError:
-        raise BadInput(f"SESSION_ID {text!r} is not a session id (a UUID)") from None
-
-
-def parse_pairs(option: str, values: list[str] | None) -> dict[str, str]:
-    """`NAME=VALUE` words of a repeatable option; anything else is bad input naming it."""
-    out: dict[str, str] = {}
-    for word in values or []:
-        name, sep, value = word.partition("=")
-        if not sep or not name.strip():
-            raise BadInput(f"{option} {word!r}: expected NAME=VALUE")
-        out[name.strip()] = value
-    return out
-
-
-def parse_slots(values: list[str] | None) -> dict[str, str] | None:
-    """`--slot cpu=2 --slot mem=4g` -> resource slots with mem in bytes."""
-    slots = parse_pairs("--slot", values)
-    for name, value in slots.items():
-        try:
-            slots[name] = parse_size(value) if name == "mem" else str(Decimal(value))
-        except (ConfigError, InvalidOperation):
-            raise BadInput(f"--slot {name}={value!r}: expected a number (mem: 4g, 512m)") from None
-    return slots or None
 
 
 @app.command("list")
@@ -160,27 +120,6 @@ def show(
     print_table(("KERNEL", "HOST", "AGENT", "STATUS", "IMAGE", "SLOTS"), rows)
 
 
-def _session_snapshot(sid: SessionId, *, until: SessionStatus) -> Snapshot:
-    """A session's kernels as progress: RUNNING (or TERMINATED when terminating) is done."""
-    found = kernel_statuses(engine(), sid)
-    if found is None:
-        raise NotFound(f"no session {sid}")
-    status, statuses = found
-    target = KernelStatus(str(until))
-    done = sum(1 for k in statuses if k == target)
-    failed = sum(1 for k in statuses if k in TERMINAL_KERNEL_STATUSES and k != target)
-    over = status == str(until) or SessionStatus(status) in TERMINAL_SESSION_STATUSES
-    if until == SessionStatus.RUNNING and status == str(SessionStatus.TERMINATING):
-        over = True  # a start that failed: the launcher hands the session to termination
-    return Snapshot(status, len(statuses), done, failed, 0, over)
-
-
-def wait_session(remote: Remote, sid: SessionId, until: SessionStatus, label: str) -> str:
-    """Follows a session until `until` (or an end) or the deadline; returns its status."""
-    snap = follow(label, lambda: _session_snapshot(sid, until=until), remote.deadline)
-    return snap.status
-
-
 @app.command()
 def create(
     image: str = typer.Option(..., help="Image name (see `sokovan image list`)."),
@@ -194,10 +133,11 @@ def create(
     ),
     env: list[str] = typer.Option(None, help="Environment variable NAME=VALUE (repeat)."),
     name: str = typer.Option("", help="Session name."),
+    count: int = typer.Option(1, min=1, help="Submit this many such sessions at once."),
     wait: float = typer.Option(30.0, min=0, help=WAIT_HELP),
     as_json: bool = JsonOption,
 ) -> None:
-    """Submits a session; with --wait follows it to RUNNING (exit 1 if it does not get there)."""
+    """Submits sessions; with --wait follows them to RUNNING (exit 1 if one does not get there)."""
     request = {
         "image": image,
         "kernels": kernels,
@@ -210,59 +150,80 @@ def create(
         "name": name,
     }
     remote = Remote(settings(), wait)
-    result = remote.send("sokovan.session.create", {"request": request})
+    results = [remote.send("sokovan.session.create", {"request": request}) for _ in range(count)]
     if not wait:
-        _say(as_json, {"task_id": result.id}, f"sent as task {result.id}")
+        _say(as_json, [{"task_id": r.id} for r in results], f"sent as {count} task(s)")
         return
-    answer = remote.answer(result)
-    if answer.get("error"):
-        field = f" ({answer['field']})" if answer.get("field") else ""
-        raise CliError(f"refused: {answer['error']}{field}")
-    sid = SessionId(uuid.UUID(answer["session_id"]))
-    status = wait_session(remote, sid, SessionStatus.RUNNING, f"session {sid}")
-    _say(as_json, {**answer, "status": status}, f"session {sid} {status}")
-    _reached(sid, status, SessionStatus.RUNNING, wait)
+    answers = [remote.answer(r) for r in results]
+    refused = [a for a in answers if a.get("error")]
+    if refused:
+        first = refused[0]
+        field = f" ({first['field']})" if first.get("field") else ""
+        many = f" ({len(refused)} of {count})" if count > 1 else ""
+        raise CliError(f"refused{many}: {first['error']}{field}")
+    sids = [SessionId(uuid.UUID(a["session_id"])) for a in answers]
+    _follow_and_report(remote, sids, answers, SessionStatus.RUNNING, as_json)
 
 
-def _reached(sid: SessionId, status: str, target: SessionStatus, wait: float) -> None:
-    """Exit 1, saying why, when the session did not get to `target` within the wait."""
-    if status != str(target):
+def _follow_and_report(
+    remote: Remote,
+    sids: list[SessionId],
+    answers: list[dict[str, Any]],
+    until: SessionStatus,
+    as_json: bool,
+) -> None:
+    """Follows the sessions, prints one line (or document) each, exit 1 if one fell short."""
+    statuses = follow_sessions(engine(remote.settings), sids, until, remote.deadline)
+    docs = [{**a, "status": statuses.get(sid)} for sid, a in zip(sids, answers, strict=True)]
+    _say(as_json, docs, "\n".join(f"session {sid} {statuses.get(sid)}" for sid in sids))
+    short = [sid for sid in sids if statuses.get(sid) != str(until)]
+    if short:
+        sid = short[0]
+        others = f" (and {len(short) - 1} more)" if len(short) > 1 else ""
         raise CliError(
-            f"session {sid} is {status}, not {target}, after waiting up to {wait:g}s "
-            f"(see `sokovan session show {sid}`)",
+            f"session {sid} is {statuses.get(sid)}, not {until}, after waiting up to "
+            f"{remote.wait:g}s{others} (see `sokovan session show {sid}`)",
             EXIT_FAILED,
         )
 
 
-def _say(as_json: bool, document: dict[str, Any], line: str) -> None:
+def _say(as_json: bool, docs: list[dict[str, Any]], text: str) -> None:
+    """Prints the text, or one JSON document (a list of them under "sessions" if several)."""
     if as_json:
-        print_json(document)
+        print_json(docs[0] if len(docs) == 1 else {"sessions": docs})
     else:
-        typer.echo(line)
+        typer.echo(text)
 
 
 @app.command()
 def terminate(
-    session_id: str = typer.Argument(..., help="The session's id (see `sokovan session list`)."),
+    session_ids: list[str] = typer.Argument(
+        ..., help="The sessions' ids (see `sokovan session list`); one or more."
+    ),
     reason: str = typer.Option("USER_REQUESTED", help="Recorded and passed to the agents."),
     wait: float = typer.Option(30.0, min=0, help=WAIT_HELP),
     as_json: bool = JsonOption,
 ) -> None:
-    """Requests termination of a session and, with --wait, follows it to TERMINATED."""
-    sid = parse_session_id(session_id)
+    """Requests termination of sessions and, with --wait, follows them to TERMINATED."""
+    sids = [parse_session_id(text) for text in session_ids]
     s = settings()
-    SchedulerRepository(engine(s)).get_session(sid)  # NotFound: one line, exit 1
+    repo = SchedulerRepository(engine(s))
+    for sid in sids:
+        repo.get_session(sid)  # NotFound: one line, exit 1
     remote = Remote(s, wait)
-    result = remote.send("sokovan.session.terminate", {"session_id": str(sid), "reason": reason})
+    results = [
+        remote.send("sokovan.session.terminate", {"session_id": str(sid), "reason": reason})
+        for sid in sids
+    ]
     if not wait:
-        _say(as_json, {"task_id": result.id}, f"sent as task {result.id}")
+        _say(as_json, [{"task_id": r.id} for r in results], f"sent as {len(sids)} task(s)")
         return
-    answer = remote.answer(result)
-    if answer.get("error"):
-        raise CliError(f"refused: {answer['error']}")
-    if not answer.get("terminating"):
-        _say(as_json, answer, f"session {sid}: {answer.get('note')}")
+    answers = [remote.answer(r) for r in results]
+    refused = [a for a in answers if a.get("error")]
+    if refused:
+        raise CliError(f"refused: {refused[0]['error']}")
+    if not any(a.get("terminating") for a in answers):
+        notes = "; ".join(f"session {a['session_id']}: {a.get('note')}" for a in answers)
+        _say(as_json, answers, notes)
         return
-    status = wait_session(remote, sid, SessionStatus.TERMINATED, f"session {sid}")
-    _say(as_json, {**answer, "status": status}, f"session {sid} {status}")
-    _reached(sid, status, SessionStatus.TERMINATED, wait)
+    _follow_and_report(remote, sids, answers, SessionStatus.TERMINATED, as_json)

@@ -85,6 +85,36 @@ def _yes(flag: bool) -> str:
     return "up" if flag else "DOWN"
 
 
+def text(doc: dict[str, Any], s: Settings) -> str:
+    """The status document as aligned lines for a person."""
+    db, beat = doc["database"], doc["beat"]
+    if db["reachable"]:
+        db_note = f"revision {db.get('revision') or 'none (run `sokovan db upgrade`)'}"
+    else:
+        db_note = db["error"]
+    if beat["schedule_age"] is None:
+        beat_note = "no schedule file"
+    else:
+        beat_note = f"schedule written {beat['schedule_age']:.0f}s ago"
+    agents = ", ".join(f"{n} {k}" for k, n in sorted(db.get("agents", {}).items()))
+    metrics_url = f"http://{s.metrics_host}:{s.metrics_port}/metrics"
+    rows = [
+        ("data", "", doc["var_dir"]),
+        ("database", _yes(db["reachable"]), f"{doc['database_url']}  {db_note}"),
+        (
+            "broker",
+            _yes(doc["broker"]["reachable"]),
+            doc["redis_url"] + ("  (embedded Valkey)" if doc["embedded_valkey"] else ""),
+        ),
+        ("workers", str(len(doc["workers"])), " ".join(doc["workers"])),
+        ("beat", _yes(beat["running"]), beat_note),
+        ("flower", _yes(doc["flower"]["listening"]), f"http://127.0.0.1:{s.flower_port}/"),
+        ("metrics", _yes(doc["metrics"]["serving"]), metrics_url),
+        ("agents", "", agents or "none registered"),
+    ]
+    return "\n".join(f"{k + ':':<10} {v:<5} {note}".rstrip() for k, v, note in rows)
+
+
 def status(as_json: bool = JsonOption) -> None:
     """Shows what is running and where the data lives; exit 3 if broker or database is down."""
     s = settings()
@@ -92,33 +122,6 @@ def status(as_json: bool = JsonOption) -> None:
     if as_json:
         print_json(doc)
     else:
-        db = doc["database"]
-        beat = doc["beat"]
-        lines = [
-            f"data:      {doc['var_dir']}",
-            f"database:  {_yes(db['reachable'])}  {doc['database_url']}"
-            + (
-                f"  revision {db.get('revision') or 'none (run `sokovan db upgrade`)'}"
-                if db["reachable"]
-                else f"  {db['error']}"
-            ),
-            f"broker:    {_yes(doc['broker']['reachable'])}  {doc['redis_url']}"
-            + ("  (embedded Valkey)" if doc["embedded_valkey"] else ""),
-            f"workers:   {len(doc['workers'])}  {' '.join(doc['workers'])}".rstrip(),
-            f"beat:      {_yes(beat['running'])}"
-            + (
-                f"  schedule written {beat['schedule_age']:.0f}s ago"
-                if beat["schedule_age"] is not None
-                else "  no schedule file"
-            ),
-            f"flower:    {_yes(doc['flower']['listening'])}  http://127.0.0.1:{s.flower_port}/",
-            f"metrics:   {_yes(doc['metrics']['serving'])}  http://{s.metrics_host}:{s.metrics_port}/metrics",
-            "agents:    "
-            + (
-                ", ".join(f"{n} {k}" for k, n in sorted(db.get("agents", {}).items()))
-                or "none registered"
-            ),
-        ]
-        typer.echo("\n".join(lines))
+        typer.echo(text(doc, s))
     if not (doc["broker"]["reachable"] and doc["database"]["reachable"]):
         raise typer.Exit(EXIT_UNREACHABLE)

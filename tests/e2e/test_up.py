@@ -143,6 +143,20 @@ def follow_the_readme(env: dict[str, str], cwd: Path) -> None:
         assert done.stdout or done.stderr
 
 
+def burst(env: dict[str, str], cwd: Path) -> None:
+    """Five sessions created and terminated by one command each, followed to the end."""
+    image = "cr.backend.ai/stable/python:3.12-ubuntu22.04"
+    made = sokovan(env, cwd, f"sokovan session create --image {image} --count 5 --wait 90 --json")
+    sessions = json.loads(made.stdout)["sessions"]
+    assert [s["status"] for s in sessions] == ["RUNNING"] * 5, sessions
+    assert "5/5 RUNNING" in made.stderr  # the live progress line
+    ids = " ".join(s["session_id"] for s in sessions)
+    gone = sokovan(env, cwd, f"sokovan session terminate {ids} --wait 90 --json")
+    assert {s["status"] for s in json.loads(gone.stdout)["sessions"]} == {"TERMINATED"}
+    listed = json.loads(sokovan(env, cwd, "sokovan session list --limit 2 --json").stdout)
+    assert listed["more"] == listed["total"] - 2 and listed["total"] >= 6
+
+
 @pytest.mark.timeout(600)
 def test_up_from_a_fresh_var_dir_three_times_runs_the_readme(tmp_path: Path) -> None:
     """Given a fresh var dir, `sokovan up` comes up, the README's commands take a 3-kernel
@@ -155,6 +169,8 @@ def test_up_from_a_fresh_var_dir_three_times_runs_the_readme(tmp_path: Path) -> 
             children = [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
             assert len(children) >= 7  # valkey, worker, beat, flower, metrics, two agents
             follow_the_readme(env, home)
+            if attempt == 0:
+                burst(env, home)
         assert proc.returncode is not None
         assert "Traceback" not in (home / "up.log").read_text(errors="replace")
         deadline = time.monotonic() + 30
