@@ -35,9 +35,9 @@ from sokovan.signing import create_signing_files
 from sokovan.types import ImageConfig, SessionId, SessionStatus
 from tasks.api import Scheduler
 from tasks.app import create_app
-from tasks.commands import beat_args, worker_args
 from tasks.cli.common import table
 from tasks.cli.runs import runs_table
+from tasks.commands import beat_args, worker_args
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGE = "cr.backend.ai/stable/python:3.12-ubuntu22.04"

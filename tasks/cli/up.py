@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shlex
 import signal
 import socket
 import subprocess
@@ -21,6 +22,7 @@ from sokovan.embedded import EmbeddedValkey
 from tasks.cli.common import engine, settings
 from tasks.cli.errors import CliError
 from tasks.cli.remote import broker_reachable
+from tasks.commands import beat_args, worker_args
 
 
 def flower_password(s: Settings) -> str:
@@ -38,12 +40,12 @@ def flower_password(s: Settings) -> str:
 def processes(s: Settings, agents: int = 2, concurrency: int = 2) -> dict[str, str]:
     """Process name -> command line of what starts once Valkey answers (see the Procfile)."""
     exe = Path(sys.executable).parent
-    celery = f"{exe / 'celery'} -A tasks.app"
+    celery = str(exe / "celery")
     sokovan = f"{exe / 'sokovan'}"
     procs = {
-        "worker": f"{celery} worker -E -l INFO -c {concurrency} -Q sokovan -n worker1@%h",
-        "beat": f"{celery} beat -l INFO -s {s.var_dir / 'celerybeat-schedule'}",
-        "flower": f"{celery} flower --address=127.0.0.1 --port={s.flower_port}",
+        "worker": shlex.join([celery, *worker_args(concurrency=concurrency)]),
+        "beat": shlex.join([celery, *beat_args(s.var_dir / "celerybeat-schedule")]),
+        "flower": f"{celery} -A tasks.app flower --address=127.0.0.1 --port={s.flower_port}",
         "metrics": f"{sokovan} metrics",
     }
     for i in range(1, agents + 1):

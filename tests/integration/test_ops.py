@@ -60,7 +60,7 @@ def seed_ledger(senv: SchedulerEnv) -> None:
     """A held sweep and a partial terminate run, so label values have samples."""
     ledger = RunLedger(senv.engine)
     sweep = ledger.open_run("sweep_stale_kernels", RunTrigger.BEAT)
-    ledger.close_run(sweep, note="default: brake: presence unavailable", held="presence")
+    ledger.close_run(sweep, note="default: brake: presence unavailable", held=True)
     term = ledger.open_run("terminate_sessions", RunTrigger.API)
     ledger.record_items(
         term,

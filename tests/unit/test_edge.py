@@ -22,7 +22,8 @@ def _procfile() -> dict[str, str]:
 def test_procfile_worker_and_beat_lines_are_the_commands_written_once() -> None:
     procs = _procfile()
     assert procs["worker"] == " ".join(["celery", *worker_args()])
-    assert procs["beat"] == " ".join(["celery", *beat_args("var/celerybeat-schedule")])
+    schedule = "${SOKOVAN_VAR_DIR:-$HOME/.local/share/sokovan}/celerybeat-schedule"
+    assert procs["beat"] == " ".join(["celery", *beat_args(schedule)])
 
 
 def test_every_task_name_is_registered_and_every_public_name_is_in_the_readme() -> None:
