@@ -12,7 +12,7 @@ import typer
 
 from sokovan.db.ledger import RunItemRecord, RunLedger, RunRecord, utcnow
 from sokovan.db.listing import list_runs
-from sokovan.db.stats import RunStats, slot_text
+from sokovan.db.stats import HandlerStats, RunStats, SessionStats, slot_text
 from sokovan.types import RunId, RunStatus
 from tasks.cli.common import JsonOption, engine, iso, print_json, print_table, table
 from tasks.cli.errors import BadInput
@@ -184,54 +184,49 @@ def stats(
     window = parse_since(since)
     reader = RunStats(engine())
     if sessions or session:
-        per_session = reader.sessions(session or None, since=window)
-        if as_json:
-            print_json(
-                {
-                    "sessions": [
-                        {
-                            "session_id": s.session_id,
-                            "created": s.created,
-                            "destroyed": s.destroyed,
-                            "failed": s.failed,
-                            "skipped": s.skipped,
-                            "freed_slots": s.freed_slots.to_json(),
-                        }
-                        for s in per_session
-                    ]
-                }
-            )
-            return
-        rows = [
-            (s.session_id, s.created, s.destroyed, s.failed, s.skipped, slot_text(s.freed_slots))
+        _session_stats(reader.sessions(session or None, since=window), as_json)
+    else:
+        _handler_stats(reader.handlers(since=window, handler=handler), as_json)
+
+
+def _session_stats(per_session: Sequence[SessionStats], as_json: bool) -> None:
+    if as_json:
+        docs = [
+            {
+                "session_id": s.session_id,
+                "created": s.created,
+                "destroyed": s.destroyed,
+                "failed": s.failed,
+                "skipped": s.skipped,
+                "freed_slots": s.freed_slots.to_json(),
+            }
             for s in per_session
         ]
-        headers = ("SESSION", "CREATED", "DESTROYED", "FAILED", "SKIPPED", "FREED SLOTS")
-        typer.echo(table(headers, rows))
+        print_json({"sessions": docs})
         return
-    per_handler = reader.handlers(since=window, handler=handler)
+    rows = [
+        (s.session_id, s.created, s.destroyed, s.failed, s.skipped, slot_text(s.freed_slots))
+        for s in per_session
+    ]
+    headers = ("SESSION", "CREATED", "DESTROYED", "FAILED", "SKIPPED", "FREED SLOTS")
+    typer.echo(table(headers, rows))
+
+
+def _handler_stats(per_handler: Sequence[HandlerStats], as_json: bool) -> None:
     if as_json:
-        print_json(
+        fields = ("handler", "runs", "by_status", "items", "succeeded", "failed", "skipped")
+        docs = [
             {
-                "handlers": [
-                    {
-                        "handler": h.handler,
-                        "runs": h.runs,
-                        "by_status": h.by_status,
-                        "items": h.items,
-                        "succeeded": h.succeeded,
-                        "failed": h.failed,
-                        "skipped": h.skipped,
-                        "failure_rate": h.failure_rate,
-                        "p50": h.p50,
-                        "p95": h.p95,
-                    }
-                    for h in per_handler
-                ]
+                **{f: getattr(h, f) for f in fields},
+                "failure_rate": h.failure_rate,
+                "p50": h.p50,
+                "p95": h.p95,
             }
-        )
+            for h in per_handler
+        ]
+        print_json({"handlers": docs})
         return
-    rows2 = [
+    rows = [
         (
             h.handler,
             h.runs,
@@ -246,5 +241,5 @@ def stats(
         )
         for h in per_handler
     ]
-    headers2 = ("HANDLER", "RUNS", "BY STATUS", "ITEMS", "OK", "FAIL", "SKIP", "FAIL%")
-    typer.echo(table((*headers2, "P50", "P95"), rows2))
+    headers = ("HANDLER", "RUNS", "BY STATUS", "ITEMS", "OK", "FAIL", "SKIP", "FAIL%")
+    typer.echo(table((*headers, "P50", "P95"), rows))

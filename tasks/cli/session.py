@@ -67,16 +67,10 @@ def list_cmd(
     print_table(headers, table_rows, more=page.more, noun="session(s)")
 
 
-@app.command()
-def show(
-    session_id: str = typer.Argument(..., help="The session's id (see `sokovan session list`)."),
-    as_json: bool = JsonOption,
-) -> None:
-    """Shows a session, its kernels and any error info."""
-    repo = SchedulerRepository(engine())
-    s = repo.get_session(parse_session_id(session_id))
-    error = repo.session_status_data(s.id).get("error")
-    kernels: list[dict[str, Any]] = [
+def session_json(repo: SchedulerRepository, sid: SessionId) -> dict[str, Any]:
+    """A session's stable JSON fields, its kernels and error info included."""
+    s = repo.get_session(sid)
+    kernels = [
         {
             "id": str(k.id),
             "hostname": k.cluster_hostname,
@@ -87,25 +81,39 @@ def show(
         }
         for k in s.kernels
     ]
+    return {
+        "id": str(s.id),
+        "name": s.name,
+        "status": str(s.status),
+        "status_info": s.status_info,
+        "cluster_mode": str(s.cluster_mode),
+        "network_type": str(s.network_type),
+        "network_id": s.network_id,
+        "error": repo.session_status_data(s.id).get("error"),
+        "kernels": kernels,
+    }
+
+
+@app.command()
+def show(
+    session_id: str = typer.Argument(..., help="The session's id (see `sokovan session list`)."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Shows a session, its kernels and any error info."""
+    doc = session_json(SchedulerRepository(engine()), parse_session_id(session_id))
     if as_json:
-        print_json(
-            {
-                "id": str(s.id),
-                "name": s.name,
-                "status": str(s.status),
-                "status_info": s.status_info,
-                "cluster_mode": str(s.cluster_mode),
-                "network_type": str(s.network_type),
-                "network_id": s.network_id,
-                "error": error,
-                "kernels": kernels,
-            }
-        )
+        print_json(doc)
         return
-    typer.echo(f"session {s.id} {s.name!r} status={s.status} info={s.status_info or '-'}")
-    typer.echo(f"  mode={s.cluster_mode} network={s.network_type} network_id={s.network_id or '-'}")
-    if error:
-        typer.echo(f"  error: {error}")
+    typer.echo(
+        f"session {doc['id']} {doc['name']!r} status={doc['status']} "
+        f"info={doc['status_info'] or '-'}"
+    )
+    typer.echo(
+        f"  mode={doc['cluster_mode']} network={doc['network_type']} "
+        f"network_id={doc['network_id'] or '-'}"
+    )
+    if doc["error"]:
+        typer.echo(f"  error: {doc['error']}")
     rows = [
         (
             k["id"],
@@ -115,7 +123,7 @@ def show(
             k["image"],
             ",".join(f"{n}={v}" for n, v in sorted(k["occupied_slots"].items())),
         )
-        for k in kernels
+        for k in doc["kernels"]
     ]
     print_table(("KERNEL", "HOST", "AGENT", "STATUS", "IMAGE", "SLOTS"), rows)
 
