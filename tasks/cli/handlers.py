@@ -11,6 +11,7 @@ from sokovan.db.ledger import RunLedger
 from sokovan.db.listing import run_progress
 from sokovan.scheduler.handlers import handler_names
 from sokovan.types import RunStatus
+from tasks import names
 from tasks.cli.common import JsonOption, engine, print_json, print_table, settings
 from tasks.cli.errors import CliError
 from tasks.cli.progress import Snapshot, follow
@@ -98,7 +99,7 @@ def run_cmd(
     s = settings()
     remote = Remote(s, wait)
     result = remote.send(
-        "sokovan.handler.run", {"handler": str(name), "trigger": "manual", "budget": budget}
+        names.HANDLER_RUN, {"handler": str(name), "trigger": "manual", "budget": budget}
     )
     if not wait:
         _say(as_json, {"task_id": result.id}, f"sent {name} as task {result.id}")

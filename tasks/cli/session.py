@@ -10,6 +10,7 @@ import typer
 from sokovan.db.listing import list_sessions
 from sokovan.db.repository import SchedulerRepository
 from sokovan.types import ClusterMode, NetworkType, SessionId, SessionStatus
+from tasks import names
 from tasks.cli.common import JsonOption, engine, iso, print_json, print_table, settings
 from tasks.cli.errors import EXIT_FAILED, CliError
 from tasks.cli.parsing import parse_pairs, parse_session_id, parse_slots
@@ -158,7 +159,7 @@ def create(
         "name": name,
     }
     remote = Remote(settings(), wait)
-    results = [remote.send("sokovan.session.create", {"request": request}) for _ in range(count)]
+    results = [remote.send(names.SESSION_CREATE, {"request": request}) for _ in range(count)]
     if not wait:
         _say(as_json, [{"task_id": r.id} for r in results], f"sent as {count} task(s)")
         return
@@ -209,6 +210,9 @@ def terminate(
         ..., help="The sessions' ids (see `sokovan session list`); one or more."
     ),
     reason: str = typer.Option("USER_REQUESTED", help="Recorded and passed to the agents."),
+    force: bool = typer.Option(
+        False, "--force", help="Give kernels up at once if their agent cannot destroy them."
+    ),
     wait: float = typer.Option(30.0, min=0, help=WAIT_HELP),
     as_json: bool = JsonOption,
 ) -> None:
@@ -220,7 +224,9 @@ def terminate(
         repo.get_session(sid)  # NotFound: one line, exit 1
     remote = Remote(s, wait)
     results = [
-        remote.send("sokovan.session.terminate", {"session_id": str(sid), "reason": reason})
+        remote.send(
+            names.SESSION_TERMINATE, {"session_id": str(sid), "reason": reason, "force": force}
+        )
         for sid in sids
     ]
     if not wait:
