@@ -33,7 +33,7 @@ def engine(s: Settings | None = None, *, migrated: bool = True) -> sa.Engine:
     eng = create_engine(s.effective_database_url)
     if migrated and current_revision(eng) is None:
         raise CliError(
-            f"the database at {s.effective_database_url} has no schema yet: "
+            f"failed: the database at {s.effective_database_url} has no schema yet: "
             "run `sokovan db upgrade` (or `sokovan up`)"
         )
     return eng

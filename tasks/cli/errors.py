@@ -1,5 +1,7 @@
 """The CLI's one error path: every failure becomes one line on stderr and an exit code.
 
+The line starts with what happened: `refused:` (bad input or a refusal), `unreachable:`,
+`bad setting:` or `failed:`; a malformed option names the command and the option.
 Exit codes: 0 done, 1 refused or failed (including a skipped, held, partial or failed run),
 2 bad input (an argument, an option or a setting), 3 unreachable (broker, database, workers).
 """
@@ -18,6 +20,7 @@ from typer._click.core import Context
 from typer._click.exceptions import ClickException, NoArgsIsHelpError
 from typer.core import TyperGroup
 
+from sokovan.admission.refusal import INVALID
 from sokovan.errors import ConfigError, InvalidRequest, NotFound, SokovanError
 
 log = logging.getLogger(__name__)
@@ -39,14 +42,27 @@ class BadInput(CliError):
     """An argument or option value that cannot be used (exit 2)."""
 
     def __init__(self, message: str) -> None:
-        super().__init__(message, EXIT_BAD_INPUT)
+        super().__init__(f"refused: {message}", EXIT_BAD_INPUT)
+
+
+class Refused(CliError):
+    """A well-formed request the scheduler refused by its state (exit 1)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(f"refused: {message}", EXIT_FAILED)
 
 
 class Unreachable(CliError):
     """The broker, the database or the workers did not answer (exit 3)."""
 
     def __init__(self, message: str) -> None:
-        super().__init__(message, EXIT_UNREACHABLE)
+        super().__init__(f"unreachable: {message}", EXIT_UNREACHABLE)
+
+
+def refusal(answer: dict[str, Any]) -> CliError:
+    """A task's refusal answer: exit 2 when the input broke its schema, 1 when state refused."""
+    code = EXIT_BAD_INPUT if answer.get("kind") == INVALID else EXIT_FAILED
+    return CliError(f"refused: {answer.get('error')}", code)
 
 
 def _unreachable_types() -> tuple[type[BaseException], ...]:
@@ -73,10 +89,8 @@ def classify(exc: BaseException) -> tuple[int, str]:
         return exc.code, str(exc)
     if isinstance(exc, ConfigError):
         return EXIT_BAD_INPUT, f"bad setting: {exc}"
-    if isinstance(exc, InvalidRequest):
+    if isinstance(exc, InvalidRequest | NotFound):
         return EXIT_FAILED, f"refused: {exc}"
-    if isinstance(exc, NotFound):
-        return EXIT_FAILED, f"not found: {exc}"
     if isinstance(exc, SokovanError):
         return EXIT_FAILED, f"failed: {exc}"
     if isinstance(exc, _unreachable_types()):
@@ -112,5 +126,5 @@ class OneLineErrors(TyperGroup):
         except Exception as e:
             code, line = classify(e)
             log.debug("command failed", exc_info=True)
-            report(f"sokovan: {line}")
+            report(line)
             raise Exit(code) from e

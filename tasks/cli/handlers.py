@@ -13,7 +13,7 @@ from sokovan.scheduler.handlers import handler_names
 from sokovan.types import RunStatus
 from tasks import names
 from tasks.cli.common import JsonOption, engine, print_json, print_table, settings
-from tasks.cli.errors import CliError
+from tasks.cli.errors import CliError, refusal
 from tasks.cli.progress import Snapshot, follow
 from tasks.cli.remote import Remote
 
@@ -106,7 +106,7 @@ def run_cmd(
         return
     answer = remote.answer(result)
     if answer.get("error"):
-        raise CliError(f"refused: {answer['error']}")
+        raise refusal(answer)
     run_id, status = answer.get("run_id"), str(answer.get("status"))
     if run_id is not None:
         status = _follow_run(remote, int(run_id), str(name))
@@ -114,7 +114,7 @@ def run_cmd(
     note = f" ({answer['note']})" if answer.get("note") else ""
     _say(as_json, doc, f"{name}: run {run_id if run_id is not None else '-'} {status}{note}")
     if status not in OK_STATUSES:
-        raise CliError(f"{name}: the run ended {status}{note}")
+        raise CliError(f"failed: {name}: the run ended {status}{note}")
 
 
 def _follow_run(remote: Remote, run_id: int, name: str) -> str:
@@ -131,7 +131,8 @@ def _follow_run(remote: Remote, run_id: int, name: str) -> str:
     snap = follow(f"run {run_id} {name}", poll, remote.deadline)
     if not snap.finished:
         raise CliError(
-            f"run {run_id} still running after {remote.wait:g}s (`sokovan runs show {run_id}`)"
+            f"failed: run {run_id} still running after {remote.wait:g}s "
+            f"(`sokovan runs show {run_id}`)"
         )
     return snap.status
 

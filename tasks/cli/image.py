@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import typer
 
+from sokovan.admission.parse import parse_image_name
+from sokovan.admission.refusal import Refusal
 from sokovan.db.repository import SchedulerRepository
 from sokovan.types import ImageConfig
 from tasks.cli.common import JsonOption, engine, print_json, print_table
+from tasks.cli.errors import BadInput
 
 app = typer.Typer(help="Image configs: add, list.", no_args_is_help=True)
 
@@ -21,6 +24,9 @@ def add(
     digest: str = typer.Option("", help="Image digest (sha256:...), compared when pulling."),
 ) -> None:
     """Adds or updates an image config."""
+    refused = parse_image_name(canonical)
+    if isinstance(refused, Refusal):
+        raise BadInput(refused.error)
     SchedulerRepository(engine()).add_image(
         ImageConfig(
             canonical=canonical,

@@ -7,13 +7,21 @@ from typing import Any
 
 import typer
 
+from sokovan.admission.parse import parse_create
+from sokovan.admission.refusal import Refusal
+from sokovan.admission.schemas import Limits
 from sokovan.db.listing import list_sessions
 from sokovan.db.repository import SchedulerRepository
 from sokovan.types import ClusterMode, NetworkType, SessionId, SessionStatus
 from tasks import names
 from tasks.cli.common import JsonOption, engine, iso, print_json, print_table, settings
-from tasks.cli.errors import EXIT_FAILED, CliError
-from tasks.cli.parsing import parse_pairs, parse_session_id, parse_slots
+from tasks.cli.errors import EXIT_FAILED, BadInput, CliError, refusal
+from tasks.cli.parsing import (
+    parse_pairs,
+    parse_slots,
+    session_id_of,
+    terminate_kwargs,
+)
 from tasks.cli.progress import follow_sessions
 from tasks.cli.remote import Remote
 
@@ -26,15 +34,17 @@ WAIT_HELP = (
 
 @app.command("list")
 def list_cmd(
-    status: list[SessionStatus] = typer.Option(None, help="Only these statuses (repeatable)."),
+    status: list[SessionStatus] = typer.Option(
+        None, case_sensitive=False, help="Only these statuses (repeatable), e.g. pending."
+    ),
     agent: str = typer.Option(None, help="Only sessions with a kernel on this agent."),
     limit: int = typer.Option(50, help="At most this many, newest first (0: all)."),
     as_json: bool = JsonOption,
 ) -> None:
     """Lists sessions, newest first, with their kernel counts and agents."""
-    page = list_sessions(
-        engine(), statuses=[str(s) for s in status or []], agent=agent, limit=limit
-    )
+    eng = engine()
+    page = list_sessions(eng, statuses=[str(s) for s in status or []], agent=agent, limit=limit)
+    queue = SchedulerRepository(eng).queue_positions()
     if as_json:
         rows: list[dict[str, Any]] = [
             {
@@ -47,6 +57,7 @@ def list_cmd(
                 "status_changed_at": iso(s.status_changed_at),
                 "kernels": s.kernels,
                 "agents": s.agents,
+                "queue_position": queue.get(SessionId(s.id)),
             }
             for s in page.items
         ]
@@ -57,6 +68,7 @@ def list_cmd(
             s.id,
             s.name,
             s.status,
+            queue.get(SessionId(s.id), ""),
             s.status_info or "",
             s.kernels,
             ",".join(s.agents),
@@ -64,7 +76,7 @@ def list_cmd(
         )
         for s in page.items
     ]
-    headers = ("ID", "NAME", "STATUS", "INFO", "KERNELS", "AGENTS", "CREATED (UTC)")
+    headers = ("ID", "NAME", "STATUS", "QUEUE", "INFO", "KERNELS", "AGENTS", "CREATED (UTC)")
     print_table(headers, table_rows, more=page.more, noun="session(s)")
 
 
@@ -101,7 +113,7 @@ def show(
     as_json: bool = JsonOption,
 ) -> None:
     """Shows a session, its kernels and any error info."""
-    doc = session_json(SchedulerRepository(engine()), parse_session_id(session_id))
+    doc = session_json(SchedulerRepository(engine()), session_id_of(session_id))
     if as_json:
         print_json(doc)
         return
@@ -129,12 +141,20 @@ def show(
     print_table(("KERNEL", "HOST", "AGENT", "STATUS", "IMAGE", "SLOTS"), rows)
 
 
+CLUSTER_MODES = "|".join(m.value for m in ClusterMode)
+NETWORK_TYPES = "|".join(t.value for t in NetworkType)
+
+
 @app.command()
 def create(
     image: str = typer.Option(..., help="Image name (see `sokovan image list`)."),
-    kernels: int = typer.Option(1, min=1, help="Number of kernels."),
-    cluster_mode: ClusterMode = typer.Option(ClusterMode.SINGLE_NODE, help="Cluster mode."),
-    network_type: NetworkType = typer.Option(NetworkType.VOLATILE, help="Network type."),
+    kernels: int = typer.Option(1, help="Number of kernels."),
+    cluster_mode: str = typer.Option(
+        ClusterMode.SINGLE_NODE.value, metavar=f"[{CLUSTER_MODES}]", help="Cluster mode."
+    ),
+    network_type: str = typer.Option(
+        NetworkType.VOLATILE.value, metavar=f"[{NETWORK_TYPES}]", help="Network type."
+    ),
     network_id: str = typer.Option(None, help="Existing network (with --network-type persistent)."),
     agent: list[str] = typer.Option(None, help="Place on these agents (1, or one per kernel)."),
     slot: list[str] = typer.Option(
@@ -142,23 +162,31 @@ def create(
     ),
     env: list[str] = typer.Option(None, help="Environment variable NAME=VALUE (repeat)."),
     name: str = typer.Option("", help="Session name."),
+    queue: bool = typer.Option(True, help="Wait as PENDING when the cluster is full."),
     count: int = typer.Option(1, min=1, help="Submit this many such sessions at once."),
     wait: float = typer.Option(30.0, min=0, help=WAIT_HELP),
     as_json: bool = JsonOption,
 ) -> None:
     """Submits sessions; with --wait follows them to RUNNING (exit 1 if one does not get there)."""
-    request = {
+    request: dict[str, Any] = {
         "image": image,
         "kernels": kernels,
-        "cluster_mode": str(cluster_mode),
-        "network_type": str(network_type),
+        "cluster_mode": cluster_mode,
+        "network_type": network_type,
         "network_id": network_id,
         "agents": agent or [],
-        "resource_slots": parse_slots(slot),
-        "environ": parse_pairs("--env", env),
+        "environ": parse_pairs("environ", env),
         "name": name,
+        "queue": queue,
     }
-    remote = Remote(settings(), wait)
+    slots = parse_slots(slot)
+    if slots is not None:
+        request["resource_slots"] = slots
+    s = settings()
+    parsed = parse_create(request, Limits(max_kernels=s.max_kernels_per_session))
+    if isinstance(parsed, Refusal):
+        raise BadInput(parsed.error)  # the message the task itself would answer
+    remote = Remote(s, wait)
     results = [remote.send(names.SESSION_CREATE, {"request": request}) for _ in range(count)]
     if not wait:
         _say(as_json, [{"task_id": r.id} for r in results], f"sent as {count} task(s)")
@@ -166,12 +194,26 @@ def create(
     answers = [remote.answer(r) for r in results]
     refused = [a for a in answers if a.get("error")]
     if refused:
-        first = refused[0]
-        field = f" ({first['field']})" if first.get("field") else ""
-        many = f" ({len(refused)} of {count})" if count > 1 else ""
-        raise CliError(f"refused{many}: {first['error']}{field}")
-    sids = [SessionId(uuid.UUID(a["session_id"])) for a in answers]
-    _follow_and_report(remote, sids, answers, SessionStatus.RUNNING, as_json)
+        raise refusal(refused[0])
+    placed = [a for a in answers if a.get("status") != str(SessionStatus.PENDING)]
+    for a in answers:
+        if a not in placed and not as_json:
+            typer.echo(
+                f"session {a['session_id']} PENDING (queue position {a.get('queue_position')})"
+            )
+    if not placed:  # waiting for capacity is not a failure; `session list` shows the queue
+        if as_json:
+            _say(as_json, answers, "")
+        return
+    sids = [SessionId(uuid.UUID(a["session_id"])) for a in placed]
+    _follow_and_report(remote, sids, placed, SessionStatus.RUNNING, as_json)
+
+
+# Where a session counts as arrived: a PENDING one cancelled by terminate never ran.
+_ARRIVED = {
+    SessionStatus.RUNNING: {str(SessionStatus.RUNNING)},
+    SessionStatus.TERMINATED: {str(SessionStatus.TERMINATED), str(SessionStatus.CANCELLED)},
+}
 
 
 def _follow_and_report(
@@ -185,12 +227,12 @@ def _follow_and_report(
     statuses = follow_sessions(engine(remote.settings), sids, until, remote.deadline)
     docs = [{**a, "status": statuses.get(sid)} for sid, a in zip(sids, answers, strict=True)]
     _say(as_json, docs, "\n".join(f"session {sid} {statuses.get(sid)}" for sid in sids))
-    short = [sid for sid in sids if statuses.get(sid) != str(until)]
+    short = [sid for sid in sids if statuses.get(sid) not in _ARRIVED[until]]
     if short:
         sid = short[0]
         others = f" (and {len(short) - 1} more)" if len(short) > 1 else ""
         raise CliError(
-            f"session {sid} is {statuses.get(sid)}, not {until}, after waiting up to "
+            f"failed: session {sid} is {statuses.get(sid)}, not {until}, after waiting up to "
             f"{remote.wait:g}s{others} (see `sokovan session show {sid}`)",
             EXIT_FAILED,
         )
@@ -216,28 +258,24 @@ def terminate(
     wait: float = typer.Option(30.0, min=0, help=WAIT_HELP),
     as_json: bool = JsonOption,
 ) -> None:
-    """Requests termination of sessions and, with --wait, follows them to TERMINATED."""
-    sids = [parse_session_id(text) for text in session_ids]
+    """Terminates sessions (cancels PENDING ones); with --wait follows them to the end."""
+    calls = [terminate_kwargs(text, reason, force) for text in session_ids]
+    sids = [session_id_of(text) for text in session_ids]
     s = settings()
     repo = SchedulerRepository(engine(s))
     for sid in sids:
-        repo.get_session(sid)  # NotFound: one line, exit 1
+        repo.get_session(sid)  # NotFound: `refused: ...`, exit 1, without asking a worker
     remote = Remote(s, wait)
-    results = [
-        remote.send(
-            names.SESSION_TERMINATE, {"session_id": str(sid), "reason": reason, "force": force}
-        )
-        for sid in sids
-    ]
+    results = [remote.send(names.SESSION_TERMINATE, kwargs) for kwargs in calls]
     if not wait:
         _say(as_json, [{"task_id": r.id} for r in results], f"sent as {len(sids)} task(s)")
         return
     answers = [remote.answer(r) for r in results]
     refused = [a for a in answers if a.get("error")]
     if refused:
-        raise CliError(f"refused: {refused[0]['error']}")
+        raise refusal(refused[0])
     if not any(a.get("terminating") for a in answers):
-        notes = "; ".join(f"session {a['session_id']}: {a.get('note')}" for a in answers)
+        notes = "\n".join(f"session {a['session_id']}: {a.get('note')}" for a in answers)
         _say(as_json, answers, notes)
         return
     _follow_and_report(remote, sids, answers, SessionStatus.TERMINATED, as_json)

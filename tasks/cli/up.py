@@ -20,7 +20,7 @@ from sokovan.config import Settings
 from sokovan.db.engine import upgrade as run_upgrade
 from sokovan.embedded import EmbeddedValkey
 from tasks.cli.common import engine, settings
-from tasks.cli.errors import CliError
+from tasks.cli.errors import CliError, Refused, Unreachable
 from tasks.cli.remote import broker_reachable
 from tasks.commands import beat_args, worker_args
 
@@ -74,7 +74,7 @@ def ensure_free(what: str, port: int, setting: str, host: str = "127.0.0.1") -> 
         try:
             probe.bind((host, port))
         except OSError:
-            raise CliError(
+            raise Refused(
                 f"port {port} ({what}) is already in use: set {setting} to a free port, "
                 "or stop what holds it (another `sokovan up`?)"
             ) from None
@@ -87,9 +87,9 @@ def wait_for_broker(
     deadline = time.monotonic() + timeout
     while not broker_reachable(s, 1.0):
         if proc is not None and proc.poll() is not None:
-            raise CliError(f"the embedded Valkey exited (see {s.var_dir / 'valkey.log'})")
+            raise CliError(f"failed: the embedded Valkey exited (see {s.var_dir / 'valkey.log'})")
         if time.monotonic() > deadline:
-            raise CliError(f"Valkey at {s.redis_url} did not answer PING within {timeout:g}s")
+            raise Unreachable(f"Valkey at {s.redis_url} did not answer PING within {timeout:g}s")
         time.sleep(0.1)
 
 

@@ -28,29 +28,36 @@ UNKNOWN = str(uuid.uuid4())
 CASES = [
     ("unknown session", ["session", "terminate", UNKNOWN], {}, 1, UNKNOWN),
     ("unknown session shown", ["session", "show", UNKNOWN], {}, 1, UNKNOWN),
-    ("not a session id", ["session", "terminate", "nope"], {}, 2, "SESSION_ID"),
+    ("not a session id", ["session", "terminate", "nope"], {}, 2, "session_id"),
     (
         "slot without value",
         ["session", "create", "--image", IMAGE, "--slot", "cpu"],
         {},
         2,
-        "--slot",
+        "resource_slots",
     ),
     ("slot not a number", ["session", "create", "--image", IMAGE, "--slot", "cpu=x"], {}, 2, "cpu"),
-    ("env without value", ["session", "create", "--image", IMAGE, "--env", "FOO"], {}, 2, "--env"),
+    ("mem not a size", ["session", "create", "--image", IMAGE, "--slot", "mem=8x"], {}, 2, "mem"),
+    (
+        "env without value",
+        ["session", "create", "--image", IMAGE, "--env", "FOO"],
+        {},
+        2,
+        "environ",
+    ),
     (
         "cluster mode",
         ["session", "create", "--image", IMAGE, "--cluster-mode", "x"],
         {},
         2,
-        "--cluster-mode",
+        "cluster_mode",
     ),
     (
         "network type",
         ["session", "create", "--image", IMAGE, "--network-type", "x"],
         {},
         2,
-        "--network-type",
+        "network_type",
     ),
     (
         "bad mem unit",
@@ -67,6 +74,14 @@ CASES = [
         "--rpc-addr",
     ),
     ("unknown run", ["runs", "show", "999"], {}, 1, "999"),
+    ("image name", ["image", "add", ""], {}, 2, "image"),
+    (
+        "kernels not a number",
+        ["session", "create", "--image", IMAGE, "--kernels", "x"],
+        {},
+        2,
+        "--kernels",
+    ),
     ("unknown handler", ["handlers", "pause", "nope"], {}, 2, "nope"),
     ("bad window", ["runs", "stats", "--since", "yesterday"], {}, 2, "--since"),
     ("misspelt setting", ["session", "list"], {"SOKOVAN_REDIS_ULR": "x"}, 2, "SOKOVAN_REDIS_URL"),
@@ -164,6 +179,12 @@ def test_bad_input_gives_one_line_and_its_exit_code(
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr
     assert word in lines[0], lines[0]
+    prefix = {
+        1: ("refused: ", "failed: "),
+        2: ("refused: ", "bad setting: ", "sokovan "),
+        3: ("unreachable: ",),
+    }
+    assert lines[0].startswith(prefix[code]), lines[0]
     if "--wait" in args:
         # Bounded by its own --wait (plus start-up), never the 20 s of broker retries seen before.
         assert took < 5 + 15, took
