@@ -111,8 +111,8 @@ async def test_a_full_cluster_queues_and_starts_oldest_first(
             all_in(c, placed, SessionStatus.RUNNING)
             assert statuses(c, watch.queue) == [SessionStatus.PENDING] * 40
 
-            listing = cli_pending(c)
-            assert [line.split()[3] for line in listing[1:]] == [str(n) for n in range(1, 41)]
+            listing = cli_pending(c)  # newest first, as every list: the queue's tail on top
+            assert [line.split()[3] for line in listing[1:]] == [str(n) for n in range(40, 0, -1)]
 
             extra = c.send("sokovan.session.create", request=request())
             assert (extra["status"], extra["queue_position"]) == ("PENDING", 41)
