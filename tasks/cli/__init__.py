@@ -37,6 +37,7 @@ app.add_typer(agent_cmd.app, name="agent")
 app.add_typer(certs_cmd.app, name="certs")
 app.command("up")(up_cmd.up)
 app.command("valkey")(up_cmd.valkey)
+app.command("flower")(up_cmd.flower)
 app.command("status")(status_cmd.status)
 app.command("metrics")(metrics)
 

@@ -161,6 +161,11 @@ def create(
         None, help="Resource slot per kernel, NAME=VALUE: cpu=2, mem=4g (repeat)."
     ),
     env: list[str] = typer.Option(None, help="Environment variable NAME=VALUE (repeat)."),
+    secret_env: list[str] = typer.Option(
+        None,
+        help="Secret variable NAME=VALUE whatever its name (repeat); names like "
+        "*TOKEN*, *PASSWORD* (SOKOVAN_SECRET_ENV_PATTERNS) given with --env are secret too.",
+    ),
     name: str = typer.Option("", help="Session name."),
     queue: bool = typer.Option(True, help="Wait as PENDING when the cluster is full."),
     count: int = typer.Option(1, min=1, help="Submit this many such sessions at once."),
@@ -168,6 +173,7 @@ def create(
     as_json: bool = JsonOption,
 ) -> None:
     """Submits sessions; with --wait follows them to RUNNING (exit 1 if one does not get there)."""
+    declared = parse_pairs("secret_environ", secret_env)
     request: dict[str, Any] = {
         "image": image,
         "kernels": kernels,
@@ -175,7 +181,7 @@ def create(
         "network_type": network_type,
         "network_id": network_id,
         "agents": agent or [],
-        "environ": parse_pairs("environ", env),
+        "environ": {**parse_pairs("environ", env), **declared},
         "name": name,
         "queue": queue,
     }
@@ -187,11 +193,9 @@ def create(
     if isinstance(parsed, Refusal):
         raise BadInput(parsed.error)  # the message the task itself would answer
     remote = Remote(s, wait)
-    results = [remote.send(names.SESSION_CREATE, {"request": request}) for _ in range(count)]
-    if not wait:
-        _say(as_json, [{"task_id": r.id} for r in results], f"sent as {count} task(s)")
+    answers = _submit(remote, request, declared, count, as_json)
+    if answers is None:
         return
-    answers = [remote.answer(r) for r in results]
     refused = [a for a in answers if a.get("error")]
     if refused:
         raise refusal(refused[0])
@@ -207,6 +211,38 @@ def create(
         return
     sids = [SessionId(uuid.UUID(a["session_id"])) for a in placed]
     _follow_and_report(remote, sids, placed, SessionStatus.RUNNING, as_json)
+
+
+def _submit(
+    remote: Remote, request: dict[str, Any], declared: dict[str, str], count: int, as_json: bool
+) -> list[dict[str, Any]] | None:
+    """Sends `count` creations; their answers, or None with --wait 0.
+
+    Secret values go to the database encrypted first and each message carries references;
+    a refused or unanswered submission's secrets are deleted again.
+    """
+    from tasks.api import secret_environ_store  # builds the Celery app: only when sending
+
+    store = secret_environ_store(remote.settings) if request["environ"] else None
+    environs = [store.stash(request["environ"], declared) if store else {} for _ in range(count)]
+    try:
+        results = [
+            remote.send(names.SESSION_CREATE, {"request": {**request, "environ": environ}})
+            for environ in environs
+        ]
+        if not remote.wait:
+            _say(as_json, [{"task_id": r.id} for r in results], f"sent as {count} task(s)")
+            return None
+        answers = [remote.answer(r) for r in results]
+    except Exception:
+        if store:  # nothing will bind these secrets to a session
+            for environ in environs:
+                store.discard(environ)
+        raise
+    for answer, environ in zip(answers, environs, strict=True):
+        if store and answer.get("error"):
+            store.discard(environ)
+    return answers
 
 
 # Where a session counts as arrived: a PENDING one cancelled by terminate never ran.

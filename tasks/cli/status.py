@@ -55,8 +55,13 @@ def _listening(host: str, port: int) -> bool:
         return probe.connect_ex((host, port)) == 0
 
 
+def _reach(host: str) -> str:
+    """Where to connect to a server bound to `host` (any-address binds answer on loopback)."""
+    return "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
+
+
 def _metrics(s: Settings) -> bool:
-    url = f"http://{s.metrics_host}:{s.metrics_port}/metrics"
+    url = f"http://{_reach(s.metrics_host)}:{s.metrics_port}/metrics"
     try:
         with urllib.request.urlopen(url, timeout=2) as reply:
             return bool(reply.status == 200)
@@ -76,7 +81,10 @@ def collect(s: Settings) -> dict[str, Any]:
         "database": _database(s),
         "workers": _workers(s, broker_up),
         "beat": _beat(s),
-        "flower": {"port": s.flower_port, "listening": _listening("127.0.0.1", s.flower_port)},
+        "flower": {
+            "port": s.flower_port,
+            "listening": _listening(_reach(s.flower_host), s.flower_port),
+        },
         "metrics": {"port": s.metrics_port, "serving": _metrics(s)},
     }
 
@@ -108,7 +116,7 @@ def text(doc: dict[str, Any], s: Settings) -> str:
         ),
         ("workers", str(len(doc["workers"])), " ".join(doc["workers"])),
         ("beat", _yes(beat["running"]), beat_note),
-        ("flower", _yes(doc["flower"]["listening"]), f"http://127.0.0.1:{s.flower_port}/"),
+        ("flower", _yes(doc["flower"]["listening"]), f"http://{s.flower_host}:{s.flower_port}/"),
         ("metrics", _yes(doc["metrics"]["serving"]), metrics_url),
         ("agents", "", agents or "none registered"),
     ]

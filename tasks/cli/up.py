@@ -45,7 +45,7 @@ def processes(s: Settings, agents: int = 2, concurrency: int = 2) -> dict[str, s
     procs = {
         "worker": shlex.join([celery, *worker_args(concurrency=concurrency)]),
         "beat": shlex.join([celery, *beat_args(s.var_dir / "celerybeat-schedule")]),
-        "flower": f"{celery} -A tasks.app flower --address=127.0.0.1 --port={s.flower_port}",
+        "flower": f"{sokovan} flower",
         "metrics": f"{sokovan} metrics",
     }
     for i in range(1, agents + 1):
@@ -54,15 +54,18 @@ def processes(s: Settings, agents: int = 2, concurrency: int = 2) -> dict[str, s
     return procs
 
 
-def ports(s: Settings, agents: int) -> list[tuple[str, int, str]]:
-    """(what, port, the setting that moves it) of every port `sokovan up` listens on."""
+def ports(s: Settings, agents: int) -> list[tuple[str, int, str, str]]:
+    """(what, port, the setting that moves it, address) of every port `sokovan up` binds."""
+    loopback = "127.0.0.1"
     out = []
     if s.uses_embedded_valkey:
-        out.append(("embedded Valkey", s.embedded_valkey_port, "SOKOVAN_EMBEDDED_VALKEY_PORT"))
-    out.append(("Flower", s.flower_port, "SOKOVAN_FLOWER_PORT"))
-    out.append(("metrics", s.metrics_port, "SOKOVAN_METRICS_PORT"))
+        out.append(
+            ("embedded Valkey", s.embedded_valkey_port, "SOKOVAN_EMBEDDED_VALKEY_PORT", loopback)
+        )
+    out.append(("Flower", s.flower_port, "SOKOVAN_FLOWER_PORT", s.flower_host))
+    out.append(("metrics", s.metrics_port, "SOKOVAN_METRICS_PORT", s.metrics_host))
     which = "SOKOVAN_AGENT_PORTS" if s.agent_ports else "SOKOVAN_AGENT_BASE_PORT"
-    out += [(f"agent a{i + 1}", s.agent_port(i), which) for i in range(agents)]
+    out += [(f"agent a{i + 1}", s.agent_port(i), which, loopback) for i in range(agents)]
     return out
 
 
@@ -151,17 +154,12 @@ def up(
     from honcho.manager import Manager
 
     s = settings()
-    for what, port, setting in ports(s, agents):
-        ensure_free(what, port, setting)
+    for what, port, setting, host in ports(s, agents):
+        ensure_free(what, port, setting, host)
     s.var_dir.mkdir(parents=True, exist_ok=True)
     run_upgrade(engine(s, migrated=False))
-    password = flower_password(s)
-    env = dict(
-        os.environ,
-        SOKOVAN_VAR_DIR=str(s.var_dir),
-        FLOWER_BASIC_AUTH=f"{s.flower_user}:{password}",
-        PYTHONUNBUFFERED="1",
-    )
+    flower_password(s)  # made now, so the path printed below exists
+    env = dict(os.environ, SOKOVAN_VAR_DIR=str(s.var_dir), PYTHONUNBUFFERED="1")
     valkey = start_valkey(s, env) if s.uses_embedded_valkey else None
     stop = threading.Event()
     try:
@@ -170,7 +168,7 @@ def up(
         for name, cmd in processes(s, agents, concurrency).items():
             manager.add_process(name, cmd, env=env)
         typer.echo(
-            f"Flower: http://127.0.0.1:{s.flower_port}/  user {s.flower_user!r}, "
+            f"Flower: http://{s.flower_host}:{s.flower_port}/  user {s.flower_user!r}, "
             f"password in {s.var_dir / 'flower-password'} (or SOKOVAN_FLOWER_PASSWORD); "
             f"metrics: http://{s.metrics_host}:{s.metrics_port}/metrics"
         )
@@ -181,6 +179,24 @@ def up(
         if valkey is not None:
             stop_valkey(valkey)
     raise typer.Exit(manager.returncode or 0)
+
+
+def flower_command(s: Settings) -> tuple[list[str], dict[str, str]]:
+    """Flower's command line and environment: basic auth always, bound to SOKOVAN_FLOWER_HOST."""
+    exe = Path(sys.executable).parent / "celery"
+    argv = [str(exe), "-A", "tasks.app", "flower"]
+    argv += [f"--address={s.flower_host}", f"--port={s.flower_port}"]
+    # The credentials travel in Flower's environment, not its command line, which any local
+    # user can read in the process list.
+    env = dict(os.environ, FLOWER_BASIC_AUTH=f"{s.flower_user}:{flower_password(s)}")
+    env.pop("FLOWER_UNAUTHENTICATED_API", None)
+    return argv, env
+
+
+def flower() -> None:
+    """Runs Flower with basic auth on SOKOVAN_FLOWER_HOST:SOKOVAN_FLOWER_PORT (exec)."""
+    argv, env = flower_command(settings())
+    os.execve(argv[0], argv, env)
 
 
 def valkey(

@@ -8,8 +8,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from sokovan.cli.up import flower_command, processes
 from sokovan.config import load_settings
+from tasks.cli.up import flower_command, processes
 from tests.conftest import free_port
 from tests.services import BIN, Flower
 from tests.workers import ROOT, make_env, stop_process, wait_for

@@ -12,11 +12,11 @@ import pytest
 from celery.security.certificate import Certificate
 from typer.testing import CliRunner
 
-from sokovan.cli import app as cli_app
 from sokovan.config import load_settings
 from sokovan.errors import ConfigError
 from sokovan.signing import create_signing_files, signing_files
 from sokovan.types import SessionId, SessionStatus
+from tasks.cli import app as cli_app
 from tests.cluster import IMAGE, cluster_without_worker, kernel_processes
 from tests.services import celery_beat, flower_process, run_cli
 from tests.workers import ROOT, SchedulerEnv, celery_worker, wait_for
