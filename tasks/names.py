@@ -13,6 +13,8 @@ HANDLER_RUN: Final = "sokovan.handler.run"
 AGENTS_SYNC: Final = "sokovan.agents.sync"
 MAINTENANCE_RECOVER: Final = "sokovan.maintenance.recover"
 MAINTENANCE_PRUNE: Final = "sokovan.maintenance.prune"
+# The cluster keypair pool: a refill plans, generate tasks make the keys.
+KEYPAIRS_REFILL: Final = "sokovan.keypairs.refill"
 PUBLIC: Final = (
     SESSION_CREATE,
     SESSION_TERMINATE,
@@ -20,12 +22,14 @@ PUBLIC: Final = (
     AGENTS_SYNC,
     MAINTENANCE_RECOVER,
     MAINTENANCE_PRUNE,
+    KEYPAIRS_REFILL,
 )
 
 # Internal: sent by the scheduler itself.
 RUN_COMPLETE: Final = "sokovan.run.complete"  # chord body
 RUN_FAIL: Final = "sokovan.run.fail"  # its errback
 AGENT_TASK_PREFIX: Final = "sokovan.agent."
+KEYPAIRS_GENERATE: Final = "sokovan.keypairs.generate"
 
 
 def agent_task(operation: Operation | str) -> str:
