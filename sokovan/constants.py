@@ -204,3 +204,12 @@ KEYPAIR_REFILL_INTERVAL_SEC: Final = 30.0
 KEYPAIR_REFILL_MARK_KEY: Final = "sokovan:keypairs:refilling"
 KEYPAIR_REFILL_SEC_PER_KEY: Final = 0.05
 KEYPAIR_REFILL_MARK_MAX_SEC: Final = 120
+# A refill deferred by a burst looks again this much later (one recheck at a time), so the
+# pool refills soon after the burst without waiting for the beat tick.
+KEYPAIR_RECHECK_KEY: Final = "sokovan:keypairs:recheck"
+KEYPAIR_RECHECK_SEC: Final = 5
+# Generate tasks go out at the broker's lowest priority: any launch task queued is taken first.
+KEYPAIR_GENERATE_PRIORITY: Final = 9
+# A generate task still queued this long is dropped: the pool was refilled another way by then,
+# or the next beat tick plans again. Long, because they wait behind every launch task.
+KEYPAIR_GENERATE_EXPIRES_SEC: Final = 600

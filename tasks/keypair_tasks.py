@@ -16,15 +16,17 @@ from tasks.runtime import runtime
 def refill_keypairs() -> dict[str, Any]:
     """Sends the generate tasks that bring the pool to its target, when it is short."""
     rt = runtime()
-    counts, note = rt.run(rt.services.keys.plan_refill())
-    for count in counts:
-        # A wave not started within the refill interval is replaced by the next one.
+    plan = rt.run(rt.services.keys.plan_refill())
+    for count in plan.counts:
         app.send_task(
             KEYPAIRS_GENERATE,
             kwargs={"count": count},
-            expires=rt.services.settings.keypair_refill_interval,
+            expires=C.KEYPAIR_GENERATE_EXPIRES_SEC,
+            priority=C.KEYPAIR_GENERATE_PRIORITY,
         )
-    return {"tasks": len(counts), "keys": sum(counts), "note": note}
+    if plan.recheck:
+        app.send_task(KEYPAIRS_REFILL, countdown=C.KEYPAIR_RECHECK_SEC)
+    return {"tasks": len(plan.counts), "keys": sum(plan.counts), "note": plan.note}
 
 
 @task(KEYPAIRS_GENERATE)

@@ -18,7 +18,9 @@ ROWS = (
     "terminate 200 kernels / 10 agents",
     "sweep 2,000 kernels / 10 agents",
     "launch 20 sessions / 4 agents",
-    "launch: p99 submit -> RUNNING",
+    "launch: p99 submit -> RUNNING, warm pool",
+    "launch: p99 submit -> RUNNING, cold pool",
+    "launch: p99 warm pool / no-keypair baseline",
     "rpc: sequential calls/s",
     "rpc: 100 concurrent calls/s",
 )

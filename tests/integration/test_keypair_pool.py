@@ -110,11 +110,11 @@ async def test_empty_pool_falls_back_to_on_demand_and_asks_for_a_refill(engine: 
 async def test_fill_reaches_the_target_and_plan_covers_the_deficit(engine: sa.Engine) -> None:
     pool = SqlKeypairPool(engine, Fernet.generate_key())
     keys = ClusterKeys(pool, target=3)
-    counts, note = await keys.plan_refill()
-    assert counts == [3] and "refilling 3" in note
+    plan = await keys.plan_refill()
+    assert plan.counts == (3,) and "refilling 3" in plan.note
     assert await keys.fill(10) == 4  # stops once full; at most one insert batch over
     assert await pool.count("rsa") == 4
-    assert await keys.plan_refill() == ([], "pool full (4 of 3)")
+    assert (await keys.plan_refill()).note == "pool full (4 of 3)"
     taken = await keys.take_pooled(4)
     for pair in taken:
         load_pem_private_key(pair.private_key.encode(), password=None)
@@ -138,8 +138,8 @@ async def test_refill_waits_while_a_burst_is_launching(engine: sa.Engine) -> Non
     with engine.begin() as conn:
         conn.execute(sessions.insert(), rows)
     keys = ClusterKeys(SqlKeypairPool(engine, Fernet.generate_key()), target=8)
-    counts, note = await keys.plan_refill()
-    assert counts == [] and "deferred" in note
+    plan = await keys.plan_refill()
+    assert plan.counts == () and "deferred" in plan.note and plan.recheck
 
 
 def test_ed25519_keys_are_openssh_and_unknown_types_are_refused() -> None:

@@ -80,6 +80,15 @@ async def create_cluster_ssh_keypair(key_type: str = "rsa") -> ClusterSSHKeyPair
     return await asyncio.to_thread(generate_cluster_ssh_keypair, key_type)
 
 
+@dataclass(frozen=True, slots=True)
+class RefillPlan:
+    """Key counts of the generate tasks to send, why, and whether to look again soon."""
+
+    counts: tuple[int, ...]
+    note: str
+    recheck: bool = False  # deferred by a burst: the refill task looks again shortly
+
+
 class ClusterKeys:
     """Hands out cluster keypairs: from the pool first, made on demand when it runs dry.
 
@@ -143,30 +152,34 @@ class ClusterKeys:
         except Exception as e:
             log.warning("keypair pool refill not requested: %s", e)
 
-    async def plan_refill(self) -> tuple[list[int], str]:
-        """Key counts for the generate tasks that bring the pool to its target, and a note."""
+    async def plan_refill(self) -> RefillPlan:
+        """The generate tasks that bring the pool to its target, or why there are none."""
         if self._pool is None or not self.target:
-            return [], "keypair pool disabled (SOKOVAN_KEYPAIR_POOL_SIZE=0)"
+            return RefillPlan((), "keypair pool disabled (SOKOVAN_KEYPAIR_POOL_SIZE=0)")
         have = await self._pool.count(self.key_type)
         deficit = self.target - have
         if deficit <= 0:
-            return [], f"pool full ({have} of {self.target})"
+            return RefillPlan((), f"pool full ({have} of {self.target})")
         backlog = await self._pool.launching(C.KEYPAIR_REFILL_DEFER_BACKLOG + 1)
         if backlog > C.KEYPAIR_REFILL_DEFER_BACKLOG:
             # A burst takes its keys on demand; filling now would only compete for the CPU.
-            return [], f"refill deferred: {backlog}+ session(s) launching ({have} pooled)"
-        if not await self._mark_refilling(deficit):
-            return [], f"a refill is under way ({have} of {self.target})"
+            note = f"refill deferred: {backlog}+ session(s) launching ({have} pooled)"
+            # The mark lapses before the recheck runs, so that recheck may schedule the next.
+            recheck = await self._mark(C.KEYPAIR_RECHECK_KEY, C.KEYPAIR_RECHECK_SEC - 1)
+            return RefillPlan((), note, recheck=recheck)
+        wave = min(C.KEYPAIR_REFILL_MARK_MAX_SEC, max(5, deficit * C.KEYPAIR_REFILL_SEC_PER_KEY))
+        if not await self._mark(C.KEYPAIR_REFILL_MARK_KEY, int(wave)):
+            return RefillPlan((), f"a refill is under way ({have} of {self.target})")
         chunk = C.KEYPAIR_REFILL_CHUNK
-        counts = [min(chunk, deficit - i) for i in range(0, deficit, chunk)]
-        return counts, f"refilling {deficit} key(s) in {len(counts)} task(s) ({have} pooled)"
+        counts = tuple(min(chunk, deficit - i) for i in range(0, deficit, chunk))
+        note = f"refilling {deficit} key(s) in {len(counts)} task(s) ({have} pooled)"
+        return RefillPlan(counts, note)
 
-    async def _mark_refilling(self, deficit: int) -> bool:
-        """One refill wave at a time across workers; the mark lapses when the wave should end."""
+    async def _mark(self, key: str, lapse: int) -> bool:
+        """One refill wave (or one recheck) at a time across workers; the mark lapses."""
         if self._redis is None:
             return True
-        lapse = min(C.KEYPAIR_REFILL_MARK_MAX_SEC, max(5, deficit * C.KEYPAIR_REFILL_SEC_PER_KEY))
-        return bool(await self._redis.set(C.KEYPAIR_REFILL_MARK_KEY, "1", nx=True, ex=int(lapse)))
+        return bool(await self._redis.set(key, "1", nx=True, ex=max(1, lapse)))
 
     async def fill(self, count: int) -> int:
         """Makes up to `count` keys into the pool, stopping once it is full; returns how many."""
