@@ -1,15 +1,15 @@
 """Many one-kernel sessions submitted at once: submit -> RUNNING through Celery, beside asyncio.
 
-Ours: `sokovan.session.create` sent for every session as fast as this process can send,
-then pull (one check_and_pull per agent) and start (one create_kernels task per agent and
-run) on a real worker; latency is each session's RUNNING time in the database minus the
-moment it was sent. Twice: with a warm keypair pool (filled by the workers before the
-burst, as after idle time) and with a cold one (emptied just before: every key is made on
-demand). Baseline, same agents and client: in this process, the per-session work of
-Backend.AI's asyncio launcher: one check_and_pull per agent, then per session one cluster
-SSH keypair (RSA-2048, made on the event loop as the original does) and one
-create_kernels, all sessions at once in one gather (no database, no broker); and the same
-calls without the keypairs.
+Ours: one `sokovan.sessions.create` carrying every session, then pull (one check_and_pull
+per agent) and start (one create_kernels task per agent and run) on a real worker; latency
+is each session's RUNNING time in the database minus the moment it was sent. With a warm
+keypair pool (filled by the workers before the burst, as after idle time), with a cold one
+(emptied just before: every key made on demand), and with a warm pool but one
+`sokovan.session.create` per session. Baseline, same agents and client: in this process,
+the per-session work of Backend.AI's asyncio launcher: one check_and_pull per agent, then
+per session one cluster SSH keypair (RSA-2048, made on the event loop as the original
+does) and one create_kernels, all at once in one gather (no database, no broker); and the
+same calls without the keypairs.
 
     python -m bench.launch [--sessions 1000] [--agents 20] [--latency-ms 10] [--pool-size N]
 """
@@ -48,7 +48,7 @@ from sokovan.db.schema import keypair_pool, sessions
 from sokovan.ports import AgentClientPool
 from sokovan.scheduler.launcher.keys import generate_cluster_ssh_keypair
 from sokovan.types import AgentId, ImageConfig, KernelId, SessionId, SessionStatus
-from tasks.names import KEYPAIRS_REFILL
+from tasks.names import KEYPAIRS_REFILL, SESSION_CREATE, SESSIONS_CREATE
 
 FAILED = (SessionStatus.TERMINATING, SessionStatus.TERMINATED, SessionStatus.ERROR)
 
@@ -85,21 +85,36 @@ def _count(st: Stack, prefix: str, statuses: Sequence[SessionStatus]) -> int:
         return int(conn.execute(query).scalar() or 0)
 
 
+def _send(st: Stack, count: int, prefix: str, batch: bool) -> dict[str, float]:
+    """Submits the sessions, in one message or one per session; when each was sent."""
+    names = [f"{prefix}{i}" for i in range(count)]
+    if batch:
+        at = time.time()
+        requests = [{"image": IMAGE, "name": name} for name in names]
+        st.app.send_task(SESSIONS_CREATE, kwargs={"requests": requests})
+        return dict.fromkeys(names, at)
+    sent: dict[str, float] = {}
+    for name in names:
+        sent[name] = time.time()
+        st.app.send_task(SESSION_CREATE, kwargs={"request": {"image": IMAGE, "name": name}})
+    return sent
+
+
 async def ours(
-    st: Stack, count: int, prefix: str, limit: float, *, timeline: bool = False
+    st: Stack,
+    count: int,
+    prefix: str,
+    limit: float,
+    *,
+    batch: bool = True,
+    timeline: bool = False,
 ) -> dict[str, float]:
-    """Sends every create at once; waits until all are RUNNING; latencies from the database."""
+    """Submits every session at once; waits until all are RUNNING; latencies from the database."""
     assert st.worker is not None
     before = commandstats(st.redis_url)
     cpu_before = cpu_seconds(st)
-    sent: dict[str, float] = {}
     with RssSampler(st.worker.proc.pid) as rss:
-        for i in range(count):
-            name = f"{prefix}{i}"
-            sent[name] = time.time()
-            st.app.send_task(
-                "sokovan.session.create", kwargs={"request": {"image": IMAGE, "name": name}}
-            )
+        sent = _send(st, count, prefix, batch)
         sending = time.time() - min(sent.values())
 
         def settled() -> bool:
@@ -216,19 +231,22 @@ async def run(args: argparse.Namespace) -> list[Figure]:
             bare = await baseline(bare_pool, st.agent_ids, args.sessions, keys=False)
             warm = await ours(st, args.sessions, "hot-", args.timeout)
             await fill_pool(st, target, args.timeout)  # idle time after the burst
+            each = await ours(st, args.sessions, "each-", args.timeout, batch=False)
+            await fill_pool(st, target, args.timeout)
             drain_pool(st)
             cold = await ours(st, args.sessions, "cold-", args.timeout, timeline=args.runs)
         finally:
             await pool.close_all()
             await bare_pool.close_all()
         running = count_sessions(st.senv.engine, SessionStatus.RUNNING)
-    return _figures(args, warm, cold, base, bare, fill, running, target)
+    return _figures(args, warm, cold, each, base, bare, fill, running, target)
 
 
 def _figures(
     args: argparse.Namespace,
     warm: dict[str, float],
     cold: dict[str, float],
+    each: dict[str, float],
     base: dict[str, float],
     bare: dict[str, float],
     fill: float,
@@ -238,10 +256,12 @@ def _figures(
     label = f"launch {args.sessions:,} sessions / {args.agents} agents, {args.latency_ms:g} ms"
     note = (
         f"{_losses('ours (warm pool)', warm, args)}; {_losses('ours (cold pool)', cold, args)}; "
+        f"{_losses('ours (warm pool, one message per session)', each, args)}; "
         f"{_losses('baseline', base, args)}; {_losses('no-keypair baseline', bare, args)}; "
         f"{running} RUNNING; a pool of {target} keys filled in {fill:.1f} s by the workers; "
-        f"tasks sent beyond the {args.sessions} submissions: {warm['tasks'] - args.sessions:.0f} "
-        f"(warm), {cold['tasks'] - args.sessions:.0f} (cold); sending took "
+        f"tasks sent for one submission of {args.sessions}: {warm['tasks']:.0f} (warm), "
+        f"{cold['tasks']:.0f} (cold), {each['tasks']:.0f} with one message per session; "
+        f"sending took "
         f"{warm['sending']:.2f} s; worker peak RSS {mib(warm['rss']):.0f} MiB tree, "
         f"{mib(warm['rss_process']):.0f} MiB largest process; baseline = keypair + "
         f"create_kernels per session as Backend.AI does; without keypairs the baseline's "
@@ -261,6 +281,7 @@ def _figures(
         Figure("launch: p50 submit -> RUNNING, cold pool", cold["p50"], base["p50"], "s"),
         Figure("launch: p99 submit -> RUNNING, cold pool", cold["p99"], base["p99"], "s"),
         Figure("launch: p99 warm pool / no-keypair baseline", warm["p99"], bare["p99"], "s"),
+        Figure("launch: p99 warm pool, one message per session", each["p99"], base["p99"], "s"),
     ]
 
 

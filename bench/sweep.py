@@ -50,6 +50,7 @@ from sokovan.types import (
     ImageConfig,
     KernelId,
     KernelStatus,
+    RunId,
     RunTrigger,
     SessionId,
     SessionStatus,
@@ -135,7 +136,9 @@ async def ours(st: Stack, scope: list[str] | None, limit: float) -> dict[str, An
         )
         ended = time.monotonic()
     delta = stats_delta(before, commandstats(st.redis_url))
+    run_id = answer.get("run_id")
     return {
+        "unverified": st.ledger.get_run(RunId(int(run_id))).skipped if run_id else -1,
         "status": str(answer.get("status") or answer.get("error")),
         "seconds": ended - began,
         "rss": rss.peak,
@@ -154,7 +157,9 @@ async def baseline(services: Services, scope: list[str] | None) -> dict[str, Any
     began = time.monotonic()
     report = await services.coordinator.run(HANDLER, RunTrigger.API, scope)
     ended = time.monotonic()
+    unverified = -1 if report.run_id is None else services.ledger.get_run(report.run_id).skipped
     return {
+        "unverified": unverified,
         "status": str(report.status),
         "seconds": ended - began,
         "round_trips": services.presence.round_trips - trips,
@@ -197,7 +202,9 @@ async def run(args: argparse.Namespace) -> list[Figure]:
             await services.close()
     outcome = (
         f"runs {mine['status']} (ours) and {base['status']} (baseline); "
-        f"{mine_reaped} reaped by ours, {reaped} by the baseline"
+        f"{mine_reaped} reaped by ours, {reaped} by the baseline; suspects left unverified "
+        f"(agent errors, timeouts, no answer): ours {mine['unverified']}, "
+        f"baseline {base['unverified']}"
     )
     if reaped != len(dead) or mine_reaped != len(dead):
         outcome += f" (expected {len(dead)}: ours missed {len(dead) - mine_reaped})"

@@ -182,6 +182,10 @@ SIGNING_CERT_DAYS: Final = 365
 # unbound; after this long no submission can still be waiting for them.
 UNBOUND_SECRET_TTL_SEC: Final = 86400
 
+# Sessions one `sokovan.sessions.create` message may carry: a burst of this size is one
+# task and one pull run; its result (ids and refusals) stays well under a megabyte.
+SESSION_BATCH_MAX: Final = 1000
+
 # Cluster keypair pool. Keys waiting by default: a burst of this many sessions finds its
 # keys made (about 2.8 KB of SQL per RSA key, ~35 ms of CPU each to make ahead of time).
 KEYPAIR_POOL_SIZE: Final = 1000

@@ -58,6 +58,7 @@ def create_app(settings: Settings | None = None) -> Celery:
             "tasks.run_tasks",
             "tasks.handler_tasks",
             "tasks.keypair_tasks",
+            "tasks.batch_tasks",
         ],
         amqp=RedactingAMQP,
         task_cls=RedactingTask,

@@ -21,6 +21,7 @@ ROWS = (
     "launch: p99 submit -> RUNNING, warm pool",
     "launch: p99 submit -> RUNNING, cold pool",
     "launch: p99 warm pool / no-keypair baseline",
+    "launch: p99 warm pool, one message per session",
     "rpc: sequential calls/s",
     "rpc: 100 concurrent calls/s",
 )
