@@ -57,6 +57,8 @@ from sokovan.types import (
 )
 
 HANDLER = "sweep_stale_kernels"
+# Seeding a million kernels takes minutes: longer than the product's presence TTL.
+SEED_PRESENCE_TTL = 6 * 3600
 
 
 class SequentialStage2(SessionTerminator):
@@ -110,7 +112,8 @@ async def seed(st: Stack, kernels: int, stale: float) -> tuple[list[str], list[s
             )
     redis: Redis = Redis.from_url(st.redis_url)
     try:
-        presence = ValkeyPresence(redis)
+        # Agents refresh presence; this seed writes it once, so it must outlive the whole run.
+        presence = ValkeyPresence(redis, ttl=SEED_PRESENCE_TTL)
         seconds, _ = await redis.time()
         now = float(seconds)
         fresh = {str(k) for _, k, _ in made} - {str(k) for _, k, _ in suspects}
