@@ -59,6 +59,9 @@ from sokovan.types import (
 HANDLER = "sweep_stale_kernels"
 # Seeding a million kernels takes minutes: longer than the product's presence TTL.
 SEED_PRESENCE_TTL = 6 * 3600
+# No agent refreshes the seeded presence, so "fresh" must last the whole run: the STALE
+# threshold is stretched from 120 s to an hour, and the stale ones are written older still.
+SEED_STALE_AFTER = 3600
 
 
 class SequentialStage2(SessionTerminator):
@@ -120,8 +123,10 @@ async def seed(st: Stack, kernels: int, stale: float) -> tuple[list[str], list[s
         ids = sorted(fresh)
         for start in range(0, len(ids), 5000):
             await presence.write_presence(ids[start : start + 5000], now=now)
-        # Last seen ten minutes ago: well past the 120 s after which presence is STALE.
-        await presence.write_presence([str(k) for _, k, _ in suspects], now=now - 600)
+        # Last seen well past the (stretched) threshold after which presence is STALE.
+        await presence.write_presence(
+            [str(k) for _, k, _ in suspects], now=now - 2 * SEED_STALE_AFTER
+        )
     finally:
         await redis.aclose()
     return [str(k) for _, k, _ in alive], [str(k) for _, k, _ in dead], ids
@@ -185,7 +190,10 @@ async def run(args: argparse.Namespace) -> list[Figure]:
     """Seeds the kernels, warms both sides up on the suspects, then times one full run each."""
     latency = {"check_running": args.check_latency_ms / 1000}
     async with stack(
-        agents=args.agents, latency=latency, worker_concurrency=args.concurrency
+        agents=args.agents,
+        latency=latency,
+        worker_concurrency=args.concurrency,
+        settings={"presence_stale_after": str(SEED_STALE_AFTER)},
     ) as st:
         services = await _baseline_services(st)
         st.extras["services"] = services
