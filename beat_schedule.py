@@ -34,4 +34,5 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
     schedule["sync-agents"] = _entry(names.AGENTS_SYNC, every_agent_sync)
     schedule["recover-runs"] = _entry(names.MAINTENANCE_RECOVER, settings.recover_interval)
     schedule["prune-runs"] = _entry(names.MAINTENANCE_PRUNE, settings.prune_interval)
+    schedule["refill-keypairs"] = _entry(names.KEYPAIRS_REFILL, settings.keypair_refill_interval)
     return schedule

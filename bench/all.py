@@ -1,23 +1,26 @@
 """Every benchmark at sizes that finish in a few minutes; writes bench/results.md.
 
-    python -m bench.all [--full]
+    python -m bench.all [--full | --smoke]
 
 `--full` uses the sizes of the performance targets (10,000 kernels, 100,000 kernels,
-1,000 sessions); expect several minutes more.
+1,000 sessions); expect several minutes more. `--smoke` runs every benchmark at tiny
+sizes in seconds (run by `make test`, so the benchmarks cannot rot) and writes nothing.
+A benchmark that raises becomes a FAILED row and the others go on; the run exits 0.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
 from bench import launch, rpc, sweep, terminate
-from bench.harness import Figure, machine, print_figures
+from bench.harness import Figure, load_average, machine, print_figures
 
 RESULTS = Path(__file__).with_name("results.md")
 
@@ -26,15 +29,24 @@ QUICK = {
     "sweep": ["--kernels", "20000", "--agents", "100"],
     "launch": ["--sessions", "200", "--agents", "20"],
 }
+SMOKE = {
+    "terminate": ["--kernels", "200", "--agents", "10"],
+    "sweep": ["--kernels", "2000", "--agents", "10"],
+    "launch": ["--sessions", "20", "--agents", "4"],
+    "rpc": ["--sequential", "200", "--concurrent", "400"],
+}
 FULL = {
     "terminate": ["--kernels", "10000", "--agents", "100"],
     "sweep": ["--kernels", "100000", "--agents", "100"],
     "launch": ["--sessions", "1000", "--agents", "20"],
+    "rpc": ["--sequential", "1000", "--concurrent", "2000"],
 }
+# Bound of one benchmark, so a hung one becomes a FAILED row instead of a hung run.
+LIMIT_SEC = {"smoke": 120.0, "quick": 1200.0, "full": 2400.0}
 
 
-async def rpc_figures() -> list[Figure]:
-    args = argparse.Namespace(sequential=1000, concurrent=2000, concurrency=100, addr="")
+async def rpc_figures(argv: list[str]) -> list[Figure]:
+    args = rpc.parse_args(argv)
     async with rpc.in_process_agent() as addr:
         results = await rpc.measure(addr, args)
     ours, bare = results["CallosumAgentClient"], results["bare callosum Peer"]
@@ -71,28 +83,55 @@ def render(figures: Sequence[Figure], sizes: str, seconds: float, host: str) -> 
     notes = [f"- {f.name}: {f.note}" for f in figures if f.note]
     if notes:
         lines += ["", "Notes:", "", *notes]
-    lines += ["", f"Machine at the end: {machine()}.", ""]
+    lines += ["", f"Machine at the end: {machine()}; {load_average()}.", ""]
     return "\n".join(lines)
 
 
-async def main(full: bool) -> None:
-    sizes = FULL if full else QUICK
+async def _one(name: str, go: Callable[[], Awaitable[list[Figure]]], limit: float) -> list[Figure]:
+    """One benchmark's figures, or one FAILED row saying why; never raises."""
+    try:
+        return await asyncio.wait_for(go(), limit)
+    except TimeoutError as e:
+        return [Figure.failure(f"bench.{name}", TimeoutError(f"not done in {limit:g} s {e}"))]
+    except Exception as e:
+        return [Figure.failure(f"bench.{name}", e)]
+
+
+async def main(mode: str) -> int:
+    sizes = {"full": FULL, "quick": QUICK, "smoke": SMOKE}[mode]
     began = time.monotonic()
     host = machine()
+    print(f"bench.all ({mode} sizes) on {host}; {load_average()}")
     figures: list[Figure] = []
-    for name, module in (("terminate", terminate), ("sweep", sweep), ("launch", launch)):
-        args = module.parse_args(sizes[name])
-        got = await module.run(args)
+    runners: dict[str, Callable[[argparse.Namespace], Awaitable[list[Figure]]]] = {
+        "terminate": terminate.run,
+        "sweep": sweep.run,
+        "launch": launch.run,
+    }
+    parsers = {"terminate": terminate.parse_args, "sweep": sweep.parse_args}
+    parsers["launch"] = launch.parse_args
+    for name, runner in runners.items():
+        args = parsers[name](sizes[name])
+        got = await _one(name, functools.partial(runner, args), LIMIT_SEC[mode])
         print_figures(f"bench.{name}", got)
         figures += got
-    got = await rpc_figures()
+    got = await _one("rpc", lambda: rpc_figures(sizes["rpc"]), LIMIT_SEC[mode])
     print_figures("bench.rpc", got)
     figures += got
-    RESULTS.write_text(render(figures, "full" if full else "quick", time.monotonic() - began, host))
-    print(f"\nwrote {RESULTS}")
+    failed = [f.name for f in figures if f.failed]
+    print(f"\n{len(figures)} rows, {len(failed)} failed; at the end: {load_average()}")
+    if mode != "smoke":
+        RESULTS.write_text(render(figures, mode, time.monotonic() - began, host))
+        print(f"wrote {RESULTS}")
+    return 0
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--full", action="store_true", help="the sizes of the targets")
-    asyncio.run(main(parser.parse_args().full))
+    sizes = parser.add_mutually_exclusive_group()
+    sizes.add_argument("--full", action="store_true", help="the sizes of the targets")
+    sizes.add_argument("--smoke", action="store_true", help="tiny sizes, seconds; writes nothing")
+    parsed = parser.parse_args()
+    raise SystemExit(
+        asyncio.run(main("full" if parsed.full else "smoke" if parsed.smoke else "quick"))
+    )

@@ -25,6 +25,7 @@ import sqlalchemy as sa
 from celery import Celery
 from redis.asyncio import Redis
 
+from sokovan.constants import AGENT_CALL_TIMEOUT_SEC
 from sokovan.db.ledger import RunLedger, utcnow
 from sokovan.db.repository import SchedulerRepository
 from sokovan.db.schema import kernels, sessions
@@ -53,10 +54,32 @@ class Figure:
     better: str = "lower"
     note: str = ""
 
+    failed: bool = False
+
     @property
     def ratio(self) -> float:
         """ours / baseline."""
         return self.ours / self.baseline if self.baseline else float("nan")
+
+    @classmethod
+    def failure(cls, name: str, error: BaseException) -> Figure:
+        """The row of a benchmark that could not finish: no figure, and why."""
+        message = " ".join(f"{type(error).__name__}: {error}".split())[:400]
+        nan = float("nan")
+        return cls(f"{name}: FAILED", nan, nan, "-", note=message, failed=True)
+
+
+def lost_note(side: str, lost: int, total: int, what: str, why: str = "") -> str:
+    """`baseline lost 5,084 of 10,000 destroy calls to the 30 s timeout`, or none lost."""
+    if not lost:
+        return f"{side} lost none of {total:,} {what}"
+    return f"{side} lost {lost:,} of {total:,} {what}" + (f" {why}" if why else "")
+
+
+def timeout_split(errors: Sequence[str]) -> tuple[int, int]:
+    """How many of the errors were timeouts, and how many were something else."""
+    timeouts = sum(1 for e in errors if "timeout" in e.lower() or "timed out" in e.lower())
+    return timeouts, len(errors) - timeouts
 
 
 @dataclass
@@ -96,7 +119,9 @@ async def stack(
         valkey = EmbeddedValkey(tmp / "valkey", persist=False)
         url = valkey.start()
         exits.callback(valkey.stop)
-        senv = make_env(tmp, url, **dict(settings or {}))
+        # The product's own call timeout, not the tests' short one, unless a flag says so.
+        chosen = {"agent_call_timeout": str(AGENT_CALL_TIMEOUT_SEC), **dict(settings or {})}
+        senv = make_env(tmp, url, **chosen)
         exits.callback(senv.engine.dispose)
         repo = SchedulerRepository(senv.engine)
         repo.add_image(ImageConfig(canonical=IMAGE))
@@ -278,6 +303,12 @@ def mib(n: float) -> float:
     return n / (1024 * 1024)
 
 
+def load_average() -> str:
+    """The 1, 5 and 15 minute load averages, for the results."""
+    one, five, fifteen = psutil.getloadavg()
+    return f"load average {one:.2f}, {five:.2f}, {fifteen:.2f} (1, 5, 15 min)"
+
+
 def machine() -> str:
     """A one-line description of this machine."""
     freq = psutil.cpu_freq()
@@ -294,6 +325,10 @@ def print_figures(title: str, figures: Sequence[Figure]) -> None:
     print(f"\n{title}")
     print(f"{'figure':<44}{'ours':>12}{'baseline':>12}{'ours/base':>11}")
     for f in figures:
-        print(f"{f.name:<44}{f.ours:>12.3f}{f.baseline:>12.3f}{f.ratio:>11.2f}  {f.unit}")
+        if f.failed:
+            print(f"{f.name:<44}{'-':>12}{'-':>12}{'-':>11}")
+        else:
+            print(f"{f.name:<44}{f.ours:>12.3f}{f.baseline:>12.3f}{f.ratio:>11.2f}  {f.unit}")
         if f.note:
             print(f"    {f.note}")
+    print(f"    {load_average()}")

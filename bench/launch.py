@@ -1,30 +1,28 @@
 """Many one-kernel sessions submitted at once: submit -> RUNNING through Celery, beside asyncio.
 
-Ours: `sokovan.session.create` sent for every session as fast as this process can send,
-then pull (one check_and_pull per agent) and start (create_kernels) on a real worker;
-latency is each session's RUNNING time in the database minus the moment it was sent.
-Baseline, same agents and client: in this process, the per-session work of Backend.AI's
-asyncio launcher: one check_and_pull per agent, then per session one cluster SSH keypair
-(RSA-2048, made on the event loop as the original does) and one create_kernels, all
-sessions at once in one gather (no database, no broker). The same calls without the
-keypairs are measured too and printed as a note.
+Ours: one `sokovan.sessions.create` carrying every session, then pull (one check_and_pull
+per agent) and start (one create_kernels task per agent and run) on a real worker; latency
+is each session's RUNNING time in the database minus the moment it was sent. With a warm
+keypair pool (filled by the workers before the burst, as after idle time), with a cold one
+(emptied just before: every key made on demand), and with a warm pool but one
+`sokovan.session.create` per session. Baseline, same agents and client: in this process,
+the per-session work of Backend.AI's asyncio launcher: one check_and_pull per agent, then
+per session one cluster SSH keypair (RSA-2048, made on the event loop as the original
+does) and one create_kernels, all at once in one gather (no database, no broker); and the
+same calls without the keypairs.
 
-    python -m bench.launch [--sessions 1000] [--agents 20] [--latency-ms 10]
+    python -m bench.launch [--sessions 1000] [--agents 20] [--latency-ms 10] [--pool-size N]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import re
+import contextlib
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import replace
-from datetime import datetime
 
-import psutil
 import sqlalchemy as sa
 
 from bench.harness import (
@@ -34,23 +32,30 @@ from bench.harness import (
     Stack,
     commandstats,
     count_sessions,
+    lost_note,
     machine,
     mib,
     print_figures,
     stack,
     stats_delta,
+    timeout_split,
     wait_until,
 )
+from bench.timeline import cpu_seconds, print_runs
 from sokovan.bootstrap import build_agent_pool
-from sokovan.db.schema import sessions
+from sokovan.constants import AGENT_CALL_TIMEOUT_SEC
+from sokovan.db.schema import keypair_pool, sessions
 from sokovan.ports import AgentClientPool
 from sokovan.scheduler.launcher.keys import generate_cluster_ssh_keypair
 from sokovan.types import AgentId, ImageConfig, KernelId, SessionId, SessionStatus
+from tasks.names import KEYPAIRS_REFILL, SESSION_CREATE, SESSIONS_CREATE
 
 FAILED = (SessionStatus.TERMINATING, SessionStatus.TERMINATED, SessionStatus.ERROR)
 
 
 def percentile(values: Sequence[float], q: float) -> float:
+    if not values:
+        return float("nan")
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
@@ -80,104 +85,59 @@ def _count(st: Stack, prefix: str, statuses: Sequence[SessionStatus]) -> int:
         return int(conn.execute(query).scalar() or 0)
 
 
-def _cpu_seconds(st: Stack) -> dict[str, float]:
-    """CPU seconds used so far by the worker's processes, the agents and this process."""
-    out: dict[str, float] = {}
-    procs = {"agents": st.agents.proc.pid, "bench": os.getpid()}
-    if st.worker is not None:
-        procs["worker"] = st.worker.proc.pid
-        for child in psutil.Process(st.worker.proc.pid).children(recursive=True):
-            procs[f"worker child {child.pid}"] = child.pid
-    for name, pid in procs.items():
-        try:
-            times = psutil.Process(pid).cpu_times()
-        except psutil.NoSuchProcess:
-            continue
-        out[name] = times.user + times.system
-    return out
-
-
-def _print_runs(st: Stack, since: float) -> None:
-    """Launch runs that started after `since`: when, how long, how many kernels."""
-    print("run timeline (s after the first send):")
-    for run in reversed(st.ledger.list_runs(limit=200)):
-        began = run.started_at.timestamp() - since
-        if began < 0 or run.handler not in ("pull_images", "start_sessions"):
-            continue
-        took = "running" if run.duration is None else f"{run.duration:6.2f}"
-        print(f"  {began:7.2f} {took:>8} {run.handler:<15} {run.trigger:<6} req {run.requested}")
-    if st.worker is None:
-        return
-    done = re.findall(
-        r"\[([\d:, -]+): INFO/(\S+)\] Task sokovan\.agent\.create_kernels\[\S+\] "
-        r"succeeded in ([\d.]+)s",
-        st.worker.output(),
-    )
-    per_process: dict[str, list[float]] = {}
-    for _, process, took in done:
-        per_process.setdefault(process, []).append(float(took))
-    for process, times in sorted(per_process.items()):
-        print(f"  {process}: {len(times)} create_kernels task(s), {sum(times):.2f} s in all")
-    # The worker logs local time without a zone; this process reads it on the same clock.
-    received = [
-        t
-        for t in (
-            datetime.strptime(at, "%Y-%m-%d %H:%M:%S,%f").timestamp() - since  # noqa: DTZ007
-            for at in re.findall(
-                r"\[([\d:, -]+): INFO/MainProcess\] Task sokovan\.agent\.create_kernels\[\S+\] "
-                r"received",
-                st.worker.output(),
-            )
-        )
-        if t > 0
-    ]
-    if received:
-        print(f"  create_kernels tasks taken from {min(received):.2f} to {max(received):.2f} s")
+def _send(st: Stack, count: int, prefix: str, batch: bool) -> dict[str, float]:
+    """Submits the sessions, in one message or one per session; when each was sent."""
+    names = [f"{prefix}{i}" for i in range(count)]
+    if batch:
+        at = time.time()
+        requests = [{"image": IMAGE, "name": name} for name in names]
+        st.app.send_task(SESSIONS_CREATE, kwargs={"requests": requests})
+        return dict.fromkeys(names, at)
+    sent: dict[str, float] = {}
+    for name in names:
+        sent[name] = time.time()
+        st.app.send_task(SESSION_CREATE, kwargs={"request": {"image": IMAGE, "name": name}})
+    return sent
 
 
 async def ours(
-    st: Stack, count: int, prefix: str, limit: float, *, timeline: bool = False
+    st: Stack,
+    count: int,
+    prefix: str,
+    limit: float,
+    *,
+    batch: bool = True,
+    timeline: bool = False,
 ) -> dict[str, float]:
-    """Sends every create at once; waits until all are RUNNING; latencies from the database."""
+    """Submits every session at once; waits until all are RUNNING; latencies from the database."""
     assert st.worker is not None
     before = commandstats(st.redis_url)
-    cpu_before = _cpu_seconds(st)
-    sent: dict[str, float] = {}
+    cpu_before = cpu_seconds(st)
     with RssSampler(st.worker.proc.pid) as rss:
-        for i in range(count):
-            name = f"{prefix}{i}"
-            sent[name] = time.time()
-            st.app.send_task(
-                "sokovan.session.create", kwargs={"request": {"image": IMAGE, "name": name}}
-            )
+        sent = _send(st, count, prefix, batch)
         sending = time.time() - min(sent.values())
 
         def settled() -> bool:
-            failed = _count(st, prefix, FAILED)
-            if failed:
-                with st.senv.engine.connect() as conn:
-                    why = conn.execute(
-                        sa.select(sessions.c.status_info, sessions.c.status_data).where(
-                            sessions.c.name.like(f"{prefix}%"),
-                            sessions.c.status.in_([str(s) for s in FAILED]),
-                        )
-                    ).first()
-                raise RuntimeError(f"{failed} session(s) failed to start, e.g. {why}")
-            return _count(st, prefix, [SessionStatus.RUNNING]) == count
+            return _count(st, prefix, [SessionStatus.RUNNING, *FAILED]) >= count
 
-        await wait_until(settled, limit, interval=0.2, what="every session RUNNING")
+        # What did not settle in time is counted as lost below.
+        with contextlib.suppress(TimeoutError):
+            await wait_until(settled, limit, interval=0.2, what="every session settled")
     delta = stats_delta(before, commandstats(st.redis_url))
     running = _running_at(st, prefix)
+    failed = _count(st, prefix, FAILED)
     if timeline:
-        _print_runs(st, min(sent.values()))
-        cpu = {k: v - cpu_before.get(k, 0.0) for k, v in _cpu_seconds(st).items()}
+        print_runs(st, min(sent.values()))
+        cpu = {k: v - cpu_before.get(k, 0.0) for k, v in cpu_seconds(st).items()}
         print("  CPU seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in cpu.items()))
-    latencies = [running[name] - sent[name] for name in sent]
-    span = max(running.values()) - min(sent.values())
+    latencies = [running[name] - sent[name] for name in sent if name in running]
+    span = max(running.values(), default=time.time()) - min(sent.values())
     return {
-        "rate": count / span,
+        "rate": len(running) / span if span > 0 else float("nan"),
         "p50": percentile(latencies, 0.50),
         "p99": percentile(latencies, 0.99),
+        "lost": count - len(running),
+        "failed": failed,
         "sending": sending,
         "tasks": delta.get("lpush", 0),
         "rss": rss.peak,
@@ -197,60 +157,143 @@ async def baseline(
         async with pool.acquire(agent) as client:
             await client.check_and_pull({IMAGE: image})
 
-    async def create(i: int) -> float:
+    async def create(i: int) -> float | str:
         agent, kernel = agents[i % len(agents)], KernelId(uuid.uuid4())
-        # The original makes the keypair synchronously, on the loop, for every session.
-        cluster_info = {"ssh_keypair": generate_cluster_ssh_keypair().to_agent()} if keys else {}
-        async with pool.acquire(agent) as client:
-            await client.create_kernels(
-                SessionId(uuid.uuid4()), [kernel], [config], cluster_info, {kernel: image}
-            )
+        try:
+            # The original makes the keypair synchronously, on the loop, for every session.
+            keypair = generate_cluster_ssh_keypair().to_agent() if keys else None
+            cluster_info = {"ssh_keypair": keypair} if keypair else {}
+            async with pool.acquire(agent) as client:
+                await client.create_kernels(
+                    SessionId(uuid.uuid4()), [kernel], [config], cluster_info, {kernel: image}
+                )
+        except Exception as exc:
+            return f"{type(exc).__name__}: {exc}"
         return time.monotonic() - began
 
-    await asyncio.gather(*(pull(a) for a in agents))
-    latencies = await asyncio.gather(*(create(i) for i in range(count)))
+    await asyncio.gather(*(pull(a) for a in agents), return_exceptions=True)
+    results = await asyncio.gather(*(create(i) for i in range(count)))
     span = time.monotonic() - began
+    latencies = [r for r in results if isinstance(r, float)]
+    timeouts, other = timeout_split([r for r in results if isinstance(r, str)])
     return {
-        "rate": count / span,
+        "rate": len(latencies) / span,
         "p50": percentile(latencies, 0.50),
         "p99": percentile(latencies, 0.99),
+        "lost": count - len(latencies),
+        "timeouts": timeouts,
+        "other": other,
     }
 
 
+def _pooled(st: Stack) -> int:
+    with st.senv.engine.connect() as conn:
+        return int(conn.execute(sa.select(sa.func.count()).select_from(keypair_pool)).scalar() or 0)
+
+
+async def fill_pool(st: Stack, target: int, limit: float) -> float:
+    """Asks the workers for refills, as beat would, until the pool holds `target`; seconds."""
+    began = time.monotonic()
+    while _pooled(st) < target:
+        if time.monotonic() - began > limit:
+            raise TimeoutError(f"the keypair pool did not reach {target} in {limit:g} s")
+        st.app.send_task(KEYPAIRS_REFILL)
+        with contextlib.suppress(TimeoutError):
+            await wait_until(lambda: _pooled(st) >= target, 5.0, interval=0.2)
+    return time.monotonic() - began
+
+
+def drain_pool(st: Stack) -> None:
+    with st.senv.engine.begin() as conn:
+        conn.execute(keypair_pool.delete())
+
+
 async def run(args: argparse.Namespace) -> list[Figure]:
-    """A warm-up batch on each side, then the timed batch on each side."""
+    """Warm-ups, the baselines, then our burst with a warm pool and with a cold one."""
     latency = {"create_kernels": args.latency_ms / 1000}
+    target = args.pool_size or args.sessions
+    settings = {"agent_call_timeout": str(args.call_timeout), "keypair_pool_size": str(target)}
     async with stack(
-        agents=args.agents, latency=latency, worker_concurrency=args.concurrency
+        agents=args.agents, latency=latency, worker_concurrency=args.concurrency, settings=settings
     ) as st:
-        # The baseline's loop is busy making keys, so it reads replies late: a short call
-        # timeout would fail it rather than measure it.
-        pool = build_agent_pool(replace(st.senv.settings, agent_call_timeout=600.0), st.repo)
+        # The baseline's loop is busy making keys, so it reads replies late: with the
+        # product's call timeout it loses calls, and the losses are printed.
+        pool = build_agent_pool(st.senv.settings, st.repo)
+        # Its own clients: agents the keypair baseline timed out on are not held against it.
+        bare_pool = build_agent_pool(st.senv.settings, st.repo)
         try:
             # Warm-up: images land on every agent, clients connect on both sides.
             await ours(st, args.agents, "warm-", args.timeout)
+            fill = await fill_pool(st, target, args.timeout)
             await baseline(pool, st.agent_ids, args.agents)
-            mine = await ours(st, args.sessions, "timed-", args.timeout, timeline=args.runs)
+            await baseline(bare_pool, st.agent_ids, args.agents, keys=False)
             base = await baseline(pool, st.agent_ids, args.sessions)
-            bare = await baseline(pool, st.agent_ids, args.sessions, keys=False)
+            bare = await baseline(bare_pool, st.agent_ids, args.sessions, keys=False)
+            warm = await ours(st, args.sessions, "hot-", args.timeout)
+            await fill_pool(st, target, args.timeout)  # idle time after the burst
+            each = await ours(st, args.sessions, "each-", args.timeout, batch=False)
+            await fill_pool(st, target, args.timeout)
+            drain_pool(st)
+            cold = await ours(st, args.sessions, "cold-", args.timeout, timeline=args.runs)
         finally:
             await pool.close_all()
+            await bare_pool.close_all()
         running = count_sessions(st.senv.engine, SessionStatus.RUNNING)
+    return _figures(args, warm, cold, each, base, bare, fill, running, target)
+
+
+def _figures(
+    args: argparse.Namespace,
+    warm: dict[str, float],
+    cold: dict[str, float],
+    each: dict[str, float],
+    base: dict[str, float],
+    bare: dict[str, float],
+    fill: float,
+    running: int,
+    target: int,
+) -> list[Figure]:
     label = f"launch {args.sessions:,} sessions / {args.agents} agents, {args.latency_ms:g} ms"
     note = (
-        f"{running} RUNNING; sending took {mine['sending']:.2f} s; tasks sent {mine['tasks']:.0f}; "
-        f"worker peak RSS {mib(mine['rss']):.0f} MiB tree, "
-        f"{mib(mine['rss_process']):.0f} MiB largest process; baseline = keypair + "
+        f"{_losses('ours (warm pool)', warm, args)}; {_losses('ours (cold pool)', cold, args)}; "
+        f"{_losses('ours (warm pool, one message per session)', each, args)}; "
+        f"{_losses('baseline', base, args)}; {_losses('no-keypair baseline', bare, args)}; "
+        f"{running} RUNNING; a pool of {target} keys filled in {fill:.1f} s by the workers; "
+        f"tasks sent for one submission of {args.sessions}: {warm['tasks']:.0f} (warm), "
+        f"{cold['tasks']:.0f} (cold), {each['tasks']:.0f} with one message per session; "
+        f"sending took "
+        f"{warm['sending']:.2f} s; worker peak RSS {mib(warm['rss']):.0f} MiB tree, "
+        f"{mib(warm['rss_process']):.0f} MiB largest process; baseline = keypair + "
         f"create_kernels per session as Backend.AI does; without keypairs the baseline's "
         f"p50/p99 are {bare['p50']:.2f}/{bare['p99']:.2f} s ({bare['rate']:.0f} sessions/s)"
     )
     return [
         Figure(
-            f"{label}: sessions/s", mine["rate"], base["rate"], "1/s", better="higher", note=note
+            f"{label}: sessions/s, warm pool",
+            warm["rate"],
+            base["rate"],
+            "1/s",
+            better="higher",
+            note=note,
         ),
-        Figure("launch: p50 submit -> RUNNING", mine["p50"], base["p50"], "s"),
-        Figure("launch: p99 submit -> RUNNING", mine["p99"], base["p99"], "s"),
+        Figure("launch: p50 submit -> RUNNING, warm pool", warm["p50"], base["p50"], "s"),
+        Figure("launch: p99 submit -> RUNNING, warm pool", warm["p99"], base["p99"], "s"),
+        Figure("launch: p50 submit -> RUNNING, cold pool", cold["p50"], base["p50"], "s"),
+        Figure("launch: p99 submit -> RUNNING, cold pool", cold["p99"], base["p99"], "s"),
+        Figure("launch: p99 warm pool / no-keypair baseline", warm["p99"], bare["p99"], "s"),
+        Figure("launch: p99 warm pool, one message per session", each["p99"], base["p99"], "s"),
     ]
+
+
+def _losses(side: str, got: dict[str, float], args: argparse.Namespace) -> str:
+    """How many sessions one side did not get RUNNING, and to what."""
+    if "failed" in got:  # ours: sessions failed, or not RUNNING within the bound
+        late = got["lost"] - got["failed"]
+        why = f"({got['failed']:.0f} failed, {late:.0f} not RUNNING within {args.timeout:g} s)"
+        return lost_note(side, int(got["lost"]), args.sessions, "sessions", why)
+    why = f"({got['timeouts']:.0f} to the {args.call_timeout:g} s call timeout, "
+    why += f"{got['other']:.0f} to other errors)"
+    return lost_note(side, int(got["lost"]), args.sessions, "create calls", why)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -259,8 +302,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--agents", type=int, default=20)
     parser.add_argument("--latency-ms", type=float, default=10.0, help="create_kernels delay")
     parser.add_argument("--concurrency", type=int, default=2, help="worker processes")
-    parser.add_argument("--timeout", type=float, default=900.0)
-    parser.add_argument("--runs", action="store_true", help="print the timed batch's runs")
+    parser.add_argument("--timeout", type=float, default=900.0, help="bound of one burst")
+    parser.add_argument(
+        "--call-timeout",
+        type=float,
+        default=AGENT_CALL_TIMEOUT_SEC,
+        help="seconds per agent call on both sides (the product's default)",
+    )
+    parser.add_argument("--runs", action="store_true", help="print the cold burst's runs")
+    parser.add_argument(
+        "--pool-size", type=int, default=0, help="keypair pool target (default: --sessions)"
+    )
     return parser.parse_args(argv)
 
 

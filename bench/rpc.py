@@ -124,13 +124,13 @@ async def main(args: argparse.Namespace) -> None:
         report(await measure(addr, args), args)
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sequential", type=int, default=2000, help="calls made one by one")
     parser.add_argument("--concurrent", type=int, default=5000, help="calls made concurrently")
     parser.add_argument("--concurrency", type=int, default=100, help="calls in flight at once")
     parser.add_argument("--addr", default="", help="tcp://host:port of a running agent")
-    return parser.parse_args()
+    return parser.parse_args(argv)
 
 
 if __name__ == "__main__":

@@ -48,6 +48,8 @@ DEMO_SETTINGS = {
     "SWEEP_INTERVAL": "3",
     "TERMINATE_INTERVAL": "3",
     "LAUNCH_INTERVAL": "3",
+    # A handful of keys ahead of demand: the demo launches few sessions.
+    "KEYPAIR_POOL_SIZE": "16",
 }
 
 

@@ -11,6 +11,7 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from sokovan import constants as C
 from sokovan.config import Settings
 from sokovan.db.engine import create_engine
+from sokovan.db.keypool import SqlKeypairPool
 from sokovan.db.ledger import RunLedger
 from sokovan.db.repository import SchedulerRepository
 from sokovan.db.secret_environ import SqlSecretEnviron
@@ -21,6 +22,7 @@ from sokovan.ports import (
     FanOut,
     FanOutTracking,
     HandlerKicker,
+    KeypairRefiller,
     NetworkPlugin,
     PresenceReader,
 )
@@ -30,6 +32,7 @@ from sokovan.scheduler.coordinator import Coordinator
 from sokovan.scheduler.handlers import build_handlers
 from sokovan.scheduler.handlers.base import HandlerContext
 from sokovan.scheduler.launcher.environ import StoredKernelEnvirons
+from sokovan.scheduler.launcher.keys import ClusterKeys
 from sokovan.scheduler.terminator import SessionTerminator
 from sokovan.scheduler.tracking import FanOutTracker, TrackedFanOut
 
@@ -82,6 +85,7 @@ class Services:
     terminator: SessionTerminator
     coordinator: Coordinator
     secrets: SqlSecretStore
+    keys: ClusterKeys
     context: HandlerContext
     secret_environ: SqlSecretEnviron
     network_plugins: dict[str, NetworkPlugin] = field(default_factory=dict)
@@ -108,6 +112,7 @@ async def build_services(
     claims: Claims | None = None,
     tracker: FanOutTracking | None = None,
     network_plugins: dict[str, NetworkPlugin] | None = None,
+    refiller: KeypairRefiller | None = None,
 ) -> Services:
     """Builds the services inside the event loop that will use them; any adapter may be given."""
     engine = engine or build_engine(settings)
@@ -141,6 +146,13 @@ async def build_services(
     key = load_or_create_key(settings.secret_key, settings.var_dir)
     secrets = SqlSecretStore(engine, key)
     secret_environ = SqlSecretEnviron(engine, key, settings.secret_env_patterns)
+    keys = ClusterKeys(
+        SqlKeypairPool(engine, key),
+        key_type=settings.keypair_type,
+        target=settings.keypair_pool_size,
+        refiller=refiller,
+        redis=redis,
+    )
     plugins = build_network_plugins() if network_plugins is None else network_plugins
     context = HandlerContext(
         settings=settings,
@@ -151,6 +163,7 @@ async def build_services(
         fanout=tracked,
         network_plugins=plugins,
         environs=StoredKernelEnvirons(repository.sessions_by_ids, secret_environ),
+        keys=keys,
     )
     for runtime in build_handlers(context):
         coordinator.register(runtime)
@@ -165,6 +178,7 @@ async def build_services(
         terminator=terminator,
         coordinator=coordinator,
         secrets=secrets,
+        keys=keys,
         context=context,
         secret_environ=secret_environ,
         network_plugins=plugins,

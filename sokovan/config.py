@@ -87,6 +87,10 @@ class Settings:
     task_signing_cert_store: Path | None = None
     # Environ names containing one of these (any case) are secret, e.g. "TOKEN,PASSWORD".
     secret_env_patterns: tuple[str, ...] = C.DEFAULT_SECRET_ENV_PATTERNS
+    # Cluster SSH keypairs made ahead of demand (0 turns the pool off) and their type.
+    keypair_pool_size: int = C.KEYPAIR_POOL_SIZE
+    keypair_type: str = "rsa"
+    keypair_refill_interval: float = C.KEYPAIR_REFILL_INTERVAL_SEC
     network_default_driver: str = "local"
     # Flower.
     # Loopback by default: Flower shows every task; open it wider on purpose only.

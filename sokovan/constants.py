@@ -209,3 +209,39 @@ TRANSITIONAL_SESSION_STATUSES: Final = (
     "CREATING",
     "TERMINATING",
 )
+
+# Sessions one `sokovan.sessions.create` message may carry: a burst of this size is one
+# task and one pull run; its result (ids and refusals) stays well under a megabyte.
+SESSION_BATCH_MAX: Final = 1000
+
+# Cluster keypair pool. Keys waiting by default: a burst of this many sessions finds its
+# keys made (about 2.8 KB of SQL per RSA key, ~35 ms of CPU each to make ahead of time).
+KEYPAIR_POOL_SIZE: Final = 1000
+# Below this share of the target, taking keys asks for a refill.
+KEYPAIR_POOL_LOW_WATER: Final = 0.5
+# A process asks for a refill at most this often: a burst takes keys in many tasks.
+KEYPAIR_REFILL_KICK_EVERY_SEC: Final = 5.0
+# Keys per generate task (~0.6 s of CPU for RSA): short enough that a launch task queued
+# behind one is not held up long, large enough that a refill is a few dozen tasks.
+KEYPAIR_REFILL_CHUNK: Final = 16
+# Keys per pool insert inside a generate task; a crash loses at most these.
+KEYPAIR_INSERT_BATCH: Final = 4
+# With more sessions than this on their way to RUNNING, the refill waits: the burst makes
+# its keys on demand, and refilling at the same time would only slow it.
+KEYPAIR_REFILL_DEFER_BACKLOG: Final = 50
+# Beat interval of the refill: an idle cluster is back to a full pool within a minute or so.
+KEYPAIR_REFILL_INTERVAL_SEC: Final = 30.0
+# One refill wave at a time: the mark's lifetime is an estimate of the wave's length, so a
+# lost wave is retried once it lapses.
+KEYPAIR_REFILL_MARK_KEY: Final = "sokovan:keypairs:refilling"
+KEYPAIR_REFILL_SEC_PER_KEY: Final = 0.05
+KEYPAIR_REFILL_MARK_MAX_SEC: Final = 120
+# A refill deferred by a burst looks again this much later (one recheck at a time), so the
+# pool refills soon after the burst without waiting for the beat tick.
+KEYPAIR_RECHECK_KEY: Final = "sokovan:keypairs:recheck"
+KEYPAIR_RECHECK_SEC: Final = 5
+# Generate tasks go out at the broker's lowest priority: any launch task queued is taken first.
+KEYPAIR_GENERATE_PRIORITY: Final = 9
+# A generate task still queued this long is dropped: the pool was refilled another way by then,
+# or the next beat tick plans again. Long, because they wait behind every launch task.
+KEYPAIR_GENERATE_EXPIRES_SEC: Final = 600

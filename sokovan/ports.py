@@ -275,3 +275,25 @@ class KernelEnvirons(Protocol):
     ) -> dict[SessionId, dict[KernelId, dict[str, str]]]:
         """Each kernel's full environ per session; a session not found is absent."""
         ...
+
+
+class KeypairPool(Protocol):
+    """Cluster keypairs made ahead of demand; each one is handed out once."""
+
+    async def take(self, count: int, key_type: str) -> list[tuple[str, str]]:
+        """Up to `count` (private_key, public_key) pairs, removed as they are taken."""
+        ...
+
+    async def add(self, pairs: Sequence[tuple[str, str]], key_type: str) -> None: ...
+
+    async def count(self, key_type: str) -> int: ...
+
+    async def launching(self, limit: int) -> int:
+        """Sessions on their way to RUNNING, counted up to `limit`."""
+        ...
+
+
+class KeypairRefiller(Protocol):
+    """Asks for the keypair pool to be refilled soon (a worker task in production)."""
+
+    async def request_refill(self) -> None: ...

@@ -53,7 +53,13 @@ def create_app(settings: Settings | None = None) -> Celery:
     settings = settings or load_settings()
     celery = Celery(
         "sokovan",
-        include=["tasks.agent_tasks", "tasks.run_tasks", "tasks.handler_tasks"],
+        include=[
+            "tasks.agent_tasks",
+            "tasks.run_tasks",
+            "tasks.handler_tasks",
+            "tasks.keypair_tasks",
+            "tasks.batch_tasks",
+        ],
         amqp=RedactingAMQP,
         task_cls=RedactingTask,
     )

@@ -9,6 +9,8 @@ from sokovan.types import Operation
 # Public: sent by a manager, the CLI, the Python API or beat.
 SESSION_CREATE: Final = "sokovan.session.create"
 SESSION_TERMINATE: Final = "sokovan.session.terminate"
+# Many sessions in one message: one task and one pull run for the lot.
+SESSIONS_CREATE: Final = "sokovan.sessions.create"
 HANDLER_RUN: Final = "sokovan.handler.run"
 AGENTS_SYNC: Final = "sokovan.agents.sync"
 MAINTENANCE_RECOVER: Final = "sokovan.maintenance.recover"
@@ -16,6 +18,7 @@ MAINTENANCE_PRUNE: Final = "sokovan.maintenance.prune"
 PUBLIC: Final = (
     SESSION_CREATE,
     SESSION_TERMINATE,
+    SESSIONS_CREATE,
     HANDLER_RUN,
     AGENTS_SYNC,
     MAINTENANCE_RECOVER,
@@ -26,6 +29,9 @@ PUBLIC: Final = (
 RUN_COMPLETE: Final = "sokovan.run.complete"  # chord body
 RUN_FAIL: Final = "sokovan.run.fail"  # its errback
 AGENT_TASK_PREFIX: Final = "sokovan.agent."
+# The cluster keypair pool (beat and the launcher): a refill plans, generate tasks make keys.
+KEYPAIRS_REFILL: Final = "sokovan.keypairs.refill"
+KEYPAIRS_GENERATE: Final = "sokovan.keypairs.generate"
 
 
 def agent_task(operation: Operation | str) -> str:

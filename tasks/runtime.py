@@ -30,8 +30,14 @@ class WorkerRuntime:
         self._services: Services | None = None
 
     def start(self) -> None:
+        from tasks.keypair_tasks import CeleryKeypairRefiller
+
         self._thread.start()
-        self._services = self.run(build_services(self.settings, CeleryFanOut(), CeleryKicker()))
+        self._services = self.run(
+            build_services(
+                self.settings, CeleryFanOut(), CeleryKicker(), refiller=CeleryKeypairRefiller()
+            )
+        )
         log.info("worker runtime started")
 
     @property

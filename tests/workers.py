@@ -47,6 +47,8 @@ def make_env(tmp_path: Path, valkey_url: str, **overrides: str) -> SchedulerEnv:
         SOKOVAN_VAR_DIR=str(var_dir),
         SOKOVAN_DATABASE_URL=f"sqlite:///{var_dir / 'sokovan.db'}",
         SOKOVAN_AGENT_CALL_TIMEOUT="5",
+        # No keys made ahead of demand unless a test asks: a refill would take the CPU.
+        SOKOVAN_KEYPAIR_POOL_SIZE="0",
         PYTHONPATH=str(ROOT),
         PYTHONUNBUFFERED="1",
     )

@@ -293,6 +293,16 @@ class RunHandlerPayload(Payload):
         return value
 
 
+class CreateSessionsPayload(Payload):
+    """`sokovan.sessions.create(requests=[...])`: many sessions in one message."""
+
+    requests: list[Any] = Field(
+        min_length=1,
+        max_length=C.SESSION_BATCH_MAX,
+        description="Requests as for `sokovan.session.create`; each is refused on its own.",
+    )
+
+
 class NoArguments(Payload):
     """`sokovan.agents.sync`, `sokovan.maintenance.recover`, `sokovan.maintenance.prune`."""
 
@@ -300,6 +310,7 @@ class NoArguments(Payload):
 # Task name -> the schema of its keyword arguments (create's `request` is one object).
 PUBLIC_PAYLOADS: Final[dict[str, type[Payload]]] = {
     "sokovan.session.create": CreateSessionRequest,
+    "sokovan.sessions.create": CreateSessionsPayload,
     "sokovan.session.terminate": TerminateSessionPayload,
     "sokovan.handler.run": RunHandlerPayload,
     "sokovan.agents.sync": NoArguments,

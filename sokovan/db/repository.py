@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Generator, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -31,7 +31,11 @@ from sokovan.types import (
     SessionStatus,
 )
 
-__all__ = ["AgentRow", "NewKernel", "SchedulerRepository"]
+__all__ = ["AgentRow", "NewKernel", "SchedulerRepository", "SweepRow"]
+
+# One kernel as the sweep first reads it: id, session id (text, parsed only for suspects),
+# agent, scaling group and status.
+SweepRow = tuple[KernelId, str, str | None, str, str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,6 +232,36 @@ class SchedulerRepository(AgentsAndImages, Transitions, Attempts, Placement, Pen
                 )
                 for kid, sid, agent, status, group in conn.execute(query)
             ]
+
+    def sweep_pages(
+        self,
+        statuses: Collection[KernelStatus],
+        *,
+        page_size: int,
+        limit: int = 0,
+        only: Collection[KernelId] | None = None,
+    ) -> Generator[list[SweepRow]]:
+        """Kernels to sweep as plain rows, a page at a time: (id, session id, agent, group, status).
+
+        No KernelInfo, and no session UUID, for the many kernels a sweep does not suspect;
+        one page is held at a time. Oldest first only under a budget; a full sweep reads in
+        table order.
+        """
+        query = sa.select(
+            kernels.c.id,
+            sa.type_coerce(kernels.c.session_id, sa.String),
+            kernels.c.agent_id,
+            kernels.c.scaling_group,
+            kernels.c.status,
+        ).where(kernels.c.status.in_([str(s) for s in statuses]))
+        if only is not None:
+            query = query.where(kernels.c.id.in_(list(only)))
+        if limit:
+            query = query.order_by(kernels.c.created_at, kernels.c.id).limit(limit)
+        with self.engine.connect() as conn:
+            streamed = conn.execution_options(stream_results=True, max_row_buffer=page_size)
+            for part in streamed.execute(query).partitions(page_size):
+                yield [tuple(row) for row in part]
 
     def kernel_statuses(self, kernel_ids: Collection[KernelId]) -> dict[KernelId, KernelStatus]:
         with self.engine.connect() as conn:

@@ -209,3 +209,16 @@ leftover_kernels = sa.Table(
     sa.Column("last_error", sa.Text, nullable=True),
     sa.Column("destroyed_at", TS, nullable=True, index=True),
 )
+
+# Cluster SSH keypairs made ahead of demand; a row is deleted as it is handed out, so a
+# key serves one session only.
+keypair_pool = sa.Table(
+    "keypair_pool",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("key_type", sa.String(16), nullable=False),
+    sa.Column("ssh_private_key", sa.LargeBinary, nullable=False),  # Fernet-encrypted
+    sa.Column("ssh_public_key", sa.Text, nullable=False),
+    sa.Column("created_at", TS, nullable=False),
+    sa.Index("ix_keypair_pool_key_type_id", "key_type", "id"),
+)

@@ -102,3 +102,10 @@ async def test_repository_and_secrets_on_postgres(pg_engine: sa.Engine) -> None:
     secrets = SqlSecretStore(pg_engine, Fernet.generate_key())
     await secrets.put_ssh_keypair(sid, "PRIVATE", "ssh-rsa AAA")
     assert await secrets.get_ssh_keypair(sid) == ("PRIVATE", "ssh-rsa AAA")
+
+
+async def test_keypair_pool_hands_each_key_out_once_on_postgres(pg_engine: sa.Engine) -> None:
+    """Concurrent takers on PostgreSQL share the pool without a key given twice or lost."""
+    from tests.integration.test_keypair_pool import assert_concurrent_takes_are_disjoint
+
+    await assert_concurrent_takes_are_disjoint(pg_engine)

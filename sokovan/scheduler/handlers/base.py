@@ -35,6 +35,7 @@ if TYPE_CHECKING:
         SecretStore,
     )
     from sokovan.scheduler.launcher import SessionLauncher
+    from sokovan.scheduler.launcher.keys import ClusterKeys
     from sokovan.scheduler.terminator import SessionTerminator
 
 FollowUps = Sequence[tuple[str, Sequence[str] | None]]
@@ -97,6 +98,8 @@ class HandlerContext:
     network_plugins: Mapping[str, NetworkPlugin] = field(default_factory=dict)
     # Resolves kernel environs in the create task (none travel in messages); None: as sent.
     environs: KernelEnvirons | None = None
+    # Cluster keypairs (pooled, else made on demand); None makes every key on demand.
+    keys: ClusterKeys | None = None
 
     def launcher(self, fanout: FanOut | None = None) -> SessionLauncher:
         """A launcher over these adapters, dispatching through `fanout` (default: the port)."""
@@ -110,6 +113,7 @@ class HandlerContext:
             dict(self.network_plugins),
             default_network_driver=self.settings.network_default_driver,
             start_session_timeout=self.settings.start_session_timeout,
+            keys=self.keys,
         )
 
 

@@ -85,6 +85,7 @@ async def create_on_agent(
         ctx.repository,
         start_timeout=ctx.settings.start_session_timeout,
         environs=ctx.environs,
+        keys=ctx.keys,
     )
     try:
         await apply_created(ctx.repository, outcomes)

@@ -4,6 +4,7 @@ them gone. No fan-out: the sweep judges in its planning step and the coordinator
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import logging
 import uuid
@@ -23,6 +24,7 @@ from sokovan.scheduler.handlers.base import (
     Transition,
 )
 from sokovan.scheduler.handlers.terminate_sessions import NAME as TERMINATE
+from sokovan.scheduler.sweep_load import load_sweep_targets
 from sokovan.scheduler.terminator import SessionTerminator, StaleJudgement
 from sokovan.scheduler.transitions import parse_ids, request_termination, session_ids_of
 from sokovan.types import (
@@ -45,6 +47,8 @@ ABNORMAL_TERMINATION = "ABNORMAL_TERMINATION"
 # Reason on kernels left alone because the brake held the whole run.
 BRAKE_REASON = "SWEEP_BRAKE"
 DEAD = "dead"
+# A scaling group of one sweep: its kernel count and the kernels judged in full.
+_Group = tuple[int, list[KernelInfo]]
 
 
 class SweepStaleKernelsKernelHandler(KernelHandler):
@@ -61,15 +65,21 @@ class SweepStaleKernelsKernelHandler(KernelHandler):
         self._brake_min_kernels = brake_min_kernels
 
     async def execute(
-        self, scaling_group: str, kernels: Sequence[KernelInfo]
+        self, scaling_group: str, kernels: Sequence[KernelInfo], *, total: int | None = None
     ) -> KernelExecutionResult:
-        """Alive kernels are successes, confirmed-dead ones failures, the unsure skipped."""
+        """Alive kernels are successes, confirmed-dead ones failures, the unsure skipped.
+
+        `total` is the group's kernel count when `kernels` are only its suspects, so the
+        ratio brake weighs them against the whole group.
+        """
         if not kernels:
             return KernelExecutionResult()
         try:
             judgement = await self._terminator.read_presence(kernels)
         except PresenceUnavailable as e:
             return _braked(scaling_group, kernels, f"presence unavailable: {e}", {})
+        if total is not None and total > judgement.total:
+            judgement = dataclasses.replace(judgement, total=total)
         brake = self._ratio_brake(judgement)
         if brake is not None:
             return _braked(scaling_group, kernels, brake, judgement.evidence())
@@ -136,34 +146,45 @@ def build(ctx: HandlerContext) -> HandlerRuntime:
 
     async def judge(scope: Sequence[str] | None, budget: int) -> Plan:
         only = parse_ids(scope)
-        kernels = await asyncio.to_thread(
-            repo.kernels_to_sweep,
-            list(SweepStaleKernelsKernelHandler.target_kernel_statuses),
-            limit=budget,
-            only=None if only is None else [KernelId(u) for u in only],
-        )
-        by_group: dict[str, list[KernelInfo]] = {}
-        for k in kernels:
-            by_group.setdefault(k.scaling_group, []).append(k)
+        groups = await _load(None if only is None else [KernelId(u) for u in only], budget)
         outcomes: list[ItemOutcome] = []
         bulk_ok = 0
         brakes: list[str] = []
-        for group, members in by_group.items():
-            result = await handler.execute(group, members)
+        for group, (total, members) in groups.items():
+            result = await handler.execute(group, members, total=total)
             if result.brake:
                 brakes.append(f"{group}: brake: {result.brake}")
             group_outcomes = _outcomes(members, result)
             outcomes.extend(group_outcomes)
-            bulk_ok += len(members) - len(group_outcomes)
+            bulk_ok += total - len(group_outcomes)
+        requested = sum(total for total, _ in groups.values())
         reaped = sum(1 for o in outcomes if o.detail.get("verdict") == DEAD)
-        notes = ([f"{reaped} stale kernel(s) terminated"] if kernels else []) + brakes
+        notes = ([f"{reaped} stale kernel(s) terminated"] if requested else []) + brakes
         return Plan(
-            requested=len(kernels),
+            requested=requested,
             outcomes=outcomes,
             bulk_ok=bulk_ok,
             note="; ".join(notes) or None,
             held="; ".join(brakes) or None,
         )
+
+    async def _load(only: list[KernelId] | None, budget: int) -> dict[str, _Group]:
+        """Each scaling group's kernel count and the kernels to judge in full."""
+        statuses = list(SweepStaleKernelsKernelHandler.target_kernel_statuses)
+        try:
+            targets = await load_sweep_targets(
+                repo, ctx.terminator.presence, statuses, budget=budget, only=only
+            )
+            return {g: (t.total, t.suspects) for g, t in targets.groups.items()}
+        except PresenceUnavailable:
+            # Every kernel goes to the handler, whose brake then skips them all and says why.
+            kernels = await asyncio.to_thread(
+                repo.kernels_to_sweep, statuses, limit=budget, only=only
+            )
+            by_group: dict[str, list[KernelInfo]] = {}
+            for k in kernels:
+                by_group.setdefault(k.scaling_group, []).append(k)
+            return {g: (len(members), members) for g, members in by_group.items()}
 
     async def complete(run_id: RunId, outcomes: Sequence[ItemOutcome], moved: Moved) -> FollowUps:
         """Sessions of reaped kernels go TERMINATING, so the rest of each is cleaned up."""

@@ -22,16 +22,17 @@ from sokovan.errors import NotFound, describe_error
 from sokovan.images import image_config_from_json
 from sokovan.ports import AgentClientPool, KernelEnvirons, SecretStore, SessionRecorder
 from sokovan.scheduler.launcher.agent_jobs import jsonable
-from sokovan.scheduler.launcher.keys import create_cluster_ssh_keypair
+from sokovan.scheduler.launcher.keys import ClusterKeys, ClusterSSHKeyPair
 from sokovan.scheduler.launcher.status_data import error_info_of
 from sokovan.types import JSON, AgentId, ImageConfig, ItemOutcome, KernelId, SessionId
 
 log = logging.getLogger(__name__)
 
 # Where the worker finds a session's cluster keypair (the item field "keypair_source").
-# A session on one agent gets its keypair made by the worker that calls that agent, so
-# the private key is never stored; a session spread over agents shares one keypair that
-# the launcher stored encrypted, and each agent's worker reads it back.
+# A session on one agent gets its keypair from the worker that calls that agent (taken
+# from the pool, else made there), so the private key is never stored for the session;
+# a session spread over agents shares one keypair that the launcher stored encrypted,
+# and each agent's worker reads it back.
 KEYPAIR_FROM_WORKER = "worker"
 KEYPAIR_FROM_STORE = "secret_store"
 
@@ -56,8 +57,9 @@ class _Context:
     timeout: float
     deadline: float
     slots: asyncio.Semaphore
-    # RSA generation holds the GIL: one at a time leaves the loop free to serve replies.
-    keygen: asyncio.Lock
+    keys: ClusterKeys
+    # Keypairs taken from the pool for this task's sessions, in one statement.
+    pooled: dict[SessionId, ClusterSSHKeyPair]
     # Kernel environs resolved for the task's sessions, or why they could not be.
     environs: Mapping[SessionId, Mapping[KernelId, Mapping[str, str]]] | BaseException | None
 
@@ -89,14 +91,19 @@ async def create_kernels_on_agent(
     start_timeout: float = START_SESSION_TIMEOUT_SEC,
     concurrency: int = CREATE_CONCURRENCY_PER_AGENT,
     environs: KernelEnvirons | None = None,
+    keys: ClusterKeys | None = None,
 ) -> list[ItemOutcome]:
     """Runs create_kernels once per session among the items; one outcome per kernel.
 
     With a recorder, a session whose creation failed gets its error info stored. With
     `environs`, each kernel's environ is resolved here (items carry none); without it the
-    items' configs go to the agent as they are.
+    items' configs go to the agent as they are. Keys of sessions on this agent alone come
+    from `keys` (pooled, else made on demand).
     """
+    keys = keys or ClusterKeys(None)
     jobs = sessions_of(items)
+    mine = [j.session_id for j in jobs if j.keypair_source == KEYPAIR_FROM_WORKER]
+    pooled = await keys.take_pooled(len(mine))
     ctx = _Context(
         pool=pool,
         secrets=secrets,
@@ -105,10 +112,13 @@ async def create_kernels_on_agent(
         timeout=start_timeout,
         deadline=asyncio.get_running_loop().time() + start_timeout,
         slots=asyncio.Semaphore(max(1, concurrency)),
-        keygen=asyncio.Lock(),
+        keys=keys,
+        pooled=dict(zip(mine, pooled, strict=False)),
         environs=None if environs is None else await _resolve(environs, jobs),
     )
     results = await asyncio.gather(*(_create_session(ctx, job) for job in jobs))
+    if mine:
+        await keys.used()
     return [outcome for outcomes in results for outcome in outcomes]
 
 
@@ -169,8 +179,9 @@ def _with_environ(ctx: _Context, job: SessionCreation) -> list[JSON]:
 async def _keypair(ctx: _Context, job: SessionCreation) -> dict[str, str]:
     """The agent's ClusterSSHKeyPair mapping for the session."""
     if job.keypair_source == KEYPAIR_FROM_WORKER:
-        async with ctx.keygen:
-            return (await create_cluster_ssh_keypair()).to_agent()
+        # Taken out so a retried session never sees the same key twice.
+        pooled = ctx.pooled.pop(job.session_id, None)
+        return (pooled or await ctx.keys.make()).to_agent()
     private_key, public_key = await ctx.secrets.get_ssh_keypair(job.session_id)
     return {"private_key": private_key, "public_key": public_key}
 

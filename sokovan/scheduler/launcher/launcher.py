@@ -23,7 +23,7 @@ from sokovan.scheduler.launcher.kernel_config import (
     creation_items,
     resolve_image,
 )
-from sokovan.scheduler.launcher.keys import ClusterSSHKeyPair, create_cluster_ssh_keypair
+from sokovan.scheduler.launcher.keys import ClusterKeys, ClusterSSHKeyPair
 from sokovan.scheduler.launcher.network import NetworkSetup, setup_network
 from sokovan.scheduler.launcher.status_data import error_info_of
 from sokovan.types import (
@@ -67,6 +67,7 @@ class SessionLauncher:
         network_plugins: Mapping[str, NetworkPlugin],
         default_network_driver: str = "local",
         start_session_timeout: float = START_SESSION_TIMEOUT_SEC,
+        keys: ClusterKeys | None = None,
     ) -> None:
         self._pool = agent_client_pool
         self._fanout = fanout
@@ -75,6 +76,7 @@ class SessionLauncher:
         self._network_plugins = network_plugins
         self._default_driver = default_network_driver
         self._timeout = start_session_timeout
+        self._keys = keys or ClusterKeys(None)
 
     async def trigger_image_pulling(
         self,
@@ -217,9 +219,12 @@ class SessionLauncher:
         """A fresh keypair for the session's kernels to reach each other.
 
         Used for sessions spread over agents; a session on one agent gets the same kind
-        of keypair from the worker that calls its agent (`creation`).
+        of keypair from the worker that calls its agent (`creation`). Pooled when the
+        pool has one, made now otherwise.
         """
-        return await create_cluster_ssh_keypair()
+        keypair = await self._keys.one()
+        await self._keys.used()
+        return keypair
 
 
 def _check_images(session: SessionInfo, image_configs: Mapping[str, ImageConfig]) -> None:

@@ -108,6 +108,11 @@ class SessionTerminator:
             error = describe_error(e)
             return KernelTerminationResult(kernel_id, agent_id, occupied_slots, False, error)
 
+    @property
+    def presence(self) -> PresenceReader:
+        """The presence reader of stage 1 (the sweep's loading pre-reads with it)."""
+        return self._presence
+
     async def read_presence(self, kernels: Sequence[KernelInfo]) -> StaleJudgement:
         """Stage 1 of the sweep, a page at a time; raises PresenceUnavailable when unreadable."""
         return await read_presence(self._presence, kernels, self._presence_page_size)

@@ -1,0 +1,48 @@
+"""The cluster keypair pool's refill: one task plans it, generate tasks spread the work."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from sokovan import constants as C
+from tasks.app import app
+from tasks.base import task
+from tasks.names import KEYPAIRS_GENERATE, KEYPAIRS_REFILL
+from tasks.runtime import runtime
+
+
+@task(KEYPAIRS_REFILL)
+def refill_keypairs() -> dict[str, Any]:
+    """Sends the generate tasks that bring the pool to its target, when it is short."""
+    rt = runtime()
+    plan = rt.run(rt.services.keys.plan_refill())
+    for count in plan.counts:
+        app.send_task(
+            KEYPAIRS_GENERATE,
+            kwargs={"count": count},
+            expires=C.KEYPAIR_GENERATE_EXPIRES_SEC,
+            priority=C.KEYPAIR_GENERATE_PRIORITY,
+        )
+    if plan.recheck:
+        app.send_task(KEYPAIRS_REFILL, countdown=C.KEYPAIR_RECHECK_SEC)
+    return {"tasks": len(plan.counts), "keys": sum(plan.counts), "note": plan.note}
+
+
+@task(KEYPAIRS_GENERATE)
+def generate_keypairs(count: int) -> dict[str, Any]:
+    """Makes up to `count` keypairs into the pool, stopping once it is full."""
+    if not isinstance(count, int) or isinstance(count, bool) or not 0 < count <= 1000:
+        error = f"count must be an integer in 1..1000, not {count!r}"[:200]
+        return {"error": error, "kind": "InvalidRequest", "field": "count"}
+    rt = runtime()
+    return {"generated": rt.run(rt.services.keys.fill(count))}
+
+
+class CeleryKeypairRefiller:
+    """KeypairRefiller port: sends the refill task."""
+
+    async def request_refill(self) -> None:
+        await asyncio.to_thread(
+            app.send_task, KEYPAIRS_REFILL, expires=C.KEYPAIR_REFILL_INTERVAL_SEC
+        )

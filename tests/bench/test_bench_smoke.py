@@ -1,0 +1,75 @@
+"""The benchmarks at tiny sizes: they run, print every row, and never abort."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+
+import pytest
+
+from bench import all as bench_all
+from bench.harness import Figure, lost_note
+from tests.workers import ROOT
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
+
+ROWS = (
+    "terminate 200 kernels / 10 agents",
+    "sweep 2,000 kernels / 10 agents",
+    "launch 20 sessions / 4 agents",
+    "launch: p99 submit -> RUNNING, warm pool",
+    "launch: p99 submit -> RUNNING, cold pool",
+    "launch: p99 warm pool / no-keypair baseline",
+    "launch: p99 warm pool, one message per session",
+    "rpc: sequential calls/s",
+    "rpc: 100 concurrent calls/s",
+)
+
+
+def test_smoke_run_prints_every_benchmark_row_and_exits_0() -> None:
+    """Given tiny sizes, when `python -m bench.all --smoke` runs, every row is printed."""
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.all", "--smoke"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=220,
+        check=False,
+    )
+    out = done.stdout
+    assert done.returncode == 0, done.stderr[-3000:]
+    for row in ROWS:
+        assert row in out, f"missing row {row!r} in:\n{out}"
+    assert "FAILED" not in out, out
+    assert ", 0 failed;" in out
+    assert "load average" in out
+    assert "baseline lost" in out  # each side's losses are a printed figure, even when none
+
+
+def test_a_benchmark_that_raises_becomes_a_failed_row() -> None:
+    """A raising benchmark yields one FAILED row naming the error; nothing propagates."""
+
+    async def boom() -> list[Figure]:
+        raise RuntimeError("agents went away")
+
+    rows = asyncio.run(bench_all._one("terminate", boom, 5.0))
+    assert [r.failed for r in rows] == [True]
+    assert rows[0].name == "bench.terminate: FAILED"
+    assert "RuntimeError: agents went away" in rows[0].note
+
+
+def test_a_benchmark_past_its_bound_becomes_a_failed_row() -> None:
+    async def hang() -> list[Figure]:
+        await asyncio.sleep(60)
+        return []
+
+    rows = asyncio.run(bench_all._one("sweep", hang, 0.05))
+    assert rows[0].failed and "TimeoutError" in rows[0].note
+
+
+def test_lost_calls_are_a_figure() -> None:
+    assert lost_note("baseline", 5084, 10_000, "destroy calls", "to the 5 s timeout") == (
+        "baseline lost 5,084 of 10,000 destroy calls to the 5 s timeout"
+    )
+    assert lost_note("ours", 0, 10_000, "destroy calls") == "ours lost none of 10,000 destroy calls"
