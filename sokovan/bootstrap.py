@@ -27,6 +27,7 @@ from sokovan.ports import (
     PresenceReader,
 )
 from sokovan.presence import ValkeyPresence
+from sokovan.redis_retry import retry_options
 from sokovan.scheduler.claims import RedisClaims
 from sokovan.scheduler.coordinator import Coordinator
 from sokovan.scheduler.handlers import build_handlers
@@ -54,6 +55,7 @@ def build_redis(settings: Settings) -> Redis:
         timeout=C.REDIS_POOL_WAIT_SEC,
         socket_timeout=10,
         socket_connect_timeout=5,
+        **retry_options(),
     )
     return Redis.from_pool(pool)
 

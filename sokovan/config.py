@@ -58,6 +58,10 @@ class Settings:
     task_time_limit: int = C.TASK_TIME_LIMIT_SEC
     visibility_timeout: int = C.BROKER_VISIBILITY_TIMEOUT_SEC
     result_expires: int = C.RESULT_EXPIRES_SEC
+    # Soft shutdown of a worker: seconds running tasks get before the rest are requeued.
+    soft_shutdown_timeout: float = C.SOFT_SHUTDOWN_TIMEOUT_SEC
+    # Wait out the soft shutdown even when no task runs (hands back reserved messages late).
+    soft_shutdown_on_idle: bool = False
     # Claims and runs.
     claim_lifetime: int = C.CLAIM_LIFETIME_SEC
     run_deadline: int = C.RUN_DEADLINE_SEC

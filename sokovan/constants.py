@@ -58,6 +58,9 @@ TASK_SOFT_TIME_LIMIT_SEC: Final = 300
 TASK_TIME_LIMIT_SEC: Final = 330
 # Redis visibility timeout must exceed the longest task or it is redelivered while running.
 BROKER_VISIBILITY_TIMEOUT_SEC: Final = 3600
+# A worker told to stop gives its running tasks this long, then hands the rest back to the
+# queue: short against the time limits, long enough for a typical agent batch to finish.
+SOFT_SHUTDOWN_TIMEOUT_SEC: Final = 10.0
 # Results only matter until the chord body has counted them; the ledger is the record.
 RESULT_EXPIRES_SEC: Final = 86400
 
@@ -87,6 +90,16 @@ SINGLE_NODE_NETWORK_PREFIX: Final = "bai-singlenode-"
 REDIS_MAX_CONNECTIONS: Final = 64
 # How long a Redis call waits for a free pooled connection before failing.
 REDIS_POOL_WAIT_SEC: Final = 30.0
+# Reconnect attempts of one Redis call: with the backoff below they span about 11 s, so a
+# Valkey restart of a few seconds is waited out instead of failing a run.
+REDIS_RETRIES: Final = 14
+# First reconnect backoff; it doubles per attempt up to the cap.
+REDIS_RETRY_BACKOFF_SEC: Final = 0.05
+# Longest pause between two reconnect attempts: a restarted server is found within it.
+REDIS_RETRY_BACKOFF_CAP_SEC: Final = 1.0
+# A pooled connection idle this long is PINGed before use, so one the server closed while
+# it sat in the pool is replaced instead of failing the call that picks it up.
+REDIS_HEALTH_CHECK_SEC: Final = 15
 # create_kernels calls in flight per agent inside one task: the original sends them all
 # at once, so the bound is generous; it only keeps one task's sockets and memory in check.
 CREATE_CONCURRENCY_PER_AGENT: Final = 64

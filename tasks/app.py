@@ -6,6 +6,7 @@ from typing import Any
 
 from celery import Celery
 
+from sokovan import constants as C
 from sokovan.config import Settings, load_settings
 from tasks.redaction import PATTERNS_KEY, RedactingAMQP, RedactingTask, install_log_filters
 from tasks.signing import CONSUMER, setup_signing, signing_config
@@ -39,7 +40,27 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_send_task_events": True,
         "task_send_sent_event": True,
         "worker_hijack_root_logger": False,
+        # A Valkey restart of a few seconds is waited out: the consumer reconnects, and
+        # publishing and result writes retry for about as long as the domain's clients do.
         "broker_connection_retry_on_startup": True,
+        "broker_connection_retry": True,
+        "broker_connection_max_retries": None,
+        "task_publish_retry_policy": {
+            "max_retries": C.REDIS_RETRIES,
+            "interval_start": 0,
+            "interval_step": C.REDIS_RETRY_BACKOFF_CAP_SEC / 2,
+            "interval_max": C.REDIS_RETRY_BACKOFF_CAP_SEC,
+        },
+        "result_backend_always_retry": True,
+        "result_backend_max_retries": C.REDIS_RETRIES,
+        "result_backend_max_sleep_between_retries_ms": int(C.REDIS_RETRY_BACKOFF_CAP_SEC * 1000),
+        "redis_backend_health_check_interval": C.REDIS_HEALTH_CHECK_SEC,
+        "redis_retry_on_timeout": True,
+        # Soft shutdown: on a cold shutdown (SIGQUIT, or SIGTERM with REMAP_SIGTERM=SIGQUIT,
+        # as the Procfile runs the worker) running tasks get this long to finish; the rest are
+        # cancelled and their acks-late messages handed back to the queue at once.
+        "worker_soft_shutdown_timeout": settings.soft_shutdown_timeout,
+        "worker_enable_soft_shutdown_on_idle": settings.soft_shutdown_on_idle,
         "task_default_queue": "sokovan",
         PATTERNS_KEY: list(settings.secret_env_patterns),
         # Refused messages are logged by name and id, never by body.

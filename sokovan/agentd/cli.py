@@ -20,6 +20,7 @@ from sokovan.agentd.runtime import RuntimeKind
 from sokovan.agentd.specs import build_specs, parse_latency
 from sokovan.config import Settings, load_settings
 from sokovan.errors import SokovanError
+from sokovan.redis_retry import retry_options
 
 app = typer.Typer(
     help="Reference agents that speak the Backend.AI agent RPC, for demos, tests and load.",
@@ -167,7 +168,7 @@ def fault(
 
 
 async def _send(url: str, agent_id: str, body: dict[str, Any], wait: float | None) -> None:
-    redis: Redis = Redis.from_url(url)
+    redis: Redis = Redis.from_url(url, **retry_options())
     try:
         await send_fault(redis, agent_id, body, wait=wait)
     finally:

@@ -24,6 +24,7 @@ from sokovan.agentd.runtime import make_runtime
 from sokovan.agentd.server import CurveServerAuth, load_curve_auth, open_peer
 from sokovan.errors import SokovanError
 from sokovan.presence import ValkeyPresence
+from sokovan.redis_retry import retry_options
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,10 @@ class AgentHost:
         # Every agent of this process shares one pool; a blocking pool makes a burst of calls
         # (more than redis-py's default of 100 connections) wait for a connection, not fail.
         pool = BlockingConnectionPool.from_url(
-            self.options.redis_url, max_connections=_REDIS_CONNECTIONS, timeout=30
+            self.options.redis_url,
+            max_connections=_REDIS_CONNECTIONS,
+            timeout=30,
+            **retry_options(),
         )
         redis: Redis = Redis.from_pool(pool)
         self._redis = redis

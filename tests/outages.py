@@ -1,0 +1,108 @@
+"""Outages for recovery tests: a Valkey that restarts in place, a beat process, log checks."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import redis as sync_redis
+
+from sokovan.embedded import EmbeddedValkey
+from tests.conftest import free_port
+from tests.workers import ROOT, SchedulerEnv, WorkerProcess, stop_process
+
+
+class RestartableValkey:
+    """A Valkey of the test's own that can go away and come back on the same port and data."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.port = free_port()
+        self._server: EmbeddedValkey | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> str:
+        self._server = EmbeddedValkey(self.data_dir, port=self.port, persist=True)
+        return self._server.start()
+
+    def stop(self) -> None:
+        """Stops the server, saving its data first as a server with persistence does."""
+        if self._server is None:
+            return
+        client = sync_redis.Redis.from_url(self.url)
+        try:
+            # The embedded server has no save points; one makes SIGTERM write the data file.
+            client.config_set("save", "3600 1")
+        finally:
+            client.close()
+        self._server.stop()
+        self._server = None
+
+    def restart(self, down_for: float) -> None:
+        """Stops, stays down `down_for` seconds, starts again on the same port and data dir."""
+        self.stop()
+        time.sleep(down_for)
+        self.start()
+
+
+@contextmanager
+def restartable_valkey(data_dir: Path) -> Iterator[RestartableValkey]:
+    server = RestartableValkey(data_dir)
+    server.start()
+    try:
+        yield server
+    finally:
+        if server._server is not None:
+            server._server.stop()
+
+
+@contextmanager
+def celery_beat(senv: SchedulerEnv) -> Iterator[WorkerProcess]:
+    """A `celery beat` subprocess on the test's broker and settings."""
+    name = f"beat-{uuid.uuid4().hex[:8]}"
+    log = senv.var_dir / f"{name}.log"
+    cmd = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "tasks.app",
+        "beat",
+        "-l",
+        "INFO",
+        "-s",
+        str(senv.var_dir / f"{name}-schedule"),
+    ]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            cmd,
+            cwd=ROOT,
+            env=senv.env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    beat = WorkerProcess(proc, log, name)
+    try:
+        yield beat
+    finally:
+        stop_process(proc)
+
+
+def tracebacks(*logs: str) -> list[str]:
+    """The lines around every traceback printed in these logs."""
+    found = []
+    for text in logs:
+        lines = text.splitlines()
+        for i, line in enumerate(lines):
+            if "Traceback (most recent call last)" in line:
+                found.append("\n".join(lines[max(0, i - 2) : i + 30]))
+    return found
