@@ -62,6 +62,8 @@ class Settings:
     soft_shutdown_timeout: float = C.SOFT_SHUTDOWN_TIMEOUT_SEC
     # Wait out the soft shutdown even when no task runs (hands back reserved messages late).
     soft_shutdown_on_idle: bool = False
+    # A message started more often than this without finishing is dead-lettered.
+    max_deliveries: int = C.MAX_DELIVERIES
     # Claims and runs.
     claim_lifetime: int = C.CLAIM_LIFETIME_SEC
     run_deadline: int = C.RUN_DEADLINE_SEC

@@ -61,6 +61,21 @@ BROKER_VISIBILITY_TIMEOUT_SEC: Final = 3600
 # A worker told to stop gives its running tasks this long, then hands the rest back to the
 # queue: short against the time limits, long enough for a typical agent batch to finish.
 SOFT_SHUTDOWN_TIMEOUT_SEC: Final = 10.0
+# Poison messages. A counter per task message, counted each time a worker starts it.
+DELIVERY_KEY_PREFIX: Final = "sokovan:deliveries:"
+# A counter outlives redeliveries after the visibility timeout; finished tasks delete theirs.
+DELIVERY_COUNT_TTL_SEC: Final = 86400
+# A message started this many times without finishing is not started again: three worker
+# deaths on one message are no accident, and a fourth would only repeat them.
+MAX_DELIVERIES: Final = 3
+# Messages taken out of circulation, newest first, for `sokovan tasks dead`.
+DEADLETTER_KEY: Final = "sokovan:deadletter"
+# The list keeps the newest this many: enough to see a pattern, bounded if one repeats.
+DEADLETTER_MAX_ENTRIES: Final = 1000
+# Characters of a dead letter's arguments shown to a person.
+DEADLETTER_ARGS_REPR_CHARS: Final = 500
+# Arguments up to this size (JSON) are kept so the message can be resent; larger are not.
+DEADLETTER_MAX_MESSAGE_BYTES: Final = 1 << 20
 # Results only matter until the chord body has counted them; the ledger is the record.
 RESULT_EXPIRES_SEC: Final = 86400
 
