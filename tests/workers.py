@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,7 +89,11 @@ def celery_worker(
     concurrency: int = 1,
     pool: str = "prefork",
     timeout: float = 60.0,
+<<<<<<< HEAD
     loglevel: str = "INFO",
+=======
+    extra_args: Sequence[str] = (),
+>>>>>>> ab1f738 (Poison messages are dead-lettered after three deliveries instead of crash-looping workers)
 ) -> Iterator[WorkerProcess]:
     """A `celery worker` subprocess on the test's broker; stopped (SIGTERM, then SIGKILL) after."""
     name = f"test-{uuid.uuid4().hex[:8]}@localhost"
@@ -103,6 +107,7 @@ def celery_worker(
         pool,
         "--without-gossip",
         "--without-mingle",
+        *extra_args,
     ]
     with log.open("wb") as out:
         proc = subprocess.Popen(

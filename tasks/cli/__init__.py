@@ -11,6 +11,7 @@ from tasks.cli import agent as agent_cmd
 from tasks.cli import agents as agents_cmd
 from tasks.cli import certs as certs_cmd
 from tasks.cli import db as db_cmd
+from tasks.cli import dead as dead_cmd
 from tasks.cli import handlers as handlers_cmd
 from tasks.cli import image as image_cmd
 from tasks.cli import runs as runs_cmd
@@ -35,6 +36,7 @@ app.add_typer(image_cmd.app, name="image")
 app.add_typer(agents_cmd.app, name="agents")
 app.add_typer(agent_cmd.app, name="agent")
 app.add_typer(certs_cmd.app, name="certs")
+app.add_typer(dead_cmd.app, name="tasks")
 app.command("up")(up_cmd.up)
 app.command("valkey")(up_cmd.valkey)
 app.command("flower")(up_cmd.flower)
