@@ -7,10 +7,9 @@ import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from celery import Task
-
 from sokovan.errors import SokovanError
 from tasks.app import app
+from tasks.deliveries import CountedTask
 from tasks.redaction import REDACTING_REQUEST
 from tasks.runtime import WorkerRuntime, runtime
 
@@ -20,8 +19,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 MAX_ERROR_TEXT = 2000
 
 
-class SokovanTask(Task):  # type: ignore[misc]
-    """Base of every task of the scheduler."""
+class SokovanTask(CountedTask):
+    """Base of every task of the scheduler; it counts deliveries (tasks.deliveries)."""
 
     abstract = True
     # Worker requests recompute argsrepr/kwargsrepr redacted: no secret in events or logs.

@@ -7,6 +7,14 @@ from pathlib import Path
 
 # The queue every task goes to (task_default_queue); workers consume it.
 QUEUE = "sokovan"
+# A worker's environment: SIGTERM starts Celery's soft shutdown (worker_soft_shutdown_timeout)
+# and then hands unfinished acks-late tasks back to the queue at once.
+WORKER_ENV = {"REMAP_SIGTERM": "SIGQUIT"}
+
+
+def worker_env_prefix() -> str:
+    """WORKER_ENV as a shell prefix, for Procfile lines."""
+    return " ".join(f"{k}={v}" for k, v in WORKER_ENV.items())
 
 
 def worker_args(

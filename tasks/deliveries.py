@@ -15,13 +15,16 @@ from celery import Task
 
 from sokovan.deadletter import DeadLetters, failed_outcomes, make_dead_letter
 from sokovan.types import RunId
-from tasks.canvas import AGENT_TASK_NAMES, COMPLETE_RUN, FAIL_RUN
+from tasks import names
 from tasks.runtime import WorkerRuntime, runtime
 
 log = logging.getLogger(__name__)
 
-_BATCH_TASKS = frozenset(AGENT_TASK_NAMES.values())
-_RUN_CLOSERS = frozenset({COMPLETE_RUN, FAIL_RUN})
+_RUN_CLOSERS = frozenset({names.RUN_COMPLETE, names.RUN_FAIL})
+
+
+def _is_batch(name: str) -> bool:
+    return name.startswith(names.AGENT_TASK_PREFIX)
 
 
 def dead_letters(rt: WorkerRuntime) -> DeadLetters:
@@ -57,7 +60,7 @@ class CountedTask(Task):  # type: ignore[misc]
 
 def run_of(name: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> int | None:
     """The run a task message belongs to, if it names one."""
-    raw = args[0] if name in _BATCH_TASKS and args else kwargs.get("run_id")
+    raw = args[0] if _is_batch(name) and args else kwargs.get("run_id")
     try:
         return None if raw is None else int(raw)
     except (TypeError, ValueError):
@@ -84,7 +87,7 @@ def dead_letter(
         rt.run(dead_letters(rt).add(letter))
     except Exception as e:
         log.warning("task %s[%s]: dead letter not stored: %s", name, task_id, e)
-    if name in _BATCH_TASKS:
+    if _is_batch(name):
         return _refuse_batch(rt, run_id, args, kwargs, reason)
     if name in _RUN_CLOSERS and run_id is not None:
         return _fail_run(rt, RunId(run_id), reason)

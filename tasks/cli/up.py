@@ -22,7 +22,7 @@ from sokovan.embedded import EmbeddedValkey
 from tasks.cli.common import engine, settings
 from tasks.cli.errors import CliError, Refused, Unreachable
 from tasks.cli.remote import broker_reachable
-from tasks.commands import beat_args, worker_args
+from tasks.commands import beat_args, worker_args, worker_env_prefix
 
 
 def flower_password(s: Settings) -> str:
@@ -43,7 +43,11 @@ def processes(s: Settings, agents: int = 2, concurrency: int = 2) -> dict[str, s
     celery = str(exe / "celery")
     sokovan = f"{exe / 'sokovan'}"
     procs = {
-        "worker": shlex.join([celery, *worker_args(concurrency=concurrency)]),
+        # SIGTERM becomes Celery's soft, then cold shutdown: unfinished tasks go back to the
+        # queue at once instead of after the visibility timeout.
+        "worker": " ".join(
+            [worker_env_prefix(), shlex.join([celery, *worker_args(concurrency=concurrency)])]
+        ),
         "beat": shlex.join([celery, *beat_args(s.var_dir / "celerybeat-schedule")]),
         "flower": f"{sokovan} flower",
         "metrics": f"{sokovan} metrics",

@@ -13,7 +13,7 @@ import pytest
 from redis.asyncio import Redis
 
 from sokovan.deadletter import DeadLetter, DeadLetters
-from sokovan.scheduler.specs.common import request_termination
+from sokovan.scheduler.transitions import request_termination
 from sokovan.types import RunId, RunStatus, SessionStatus
 from tests.cluster import IMAGE, Cluster, cluster_without_worker
 from tests.placed import kernels_held, place_sessions

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from sokovan.scheduler.handlers import batch_runners
 from tasks import names
-from tasks.commands import beat_args, worker_args
+from tasks.commands import beat_args, worker_args, worker_env_prefix
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -21,7 +21,7 @@ def _procfile() -> dict[str, str]:
 
 def test_procfile_worker_and_beat_lines_are_the_commands_written_once() -> None:
     procs = _procfile()
-    assert procs["worker"] == " ".join(["celery", *worker_args()])
+    assert procs["worker"] == " ".join([worker_env_prefix(), "celery", *worker_args()])
     schedule = "${SOKOVAN_VAR_DIR:-$HOME/.local/share/sokovan}/celerybeat-schedule"
     assert procs["beat"] == " ".join(["celery", *beat_args(schedule)])
 
