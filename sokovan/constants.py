@@ -18,9 +18,12 @@ PRESENCE_PAGE_SIZE: Final = 10_000
 
 # Handler claims: one run per handler at a time, released by the run's completion.
 CLAIM_KEY_PREFIX: Final = "sokovan:claim:"
-# A claim outlives the slowest run we expect; a dead claimant's claim lapses after it.
-CLAIM_LIFETIME_SEC: Final = 600
-# A run still `running` past this is abandoned by recovery and its targets re-planned.
+# A claim is a lease renewed by the run's live work (Backend.AI's leader lease: 30 s, renewed
+# every 10 s): a crashed holder's lease lapses within this and its run is abandoned.
+CLAIM_LIFETIME_SEC: Final = 30
+# Renewals per lifetime: one late or lost renewal does not lose the lease.
+LEASE_RENEWALS_PER_LIFETIME: Final = 3
+# Outer bound: a run still `running` past this is abandoned even if its lease is renewed.
 RUN_DEADLINE_SEC: Final = 900
 
 # Reference agents register here so the scheduler and tests can find them.
@@ -50,7 +53,8 @@ SWEEP_BRAKE_MIN_KERNELS: Final = 10
 SWEEP_INTERVAL_SEC: Final = 60.0
 TERMINATE_INTERVAL_SEC: Final = 5.0
 LAUNCH_INTERVAL_SEC: Final = 5.0
-RECOVER_INTERVAL_SEC: Final = 60.0
+# Recovery abandons runs whose lease lapsed: every few seconds, so a crash costs seconds.
+RECOVER_INTERVAL_SEC: Final = 5.0
 PRUNE_INTERVAL_SEC: Final = 3600.0
 
 # Celery: soft limit lets a task record its failure before the hard kill.

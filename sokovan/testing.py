@@ -318,6 +318,13 @@ class InMemoryClaims:
         self.released.append(lock_id)
         return True
 
+    async def renew(self, lock_id: str, token: str, lifetime: float) -> bool:
+        held = self._held.get(lock_id)
+        if held is None or held[0] != token or held[1] <= self.now:
+            return False
+        self._held[lock_id] = (token, self.now + lifetime)
+        return True
+
     async def holder(self, lock_id: str) -> str | None:
         held = self._held.get(lock_id)
         return held[0] if held is not None and held[1] > self.now else None
@@ -491,6 +498,13 @@ class InMemoryLedger:
 
     def outcomes(self, run_id: RunId) -> list[ItemOutcome]:
         return list(self.runs[run_id].items.values())
+
+    def running(self, handler: str | None = None) -> list[Any]:
+        return [
+            r.record
+            for r in self.runs.values()
+            if r.record.status == RunStatus.RUNNING and handler in (None, r.record.handler)
+        ]
 
     def running_past_deadline(self, now: datetime | None = None) -> list[Any]:
         now = now or self._now()

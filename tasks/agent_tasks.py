@@ -6,7 +6,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from sokovan.scheduler.handlers import batch_runners, execute_batch
+from sokovan.scheduler.handlers import batch_runners
+from sokovan.scheduler.outcomes import run_batch
 from sokovan.types import AgentId, ItemOutcome, Operation, RunId
 from tasks import names
 from tasks.base import task
@@ -27,12 +28,21 @@ def _run_batch(
         log.warning(error)
         return [ItemOutcome(f"payload:{agent_id!s}"[:64], None, ok=False, error=error).to_json()]
     rt = runtime()
-    services = rt.services
-    outcomes = rt.run(execute_batch(services.context, operation, AgentId(agent_id), items))
-    try:  # recorded now too, so a run abandoned after a crash keeps what was done
-        services.ledger.record_items(RunId(int(run_id)), outcomes)
-    except Exception as e:  # the chord body records them again; duplicates are dropped
-        log.warning("run %s: outcomes of agent %s not recorded early: %s", run_id, agent_id, e)
+    s = rt.services
+    # Under the run's lease, and recorded with the kernels' moves as soon as it ends, so a
+    # crash after this batch leaves its kernels done and a run abandoned before it counts
+    # nothing of it (sokovan.scheduler.outcomes).
+    outcomes = rt.run(
+        run_batch(
+            s.coordinator,
+            s.ledger,
+            s.context,
+            RunId(int(run_id)),
+            operation,
+            AgentId(agent_id),
+            items,
+        )
+    )
     return [o.to_json() for o in outcomes]
 
 

@@ -10,6 +10,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from sokovan.db.handler_state import HandlerStates
+from sokovan.db.recording import OutcomeRecording
 from sokovan.db.schema import run_items, runs
 from sokovan.errors import NotFound
 from sokovan.types import ItemOutcome, RunId, RunStatus, RunTrigger
@@ -61,6 +62,8 @@ class RunItemRecord:
     error: str | None
     duration: float
     evidence: dict[str, Any]
+    # False for what reached the run after it was abandoned or closed: evidence only.
+    counted: bool = True
 
 
 def final_status(succeeded: int, failed: int, error: str | None) -> RunStatus:
@@ -72,7 +75,7 @@ def final_status(succeeded: int, failed: int, error: str | None) -> RunStatus:
     return RunStatus.PARTIAL if succeeded else RunStatus.FAILED
 
 
-class RunLedger(HandlerStates):
+class RunLedger(OutcomeRecording, HandlerStates):
     """Reads and writes runs; every state change is a guarded update."""
 
     def open_run(
@@ -120,67 +123,10 @@ class RunLedger(HandlerStates):
     def record_items(self, run_id: RunId, outcomes: Sequence[ItemOutcome]) -> int:
         """Stores outcomes; an item already recorded for the run is not counted again.
 
-        Outcomes that reach an abandoned run late (a redelivered task) are dropped for items
-        a later run of the same handler has recorded, so no item is counted twice.
+        Outcomes that reach a run no longer `running` are kept as evidence only (see
+        sokovan.db.recording), so an abandoned run's late results are never counted.
         """
-        if not outcomes:
-            return 0
-        outcomes = self._drop_recounted(run_id, outcomes)
-        if not outcomes:
-            return 0
-        now = utcnow()
-        rows = [
-            {
-                "run_id": run_id,
-                "item_id": o.item_id,
-                "agent_id": o.agent_id,
-                "ok": o.ok,
-                "skipped": o.skipped,
-                "error": o.error,
-                "duration": o.duration,
-                "evidence": o.detail,
-                "recorded_at": now,
-            }
-            for o in outcomes
-        ]
-        stmt = (
-            self._insert()(run_items)
-            .on_conflict_do_nothing(index_elements=["run_id", "item_id"])
-            .returning(run_items.c.id)
-        )
-        inserted = 0
-        with self.engine.begin() as conn:
-            for start in range(0, len(rows), 500):
-                # rowcount of a batched insert is not reliable everywhere; RETURNING is.
-                result = conn.execute(stmt, rows[start : start + 500])
-                inserted += len(result.all())
-        return inserted
-
-    def _drop_recounted(
-        self, run_id: RunId, outcomes: Sequence[ItemOutcome]
-    ) -> Sequence[ItemOutcome]:
-        with self.engine.connect() as conn:
-            run = conn.execute(
-                sa.select(runs.c.handler, runs.c.status).where(runs.c.id == run_id)
-            ).first()
-            if run is None or run.status != str(RunStatus.ABANDONED):
-                return outcomes
-            later = runs.alias("later")
-            taken: set[str] = set()
-            ids = [o.item_id for o in outcomes]
-            for start in range(0, len(ids), 500):
-                taken.update(
-                    conn.execute(
-                        sa.select(run_items.c.item_id)
-                        .join(later, later.c.id == run_items.c.run_id)
-                        .where(
-                            later.c.handler == run.handler,
-                            later.c.id > run_id,
-                            run_items.c.item_id.in_(ids[start : start + 500]),
-                        )
-                    ).scalars()
-                )
-        return [o for o in outcomes if o.item_id not in taken]
+        return self.record_and_move(run_id, outcomes).inserted
 
     def close_run(
         self,
@@ -202,7 +148,7 @@ class RunLedger(HandlerStates):
                     sa.func.count().filter(sa.and_(run_items.c.ok, ~run_items.c.skipped)),
                     sa.func.count().filter(sa.and_(~run_items.c.ok, ~run_items.c.skipped)),
                     sa.func.count().filter(run_items.c.skipped),
-                ).where(run_items.c.run_id == run_id)
+                ).where(run_items.c.run_id == run_id, run_items.c.counted)
             ).one()
             succeeded, failed, skipped = (int(c) for c in counts)
             succeeded += bulk_ok
@@ -249,7 +195,7 @@ class RunLedger(HandlerStates):
                     sa.func.count().filter(ok),
                     sa.func.count().filter(bad),
                     sa.func.count().filter(run_items.c.skipped),
-                ).where(run_items.c.run_id == run_id)
+                ).where(run_items.c.run_id == run_id, run_items.c.counted)
             ).one()
             conn.execute(
                 runs.update().where(runs.c.id == run_id).values(succeeded=s, failed=f, skipped=k)
@@ -278,6 +224,7 @@ class RunLedger(HandlerStates):
                     error=r["error"],
                     duration=r["duration"],
                     evidence=dict(r["evidence"] or {}),
+                    counted=bool(r["counted"]),
                 )
                 for r in rows
             ]
@@ -295,6 +242,7 @@ class RunLedger(HandlerStates):
                 skipped=i.skipped,
             )
             for i in self.items(run_id)
+            if i.counted
         ]
 
     def list_runs(

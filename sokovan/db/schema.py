@@ -182,6 +182,8 @@ run_items = sa.Table(
     sa.Column("duration", sa.Float, nullable=False, server_default="0"),
     sa.Column("evidence", sa.JSON, nullable=False, default=dict),
     sa.Column("recorded_at", TS, nullable=False),
+    # False: reached the run after it stopped being live; kept as evidence, never counted.
+    sa.Column("counted", sa.Boolean, nullable=False, server_default=sa.true()),
     sa.UniqueConstraint("run_id", "item_id"),
 )
 

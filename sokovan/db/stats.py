@@ -225,6 +225,7 @@ class RunStats:
                 runs.c.handler,
             )
             .select_from(run_items.join(runs, run_items.c.run_id == runs.c.id))
+            .where(run_items.c.counted)
             .order_by(run_items.c.id)
         )
         if since:

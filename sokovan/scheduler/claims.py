@@ -1,4 +1,4 @@
-"""One run per handler at a time: an atomic Redis claim with a lifetime."""
+"""One run per handler at a time: an atomic Redis claim that is a lease (lifetime, renewals)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,13 @@ from sokovan import constants as C
 # a claim that expired and was taken by someone else.
 _RELEASE = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
+return 0
+"""
+
+# Extends the lease only for the holder: a holder whose lease lapsed (and perhaps was taken
+# by the next run) cannot bring it back.
+_RENEW = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end
 return 0
 """
 
@@ -35,6 +42,13 @@ class RedisClaims:
     async def release(self, lock_id: str, token: str) -> bool:
         """Frees the claim if `token` still holds it."""
         result = await self._redis.eval(_RELEASE, 1, claim_key(lock_id), token)
+        return bool(result)
+
+    async def renew(self, lock_id: str, token: str, lifetime: float) -> bool:
+        """Extends the lease by `lifetime` if `token` still holds it."""
+        result = await self._redis.eval(
+            _RENEW, 1, claim_key(lock_id), token, str(int(lifetime * 1000))
+        )
         return bool(result)
 
     async def holder(self, lock_id: str) -> str | None:

@@ -13,10 +13,14 @@ from sokovan.db.ledger import RunRecord, utcnow
 from sokovan.errors import DispatchError, UnknownHandler
 from sokovan.ports import Claims, FanOutTracking, HandlerKicker, KernelMover, Ledger
 from sokovan.scheduler.handlers.base import FollowUps, HandlerRuntime, Moved, Plan
+from sokovan.scheduler.leases import kept
 from sokovan.scheduler.transitions import apply_transitions
 from sokovan.types import ItemOutcome, Operation, RunId, RunStatus, RunTrigger
 
 log = logging.getLogger(__name__)
+
+LEASE_LAPSED = "abandoned: its lease lapsed (holder gone); unfinished targets go to the next run"
+PAST_DEADLINE = "abandoned: past its deadline; unfinished targets go to the next run"
 
 __all__ = ["Coordinator", "Plan", "RunReport"]
 
@@ -87,6 +91,8 @@ class Coordinator:
                 await self.claims.mark_pending(spec.lock_id, self.claim_lifetime)
             log.info("handler %s already running (claim %s held); skipped", handler, spec.lock_id)
             return RunReport(handler, None, RunStatus.SKIPPED, "another run holds the claim")
+        # Holding the lease now means any run still open under it lost its own: abandon them.
+        await self._abandon_lapsed(spec.lock_id)
         try:
             run_id = await asyncio.to_thread(
                 self.ledger.open_run,
@@ -105,7 +111,8 @@ class Coordinator:
             raise
         limit = self.budgets.get(handler, 0) if budget is None else budget
         try:
-            plan = await spec.plan(run_id, scope, limit)
+            async with kept(self.claims, spec.lock_id, token, self.claim_lifetime):
+                plan = await spec.plan(run_id, scope, limit)
         except DispatchError as e:
             log.warning("run %s of %s could not dispatch: %s", run_id, handler, e)
             await self._finish(run_id, spec.lock_id, token, error=f"dispatch failed: {e}")
@@ -148,11 +155,12 @@ class Coordinator:
         run = await asyncio.to_thread(self.ledger.get_run, run_id)
         spec = self.spec(run.handler)
         await asyncio.to_thread(self.ledger.record_items, run_id, list(outcomes))
-        await self._follow_up(await self._apply(spec, operation, run_id, outcomes))
-        if run.status == RunStatus.ABANDONED:
-            # Recovery gave up on the run before this fan-out reported: count it all the same.
-            await asyncio.to_thread(self.ledger.recount, run_id)
+        if run.status != RunStatus.RUNNING:
+            # Abandoned (its lease lapsed) or already closed (a redelivered body): what came
+            # is kept as evidence only; the next run re-planned and counts those kernels.
+            log.warning("run %s is %s: its fan-out's outcomes kept as evidence", run_id, run.status)
             return None
+        await self._follow_up(await self._apply(spec, operation, run_id, outcomes))
         if not await self.tracker.completed(run_id):
             return None  # other fan-outs of this run have yet to report
         return await self._finish(run_id, spec.lock_id, run.claim_token)
@@ -165,16 +173,33 @@ class Coordinator:
         return await self._finish(run_id, spec.lock_id, run.claim_token, error=error)
 
     async def recover(self) -> list[RunId]:
-        """Abandons runs past their deadline, keeping their outcomes; returns their ids."""
+        """Abandons runs whose lease lapsed or that are past their deadline, keeping their
+        outcomes; returns their ids."""
+        abandoned = []
+        for run in await asyncio.to_thread(self.ledger.running):
+            spec = self.handlers.get(run.handler)
+            lapsed = spec is not None and await self._lease_lapsed(spec.lock_id, run)
+            if lapsed and await self._abandon(run, LEASE_LAPSED):
+                abandoned.append(run.id)
         overdue = await asyncio.to_thread(self.ledger.running_past_deadline)
-        return [run.id for run in overdue if await self._abandon(run)]
+        abandoned += [run.id for run in overdue if await self._abandon(run, PAST_DEADLINE)]
+        return abandoned
 
-    async def _abandon(self, run: RunRecord) -> bool:
-        """Marks one overdue run abandoned and applies the status moves of what it recorded."""
-        note = "abandoned: past its deadline; unfinished targets go to the next run"
+    async def _lease_lapsed(self, lock_id: str, run: RunRecord) -> bool:
+        return bool(run.claim_token) and await self.claims.holder(lock_id) != run.claim_token
+
+    async def _abandon_lapsed(self, lock_id: str) -> None:
+        """Abandons the open runs of every handler under `lock_id` (their lease is gone)."""
+        names = {name for name, spec in self.handlers.items() if spec.lock_id == lock_id}
+        for run in await asyncio.to_thread(self.ledger.running):
+            if run.handler in names:
+                await self._abandon(run, LEASE_LAPSED)
+
+    async def _abandon(self, run: RunRecord, note: str) -> bool:
+        """Marks one run abandoned and applies the status moves of what it recorded."""
         if not await asyncio.to_thread(self.ledger.finish_as, run.id, RunStatus.ABANDONED, note):
             return False
-        log.warning("run %s of %s abandoned past its deadline", run.id, run.handler)
+        log.warning("run %s of %s %s", run.id, run.handler, note)
         spec = self.handlers.get(run.handler)
         if spec is None:
             return True

@@ -356,8 +356,9 @@ async def test_sc_rl_008_recovery_abandons_and_next_run_picks_up_the_rest(rig: R
 
 
 async def test_sc_rl_008_late_and_redelivered_outcomes_count_once(rig: Rig) -> None:
-    """SC-RL-008: a redelivered batch reports again, and the chord body of an abandoned run
-    arrives late: each item is counted once and the abandoned run shows every outcome."""
+    """SC-RL-008 (SC-RC-003): a redelivered batch reports again, and the chord body of an
+    abandoned run arrives late: the abandoned run keeps the late outcome as evidence only and
+    moves nothing; the next run destroys that kernel and counts it, so each counts once."""
     add_session(rig, ["a1", "a1"])
     _, unfinished = add_session(rig, ["a2"])
     run_id, outcomes = await start_then_crash(rig)
@@ -368,8 +369,12 @@ async def test_sc_rl_008_late_and_redelivered_outcomes_count_once(rig: Rig) -> N
 
     run = rig.ledger.get_run(run_id)
     assert run.status == RunStatus.ABANDONED
-    assert (run.succeeded, run.failed, run.skipped) == (3, 0, 0)
-    assert len(rig.ledger.items(run_id)) == 3
+    assert (run.succeeded, run.failed, run.skipped) == (2, 0, 0)
+    items = rig.ledger.items(run_id)
+    assert [(i.item_id, i.counted) for i in items if not i.counted] == [(str(unfinished[0]), False)]
+    assert kernel_status(rig, unfinished[0]) == KernelStatus.TERMINATING
+    nxt = await rig.coordinator.run(NAME, RunTrigger.BEAT)
+    assert nxt.run_id is not None and rig.ledger.get_run(nxt.run_id).succeeded == 1
     assert kernel_status(rig, unfinished[0]) == KernelStatus.TERMINATED
 
 

@@ -133,8 +133,9 @@ def test_sc_rl_008_abandoned_run_keeps_its_outcomes(ledger: RunLedger) -> None:
 def test_sc_rl_008_late_outcomes_of_an_abandoned_run_never_count_twice(
     ledger: RunLedger,
 ) -> None:
-    """SC-RL-008: a task redelivered long after its run was abandoned reports kernels the
-    next run already destroyed; those are not recorded again, the others still are."""
+    """SC-RL-008 (SC-RC-003): a task redelivered long after its run was abandoned reports
+    kernels; they are kept in the abandoned run as evidence only, never counted: the next
+    run re-planned every kernel the abandoned run had not recorded and counts it itself."""
     first = ledger.open_run("terminate_sessions", RunTrigger.BEAT)
     ledger.record_items(first, [destroy("k1", "s1")])
     assert ledger.finish_as(first, RunStatus.ABANDONED, "past its deadline")
@@ -143,11 +144,17 @@ def test_sc_rl_008_late_outcomes_of_an_abandoned_run_never_count_twice(
     ledger.close_run(second)
 
     late = [destroy("k2", "s1"), destroy("k3", "s1"), destroy("k4", "s1")]
-    assert ledger.record_items(first, late) == 1  # only k4, which no later run recorded
+    assert ledger.record_items(first, late) == 3
     ledger.recount(first)
 
-    assert [o.item_id for o in ledger.outcomes(first)] == ["k1", "k4"]
-    assert ledger.get_run(first).succeeded == 2
+    assert [o.item_id for o in ledger.outcomes(first)] == ["k1"]
+    assert [(i.item_id, i.counted) for i in ledger.items(first)] == [
+        ("k1", True),
+        ("k2", False),
+        ("k3", False),
+        ("k4", False),
+    ]
+    assert ledger.get_run(first).succeeded == 1
     other = ledger.open_run("sweep_stale_kernels", RunTrigger.BEAT)
     assert ledger.record_items(other, [destroy("k2", "s1")]) == 1  # other handlers unaffected
 

@@ -76,8 +76,9 @@ class _DispatchLog:
 async def create_on_agent(
     ctx: HandlerContext, agent_id: AgentId, items: Sequence[Mapping[str, Any]]
 ) -> list[ItemOutcome]:
-    """create_kernels on one agent; created kernels run at once, not at the run's end."""
-    outcomes = await create_kernels_on_agent(
+    """create_kernels on one agent; the task records the created kernels RUNNING at once, in
+    the transaction that records their outcomes (sokovan.scheduler.outcomes)."""
+    return await create_kernels_on_agent(
         ctx.pool,
         ctx.secrets,
         agent_id,
@@ -87,11 +88,6 @@ async def create_on_agent(
         environs=ctx.environs,
         keys=ctx.keys,
     )
-    try:
-        await apply_created(ctx.repository, outcomes)
-    except Exception as e:  # the run's completion applies them all the same
-        log.warning("kernels created on agent %s not moved early: %s", agent_id, e)
-    return outcomes
 
 
 def build(ctx: HandlerContext) -> HandlerRuntime:
@@ -201,8 +197,8 @@ DECLARATION = HandlerDeclaration(
     target="sessions",
     target_statuses=(SessionStatus.PREPARED, SessionStatus.CREATING),
     transitions={
-        # Usually applied already by the agent's own task (apply_created), so sessions do not
-        # wait for the run's other agents; applying it again is a no-op.
+        # Usually applied already by the agent's own task when it recorded the outcome, so
+        # sessions do not wait for the run's other agents; applying it again is a no-op.
         "ok": Transition(
             KernelStatus.RUNNING,
             (KernelStatus.CREATING,),

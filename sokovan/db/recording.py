@@ -1,0 +1,140 @@
+"""Recording outcomes: fenced by the run's state, and moving their kernels in the same transaction.
+
+Only a live (`running`) run counts what it records and moves its kernels. What reaches a run
+that was abandoned or closed (a holder whose lease lapsed, a redelivered task) is kept as
+evidence (`counted` false) and moves nothing: the next run re-planned those kernels from the
+database and counts them itself, so no kernel is counted twice across runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from sokovan.db.base import SqlBase
+from sokovan.db.schema import kernels, run_items, runs
+from sokovan.types import TERMINAL_KERNEL_STATUSES, ItemOutcome, KernelId, KernelStatus, RunId
+
+_CHUNK = 500
+
+
+@dataclass(frozen=True, slots=True)
+class KernelMove:
+    """A guarded status move of some kernels, with per-kernel column values."""
+
+    verdict: str
+    kernel_ids: tuple[KernelId, ...]
+    to: KernelStatus
+    allowed_from: tuple[KernelStatus, ...]
+    status_info: str | None = None
+    values: Mapping[KernelId, Mapping[str, Any]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    """What recording a batch of outcomes did."""
+
+    counted: bool  # False: the run was no longer live; the rows are evidence only
+    inserted: int
+    moved: Mapping[str, Sequence[KernelId]]
+
+
+def move_kernels(
+    conn: sa.Connection,
+    kernel_ids: Collection[KernelId],
+    to: KernelStatus,
+    allowed_from: Collection[KernelStatus],
+    *,
+    status_info: str | None = None,
+    values: Mapping[KernelId, Mapping[str, Any]] | None = None,
+) -> list[KernelId]:
+    """Moves kernels in `allowed_from` to `to` inside `conn`'s transaction; returns them."""
+    now = datetime.now(UTC)
+    extra: dict[str, Any] = {"status": str(to), "status_changed_at": now}
+    if status_info is not None:
+        extra["status_info"] = status_info
+    if to in TERMINAL_KERNEL_STATUSES:
+        extra["terminated_at"] = now
+    allowed = [str(s) for s in allowed_from]
+    ids = list(kernel_ids)
+    moved: list[KernelId] = []
+    for start in range(0, len(ids), _CHUNK):
+        chunk = ids[start : start + _CHUNK]
+        guard = (kernels.c.id.in_(chunk), kernels.c.status.in_(allowed))
+        found = conn.execute(sa.select(kernels.c.id).where(*guard)).scalars().all()
+        if found:
+            conn.execute(kernels.update().where(kernels.c.id.in_(found)).values(**extra))
+            moved.extend(KernelId(k) for k in found)
+    for kernel_id in moved:
+        if values and kernel_id in values:
+            conn.execute(
+                kernels.update().where(kernels.c.id == kernel_id).values(**values[kernel_id])
+            )
+    return moved
+
+
+class OutcomeRecording(SqlBase):
+    """The ledger's write of outcomes, fenced by the run's status."""
+
+    def record_and_move(
+        self, run_id: RunId, outcomes: Sequence[ItemOutcome], moves: Sequence[KernelMove] = ()
+    ) -> Recorded:
+        """Stores outcomes and, while the run is live, applies `moves` in the same transaction."""
+        if not outcomes:
+            return Recorded(counted=True, inserted=0, moved={})
+        with self.engine.begin() as conn:
+            # A write first: it takes the run's row (and SQLite's write lock) for the whole
+            # transaction, so an abandonment cannot slip between this check and the moves.
+            live = bool(
+                conn.execute(
+                    runs.update()
+                    .where(runs.c.id == run_id, runs.c.status == "running")
+                    .values(status=runs.c.status)
+                ).rowcount
+            )
+            inserted = self._insert_items(conn, run_id, outcomes, counted=live)
+            moved: dict[str, list[KernelId]] = {}
+            for move in moves if live else ():
+                moved[move.verdict] = move_kernels(
+                    conn,
+                    move.kernel_ids,
+                    move.to,
+                    move.allowed_from,
+                    status_info=move.status_info,
+                    values=move.values,
+                )
+        return Recorded(counted=live, inserted=inserted, moved=moved)
+
+    def _insert_items(
+        self, conn: sa.Connection, run_id: RunId, outcomes: Sequence[ItemOutcome], *, counted: bool
+    ) -> int:
+        now = datetime.now(UTC)
+        rows = [
+            {
+                "run_id": run_id,
+                "item_id": o.item_id,
+                "agent_id": o.agent_id,
+                "ok": o.ok,
+                "skipped": o.skipped,
+                "error": o.error,
+                "duration": o.duration,
+                "evidence": o.detail,
+                "recorded_at": now,
+                "counted": counted,
+            }
+            for o in outcomes
+        ]
+        stmt = (
+            self._insert()(run_items)
+            .on_conflict_do_nothing(index_elements=["run_id", "item_id"])
+            .returning(run_items.c.id)
+        )
+        inserted = 0
+        for start in range(0, len(rows), _CHUNK):
+            # rowcount of a batched insert is not reliable everywhere; RETURNING is.
+            inserted += len(conn.execute(stmt, rows[start : start + _CHUNK]).all())
+        return inserted
