@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import launch, rpc, sweep, terminate
+from bench import launch, recovery, rpc, sweep, terminate
 from bench.harness import Figure, load_average, machine, print_figures
 
 RESULTS = Path(__file__).with_name("results.md")
@@ -115,6 +115,8 @@ async def main(mode: str) -> int:
         got = await _one(name, functools.partial(runner, args), LIMIT_SEC[mode])
         print_figures(f"bench.{name}", got)
         figures += got
+    if mode != "smoke":  # a lease must lapse: it takes tens of seconds whatever the size
+        figures += await _one("recovery", recovery.figures, LIMIT_SEC[mode])
     got = await _one("rpc", lambda: rpc_figures(sizes["rpc"]), LIMIT_SEC[mode])
     print_figures("bench.rpc", got)
     figures += got

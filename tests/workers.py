@@ -89,11 +89,8 @@ def celery_worker(
     concurrency: int = 1,
     pool: str = "prefork",
     timeout: float = 60.0,
-<<<<<<< HEAD
     loglevel: str = "INFO",
-=======
     extra_args: Sequence[str] = (),
->>>>>>> ab1f738 (Poison messages are dead-lettered after three deliveries instead of crash-looping workers)
 ) -> Iterator[WorkerProcess]:
     """A `celery worker` subprocess on the test's broker; stopped (SIGTERM, then SIGKILL) after."""
     name = f"test-{uuid.uuid4().hex[:8]}@localhost"

@@ -128,11 +128,20 @@ class OutcomeRecording(SqlBase):
             }
             for o in outcomes
         ]
-        stmt = (
-            self._insert()(run_items)
-            .on_conflict_do_nothing(index_elements=["run_id", "item_id"])
-            .returning(run_items.c.id)
-        )
+        insert = self._insert()(run_items)
+        if counted:
+            # A live run keeps one outcome per item; a success replaces a failure recorded
+            # before (a batch cut short by its worker's shutdown, then run again).
+            new = insert.excluded
+            stmt = insert.on_conflict_do_update(
+                index_elements=["run_id", "item_id"],
+                set_={c: new[c] for c in ("agent_id", "ok", "error", "duration", "evidence")},
+                where=sa.and_(~run_items.c.ok, ~run_items.c.skipped, new.ok),
+            ).returning(run_items.c.id)
+        else:
+            stmt = insert.on_conflict_do_nothing(index_elements=["run_id", "item_id"]).returning(
+                run_items.c.id
+            )
         inserted = 0
         for start in range(0, len(rows), _CHUNK):
             # rowcount of a batched insert is not reliable everywhere; RETURNING is.

@@ -74,6 +74,8 @@ async def test_sigterm_soft_shutdown_requeues_the_unfinished_batch_at_once(
             )
             assert received(second.output()) == [held], "the same batch was handed back"
         run = c.ledger.get_run(run_id)
-        assert (run.status, run.succeeded, run.failed) == (RunStatus.SUCCEEDED, 1, 0), run
+        assert (run.status, run.succeeded, run.failed) == (RunStatus.SUCCEEDED, 1, 0), (
+            c.ledger.items(run_id)
+        )
         s = c.wait_status(sid, SessionStatus.TERMINATED)
         assert [k.status for k in s.kernels] == [KernelStatus.TERMINATED]
