@@ -16,16 +16,29 @@ from sokovan.types import ItemOutcome
 
 log = logging.getLogger(__name__)
 
-# Counts one more delivery and keeps the counter alive past any redelivery.
+# Counts one more delivery and keeps the counter alive past any redelivery; also says
+# whether a delivery of this task id already finished (a duplicate message).
 _COUNT = """
 local n = redis.call('incr', KEYS[1])
 redis.call('expire', KEYS[1], tonumber(ARGV[1]))
-return n
+return {n, redis.call('exists', KEYS[2])}
 """
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One start of a task message, as counted."""
+
+    count: int  # starts of this task id that did not finish, this one included
+    duplicate: bool  # another delivery of the same task id already finished
 
 
 def delivery_key(task_id: str) -> str:
     return f"{C.DELIVERY_KEY_PREFIX}{task_id}"
+
+
+def finished_key(task_id: str) -> str:
+    return f"{C.DELIVERY_KEY_PREFIX}{task_id}:finished"
 
 
 def bounded_repr(args: Sequence[Any], kwargs: Mapping[str, Any]) -> str:
@@ -112,13 +125,18 @@ class DeadLetters:
         self._redis = redis
         self._ttl = counter_ttl
 
-    async def count_delivery(self, task_id: str) -> int:
-        """Counts one delivery of a message and returns how many it has had."""
-        return int(await self._redis.eval(_COUNT, 1, delivery_key(task_id), str(self._ttl)))
+    async def count_delivery(self, task_id: str) -> Delivery:
+        """Counts one delivery of a message."""
+        keys = (delivery_key(task_id), finished_key(task_id))
+        n, done = await self._redis.eval(_COUNT, 2, *keys, str(self._ttl))
+        return Delivery(int(n), bool(done))
 
     async def finished(self, task_id: str) -> None:
-        """Forgets a message's count once its task finished."""
-        await self._redis.delete(delivery_key(task_id))
+        """Forgets a message's count once its task finished, and notes that it did."""
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.delete(delivery_key(task_id))
+            pipe.set(finished_key(task_id), "1", ex=self._ttl)
+            await pipe.execute()
 
     async def add(self, letter: DeadLetter) -> None:
         """Puts a message on the list, newest first; the oldest fall off past the bound."""

@@ -43,12 +43,16 @@ class CountedTask(Task):  # type: ignore[misc]
         rt = runtime()
         letters = dead_letters(rt)
         try:
-            count = rt.run(letters.count_delivery(task_id))
+            delivery = rt.run(letters.count_delivery(task_id))
         except Exception as e:  # an unreachable counter must not stop the work itself
             log.warning("task %s[%s]: delivery not counted: %s", self.name, task_id, e)
             return super().__call__(*args, **kwargs)
-        if count > rt.settings.max_deliveries:
-            return dead_letter(rt, self.name, task_id, args, kwargs, count)
+        if delivery.count > rt.settings.max_deliveries:
+            return dead_letter(rt, self.name, task_id, args, kwargs, delivery.count)
+        if delivery.duplicate or delivery.count > 1:
+            # Harmless (every task is idempotent and the ledger counts an item once): noted.
+            what = "a duplicate of a finished task" if delivery.duplicate else "redelivered"
+            log.warning("task %s[%s] is %s (start %d)", self.name, task_id, what, delivery.count)
         try:
             return super().__call__(*args, **kwargs)
         finally:

@@ -5,15 +5,16 @@ from __future__ import annotations
 from redis.asyncio import Redis
 
 from sokovan import constants as C
-from sokovan.deadletter import DeadLetters, failed_outcomes, make_dead_letter
+from sokovan.deadletter import DeadLetters, Delivery, failed_outcomes, make_dead_letter
 
 
 async def test_deliveries_count_up_until_the_task_finishes(redis: Redis) -> None:
     letters = DeadLetters(redis, counter_ttl=60)
-    assert [await letters.count_delivery("t1") for _ in range(3)] == [1, 2, 3]
+    assert [(await letters.count_delivery("t1")).count for _ in range(3)] == [1, 2, 3]
     assert 0 < await redis.ttl(f"{C.DELIVERY_KEY_PREFIX}t1") <= 60
     await letters.finished("t1")
-    assert await letters.count_delivery("t1") == 1
+    assert await letters.count_delivery("t1") == Delivery(count=1, duplicate=True)
+    assert await letters.count_delivery("t2") == Delivery(count=1, duplicate=False)
 
 
 async def test_dead_letters_are_listed_newest_first_and_taken_by_id(redis: Redis) -> None:
