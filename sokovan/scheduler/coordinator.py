@@ -178,9 +178,18 @@ class Coordinator:
         abandoned = []
         for run in await asyncio.to_thread(self.ledger.running):
             spec = self.handlers.get(run.handler)
-            lapsed = spec is not None and await self._lease_lapsed(spec.lock_id, run)
-            if lapsed and await self._abandon(run, LEASE_LAPSED):
-                abandoned.append(run.id)
+            if spec is None or not await self._lease_lapsed(spec.lock_id, run):
+                continue
+            # Abandoned under the lease, so no next run plans while this one is cleaned up;
+            # if another start holds it now, that start abandons the run itself.
+            token = await self.claims.claim(spec.lock_id, self.claim_lifetime)
+            if token is None:
+                continue
+            try:
+                if await self._abandon(run, LEASE_LAPSED):
+                    abandoned.append(run.id)
+            finally:
+                await self._release(spec.lock_id, token, run.handler)
         overdue = await asyncio.to_thread(self.ledger.running_past_deadline)
         abandoned += [run.id for run in overdue if await self._abandon(run, PAST_DEADLINE)]
         return abandoned
@@ -208,6 +217,11 @@ class Coordinator:
             log.warning("handler %s is paused: run %s left as recorded", run.handler, run.id)
         else:
             await self._complete_recorded(spec, run)
+            if spec.abandoned is not None:
+                try:
+                    await self._follow_up(await spec.abandoned(run.id))
+                except Exception:  # the next run and the deadlines deal with it instead
+                    log.exception("run %s: cleaning up after it failed", run.id)
         if run.claim_token:
             await self.claims.release(spec.lock_id, run.claim_token)
         return True

@@ -125,6 +125,9 @@ class HandlerRuntime:
     plan: Planner
     # Keyed by operation; None completes the outcomes the planner itself returned.
     complete: Mapping[Operation | None, Completer] = field(default_factory=dict)
+    # Called once a run is abandoned (after its recorded outcomes were applied), under the
+    # handler's lease: targets the lost work left half-way are given a way out.
+    abandoned: Callable[[RunId], Awaitable[FollowUps]] | None = None
 
     @property
     def name(self) -> str:

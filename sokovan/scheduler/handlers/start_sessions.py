@@ -140,7 +140,14 @@ def build(ctx: HandlerContext) -> HandlerRuntime:
         failed_sessions = session_ids_of(o for o in outcomes if not o.ok)
         return await fail_sessions(repo, sorted(failed_sessions), FAILED_TO_START)
 
-    return HandlerRuntime(DECLARATION, plan, {Operation.CREATE_KERNELS: complete})
+    async def abandoned(run_id: RunId) -> FollowUps:
+        # The lost batches' sessions would wait for the creation timeout: fail them now, so
+        # what their agents may have created is destroyed and nothing is created twice.
+        return await _fail_interrupted(repo)
+
+    return HandlerRuntime(
+        DECLARATION, plan, {Operation.CREATE_KERNELS: complete}, abandoned=abandoned
+    )
 
 
 async def apply_created(repo: SchedulerRepository, outcomes: Sequence[ItemOutcome]) -> None:
@@ -183,6 +190,22 @@ async def _expire_creating(repo: SchedulerRepository, deadline: float) -> Follow
             "src": "other",
             "name": "CreationTimeout",
             "message": f"no creation result arrived within the {deadline:g}s CREATING deadline",
+        }
+        await asyncio.to_thread(repo.merge_session_status_data, sid, {"error": info})
+    return await fail_sessions(repo, stuck, CREATION_TIMEOUT)
+
+
+async def _fail_interrupted(repo: SchedulerRepository) -> FollowUps:
+    """Every session still CREATING once the run creating it was abandoned (its worker lost)
+    fails at once, so what its agents may have created is destroyed and nothing twice."""
+    sessions = await asyncio.to_thread(repo.sessions_in, [SessionStatus.CREATING])
+    stuck = [s.id for s in sessions]
+    for sid in stuck:
+        log.warning("session %s left CREATING by an abandoned run; failing it", sid)
+        info = {
+            "src": "other",
+            "name": "CreationInterrupted",
+            "message": "the run creating it was abandoned (its worker was lost)",
         }
         await asyncio.to_thread(repo.merge_session_status_data, sid, {"error": info})
     return await fail_sessions(repo, stuck, CREATION_TIMEOUT)
