@@ -144,7 +144,8 @@ def show(
             (
                 i.item_id,
                 i.agent_id or "-",
-                "skip" if i.skipped else ("ok" if i.ok else "FAIL"),
+                ("skip" if i.skipped else ("ok" if i.ok else "FAIL"))
+                + ("" if i.counted else " (late)"),
                 f"{i.duration * 1000:.0f}ms",
                 i.error or "",
                 json.dumps(i.evidence, sort_keys=True) if i.evidence else "",
