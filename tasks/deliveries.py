@@ -13,6 +13,7 @@ from typing import Any
 
 from celery import Task
 
+from sokovan import constants as C
 from sokovan.deadletter import DeadLetters, failed_outcomes, make_dead_letter
 from sokovan.types import RunId
 from tasks import names
@@ -29,7 +30,8 @@ def _is_batch(name: str) -> bool:
 
 def dead_letters(rt: WorkerRuntime) -> DeadLetters:
     """The dead-letter store on this process's Redis client."""
-    ttl = max(3 * rt.settings.visibility_timeout, 86400)
+    # A counter must outlive the redeliveries it counts, which come after the visibility timeout.
+    ttl = max(3 * rt.settings.visibility_timeout, C.DELIVERY_COUNT_TTL_SEC)
     return DeadLetters(rt.services.redis, counter_ttl=ttl)
 
 
