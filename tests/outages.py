@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import time
@@ -106,3 +107,19 @@ def tracebacks(*logs: str) -> list[str]:
             if "Traceback (most recent call last)" in line:
                 found.append("\n".join(lines[max(0, i - 2) : i + 30]))
     return found
+
+
+def held_batches(worker: WorkerProcess, operation: str, within: float = 1.0) -> list[str]:
+    """Agent batches of `operation` the worker took in the last `within` seconds and has not
+    finished: the tests' batches last seconds, so one taken this recently is surely still
+    running when the worker is killed right after."""
+    log = worker.output()
+    task = re.escape(f"sokovan.agent.{operation}")
+    pattern = rf"\[([0-9-]+ [0-9:]+),([0-9]+): [^]]*\] Task {task}\[([0-9a-f-]+)\] received"
+    held = []
+    for stamp, millis, task_id in re.findall(pattern, log):
+        # The worker logs local time, as time.mktime reads it.
+        at = time.mktime(time.strptime(stamp, "%Y-%m-%d %H:%M:%S")) + int(millis) / 1000
+        if f"{operation}[{task_id}] succeeded" not in log and time.time() - at < within:
+            held.append(task_id)
+    return held

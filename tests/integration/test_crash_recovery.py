@@ -4,7 +4,6 @@ over 5 agents, with default settings: every kernel TERMINATED within 60 s, each 
 from __future__ import annotations
 
 import os
-import re
 import signal
 from collections import Counter
 from collections.abc import Iterator
@@ -17,7 +16,7 @@ from sokovan.db.stats import RunStats
 from sokovan.scheduler.transitions import request_termination
 from sokovan.types import KernelId, KernelStatus, RunId, RunStatus, SessionStatus
 from tests.cluster import Cluster, cluster_without_worker
-from tests.outages import celery_beat
+from tests.outages import celery_beat, held_batches
 from tests.placed import kernels_held, place_sessions
 from tests.workers import WorkerProcess, celery_worker, wait_for
 
@@ -35,13 +34,6 @@ WITHIN = 60.0
 
 def terminated(c: Cluster, kids: list[KernelId]) -> set[KernelId]:
     return {k for k, s in c.repo.kernel_statuses(kids).items() if s == KernelStatus.TERMINATED}
-
-
-def held_batches(worker: WorkerProcess) -> list[str]:
-    """Destroy batches the worker took and had not finished."""
-    log = worker.output()
-    taken = re.findall(r"destroy_kernels\[([0-9a-f-]+)\] received", log)
-    return [t for t in taken if f"destroy_kernels[{t}] succeeded" not in log]
 
 
 def assert_counted_once(c: Cluster, kids: list[KernelId], first: RunId) -> None:
@@ -72,7 +64,7 @@ async def kill_mid_run(c: Cluster, doomed: WorkerProcess, kids: list[KernelId]) 
     some batches were recorded and while it still holds others."""
     first = RunId(c.send("sokovan.handler.run", handler=TERMINATE)["run_id"])
     wait_for(
-        lambda: len(terminated(c, kids)) >= 100 and held_batches(doomed),
+        lambda: len(terminated(c, kids)) >= 100 and held_batches(doomed, "destroy_kernels"),
         timeout=120,
         interval=0.05,
         what="a first batch recorded while the doomed worker holds another",

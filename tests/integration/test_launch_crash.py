@@ -15,9 +15,9 @@ from sokovan.db.stats import RunStats
 from sokovan.scheduler.submit import SessionRequest, submit_session
 from sokovan.types import TERMINAL_SESSION_STATUSES, SessionId, SessionStatus
 from tests.cluster import IMAGE, Cluster, cluster_without_worker
-from tests.outages import celery_beat
+from tests.outages import celery_beat, held_batches
 from tests.placed import kernels_held
-from tests.workers import WorkerProcess, celery_worker, wait_for
+from tests.workers import celery_worker, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]
 
@@ -31,12 +31,6 @@ DONE = (SessionStatus.RUNNING, *TERMINAL_SESSION_STATUSES)
 
 def statuses(c: Cluster, sids: list[SessionId]) -> Counter[SessionStatus]:
     return Counter(s.status for s in c.repo.sessions_by_ids(sids))
-
-
-def held_creations(worker: WorkerProcess) -> list[str]:
-    log = worker.output()
-    taken = re.findall(r"create_kernels\[([0-9a-f-]+)\] received", log)
-    return [t for t in taken if f"create_kernels[{t}] succeeded" not in log]
 
 
 def created_on_agents(c: Cluster) -> Counter[str]:
@@ -65,7 +59,10 @@ async def test_sc_rc_001_launch_of_100_sessions_killed_during_creation(
         with celery_worker(c.senv, concurrency=2) as doomed:
             c.send("sokovan.handler.run", handler="pull_images")
             wait_for(
-                lambda: statuses(c, sids)[SessionStatus.RUNNING] > 0 and held_creations(doomed),
+                lambda: (
+                    statuses(c, sids)[SessionStatus.RUNNING] > 0
+                    and held_batches(doomed, "create_kernels")
+                ),
                 timeout=120,
                 interval=0.05,
                 what="some sessions RUNNING while creation tasks are held",
