@@ -109,9 +109,9 @@ def tracebacks(*logs: str) -> list[str]:
     return found
 
 
-def held_batches(worker: WorkerProcess, operation: str, within: float = 1.0) -> list[str]:
+def held_batches(worker: WorkerProcess, operation: str, within: float = float("inf")) -> list[str]:
     """Agent batches of `operation` the worker took in the last `within` seconds and has not
-    finished: the tests' batches last seconds, so one taken this recently is surely still
+    finished: the tests' batches last seconds, so one taken a moment ago is surely still
     running when the worker is killed right after."""
     log = worker.output()
     task = re.escape(f"sokovan.agent.{operation}")

@@ -44,7 +44,7 @@ def assert_counted_once(c: Cluster, kids: list[KernelId], first: RunId) -> None:
         ok.update(i.item_id for i in c.ledger.items(run.id) if i.counted and i.ok)
     assert set(ok) == {str(k) for k in kids} and set(ok.values()) == {1}
     assert sum(r.succeeded for r in runs) == len(kids)
-    assert c.ledger.get_run(first).status == RunStatus.ABANDONED
+    assert c.ledger.get_run(first).status in (RunStatus.ABANDONED, RunStatus.SUCCEEDED)
     assert all(r.status == RunStatus.SUCCEEDED for r in runs if r.id != first)
     (stats,) = RunStats(c.senv.engine).handlers(handler=TERMINATE)
     assert (stats.succeeded, stats.failed, stats.items) == (len(kids), 0, len(kids))
@@ -59,12 +59,14 @@ def doomed_worker(c: Cluster) -> Iterator[WorkerProcess]:
         yield worker
 
 
-async def kill_mid_run(c: Cluster, doomed: WorkerProcess, kids: list[KernelId]) -> RunId:
+async def kill_mid_run(
+    c: Cluster, doomed: WorkerProcess, kids: list[KernelId], within: float
+) -> RunId:
     """Starts the terminate run and SIGKILLs the doomed worker's whole process group once
-    some batches were recorded and while it still holds others."""
+    some batches were recorded and while it still holds others (taken within `within` s)."""
     first = RunId(c.send("sokovan.handler.run", handler=TERMINATE)["run_id"])
     wait_for(
-        lambda: len(terminated(c, kids)) >= 100 and held_batches(doomed, "destroy_kernels"),
+        lambda: len(terminated(c, kids)) >= 100 and held_batches(doomed, "destroy_kernels", within),
         timeout=120,
         interval=0.05,
         what="a first batch recorded while the doomed worker holds another",
@@ -104,7 +106,11 @@ async def test_sc_rc_001_002_whole_worker_killed_every_kernel_terminated_once(
             if mode == "takeover":
                 stack.enter_context(celery_worker(c.senv, concurrency=2))
             with doomed_worker(c) as doomed:
-                first = await kill_mid_run(c, doomed, kids)
+                # Alone, the doomed worker takes batches in waves: kill one taken a moment
+                # ago. Beside another worker, the waves align and a batch it holds may end
+                # right at the kill: then nothing was lost and the first run just completes.
+                within = 1.0 if mode == "restart" else float("inf")
+                first = await kill_mid_run(c, doomed, kids, within)
             # Read in this order: in takeover mode the other worker keeps recording meanwhile.
             recorded = {i.item_id for i in c.ledger.items(first) if i.ok}
             done_at_kill = terminated(c, kids)
@@ -133,3 +139,5 @@ async def test_sc_rc_001_002_whole_worker_killed_every_kernel_terminated_once(
         assert not replanned & {str(k) for k in done_at_kill}, "a recorded kernel was re-planned"
         assert sum((await kernels_held(c, AGENTS)).values()) == 0
         assert_counted_once(c, kids, first)
+        if mode == "restart":
+            assert c.ledger.get_run(first).status == RunStatus.ABANDONED

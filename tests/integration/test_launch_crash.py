@@ -61,7 +61,7 @@ async def test_sc_rc_001_launch_of_100_sessions_killed_during_creation(
             wait_for(
                 lambda: (
                     statuses(c, sids)[SessionStatus.RUNNING] > 0
-                    and held_batches(doomed, "create_kernels")
+                    and held_batches(doomed, "create_kernels", within=1.0)
                 ),
                 timeout=120,
                 interval=0.05,
