@@ -64,3 +64,14 @@ async def kernels_held(c: Cluster, agent_ids: Sequence[str]) -> dict[str, int]:
         async with RpcClient(c.agents.addr(agent_id), agent_id) as rpc:
             held[agent_id] = int((await rpc.call("health"))["kernels"])
     return held
+
+
+def submit_on(c: Cluster, agent_id: str) -> SessionId:
+    """A one-kernel session submitted (SCHEDULED) on `agent_id`, without kicking a handler."""
+    from sokovan.admission.parse import parse_create
+    from sokovan.admission.schemas import Limits
+    from sokovan.scheduler.submit import SessionRequest, submit_session
+
+    request = parse_create({"image": IMAGE, "agents": [agent_id]}, Limits())
+    assert isinstance(request, SessionRequest), request
+    return submit_session(c.repo, request).session_id

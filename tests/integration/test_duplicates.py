@@ -11,11 +11,11 @@ import pytest
 import redis as sync_redis
 
 from sokovan.db.stats import RunStats
-from sokovan.scheduler.submit import SessionRequest, submit_session
 from sokovan.scheduler.transitions import request_termination
 from sokovan.types import RunStatus, SessionId, SessionStatus
 from tests.agents import set_fault
-from tests.cluster import IMAGE, Cluster, cluster_without_worker
+from tests.cluster import Cluster, cluster_without_worker
+from tests.placed import submit_on
 from tests.workers import celery_worker, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
@@ -85,10 +85,7 @@ async def test_sc_rc_007_duplicate_pull_create_destroy_and_body_are_harmless_and
         for method in ("check_and_pull", "create_kernels", "destroy_kernel"):
             for agent_id in AGENTS:
                 await set_fault(url, agent_id, {**HANG, "method": method})
-        sids = [
-            submit_session(c.repo, SessionRequest.from_json({"image": IMAGE, "agents": [a]}))
-            for a in ("a1", "a2")
-        ]
+        sids = [submit_on(c, a) for a in ("a1", "a2")]
         dups: list[str] = []
         with celery_worker(c.senv, concurrency=1) as worker:
             c.app.send_task("sokovan.handler.run", kwargs={"handler": "pull_images"})

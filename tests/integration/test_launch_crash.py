@@ -12,11 +12,10 @@ from pathlib import Path
 import pytest
 
 from sokovan.db.stats import RunStats
-from sokovan.scheduler.submit import SessionRequest, submit_session
 from sokovan.types import TERMINAL_SESSION_STATUSES, SessionId, SessionStatus
-from tests.cluster import IMAGE, Cluster, cluster_without_worker
+from tests.cluster import Cluster, cluster_without_worker
 from tests.outages import celery_beat, held_batches
-from tests.placed import kernels_held
+from tests.placed import kernels_held, submit_on
 from tests.workers import celery_worker, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]
@@ -50,12 +49,7 @@ async def test_sc_rc_001_launch_of_100_sessions_killed_during_creation(
     async with cluster_without_worker(
         tmp_path, valkey_url, agents=len(AGENTS), latency={"create_kernels": CREATE_LATENCY}
     ) as c:
-        sids = [
-            submit_session(
-                c.repo, SessionRequest.from_json({"image": IMAGE, "agents": [AGENTS[n % 5]]})
-            )
-            for n in range(SESSIONS)
-        ]
+        sids = [submit_on(c, AGENTS[n % 5]) for n in range(SESSIONS)]
         with celery_worker(c.senv, concurrency=2) as doomed:
             c.send("sokovan.handler.run", handler="pull_images")
             wait_for(
