@@ -72,6 +72,10 @@ def submit_on(c: Cluster, agent_id: str) -> SessionId:
     from sokovan.admission.schemas import Limits
     from sokovan.scheduler.submit import SessionRequest, submit_session
 
-    request = parse_create({"image": IMAGE, "agents": [agent_id]}, Limits())
+    # A quarter core each, so many fit on one reference agent (8 cores) without queueing.
+    small = {"cpu": "0.25", "mem": str(2**20)}
+    request = parse_create(
+        {"image": IMAGE, "agents": [agent_id], "resource_slots": small}, Limits()
+    )
     assert isinstance(request, SessionRequest), request
     return submit_session(c.repo, request).session_id

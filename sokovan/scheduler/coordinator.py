@@ -14,6 +14,7 @@ from sokovan.errors import DispatchError, UnknownHandler
 from sokovan.ports import Claims, FanOutTracking, HandlerKicker, KernelMover, Ledger
 from sokovan.scheduler.handlers.base import FollowUps, HandlerRuntime, Moved, Plan
 from sokovan.scheduler.leases import kept
+from sokovan.scheduler.outcomes import with_recorded_moves
 from sokovan.scheduler.transitions import apply_transitions
 from sokovan.types import ItemOutcome, Operation, RunId, RunStatus, RunTrigger
 
@@ -248,6 +249,7 @@ class Coordinator:
     ) -> FollowUps:
         """Applies the declared transitions to a batch of outcomes, then the handler's rest."""
         moved: Moved = await apply_transitions(self.states, spec.declaration.transitions, outcomes)
+        moved = with_recorded_moves(moved, outcomes)
         completer = spec.complete.get(operation)
         return await completer(run_id, outcomes, moved) if completer is not None else ()
 

@@ -10,6 +10,7 @@ batch did is kept as evidence and the kernels are left to the next run.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import uuid
 from collections.abc import Mapping, Sequence
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from sokovan.db.recording import KernelMove, Recorded
 from sokovan.scheduler.handlers import execute_batch
-from sokovan.scheduler.handlers.base import HandlerContext, Transition, verdict_of
+from sokovan.scheduler.handlers.base import HandlerContext, Moved, Transition, verdict_of
 from sokovan.scheduler.leases import kept
 from sokovan.scheduler.transitions import promote_sessions, session_ids_of
 from sokovan.types import (
@@ -36,6 +37,9 @@ if TYPE_CHECKING:
     from sokovan.scheduler.coordinator import Coordinator
 
 log = logging.getLogger(__name__)
+
+# Outcome detail: the verdict whose declared move the batch task applied when it recorded it.
+MOVED_ON_RECORD = "moved_on_record"
 
 
 def planned_moves(
@@ -113,7 +117,29 @@ async def run_batch(
         async with kept(coordinator.claims, lock_id, run.claim_token, coordinator.claim_lifetime):
             outcomes = await execute_batch(ctx, operation, agent_id, items)
     try:
-        await record_batch(coordinator, ledger, ctx.repository, run_id, operation, outcomes)
+        recorded = await record_batch(
+            coordinator, ledger, ctx.repository, run_id, operation, outcomes
+        )
     except Exception as e:  # the chord body records them again; duplicates are dropped
         log.warning("run %s: outcomes of agent %s not recorded early: %s", run_id, agent_id, e)
-    return outcomes
+        return outcomes
+    # The chord body's handler code learns what moved here, as if it had moved it itself.
+    verdicts = {str(k): verdict for verdict, ids in recorded.moved.items() for k in ids}
+    return [
+        dataclasses.replace(o, detail={**o.detail, MOVED_ON_RECORD: verdicts[o.item_id]})
+        if o.item_id in verdicts
+        else o
+        for o in outcomes
+    ]
+
+
+def with_recorded_moves(moved: Moved, outcomes: Sequence[ItemOutcome]) -> Moved:
+    """`moved` plus the kernels the batch tasks already moved when they recorded these."""
+    merged: dict[str, list[KernelId]] = {v: list(ids) for v, ids in moved.items()}
+    for o in outcomes:
+        verdict = o.detail.get(MOVED_ON_RECORD)
+        if isinstance(verdict, str):
+            kernel_id = KernelId(uuid.UUID(o.item_id))
+            if kernel_id not in merged.setdefault(verdict, []):
+                merged[verdict].append(kernel_id)
+    return merged
