@@ -72,8 +72,6 @@ DELIVERY_COUNT_TTL_SEC: Final = 86400
 # A message started this many times without finishing is not started again: three worker
 # deaths on one message are no accident, and a fourth would only repeat them.
 MAX_DELIVERIES: Final = 3
-# Messages taken out of circulation, newest first, for `sokovan tasks dead`.
-DEADLETTER_KEY: Final = "sokovan:deadletter"
 # The list keeps the newest this many: enough to see a pattern, bounded if one repeats.
 DEADLETTER_MAX_ENTRIES: Final = 1000
 # Characters of a dead letter's arguments shown to a person.

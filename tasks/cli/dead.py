@@ -70,14 +70,18 @@ def _take(task_id: str) -> DeadLetter:
 
 
 @dead.command("drop")
-def drop(task_id: str) -> None:
+def drop(
+    task_id: str = typer.Argument(..., help="Task id, as `sokovan tasks dead` lists it."),
+) -> None:
     """Removes a dead-lettered message for good."""
     letter = _take(task_id)
     typer.echo(f"dropped {letter.task_name}[{letter.task_id}]")
 
 
 @dead.command("retry")
-def retry(task_id: str) -> None:
+def retry(
+    task_id: str = typer.Argument(..., help="Task id, as `sokovan tasks dead` lists it."),
+) -> None:
     """Sends a dead-lettered message again, as a new task (outside its original fan-out)."""
     letter = _take(task_id)
     if letter.message is None:
