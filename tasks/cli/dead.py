@@ -11,8 +11,7 @@ import typer
 
 from sokovan.bootstrap import build_redis
 from sokovan.deadletter import DeadLetter, DeadLetters
-from tasks.app import create_app
-from tasks.cli.common import settings, table
+from tasks.cli.common import settings
 
 T = TypeVar("T")
 
@@ -45,20 +44,12 @@ def list_dead(ctx: typer.Context) -> None:
     if not letters:
         typer.echo("no dead-lettered task messages")
         return
-    rows = [
-        (
-            d.task_id,
-            d.task_name,
-            "-" if d.run_id is None else d.run_id,
-            d.deliveries,
-            _when(d.at),
-            d.reason,
-            d.args_repr,
-        )
-        for d in letters
-    ]
-    headers = ("TASK ID", "TASK", "RUN", "DELIVERIES", "AT (UTC)", "REASON", "ARGS")
-    typer.echo(table(headers, rows))
+    # One block per message: ids, reasons and arguments are too long for table cells.
+    for d in letters:
+        run = "-" if d.run_id is None else d.run_id
+        typer.echo(f"{d.task_id}  {d.task_name}  run={run}  deliveries={d.deliveries}")
+        typer.echo(f"    at {_when(d.at)} UTC: {d.reason}")
+        typer.echo(f"    {d.args_repr}")
 
 
 def _take(task_id: str) -> DeadLetter:
@@ -88,6 +79,8 @@ def retry(
         _with_letters(lambda d: d.add(letter))  # nothing to resend: keep it listed
         typer.echo(f"{letter.task_id}: its arguments were too large to keep", err=True)
         raise typer.Exit(1)
+    from tasks.app import create_app  # late: importing the app reads the settings
+
     result = create_app(settings()).send_task(
         letter.task_name,
         args=letter.message.get("args") or [],

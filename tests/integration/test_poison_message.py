@@ -39,7 +39,7 @@ def sokovan_cli(c: Cluster, *args: str) -> str:
     done = subprocess.run(
         [sys.executable, "-c", "from tasks.cli import main; main()", *args],
         cwd=ROOT,
-        env=c.senv.env,
+        env={**c.senv.env, "COLUMNS": "400"},  # wide enough that no table cell is cut
         capture_output=True,
         text=True,
         timeout=60,
