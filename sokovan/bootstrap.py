@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import sqlalchemy as sa
 from redis.asyncio import BlockingConnectionPool, Redis
@@ -58,6 +58,11 @@ def build_redis(settings: Settings) -> Redis:
     return Redis.from_pool(pool)
 
 
+def build_presence_redis(settings: Settings) -> Redis:
+    """A client of the presence store, where agents write kernel presence."""
+    return build_redis(replace(settings, redis_url=settings.effective_presence_url))
+
+
 def build_agent_pool(settings: Settings, repository: SchedulerRepository) -> AgentClientPool:
     """The agent client pool, resolving addresses from the agents table."""
     from sokovan.agent.pool import AgentClientPool as Pool
@@ -92,7 +97,12 @@ class Services:
 
     async def close(self) -> None:
         """Closes agent connections, Redis and the engine; each failure is logged, not raised."""
-        for name, closer in (("agent pool", self.pool.close_all), ("redis", self.redis.aclose)):
+        closers = (
+            ("agent pool", self.pool.close_all),
+            ("redis", self.redis.aclose),
+            ("presence store", self.presence.aclose),
+        )
+        for name, closer in closers:
             try:
                 await closer()
             except Exception as e:
@@ -120,7 +130,10 @@ async def build_services(
     ledger = RunLedger(engine)
     redis = redis or build_redis(settings)
     presence = presence or ValkeyPresence(
-        redis, stale_after=settings.presence_stale_after, ttl=settings.presence_ttl
+        build_presence_redis(settings),
+        stale_after=settings.presence_stale_after,
+        ttl=settings.presence_ttl,
+        manager_writes=settings.presence_manager_writes,
     )
     pool = pool or build_agent_pool(settings, repository)
     tracker = tracker or FanOutTracker(redis)

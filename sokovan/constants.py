@@ -10,8 +10,19 @@ PRESENCE_KEY_PREFIX: Final = "kernel:presence:"
 PRESENCE_TTL_SEC: Final = 300
 # Backend.AI's threshold: no refresh for two minutes means the kernel looks stale.
 PRESENCE_STALE_AFTER_SEC: Final = 120
-# How often an agent rewrites presence for its RUNNING kernels; far below the stale threshold.
-PRESENCE_REFRESH_SEC: Final = 30
+# How often an agent rewrites presence for its RUNNING kernels: Backend.AI agents' 60 s,
+# half the stale threshold, so one late refresh never makes a kernel look stale.
+PRESENCE_REFRESH_SEC: Final = 60
+# Backend.AI keeps presence in its "live" database, db 2 of its Valkey, agents and manager alike.
+PRESENCE_DB: Final = 2
+# Per-agent key the manager sets on every sweep; a real agent's orphan cleanup reads it.
+AGENT_LAST_CHECK_KEY_PREFIX: Final = "agent:last_check:"
+# Backend.AI's lifetime of that key: twice the orphan threshold, so one missed sweep is harmless.
+AGENT_LAST_CHECK_TTL_SEC: Final = 1200
+# A real agent destroys a kernel whose last_check lags its agent's last check by more than this.
+ORPHAN_KERNEL_THRESHOLD_SEC: Final = 600
+# How often a real agent looks for such orphans.
+ORPHAN_CLEANUP_INTERVAL_SEC: Final = 300
 # Kernels per presence read in stage 1 of the sweep: one round trip each, small enough that
 # neither Valkey (busy in one script) nor the worker (holding the replies) feels a large sweep.
 PRESENCE_PAGE_SIZE: Final = 10_000
