@@ -151,7 +151,7 @@ def presence_url_for(url: str, db: int) -> str:
     parts = urlsplit(url)
     if parts.scheme == "unix":
         query = [(k, v) for k, v in parse_qsl(parts.query) if k != "db"] + [("db", str(db))]
-        return urlunsplit(parts._replace(query=urlencode(query)))
+        return f"unix://{parts.netloc}{parts.path}?{urlencode(query)}"
     return urlunsplit(parts._replace(path=f"/{db}"))
 
 
