@@ -94,14 +94,14 @@ class Services:
     context: HandlerContext
     secret_environ: SqlSecretEnviron
     network_plugins: dict[str, NetworkPlugin] = field(default_factory=dict)
+    # The presence store's own client, when built here (it may be another server than redis).
+    presence_redis: Redis | None = None
 
     async def close(self) -> None:
         """Closes agent connections, Redis and the engine; each failure is logged, not raised."""
-        closers = (
-            ("agent pool", self.pool.close_all),
-            ("redis", self.redis.aclose),
-            ("presence store", self.presence.aclose),
-        )
+        closers = [("agent pool", self.pool.close_all), ("redis", self.redis.aclose)]
+        if self.presence_redis is not None:
+            closers.append(("presence store", self.presence_redis.aclose))
         for name, closer in closers:
             try:
                 await closer()
@@ -129,8 +129,9 @@ async def build_services(
     repository = SchedulerRepository(engine)
     ledger = RunLedger(engine)
     redis = redis or build_redis(settings)
+    presence_redis = None if presence is not None else build_presence_redis(settings)
     presence = presence or ValkeyPresence(
-        build_presence_redis(settings),
+        presence_redis or redis,
         stale_after=settings.presence_stale_after,
         ttl=settings.presence_ttl,
         manager_writes=settings.presence_manager_writes,
@@ -144,6 +145,7 @@ async def build_services(
         tracked,
         destroy_concurrency=settings.destroy_concurrency,
         check_running_concurrency=settings.check_running_concurrency,
+        identities=repository,
     )
     coordinator = Coordinator(
         states=repository,
@@ -195,4 +197,5 @@ async def build_services(
         context=context,
         secret_environ=secret_environ,
         network_plugins=plugins,
+        presence_redis=presence_redis,
     )

@@ -15,6 +15,7 @@ from sokovan.errors import AgentUnavailable, PresenceUnavailable
 from sokovan.types import (
     AgentBatch,
     AgentId,
+    AgentIdentity,
     ImageConfig,
     ItemOutcome,
     KernelId,
@@ -107,6 +108,11 @@ class FakeAgentClient:
         self.calls.append(Call("check_running", (kernel_id,)))
         return await self._answer("check_running", kernel_id, True, kernel_id)  # type: ignore[no-any-return]
 
+    async def health(self) -> Mapping[str, Any]:
+        self.calls.append(Call("health", ()))
+        default = {"status": "ok", "component": "agent", "agent_id": str(self.agent_id)}
+        return await self._answer("health", None, default)  # type: ignore[no-any-return]
+
     async def create_local_network(self, network_name: str) -> None:
         self.calls.append(Call("create_local_network", (network_name,)))
         await self._answer("create_local_network", network_name, None, network_name)
@@ -162,6 +168,20 @@ class FakePresence:
         if self.unavailable:
             raise PresenceUnavailable("presence store unreadable (fake)")
         return {k: self.statuses[k] for k in kernel_ids if k in self.statuses}
+
+
+class FakeIdentityBook:
+    """Recorded agent identities set by the test; records each lookup."""
+
+    def __init__(self, identities: Mapping[AgentId, AgentIdentity] | None = None) -> None:
+        self.identities: dict[AgentId, AgentIdentity] = dict(identities or {})
+        self.lookups: list[list[AgentId]] = []
+
+    async def recorded_identities(
+        self, agent_ids: Collection[AgentId]
+    ) -> Mapping[AgentId, AgentIdentity]:
+        self.lookups.append(list(agent_ids))
+        return {a: self.identities[a] for a in agent_ids if a in self.identities}
 
 
 Executor = Callable[[Operation, AgentBatch], Awaitable[list[ItemOutcome]]]

@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from sokovan.db.agents import AgentRow, AgentsAndImages
 from sokovan.db.attempts import Attempts
 from sokovan.db.ledger import utcnow
+from sokovan.db.liveness import LivenessStore
 from sokovan.db.pending import PendingQueue
 from sokovan.db.placement import Placement
 from sokovan.db.schema import agents, kernels, sessions
@@ -53,7 +54,9 @@ class NewKernel:
     architecture: str = "x86_64"
 
 
-class SchedulerRepository(AgentsAndImages, Transitions, Attempts, Placement, PendingQueue):
+class SchedulerRepository(
+    AgentsAndImages, LivenessStore, Transitions, Attempts, Placement, PendingQueue
+):
     """Synchronous SQL access; async callers use the async port methods or a thread."""
 
     def create_session(
@@ -201,7 +204,7 @@ class SchedulerRepository(AgentsAndImages, Transitions, Attempts, Placement, Pen
         limit: int = 0,
         only: Collection[KernelId] | None = None,
     ) -> list[KernelInfo]:
-        """Like `kernels_in`, with only ids, status and scaling group filled in (the rest default).
+        """Like `kernels_in`, with ids, status, scaling group and running_since only.
 
         The stale sweep reads every RUNNING kernel each run and needs no more than these.
         """
@@ -212,6 +215,7 @@ class SchedulerRepository(AgentsAndImages, Transitions, Attempts, Placement, Pen
                 kernels.c.agent_id,
                 kernels.c.status,
                 kernels.c.scaling_group,
+                kernels.c.status_changed_at,
             )
             .where(kernels.c.status.in_([str(s) for s in statuses]))
             .order_by(kernels.c.created_at, kernels.c.id)
@@ -229,8 +233,9 @@ class SchedulerRepository(AgentsAndImages, Transitions, Attempts, Placement, Pen
                     agent_id=agent,
                     status=status_of[status],
                     scaling_group=group,
+                    running_since=changed,
                 )
-                for kid, sid, agent, status, group in conn.execute(query)
+                for kid, sid, agent, status, group, changed in conn.execute(query)
             ]
 
     def sweep_pages(

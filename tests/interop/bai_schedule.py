@@ -17,8 +17,15 @@ from typing import Any
 
 
 async def main(addr: str, db: int, request: dict[str, Any]) -> dict[str, Any]:
-    from ai.backend.common.clients.valkey_client.valkey_schedule import ValkeyScheduleClient
-    from ai.backend.common.types import AgentId, KernelId, ValkeyTarget
+    # Backend.AI's packages exist only in the agent's venv, where this file runs.
+    from ai.backend.common.clients.valkey_client.valkey_schedule import (  # type: ignore[import-not-found]
+        ValkeyScheduleClient,
+    )
+    from ai.backend.common.types import (  # type: ignore[import-not-found]
+        AgentId,
+        KernelId,
+        ValkeyTarget,
+    )
 
     client = await ValkeyScheduleClient.create(
         ValkeyTarget(addr=addr), db_id=db, human_readable_name="sokovan.interop"
