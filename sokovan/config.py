@@ -78,6 +78,12 @@ class Settings:
     agent_pool_size: int = C.AGENT_POOL_SIZE
     agent_failure_threshold: int = C.AGENT_FAILURE_THRESHOLD
     agent_recovery: float = C.AGENT_RECOVERY_SEC
+    # Agent liveness: ping interval and bound, thresholds, grace before AGENT_LOST.
+    agent_ping_interval: float = C.AGENT_PING_INTERVAL_SEC
+    agent_ping_timeout: float = C.AGENT_PING_TIMEOUT_SEC
+    agent_unreachable_after: float = C.AGENT_UNREACHABLE_AFTER_SEC
+    agent_lost_after: float = C.AGENT_LOST_AFTER_SEC
+    agent_lost_grace: float = C.AGENT_LOST_GRACE_SEC
     # CURVE: the manager's certificate (public+secret) and a folder of agents' public certs.
     curve_manager_cert: Path | None = None
     curve_agent_public_key: Path | None = None

@@ -79,6 +79,22 @@ AGENT_FAILURE_THRESHOLD: Final = 3
 # How long an unavailable agent is left alone before one trial call.
 AGENT_RECOVERY_SEC: Final = 30.0
 
+# Agent liveness. Every agent, registered by hand or self-announced, is pinged this often.
+AGENT_PING_INTERVAL_SEC: Final = 10.0
+# One ping's bound: an agent slower than this to say `health` counts as not answering.
+AGENT_PING_TIMEOUT_SEC: Final = 5.0
+# No answer for this long: UNREACHABLE (no new kernels); three missed pings, not one blip.
+AGENT_UNREACHABLE_AFTER_SEC: Final = 30.0
+# No answer for this long: LOST. Two minutes, Backend.AI's stale threshold for presence too.
+AGENT_LOST_AFTER_SEC: Final = 120.0
+# After an agent turned LOST, its kernels wait this long before they are terminated as
+# AGENT_LOST: a rebooting node gets time to come back with its containers.
+AGENT_LOST_GRACE_SEC: Final = 300.0
+# status_info of kernels terminated because their agent was lost.
+AGENT_LOST_REASON: Final = "AGENT_LOST"
+# status_info of kernels terminated because their agent was removed by an operator.
+AGENT_REMOVED_REASON: Final = "AGENT_REMOVED"
+
 # Runs older than this are pruned.
 RUN_RETENTION_DAYS: Final = 30
 

@@ -11,9 +11,9 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from sokovan.db.base import SqlBase
 from sokovan.db.ledger import utcnow
 from sokovan.db.schema import agent_leftovers, agents, kernels
+from sokovan.db.transitions import Transitions
 from sokovan.errors import InvalidRequest, UnknownAgent
 from sokovan.types import (
     TERMINAL_KERNEL_STATUSES,
@@ -21,6 +21,9 @@ from sokovan.types import (
     AgentIdentity,
     AgentLiveness,
     KernelId,
+    KernelInfo,
+    KernelStatus,
+    ResourceSlot,
     SessionId,
 )
 
@@ -47,7 +50,7 @@ class Leftover:
     reason: str
 
 
-class LivenessStore(SqlBase):
+class LivenessStore(Transitions):
     """What the liveness check reads and writes about agents."""
 
     def agent_contacts(self) -> list[AgentContact]:
@@ -112,6 +115,38 @@ class LivenessStore(SqlBase):
     ) -> Mapping[AgentId, AgentIdentity]:
         """AgentIdentityBook port."""
         return await asyncio.to_thread(self.agent_identities, agent_ids)
+
+    def live_kernel_infos(self, agent_ids: Collection[AgentId]) -> list[KernelInfo]:
+        """Non-terminal kernels on these agents, with what force-termination records."""
+        k = kernels.c
+        query = sa.select(k.id, k.session_id, k.agent_id, k.status, k.occupied_slots).where(
+            k.agent_id.in_(list(agent_ids)),
+            k.status.not_in([str(s) for s in TERMINAL_KERNEL_STATUSES]),
+        )
+        with self.engine.connect() as conn:
+            return [
+                KernelInfo(
+                    KernelId(kid),
+                    SessionId(sid),
+                    AgentId(agent),
+                    status=KernelStatus(status),
+                    occupied_slots=ResourceSlot.from_json(slots),
+                )
+                for kid, sid, agent, status, slots in conn.execute(query.order_by(k.created_at))
+            ]
+
+    def terminate_kernels_with_evidence(
+        self, evidence: Mapping[KernelId, Mapping[str, Any]], reason: str
+    ) -> list[KernelId]:
+        """Moves non-terminal kernels to TERMINATED with `reason`, each keeping its evidence."""
+        values = {kid: {"status_data": {"terminated": dict(ev)}} for kid, ev in evidence.items()}
+        return self.transition_kernels(
+            list(evidence),
+            KernelStatus.TERMINATED,
+            [s for s in KernelStatus if s not in TERMINAL_KERNEL_STATUSES],
+            status_info=reason,
+            values=values,
+        )
 
     def live_kernels_on(self, agent_id: AgentId) -> list[KernelId]:
         """Non-terminal kernels placed on an agent."""
