@@ -26,6 +26,7 @@ SETTINGS = Settings(agent_unreachable_after=30, agent_lost_after=120, agent_lost
 
 
 def with_liveness(rig: Rig, settings: Settings = SETTINGS) -> None:
+    assert rig.fanout.terminator is not None
     ctx = HandlerContext(
         settings=settings,
         repository=rig.repo,
@@ -80,7 +81,7 @@ async def test_sc_fa_004_silent_agent_unreachable_then_lost_and_not_placed(rig: 
     assert status_of(rig, "a1") == "UNREACHABLE" and status_of(rig, "a2") == "ALIVE"
     items = {i.item_id: i for i in rig.ledger.items(report.run_id)}  # type: ignore[arg-type]
     assert items["a1"].evidence["to"] == "UNREACHABLE" and not items["a1"].ok
-    request = SessionRequest(image="python:3.12", agents=("a1",))
+    request = SessionRequest(image="python:3.12", agents=(AgentId("a1"),))
     with pytest.raises(InvalidRequest, match="UNREACHABLE"):
         place(request, rig.repo.list_agents(), {})
     chosen = place(SessionRequest(image="python:3.12"), rig.repo.list_agents(), {})
