@@ -159,12 +159,15 @@ class FakePresence:
     def __init__(self, statuses: Mapping[KernelId, KernelPresence] | None = None) -> None:
         self.statuses: dict[KernelId, KernelPresence] = dict(statuses or {})
         self.batches: list[list[KernelId]] = []
+        # The agent ids passed with each batch (None: no agent gets a last-check stamp).
+        self.agent_batches: list[list[AgentId | None] | None] = []
         self.unavailable = False
 
     async def check_kernel_presence_status_batch(
         self, kernel_ids: Sequence[KernelId], agent_ids: Sequence[AgentId | None] | None = None
     ) -> dict[KernelId, KernelPresence]:
         self.batches.append(list(kernel_ids))
+        self.agent_batches.append(None if agent_ids is None else list(agent_ids))
         if self.unavailable:
             raise PresenceUnavailable("presence store unreadable (fake)")
         return {k: self.statuses[k] for k in kernel_ids if k in self.statuses}

@@ -6,6 +6,7 @@ import uuid
 from collections.abc import Collection, Generator, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -35,8 +36,8 @@ from sokovan.types import (
 __all__ = ["AgentRow", "NewKernel", "SchedulerRepository", "SweepRow"]
 
 # One kernel as the sweep first reads it: id, session id (text, parsed only for suspects),
-# agent, scaling group and status.
-SweepRow = tuple[KernelId, str, str | None, str, str]
+# agent, scaling group, status, and since when it is in that status (for the identity check).
+SweepRow = tuple[KernelId, str, str | None, str, str, datetime | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,7 +247,7 @@ class SchedulerRepository(
         limit: int = 0,
         only: Collection[KernelId] | None = None,
     ) -> Generator[list[SweepRow]]:
-        """Kernels to sweep as plain rows, a page at a time: (id, session id, agent, group, status).
+        """Kernels to sweep as plain rows, a page at a time (see SweepRow).
 
         No KernelInfo, and no session UUID, for the many kernels a sweep does not suspect;
         one page is held at a time. Oldest first only under a budget; a full sweep reads in
@@ -258,6 +259,7 @@ class SchedulerRepository(
             kernels.c.agent_id,
             kernels.c.scaling_group,
             kernels.c.status,
+            kernels.c.status_changed_at,
         ).where(kernels.c.status.in_([str(s) for s in statuses]))
         if only is not None:
             query = query.where(kernels.c.id.in_(list(only)))

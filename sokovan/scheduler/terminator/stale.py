@@ -102,20 +102,22 @@ async def read_presence(
     presence: PresenceReader,
     kernels: Sequence[KernelInfo],
     page_size: int = C.PRESENCE_PAGE_SIZE,
+    stamp_agents: bool = True,
 ) -> StaleJudgement:
     """Stage 1: one batched presence read per page; missing or STALE kernels become candidates.
 
     Only the candidates are kept across pages, so the judgement (and the brake on it) covers
-    every kernel while one page of presence is held at a time.
+    every kernel while one page of presence is held at a time. `stamp_agents` False: the
+    kernels are not all of their agents' RUNNING ones (a budget or a scope), so no agent gets
+    its last-check stamp; a real agent would take the unread ones for orphans.
     """
     page_size = max(1, page_size)
     candidates: list[KernelEvidence] = []
     pages = 0
     for start in range(0, len(kernels), page_size):
         page = kernels[start : start + page_size]
-        statuses = await presence.check_kernel_presence_status_batch(
-            [k.id for k in page], [k.agent_id for k in page]
-        )
+        agents = [k.agent_id for k in page] if stamp_agents else None
+        statuses = await presence.check_kernel_presence_status_batch([k.id for k in page], agents)
         pages += 1
         candidates.extend(_suspects(page, statuses))
     return StaleJudgement(total=len(kernels), candidates=tuple(candidates), pages=pages)

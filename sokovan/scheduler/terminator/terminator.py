@@ -115,9 +115,13 @@ class SessionTerminator:
         """The presence reader of stage 1 (the sweep's loading pre-reads with it)."""
         return self._presence
 
-    async def read_presence(self, kernels: Sequence[KernelInfo]) -> StaleJudgement:
+    async def read_presence(
+        self, kernels: Sequence[KernelInfo], *, stamp_agents: bool = True
+    ) -> StaleJudgement:
         """Stage 1 of the sweep, a page at a time; raises PresenceUnavailable when unreadable."""
-        return await read_presence(self._presence, kernels, self._presence_page_size)
+        return await read_presence(
+            self._presence, kernels, self._presence_page_size, stamp_agents=stamp_agents
+        )
 
     async def confirm_with_agents(self, judgement: StaleJudgement) -> StaleJudgement:
         """Stage 2 of the sweep: each candidate's agent says whether it runs."""
