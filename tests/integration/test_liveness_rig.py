@@ -14,6 +14,7 @@ from sokovan.db.schema import agents as agents_table
 from sokovan.errors import AgentUnavailable, InvalidRequest, NoCapacity
 from sokovan.scheduler.handlers import check_agents
 from sokovan.scheduler.handlers.base import HandlerContext
+from sokovan.scheduler.liveness import force_terminate_kernels
 from sokovan.scheduler.submit import SessionRequest, place
 from sokovan.testing import FakeSecretStore
 from sokovan.types import AgentId, KernelStatus, ResourceSlot, RunTrigger, SessionStatus
@@ -206,3 +207,19 @@ async def test_remove_agent_refuses_with_live_kernels_unless_forced(rig: Rig) ->
     assert status_of(rig, "a1") == "ALIVE"
     rig.repo.remove_agent(AgentId("a2"))
     assert {a.id for a in rig.repo.list_agents()} == {"a1"}
+
+
+async def test_forced_remove_ends_the_kernels_first(rig: Rig) -> None:
+    """`agents remove --force`: kernels end AGENT_REMOVED (remembered), then the agent goes."""
+    with_liveness(rig)
+    sid, (k1,) = add_session(rig, ["a1"], status=SessionStatus.RUNNING)
+    live = rig.repo.live_kernel_infos([AgentId("a1")])
+
+    moved, _ = await force_terminate_kernels(rig.repo, live, "AGENT_REMOVED", {})
+    rig.repo.remove_agent(AgentId("a1"), force=True)
+
+    assert moved == [k1]
+    assert rig.repo.kernel_statuses([k1])[k1] == KernelStatus.TERMINATED
+    assert rig.repo.get_session(sid).status == SessionStatus.TERMINATED
+    assert {a.id for a in rig.repo.list_agents()} == {"a2"}
+    assert [x.reason for x in rig.repo.pending_leftovers(AgentId("a1"))] == ["AGENT_REMOVED"]
