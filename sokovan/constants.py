@@ -87,12 +87,10 @@ AGENT_PING_TIMEOUT_SEC: Final = 5.0
 AGENT_UNREACHABLE_AFTER_SEC: Final = 30.0
 # No answer for this long: LOST. Two minutes, Backend.AI's stale threshold for presence too.
 AGENT_LOST_AFTER_SEC: Final = 120.0
-# After an agent turned LOST, its kernels wait this long before they are terminated as
-# AGENT_LOST: a rebooting node gets time to come back with its containers.
+# After an agent turned LOST, its kernels wait this long before they take the deadline path
+# (AGENT_LOST): a rebooting node gets time to come back with its containers.
 AGENT_LOST_GRACE_SEC: Final = 300.0
-# status_info of kernels terminated because their agent was lost.
-AGENT_LOST_REASON: Final = "AGENT_LOST"
-# status_info of kernels terminated because their agent was removed by an operator.
+# status_info of sessions ended because their agent was removed by an operator.
 AGENT_REMOVED_REASON: Final = "AGENT_REMOVED"
 
 # Runs older than this are pruned.

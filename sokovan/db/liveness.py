@@ -1,19 +1,18 @@
-"""Agent liveness, instance markers and the leftovers of kernels terminated without their agent."""
+"""Agent liveness and instance markers in SQL."""
 
 from __future__ import annotations
 
 import asyncio
-import uuid
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
 
+from sokovan.db.base import SqlBase
 from sokovan.db.ledger import utcnow
-from sokovan.db.schema import agent_leftovers, agents, kernels
-from sokovan.db.transitions import Transitions
+from sokovan.db.schema import agents, kernels
 from sokovan.errors import InvalidRequest, UnknownAgent
 from sokovan.types import (
     TERMINAL_KERNEL_STATUSES,
@@ -40,17 +39,7 @@ class AgentContact:
     instance_id: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Leftover:
-    """A kernel terminated while its agent was lost; its container may still run there."""
-
-    kernel_id: KernelId
-    session_id: SessionId
-    agent_id: AgentId
-    reason: str
-
-
-class LivenessStore(Transitions):
+class LivenessStore(SqlBase):
     """What the liveness check reads and writes about agents."""
 
     def agent_contacts(self) -> list[AgentContact]:
@@ -135,19 +124,6 @@ class LivenessStore(Transitions):
                 for kid, sid, agent, status, slots in conn.execute(query.order_by(k.created_at))
             ]
 
-    def terminate_kernels_with_evidence(
-        self, evidence: Mapping[KernelId, Mapping[str, Any]], reason: str
-    ) -> list[KernelId]:
-        """Moves non-terminal kernels to TERMINATED with `reason`, each keeping its evidence."""
-        values = {kid: {"status_data": {"terminated": dict(ev)}} for kid, ev in evidence.items()}
-        return self.transition_kernels(
-            list(evidence),
-            KernelStatus.TERMINATED,
-            [s for s in KernelStatus if s not in TERMINAL_KERNEL_STATUSES],
-            status_info=reason,
-            values=values,
-        )
-
     def live_kernels_on(self, agent_id: AgentId) -> list[KernelId]:
         """Non-terminal kernels placed on an agent."""
         query = sa.select(kernels.c.id).where(
@@ -160,7 +136,7 @@ class LivenessStore(Transitions):
     def remove_agent(self, agent_id: AgentId, force: bool = False) -> list[KernelId]:
         """Unregisters an agent; refuses while kernels live there unless `force`.
 
-        Returns the live kernels it had (left as they are; with force, the caller decides).
+        Returns the live kernels it had (left as they are: the caller hands them on).
         """
         live = self.live_kernels_on(agent_id)
         if live and not force:
@@ -172,46 +148,6 @@ class LivenessStore(Transitions):
         if not gone:
             raise UnknownAgent(f"agent {agent_id!r} is not registered")
         return live
-
-    def remember_leftovers(self, leftovers: Sequence[Leftover], now: datetime) -> None:
-        """Remembers kernels whose containers must be destroyed when their agent answers."""
-        if not leftovers:
-            return
-        rows = [
-            {
-                "kernel_id": uuid.UUID(str(x.kernel_id)),
-                "session_id": uuid.UUID(str(x.session_id)),
-                "agent_id": x.agent_id,
-                "reason": x.reason,
-                "recorded_at": now,
-            }
-            for x in leftovers
-        ]
-        stmt = self._insert()(agent_leftovers).values(rows).on_conflict_do_nothing()
-        with self.engine.begin() as conn:
-            conn.execute(stmt)
-
-    def pending_leftovers(self, agent_id: AgentId) -> list[Leftover]:
-        """Leftovers on an agent not destroyed yet."""
-        t = agent_leftovers
-        query = sa.select(t.c.kernel_id, t.c.session_id, t.c.agent_id, t.c.reason).where(
-            t.c.agent_id == agent_id, t.c.destroyed_at.is_(None)
-        )
-        with self.engine.connect() as conn:
-            return [
-                Leftover(KernelId(k), SessionId(s), AgentId(a), r)
-                for k, s, a, r in conn.execute(query.order_by(t.c.recorded_at))
-            ]
-
-    def settle_leftovers(self, results: Mapping[KernelId, str | None], now: datetime) -> None:
-        """Records each leftover's destroy: done (None) or the error, kept for the next try."""
-        t = agent_leftovers
-        with self.engine.begin() as conn:
-            for kernel_id, error in results.items():
-                values: dict[str, Any] = {"error": error}
-                if error is None:
-                    values["destroyed_at"] = now
-                conn.execute(t.update().where(t.c.kernel_id == kernel_id).values(**values))
 
 
 def _record_instance(

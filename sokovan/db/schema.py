@@ -57,19 +57,6 @@ agents = sa.Table(
     sa.Column("instance_since", TS, nullable=True),
 )
 
-# Kernels terminated without their agent's word (AGENT_LOST): their containers may still run
-# there, so they are destroyed when the agent answers again; `destroyed_at` records it.
-agent_leftovers = sa.Table(
-    "agent_leftovers",
-    metadata,
-    sa.Column("kernel_id", sa.Uuid, primary_key=True),
-    sa.Column("session_id", sa.Uuid, nullable=False),
-    sa.Column("agent_id", sa.String(64), nullable=False, index=True),
-    sa.Column("reason", sa.String(64), nullable=False),
-    sa.Column("recorded_at", TS, nullable=False),
-    sa.Column("destroyed_at", TS, nullable=True),
-    sa.Column("error", sa.Text, nullable=True),
-)
 
 images = sa.Table(
     "images",

@@ -1,8 +1,8 @@
 """Agent liveness: ping every agent, ALIVE -> UNREACHABLE -> LOST, and what follows from LOST.
 
-Kernels of an agent LOST for longer than the grace period are force-terminated (reason
-AGENT_LOST, slots freed, evidence with the agent's last contact) and remembered; when the
-agent answers again, their leftover containers there are destroyed (reconciliation).
+Kernels of an agent LOST for longer than the grace period take the TERMINATING deadline path
+(reason AGENT_LOST: slots freed, evidence with the agent's last contact, the kernel remembered);
+when the agent answers again, reconcile_leftovers destroys their leftover containers there.
 """
 
 from __future__ import annotations
@@ -17,12 +17,13 @@ from typing import Any
 
 from sokovan import constants as C
 from sokovan.db.ledger import utcnow
-from sokovan.db.liveness import AgentContact, Leftover
+from sokovan.db.liveness import AgentContact
 from sokovan.db.repository import SchedulerRepository
 from sokovan.errors import describe_error
 from sokovan.ports import AgentClientPool
-from sokovan.scheduler.transitions import finish_terminated_sessions, request_termination
-from sokovan.types import AgentId, AgentLiveness, ItemOutcome, KernelId, KernelInfo, SessionId
+from sokovan.scheduler.deadlines import AGENT_LOST
+from sokovan.scheduler.transitions import request_termination
+from sokovan.types import AgentId, AgentLiveness, ItemOutcome, KernelInfo, SessionId
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +92,8 @@ async def check_agents(
 ) -> tuple[list[ItemOutcome], list[AgentId]]:
     """Pings every registered agent at once; records contacts and state changes.
 
-    Returns an outcome per agent that did not answer or changed state, and those that answered.
+    Returns an outcome per agent that did not answer or changed state, and the agents that
+    answered again after being UNREACHABLE or LOST.
     """
     contacts = await asyncio.to_thread(repo.agent_contacts)
     pings = await asyncio.gather(*(ping_agent(pool, c.id, t.ping_timeout) for c in contacts))
@@ -117,39 +119,38 @@ async def check_agents(
             outcomes.append(_agent_outcome(contact, ping, state))
     for state, ids in moves.items():
         await asyncio.to_thread(repo.mark_liveness, ids, state, now)
-    return outcomes, [p.agent_id for p in pings if p.error is None]
+    returned = [
+        c.id
+        for c, p in zip(contacts, pings, strict=True)
+        if p.error is None and c.status is not AgentLiveness.ALIVE
+    ]
+    return outcomes, returned
 
 
-async def force_terminate_kernels(
-    repo: SchedulerRepository,
-    kernels: Sequence[KernelInfo],
-    reason: str,
-    evidence: Mapping[KernelId, Mapping[str, Any]],
-) -> tuple[list[KernelId], list[SessionId]]:
-    """TERMINATED with `reason` and evidence, slots freed, kernel ids kept for leftover cleanup.
+async def hand_to_deadline_path(
+    repo: SchedulerRepository, kernels: Sequence[KernelInfo], reason: str
+) -> list[SessionId]:
+    """Sends the sessions of `kernels` down the TERMINATING deadline path at once.
 
-    Their sessions move to TERMINATING (the rest of each is destroyed by the terminate
-    handler), or to TERMINATED when nothing of them is left. Returns the kernels that moved
-    and the sessions that went TERMINATING.
+    They go TERMINATING (`reason`) with their deadline now, so the terminate handler gives
+    up the kernels whose agent is not up (AGENT_LOST on a LOST agent: slots freed, evidence,
+    leftover remembered for reconcile_leftovers) and destroys the rest as usual. Returns
+    every session handed on.
     """
-    full = {k.id: {**evidence.get(k.id, {}), "reason": reason} for k in kernels}
-    moved = await asyncio.to_thread(repo.terminate_kernels_with_evidence, full, reason)
-    moved_set = set(moved)
-    hit = [k for k in kernels if k.id in moved_set and k.agent_id is not None]
-    leftovers = [Leftover(k.id, k.session_id, AgentId(str(k.agent_id)), reason) for k in hit]
-    await asyncio.to_thread(repo.remember_leftovers, leftovers, utcnow())
-    sessions = sorted({k.session_id for k in hit})
-    terminating = await request_termination(repo, sessions, reason)
-    await asyncio.to_thread(finish_terminated_sessions, repo, sessions)
-    for k in hit:
-        log.warning("kernel %s on agent %s terminated: %s", k.id, k.agent_id, reason)
-    return moved, terminating
+    sessions = sorted({k.session_id for k in kernels})
+    if not sessions:
+        return []
+    await request_termination(repo, sessions, reason)
+    now = utcnow()
+    for sid in sessions:
+        await asyncio.to_thread(repo.set_session_deadline, sid, now)
+    return sessions
 
 
-async def terminate_kernels_of_lost_agents(
+async def hand_on_lost_agents(
     repo: SchedulerRepository, t: Thresholds
 ) -> tuple[list[ItemOutcome], list[SessionId]]:
-    """Force-terminates the kernels of agents LOST for longer than the grace period."""
+    """Kernels of agents LOST for longer than the grace period go down the deadline path."""
     now = utcnow()
     lost = {
         c.id: c
@@ -161,73 +162,33 @@ async def terminate_kernels_of_lost_agents(
     if not lost:
         return [], []
     kernels = await asyncio.to_thread(repo.live_kernel_infos, list(lost))
-    evidence = {k.id: _lost_evidence(k, lost[AgentId(str(k.agent_id))]) for k in kernels}
-    moved, terminating = await force_terminate_kernels(repo, kernels, C.AGENT_LOST_REASON, evidence)
-    moved_set = set(moved)
-    outcomes = [
-        ItemOutcome(str(k.id), k.agent_id, False, C.AGENT_LOST_REASON, 0.0, evidence[k.id])
-        for k in kernels
-        if k.id in moved_set
-    ]
-    return outcomes, terminating
+    sessions = await hand_to_deadline_path(repo, kernels, AGENT_LOST)
+    outcomes = [_lost_outcome(k, lost[AgentId(str(k.agent_id))]) for k in kernels]
+    for k in kernels:
+        log.warning("kernel %s: agent %s is lost; handed to the deadline path", k.id, k.agent_id)
+    return outcomes, sessions
 
 
-def _lost_evidence(kernel: KernelInfo, agent: AgentContact) -> dict[str, Any]:
+def _lost_outcome(kernel: KernelInfo, agent: AgentContact) -> ItemOutcome:
     assert agent.lost_since is not None
-    return {
+    detail = {
         "kind": "kernel",
-        "verdict": "agent_lost",
+        "verdict": "deadline_path",
         "agent_id": agent.id,
         "agent_last_contact": agent.last_contact.isoformat(),
         "agent_lost_since": agent.lost_since.isoformat(),
         "session_id": str(kernel.session_id),
         "from_status": str(kernel.status),
-        "occupied_slots": kernel.occupied_slots.to_json(),
     }
+    return ItemOutcome(str(kernel.id), kernel.agent_id, True, None, 0.0, detail)
 
 
-async def reconcile_leftovers(
-    repo: SchedulerRepository, pool: AgentClientPool, answered: Sequence[AgentId]
-) -> list[ItemOutcome]:
-    """Destroys leftover containers of force-terminated kernels on agents that answer again."""
-    outcomes: list[ItemOutcome] = []
-    for agent_id in answered:
-        leftovers = await asyncio.to_thread(repo.pending_leftovers, agent_id)
-        if not leftovers:
-            continue
-        results = await _destroy_leftovers(pool, agent_id, leftovers)
-        await asyncio.to_thread(repo.settle_leftovers, results, utcnow())
-        for x in leftovers:
-            error = results[x.kernel_id]
-            detail = {
-                "kind": "leftover",
-                "verdict": "leftover_destroyed" if error is None else "leftover_kept",
-                "session_id": str(x.session_id),
-                "reason": x.reason,
-            }
-            outcomes.append(
-                ItemOutcome(str(x.kernel_id), agent_id, error is None, error, 0.0, detail)
-            )
-    return outcomes
-
-
-async def _destroy_leftovers(
-    pool: AgentClientPool, agent_id: AgentId, leftovers: Sequence[Leftover]
-) -> dict[KernelId, str | None]:
-    results: dict[KernelId, str | None] = {}
-    try:
-        async with pool.acquire(agent_id) as client:
-            for x in leftovers:
-                try:
-                    await client.destroy_kernel(x.kernel_id, x.session_id, x.reason, True)
-                    results[x.kernel_id] = None
-                    log.warning(
-                        "leftover of kernel %s destroyed on agent %s", x.kernel_id, agent_id
-                    )
-                except Exception as e:
-                    results[x.kernel_id] = describe_error(e)
-                    log.warning("leftover of kernel %s on %s kept: %s", x.kernel_id, agent_id, e)
-    except Exception as e:
-        for x in leftovers:
-            results.setdefault(x.kernel_id, describe_error(e))
-    return results
+async def returned_with_leftovers(
+    repo: SchedulerRepository, returned: Sequence[AgentId]
+) -> list[AgentId]:
+    """Agents that answer again and still have leftover containers to destroy."""
+    if not returned:
+        return []
+    wanted = set(returned)
+    pending = await asyncio.to_thread(repo.leftovers)
+    return sorted({x.agent_id for x in pending if x.destroyed_at is None and x.agent_id in wanted})

@@ -13,7 +13,6 @@ import sqlalchemy as sa
 
 from sokovan.db.engine import create_engine, current_revision, head_revision, upgrade
 from sokovan.db.ledger import RunLedger, utcnow
-from sokovan.db.liveness import Leftover
 from sokovan.db.repository import AgentRow, NewKernel, SchedulerRepository
 from sokovan.db.secrets import SqlSecretStore
 from sokovan.types import (
@@ -114,7 +113,7 @@ async def test_keypair_pool_hands_each_key_out_once_on_postgres(pg_engine: sa.En
 
 
 def test_liveness_and_leftovers_on_postgres(pg_engine: sa.Engine) -> None:
-    """Agent liveness, instance markers and leftovers (upsert-ignore, coalesce) on PostgreSQL."""
+    """Agent liveness (coalesce of lost_since) and instance markers on PostgreSQL."""
     repo = SchedulerRepository(pg_engine)
     agent = AgentId("pg-live")
     repo.upsert_agent(AgentRow(agent, "tcp://127.0.0.1:3"))
@@ -127,10 +126,3 @@ def test_liveness_and_leftovers_on_postgres(pg_engine: sa.Engine) -> None:
     repo.record_contact(agent, "boot-2", utcnow())
     identity = repo.agent_identities([agent])[agent]
     assert identity.instance_id == "boot-2" and identity.instance_since is not None
-    kid, sid = KernelId(uuid.uuid4()), SessionId(uuid.uuid4())
-    leftover = Leftover(kid, sid, agent, "AGENT_LOST")
-    repo.remember_leftovers([leftover], utcnow())
-    repo.remember_leftovers([leftover], utcnow())  # remembered once
-    assert repo.pending_leftovers(agent) == [leftover]
-    repo.settle_leftovers({kid: None}, utcnow())
-    assert repo.pending_leftovers(agent) == []

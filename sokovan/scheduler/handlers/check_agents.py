@@ -12,11 +12,12 @@ from sokovan.scheduler.handlers.base import (
     HandlerRuntime,
     Plan,
 )
+from sokovan.scheduler.handlers.reconcile_leftovers import NAME as RECONCILE
 from sokovan.scheduler.liveness import (
     Thresholds,
     check_agents,
-    reconcile_leftovers,
-    terminate_kernels_of_lost_agents,
+    hand_on_lost_agents,
+    returned_with_leftovers,
 )
 from sokovan.scheduler.transitions import NON_TERMINAL_KERNEL, TERMINATE_HANDLER
 from sokovan.types import RunId
@@ -41,17 +42,18 @@ def build(ctx: HandlerContext) -> HandlerRuntime:
 
     async def plan(run_id: RunId, scope: Sequence[str] | None, budget: int) -> Plan:
         t = thresholds(ctx)
-        agent_outcomes, answered = await check_agents(repo, ctx.pool, t)
-        lost_outcomes, terminating = await terminate_kernels_of_lost_agents(repo, t)
-        leftovers = await reconcile_leftovers(repo, ctx.pool, answered)
-        outcomes = [*agent_outcomes, *lost_outcomes, *leftovers]
+        agent_outcomes, returned = await check_agents(repo, ctx.pool, t)
+        lost_outcomes, sessions = await hand_on_lost_agents(repo, t)
+        reconcile = await returned_with_leftovers(repo, returned)
         notes = []
-        if lost_outcomes:
-            notes.append(f"{len(lost_outcomes)} kernel(s) of lost agents terminated")
-        if leftovers:
-            done = sum(1 for o in leftovers if o.ok)
-            notes.append(f"{done} of {len(leftovers)} leftover container(s) destroyed")
-        follow_ups = [(TERMINATE_HANDLER, [str(s) for s in terminating])] if terminating else []
+        follow_ups: list[tuple[str, Sequence[str] | None]] = []
+        if sessions:
+            notes.append(f"{len(lost_outcomes)} kernel(s) of lost agents to the deadline path")
+            follow_ups.append((TERMINATE_HANDLER, [str(s) for s in sessions]))
+        if reconcile:
+            notes.append(f"leftovers to destroy on {', '.join(reconcile)}")
+            follow_ups.append((RECONCILE, list(reconcile)))
+        outcomes = [*agent_outcomes, *lost_outcomes]
         return Plan(
             requested=len(outcomes),
             outcomes=outcomes,
@@ -65,18 +67,18 @@ def build(ctx: HandlerContext) -> HandlerRuntime:
 DECLARATION = HandlerDeclaration(
     name=NAME,
     lock_id=LOCK_ID,
-    description="ping every agent; LOST agents' kernels end AGENT_LOST; leftovers destroyed",
+    description="ping every agent; a LOST agent's kernels take the deadline path (AGENT_LOST)",
     default_interval=C.AGENT_PING_INTERVAL_SEC,
     target="kernels",
     target_statuses=NON_TERMINAL_KERNEL,
-    # The kernels of a LOST agent are moved by force_terminate_kernels (one path, which the
-    # CLI's `agents remove --force` shares), not by a verdict of this run.
+    # Nothing moves in this run: a LOST agent's kernels are given up by terminate_sessions'
+    # deadline path, their leftovers destroyed by reconcile_leftovers.
     transitions={},
     build=build,
     budget_unit="kernels",
     give_up=GiveUp(
         deadline_setting="agent_lost_grace",
-        then="kernels of an agent LOST this long: TERMINATED (AGENT_LOST), slots freed",
+        then="kernels of an agent LOST this long take the TERMINATING deadline path (AGENT_LOST)",
     ),
     interval_setting="agent_ping_interval",
 )

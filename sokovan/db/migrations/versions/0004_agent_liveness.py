@@ -1,7 +1,7 @@
-"""agent liveness, instance markers and leftovers of kernels terminated without their agent
+"""agent liveness and instance markers
 
 Revision ID: 0004
-Revises: 0001
+Revises: 0002
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0004"
-down_revision = "0001"
+down_revision = "0002"
 branch_labels = None
 depends_on = None
 
@@ -24,25 +24,9 @@ def upgrade() -> None:
         batch.add_column(sa.Column("lost_since", sa.DateTime(timezone=True), nullable=True))
         batch.add_column(sa.Column("instance_id", sa.String(length=64), nullable=True))
         batch.add_column(sa.Column("instance_since", sa.DateTime(timezone=True), nullable=True))
-    op.create_table(
-        "agent_leftovers",
-        sa.Column("kernel_id", sa.Uuid(), nullable=False),
-        sa.Column("session_id", sa.Uuid(), nullable=False),
-        sa.Column("agent_id", sa.String(length=64), nullable=False),
-        sa.Column("reason", sa.String(length=64), nullable=False),
-        sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=False),
-        sa.Column("destroyed_at", sa.DateTime(timezone=True), nullable=True),
-        sa.Column("error", sa.Text(), nullable=True),
-        sa.PrimaryKeyConstraint("kernel_id", name=op.f("pk_agent_leftovers")),
-    )
-    op.create_index(
-        op.f("ix_agent_leftovers_agent_id"), "agent_leftovers", ["agent_id"], unique=False
-    )
 
 
 def downgrade() -> None:
-    op.drop_index(op.f("ix_agent_leftovers_agent_id"), table_name="agent_leftovers")
-    op.drop_table("agent_leftovers")
     with op.batch_alter_table("agents") as batch:
         for name in _AGENT_COLUMNS:
             batch.drop_column(name)
