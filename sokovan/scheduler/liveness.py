@@ -57,10 +57,13 @@ async def ping_agent(pool: AgentClientPool, agent_id: AgentId, limit_sec: float)
                 report = await client.health()
     except Exception as e:
         return Ping(agent_id, error=describe_error(e), took=time.monotonic() - started)
-    instance = report.get("instance_id") if isinstance(report, Mapping) else None
-    return Ping(
-        agent_id, None if instance is None else str(instance), None, time.monotonic() - started
-    )
+    took = time.monotonic() - started
+    said = dict(report) if isinstance(report, Mapping) else {}
+    if said.get("agent_id") and str(said["agent_id"]) != str(agent_id):
+        # Another agent listens at the address: that is no contact with this one.
+        return Ping(agent_id, error=f"answered as agent {str(said['agent_id'])[:64]!r}", took=took)
+    instance = said.get("instance_id")
+    return Ping(agent_id, None if instance is None else str(instance), None, took)
 
 
 def next_state(contact: AgentContact, ping: Ping, now: datetime, t: Thresholds) -> AgentLiveness:

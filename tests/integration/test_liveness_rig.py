@@ -224,3 +224,19 @@ async def test_forced_remove_hands_the_sessions_to_the_deadline_path(rig: Rig) -
     session = rig.repo.get_session(sid)
     assert (session.status, session.status_info) == (SessionStatus.TERMINATING, "AGENT_REMOVED")
     assert session.status_data["deadline_at"]
+
+
+async def test_a_stranger_answering_the_ping_is_no_contact(rig: Rig) -> None:
+    """SC-FA-003/004: another agent at a1's address answers health as itself: a1 stays silent."""
+    with_liveness(rig)
+    a1 = rig.agents["a1"]
+    a1.script("health", {"agent_id": "i-newcomer", "instance_id": "x"})
+    silence(rig, "a1", 40)
+    rig.pool.clients[AgentId("a1")] = a1  # reachable, but somebody else answers
+
+    report = await rig.coordinator.run(NAME, RunTrigger.BEAT)
+
+    assert status_of(rig, "a1") == "UNREACHABLE"
+    items = {i.item_id: i for i in rig.ledger.items(report.run_id)}  # type: ignore[arg-type]
+    assert "i-newcomer" in (items["a1"].error or "")
+    assert rig.repo.agent_identities([AgentId("a1")])[AgentId("a1")].instance_id is None
