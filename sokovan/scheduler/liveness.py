@@ -23,7 +23,7 @@ from sokovan.errors import describe_error
 from sokovan.ports import AgentClientPool
 from sokovan.scheduler.deadlines import AGENT_LOST
 from sokovan.scheduler.transitions import request_termination
-from sokovan.types import AgentId, AgentLiveness, ItemOutcome, KernelInfo, SessionId
+from sokovan.types import AgentId, AgentLiveness, ItemOutcome, KernelId, KernelInfo, SessionId
 
 log = logging.getLogger(__name__)
 
@@ -188,10 +188,10 @@ def _lost_outcome(kernel: KernelInfo, agent: AgentContact) -> ItemOutcome:
 
 async def returned_with_leftovers(
     repo: SchedulerRepository, returned: Sequence[AgentId]
-) -> list[AgentId]:
-    """Agents that answer again and still have leftover containers to destroy."""
+) -> list[KernelId]:
+    """Leftover kernels still to destroy on agents that answer again, oldest first."""
     if not returned:
         return []
     wanted = set(returned)
     pending = await asyncio.to_thread(repo.leftovers)
-    return sorted({x.agent_id for x in pending if x.destroyed_at is None and x.agent_id in wanted})
+    return [x.kernel_id for x in pending if x.destroyed_at is None and x.agent_id in wanted]

@@ -190,8 +190,8 @@ async def test_sc_fa_006_lost_agent_returns_and_its_leftovers_are_destroyed(rig:
     await rig.coordinator.run(NAME, RunTrigger.BEAT)
 
     assert status_of(rig, "a1") == "ALIVE"
-    assert (RECONCILE, RunTrigger.EVENT, ["a1"]) in rig.kicker.kicks
-    report = await rig.coordinator.run(RECONCILE, RunTrigger.EVENT, ["a1"])
+    assert (RECONCILE, RunTrigger.EVENT, [str(k1)]) in rig.kicker.kicks
+    report = await rig.coordinator.run(RECONCILE, RunTrigger.EVENT, [str(k1)])
     assert [c.args for c in a1.calls_to("destroy_kernel")] == [(k1, sid, "AGENT_LOST")]
     items = {i.item_id: i for i in rig.ledger.items(report.run_id)}  # type: ignore[arg-type]
     assert items[str(k1)].ok

@@ -51,8 +51,8 @@ def build(ctx: HandlerContext) -> HandlerRuntime:
             notes.append(f"{len(lost_outcomes)} kernel(s) of lost agents to the deadline path")
             follow_ups.append((TERMINATE_HANDLER, [str(s) for s in sessions]))
         if reconcile:
-            notes.append(f"leftovers to destroy on {', '.join(reconcile)}")
-            follow_ups.append((RECONCILE, list(reconcile)))
+            notes.append(f"{len(reconcile)} leftover(s) to destroy on agents that answer again")
+            follow_ups.append((RECONCILE, [str(k) for k in reconcile]))
         outcomes = [*agent_outcomes, *lost_outcomes]
         return Plan(
             requested=len(outcomes),
