@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from sokovan.cli import app as cli_app
 from sokovan.types import RunId, SessionStatus
+from tasks.cli import app as cli_app
 from tests.agents import RpcClient, set_fault
 from tests.cluster import IMAGE, Cluster, kernel_rows, running_cluster
 from tests.conftest import free_port
