@@ -38,7 +38,9 @@ from bench.harness import (
     stack,
     stats_delta,
 )
+from sokovan import constants as C
 from sokovan.bootstrap import Services, build_services
+from sokovan.config import presence_url_for
 from sokovan.ports import AgentClientPool
 from sokovan.presence import ValkeyPresence
 from sokovan.scheduler.handlers import sweep_stale_kernels
@@ -113,7 +115,7 @@ async def seed(st: Stack, kernels: int, stale: float) -> tuple[list[str], list[s
             await client.create_kernels(
                 SessionId(sid), [KernelId(kid)], [config], {}, {KernelId(kid): image}
             )
-    redis: Redis = Redis.from_url(st.redis_url)
+    redis: Redis = Redis.from_url(presence_url_for(st.redis_url, C.PRESENCE_DB))
     try:
         # Agents refresh presence; this seed writes it once, so it must outlive the whole run.
         presence = ValkeyPresence(redis, ttl=SEED_PRESENCE_TTL)

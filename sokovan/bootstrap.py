@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import sqlalchemy as sa
 from redis.asyncio import BlockingConnectionPool, Redis
@@ -60,6 +60,11 @@ def build_redis(settings: Settings) -> Redis:
     return Redis.from_pool(pool)
 
 
+def build_presence_redis(settings: Settings) -> Redis:
+    """A client of the presence store, where agents write kernel presence."""
+    return build_redis(replace(settings, redis_url=settings.effective_presence_url))
+
+
 def build_agent_pool(settings: Settings, repository: SchedulerRepository) -> AgentClientPool:
     """The agent client pool, resolving addresses from the agents table."""
     from sokovan.agent.pool import AgentClientPool as Pool
@@ -91,10 +96,15 @@ class Services:
     context: HandlerContext
     secret_environ: SqlSecretEnviron
     network_plugins: dict[str, NetworkPlugin] = field(default_factory=dict)
+    # The presence store's own client, when built here (it may be another server than redis).
+    presence_redis: Redis | None = None
 
     async def close(self) -> None:
         """Closes agent connections, Redis and the engine; each failure is logged, not raised."""
-        for name, closer in (("agent pool", self.pool.close_all), ("redis", self.redis.aclose)):
+        closers = [("agent pool", self.pool.close_all), ("redis", self.redis.aclose)]
+        if self.presence_redis is not None:
+            closers.append(("presence store", self.presence_redis.aclose))
+        for name, closer in closers:
             try:
                 await closer()
             except Exception as e:
@@ -121,8 +131,12 @@ async def build_services(
     repository = SchedulerRepository(engine)
     ledger = RunLedger(engine)
     redis = redis or build_redis(settings)
+    presence_redis = None if presence is not None else build_presence_redis(settings)
     presence = presence or ValkeyPresence(
-        redis, stale_after=settings.presence_stale_after, ttl=settings.presence_ttl
+        presence_redis or redis,
+        stale_after=settings.presence_stale_after,
+        ttl=settings.presence_ttl,
+        manager_writes=settings.presence_manager_writes,
     )
     pool = pool or build_agent_pool(settings, repository)
     tracker = tracker or FanOutTracker(redis)
@@ -133,6 +147,7 @@ async def build_services(
         tracked,
         destroy_concurrency=settings.destroy_concurrency,
         check_running_concurrency=settings.check_running_concurrency,
+        identities=repository,
     )
     coordinator = Coordinator(
         states=repository,
@@ -184,4 +199,5 @@ async def build_services(
         context=context,
         secret_environ=secret_environ,
         network_plugins=plugins,
+        presence_redis=presence_redis,
     )

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from sokovan import constants as C
 from sokovan.errors import ConfigError
@@ -42,7 +43,12 @@ class Settings:
     creating_deadline: float = C.CREATING_DEADLINE_SEC
     retry_backoff: float = C.RETRY_BACKOFF_SEC
     retry_backoff_max: float = C.RETRY_BACKOFF_MAX_SEC
-    # Presence.
+    # Presence: where agents write it (default: the broker's server, Backend.AI's live db 2).
+    presence_url: str = ""
+    presence_db: int = C.PRESENCE_DB
+    # Write last_check per kernel and agent:last_check per agent during a sweep, as
+    # Backend.AI's manager does, so real agents' orphan cleanup works.
+    presence_manager_writes: bool = True
     presence_stale_after: float = C.PRESENCE_STALE_AFTER_SEC
     presence_ttl: int = C.PRESENCE_TTL_SEC
     presence_refresh: float = C.PRESENCE_REFRESH_SEC
@@ -78,6 +84,12 @@ class Settings:
     agent_pool_size: int = C.AGENT_POOL_SIZE
     agent_failure_threshold: int = C.AGENT_FAILURE_THRESHOLD
     agent_recovery: float = C.AGENT_RECOVERY_SEC
+    # Agent liveness: ping interval and bound, thresholds, grace before AGENT_LOST.
+    agent_ping_interval: float = C.AGENT_PING_INTERVAL_SEC
+    agent_ping_timeout: float = C.AGENT_PING_TIMEOUT_SEC
+    agent_unreachable_after: float = C.AGENT_UNREACHABLE_AFTER_SEC
+    agent_lost_after: float = C.AGENT_LOST_AFTER_SEC
+    agent_lost_grace: float = C.AGENT_LOST_GRACE_SEC
     # CURVE: the manager's certificate (public+secret) and a folder of agents' public certs.
     curve_manager_cert: Path | None = None
     curve_agent_public_key: Path | None = None
@@ -119,6 +131,11 @@ class Settings:
         return f"sqlite:///{(self.var_dir / 'sokovan.db').resolve()}"
 
     @property
+    def effective_presence_url(self) -> str:
+        """The presence store: presence_url (or the broker's server) with presence_db."""
+        return presence_url_for(self.presence_url or self.redis_url, self.presence_db)
+
+    @property
     def uses_embedded_valkey(self) -> bool:
         """Whether this process group should start its own Valkey server."""
         return self.embedded_valkey and self.redis_url == C.DEFAULT_REDIS_URL.replace(
@@ -139,6 +156,15 @@ class Settings:
     def budget(self, handler: str) -> int:
         """Max items per run of `handler`; 0 means no bound."""
         return int(self.budgets.get(handler, 0))
+
+
+def presence_url_for(url: str, db: int) -> str:
+    """`url` with its database number replaced by `db`."""
+    parts = urlsplit(url)
+    if parts.scheme == "unix":
+        query = [(k, v) for k, v in parse_qsl(parts.query) if k != "db"] + [("db", str(db))]
+        return f"unix://{parts.netloc}{parts.path}?{urlencode(query)}"
+    return urlunsplit(parts._replace(path=f"/{db}"))
 
 
 def _parse(name: str, raw: str, kind: Any) -> Any:

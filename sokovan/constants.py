@@ -10,8 +10,19 @@ PRESENCE_KEY_PREFIX: Final = "kernel:presence:"
 PRESENCE_TTL_SEC: Final = 300
 # Backend.AI's threshold: no refresh for two minutes means the kernel looks stale.
 PRESENCE_STALE_AFTER_SEC: Final = 120
-# How often an agent rewrites presence for its RUNNING kernels; far below the stale threshold.
-PRESENCE_REFRESH_SEC: Final = 30
+# How often an agent rewrites presence for its RUNNING kernels: Backend.AI agents' 60 s,
+# half the stale threshold, so one late refresh never makes a kernel look stale.
+PRESENCE_REFRESH_SEC: Final = 60
+# Backend.AI keeps presence in its "live" database, db 2 of its Valkey, agents and manager alike.
+PRESENCE_DB: Final = 2
+# Per-agent key the manager sets on every sweep; a real agent's orphan cleanup reads it.
+AGENT_LAST_CHECK_KEY_PREFIX: Final = "agent:last_check:"
+# Backend.AI's lifetime of that key: twice the orphan threshold, so one missed sweep is harmless.
+AGENT_LAST_CHECK_TTL_SEC: Final = 1200
+# A real agent destroys a kernel whose last_check lags its agent's last check by more than this.
+ORPHAN_KERNEL_THRESHOLD_SEC: Final = 600
+# How often a real agent looks for such orphans.
+ORPHAN_CLEANUP_INTERVAL_SEC: Final = 300
 # Kernels per presence read in stage 1 of the sweep: one round trip each, small enough that
 # neither Valkey (busy in one script) nor the worker (holding the replies) feels a large sweep.
 PRESENCE_PAGE_SIZE: Final = 10_000
@@ -87,6 +98,20 @@ AGENT_POOL_SIZE: Final = 256
 AGENT_FAILURE_THRESHOLD: Final = 3
 # How long an unavailable agent is left alone before one trial call.
 AGENT_RECOVERY_SEC: Final = 30.0
+
+# Agent liveness. Every agent, registered by hand or self-announced, is pinged this often.
+AGENT_PING_INTERVAL_SEC: Final = 10.0
+# One ping's bound: an agent slower than this to say `health` counts as not answering.
+AGENT_PING_TIMEOUT_SEC: Final = 5.0
+# No answer for this long: UNREACHABLE (no new kernels); three missed pings, not one blip.
+AGENT_UNREACHABLE_AFTER_SEC: Final = 30.0
+# No answer for this long: LOST. Two minutes, Backend.AI's stale threshold for presence too.
+AGENT_LOST_AFTER_SEC: Final = 120.0
+# After an agent turned LOST, its kernels wait this long before they take the deadline path
+# (AGENT_LOST): a rebooting node gets time to come back with its containers.
+AGENT_LOST_GRACE_SEC: Final = 300.0
+# status_info of sessions ended because their agent was removed by an operator.
+AGENT_REMOVED_REASON: Final = "AGENT_REMOVED"
 
 # Runs older than this are pruned.
 RUN_RETENTION_DAYS: Final = 30

@@ -11,6 +11,7 @@ from sokovan.types import (
     AgentAddress,
     AgentBatch,
     AgentId,
+    AgentIdentity,
     ImageConfig,
     ItemOutcome,
     KernelId,
@@ -59,6 +60,10 @@ class AgentClient(Protocol):
         """Whether the kernel runs; None when the agent cannot tell."""
         ...
 
+    async def health(self) -> Mapping[str, Any]:
+        """The agent's report about itself (a reference agent adds its id and instance)."""
+        ...
+
     async def create_local_network(self, network_name: str) -> None: ...
 
     async def assign_port(self) -> int: ...
@@ -73,6 +78,16 @@ class AgentClientPool(Protocol):
 
     async def close_all(self) -> None:
         """Closes every cached client, idle or in use."""
+        ...
+
+
+class AgentIdentityBook(Protocol):
+    """What was recorded about agents' identities at registration or sync."""
+
+    async def recorded_identities(
+        self, agent_ids: Collection[AgentId]
+    ) -> Mapping[AgentId, AgentIdentity]:
+        """Recorded identity per agent; unregistered agents are left out."""
         ...
 
 

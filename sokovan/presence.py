@@ -39,6 +39,36 @@ end
 return {redis.call('TIME'), out}
 """
 
+# The batch read as Backend.AI's manager makes it: besides reading, each existing presence hash
+# gets last_check (and its TTL refreshed), then each agent of the batch its last-check key, all
+# stamped with the server's TIME. KEYS: the presence keys, then the agent keys; ARGV: the
+# number of presence keys, the presence TTL, the agent key TTL. Hashes without `presence` are
+# left alone: a real agent's orphan cleanup skips them anyway, and writing would create them.
+_BATCH_CHECK = """
+local now = redis.call('TIME')
+local n = tonumber(ARGV[1])
+local out = {}
+for i = 1, n do
+  local values = redis.call('HMGET', KEYS[i], 'presence', 'last_presence')
+  if values[1] then
+    redis.call('HSET', KEYS[i], 'last_check', now[1])
+    redis.call('EXPIRE', KEYS[i], ARGV[2])
+  end
+  out[2 * i - 1] = values[1]
+  out[2 * i] = values[2]
+end
+for i = n + 1, #KEYS do
+  redis.call('SET', KEYS[i], now[1], 'EX', ARGV[3])
+end
+return {now, out}
+"""
+
+
+def agent_last_check_key(agent_id: AgentId | str) -> str:
+    """The key holding when the manager last checked one agent's kernels."""
+    return f"{C.AGENT_LAST_CHECK_KEY_PREFIX}{agent_id}"
+
+
 Raw = str | bytes | None
 
 
@@ -81,11 +111,14 @@ class ValkeyPresence:
         redis: Redis,
         stale_after: float = C.PRESENCE_STALE_AFTER_SEC,
         ttl: int = C.PRESENCE_TTL_SEC,
+        manager_writes: bool = False,
     ) -> None:
         self._redis = redis
         self._stale_after = stale_after
         self._ttl = ttl
+        self._manager_writes = manager_writes
         self._batch_read = redis.register_script(_BATCH_READ)
+        self._batch_check = redis.register_script(_BATCH_CHECK)
         self.round_trips = 0
 
     async def check_kernel_presence_status_batch(
@@ -94,13 +127,14 @@ class ValkeyPresence:
         """Presence per kernel, judged against the server's clock; absent kernels are left out.
 
         Only `presence` and `last_presence` are read: the verdicts carry no last_check or
-        created_at.
+        created_at. With manager writes on, the same round trip stamps last_check on each
+        kernel and the last-check key of each agent in `agent_ids`.
         """
         if not kernel_ids:
             return {}
         keys = [presence_key(k) for k in kernel_ids]
         try:
-            reply: list[Any] = await self._batch_read(keys=keys, args=PRESENCE_FIELDS)
+            reply: list[Any] = await self._read(keys, agent_ids)
         except (RedisError, OSError) as e:
             raise PresenceUnavailable(f"presence store unreadable: {e}") from e
         self.round_trips += 1
@@ -116,16 +150,28 @@ class ValkeyPresence:
                 out[kernel_id] = verdict
         return out
 
+    async def _read(self, keys: list[str], agent_ids: Sequence[AgentId | None] | None) -> Any:
+        if not self._manager_writes:
+            return await self._batch_read(keys=keys, args=PRESENCE_FIELDS)
+        agents = sorted({a for a in agent_ids or () if a is not None})
+        return await self._batch_check(
+            keys=keys + [agent_last_check_key(a) for a in agents],
+            args=[len(keys), self._ttl, C.AGENT_LAST_CHECK_TTL_SEC],
+        )
+
     async def write_presence(
         self, kernel_ids: Iterable[KernelId | str], alive: bool = True, now: float | None = None
     ) -> None:
-        """Marks kernels present (agent side); keeps created_at of existing hashes."""
+        """Marks kernels present (agent side), as Backend.AI's update_kernel_presence_batch.
+
+        created_at and a first last_check are set only on a new hash, as the original's
+        initialization does: the manager's checks own last_check from then on.
+        """
         ids = list(kernel_ids)
         if not ids:
             return
         if now is None:
-            seconds, micros = await self._redis.time()
-            now = float(seconds) + float(micros) / 1_000_000
+            now = await self.server_time()
         stamp = str(int(now))
         async with self._redis.pipeline(transaction=False) as pipe:
             for kernel_id in ids:
@@ -135,12 +181,21 @@ class ValkeyPresence:
                     mapping={
                         "presence": "1" if alive else "0",
                         "last_presence": stamp,
-                        "last_check": stamp,
                     },
                 )
                 pipe.hsetnx(key, "created_at", stamp)
+                pipe.hsetnx(key, "last_check", stamp)
                 pipe.expire(key, self._ttl)
             await pipe.execute()
+
+    async def server_time(self) -> float:
+        """The presence store's clock, which every stamp and verdict follows."""
+        seconds, micros = await self._redis.time()
+        return float(seconds) + float(micros) / 1_000_000
+
+    async def aclose(self) -> None:
+        """Closes the client of the presence store."""
+        await self._redis.aclose()
 
     async def remove_presence(self, kernel_ids: Iterable[KernelId | str]) -> None:
         """Drops presence hashes of kernels that are gone."""

@@ -15,6 +15,7 @@ from sokovan.errors import AgentUnavailable, PresenceUnavailable
 from sokovan.types import (
     AgentBatch,
     AgentId,
+    AgentIdentity,
     ImageConfig,
     ItemOutcome,
     KernelId,
@@ -107,6 +108,11 @@ class FakeAgentClient:
         self.calls.append(Call("check_running", (kernel_id,)))
         return await self._answer("check_running", kernel_id, True, kernel_id)  # type: ignore[no-any-return]
 
+    async def health(self) -> Mapping[str, Any]:
+        self.calls.append(Call("health", ()))
+        default = {"status": "ok", "component": "agent", "agent_id": str(self.agent_id)}
+        return await self._answer("health", None, default)  # type: ignore[no-any-return]
+
     async def create_local_network(self, network_name: str) -> None:
         self.calls.append(Call("create_local_network", (network_name,)))
         await self._answer("create_local_network", network_name, None, network_name)
@@ -153,15 +159,32 @@ class FakePresence:
     def __init__(self, statuses: Mapping[KernelId, KernelPresence] | None = None) -> None:
         self.statuses: dict[KernelId, KernelPresence] = dict(statuses or {})
         self.batches: list[list[KernelId]] = []
+        # The agent ids passed with each batch (None: no agent gets a last-check stamp).
+        self.agent_batches: list[list[AgentId | None] | None] = []
         self.unavailable = False
 
     async def check_kernel_presence_status_batch(
         self, kernel_ids: Sequence[KernelId], agent_ids: Sequence[AgentId | None] | None = None
     ) -> dict[KernelId, KernelPresence]:
         self.batches.append(list(kernel_ids))
+        self.agent_batches.append(None if agent_ids is None else list(agent_ids))
         if self.unavailable:
             raise PresenceUnavailable("presence store unreadable (fake)")
         return {k: self.statuses[k] for k in kernel_ids if k in self.statuses}
+
+
+class FakeIdentityBook:
+    """Recorded agent identities set by the test; records each lookup."""
+
+    def __init__(self, identities: Mapping[AgentId, AgentIdentity] | None = None) -> None:
+        self.identities: dict[AgentId, AgentIdentity] = dict(identities or {})
+        self.lookups: list[list[AgentId]] = []
+
+    async def recorded_identities(
+        self, agent_ids: Collection[AgentId]
+    ) -> Mapping[AgentId, AgentIdentity]:
+        self.lookups.append(list(agent_ids))
+        return {a: self.identities[a] for a in agent_ids if a in self.identities}
 
 
 Executor = Callable[[Operation, AgentBatch], Awaitable[list[ItemOutcome]]]

@@ -164,6 +164,8 @@ class KernelInfo:
     preopen_ports: tuple[int, ...] = ()
     # The scheduler's own notes on the kernel: attempts, next attempt, last error.
     status_data: Mapping[str, Any] = field(default_factory=dict)
+    # When the kernel became RUNNING: an agent instance that started later never hosted it.
+    running_since: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,6 +243,23 @@ class KernelPresence:
     last_presence: float | None = None
     last_check: float | None = None
     created_at: float | None = None
+
+
+class AgentLiveness(StrEnum):
+    """Whether an agent answers: only ALIVE agents get new kernels."""
+
+    ALIVE = "ALIVE"
+    UNREACHABLE = "UNREACHABLE"
+    LOST = "LOST"
+
+
+@dataclass(frozen=True, slots=True)
+class AgentIdentity:
+    """An agent's instance (boot) marker as recorded at registration or sync, and since when."""
+
+    agent_id: AgentId
+    instance_id: str | None = None
+    instance_since: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)

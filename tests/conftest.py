@@ -10,6 +10,8 @@ import pytest
 import sqlalchemy as sa
 from redis.asyncio import Redis
 
+from sokovan import constants as C
+from sokovan.config import presence_url_for
 from sokovan.db.engine import create_engine, upgrade
 from sokovan.embedded import EmbeddedValkey
 from tests.rig import Rig, build_rig
@@ -40,6 +42,14 @@ async def redis(valkey_url: str) -> AsyncIterator[Redis]:
     """An async client on a flushed database."""
     client: Redis = Redis.from_url(valkey_url)
     await client.flushdb()
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def presence_redis(valkey_url: str) -> AsyncIterator[Redis]:
+    """An async client of the presence store agents use by default: db 2 of the same server."""
+    client: Redis = Redis.from_url(presence_url_for(valkey_url, C.PRESENCE_DB))
     yield client
     await client.aclose()
 

@@ -104,6 +104,8 @@ class ReferenceAgent:
         self.images: set[str] = set()
         self.ports = PortPool()
         self._presence = presence
+        # A new marker every start: a restarted agent is told apart from the one that was.
+        self.instance_id = uuid.uuid4().hex
 
     @property
     def agent_id(self) -> str:
@@ -125,6 +127,7 @@ class ReferenceAgent:
             "version": __version__,
             "component": "agent",
             "agent_id": self.agent_id,
+            "instance_id": self.instance_id,
             "runtime": str(self.runtime.kind),
             "kernels": len(self.kernels),
             "running": running,
@@ -282,6 +285,7 @@ class ReferenceAgent:
         """The registry entry of this agent."""
         return {
             "id": self.agent_id,
+            "instance_id": self.instance_id,
             "rpc_addr": self.rpc_addr,
             "scaling_group": self.spec.scaling_group,
             "capacity": {"cpu": self.spec.cpu, "mem": self.spec.mem},

@@ -18,7 +18,7 @@ from sokovan.agentd.control import send_fault
 from sokovan.agentd.host import HostOptions, serve
 from sokovan.agentd.runtime import RuntimeKind
 from sokovan.agentd.specs import build_specs, parse_latency
-from sokovan.config import Settings, load_settings
+from sokovan.config import Settings, load_settings, presence_url_for
 from sokovan.errors import SokovanError
 from sokovan.redis_retry import retry_options
 
@@ -94,8 +94,10 @@ def run(
         )
     except SokovanError as e:
         raise typer.BadParameter(str(e)) from e
+    broker = redis_url or settings.redis_url
     options = HostOptions(
-        redis_url=redis_url or settings.redis_url,
+        redis_url=broker,
+        presence_url=presence_url_for(settings.presence_url or broker, settings.presence_db),
         presence_interval=presence_interval or settings.presence_refresh,
         presence_ttl=settings.presence_ttl,
         **curve_options(settings, curve_secret_key_file, curve_client_key_file),

@@ -22,6 +22,7 @@ from sokovan.agentd.agent import AgentSpec, ReferenceAgent
 from sokovan.agentd.control import ack_key, control_key, decode_op
 from sokovan.agentd.runtime import make_runtime
 from sokovan.agentd.server import CurveServerAuth, load_curve_auth, open_peer
+from sokovan.config import presence_url_for
 from sokovan.errors import SokovanError
 from sokovan.presence import ValkeyPresence
 from sokovan.redis_retry import retry_options
@@ -39,6 +40,8 @@ class HostOptions:
     """Everything an agent host needs besides the agents themselves."""
 
     redis_url: str
+    # Where presence is written; empty: redis_url's server, Backend.AI's live db.
+    presence_url: str = ""
     presence_interval: float = C.PRESENCE_REFRESH_SEC
     presence_ttl: int = C.PRESENCE_TTL_SEC
     heartbeat_interval: float = C.AGENT_HEARTBEAT_SEC
@@ -57,6 +60,7 @@ class AgentHost:
         self._peers: list[Peer] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._redis: Redis | None = None
+        self._presence: ValkeyPresence | None = None
 
     async def start(self) -> None:
         """Binds every agent's socket, registers them and starts the periodic loops."""
@@ -71,7 +75,8 @@ class AgentHost:
         redis: Redis = Redis.from_pool(pool)
         self._redis = redis
         await _first_contact(redis)
-        presence = ValkeyPresence(redis, ttl=self.options.presence_ttl)
+        presence = ValkeyPresence(_presence_client(self.options), ttl=self.options.presence_ttl)
+        self._presence = presence
         for spec in self.specs:
             agent = ReferenceAgent(spec, make_runtime(spec.runtime), presence)
             self._peers.append(await open_peer(agent, self._curve_auth(spec.agent_id)))
@@ -111,6 +116,8 @@ class AgentHost:
             except (RedisError, OSError) as e:
                 log.warning("unregistering agents failed: %s", e)
             await self._redis.aclose()
+        if self._presence is not None:
+            await self._presence.aclose()
         log.info("%d reference agent(s) stopped", len(self.agents))
 
     def _curve_auth(self, agent_id: str) -> CurveServerAuth | None:
@@ -139,9 +146,9 @@ class AgentHost:
         due = [kid for agent in self.agents for kid in agent.presence_due()]
         if not due:
             return
-        seconds, micros = await self.redis.time()
-        now = float(seconds) + float(micros) / 1_000_000
-        presence = ValkeyPresence(self.redis, ttl=self.options.presence_ttl)
+        presence = self._presence
+        assert presence is not None, "start() first"
+        now = await presence.server_time()
         for start in range(0, len(due), _PRESENCE_CHUNK):
             await presence.write_presence(due[start : start + _PRESENCE_CHUNK], now=now)
 
@@ -172,6 +179,12 @@ class AgentHost:
                 for key, value in acks.items():
                     pipe.set(key, value, ex=C.AGENT_CONTROL_ACK_TTL_SEC)
                 await pipe.execute()
+
+
+def _presence_client(options: HostOptions) -> Redis:
+    url = options.presence_url or presence_url_for(options.redis_url, C.PRESENCE_DB)
+    pool = BlockingConnectionPool.from_url(url, max_connections=_REDIS_CONNECTIONS, timeout=30)
+    return Redis.from_pool(pool)
 
 
 def _apply_queued(agent: ReferenceAgent, raw: bytes) -> tuple[str, str]:

@@ -39,8 +39,11 @@ class AgentRow:
 class AgentsAndImages(SqlBase):
     """Agents (capacity, address, liveness) and the images sessions may use."""
 
-    def upsert_agent(self, agent: AgentRow) -> None:
-        """Registers an agent or refreshes its address, capacity and heartbeat."""
+    def upsert_agent(self, agent: AgentRow, *, keep_status: bool = False) -> None:
+        """Registers an agent or refreshes its address, capacity and heartbeat.
+
+        With `keep_status`, a known agent keeps its liveness (the liveness check owns it).
+        """
         now = utcnow()
         values = {
             "id": agent.id,
@@ -53,7 +56,8 @@ class AgentsAndImages(SqlBase):
             "registered_at": now,
             "last_seen": now,
         }
-        update = {k: v for k, v in values.items() if k not in ("id", "registered_at")}
+        kept = ("id", "registered_at", "status") if keep_status else ("id", "registered_at")
+        update = {k: v for k, v in values.items() if k not in kept}
         stmt = self._insert()(agents).values(**values)
         stmt = stmt.on_conflict_do_update(index_elements=["id"], set_=update)
         with self.engine.begin() as conn:

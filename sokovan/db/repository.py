@@ -6,6 +6,7 @@ import uuid
 from collections.abc import Collection, Generator, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -13,6 +14,7 @@ import sqlalchemy as sa
 from sokovan.db.agents import AgentRow, AgentsAndImages
 from sokovan.db.attempts import Attempts
 from sokovan.db.ledger import utcnow
+from sokovan.db.liveness import LivenessStore
 from sokovan.db.pending import PendingQueue
 from sokovan.db.placement import Placement
 from sokovan.db.schema import agents, kernels, sessions
@@ -34,8 +36,8 @@ from sokovan.types import (
 __all__ = ["AgentRow", "NewKernel", "SchedulerRepository", "SweepRow"]
 
 # One kernel as the sweep first reads it: id, session id (text, parsed only for suspects),
-# agent, scaling group and status.
-SweepRow = tuple[KernelId, str, str | None, str, str]
+# agent, scaling group, status, and since when it is in that status (for the identity check).
+SweepRow = tuple[KernelId, str, str | None, str, str, datetime | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +55,9 @@ class NewKernel:
     architecture: str = "x86_64"
 
 
-class SchedulerRepository(AgentsAndImages, Transitions, Attempts, Placement, PendingQueue):
+class SchedulerRepository(
+    AgentsAndImages, LivenessStore, Transitions, Attempts, Placement, PendingQueue
+):
     """Synchronous SQL access; async callers use the async port methods or a thread."""
 
     def create_session(
@@ -201,7 +205,7 @@ class SchedulerRepository(AgentsAndImages, Transitions, Attempts, Placement, Pen
         limit: int = 0,
         only: Collection[KernelId] | None = None,
     ) -> list[KernelInfo]:
-        """Like `kernels_in`, with only ids, status and scaling group filled in (the rest default).
+        """Like `kernels_in`, with ids, status, scaling group and running_since only.
 
         The stale sweep reads every RUNNING kernel each run and needs no more than these.
         """
@@ -212,6 +216,7 @@ class SchedulerRepository(AgentsAndImages, Transitions, Attempts, Placement, Pen
                 kernels.c.agent_id,
                 kernels.c.status,
                 kernels.c.scaling_group,
+                kernels.c.status_changed_at,
             )
             .where(kernels.c.status.in_([str(s) for s in statuses]))
             .order_by(kernels.c.created_at, kernels.c.id)
@@ -229,8 +234,9 @@ class SchedulerRepository(AgentsAndImages, Transitions, Attempts, Placement, Pen
                     agent_id=agent,
                     status=status_of[status],
                     scaling_group=group,
+                    running_since=changed,
                 )
-                for kid, sid, agent, status, group in conn.execute(query)
+                for kid, sid, agent, status, group, changed in conn.execute(query)
             ]
 
     def sweep_pages(
@@ -241,7 +247,7 @@ class SchedulerRepository(AgentsAndImages, Transitions, Attempts, Placement, Pen
         limit: int = 0,
         only: Collection[KernelId] | None = None,
     ) -> Generator[list[SweepRow]]:
-        """Kernels to sweep as plain rows, a page at a time: (id, session id, agent, group, status).
+        """Kernels to sweep as plain rows, a page at a time (see SweepRow).
 
         No KernelInfo, and no session UUID, for the many kernels a sweep does not suspect;
         one page is held at a time. Oldest first only under a budget; a full sweep reads in
@@ -253,6 +259,7 @@ class SchedulerRepository(AgentsAndImages, Transitions, Attempts, Placement, Pen
             kernels.c.agent_id,
             kernels.c.scaling_group,
             kernels.c.status,
+            kernels.c.status_changed_at,
         ).where(kernels.c.status.in_([str(s) for s in statuses]))
         if only is not None:
             query = query.where(kernels.c.id.in_(list(only)))

@@ -48,7 +48,15 @@ agents = sa.Table(
     sa.Column("public_key", sa.LargeBinary, nullable=True),
     sa.Column("registered_at", TS, nullable=False),
     sa.Column("last_seen", TS, nullable=False),
+    # Liveness (ALIVE / UNREACHABLE / LOST lives in `status`): the last answered ping, and
+    # when the agent turned LOST (its kernels' grace period runs from then).
+    sa.Column("last_contact", TS, nullable=True),
+    sa.Column("lost_since", TS, nullable=True),
+    # The agent's own instance (boot) marker, and since when it has been the one recorded.
+    sa.Column("instance_id", sa.String(64), nullable=True),
+    sa.Column("instance_since", TS, nullable=True),
 )
+
 
 images = sa.Table(
     "images",

@@ -9,8 +9,9 @@ import logging
 from redis.asyncio import Redis
 
 from sokovan import constants as C
+from sokovan.db.ledger import utcnow
 from sokovan.db.repository import AgentRow, SchedulerRepository
-from sokovan.types import AgentId, ResourceSlot
+from sokovan.types import AgentId, AgentLiveness, ResourceSlot
 
 log = logging.getLogger(__name__)
 
@@ -18,11 +19,15 @@ log = logging.getLogger(__name__)
 async def sync_agents(
     redis: Redis, repo: SchedulerRepository, lost_after: float = 60.0
 ) -> dict[str, int]:
-    """Upserts registered agents; marks those with an old heartbeat (or none) LOST."""
+    """Upserts registered agents and their instance markers; stale or gone ones turn LOST.
+
+    A known agent keeps its liveness otherwise: the liveness check's pings own it.
+    """
     raw = await redis.hgetall(C.AGENT_REGISTRY_KEY)
     seconds, _ = await redis.time()
+    now = utcnow()
     seen: set[str] = set()
-    alive = lost = 0
+    stale: list[AgentId] = []
     for field, value in raw.items():
         agent_id = field.decode() if isinstance(field, bytes) else str(field)
         try:
@@ -36,15 +41,18 @@ async def sync_agents(
                 runtime=info.get("runtime"),
                 capacity=ResourceSlot.from_json(info.get("capacity")),
             )
+            instance = info.get("instance_id")
         except (ValueError, KeyError, TypeError) as e:
             log.warning("agent %s has an unreadable registration: %s", agent_id, e)
             continue
-        await asyncio.to_thread(repo.upsert_agent, row)
+        await asyncio.to_thread(repo.upsert_agent, row, keep_status=True)
+        await asyncio.to_thread(
+            repo.record_instance, row.id, None if instance is None else str(instance), now
+        )
         seen.add(agent_id)
-        alive += fresh
-        lost += not fresh
+        if not fresh:
+            stale.append(row.id)
     known = {a.id for a in await asyncio.to_thread(repo.list_agents) if a.runtime is not None}
-    gone = known - seen
-    if gone:
-        lost += await asyncio.to_thread(repo.mark_agents, gone, "LOST")
-    return {"alive": alive, "lost": lost}
+    stale.extend(AgentId(a) for a in known - seen)
+    await asyncio.to_thread(repo.mark_liveness, stale, AgentLiveness.LOST, now)
+    return {"alive": len(seen) - len(set(stale) & seen), "lost": len(stale)}

@@ -56,24 +56,30 @@ async def load_sweep_targets(
     budget: int = 0,
     only: Collection[KernelId] | None = None,
     page_size: int = C.PRESENCE_PAGE_SIZE,
+    stamp_agents: bool = True,
 ) -> SweepTargets:
     """Counts every target per scaling group and keeps those whose presence is not fresh.
 
-    Raises PresenceUnavailable (from the reader) when presence cannot be read.
+    `stamp_agents` False (not every RUNNING kernel is read): the kernels' agents go without
+    their last-check stamp. Raises PresenceUnavailable (from the reader) when presence
+    cannot be read.
     """
     pages: Generator[list[SweepRow]] = repo.sweep_pages(
         statuses, page_size=max(1, page_size), limit=budget, only=only
     )
     targets = SweepTargets()
     try:
-        await _pipeline(presence, pages, targets)
+        await _pipeline(presence, pages, targets, stamp_agents)
     finally:
         await asyncio.to_thread(pages.close)  # releases the connection on any way out
     return targets
 
 
 async def _pipeline(
-    presence: PresenceReader, pages: Generator[list[SweepRow]], targets: SweepTargets
+    presence: PresenceReader,
+    pages: Generator[list[SweepRow]],
+    targets: SweepTargets,
+    stamp_agents: bool,
 ) -> None:
     """Reads page n+1 from SQL and sorts page n-1 while Valkey reads page n's presence."""
     page = await asyncio.to_thread(next, pages, None)
@@ -82,7 +88,8 @@ async def _pipeline(
         fetch = asyncio.ensure_future(asyncio.to_thread(next, pages, None))
         read = asyncio.ensure_future(
             presence.check_kernel_presence_status_batch(
-                [row[0] for row in page], [None if r[2] is None else AgentId(r[2]) for r in page]
+                [row[0] for row in page],
+                [None if r[2] is None else AgentId(r[2]) for r in page] if stamp_agents else None,
             )
         )
         try:
@@ -100,7 +107,7 @@ def _keep_suspects(
     page: list[SweepRow], statuses: Mapping[KernelId, KernelPresence], targets: SweepTargets
 ) -> None:
     groups = targets.groups
-    for kernel_id, session_id, agent_id, group, status in page:
+    for kernel_id, session_id, agent_id, group, status, running_since in page:
         targets_of = groups.get(group)
         if targets_of is None:
             targets_of = groups[group] = GroupTargets()
@@ -115,5 +122,6 @@ def _keep_suspects(
                     agent_id=None if agent_id is None else AgentId(agent_id),
                     status=KernelStatus(status),
                     scaling_group=group,
+                    running_since=running_since,
                 )
             )

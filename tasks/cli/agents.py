@@ -7,16 +7,19 @@ from typing import Any
 
 import typer
 
+from sokovan import constants as C
 from sokovan.agentd.specs import parse_size
 from sokovan.bootstrap import build_redis
 from sokovan.db.repository import AgentRow, SchedulerRepository
-from sokovan.errors import ConfigError
+from sokovan.errors import ConfigError, InvalidRequest
 from sokovan.scheduler.agents import sync_agents
+from sokovan.scheduler.liveness import hand_to_deadline_path
+from sokovan.scheduler.transitions import NON_TERMINAL_KERNEL
 from sokovan.types import AgentId, ResourceSlot
 from tasks.cli.common import JsonOption, engine, print_json, print_table, settings
-from tasks.cli.errors import BadInput
+from tasks.cli.errors import BadInput, Refused
 
-app = typer.Typer(help="Registered agents: list, register, sync.", no_args_is_help=True)
+app = typer.Typer(help="Registered agents: list, register, remove, sync.", no_args_is_help=True)
 
 
 def _slots(slots: ResourceSlot) -> str:
@@ -32,10 +35,12 @@ def list_cmd(
     repo = SchedulerRepository(engine())
     used = repo.occupied_by_agent()
     agents = [a for a in repo.list_agents() if status is None or a.status == status.upper()]
+    contact = {c.id: c.last_contact for c in repo.agent_contacts()}
     docs: list[dict[str, Any]] = [
         {
             "id": a.id,
             "status": a.status,
+            "last_contact": contact[a.id].isoformat() if a.id in contact else None,
             "rpc_addr": a.rpc_addr,
             "scaling_group": a.scaling_group,
             "runtime": a.runtime,
@@ -51,6 +56,7 @@ def list_cmd(
         (
             a.id,
             a.status,
+            contact[a.id].strftime("%Y-%m-%d %H:%M:%S") if a.id in contact else "-",
             a.rpc_addr,
             a.scaling_group,
             a.runtime or "external",
@@ -59,7 +65,8 @@ def list_cmd(
         )
         for a in agents
     ]
-    print_table(("AGENT", "STATUS", "RPC", "GROUP", "RUNTIME", "CAPACITY", "OCCUPIED"), rows)
+    head = ("AGENT", "STATUS", "LAST CONTACT", "RPC", "GROUP", "RUNTIME", "CAPACITY", "OCCUPIED")
+    print_table(head, rows)
 
 
 @app.command()
@@ -85,6 +92,27 @@ def register(
         )
     )
     typer.echo(f"agent {agent_id} registered at {rpc_addr}")
+
+
+@app.command()
+def remove(
+    agent_id: str = typer.Argument(..., help="The agent to unregister."),
+    force: bool = typer.Option(
+        False, "--force", help="Remove even with live kernels: their sessions end, deadline now."
+    ),
+) -> None:
+    """Unregisters an agent; refuses while kernels live there unless --force."""
+    repo = SchedulerRepository(engine())
+    try:
+        live = repo.remove_agent(AgentId(agent_id), force=force)
+    except InvalidRequest as e:
+        raise Refused(str(e)) from None
+    note = ""
+    if live:
+        infos = repo.kernels_in(list(NON_TERMINAL_KERNEL), only=live)
+        sessions = asyncio.run(hand_to_deadline_path(repo, infos, C.AGENT_REMOVED_REASON))
+        note = f"; {len(sessions)} session(s) TERMINATING, deadline now"
+    typer.echo(f"agent {agent_id} removed{note}")
 
 
 @app.command()

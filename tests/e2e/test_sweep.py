@@ -31,7 +31,8 @@ PRESENCE_INTERVAL = 0.5
 
 def presence_of(c: Cluster, kernel_id: object) -> HealthCheckStatus | None:
     """The presence verdict the sweep would read now, against the server's clock."""
-    client = sync_redis.Redis.from_url(c.senv.settings.redis_url, decode_responses=True)
+    url = c.senv.settings.effective_presence_url
+    client = sync_redis.Redis.from_url(url, decode_responses=True)
     try:
         seconds, micros = client.time()
         fields = client.hgetall(presence_key(str(kernel_id)))

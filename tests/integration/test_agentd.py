@@ -63,7 +63,7 @@ async def _until(predicate: Any, within: float = 10.0) -> None:
             await asyncio.sleep(0.1)
 
 
-async def test_every_method_over_rpc(redis: Redis, start_agents: StartAgents) -> None:
+async def test_every_method_over_rpc(presence_redis: Redis, start_agents: StartAgents) -> None:
     """Each RPC method answers with a Backend.AI agent's shape; presence and registry follow."""
     agents = await start_agents(agent_id="node-1")
     async with RpcClient(agents.addr(), "node-1") as rpc:
@@ -81,12 +81,12 @@ async def test_every_method_over_rpc(redis: Redis, start_agents: StartAgents) ->
         assert [i["id"] for i in infos] == [str(k) for k in kids]
         assert all(i["agent_addr"] == agents.addr() and i["container_id"] for i in infos)
         assert [await rpc.call("check_running", str(k)) for k in kids] == [True, True]
-        assert await redis.hget(presence_key(str(kids[0])), "presence") == b"1"
+        assert await presence_redis.hget(presence_key(str(kids[0])), "presence") == b"1"
 
         assert await rpc.call("destroy_kernel", str(kids[0]), str(sid), "user-requested") is None
         assert await rpc.call("check_running", str(kids[0])) is False
         assert await rpc.call("check_running", str(kids[1])) is True
-        assert not await redis.exists(presence_key(str(kids[0])))
+        assert not await presence_redis.exists(presence_key(str(kids[0])))
     entry = (await registered(agents.redis_url))["node-1"]
     assert entry["rpc_addr"] == agents.addr() and entry["pid"] == agents.pid
     assert set(entry) >= {"scaling_group", "capacity", "runtime", "heartbeat"}
@@ -125,7 +125,7 @@ async def test_bad_calls_are_user_errors_and_the_agent_keeps_serving(
 
 
 async def test_process_kernel_env_death_and_stale_presence(
-    redis: Redis, start_agents: StartAgents
+    presence_redis: Redis, start_agents: StartAgents
 ) -> None:
     """Process runtime: env from the config; a killed process is not running and goes stale.
 
@@ -146,15 +146,15 @@ async def test_process_kernel_env_death_and_stale_presence(
 
         os.kill(pids[str(dead)], signal.SIGKILL)
         await _until(lambda: _is_false(rpc.call("check_running", str(dead))))
-        frozen = await _last_presence(redis, dead)
+        frozen = await _last_presence(presence_redis, dead)
         assert frozen is not None
 
         async def alive_moved_past() -> bool:
-            latest = await _last_presence(redis, alive)
+            latest = await _last_presence(presence_redis, alive)
             return latest is not None and latest > frozen + 1
 
         await _until(alive_moved_past)
-        assert await _last_presence(redis, dead) == frozen
+        assert await _last_presence(presence_redis, dead) == frozen
         assert await rpc.call("check_running", str(alive)) is True
         assert await rpc.call("destroy_kernel", str(dead), str(sid)) is None
         assert await rpc.call("destroy_kernel", str(alive), str(sid)) is None
@@ -212,7 +212,7 @@ async def test_fault_answer_none_or_false_for_given_kernels(start_agents: StartA
 
 
 async def test_fault_silent_then_cleared_through_redis(
-    redis: Redis, start_agents: StartAgents
+    presence_redis: Redis, start_agents: StartAgents
 ) -> None:
     """A silent agent answers nothing and refreshes nothing until cleared through Redis."""
     agents = await start_agents(presence_interval=0.3)
@@ -221,18 +221,20 @@ async def test_fault_silent_then_cleared_through_redis(
         await set_fault(agents.redis_url, agents.id, {"op": "silent"})
         with pytest.raises(TimeoutError):
             await rpc.call("ping", "anyone?", invoke_timeout=0.5)
-        frozen = await _last_presence(redis, kid)
+        frozen = await _last_presence(presence_redis, kid)
         await set_fault(agents.redis_url, agents.id, {"op": "clear"})
         assert await rpc.call("ping", "back") == "back"
 
         async def refreshed() -> bool:
-            latest = await _last_presence(redis, kid)
+            latest = await _last_presence(presence_redis, kid)
             return latest is not None and frozen is not None and latest > frozen
 
         await _until(refreshed)
 
 
-async def test_stop_presence_for_one_kernel(redis: Redis, start_agents: StartAgents) -> None:
+async def test_stop_presence_for_one_kernel(
+    presence_redis: Redis, start_agents: StartAgents
+) -> None:
     """`stop_presence` freezes one kernel's presence while the process still runs."""
     agents = await start_agents(presence_interval=0.3)
     async with RpcClient(agents.addr(), agents.id) as rpc:
@@ -240,15 +242,15 @@ async def test_stop_presence_for_one_kernel(redis: Redis, start_agents: StartAge
         await set_fault(
             agents.redis_url, agents.id, {"op": "stop_presence", "kernels": [str(quiet)]}
         )
-        frozen = await _last_presence(redis, quiet)
+        frozen = await _last_presence(presence_redis, quiet)
         assert frozen is not None
 
         async def loud_moved_past() -> bool:
-            latest = await _last_presence(redis, loud)
+            latest = await _last_presence(presence_redis, loud)
             return latest is not None and latest > frozen + 1
 
         await _until(loud_moved_past)
-        assert await _last_presence(redis, quiet) == frozen
+        assert await _last_presence(presence_redis, quiet) == frozen
         assert await rpc.call("check_running", str(quiet)) is True
 
 
@@ -265,7 +267,7 @@ async def test_twenty_agents_in_one_process(start_agents: StartAgents) -> None:
 
 
 async def test_sigterm_unregisters_and_kills_kernels(
-    redis: Redis, start_agents: StartAgents
+    redis: Redis, presence_redis: Redis, start_agents: StartAgents
 ) -> None:
     """SIGTERM closes the socket, kills process kernels, drops presence and unregisters."""
     agents = await start_agents(runtime="process")
@@ -277,7 +279,7 @@ async def test_sigterm_unregisters_and_kills_kernels(
     agents.signal(signal.SIGTERM)
     assert await agents.wait() == 0
     assert not await redis.hexists(C.AGENT_REGISTRY_KEY, agents.id)
-    assert not await redis.exists(presence_key(str(kid)))
+    assert not await presence_redis.exists(presence_key(str(kid)))
     assert not _pid_exists(pid)
 
 

@@ -12,11 +12,12 @@ import pytest
 import sqlalchemy as sa
 
 from sokovan.db.engine import create_engine, current_revision, head_revision, upgrade
-from sokovan.db.ledger import RunLedger
+from sokovan.db.ledger import RunLedger, utcnow
 from sokovan.db.repository import AgentRow, NewKernel, SchedulerRepository
 from sokovan.db.secrets import SqlSecretStore
 from sokovan.types import (
     AgentId,
+    AgentLiveness,
     ImageConfig,
     ItemOutcome,
     KernelId,
@@ -109,3 +110,19 @@ async def test_keypair_pool_hands_each_key_out_once_on_postgres(pg_engine: sa.En
     from tests.integration.test_keypair_pool import assert_concurrent_takes_are_disjoint
 
     await assert_concurrent_takes_are_disjoint(pg_engine)
+
+
+def test_liveness_and_leftovers_on_postgres(pg_engine: sa.Engine) -> None:
+    """Agent liveness (coalesce of lost_since) and instance markers on PostgreSQL."""
+    repo = SchedulerRepository(pg_engine)
+    agent = AgentId("pg-live")
+    repo.upsert_agent(AgentRow(agent, "tcp://127.0.0.1:3"))
+    first = utcnow()
+    repo.mark_liveness([agent], AgentLiveness.LOST, first)
+    repo.mark_liveness([agent], AgentLiveness.LOST, utcnow())
+    (contact,) = [c for c in repo.agent_contacts() if c.id == agent]
+    assert contact.status is AgentLiveness.LOST and contact.lost_since == first
+    repo.record_contact(agent, "boot-1", utcnow())
+    repo.record_contact(agent, "boot-2", utcnow())
+    identity = repo.agent_identities([agent])[agent]
+    assert identity.instance_id == "boot-2" and identity.instance_since is not None

@@ -13,6 +13,7 @@ from typing import Any
 
 from sokovan.errors import UnknownHandler
 from sokovan.scheduler.handlers import (
+    check_agents,
     pull_images,
     reconcile_leftovers,
     schedule_sessions,
@@ -35,6 +36,7 @@ HANDLERS: tuple[HandlerDeclaration, ...] = (
     terminate_sessions.DECLARATION,
     sweep_stale_kernels.DECLARATION,
     reconcile_leftovers.DECLARATION,
+    check_agents.DECLARATION,
 )
 
 

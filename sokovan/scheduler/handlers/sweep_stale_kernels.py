@@ -65,17 +65,23 @@ class SweepStaleKernelsKernelHandler(KernelHandler):
         self._brake_min_kernels = brake_min_kernels
 
     async def execute(
-        self, scaling_group: str, kernels: Sequence[KernelInfo], *, total: int | None = None
+        self,
+        scaling_group: str,
+        kernels: Sequence[KernelInfo],
+        *,
+        total: int | None = None,
+        complete: bool = True,
     ) -> KernelExecutionResult:
         """Alive kernels are successes, confirmed-dead ones failures, the unsure skipped.
 
         `total` is the group's kernel count when `kernels` are only its suspects, so the
-        ratio brake weighs them against the whole group.
+        ratio brake weighs them against the whole group. `complete` False: not all RUNNING
+        kernels are read (budget, scope); agents' last-check stamps are then left alone.
         """
         if not kernels:
             return KernelExecutionResult()
         try:
-            judgement = await self._terminator.read_presence(kernels)
+            judgement = await self._terminator.read_presence(kernels, stamp_agents=complete)
         except PresenceUnavailable as e:
             return _braked(scaling_group, kernels, f"presence unavailable: {e}", {})
         if total is not None and total > judgement.total:
@@ -146,12 +152,16 @@ def build(ctx: HandlerContext) -> HandlerRuntime:
 
     async def judge(scope: Sequence[str] | None, budget: int) -> Plan:
         only = parse_ids(scope)
-        groups = await _load(None if only is None else [KernelId(u) for u in only], budget)
+        # A budget or a scope reads only some kernels: no agent may then look checked.
+        complete = only is None and not budget
+        groups = await _load(
+            None if only is None else [KernelId(u) for u in only], budget, complete
+        )
         outcomes: list[ItemOutcome] = []
         bulk_ok = 0
         brakes: list[str] = []
         for group, (total, members) in groups.items():
-            result = await handler.execute(group, members, total=total)
+            result = await handler.execute(group, members, total=total, complete=complete)
             if result.brake:
                 brakes.append(f"{group}: brake: {result.brake}")
             group_outcomes = _outcomes(members, result)
@@ -168,12 +178,17 @@ def build(ctx: HandlerContext) -> HandlerRuntime:
             held="; ".join(brakes) or None,
         )
 
-    async def _load(only: list[KernelId] | None, budget: int) -> dict[str, _Group]:
+    async def _load(only: list[KernelId] | None, budget: int, complete: bool) -> dict[str, _Group]:
         """Each scaling group's kernel count and the kernels to judge in full."""
         statuses = list(SweepStaleKernelsKernelHandler.target_kernel_statuses)
         try:
             targets = await load_sweep_targets(
-                repo, ctx.terminator.presence, statuses, budget=budget, only=only
+                repo,
+                ctx.terminator.presence,
+                statuses,
+                budget=budget,
+                only=only,
+                stamp_agents=complete,
             )
             return {g: (t.total, t.suspects) for g, t in targets.groups.items()}
         except PresenceUnavailable:

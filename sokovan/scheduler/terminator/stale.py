@@ -6,11 +6,26 @@ import asyncio
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any
 
 from sokovan import constants as C
 from sokovan.errors import describe_error
-from sokovan.ports import AgentClient, AgentClientPool, PresenceReader
-from sokovan.types import JSON, AgentId, HealthCheckStatus, KernelId, KernelInfo, KernelPresence
+from sokovan.ports import AgentClient, AgentClientPool, AgentIdentityBook, PresenceReader
+from sokovan.scheduler.terminator.identity import (
+    hosted_by_earlier_instance,
+    is_stranger_error,
+    judge_report,
+)
+from sokovan.types import (
+    JSON,
+    AgentId,
+    AgentIdentity,
+    HealthCheckStatus,
+    KernelId,
+    KernelInfo,
+    KernelPresence,
+)
 
 log = logging.getLogger(__name__)
 
@@ -19,6 +34,8 @@ ANSWER_DEAD = "False"
 ANSWER_RUNNING = "True"
 ANSWER_UNSURE = "None"
 ANSWER_NO_AGENT = "no agent"
+# The answering agent could not be shown to be the kernel's host: never a kill.
+ANSWER_IDENTITY = "identity"
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +47,9 @@ class KernelEvidence:
     presence: HealthCheckStatus | None
     last_presence: float | None = None
     answer: str | None = None
+    running_since: datetime | None = None
+    # Why the answering agent's identity is unverified, when it is.
+    identity: str | None = None
 
     @property
     def dead(self) -> bool:
@@ -40,12 +60,15 @@ class KernelEvidence:
         return self.answer == ANSWER_RUNNING
 
     def to_json(self) -> JSON:
-        return {
+        out: dict[str, Any] = {
             "agent_id": self.agent_id,
             "presence": "missing" if self.presence is None else self.presence.value,
             "last_presence": self.last_presence,
             "check_running": self.answer,
         }
+        if self.identity is not None:
+            out["identity"] = self.identity
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,20 +102,22 @@ async def read_presence(
     presence: PresenceReader,
     kernels: Sequence[KernelInfo],
     page_size: int = C.PRESENCE_PAGE_SIZE,
+    stamp_agents: bool = True,
 ) -> StaleJudgement:
     """Stage 1: one batched presence read per page; missing or STALE kernels become candidates.
 
     Only the candidates are kept across pages, so the judgement (and the brake on it) covers
-    every kernel while one page of presence is held at a time.
+    every kernel while one page of presence is held at a time. `stamp_agents` False: the
+    kernels are not all of their agents' RUNNING ones (a budget or a scope), so no agent gets
+    its last-check stamp; a real agent would take the unread ones for orphans.
     """
     page_size = max(1, page_size)
     candidates: list[KernelEvidence] = []
     pages = 0
     for start in range(0, len(kernels), page_size):
         page = kernels[start : start + page_size]
-        statuses = await presence.check_kernel_presence_status_batch(
-            [k.id for k in page], [k.agent_id for k in page]
-        )
+        agents = [k.agent_id for k in page] if stamp_agents else None
+        statuses = await presence.check_kernel_presence_status_batch([k.id for k in page], agents)
         pages += 1
         candidates.extend(_suspects(page, statuses))
     return StaleJudgement(total=len(kernels), candidates=tuple(candidates), pages=pages)
@@ -105,73 +130,142 @@ def _suspects(
     for kernel in kernels:
         status = statuses.get(kernel.id)
         if status is None:
-            yield KernelEvidence(kernel.id, kernel.agent_id, None)
+            yield KernelEvidence(
+                kernel.id, kernel.agent_id, None, running_since=kernel.running_since
+            )
         elif status.presence == HealthCheckStatus.STALE:
-            yield KernelEvidence(kernel.id, kernel.agent_id, status.presence, status.last_presence)
+            yield KernelEvidence(
+                kernel.id,
+                kernel.agent_id,
+                status.presence,
+                status.last_presence,
+                running_since=kernel.running_since,
+            )
 
 
 async def confirm_with_agents(
-    pool: AgentClientPool, judgement: StaleJudgement, concurrency: int
+    pool: AgentClientPool,
+    judgement: StaleJudgement,
+    concurrency: int,
+    identities: AgentIdentityBook | None = None,
 ) -> StaleJudgement:
-    """Stage 2: asks each candidate's agent, all agents at once; records every answer."""
-    per_agent: dict[AgentId, list[KernelId]] = {}
-    answers: dict[KernelId, str] = {}
+    """Stage 2: asks each candidate's agent, all agents at once; records every answer.
+
+    With an identity book, each agent first says who it is (`health`); an agent that is not
+    the one recorded, or an instance that started after the kernel ran, cannot kill it.
+    """
+    per_agent: dict[AgentId, list[KernelEvidence]] = {}
+    answers: dict[KernelId, KernelEvidence] = {}
     for evidence in judgement.candidates:
         if evidence.agent_id is None:
             log.warning("kernel %s looks stale but has no agent; skipped", evidence.kernel_id)
-            answers[evidence.kernel_id] = ANSWER_NO_AGENT
+            answers[evidence.kernel_id] = replace(evidence, answer=ANSWER_NO_AGENT)
         else:
-            per_agent.setdefault(evidence.agent_id, []).append(evidence.kernel_id)
+            per_agent.setdefault(evidence.agent_id, []).append(evidence)
+    recorded: Mapping[AgentId, AgentIdentity] = {}
+    if identities is not None and per_agent:
+        recorded = await identities.recorded_identities(list(per_agent))
+    asker = _Asker(pool, concurrency, identities is not None)
     replies = await asyncio.gather(
-        *(_ask_agent(pool, agent_id, ids, concurrency) for agent_id, ids in per_agent.items())
+        *(
+            asker.ask(agent_id, items, recorded.get(agent_id))
+            for agent_id, items in per_agent.items()
+        )
     )
     for reply in replies:
-        answers.update(reply)
-    confirmed = tuple(replace(e, answer=answers[e.kernel_id]) for e in judgement.candidates)
+        answers.update((e.kernel_id, e) for e in reply)
+    confirmed = tuple(answers[e.kernel_id] for e in judgement.candidates)
     dead = sum(1 for e in confirmed if e.dead)
     if dead:
         log.info("%d of %d suspected kernels confirmed dead by their agents", dead, len(confirmed))
     return replace(judgement, candidates=confirmed)
 
 
-async def _ask_agent(
-    pool: AgentClientPool, agent_id: AgentId, kernel_ids: Sequence[KernelId], concurrency: int
-) -> dict[KernelId, str]:
-    """Asks one agent about its kernels in order, at most `concurrency` at a time."""
-    gate = asyncio.Semaphore(max(1, concurrency))
+@dataclass(frozen=True, slots=True)
+class _Asker:
+    """Asks one agent about its candidates, at most `concurrency` calls at a time."""
 
-    async def ask(client: AgentClient, kernel_id: KernelId) -> str:
-        async with gate:
-            return await _check_running(client, agent_id, kernel_id)
+    pool: AgentClientPool
+    concurrency: int
+    verify: bool
 
-    answers: list[str] | None = None
-    try:
-        async with pool.acquire(agent_id) as client:
-            answers = list(await asyncio.gather(*(ask(client, k) for k in kernel_ids)))
-    except Exception as e:
-        if answers is None:
-            for kernel_id in kernel_ids:
-                log.warning("kernel %s skipped: agent %s unreachable: %s", kernel_id, agent_id, e)
-            answers = [f"error: {describe_error(e)}"] * len(kernel_ids)
-        else:
-            log.warning("agent %s: releasing the client failed: %s", agent_id, e)
-    return dict(zip(kernel_ids, answers, strict=True))
+    async def ask(
+        self, agent_id: AgentId, items: Sequence[KernelEvidence], recorded: AgentIdentity | None
+    ) -> list[KernelEvidence]:
+        gate = asyncio.Semaphore(max(1, self.concurrency))
+
+        async def one(client: AgentClient, evidence: KernelEvidence) -> KernelEvidence:
+            async with gate:
+                answer = await _check_running(client, agent_id, evidence.kernel_id)
+            return _vouched(replace(evidence, answer=answer[0], identity=answer[1]), recorded)
+
+        done: list[KernelEvidence] | None = None
+        try:
+            async with self.pool.acquire(agent_id) as client:
+                stranger = await self._stranger(client, agent_id, recorded) if self.verify else None
+                if stranger is not None:
+                    return [replace(e, answer=ANSWER_IDENTITY, identity=stranger) for e in items]
+                done = list(await asyncio.gather(*(one(client, e) for e in items)))
+        except Exception as e:
+            if done is None:
+                for item in items:
+                    log.warning(
+                        "kernel %s skipped: agent %s unreachable: %s", item.kernel_id, agent_id, e
+                    )
+                done = [replace(item, answer=f"error: {describe_error(e)}") for item in items]
+            else:
+                log.warning("agent %s: releasing the client failed: %s", agent_id, e)
+        return done
+
+    async def _stranger(
+        self, client: AgentClient, agent_id: AgentId, recorded: AgentIdentity | None
+    ) -> str | None:
+        """Why the agent answering is not the one recorded; None when it is."""
+        try:
+            report = await client.health()
+        except Exception as e:
+            log.warning("agent %s: health failed, its identity is unverified: %s", agent_id, e)
+            return f"health failed: {describe_error(e)}"
+        verdict = judge_report(agent_id, report if isinstance(report, Mapping) else {}, recorded)
+        if verdict.mismatch is not None:
+            log.warning(
+                "agent %s: identity unverified, nothing killed: %s", agent_id, verdict.mismatch
+            )
+        return verdict.mismatch
 
 
-async def _check_running(client: AgentClient, agent_id: AgentId, kernel_id: KernelId) -> str:
+def _vouched(evidence: KernelEvidence, recorded: AgentIdentity | None) -> KernelEvidence:
+    """A False from an instance that started after the kernel ran does not kill it."""
+    if not evidence.dead:
+        return evidence
+    why = hosted_by_earlier_instance(evidence.running_since, recorded)
+    if why is None:
+        return evidence
+    log.warning("kernel %s skipped: identity unverified: %s", evidence.kernel_id, why)
+    return replace(evidence, answer=ANSWER_IDENTITY, identity=why)
+
+
+async def _check_running(
+    client: AgentClient, agent_id: AgentId, kernel_id: KernelId
+) -> tuple[str, str | None]:
     try:
         running = await client.check_running(kernel_id)
     except Exception as e:
+        if is_stranger_error(e):
+            log.warning(
+                "kernel %s skipped: agent %s is not who answers: %s", kernel_id, agent_id, e
+            )
+            return ANSWER_IDENTITY, describe_error(e)
         log.warning(
             "kernel %s skipped: check_running on agent %s failed: %s", kernel_id, agent_id, e
         )
-        return f"error: {describe_error(e)}"
+        return f"error: {describe_error(e)}", None
     if running is False:
-        return ANSWER_DEAD
+        return ANSWER_DEAD, None
     if running is True:
-        return ANSWER_RUNNING
+        return ANSWER_RUNNING, None
     if running is None:
         log.warning("kernel %s skipped: agent %s cannot tell whether it runs", kernel_id, agent_id)
-        return ANSWER_UNSURE
+        return ANSWER_UNSURE, None
     log.warning("kernel %s skipped: agent %s answered %r", kernel_id, agent_id, running)
-    return f"unexpected: {running!r}"
+    return f"unexpected: {running!r}", None

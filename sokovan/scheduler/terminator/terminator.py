@@ -8,7 +8,7 @@ from typing import Any
 
 from sokovan import constants as C
 from sokovan.errors import describe_error
-from sokovan.ports import AgentClientPool, FanOut, PresenceReader
+from sokovan.ports import AgentClientPool, AgentIdentityBook, FanOut, PresenceReader
 from sokovan.scheduler.terminator.destroy import (
     DestroyJob,
     destroy_kernels_on_agent,
@@ -47,6 +47,7 @@ class SessionTerminator:
         destroy_concurrency: int = C.DESTROY_CONCURRENCY_PER_AGENT,
         check_running_concurrency: int = C.CHECK_RUNNING_CONCURRENCY_PER_AGENT,
         presence_page_size: int = C.PRESENCE_PAGE_SIZE,
+        identities: AgentIdentityBook | None = None,
     ) -> None:
         self._agent_client_pool = agent_client_pool
         self._presence = presence
@@ -54,6 +55,7 @@ class SessionTerminator:
         self._destroy_concurrency = destroy_concurrency
         self._check_running_concurrency = check_running_concurrency
         self._presence_page_size = presence_page_size
+        self._identities = identities
 
     async def terminate_sessions_for_handler(
         self,
@@ -113,14 +115,18 @@ class SessionTerminator:
         """The presence reader of stage 1 (the sweep's loading pre-reads with it)."""
         return self._presence
 
-    async def read_presence(self, kernels: Sequence[KernelInfo]) -> StaleJudgement:
+    async def read_presence(
+        self, kernels: Sequence[KernelInfo], *, stamp_agents: bool = True
+    ) -> StaleJudgement:
         """Stage 1 of the sweep, a page at a time; raises PresenceUnavailable when unreadable."""
-        return await read_presence(self._presence, kernels, self._presence_page_size)
+        return await read_presence(
+            self._presence, kernels, self._presence_page_size, stamp_agents=stamp_agents
+        )
 
     async def confirm_with_agents(self, judgement: StaleJudgement) -> StaleJudgement:
         """Stage 2 of the sweep: each candidate's agent says whether it runs."""
         return await confirm_with_agents(
-            self._agent_client_pool, judgement, self._check_running_concurrency
+            self._agent_client_pool, judgement, self._check_running_concurrency, self._identities
         )
 
     async def judge_stale_kernels(self, kernels: Sequence[KernelInfo]) -> StaleJudgement:
