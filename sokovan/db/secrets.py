@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -24,16 +25,32 @@ def load_or_create_key(secret_key: str, var_dir: Path) -> bytes:
     else:
         path = var_dir / "secret.key"
         if not path.exists():
-            var_dir.mkdir(parents=True, exist_ok=True)
-            path.touch(mode=0o600)
-            path.write_bytes(Fernet.generate_key())
-            log.info("generated the secret key at %s", path)
+            _create_key_file(path)
         key = path.read_bytes().strip()
     try:
         Fernet(key)
     except ValueError as e:
         raise ConfigError(f"SOKOVAN_SECRET_KEY is not a valid Fernet key: {e}") from e
     return key
+
+
+def _create_key_file(path: Path) -> None:
+    """Writes a new key under a temporary name and links it in: processes starting at once
+    all read the one key that won, never an empty or half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, Fernet.generate_key())
+    finally:
+        os.close(fd)
+    try:
+        os.link(tmp, path)
+        log.info("generated the secret key at %s", path)
+    except FileExistsError:
+        pass  # another process made it first; its key is the one
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 class SqlSecretStore:

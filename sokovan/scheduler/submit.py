@@ -216,28 +216,44 @@ def submit_session(
         raise UnknownImage(
             f"image {request.image!r} has no image config (sokovan image add)", field="image"
         )
-    session_id = SessionId(uuid.uuid4())
     with repo.placement(request.scaling_group, request.agents) as view:
-        placed = place_or_queue(request, view)
-        status = SessionStatus.PENDING if placed is None else SessionStatus.SCHEDULED
-        environ = _store_environ(session_id, request.environ, secrets, view.conn)
-        repo.create_session(
-            session_id=session_id,
-            name=request.name or f"session-{str(session_id)[:8]}",
-            kernels_=new_kernels(request, placed or [None] * request.kernels),
-            status=status,
-            scaling_group=request.scaling_group,
-            cluster_mode=request.cluster_mode,
-            network_type=request.network_type,
-            network_id=request.network_id,
-            user_uuid=request.user_uuid,
-            access_key=request.access_key,
-            environ=environ,
-            # A waiting session keeps the agents it named until the queue places it.
-            status_data={REQUESTED_AGENTS: list(request.agents)}
-            if placed is None and request.agents
-            else None,
-            conn=view.conn,
+        return store_placed(repo, request, view, secrets)
+
+
+def store_placed(
+    repo: SchedulerRepository,
+    request: SessionRequest,
+    view: PlacementView,
+    secrets: SecretBinder | None = None,
+) -> Submitted:
+    """Places one request in an open placement transaction and stores it (PENDING if it
+    must wait); the view then counts its kernels' slots as taken."""
+    session_id = SessionId(uuid.uuid4())
+    placed = place_or_queue(request, view)
+    status = SessionStatus.PENDING if placed is None else SessionStatus.SCHEDULED
+    environ = _store_environ(session_id, request.environ, secrets, view.conn)
+    repo.create_session(
+        session_id=session_id,
+        name=request.name or f"session-{str(session_id)[:8]}",
+        kernels_=new_kernels(request, placed or [None] * request.kernels),
+        status=status,
+        scaling_group=request.scaling_group,
+        cluster_mode=request.cluster_mode,
+        network_type=request.network_type,
+        network_id=request.network_id,
+        user_uuid=request.user_uuid,
+        access_key=request.access_key,
+        environ=environ,
+        # A waiting session keeps the agents it named until the queue places it.
+        status_data={REQUESTED_AGENTS: list(request.agents)}
+        if placed is None and request.agents
+        else None,
+        conn=view.conn,
+    )
+    for agent_id in placed or ():
+        # The next placement in this transaction sees these kernels' slots as taken.
+        view.occupied[agent_id] = view.occupied.get(agent_id, ResourceSlot()) + (
+            request.resource_slots
         )
     position = view.pending + 1 if placed is None else None
     return Submitted(session_id, status, position)

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import uuid
-import warnings
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
-from sokovan.db.engine import create_engine, current_revision, head_revision, upgrade
+from sokovan.db.engine import current_revision, head_revision
 from sokovan.db.ledger import RunLedger, utcnow
 from sokovan.db.repository import AgentRow, NewKernel, SchedulerRepository
 from sokovan.db.secrets import SqlSecretStore
@@ -28,28 +25,16 @@ from sokovan.types import (
     SessionId,
     SessionStatus,
 )
+from tests.pg import postgres_engine
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def pg_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[sa.Engine]:
+def pg_engine() -> Iterator[sa.Engine]:
     """A throwaway PostgreSQL server with the migrations applied."""
-    data: Path = tmp_path_factory.mktemp("pg")
-    os.environ.setdefault("XDG_RUNTIME_DIR", str(data))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # platformdirs warns about the runtime dir at import
-        try:
-            import pgserver
-        except ImportError:
-            pytest.fail("PostgreSQL tests need pgserver and psycopg: pip install -e '.[dev]'")
-        server = pgserver.get_server(str(data / "data"), cleanup_mode="stop")
-    uri = server.get_uri().replace("postgresql://", "postgresql+psycopg://", 1)
-    engine = create_engine(uri)
-    upgrade(engine)
-    yield engine
-    engine.dispose()
-    server.cleanup()
+    with postgres_engine() as engine:
+        yield engine
 
 
 def test_migrations_and_ledger_on_postgres(pg_engine: sa.Engine) -> None:
