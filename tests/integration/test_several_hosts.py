@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import uuid
 import warnings
@@ -171,7 +172,8 @@ async def test_two_machines_two_beats_launch_terminate_and_sweep_on_postgres(
     host1, the single kernel dies silently, and the others are terminated from host2,
     then all reach RUNNING, the dead kernel is reaped by a beat's sweep (STALE_KERNEL),
     the rest end TERMINATED with exact per-session counts, and both nodes and both beats
-    took part. Killing a node mid-run is left to the recovery work (leases)."""
+    took part. Then one node is SIGKILLed (whole tree) mid-termination and not restarted:
+    the other finishes, every kernel destroyed and counted once."""
     async with AsyncExitStack() as stack:
         m = await start_machines(stack, tmp_path, valkey_url)
         app = create_app(m.one.settings)
@@ -216,6 +218,45 @@ async def test_two_machines_two_beats_launch_terminate_and_sweep_on_postgres(
             assert "Sending due task" in m.beats[name].output(), f"beat on {name} sent nothing"
         with m.one.engine.connect() as conn:
             assert conn.dialect.name == "postgresql"
+        await one_node_dies_the_other_finishes(m, repo, multi[:4])
+
+
+DESTROY_RECEIVED = "sokovan.agent.destroy_kernels["
+
+
+async def one_node_dies_the_other_finishes(
+    m: Machines, repo: SchedulerRepository, shape: tuple[str, ...]
+) -> None:
+    """A node is SIGKILLed (whole tree, no restart) while its destroy batch hangs on an
+    agent: the other node finishes the run's work and each kernel is counted once."""
+    more = [create(m.one, *shape) for _ in range(2)]
+    for sid in more:
+        wait_session(repo, sid, SessionStatus.RUNNING)
+    for agent in ("a1", "a2"):
+        await set_fault(
+            m.redis_url, agent, {"op": "hang", "method": "destroy_kernel", "seconds": 8}
+        )
+    seen = {h: m.nodes[h].output().count(DESTROY_RECEIVED) for h in MACHINES}
+    for sid in more:  # sent without waiting: its destroy hangs on purpose
+        run(f"sokovan session terminate {sid} --wait 0", MACHINES[1], m.hosts[MACHINES[1]])
+
+    def busy() -> list[str]:
+        return [h for h in MACHINES if m.nodes[h].output().count(DESTROY_RECEIVED) > seen[h]]
+
+    wait_for(busy, 60, what="a node to take a destroy batch")
+    doomed, survivor = busy()[0], next(h for h in MACHINES if h != busy()[0])
+    os.killpg(m.nodes[doomed].proc.pid, signal.SIGKILL)
+    m.nodes[doomed].proc.wait(10)
+    for agent in ("a1", "a2"):
+        await set_fault(m.redis_url, agent, {"op": "clear"})
+    for sid in more:
+        wait_session(repo, sid, SessionStatus.TERMINATED)
+        assert all(kernel_processes(str(k.id)) == [] for k in repo.get_session(sid).kernels)
+    stats = {s.session_id: s for s in RunStats(m.one.engine).sessions([str(s) for s in more])}
+    for sid in more:
+        counted = stats[str(sid)]
+        assert (counted.created, counted.destroyed, counted.failed) == (2, 2, 0), counted
+    assert m.nodes[survivor].proc.poll() is None
 
 
 async def kill_silently(repo: SchedulerRepository, sid: SessionId, redis_url: str) -> None:
