@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import signal
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
@@ -60,11 +60,21 @@ def doomed_worker(c: Cluster) -> Iterator[WorkerProcess]:
 
 
 async def kill_mid_run(
-    c: Cluster, doomed: WorkerProcess, kids: list[KernelId], within: float
+    c: Cluster,
+    doomed: WorkerProcess,
+    kids: list[KernelId],
+    within: float,
+    once_busy: Callable[[], object] | None = None,
 ) -> RunId:
     """Starts the terminate run and SIGKILLs the doomed worker's whole process group once
-    some batches were recorded and while it still holds others (taken within `within` s)."""
+    some batches were recorded and while it still holds others (taken within `within` s).
+
+    `once_busy` runs as soon as the doomed worker holds a batch (to start another worker
+    beside it without that one taking every batch first)."""
     first = RunId(c.send("sokovan.handler.run", handler=TERMINATE)["run_id"])
+    if once_busy is not None:
+        wait_for(lambda: held_batches(doomed, "destroy_kernels"), 60, 0.05, "a batch taken")
+        once_busy()
     wait_for(
         lambda: len(terminated(c, kids)) >= 100 and held_batches(doomed, "destroy_kernels", within),
         timeout=120,
@@ -103,14 +113,20 @@ async def test_sc_rc_001_002_whole_worker_killed_every_kernel_terminated_once(
         assert len(kids) == 500
         await request_termination(c.repo, list(placed), "USER_REQUESTED")
         with ExitStack() as stack:
-            if mode == "takeover":
+
+            def second_worker() -> None:
                 stack.enter_context(celery_worker(c.senv, concurrency=2))
+
             with doomed_worker(c) as doomed:
                 # Alone, the doomed worker takes batches in waves: kill one taken a moment
                 # ago. Beside another worker, the waves align and a batch it holds may end
                 # right at the kill: then nothing was lost and the first run just completes.
+                # The other worker starts once the doomed one holds batches, so it cannot
+                # take them all first on a slow machine.
                 within = 1.0 if mode == "restart" else float("inf")
-                first = await kill_mid_run(c, doomed, kids, within)
+                first = await kill_mid_run(
+                    c, doomed, kids, within, second_worker if mode == "takeover" else None
+                )
             # Read in this order: in takeover mode the other worker keeps recording meanwhile.
             recorded = {i.item_id for i in c.ledger.items(first) if i.ok}
             done_at_kill = terminated(c, kids)
