@@ -8,6 +8,7 @@ from typing import Any
 
 from celery import chord, group
 
+from sokovan import constants as C
 from sokovan.errors import DispatchError
 from sokovan.types import AgentBatch, ItemOutcome, Operation, RunId, RunTrigger
 from tasks import names
@@ -76,4 +77,15 @@ class CeleryKicker:
                 "trigger": str(trigger),
                 "scope": list(scope or []) or None,
             },
+        )
+
+
+class CeleryKeypairRefiller:
+    """KeypairRefiller port: sends the refill task."""
+
+    async def request_refill(self) -> None:
+        from tasks.app import app
+
+        await asyncio.to_thread(
+            app.send_task, names.KEYPAIRS_REFILL, expires=C.KEYPAIR_REFILL_INTERVAL_SEC
         )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from sokovan import constants as C
@@ -37,12 +36,3 @@ def generate_keypairs(count: int) -> dict[str, Any]:
         return {"error": error, "kind": "InvalidRequest", "field": "count"}
     rt = runtime()
     return {"generated": rt.run(rt.services.keys.fill(count))}
-
-
-class CeleryKeypairRefiller:
-    """KeypairRefiller port: sends the refill task."""
-
-    async def request_refill(self) -> None:
-        await asyncio.to_thread(
-            app.send_task, KEYPAIRS_REFILL, expires=C.KEYPAIR_REFILL_INTERVAL_SEC
-        )

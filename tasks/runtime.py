@@ -12,7 +12,7 @@ from celery.signals import worker_process_init, worker_process_shutdown
 
 from sokovan.bootstrap import Services, build_services
 from sokovan.config import Settings, load_settings
-from tasks.canvas import CeleryFanOut, CeleryKicker
+from tasks.canvas import CeleryFanOut, CeleryKeypairRefiller, CeleryKicker
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -30,8 +30,6 @@ class WorkerRuntime:
         self._services: Services | None = None
 
     def start(self) -> None:
-        from tasks.keypair_tasks import CeleryKeypairRefiller
-
         self._thread.start()
         self._services = self.run(
             build_services(

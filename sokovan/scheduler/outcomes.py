@@ -14,11 +14,17 @@ import dataclasses
 import logging
 import uuid
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sokovan.db.recording import KernelMove, Recorded
 from sokovan.scheduler.handlers import execute_batch
-from sokovan.scheduler.handlers.base import HandlerContext, Moved, Transition, verdict_of
+from sokovan.scheduler.handlers.base import (
+    HandlerContext,
+    HandlerRuntime,
+    Moved,
+    Transition,
+    verdict_of,
+)
 from sokovan.scheduler.leases import kept
 from sokovan.scheduler.transitions import promote_sessions, session_ids_of
 from sokovan.types import (
@@ -34,9 +40,19 @@ from sokovan.types import (
 if TYPE_CHECKING:
     from sokovan.db.ledger import RunLedger
     from sokovan.db.repository import SchedulerRepository
-    from sokovan.scheduler.coordinator import Coordinator
+    from sokovan.ports import Claims
 
 log = logging.getLogger(__name__)
+
+
+class RunOwner(Protocol):
+    """What a batch needs of the coordinator: the run's handler, and its lease."""
+
+    claims: Claims
+    claim_lifetime: float
+
+    def spec(self, handler: str) -> HandlerRuntime: ...
+
 
 # Outcome detail: the verdict whose declared move the batch task applied when it recorded it.
 MOVED_ON_RECORD = "moved_on_record"
@@ -67,7 +83,7 @@ def planned_moves(
 
 
 async def record_batch(
-    coordinator: Coordinator,
+    coordinator: RunOwner,
     ledger: RunLedger,
     repo: SchedulerRepository,
     run_id: RunId,
@@ -100,7 +116,7 @@ async def record_batch(
 
 
 async def run_batch(
-    coordinator: Coordinator,
+    coordinator: RunOwner,
     ledger: RunLedger,
     ctx: HandlerContext,
     run_id: RunId,
