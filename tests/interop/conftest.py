@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import socket
 import subprocess
 from collections.abc import Iterator
@@ -37,6 +38,14 @@ class RealAgent:
     agent_public_key: Path | None = None
 
 
+def _ephemeral_low() -> int:
+    """The lowest port the kernel hands out as a connection's source port."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def _ports_free(first: int, count: int) -> bool:
     for port in range(first, first + count):
         with socket.socket() as s:
@@ -48,12 +57,16 @@ def _ports_free(first: int, count: int) -> bool:
 
 
 def free_port_block(count: int, avoid: set[int]) -> int:
-    """The first port of `count` consecutive free ports, 10 away from the ones in `avoid`."""
+    """The first port of `count` consecutive free ports, 10 away from the ones in `avoid`.
+
+    Picked below the kernel's ephemeral range: a port found free there can be taken as the
+    source port of some outgoing connection before the agent binds it.
+    """
+    low = _ephemeral_low()
+    top = low - count - 1 if low > 11000 else 65535 - count
     for _ in range(200):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = int(s.getsockname()[1]) // 10 * 10
-        if base + count > 65535 or any(abs(base - a) < 10 for a in avoid):
+        base = random.randrange(10000, top) // 10 * 10
+        if any(abs(base - a) < 10 for a in avoid):
             continue
         if _ports_free(base, count):
             return base
