@@ -100,6 +100,13 @@ class PresenceReader(Protocol):
         """Presence per kernel; a kernel with no presence field is absent from the result."""
         ...
 
+    async def scan_for_suspects(
+        self, kernel_ids: Sequence[str], agent_ids: Collection[AgentId] = ()
+    ) -> dict[int, KernelPresence | None]:
+        """Positions in `kernel_ids` (database text) of kernels with presence missing (None)
+        or STALE, each with its verdict; stamps the agents' last check like a batch read."""
+        ...
+
 
 class FanOut(Protocol):
     """Runs one task per agent batch and completes the run when all have answered."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
 from redis.asyncio import Redis
@@ -64,6 +64,47 @@ return {now, out}
 """
 
 
+# The sweep's first pass over every RUNNING kernel: the kernel ids come as one comma-joined
+# argument (32 hex digits or the hyphenated form; keys are made here, in the hyphenated form
+# agents write), so sending a page costs one string, not one argument per kernel. Only kernels
+# that are not plainly fresh come back: presence missing, or last_presence absent, not a plain
+# number or older than the threshold; the caller judges those again as any read does. With
+# manager writes on, each existing hash is stamped as in _BATCH_CHECK, and KEYS are the agents'
+# last-check keys. ARGV: ids, key prefix, stale threshold, write flag, presence TTL, agent TTL.
+_SWEEP_SCAN = """
+local now = redis.call('TIME')
+local t = tonumber(now[1]) + tonumber(now[2]) / 1000000
+local prefix = ARGV[2]
+local stale = tonumber(ARGV[3])
+local write = ARGV[4] == '1'
+local out = {}
+local n = 0
+for id in string.gmatch(ARGV[1], '[^,]+') do
+  n = n + 1
+  if #id == 32 then
+    id = string.sub(id, 1, 8) .. '-' .. string.sub(id, 9, 12) .. '-' .. string.sub(id, 13, 16)
+      .. '-' .. string.sub(id, 17, 20) .. '-' .. string.sub(id, 21)
+  end
+  local key = prefix .. id
+  local values = redis.call('HMGET', key, 'presence', 'last_presence')
+  if values[1] and write then
+    redis.call('HSET', key, 'last_check', now[1])
+    redis.call('EXPIRE', key, ARGV[5])
+  end
+  local seen = values[2] and string.match(values[2], '^%d+%.?%d*$') and tonumber(values[2])
+  if not (values[1] and seen and t - seen <= stale) then
+    out[#out + 1] = n
+    out[#out + 1] = values[1]
+    out[#out + 1] = values[2]
+  end
+end
+for i = 1, #KEYS do
+  redis.call('SET', KEYS[i], now[1], 'EX', ARGV[6])
+end
+return {now, n, out}
+"""
+
+
 def agent_last_check_key(agent_id: AgentId | str) -> str:
     """The key holding when the manager last checked one agent's kernels."""
     return f"{C.AGENT_LAST_CHECK_KEY_PREFIX}{agent_id}"
@@ -119,6 +160,7 @@ class ValkeyPresence:
         self._manager_writes = manager_writes
         self._batch_read = redis.register_script(_BATCH_READ)
         self._batch_check = redis.register_script(_BATCH_CHECK)
+        self._sweep_scan = redis.register_script(_SWEEP_SCAN)
         self.round_trips = 0
 
     async def check_kernel_presence_status_batch(
@@ -148,6 +190,48 @@ class ValkeyPresence:
             verdict = _verdict(presence, last_presence, now, stale)
             if verdict is not None:
                 out[kernel_id] = verdict
+        return out
+
+    async def scan_for_suspects(
+        self, kernel_ids: Sequence[str], agent_ids: Collection[AgentId] = ()
+    ) -> dict[int, KernelPresence | None]:
+        """The positions in `kernel_ids` of kernels whose presence is missing or STALE.
+
+        Each maps to its verdict (None: no presence). The ids are text, as the database
+        holds them; with manager writes on, the same round trip stamps last_check on each
+        kernel and the last-check key of each agent in `agent_ids`.
+        """
+        if not kernel_ids:
+            return {}
+        writes = self._manager_writes
+        args: list[str | float] = [
+            ",".join(kernel_ids),
+            C.PRESENCE_KEY_PREFIX,
+            self._stale_after,
+            1 if writes else 0,
+            self._ttl,
+            C.AGENT_LAST_CHECK_TTL_SEC,
+        ]
+        keys = [agent_last_check_key(a) for a in sorted(agent_ids)] if writes else []
+        try:
+            reply: list[Any] = await self._sweep_scan(keys=keys, args=args)
+        except (RedisError, OSError) as e:
+            raise PresenceUnavailable(f"presence store unreadable: {e}") from e
+        self.round_trips += 1
+        (seconds, micros), scanned, values = reply
+        if int(scanned) != len(kernel_ids):
+            raise ValueError(
+                f"kernel_ids: {len(kernel_ids)} ids sent, {scanned} read; an id is empty or"
+                " holds a comma"
+            )
+        now = float(seconds) + float(micros) / 1_000_000
+        stale = self._stale_after
+        out: dict[int, KernelPresence | None] = {}
+        fields = iter(values)
+        for position, presence, last_presence in zip(fields, fields, fields, strict=True):
+            verdict = _verdict(presence, last_presence, now, stale)
+            if verdict is None or verdict.presence == HealthCheckStatus.STALE:
+                out[int(position) - 1] = verdict
         return out
 
     async def _read(self, keys: list[str], agent_ids: Sequence[AgentId | None] | None) -> Any:

@@ -16,7 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from sokovan.db.base import SqlBase
-from sokovan.db.schema import kernels, run_items, runs
+from sokovan.db.schema import kernels, run_items, runs, status_among
 from sokovan.types import TERMINAL_KERNEL_STATUSES, ItemOutcome, KernelId, KernelStatus, RunId
 
 _CHUNK = 500
@@ -64,7 +64,7 @@ def move_kernels(
     moved: list[KernelId] = []
     for start in range(0, len(ids), _CHUNK):
         chunk = ids[start : start + _CHUNK]
-        guard = (kernels.c.id.in_(chunk), kernels.c.status.in_(allowed))
+        guard = (kernels.c.id.in_(chunk), status_among(kernels.c.status, allowed))
         found = conn.execute(sa.select(kernels.c.id).where(*guard)).scalars().all()
         if found:
             conn.execute(kernels.update().where(kernels.c.id.in_(found)).values(**extra))

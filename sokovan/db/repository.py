@@ -6,7 +6,6 @@ import uuid
 from collections.abc import Collection, Generator, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -17,7 +16,7 @@ from sokovan.db.ledger import utcnow
 from sokovan.db.liveness import LivenessStore
 from sokovan.db.pending import PendingQueue
 from sokovan.db.placement import Placement
-from sokovan.db.schema import agents, kernels, sessions
+from sokovan.db.schema import agents, kernels, sessions, status_among
 from sokovan.db.transitions import Transitions
 from sokovan.errors import NotFound
 from sokovan.types import (
@@ -35,9 +34,9 @@ from sokovan.types import (
 
 __all__ = ["AgentRow", "NewKernel", "SchedulerRepository", "SweepRow"]
 
-# One kernel as the sweep first reads it: id, session id (text, parsed only for suspects),
-# agent, scaling group, status, and since when it is in that status (for the identity check).
-SweepRow = tuple[KernelId, str, str | None, str, str, datetime | None]
+# One kernel as the sweep first reads it: its id as hyphenated text (parsed only for
+# suspects), agent, scaling group.
+SweepRow = tuple[str, str | None, str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,20 +208,21 @@ class SchedulerRepository(
 
         The stale sweep reads every RUNNING kernel each run and needs no more than these.
         """
-        query = (
-            sa.select(
-                kernels.c.id,
-                kernels.c.session_id,
-                kernels.c.agent_id,
-                kernels.c.status,
-                kernels.c.scaling_group,
-                kernels.c.status_changed_at,
+        query = sa.select(
+            kernels.c.id,
+            kernels.c.session_id,
+            kernels.c.agent_id,
+            kernels.c.status,
+            kernels.c.scaling_group,
+            kernels.c.status_changed_at,
+        ).order_by(kernels.c.created_at, kernels.c.id)
+        wanted = [str(s) for s in statuses]
+        if only is None:
+            query = query.where(kernels.c.status.in_(wanted))
+        else:
+            query = query.where(
+                kernels.c.id.in_(list(only)), status_among(kernels.c.status, wanted)
             )
-            .where(kernels.c.status.in_([str(s) for s in statuses]))
-            .order_by(kernels.c.created_at, kernels.c.id)
-        )
-        if only is not None:
-            query = query.where(kernels.c.id.in_(list(only)))
         if limit:
             query = query.limit(limit)
         status_of = {str(s): s for s in KernelStatus}
@@ -249,20 +249,22 @@ class SchedulerRepository(
     ) -> Generator[list[SweepRow]]:
         """Kernels to sweep as plain rows, a page at a time (see SweepRow).
 
-        No KernelInfo, and no session UUID, for the many kernels a sweep does not suspect;
-        one page is held at a time. Oldest first only under a budget; a full sweep reads in
-        table order.
+        No UUID, no timestamp and no KernelInfo for the many kernels a sweep does not suspect
+        (`kernels_to_sweep` reads the suspects in full); one page is held at a time. Oldest
+        first only under a budget; a full sweep reads in table order.
         """
         query = sa.select(
-            kernels.c.id,
-            sa.type_coerce(kernels.c.session_id, sa.String),
+            _uuid_text(kernels.c.id, self.engine.dialect.name),
             kernels.c.agent_id,
             kernels.c.scaling_group,
-            kernels.c.status,
-            kernels.c.status_changed_at,
-        ).where(kernels.c.status.in_([str(s) for s in statuses]))
-        if only is not None:
-            query = query.where(kernels.c.id.in_(list(only)))
+        )
+        wanted = [str(s) for s in statuses]
+        if only is None:
+            query = query.where(kernels.c.status.in_(wanted))
+        else:
+            query = query.where(
+                kernels.c.id.in_(list(only)), status_among(kernels.c.status, wanted)
+            )
         if limit:
             query = query.order_by(kernels.c.created_at, kernels.c.id).limit(limit)
         with self.engine.connect() as conn:
@@ -281,6 +283,19 @@ class SchedulerRepository(
         with self.engine.connect() as conn:
             rows = conn.execute(sa.select(kernels.c.scaling_group).distinct())
             return sorted(str(r[0]) for r in rows)
+
+
+def _uuid_text(column: sa.ColumnElement[Any], dialect: str) -> sa.ColumnElement[str]:
+    """A UUID column as hyphenated text, made by the database rather than row by row here."""
+    if dialect != "sqlite":
+        return sa.cast(column, sa.String)
+    # SQLite holds a UUID as 32 hex digits; cutting them up there costs far less than here.
+    cuts = ((1, 8), (9, 4), (13, 4), (17, 4), (21, 12))
+    parts = [sa.func.substr(column, start, length, type_=sa.String) for start, length in cuts]
+    text: sa.ColumnElement[str] = parts[0]
+    for part in parts[1:]:
+        text = text.concat("-").concat(part)
+    return text
 
 
 def _kernel(r: Any) -> KernelInfo:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import UTC, datetime
 from typing import Any
 
@@ -232,3 +233,13 @@ keypair_pool = sa.Table(
     sa.Column("created_at", TS, nullable=False),
     sa.Index("ix_keypair_pool_key_type_id", "key_type", "id"),
 )
+
+
+def status_among(column: sa.ColumnElement[str], allowed: Collection[str]) -> sa.ColumnElement[bool]:
+    """`column IN allowed` for rows picked by their key: a filter, never the index searched.
+
+    Beside `id IN (...)`, SQLite without statistics searches the status index (one value there
+    is every RUNNING kernel) instead of the primary key: a 250-kernel move read 100,000 rows.
+    `status || ''` cannot use that index, so the key is searched and the status checked.
+    """
+    return column.concat("").in_(list(allowed))

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 from sokovan.db.base import SqlBase
 from sokovan.db.ledger import utcnow
-from sokovan.db.schema import kernels, sessions
+from sokovan.db.schema import kernels, sessions, status_among
 from sokovan.types import (
     TERMINAL_KERNEL_STATUSES,
     KernelId,
@@ -50,7 +50,7 @@ class Transitions(SqlBase):
                 found = (
                     conn.execute(
                         sa.select(kernels.c.id).where(
-                            kernels.c.id.in_(chunk), kernels.c.status.in_(allowed)
+                            kernels.c.id.in_(chunk), status_among(kernels.c.status, allowed)
                         )
                     )
                     .scalars()
@@ -60,7 +60,7 @@ class Transitions(SqlBase):
                     continue
                 conn.execute(
                     kernels.update()
-                    .where(kernels.c.id.in_(found), kernels.c.status.in_(allowed))
+                    .where(kernels.c.id.in_(found), status_among(kernels.c.status, allowed))
                     .values(**extra)
                 )
                 moved.extend(KernelId(k) for k in found)
@@ -92,7 +92,7 @@ class Transitions(SqlBase):
                 chunk = ids[start : start + 500]
                 found = conn.execute(
                     sa.select(kernels.c.id).where(
-                        kernels.c.id.in_(chunk), kernels.c.status.in_(allowed)
+                        kernels.c.id.in_(chunk), status_among(kernels.c.status, allowed)
                     )
                 ).scalars()
                 moved.extend(KernelId(k) for k in found)
@@ -135,7 +135,8 @@ class Transitions(SqlBase):
             found = (
                 conn.execute(
                     sa.select(sessions.c.id).where(
-                        sessions.c.id.in_(list(session_ids)), sessions.c.status.in_(allowed)
+                        sessions.c.id.in_(list(session_ids)),
+                        status_among(sessions.c.status, allowed),
                     )
                 )
                 .scalars()
@@ -144,7 +145,7 @@ class Transitions(SqlBase):
             if found:
                 conn.execute(
                     sessions.update()
-                    .where(sessions.c.id.in_(found), sessions.c.status.in_(allowed))
+                    .where(sessions.c.id.in_(found), status_among(sessions.c.status, allowed))
                     .values(**extra)
                 )
         return [SessionId(s) for s in found]

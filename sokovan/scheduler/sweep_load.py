@@ -1,31 +1,29 @@
 """Loading a sweep's targets: every kernel is read a page at a time, only suspects are kept.
 
 A sweep reads every RUNNING kernel, yet judges only the few whose presence is missing or
-STALE. Reading plain rows page by page and asking presence for each page (one round trip)
-keeps memory at one page plus the suspects, and makes no KernelInfo for a kernel that is
-fine. The handler then judges the suspects in full (presence again, their agents),
-with each scaling group's total, so its ratio brake sees the whole group.
+STALE. Each page is plain rows (the id as the database's text, agent, scaling group) and one
+presence scan, which answers with the positions of the kernels that are not plainly fresh;
+so memory stays at one page plus the suspects, and no UUID, timestamp or KernelInfo is made
+for a kernel that is fine. The suspects are then read in full, and the handler judges them
+(presence again, their agents) with each scaling group's total, so its ratio brake sees the
+whole group.
 """
 
 from __future__ import annotations
 
 import asyncio
 import uuid
+from collections import Counter
 from collections.abc import Collection, Generator, Mapping
 from dataclasses import dataclass, field
 
 from sokovan import constants as C
 from sokovan.db.repository import SchedulerRepository, SweepRow
 from sokovan.ports import PresenceReader
-from sokovan.types import (
-    AgentId,
-    HealthCheckStatus,
-    KernelId,
-    KernelInfo,
-    KernelPresence,
-    KernelStatus,
-    SessionId,
-)
+from sokovan.types import AgentId, KernelId, KernelInfo, KernelPresence, KernelStatus
+
+# Suspects read in full per query: far below every database's bound on bound parameters.
+SUSPECT_QUERY_SIZE = 2000
 
 
 @dataclass
@@ -68,10 +66,13 @@ async def load_sweep_targets(
         statuses, page_size=max(1, page_size), limit=budget, only=only
     )
     targets = SweepTargets()
+    suspected: list[str] = []
     try:
-        await _pipeline(presence, pages, targets, stamp_agents)
+        await _pipeline(presence, pages, targets, suspected, stamp_agents)
     finally:
         await asyncio.to_thread(pages.close)  # releases the connection on any way out
+    if suspected:
+        await asyncio.to_thread(_read_suspects, repo, statuses, suspected, targets)
     return targets
 
 
@@ -79,49 +80,53 @@ async def _pipeline(
     presence: PresenceReader,
     pages: Generator[list[SweepRow]],
     targets: SweepTargets,
+    suspected: list[str],
     stamp_agents: bool,
 ) -> None:
-    """Reads page n+1 from SQL and sorts page n-1 while Valkey reads page n's presence."""
+    """Reads page n+1 from SQL and counts page n-1 while Valkey scans page n's presence."""
     page = await asyncio.to_thread(next, pages, None)
-    done: tuple[list[SweepRow], Mapping[KernelId, KernelPresence]] | None = None
+    done: tuple[list[SweepRow], Mapping[int, KernelPresence | None]] | None = None
     while page is not None:
         fetch = asyncio.ensure_future(asyncio.to_thread(next, pages, None))
-        read = asyncio.ensure_future(
-            presence.check_kernel_presence_status_batch(
-                [row[0] for row in page],
-                [None if r[2] is None else AgentId(r[2]) for r in page] if stamp_agents else None,
-            )
-        )
+        agents = {AgentId(r[1]) for r in page if r[1] is not None} if stamp_agents else ()
+        read = asyncio.ensure_future(presence.scan_for_suspects([r[0] for r in page], agents))
         try:
             if done is not None:
-                _keep_suspects(*done, targets)
+                _count(*done, targets, suspected)
             done = (page, await read)
             targets.pages += 1
         finally:
             page = await fetch  # never leaves the generator running in a thread
     if done is not None:
-        _keep_suspects(*done, targets)
+        _count(*done, targets, suspected)
 
 
-def _keep_suspects(
-    page: list[SweepRow], statuses: Mapping[KernelId, KernelPresence], targets: SweepTargets
+def _count(
+    page: list[SweepRow],
+    found: Mapping[int, KernelPresence | None],
+    targets: SweepTargets,
+    suspected: list[str],
 ) -> None:
     groups = targets.groups
-    for kernel_id, session_id, agent_id, group, status, running_since in page:
+    for group, count in Counter(row[2] for row in page).items():
         targets_of = groups.get(group)
         if targets_of is None:
             targets_of = groups[group] = GroupTargets()
-        targets_of.total += 1
-        seen = statuses.get(kernel_id)
-        if seen is None or seen.presence == HealthCheckStatus.STALE:
-            targets_of.suspects.append(
-                KernelInfo(
-                    id=kernel_id,
-                    # Hex text on SQLite, a UUID already on PostgreSQL: str() suits both.
-                    session_id=SessionId(uuid.UUID(str(session_id))),
-                    agent_id=None if agent_id is None else AgentId(agent_id),
-                    status=KernelStatus(status),
-                    scaling_group=group,
-                    running_since=running_since,
-                )
-            )
+        targets_of.total += count
+    suspected.extend(page[position][0] for position in sorted(found))
+
+
+def _read_suspects(
+    repo: SchedulerRepository,
+    statuses: Collection[KernelStatus],
+    suspected: list[str],
+    targets: SweepTargets,
+) -> None:
+    """The suspects in full; one that left the swept statuses meanwhile is no suspect now."""
+    for start in range(0, len(suspected), SUSPECT_QUERY_SIZE):
+        ids = [KernelId(uuid.UUID(k)) for k in suspected[start : start + SUSPECT_QUERY_SIZE]]
+        for kernel in repo.kernels_to_sweep(statuses, only=ids):
+            targets_of = targets.groups.get(kernel.scaling_group)
+            if targets_of is None:  # moved to another group meanwhile: counted there now
+                targets_of = targets.groups[kernel.scaling_group] = GroupTargets(total=1)
+            targets_of.suspects.append(kernel)

@@ -126,6 +126,13 @@ async def test_sweep_holds_off_the_cyclic_collector_only_while_it_runs(rig: Rig)
         return await original(kernel_ids, agent_ids)
 
     rig.presence.check_kernel_presence_status_batch = spying  # type: ignore[method-assign]
+    scan = rig.presence.scan_for_suspects
+
+    async def spying_scan(kernel_ids, agent_ids=()):  # type: ignore[no-untyped-def]
+        seen.append(gc.isenabled())
+        return await scan(kernel_ids, agent_ids)
+
+    rig.presence.scan_for_suspects = spying_scan  # type: ignore[method-assign]
     assert gc.isenabled()
 
     report = await rig.coordinator.run(SWEEP, RunTrigger.BEAT)
@@ -148,6 +155,7 @@ async def test_braked_sweep_is_recorded_held_with_the_reason(rig: Rig) -> None:
         raise PresenceUnavailable("connection refused")
 
     rig.presence.check_kernel_presence_status_batch = unreadable  # type: ignore[method-assign,assignment]
+    rig.presence.scan_for_suspects = unreadable  # type: ignore[method-assign,assignment]
     report = await rig.coordinator.run(SWEEP, RunTrigger.MANUAL)
 
     assert report.status == RunStatus.HELD

@@ -199,3 +199,69 @@ async def test_valkey_presence_stage_one_round_trips_equal_pages(redis: Redis) -
     assert [e.kernel_id for e in judgement.candidates] == [k.id for k in kernels[20:]]
     assert judgement.candidates[0].presence == HealthCheckStatus.STALE
     assert [e.presence for e in judgement.candidates[1:]] == [None] * 4
+
+
+def _suspects_of(statuses: dict[KernelId, KernelPresence], ids: list[KernelId]) -> set[KernelId]:
+    """What the sweep suspects after a batch read: no presence, or STALE."""
+    return {k for k in ids if k not in statuses or statuses[k].presence is HealthCheckStatus.STALE}
+
+
+@pytest.mark.integration
+async def test_sweep_scan_returns_exactly_the_kernels_a_batch_read_suspects(
+    private_redis: Redis,
+) -> None:
+    """SC-SK-001 at scale: the scan sends the ids as text and answers only for the kernels
+    that are not plainly fresh; its suspects equal the batch read's, whatever the hashes hold
+    (numbers in odd forms, garbage, a missing flag), and either text form of an id is read."""
+    redis = private_redis
+    reader = ValkeyPresence(redis, stale_after=STALE_AFTER)
+    now = await _server_now(redis)
+    hashes: dict[str, dict[str, str]] = {
+        "fresh": {"presence": "1", "last_presence": str(int(now - 10))},
+        "fresh float": {"presence": "1", "last_presence": f"{now - 10:.3f}"},
+        "stale": {"presence": "1", "last_presence": str(int(now - 600))},
+        "stale float": {"presence": "1", "last_presence": f"{now - 600:.6f}"},
+        "stale exponent": {"presence": "1", "last_presence": f"{now - 600:e}"},
+        "flag zero": {"presence": "0", "last_presence": str(int(now - 10))},
+        "garbage time": {"presence": "1", "last_presence": "yesterday"},
+        "hex time": {"presence": "1", "last_presence": "0x10"},
+        "no time": {"presence": "1"},
+        "no flag": {"last_presence": str(int(now - 10))},
+        "at threshold": {"presence": "1", "last_presence": str(int(now - STALE_AFTER + 5))},
+    }
+    ids: dict[str, KernelId] = {}
+    for name, mapping in hashes.items():
+        ids[name] = KernelId(uuid.uuid4())
+        await redis.hset(presence_key(ids[name]), mapping=mapping)  # type: ignore[arg-type]
+    ids["absent"] = KernelId(uuid.uuid4())
+    order = list(ids.values())
+    expected = _suspects_of(await reader.check_kernel_presence_status_batch(order), order)
+    # Half the ids as SQLite holds them (32 hex digits), half hyphenated as PostgreSQL does.
+    texts = [k.hex if i % 2 else str(k) for i, k in enumerate(order)]
+
+    found = await reader.scan_for_suspects(texts)
+
+    assert {order[i] for i in found} == expected
+    names = {v: k for k, v in ids.items()}
+    assert {names[order[i]] for i in found} == {
+        "stale",
+        "stale float",
+        "stale exponent",
+        "no flag",
+        "absent",
+    }
+    assert found[order.index(ids["absent"])] is None
+    stale = found[order.index(ids["stale"])]
+    assert stale is not None and stale.presence is HealthCheckStatus.STALE
+
+
+@pytest.mark.integration
+async def test_sweep_scan_refuses_an_id_that_would_split(private_redis: Redis) -> None:
+    """An id holding a comma (or an empty one) cannot be scanned: a clear error naming the
+    argument, rather than verdicts shifted onto the wrong kernels."""
+    reader = ValkeyPresence(private_redis)
+    with pytest.raises(ValueError, match="kernel_ids"):
+        await reader.scan_for_suspects([str(uuid.uuid4()), "a,b"])
+    with pytest.raises(ValueError, match="kernel_ids"):
+        await reader.scan_for_suspects([str(uuid.uuid4()), ""])
+    assert await reader.scan_for_suspects([]) == {}

@@ -68,3 +68,23 @@ async def test_without_manager_writes_a_read_writes_nothing(redis: Redis) -> Non
 
     assert await redis.hget(presence_key(kernel), "last_check") == before
     assert not await redis.exists(agent_last_check_key("a9"))
+
+
+@pytest.mark.integration
+async def test_sweep_scan_stamps_like_a_batch_read(redis: Redis) -> None:
+    """The sweep's page scan writes what a batch read writes: last_check on existing hashes
+    (TTL refreshed), the agents' last-check keys; no hash for a kernel without presence."""
+    present, absent = KernelId(uuid.uuid4()), KernelId(uuid.uuid4())
+    seconds, _ = await redis.time()
+    await ValkeyPresence(redis, ttl=50).write_presence([present], now=float(seconds) - 30)
+    reader = ValkeyPresence(redis, manager_writes=True, ttl=300)
+
+    found = await reader.scan_for_suspects([present.hex, str(absent)], [AgentId("a1")])
+
+    assert list(found) == [1]
+    stamp = await redis.get(agent_last_check_key("a1"))
+    assert stamp is not None and int(stamp) >= int(seconds)
+    assert await redis.hget(presence_key(present), "last_check") == stamp
+    assert 50 < await redis.ttl(presence_key(present)) <= 300
+    assert not await redis.exists(presence_key(absent))
+    assert 0 < await redis.ttl(agent_last_check_key("a1")) <= C.AGENT_LAST_CHECK_TTL_SEC
