@@ -16,8 +16,16 @@ from typing import Any
 import sqlalchemy as sa
 
 from sokovan.db.base import SqlBase
-from sokovan.db.schema import kernels, run_items, runs, status_among
-from sokovan.types import TERMINAL_KERNEL_STATUSES, ItemOutcome, KernelId, KernelStatus, RunId
+from sokovan.db.schema import kernels, run_items, runs, sessions, status_among
+from sokovan.types import (
+    TERMINAL_KERNEL_STATUSES,
+    ItemOutcome,
+    KernelId,
+    KernelStatus,
+    RunId,
+    SessionId,
+    SessionStatus,
+)
 
 _CHUNK = 500
 
@@ -41,6 +49,8 @@ class Recorded:
     counted: bool  # False: the run was no longer live; the rows are evidence only
     inserted: int
     moved: Mapping[str, Sequence[KernelId]]
+    # Sessions found all terminal once the moves were made (a destroy batch; see outcomes).
+    sessions_finished: Sequence[SessionId] = ()
 
 
 def move_kernels(
@@ -77,13 +87,68 @@ def move_kernels(
     return moved
 
 
+def move_sessions(
+    conn: sa.Connection,
+    session_ids: Collection[SessionId],
+    to: SessionStatus,
+    allowed_from: Collection[SessionStatus],
+    *,
+    status_info: str | None = None,
+) -> list[SessionId]:
+    """Moves sessions in `allowed_from` to `to` inside `conn`'s transaction; returns them."""
+    if not session_ids:
+        return []
+    now = datetime.now(UTC)
+    extra: dict[str, Any] = {"status": str(to), "status_changed_at": now}
+    if status_info is not None:
+        extra["status_info"] = status_info
+    if to in (SessionStatus.TERMINATED, SessionStatus.CANCELLED, SessionStatus.ERROR):
+        extra["terminated_at"] = now
+    allowed = [str(s) for s in allowed_from]
+    found = (
+        conn.execute(
+            sa.select(sessions.c.id).where(
+                sessions.c.id.in_(list(session_ids)), status_among(sessions.c.status, allowed)
+            )
+        )
+        .scalars()
+        .all()
+    )
+    if found:
+        conn.execute(
+            sessions.update()
+            .where(sessions.c.id.in_(found), status_among(sessions.c.status, allowed))
+            .values(**extra)
+        )
+    return [SessionId(s) for s in found]
+
+
+def finish_sessions(conn: sa.Connection, session_ids: Collection[SessionId]) -> list[SessionId]:
+    """TERMINATING sessions whose kernels are all terminal become TERMINATED, in `conn`."""
+    ids = list(session_ids)
+    if not ids:
+        return []
+    rows = conn.execute(
+        sa.select(kernels.c.session_id, kernels.c.status).where(kernels.c.session_id.in_(ids))
+    )
+    terminal = {str(s) for s in TERMINAL_KERNEL_STATUSES}
+    unfinished = {SessionId(sid) for sid, status in rows if status not in terminal}
+    done = [sid for sid in ids if sid not in unfinished]
+    return move_sessions(conn, done, SessionStatus.TERMINATED, [SessionStatus.TERMINATING])
+
+
 class OutcomeRecording(SqlBase):
     """The ledger's write of outcomes, fenced by the run's status."""
 
     def record_and_move(
-        self, run_id: RunId, outcomes: Sequence[ItemOutcome], moves: Sequence[KernelMove] = ()
+        self,
+        run_id: RunId,
+        outcomes: Sequence[ItemOutcome],
+        moves: Sequence[KernelMove] = (),
+        finish: Collection[SessionId] = (),
     ) -> Recorded:
-        """Stores outcomes and, while the run is live, applies `moves` in the same transaction."""
+        """Stores outcomes and, while the run is live, applies `moves` in the same transaction,
+        then finishes those of the `finish` sessions whose kernels are all terminal."""
         if not outcomes:
             return Recorded(counted=True, inserted=0, moved={})
         with self.engine.begin() as conn:
@@ -107,7 +172,8 @@ class OutcomeRecording(SqlBase):
                     status_info=move.status_info,
                     values=move.values,
                 )
-        return Recorded(counted=live, inserted=inserted, moved=moved)
+            finished = finish_sessions(conn, finish) if live and finish else []
+        return Recorded(counted=live, inserted=inserted, moved=moved, sessions_finished=finished)
 
     def _insert_items(
         self, conn: sa.Connection, run_id: RunId, outcomes: Sequence[ItemOutcome], *, counted: bool

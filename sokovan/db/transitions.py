@@ -10,6 +10,7 @@ import sqlalchemy as sa
 
 from sokovan.db.base import SqlBase
 from sokovan.db.ledger import utcnow
+from sokovan.db.recording import move_sessions
 from sokovan.db.schema import kernels, sessions, status_among
 from sokovan.types import (
     TERMINAL_KERNEL_STATUSES,
@@ -64,8 +65,9 @@ class Transitions(SqlBase):
                     .values(**extra)
                 )
                 moved.extend(KernelId(k) for k in found)
+            moved_set = set(moved)
             for kernel_id, kv in (values or {}).items():
-                if kernel_id in set(moved):
+                if kernel_id in moved_set:
                     conn.execute(kernels.update().where(kernels.c.id == kernel_id).values(**kv))
         return moved
 
@@ -124,31 +126,8 @@ class Transitions(SqlBase):
         """Moves sessions that are in `allowed_from` to `to`; returns the ones that moved."""
         if not session_ids:
             return []
-        now = utcnow()
-        extra: dict[str, Any] = {"status": str(to), "status_changed_at": now}
-        if status_info is not None:
-            extra["status_info"] = status_info
-        if to in (SessionStatus.TERMINATED, SessionStatus.CANCELLED, SessionStatus.ERROR):
-            extra["terminated_at"] = now
-        allowed = [str(s) for s in allowed_from]
         with self.engine.begin() as conn:
-            found = (
-                conn.execute(
-                    sa.select(sessions.c.id).where(
-                        sessions.c.id.in_(list(session_ids)),
-                        status_among(sessions.c.status, allowed),
-                    )
-                )
-                .scalars()
-                .all()
-            )
-            if found:
-                conn.execute(
-                    sessions.update()
-                    .where(sessions.c.id.in_(found), status_among(sessions.c.status, allowed))
-                    .values(**extra)
-                )
-        return [SessionId(s) for s in found]
+            return move_sessions(conn, session_ids, to, allowed_from, status_info=status_info)
 
     def kernel_statuses_by_session(
         self, session_ids: Collection[SessionId]

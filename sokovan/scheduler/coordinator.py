@@ -14,7 +14,7 @@ from sokovan.errors import DispatchError, UnknownHandler
 from sokovan.ports import Claims, FanOutTracking, HandlerKicker, KernelMover, Ledger
 from sokovan.scheduler.handlers.base import FollowUps, HandlerRuntime, Moved, Plan
 from sokovan.scheduler.leases import kept
-from sokovan.scheduler.outcomes import with_recorded_moves
+from sokovan.scheduler.outcomes import unrecorded, with_recorded_moves
 from sokovan.scheduler.transitions import apply_transitions
 from sokovan.types import ItemOutcome, Operation, RunId, RunStatus, RunTrigger
 
@@ -155,7 +155,7 @@ class Coordinator:
         """Chord body: records outcomes, applies their status moves, closes the run."""
         run = await asyncio.to_thread(self.ledger.get_run, run_id)
         spec = self.spec(run.handler)
-        await asyncio.to_thread(self.ledger.record_items, run_id, list(outcomes))
+        await asyncio.to_thread(self.ledger.record_items, run_id, unrecorded(outcomes))
         if run.status != RunStatus.RUNNING:
             # Abandoned (its lease lapsed) or already closed (a redelivered body): what came
             # is kept as evidence only; the next run re-planned and counts those kernels.

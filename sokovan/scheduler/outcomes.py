@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 from sokovan.db.recording import KernelMove, Recorded
 from sokovan.scheduler.handlers import execute_batch
 from sokovan.scheduler.handlers.base import (
+    RECORDED_BY_BATCH,
+    SESSION_FINISHED_BY_BATCH,
     HandlerContext,
     HandlerRuntime,
     Moved,
@@ -26,7 +28,10 @@ from sokovan.scheduler.handlers.base import (
     verdict_of,
 )
 from sokovan.scheduler.leases import kept
-from sokovan.scheduler.transitions import promote_sessions, session_ids_of
+from sokovan.scheduler.transitions import (
+    promote_sessions,
+    session_ids_of,
+)
 from sokovan.types import (
     AgentId,
     ItemOutcome,
@@ -94,7 +99,10 @@ async def record_batch(
     run = await asyncio.to_thread(ledger.get_run, run_id)
     transitions = coordinator.spec(run.handler).declaration.transitions
     moves = planned_moves(transitions, outcomes)
-    recorded = await asyncio.to_thread(ledger.record_and_move, run_id, outcomes, moves)
+    # A session ends once all its kernels have, not when the last agent answers: in the
+    # same transaction as the kernels' moves.
+    finish = session_ids_of(outcomes) if operation == Operation.DESTROY_KERNELS else set()
+    recorded = await asyncio.to_thread(ledger.record_and_move, run_id, outcomes, moves, finish)
     if not recorded.counted:
         log.warning(
             "run %s is %s: %d outcome(s) of a %s batch kept as evidence only",
@@ -139,23 +147,41 @@ async def run_batch(
     except Exception as e:  # the chord body records them again; duplicates are dropped
         log.warning("run %s: outcomes of agent %s not recorded early: %s", run_id, agent_id, e)
         return outcomes
+    if not recorded.counted:
+        return outcomes
     # The chord body's handler code learns what moved here, as if it had moved it itself.
     verdicts = {str(k): verdict for verdict, ids in recorded.moved.items() for k in ids}
-    return [
-        dataclasses.replace(o, detail={**o.detail, MOVED_ON_RECORD: verdicts[o.item_id]})
-        if o.item_id in verdicts
-        else o
-        for o in outcomes
-    ]
+    finished = {str(s) for s in recorded.sessions_finished}
+    return [_marked(o, verdicts.get(o.item_id), finished) for o in outcomes]
+
+
+def _marked(outcome: ItemOutcome, verdict: str | None, finished: set[str]) -> ItemOutcome:
+    """A recorded outcome as the batch returns it: what was done with it, for the body."""
+    detail: dict[str, Any] = {**outcome.detail, RECORDED_BY_BATCH: True}
+    if verdict is not None:
+        detail[MOVED_ON_RECORD] = verdict
+    if str(detail.get("session_id")) in finished:
+        detail[SESSION_FINISHED_BY_BATCH] = True
+    return dataclasses.replace(outcome, detail=detail)
+
+
+def unrecorded(outcomes: Sequence[ItemOutcome]) -> list[ItemOutcome]:
+    """The outcomes no batch task recorded already (the rest would be no-ops to write)."""
+    return [o for o in outcomes if not o.detail.get(RECORDED_BY_BATCH)]
 
 
 def with_recorded_moves(moved: Moved, outcomes: Sequence[ItemOutcome]) -> Moved:
     """`moved` plus the kernels the batch tasks already moved when they recorded these."""
     merged: dict[str, list[KernelId]] = {v: list(ids) for v, ids in moved.items()}
+    # A set beside each list: checking membership in the list made a 10,000-kernel body
+    # compare 50 million UUIDs.
+    seen: dict[str, set[KernelId]] = {v: set(ids) for v, ids in merged.items()}
     for o in outcomes:
         verdict = o.detail.get(MOVED_ON_RECORD)
         if isinstance(verdict, str):
             kernel_id = KernelId(uuid.UUID(o.item_id))
-            if kernel_id not in merged.setdefault(verdict, []):
-                merged[verdict].append(kernel_id)
+            known = seen.setdefault(verdict, set())
+            if kernel_id not in known:
+                known.add(kernel_id)
+                merged.setdefault(verdict, []).append(kernel_id)
     return merged

@@ -20,7 +20,7 @@ async def test_full_sweep_passes_agents_for_their_stamps(rig: Rig) -> None:
 
     await rig.coordinator.run(SWEEP, RunTrigger.BEAT)
 
-    assert [sorted(map(str, b or [])) for b in rig.presence.agent_batches] == [["a1", "a2"]]
+    assert [sorted(map(str, b)) for b in rig.presence.agent_scans] == [["a1", "a2"]]
 
 
 async def test_budgeted_or_scoped_sweep_stamps_no_agent(rig: Rig) -> None:
@@ -31,5 +31,5 @@ async def test_budgeted_or_scoped_sweep_stamps_no_agent(rig: Rig) -> None:
     await rig.coordinator.run(SWEEP, RunTrigger.MANUAL, budget=2)
     await rig.coordinator.run(SWEEP, RunTrigger.MANUAL, scope=[str(kids[0])])
 
-    assert [len(b) for b in rig.presence.batches] == [2, 1]
-    assert rig.presence.agent_batches == [None, None]
+    assert [len(b) for b in rig.presence.scans] == [2, 1]
+    assert rig.presence.agent_scans == [[], []]

@@ -172,6 +172,13 @@ class HandlerDeclaration:
         return float(getattr(settings, self.interval_setting))
 
 
+# Outcome details a batch task adds to what it returns (never stored): its outcomes are
+# recorded already, and its session was finished when they were (terminal kernels only), so
+# the chord body need do neither again for them.
+RECORDED_BY_BATCH = "recorded_by_batch"
+SESSION_FINISHED_BY_BATCH = "session_finished_by_batch"
+
+
 def verdict_of(outcome: ItemOutcome, declared: Mapping[str, Transition]) -> str:
     """An outcome's verdict: the handler's own when it declares one, else ok/failed/skipped."""
     own = outcome.detail.get("verdict")

@@ -26,6 +26,7 @@ from sokovan.scheduler.deadlines import (
     retry_due,
 )
 from sokovan.scheduler.handlers.base import (
+    SESSION_FINISHED_BY_BATCH,
     FollowUps,
     GiveUp,
     HandlerContext,
@@ -158,7 +159,11 @@ def build(ctx: HandlerContext) -> HandlerRuntime:
         return [(SCHEDULE_SESSIONS, None)] if any(moved.values()) else ()
 
     async def complete(run_id: RunId, outcomes: Sequence[ItemOutcome], moved: Moved) -> FollowUps:
-        sessions = session_ids_of(outcomes)
+        # Sessions a batch finished as it recorded are done; a session spread over agents
+        # whose batches recorded at once may be left to this body.
+        sessions = session_ids_of(
+            o for o in outcomes if not o.detail.get(SESSION_FINISHED_BY_BATCH)
+        )
         finished = await asyncio.to_thread(finish_terminated_sessions, repo, sessions)
         failed = {
             KernelId(uuid.UUID(o.item_id)): o.error or "unknown error"
@@ -184,7 +189,7 @@ def build(ctx: HandlerContext) -> HandlerRuntime:
             "run %s: %d kernel(s) destroyed, %d session(s) terminated",
             run_id,
             len(moved.get("ok", ())),
-            len(finished),
+            len(finished) + len(session_ids_of(outcomes) - sessions),
         )
         follow = list(await _past_deadline_follow_up(repo, settings.terminating_deadline, outcomes))
         if moved.get("ok") or moved.get("skipped"):
