@@ -51,8 +51,10 @@ AGENT_CONTROL_ACK_TTL_SEC: Final = 300
 START_SESSION_TIMEOUT_SEC: Final = 60
 # One agent RPC; long enough for create_kernels on a busy agent.
 AGENT_CALL_TIMEOUT_SEC: Final = 30.0
-# destroy_kernel calls in flight per agent inside one task: gentle on the agent.
-DESTROY_CONCURRENCY_PER_AGENT: Final = 16
+# destroy_kernel calls in flight per agent inside one task. The original design sends every
+# kernel's call at once; 64 still bounds one agent, yet an agent's batch of 100 takes two
+# rounds of its latency instead of seven (10,000 kernels / 100 agents: 6.5 s -> 5.3 s here).
+DESTROY_CONCURRENCY_PER_AGENT: Final = 64
 # check_running calls in flight per agent during stage 2 of the sweep. An agent answers one
 # from its kernel registry (no container runtime call), so a dead agent's many suspects may
 # be asked briskly: 500 of them at 5 ms each take 0.08 s at 32, 0.31 s at 8.

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
-from typing import Any, NewType
+from typing import Any, Final, NewType
 
 SessionId = NewType("SessionId", uuid.UUID)
 KernelId = NewType("KernelId", uuid.UUID)
@@ -168,6 +168,10 @@ class KernelInfo:
     running_since: datetime | None = None
 
 
+# The user of a session made without one; a UUID is immutable, so one instance serves all.
+NIL_UUID: Final = uuid.UUID(int=0)
+
+
 @dataclass(frozen=True, slots=True)
 class SessionInfo:
     """One session and its kernels."""
@@ -180,7 +184,7 @@ class SessionInfo:
     cluster_mode: ClusterMode = ClusterMode.SINGLE_NODE
     network_type: NetworkType = NetworkType.VOLATILE
     network_id: str | None = None
-    user_uuid: uuid.UUID = field(default_factory=lambda: uuid.UUID(int=0))
+    user_uuid: uuid.UUID = NIL_UUID
     access_key: str = ""
     environ: Mapping[str, str] = field(default_factory=dict)
     status_info: str | None = None

@@ -49,8 +49,6 @@ class Recorded:
     counted: bool  # False: the run was no longer live; the rows are evidence only
     inserted: int
     moved: Mapping[str, Sequence[KernelId]]
-    # Sessions found all terminal once the moves were made (a destroy batch; see outcomes).
-    sessions_finished: Sequence[SessionId] = ()
 
 
 def move_kernels(
@@ -123,20 +121,6 @@ def move_sessions(
     return [SessionId(s) for s in found]
 
 
-def finish_sessions(conn: sa.Connection, session_ids: Collection[SessionId]) -> list[SessionId]:
-    """TERMINATING sessions whose kernels are all terminal become TERMINATED, in `conn`."""
-    ids = list(session_ids)
-    if not ids:
-        return []
-    rows = conn.execute(
-        sa.select(kernels.c.session_id, kernels.c.status).where(kernels.c.session_id.in_(ids))
-    )
-    terminal = {str(s) for s in TERMINAL_KERNEL_STATUSES}
-    unfinished = {SessionId(sid) for sid, status in rows if status not in terminal}
-    done = [sid for sid in ids if sid not in unfinished]
-    return move_sessions(conn, done, SessionStatus.TERMINATED, [SessionStatus.TERMINATING])
-
-
 class OutcomeRecording(SqlBase):
     """The ledger's write of outcomes, fenced by the run's status."""
 
@@ -145,10 +129,8 @@ class OutcomeRecording(SqlBase):
         run_id: RunId,
         outcomes: Sequence[ItemOutcome],
         moves: Sequence[KernelMove] = (),
-        finish: Collection[SessionId] = (),
     ) -> Recorded:
-        """Stores outcomes and, while the run is live, applies `moves` in the same transaction,
-        then finishes those of the `finish` sessions whose kernels are all terminal."""
+        """Stores outcomes and, while the run is live, applies `moves` in the same transaction."""
         if not outcomes:
             return Recorded(counted=True, inserted=0, moved={})
         with self.engine.begin() as conn:
@@ -172,8 +154,7 @@ class OutcomeRecording(SqlBase):
                     status_info=move.status_info,
                     values=move.values,
                 )
-            finished = finish_sessions(conn, finish) if live and finish else []
-        return Recorded(counted=live, inserted=inserted, moved=moved, sessions_finished=finished)
+        return Recorded(counted=live, inserted=inserted, moved=moved)
 
     def _insert_items(
         self, conn: sa.Connection, run_id: RunId, outcomes: Sequence[ItemOutcome], *, counted: bool

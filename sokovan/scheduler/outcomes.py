@@ -20,7 +20,6 @@ from sokovan.db.recording import KernelMove, Recorded
 from sokovan.scheduler.handlers import execute_batch
 from sokovan.scheduler.handlers.base import (
     RECORDED_BY_BATCH,
-    SESSION_FINISHED_BY_BATCH,
     HandlerContext,
     HandlerRuntime,
     Moved,
@@ -99,10 +98,7 @@ async def record_batch(
     run = await asyncio.to_thread(ledger.get_run, run_id)
     transitions = coordinator.spec(run.handler).declaration.transitions
     moves = planned_moves(transitions, outcomes)
-    # A session ends once all its kernels have, not when the last agent answers: in the
-    # same transaction as the kernels' moves.
-    finish = session_ids_of(outcomes) if operation == Operation.DESTROY_KERNELS else set()
-    recorded = await asyncio.to_thread(ledger.record_and_move, run_id, outcomes, moves, finish)
+    recorded = await asyncio.to_thread(ledger.record_and_move, run_id, outcomes, moves)
     if not recorded.counted:
         log.warning(
             "run %s is %s: %d outcome(s) of a %s batch kept as evidence only",
@@ -151,17 +147,14 @@ async def run_batch(
         return outcomes
     # The chord body's handler code learns what moved here, as if it had moved it itself.
     verdicts = {str(k): verdict for verdict, ids in recorded.moved.items() for k in ids}
-    finished = {str(s) for s in recorded.sessions_finished}
-    return [_marked(o, verdicts.get(o.item_id), finished) for o in outcomes]
+    return [_marked(o, verdicts.get(o.item_id)) for o in outcomes]
 
 
-def _marked(outcome: ItemOutcome, verdict: str | None, finished: set[str]) -> ItemOutcome:
+def _marked(outcome: ItemOutcome, verdict: str | None) -> ItemOutcome:
     """A recorded outcome as the batch returns it: what was done with it, for the body."""
     detail: dict[str, Any] = {**outcome.detail, RECORDED_BY_BATCH: True}
     if verdict is not None:
         detail[MOVED_ON_RECORD] = verdict
-    if str(detail.get("session_id")) in finished:
-        detail[SESSION_FINISHED_BY_BATCH] = True
     return dataclasses.replace(outcome, detail=detail)
 
 

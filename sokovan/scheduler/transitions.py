@@ -57,13 +57,7 @@ def finish_terminated_sessions(
     repo: SchedulerRepository, session_ids: Iterable[SessionId]
 ) -> list[SessionId]:
     """Moves TERMINATING sessions whose kernels are all terminal to TERMINATED."""
-    statuses = repo.kernel_statuses_by_session(list(session_ids))
-    done = [
-        sid
-        for sid in session_ids
-        if all(s in TERMINAL_KERNEL_STATUSES for s in statuses.get(sid, []))
-    ]
-    return repo.transition_sessions(done, SessionStatus.TERMINATED, [SessionStatus.TERMINATING])
+    return repo.finish_sessions(list(session_ids))
 
 
 async def request_termination(

@@ -172,11 +172,9 @@ class HandlerDeclaration:
         return float(getattr(settings, self.interval_setting))
 
 
-# Outcome details a batch task adds to what it returns (never stored): its outcomes are
-# recorded already, and its session was finished when they were (terminal kernels only), so
-# the chord body need do neither again for them.
+# Outcome detail a batch task adds to what it returns (never stored): the outcome is recorded
+# already, so the chord body need not write it again.
 RECORDED_BY_BATCH = "recorded_by_batch"
-SESSION_FINISHED_BY_BATCH = "session_finished_by_batch"
 
 
 def verdict_of(outcome: ItemOutcome, declared: Mapping[str, Transition]) -> str:

@@ -26,7 +26,6 @@ from sokovan.scheduler.deadlines import (
     retry_due,
 )
 from sokovan.scheduler.handlers.base import (
-    SESSION_FINISHED_BY_BATCH,
     FollowUps,
     GiveUp,
     HandlerContext,
@@ -124,7 +123,7 @@ def build(ctx: HandlerContext) -> HandlerRuntime:
     async def plan(run_id: RunId, scope: Sequence[str] | None, budget: int) -> Plan:
         only = parse_ids(scope)
         sessions = await asyncio.to_thread(
-            repo.sessions_in,
+            repo.sessions_to_destroy,
             [SessionStatus.TERMINATING],
             limit=budget,
             only=None if only is None else [SessionId(u) for u in only],
@@ -159,11 +158,7 @@ def build(ctx: HandlerContext) -> HandlerRuntime:
         return [(SCHEDULE_SESSIONS, None)] if any(moved.values()) else ()
 
     async def complete(run_id: RunId, outcomes: Sequence[ItemOutcome], moved: Moved) -> FollowUps:
-        # Sessions a batch finished as it recorded are done; a session spread over agents
-        # whose batches recorded at once may be left to this body.
-        sessions = session_ids_of(
-            o for o in outcomes if not o.detail.get(SESSION_FINISHED_BY_BATCH)
-        )
+        sessions = session_ids_of(outcomes)
         finished = await asyncio.to_thread(finish_terminated_sessions, repo, sessions)
         failed = {
             KernelId(uuid.UUID(o.item_id)): o.error or "unknown error"
@@ -189,7 +184,7 @@ def build(ctx: HandlerContext) -> HandlerRuntime:
             "run %s: %d kernel(s) destroyed, %d session(s) terminated",
             run_id,
             len(moved.get("ok", ())),
-            len(finished) + len(session_ids_of(outcomes) - sessions),
+            len(finished),
         )
         follow = list(await _past_deadline_follow_up(repo, settings.terminating_deadline, outcomes))
         if moved.get("ok") or moved.get("skipped"):
