@@ -196,3 +196,19 @@ def test_a_refused_secret_value_is_not_echoed() -> None:
         refused = parse_create({"image": "img", "environ": {name: "s3cr3t\x00"}}, Limits())
         assert isinstance(refused, Refusal) and refused.field == f"environ.{name}"
         assert ("s3cr3t" in refused.error) is (name == "PLAIN"), refused.error
+
+
+def test_reprs_of_large_arguments_show_a_redacted_head_without_walking_the_rest() -> None:
+    """A batch of 10,000 items shows its first ones, redacted, and says how many more; an
+    item beyond the head is never read, and a secret in the head is still hidden."""
+
+    class Untouchable(dict[str, str]):
+        def items(self) -> Any:
+            raise AssertionError("an item past the shown head was walked")
+
+    items: list[Any] = [{"kernel_id": f"k{i}", "password": "hunter2"} for i in range(100)]
+    items += [Untouchable() for _ in range(9900)]
+    text = redacted_repr((1, "a1", items))
+    assert "k0" in text and "hunter2" not in text
+    assert "more" in text
+    assert len(text) <= 1024 + 16
