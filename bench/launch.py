@@ -43,7 +43,7 @@ from bench.harness import (
 )
 from bench.timeline import cpu_seconds, print_runs
 from sokovan.bootstrap import build_agent_pool
-from sokovan.constants import AGENT_CALL_TIMEOUT_SEC
+from sokovan.constants import AGENT_CALL_TIMEOUT_SEC, WORKER_CONCURRENCY
 from sokovan.db.schema import keypair_pool, sessions
 from sokovan.ports import AgentClientPool
 from sokovan.scheduler.launcher.keys import generate_cluster_ssh_keypair
@@ -301,7 +301,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sessions", type=int, default=1000)
     parser.add_argument("--agents", type=int, default=20)
     parser.add_argument("--latency-ms", type=float, default=10.0, help="create_kernels delay")
-    parser.add_argument("--concurrency", type=int, default=2, help="worker processes")
+    parser.add_argument(
+        "--concurrency", type=int, default=WORKER_CONCURRENCY, help="worker processes"
+    )
     parser.add_argument("--timeout", type=float, default=900.0, help="bound of one burst")
     parser.add_argument(
         "--call-timeout",

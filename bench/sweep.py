@@ -254,7 +254,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--check-latency-ms", type=float, default=5.0, help="check_running delay on every agent"
     )
-    parser.add_argument("--concurrency", type=int, default=2, help="worker processes")
+    parser.add_argument(
+        "--concurrency", type=int, default=C.WORKER_CONCURRENCY, help="worker processes"
+    )
     parser.add_argument("--timeout", type=float, default=600.0)
     return parser.parse_args(argv)
 

@@ -33,7 +33,7 @@ from bench.harness import (
     wait_until,
 )
 from sokovan.bootstrap import build_agent_pool
-from sokovan.constants import AGENT_CALL_TIMEOUT_SEC
+from sokovan.constants import AGENT_CALL_TIMEOUT_SEC, WORKER_CONCURRENCY
 from sokovan.db.schema import kernels, sessions
 from sokovan.ports import AgentClientPool
 from sokovan.scheduler.terminator.destroy import DestroyJob, destroy_with_client
@@ -205,7 +205,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--kernels", type=int, default=10_000)
     parser.add_argument("--agents", type=int, default=100)
     parser.add_argument("--latency-ms", type=float, default=5.0, help="destroy_kernel delay")
-    parser.add_argument("--concurrency", type=int, default=2, help="worker processes")
+    parser.add_argument(
+        "--concurrency", type=int, default=WORKER_CONCURRENCY, help="worker processes"
+    )
     parser.add_argument("--timeout", type=float, default=600.0, help="bound of one side's run")
     parser.add_argument(
         "--call-timeout",

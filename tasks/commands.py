@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from sokovan import constants as C
+
 # The queue every task goes to (task_default_queue); workers consume it.
 QUEUE = "sokovan"
 # A worker's environment: SIGTERM starts Celery's soft shutdown (worker_soft_shutdown_timeout)
@@ -18,7 +20,7 @@ def worker_env_prefix() -> str:
 
 
 def worker_args(
-    *, concurrency: int = 2, node: str = "worker1@%h", loglevel: str = "INFO"
+    *, concurrency: int = C.WORKER_CONCURRENCY, node: str = "worker1@%h", loglevel: str = "INFO"
 ) -> list[str]:
     """`celery` arguments of a worker: events on (Flower), our queue, a node name."""
     return [

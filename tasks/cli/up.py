@@ -37,7 +37,9 @@ def flower_password(s: Settings) -> str:
     return path.read_text().strip()
 
 
-def processes(s: Settings, agents: int = 2, concurrency: int = 2) -> dict[str, str]:
+def processes(
+    s: Settings, agents: int = 2, concurrency: int = C.WORKER_CONCURRENCY
+) -> dict[str, str]:
     """Process name -> command line of what starts once Valkey answers (see the Procfile)."""
     exe = Path(sys.executable).parent
     celery = str(exe / "celery")
@@ -152,7 +154,7 @@ def stop_valkey(proc: subprocess.Popen[bytes]) -> None:
 
 def up(
     agents: int = typer.Option(2, min=0, help="Reference agents to start (0 for none)."),
-    concurrency: int = typer.Option(2, min=1, help="Worker processes."),
+    concurrency: int = typer.Option(C.WORKER_CONCURRENCY, min=1, help="Worker processes."),
 ) -> None:
     """Runs Valkey, then a worker, beat, Flower, metrics and reference agents, until Ctrl-C."""
     from honcho.manager import Manager
