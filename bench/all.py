@@ -28,6 +28,7 @@ QUICK = {
     "terminate": ["--kernels", "2000", "--agents", "100"],
     "sweep": ["--kernels", "20000", "--agents", "100"],
     "launch": ["--sessions", "200", "--agents", "20"],
+    "rpc": ["--sequential", "1000", "--concurrent", "2000"],
 }
 SMOKE = {
     "terminate": ["--kernels", "200", "--agents", "10"],
