@@ -72,11 +72,15 @@ def move_kernels(
     moved: list[KernelId] = []
     for start in range(0, len(ids), _CHUNK):
         chunk = ids[start : start + _CHUNK]
-        guard = (kernels.c.id.in_(chunk), status_among(kernels.c.status, allowed))
-        found = conn.execute(sa.select(kernels.c.id).where(*guard)).scalars().all()
-        if found:
-            conn.execute(kernels.update().where(kernels.c.id.in_(found)).values(**extra))
-            moved.extend(KernelId(k) for k in found)
+        # One guarded UPDATE that names what it moved: no kernel is reported moved that
+        # another transaction moved first.
+        stmt = (
+            kernels.update()
+            .where(kernels.c.id.in_(chunk), status_among(kernels.c.status, allowed))
+            .values(**extra)
+            .returning(kernels.c.id)
+        )
+        moved.extend(KernelId(k) for k in conn.execute(stmt).scalars())
     for kernel_id in moved:
         if values and kernel_id in values:
             conn.execute(

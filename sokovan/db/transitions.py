@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 from sokovan.db.base import SqlBase
 from sokovan.db.ledger import utcnow
-from sokovan.db.recording import move_sessions
+from sokovan.db.recording import move_kernels, move_sessions
 from sokovan.db.schema import kernels, sessions, status_among
 from sokovan.types import (
     TERMINAL_KERNEL_STATUSES,
@@ -36,40 +36,10 @@ class Transitions(SqlBase):
         """Moves kernels that are in `allowed_from` to `to`; returns the ones that moved."""
         if not kernel_ids:
             return []
-        now = utcnow()
-        extra: dict[str, Any] = {"status": str(to), "status_changed_at": now}
-        if status_info is not None:
-            extra["status_info"] = status_info
-        if to in TERMINAL_KERNEL_STATUSES:
-            extra["terminated_at"] = now
-        allowed = [str(s) for s in allowed_from]
-        moved: list[KernelId] = []
-        ids = list(kernel_ids)
         with self.engine.begin() as conn:
-            for start in range(0, len(ids), 500):
-                chunk = ids[start : start + 500]
-                found = (
-                    conn.execute(
-                        sa.select(kernels.c.id).where(
-                            kernels.c.id.in_(chunk), status_among(kernels.c.status, allowed)
-                        )
-                    )
-                    .scalars()
-                    .all()
-                )
-                if not found:
-                    continue
-                conn.execute(
-                    kernels.update()
-                    .where(kernels.c.id.in_(found), status_among(kernels.c.status, allowed))
-                    .values(**extra)
-                )
-                moved.extend(KernelId(k) for k in found)
-            moved_set = set(moved)
-            for kernel_id, kv in (values or {}).items():
-                if kernel_id in moved_set:
-                    conn.execute(kernels.update().where(kernels.c.id == kernel_id).values(**kv))
-        return moved
+            return move_kernels(
+                conn, kernel_ids, to, allowed_from, status_info=status_info, values=values
+            )
 
     def transition_kernels_with_values(
         self,
