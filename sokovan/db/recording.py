@@ -19,6 +19,7 @@ from sokovan.db.base import SqlBase
 from sokovan.db.schema import kernels, run_items, runs, sessions, status_among
 from sokovan.types import (
     TERMINAL_KERNEL_STATUSES,
+    TERMINAL_SESSION_STATUSES,
     ItemOutcome,
     KernelId,
     KernelStatus,
@@ -104,25 +105,18 @@ def move_sessions(
     extra: dict[str, Any] = {"status": str(to), "status_changed_at": now}
     if status_info is not None:
         extra["status_info"] = status_info
-    if to in (SessionStatus.TERMINATED, SessionStatus.CANCELLED, SessionStatus.ERROR):
+    if to in TERMINAL_SESSION_STATUSES:
         extra["terminated_at"] = now
-    allowed = [str(s) for s in allowed_from]
-    found = (
-        conn.execute(
-            sa.select(sessions.c.id).where(
-                sessions.c.id.in_(list(session_ids)), status_among(sessions.c.status, allowed)
-            )
+    stmt = (
+        sessions.update()
+        .where(
+            sessions.c.id.in_(list(session_ids)),
+            status_among(sessions.c.status, [str(s) for s in allowed_from]),
         )
-        .scalars()
-        .all()
+        .values(**extra)
+        .returning(sessions.c.id)
     )
-    if found:
-        conn.execute(
-            sessions.update()
-            .where(sessions.c.id.in_(found), status_among(sessions.c.status, allowed))
-            .values(**extra)
-        )
-    return [SessionId(s) for s in found]
+    return [SessionId(s) for s in conn.execute(stmt).scalars()]
 
 
 class OutcomeRecording(SqlBase):

@@ -27,10 +27,7 @@ from sokovan.scheduler.handlers.base import (
     verdict_of,
 )
 from sokovan.scheduler.leases import kept
-from sokovan.scheduler.transitions import (
-    promote_sessions,
-    session_ids_of,
-)
+from sokovan.scheduler.transitions import promote_sessions, session_ids_of
 from sokovan.types import (
     AgentId,
     ItemOutcome,
