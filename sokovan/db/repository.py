@@ -149,11 +149,9 @@ class SchedulerRepository(
         """Sessions in `statuses`, oldest status change first, at most `limit` (0: all)."""
         query = (
             sa.select(sessions)
-            .where(sessions.c.status.in_([str(s) for s in statuses]))
+            .where(*_sessions_wanted(statuses, only))
             .order_by(sessions.c.status_changed_at, sessions.c.id)
         )
-        if only is not None:
-            query = query.where(sessions.c.id.in_(list(only)))
         if limit:
             query = query.limit(limit)
         return self._sessions(query)
@@ -171,9 +169,7 @@ class SchedulerRepository(
         and occupied slots. The rest (environ, mounts, launch configs) is left unread: a
         10,000-session termination spent half of its planning decoding it.
         """
-        wanted = [sessions.c.status.in_([str(s) for s in statuses])]
-        if only is not None:
-            wanted.append(sessions.c.id.in_(list(only)))
+        wanted = _sessions_wanted(statuses, only)
         query = (
             sa.select(
                 sessions.c.id,
@@ -363,6 +359,16 @@ class SchedulerRepository(
         with self.engine.connect() as conn:
             rows = conn.execute(sa.select(kernels.c.scaling_group).distinct())
             return sorted(str(r[0]) for r in rows)
+
+
+def _sessions_wanted(
+    statuses: Collection[SessionStatus], only: Collection[SessionId] | None
+) -> list[sa.ColumnElement[bool]]:
+    """The filter of sessions in `statuses`, and among `only` when given."""
+    wanted: list[sa.ColumnElement[bool]] = [sessions.c.status.in_([str(s) for s in statuses])]
+    if only is not None:
+        wanted.append(sessions.c.id.in_(list(only)))
+    return wanted
 
 
 def _uuid_text(column: sa.ColumnElement[Any], dialect: str) -> sa.ColumnElement[str]:
