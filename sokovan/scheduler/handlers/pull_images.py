@@ -13,7 +13,6 @@ from typing import Any
 from sokovan import constants as C
 from sokovan.config import Settings
 from sokovan.db.attempts import backoff_seconds
-from sokovan.db.ledger import utcnow
 from sokovan.db.repository import SchedulerRepository
 from sokovan.scheduler.deadlines import parse_time
 from sokovan.scheduler.handlers.base import (
@@ -44,6 +43,8 @@ from sokovan.types import (
     SessionId,
     SessionInfo,
     SessionStatus,
+    Verdict,
+    utcnow,
 )
 
 log = logging.getLogger(__name__)
@@ -220,7 +221,7 @@ DECLARATION = HandlerDeclaration(
     interval_setting="launch_interval",
     target="sessions",
     target_statuses=(SessionStatus.SCHEDULED, SessionStatus.PULLING),
-    transitions={"ok": Transition(KernelStatus.PREPARED, (KernelStatus.PULLING,))},
+    transitions={Verdict.OK: Transition(KernelStatus.PREPARED, (KernelStatus.PULLING,))},
     build=build,
     batches={Operation.CHECK_AND_PULL: pull_on_agent},
     budget_unit="sessions",

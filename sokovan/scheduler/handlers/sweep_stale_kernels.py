@@ -38,6 +38,7 @@ from sokovan.types import (
     KernelTransitionInfo,
     RunId,
     SessionId,
+    Verdict,
 )
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,6 @@ STALE_KERNEL_REASON = "STALE_KERNEL"
 ABNORMAL_TERMINATION = "ABNORMAL_TERMINATION"
 # Reason on kernels left alone because the brake held the whole run.
 BRAKE_REASON = "SWEEP_BRAKE"
-DEAD = "dead"
 # A scaling group of one sweep: its kernel count and the kernels judged in full.
 _Group = tuple[int, list[KernelInfo]]
 
@@ -168,7 +168,7 @@ def build(ctx: HandlerContext) -> HandlerRuntime:
             outcomes.extend(group_outcomes)
             bulk_ok += total - len(group_outcomes)
         requested = sum(total for total, _ in groups.values())
-        reaped = sum(1 for o in outcomes if o.detail.get("verdict") == DEAD)
+        reaped = sum(1 for o in outcomes if o.verdict == Verdict.DEAD)
         notes = ([f"{reaped} stale kernel(s) terminated"] if requested else []) + brakes
         return Plan(
             requested=requested,
@@ -203,7 +203,7 @@ def build(ctx: HandlerContext) -> HandlerRuntime:
 
     async def complete(run_id: RunId, outcomes: Sequence[ItemOutcome], moved: Moved) -> FollowUps:
         """Sessions of reaped kernels go TERMINATING, so the rest of each is cleaned up."""
-        reaped = {str(k) for k in moved.get(DEAD, ())}
+        reaped = {str(k) for k in moved.get(Verdict.DEAD, ())}
         sessions: set[SessionId] = session_ids_of(o for o in outcomes if o.item_id in reaped)
         if not sessions:
             return ()
@@ -235,20 +235,20 @@ def _outcomes(members: Sequence[KernelInfo], result: KernelExecutionResult) -> l
     for info in result.failures:
         kernel = by_id[info.kernel_id]
         evidence = dict(result.evidence.get(str(info.kernel_id), {}))
-        evidence["verdict"] = DEAD
         evidence["session_id"] = str(kernel.session_id)
-        out.append(ItemOutcome(str(info.kernel_id), kernel.agent_id, ok=True, detail=evidence))
+        out.append(
+            ItemOutcome(str(info.kernel_id), kernel.agent_id, detail=evidence, verdict=Verdict.DEAD)
+        )
     for info in result.skipped:
         evidence = dict(result.evidence.get(str(info.kernel_id), {}))
-        evidence["verdict"] = info.reason or "unverified"
+        braked = info.reason == BRAKE_REASON
         out.append(
             ItemOutcome(
                 str(info.kernel_id),
                 by_id[info.kernel_id].agent_id,
-                ok=False,
                 error=info.reason,
                 detail=evidence,
-                skipped=True,
+                verdict=Verdict.BRAKED if braked else Verdict.UNVERIFIED,
             )
         )
     # Every other suspect was found alive: a success with a row; the unsuspected get none.
@@ -261,8 +261,8 @@ def _outcomes(members: Sequence[KernelInfo], result: KernelExecutionResult) -> l
                 ItemOutcome(
                     key,
                     None if alive is None else alive.agent_id,
-                    ok=True,
-                    detail={**seen, "verdict": "alive"},
+                    detail=dict(seen),
+                    verdict=Verdict.ALIVE,
                 )
             )
     return out
@@ -277,7 +277,9 @@ DECLARATION = HandlerDeclaration(
     target="kernels",
     target_statuses=(KernelStatus.RUNNING,),
     transitions={
-        DEAD: Transition(KernelStatus.TERMINATED, (KernelStatus.RUNNING,), STALE_KERNEL_REASON)
+        Verdict.DEAD: Transition(
+            KernelStatus.TERMINATED, (KernelStatus.RUNNING,), STALE_KERNEL_REASON
+        )
     },
     build=build,
     budget_unit="kernels",
@@ -287,5 +289,5 @@ SweepStaleKernelsKernelHandler.name = DECLARATION.name
 SweepStaleKernelsKernelHandler.lock_id = DECLARATION.lock_id
 SweepStaleKernelsKernelHandler.target_kernel_statuses = (KernelStatus.RUNNING,)
 SweepStaleKernelsKernelHandler.status_transitions = KernelStatusTransitions(
-    success=None, failure=DECLARATION.transitions[DEAD].kernel
+    success=None, failure=DECLARATION.transitions[Verdict.DEAD].kernel
 )
