@@ -229,14 +229,13 @@ class Coordinator:
             # A paused handler does nothing more, recovery included; its next run re-plans.
             log.warning("handler %s is paused: run %s left as recorded", run.handler, run.id)
         else:
+            # The unfinished targets are the next run's, which re-plans them from SQL.
             await self._complete_recorded(spec, run)
-            follow: FollowUps = [(run.handler, None)]  # the unfinished targets: at once
             if spec.abandoned is not None:
                 try:
-                    follow = await spec.abandoned(run.id)
+                    await self._follow_up(await spec.abandoned(run.id))
                 except Exception:  # the next run and the deadlines deal with it instead
                     log.exception("run %s: cleaning up after it failed", run.id)
-            await self._follow_up(follow)
         if run.claim_token:
             await self.claims.release(spec.lock_id, run.claim_token)
         return True
