@@ -14,7 +14,7 @@ from sokovan.db.listing import list_sessions
 from sokovan.db.repository import SchedulerRepository
 from sokovan.types import ClusterMode, NetworkType, SessionId, SessionStatus
 from tasks import names
-from tasks.cli.common import JsonOption, engine, iso, print_json, print_table, settings
+from tasks.cli.common import JsonOption, iso, print_json, print_table
 from tasks.cli.errors import EXIT_FAILED, BadInput, CliError, refusal
 from tasks.cli.parsing import (
     parse_pairs,
@@ -24,6 +24,7 @@ from tasks.cli.parsing import (
 )
 from tasks.cli.progress import follow_sessions
 from tasks.cli.remote import Remote
+from tasks.cli.root import root
 
 app = typer.Typer(help="Sessions: list, show, create, terminate.", no_args_is_help=True)
 
@@ -42,9 +43,11 @@ def list_cmd(
     as_json: bool = JsonOption,
 ) -> None:
     """Lists sessions, newest first, with their kernel counts and agents."""
-    eng = engine()
-    page = list_sessions(eng, statuses=[str(s) for s in status or []], agent=agent, limit=limit)
-    queue = SchedulerRepository(eng).queue_positions()
+    r = root()
+    page = list_sessions(
+        r.engine(), statuses=[str(s) for s in status or []], agent=agent, limit=limit
+    )
+    queue = r.repository.queue_positions()
     if as_json:
         rows: list[dict[str, Any]] = [
             {
@@ -113,7 +116,7 @@ def show(
     as_json: bool = JsonOption,
 ) -> None:
     """Shows a session, its kernels and any error info."""
-    doc = session_json(SchedulerRepository(engine()), session_id_of(session_id))
+    doc = session_json(root().repository, session_id_of(session_id))
     if as_json:
         print_json(doc)
         return
@@ -188,11 +191,11 @@ def create(
     slots = parse_slots(slot)
     if slots is not None:
         request["resource_slots"] = slots
-    s = settings()
-    parsed = parse_create(request, Limits(max_kernels=s.max_kernels_per_session))
+    r = root()
+    parsed = parse_create(request, Limits(max_kernels=r.settings.max_kernels_per_session))
     if isinstance(parsed, Refusal):
         raise BadInput(parsed.error)  # the message the task itself would answer
-    remote = Remote(s, wait)
+    remote = Remote(r, wait)
     answers = _submit(remote, request, declared, count, as_json)
     if answers is None:
         return
@@ -221,15 +224,13 @@ def _submit(
     Secret values go to the database encrypted first and each message carries references;
     a refused or unanswered submission's secrets are deleted again.
     """
-    from tasks.api import secret_environ_store  # builds the Celery app: only when sending
-
-    store = secret_environ_store(remote.settings) if request["environ"] else None
+    store = remote.root.adapters.secret_environ if request["environ"] else None
     environs = [store.stash(request["environ"], declared) if store else {} for _ in range(count)]
     try:
-        results = [
-            remote.send(names.SESSION_CREATE, {"request": {**request, "environ": environ}})
-            for environ in environs
-        ]
+        results = remote.send_all(
+            names.SESSION_CREATE,
+            [{"request": {**request, "environ": environ}} for environ in environs],
+        )
         if not remote.wait:
             _say(as_json, [{"task_id": r.id} for r in results], f"sent as {count} task(s)")
             return None
@@ -260,7 +261,7 @@ def _follow_and_report(
     as_json: bool,
 ) -> None:
     """Follows the sessions, prints one line (or document) each, exit 1 if one fell short."""
-    statuses = follow_sessions(engine(remote.settings), sids, until, remote.deadline)
+    statuses = follow_sessions(remote.root.engine(), sids, until, remote.deadline)
     docs = [{**a, "status": statuses.get(sid)} for sid, a in zip(sids, answers, strict=True)]
     _say(as_json, docs, "\n".join(f"session {sid} {statuses.get(sid)}" for sid in sids))
     short = [sid for sid in sids if statuses.get(sid) not in _ARRIVED[until]]
@@ -282,6 +283,20 @@ def _say(as_json: bool, docs: list[dict[str, Any]], text: str) -> None:
         typer.echo(text)
 
 
+# Ids looked up per query: well under every database's limit on bound parameters.
+_LOOKUP_CHUNK = 500
+
+
+def _refuse_unknown(repo: SchedulerRepository, sids: list[SessionId]) -> None:
+    """NotFound (`refused: ...`, exit 1) for the first unknown id, without asking a worker."""
+    for start in range(0, len(sids), _LOOKUP_CHUNK):
+        chunk = sids[start : start + _LOOKUP_CHUNK]
+        known = {s.id for s in repo.sessions_by_ids(chunk)}
+        for sid in chunk:
+            if sid not in known:
+                repo.get_session(sid)  # raises NotFound with the repository's own message
+
+
 @app.command()
 def terminate(
     session_ids: list[str] = typer.Argument(
@@ -297,12 +312,10 @@ def terminate(
     """Terminates sessions (cancels PENDING ones); with --wait follows them to the end."""
     calls = [terminate_kwargs(text, reason, force) for text in session_ids]
     sids = [session_id_of(text) for text in session_ids]
-    s = settings()
-    repo = SchedulerRepository(engine(s))
-    for sid in sids:
-        repo.get_session(sid)  # NotFound: `refused: ...`, exit 1, without asking a worker
-    remote = Remote(s, wait)
-    results = [remote.send(names.SESSION_TERMINATE, kwargs) for kwargs in calls]
+    r = root()
+    _refuse_unknown(r.repository, sids)
+    remote = Remote(r, wait)
+    results = remote.send_all(names.SESSION_TERMINATE, calls)
     if not wait:
         _say(as_json, [{"task_id": r.id} for r in results], f"sent as {len(sids)} task(s)")
         return
