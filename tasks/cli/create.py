@@ -16,7 +16,7 @@ from tasks import names
 from tasks.cli.common import JsonOption
 from tasks.cli.errors import BadInput, CliError, refusal
 from tasks.cli.parsing import parse_pairs, parse_slots
-from tasks.cli.remote import Remote
+from tasks.cli.remote import CutShort, Remote
 from tasks.cli.report import follow_and_report, say
 from tasks.cli.root import root
 
@@ -125,34 +125,54 @@ def _submit(
 ) -> list[dict[str, Any]] | None:
     """Sends `count` creations; one answer per session, or None with --wait 0.
 
-    Secret values go to the database encrypted first and each message carries references;
-    a refused or unanswered submission's secrets are deleted again.
+    Each request carries a session id minted here, so every id is known (and printed) even
+    when no answer is awaited. Secret values go to the database encrypted first and each
+    message carries references; a refused or unanswered submission's secrets are deleted again.
     """
     store = remote.root.adapters.secret_environ if request["environ"] else None
     environs = [store.stash(request["environ"], declared) if store else {} for _ in range(count)]
-    requests = [{**request, "environ": environ} for environ in environs]
+    requests = [
+        {**request, "environ": environ, "session_id": str(uuid.uuid4())} for environ in environs
+    ]
     try:
-        if count == 1:
-            results = remote.send_all(names.SESSION_CREATE, [{"request": requests[0]}])
-        else:
-            chunks = [
-                requests[i : i + C.SESSION_BATCH_MAX] for i in range(0, count, C.SESSION_BATCH_MAX)
-            ]
-            results = remote.send_all(names.SESSIONS_CREATE, [{"requests": c} for c in chunks])
+        results = _send(remote, requests)
         if not remote.wait:
-            say(as_json, [{"task_id": r.id} for r in results], f"sent as {len(results)} task(s)")
+            _say_sent(as_json, requests, [r.id for r in results])
             return None
         answers = [remote.answer(r) for r in results]
-    except Exception:
+    except Exception as e:
         if store:  # nothing will bind these secrets to a session
             for environ in environs:
                 store.discard(environ)
+        if isinstance(e, CutShort) and e.sent:
+            sent = requests[: e.sent * (1 if count == 1 else C.SESSION_BATCH_MAX)]
+            typer.echo("\n".join(f"session {r['session_id']} sent" for r in sent))
         raise
     docs = answers if count == 1 else _per_session(answers, count)
     for doc, environ in zip(docs, environs, strict=True):
         if store and doc.get("error"):
             store.discard(environ)
     return docs
+
+
+def _send(remote: Remote, requests: list[dict[str, Any]]) -> list[Any]:
+    """One `session.create` for one request, else `sessions.create` per chunk of the maximum."""
+    if len(requests) == 1:
+        return remote.send_all(names.SESSION_CREATE, [{"request": requests[0]}])
+    step = C.SESSION_BATCH_MAX
+    chunks = [requests[i : i + step] for i in range(0, len(requests), step)]
+    return remote.send_all(names.SESSIONS_CREATE, [{"requests": c} for c in chunks])
+
+
+def _say_sent(as_json: bool, requests: list[dict[str, Any]], task_ids: list[str]) -> None:
+    """Each session's id and the task that carries it, when no answer is awaited."""
+    per_task = 1 if len(requests) == 1 else C.SESSION_BATCH_MAX
+    docs = [
+        {"session_id": r["session_id"], "task_id": task_ids[n // per_task]}
+        for n, r in enumerate(requests)
+    ]
+    lines = [f"session {d['session_id']} sent" for d in docs]
+    say(as_json, docs, "\n".join([*lines, f"sent as {len(task_ids)} task(s)"]))
 
 
 def _per_session(answers: list[dict[str, Any]], count: int) -> list[dict[str, Any]]:

@@ -14,6 +14,14 @@ from tasks.cli.errors import EXIT_UNREACHABLE, CliError, Unreachable, classify
 from tasks.cli.root import BROKER_CHECK_SEC, CommandRoot, broker_reachable
 
 
+class CutShort(CliError):
+    """A burst of sends that stopped partway: the first `sent` tasks went out."""
+
+    def __init__(self, message: str, code: int, sent: int) -> None:
+        super().__init__(message, code)
+        self.sent = sent
+
+
 class Remote:
     """Sends tasks by name and waits for their answer until one shared deadline."""
 
@@ -65,17 +73,19 @@ class Remote:
             )
         self._broker_seen = True
 
-    def _cut_short(self, error: BaseException, sent: int, total: int) -> CliError:
+    def _cut_short(self, error: BaseException, sent: int, total: int) -> CutShort:
         """The one-line error of a burst that stopped after `sent` of `total` tasks."""
         code, line = classify(error)
         why = line.split(": ", 1)[-1]
         first = f" (the first {sent} in the order given)" if sent else ""
         if code == EXIT_UNREACHABLE:
-            return Unreachable(
-                f"the broker at {self.settings.redis_url} stopped answering after {sent} of "
-                f"{total} task(s) were sent{first}: {why}"
+            message = (
+                f"unreachable: the broker at {self.settings.redis_url} stopped answering after "
+                f"{sent} of {total} task(s) were sent{first}: {why}"
             )
-        return CliError(f"failed: {sent} of {total} task(s) sent{first}, then: {why}", code)
+        else:
+            message = f"failed: {sent} of {total} task(s) sent{first}, then: {why}"
+        return CutShort(message, code, sent)
 
     def answer(self, result: Any) -> dict[str, Any]:
         """The task's JSON answer; raises Unreachable when no worker answers in time."""

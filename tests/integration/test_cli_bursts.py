@@ -52,3 +52,41 @@ async def test_sc_op_004_count_with_pending_prints_every_session(
         for line in lines:
             sid = SessionId(uuid.UUID(line.split()[1]))
             assert c.session(sid).status == SessionStatus.PENDING
+
+
+async def test_sc_op_004_wait_0_prints_every_id_and_a_resent_id_is_stored_once(
+    tmp_path: Path, valkey_url: str
+) -> None:
+    """SC-OP-004: `session create --count 1500 --wait 0 --json` prints 1,500 session ids and
+    the two batch tasks that carry them (1,000 + 500) before any worker answered; those ids
+    are the sessions the worker stores. A request naming a stored session's id is answered
+    with that session and stores nothing new."""
+    async with running_cluster(tmp_path, valkey_url, agents=1, runtime="sim") as c:
+        done = cli(
+            c, "session", "create", "--image", IMAGE, *ONE_CPU, "--count", "1500",
+            "--wait", "0", "--json",
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        sent = json.loads(done.stdout)["sessions"]
+        assert len({s["session_id"] for s in sent}) == 1500
+        tasks = [s["task_id"] for s in sent]
+        assert len(set(tasks)) == 2 and tasks.count(tasks[0]) == 1000
+        for task_id in set(tasks):
+            answer = c.app.AsyncResult(task_id).get(timeout=120)
+            assert not answer["refused"], answer["refused"][:2]
+        stored = {str(s.id) for s in c.repo.sessions_in(list(SessionStatus))}
+        assert stored == {s["session_id"] for s in sent}
+
+        again = c.send(
+            "sokovan.session.create", request={"image": IMAGE, "session_id": sent[0]["session_id"]}
+        )
+        assert again["session_id"] == sent[0]["session_id"] and "error" not in again, again
+        assert len(c.repo.sessions_in(list(SessionStatus))) == 1500
+
+        text = cli(c, "session", "create", "--image", IMAGE, "--count", "2", "--wait", "0")
+        assert text.returncode == 0, text.stderr
+        lines = text.stdout.strip().splitlines()
+        assert lines[-1] == "sent as 1 task(s)", lines
+        assert [line.split()[0] + " " + line.split()[2] for line in lines[:-1]] == [
+            "session sent"
+        ] * 2
