@@ -6,6 +6,7 @@ Each test runs a Valkey server of its own, so the server-wide connection counter
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -146,3 +147,27 @@ def test_a_broker_lost_mid_burst_says_how_many_were_sent(tmp_path: Path) -> None
     assert len(lines) == 1, err[-2000:]
     assert lines[0].startswith("unreachable: "), lines[0]
     assert "of 20000" in lines[0], lines[0]
+
+
+def test_creating_ten_thousand_opens_a_bounded_number_of_connections(
+    tmp_path: Path, own_valkey: str
+) -> None:
+    """SC-OP-004: `session create --count 10000 --wait 0 --json` with no worker queues ten
+    batch messages over a handful of broker connections and prints all 10,000 session ids."""
+    senv = make_env(tmp_path, own_valkey)
+    args = ["session", "create", "--image", IMAGE, "--count", "10000", "--wait", "0", "--json"]
+    before = connections_received(own_valkey)
+    done = subprocess.run(
+        [SOKOVAN, *args],
+        env=senv.env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    opened = connections_received(own_valkey) - before - 1
+    assert done.returncode == 0, done.stderr[-2000:]
+    sessions = json.loads(done.stdout)["sessions"]
+    assert len({s["session_id"] for s in sessions}) == 10_000
+    assert len({s["task_id"] for s in sessions}) == 10
+    assert queued(senv.settings.redis_url) == 10
+    assert opened <= CONNECTIONS_PER_COMMAND, opened
