@@ -168,7 +168,9 @@ def terminate(
     remote = Remote(r, wait)
     results = remote.send_all(names.SESSION_TERMINATE, calls)
     if not wait:
-        say(as_json, [{"task_id": r.id} for r in results], f"sent as {len(sids)} task(s)")
+        pairs = zip(sids, results, strict=True)
+        sent = [{"session_id": str(sid), "task_id": t.id} for sid, t in pairs]
+        say(as_json, sent, f"sent as {len(sids)} task(s)")
         return
     answers = [remote.answer(r) for r in results]
     refused = [a for a in answers if a.get("error")]
