@@ -134,8 +134,10 @@ def _submit(
     requests = [
         {**request, "environ": environ, "session_id": str(uuid.uuid4())} for environ in environs
     ]
+    sent: list[dict[str, Any]] = []
     try:
         results = _send(remote, requests)
+        sent = requests
         if not remote.wait:
             _say_sent(as_json, requests, [r.id for r in results])
             return None
@@ -144,9 +146,11 @@ def _submit(
         if store:  # nothing will bind these secrets to a session
             for environ in environs:
                 store.discard(environ)
-        if isinstance(e, CutShort) and e.sent:
+        if isinstance(e, CutShort):
             sent = requests[: e.sent * (1 if count == 1 else C.SESSION_BATCH_MAX)]
-            typer.echo("\n".join(f"session {r['session_id']} sent" for r in sent))
+        if sent:  # the ids asked for, before the one-line error
+            docs = [{"session_id": r["session_id"]} for r in sent]
+            say(as_json, docs, "\n".join(f"session {d['session_id']} sent" for d in docs))
         raise
     docs = answers if count == 1 else _per_session(answers, count)
     for doc, environ in zip(docs, environs, strict=True):

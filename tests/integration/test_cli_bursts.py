@@ -12,6 +12,7 @@ import pytest
 
 from sokovan.types import SessionId, SessionStatus
 from tests.cluster import IMAGE, Cluster, running_cluster
+from tests.workers import make_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -90,3 +91,22 @@ async def test_sc_op_004_wait_0_prints_every_id_and_a_resent_id_is_stored_once(
         assert [line.split()[0] + " " + line.split()[2] for line in lines[:-1]] == [
             "session sent"
         ] * 2
+
+
+def test_sc_op_004_ids_printed_when_no_worker_answers(tmp_path: Path, valkey_url: str) -> None:
+    """SC-OP-004: with no worker, `session create --count 3 --wait 2` prints the 3 session
+    ids it sent and exits 3 with one line saying no worker answered."""
+    senv = make_env(tmp_path, valkey_url)
+    done = subprocess.run(
+        [SOKOVAN, "session", "create", "--image", IMAGE, "--count", "3", "--wait", "2"],
+        env=senv.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 3, (done.stdout, done.stderr)
+    lines = done.stdout.strip().splitlines()
+    assert len(lines) == 3 and all(line.endswith(" sent") for line in lines), lines
+    assert len({uuid.UUID(line.split()[1]) for line in lines}) == 3
+    errors = done.stderr.strip().splitlines()
+    assert len(errors) == 1 and errors[0].startswith("unreachable: no answer"), done.stderr
