@@ -146,6 +146,11 @@ SSH_KEY_BITS: Final = 2048
 SINGLE_NODE_NETWORK_PREFIX: Final = "bai-singlenode-"
 # Redis connections one worker process opens at most; a burst beyond it waits for one.
 REDIS_MAX_CONNECTIONS: Final = 64
+# Redis connections a short-lived process (a CLI command, the demo, the exporter) opens at
+# most: it makes one call at a time, plus a spare for a thread such as `up`'s readiness check.
+PROCESS_REDIS_MAX_CONNECTIONS: Final = 4
+# Socket timeout of those clients: a broker on this machine or the LAN answers in milliseconds.
+PROCESS_REDIS_TIMEOUT_SEC: Final = 2.0
 # How long a Redis call waits for a free pooled connection before failing.
 REDIS_POOL_WAIT_SEC: Final = 30.0
 # Reconnect attempts of one Redis call: with the backoff below they span about 11 s, so a

@@ -75,14 +75,15 @@ class LedgerCollector(Collector):
 
     def __init__(
         self,
-        engine: sa.Engine,
+        ledger: RunLedger,
+        stats: RunStats,
         handlers: Sequence[str] | None = None,
         redis: ListLengths | None = None,
     ) -> None:
-        self._engine = engine
+        self._engine = ledger.engine
         self._redis = redis
-        self._stats = RunStats(engine)
-        self._ledger = RunLedger(engine)
+        self._stats = stats
+        self._ledger = ledger
         # Every declared handler is labelled, whether or not it has run yet.
         self._handlers = tuple(handler_names() if handlers is None else handlers)
         self._mono = _Monotonic()
@@ -229,23 +230,27 @@ class LedgerCollector(Collector):
 
 
 def registry_for(
-    engine: sa.Engine, handlers: Sequence[str] | None = None, redis: ListLengths | None = None
+    ledger: RunLedger,
+    stats: RunStats,
+    handlers: Sequence[str] | None = None,
+    redis: ListLengths | None = None,
 ) -> CollectorRegistry:
     """A registry holding only the ledger collector (read at scrape time, not at registration)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(LedgerCollector(engine, handlers, redis))
+    registry.register(LedgerCollector(ledger, stats, handlers, redis))
     return registry
 
 
 def serve(
-    engine: sa.Engine,
+    ledger: RunLedger,
+    stats: RunStats,
     port: int,
     addr: str = C.METRICS_HOST,
     handlers: Sequence[str] | None = None,
     redis: ListLengths | None = None,
 ) -> tuple[WSGIServer, threading.Thread]:
     """Serves /metrics on `addr:port` from a daemon thread; shut it down with server.shutdown()."""
-    registry = registry_for(engine, handlers, redis)
+    registry = registry_for(ledger, stats, handlers, redis)
     server, thread = start_http_server(port, addr=addr, registry=registry)
     log.info("ledger metrics on http://%s:%s/metrics", addr, port)
     return server, thread

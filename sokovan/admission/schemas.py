@@ -206,6 +206,12 @@ class CreateSessionRequest(Payload):
         True,
         description="Wait as PENDING when no agent has room now; false refuses with NoCapacity.",
     )
+    session_id: Uuid | None = Field(
+        None,
+        description="The id to store it under, chosen by the sender so it knows the id before "
+        "the answer; a request naming a stored session is answered with that session, never "
+        "stored twice. Null: the scheduler picks one.",
+    )
 
     @field_validator("kernels")
     @classmethod

@@ -47,6 +47,8 @@ class SessionRequest:
 
     # Wait as PENDING when no agent has room now; False refuses with NoCapacity instead.
     queue: bool = True
+    # Chosen by the sender (None: minted here); a stored one is answered, not stored again.
+    session_id: SessionId | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,8 +229,15 @@ def store_placed(
     secrets: SecretBinder | None = None,
 ) -> Submitted:
     """Places one request in an open placement transaction and stores it (PENDING if it
-    must wait); the view then counts its kernels' slots as taken."""
-    session_id = SessionId(uuid.uuid4())
+    must wait); the view then counts its kernels' slots as taken.
+
+    A request naming a session already stored (a resent or redelivered message) is answered
+    with that session as it stands."""
+    session_id = request.session_id or SessionId(uuid.uuid4())
+    if request.session_id is not None:
+        stored = repo.stored_status(view, request.session_id)
+        if stored is not None:
+            return Submitted(session_id, stored)
     placed = place_or_queue(request, view)
     status = SessionStatus.PENDING if placed is None else SessionStatus.SCHEDULED
     environ = _store_environ(session_id, request.environ, secrets, view.conn)

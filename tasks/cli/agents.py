@@ -10,14 +10,15 @@ import typer
 from sokovan import constants as C
 from sokovan.agentd.specs import parse_size
 from sokovan.bootstrap import build_redis
-from sokovan.db.repository import AgentRow, SchedulerRepository
+from sokovan.db.repository import AgentRow
 from sokovan.errors import ConfigError, InvalidRequest
 from sokovan.scheduler.agents import sync_agents
 from sokovan.scheduler.liveness import hand_to_deadline_path
 from sokovan.scheduler.transitions import NON_TERMINAL_KERNEL
 from sokovan.types import AgentId, ResourceSlot
-from tasks.cli.common import JsonOption, engine, print_json, print_table, settings
+from tasks.cli.common import JsonOption, print_json, print_table
 from tasks.cli.errors import BadInput, Refused
+from tasks.cli.root import root
 
 app = typer.Typer(help="Registered agents: list, register, remove, sync.", no_args_is_help=True)
 
@@ -32,7 +33,7 @@ def list_cmd(
     as_json: bool = JsonOption,
 ) -> None:
     """Lists agents with capacity and what their live kernels hold."""
-    repo = SchedulerRepository(engine())
+    repo = root().repository
     used = repo.occupied_by_agent()
     agents = [a for a in repo.list_agents() if status is None or a.status == status.upper()]
     contact = {c.id: c.last_contact for c in repo.agent_contacts()}
@@ -86,7 +87,7 @@ def register(
         raise BadInput(f"--mem: {e}") from None
     except (ValueError, ArithmeticError):
         raise BadInput(f"--cpu {cpu!r}: expected a number of cores") from None
-    SchedulerRepository(engine()).upsert_agent(
+    root().repository.upsert_agent(
         AgentRow(
             id=AgentId(agent_id), rpc_addr=rpc_addr, scaling_group=scaling_group, capacity=capacity
         )
@@ -102,7 +103,7 @@ def remove(
     ),
 ) -> None:
     """Unregisters an agent; refuses while kernels live there unless --force."""
-    repo = SchedulerRepository(engine())
+    repo = root().repository
     try:
         live = repo.remove_agent(AgentId(agent_id), force=force)
     except InvalidRequest as e:
@@ -118,8 +119,8 @@ def remove(
 @app.command()
 def sync(as_json: bool = JsonOption) -> None:
     """Copies reference agents' self-registrations from Valkey into the agents table."""
-    s = settings()
-    repo = SchedulerRepository(engine(s))
+    r = root()
+    s, repo = r.settings, r.repository
 
     async def go() -> dict[str, int]:
         redis = build_redis(s)

@@ -73,6 +73,20 @@ CASES = [
         2,
         "--rpc-addr",
     ),
+    (
+        "count above its maximum",
+        ["session", "create", "--image", IMAGE, "--count", "10001"],
+        {},
+        2,
+        "--count",
+    ),
+    (
+        "count overflowing",
+        ["session", "create", "--image", IMAGE, "--count", "99999999999999999999"],
+        {},
+        2,
+        "--count",
+    ),
     ("unknown run", ["runs", "show", "999"], {}, 1, "999"),
     ("image name", ["image", "add", ""], {}, 2, "image"),
     (

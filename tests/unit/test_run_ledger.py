@@ -282,7 +282,9 @@ def test_sc_rl_010_prometheus_counters_from_the_ledger(ledger: RunLedger) -> Non
         seconds=2.0,
     )
     ledger.set_paused("sweep_stale_kernels", True)
-    registry = registry_for(ledger.engine, ["terminate_sessions", "sweep_stale_kernels"])
+    registry = registry_for(
+        ledger, RunStats(ledger.engine), ["terminate_sessions", "sweep_stale_kernels"]
+    )
 
     first = scrape(generate_latest(registry).decode())
 
@@ -313,7 +315,7 @@ def test_sc_rl_010_metrics_served_over_http(ledger: RunLedger) -> None:
     """SC-RL-010: the exporter answers /metrics over HTTP beside Flower's own metrics."""
     finished_run(ledger, "terminate_sessions", [destroy("k1", "s")])
     port = free_port()
-    server, thread = serve(ledger.engine, port)
+    server, thread = serve(ledger, RunStats(ledger.engine), port)
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
             body = reply.read().decode()
