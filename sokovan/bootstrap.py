@@ -147,7 +147,7 @@ async def build_services(
         tracked,
         destroy_concurrency=settings.destroy_concurrency,
         check_running_concurrency=settings.check_running_concurrency,
-        identities=repository,
+        verify_identity=True,
     )
     coordinator = Coordinator(
         states=repository,

@@ -15,7 +15,6 @@ from sokovan.errors import AgentUnavailable, PresenceUnavailable
 from sokovan.types import (
     AgentBatch,
     AgentId,
-    AgentIdentity,
     HealthCheckStatus,
     ImageConfig,
     ItemOutcome,
@@ -190,20 +189,6 @@ class FakePresence:
             if seen is None or seen.presence == HealthCheckStatus.STALE:
                 out[position] = seen
         return out
-
-
-class FakeIdentityBook:
-    """Recorded agent identities set by the test; records each lookup."""
-
-    def __init__(self, identities: Mapping[AgentId, AgentIdentity] | None = None) -> None:
-        self.identities: dict[AgentId, AgentIdentity] = dict(identities or {})
-        self.lookups: list[list[AgentId]] = []
-
-    async def recorded_identities(
-        self, agent_ids: Collection[AgentId]
-    ) -> Mapping[AgentId, AgentIdentity]:
-        self.lookups.append(list(agent_ids))
-        return {a: self.identities[a] for a in agent_ids if a in self.identities}
 
 
 Executor = Callable[[Operation, AgentBatch], Awaitable[list[ItemOutcome]]]

@@ -164,8 +164,6 @@ class KernelInfo:
     preopen_ports: tuple[int, ...] = ()
     # The scheduler's own notes on the kernel: attempts, next attempt, last error.
     status_data: Mapping[str, Any] = field(default_factory=dict)
-    # When the kernel became RUNNING: an agent instance that started later never hosted it.
-    running_since: datetime | None = None
 
 
 # The user of a session made without one; a UUID is immutable, so one instance serves all.

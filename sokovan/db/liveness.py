@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Collection, Mapping
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -98,12 +97,6 @@ class LivenessStore(SqlBase):
                 )
                 for a, inst, since in conn.execute(query)
             }
-
-    async def recorded_identities(
-        self, agent_ids: Collection[AgentId]
-    ) -> Mapping[AgentId, AgentIdentity]:
-        """AgentIdentityBook port."""
-        return await asyncio.to_thread(self.agent_identities, agent_ids)
 
     def live_kernel_infos(self, agent_ids: Collection[AgentId]) -> list[KernelInfo]:
         """Non-terminal kernels on these agents, with what force-termination records."""

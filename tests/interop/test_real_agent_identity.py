@@ -25,7 +25,7 @@ async def test_sc_fa_003_real_agent_at_another_agents_address_kills_nothing(
     """SC-FA-003: a kernel of agent X whose address a real agent (another id) now holds.
 
     Given X registered at the real agent's address, and a kernel of X with no presence,
-    When stage 2 runs with the identity book,
+    When stage 2 runs with identity checks,
     Then the real agent answers `health` (naming no id) but refuses check_running for X's
     id (AgentIdNotFoundError): the kernel is "identity", not dead. The agent's own id is
     verified the same way and its answer for an unknown kernel (False) does kill.
@@ -38,7 +38,7 @@ async def test_sc_fa_003_real_agent_at_another_agents_address_kills_nothing(
     pool = AgentClientPool(repo, Settings(agent_call_timeout=30))
     stranger = KernelInfo(KernelId(uuid.uuid4()), SessionId(uuid.uuid4()), AgentId("i-lost-x"))
     own = KernelInfo(KernelId(uuid.uuid4()), SessionId(uuid.uuid4()), AgentId(real_agent.agent_id))
-    terminator = SessionTerminator(pool, FakePresence(), RefusingFanOut(), identities=repo)
+    terminator = SessionTerminator(pool, FakePresence(), RefusingFanOut(), verify_identity=True)
     try:
         judgement = await terminator.judge_stale_kernels([stranger, own])
     finally:
