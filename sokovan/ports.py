@@ -255,6 +255,7 @@ class Ledger(Protocol):
         note: str | None = None,
         bulk_ok: int = 0,
         held: bool = False,
+        partial: bool = False,
     ) -> RunRecord | None: ...
 
     def finish_as(self, run_id: RunId, status: RunStatus, note: str) -> bool: ...

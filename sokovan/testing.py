@@ -481,14 +481,15 @@ class InMemoryLedger:
         note: str | None = None,
         bulk_ok: int = 0,
         held: bool = False,
+        partial: bool = False,
     ) -> Any:
-        from sokovan.db.ledger import final_status
+        from sokovan.db.ledger import closing_status
 
         run = self.runs[run_id]
         if run.record.status != RunStatus.RUNNING:
             return None
         ok, failed, skipped = self._counts(run_id, bulk_ok)
-        status = RunStatus.HELD if held and error is None else final_status(ok, failed, error)
+        status = closing_status(ok, failed, error, held, partial)
         run.record = dataclasses.replace(
             run.record,
             status=status,

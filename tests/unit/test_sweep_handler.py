@@ -46,11 +46,15 @@ def build(
     max_stale_ratio: float = 0.5,
     brake_min_kernels: int = 10,
     page_size: int = 10_000,
+    brake_reap_share: float = 0.0,
 ) -> SweepStaleKernelsKernelHandler:
+    """The handler; its brake reaps nothing unless `brake_reap_share` says so (SC-CV-010)."""
     terminator = SessionTerminator(
         pool, presence, InProcessFanOut(_no_fanout), presence_page_size=page_size
     )
-    return SweepStaleKernelsKernelHandler(terminator, max_stale_ratio, brake_min_kernels)
+    return SweepStaleKernelsKernelHandler(
+        terminator, max_stale_ratio, brake_min_kernels, brake_reap_share
+    )
 
 
 def test_handler_declares_name_lock_and_transitions() -> None:

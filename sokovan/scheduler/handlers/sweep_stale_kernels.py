@@ -24,6 +24,7 @@ from sokovan.scheduler.handlers.base import (
     Transition,
 )
 from sokovan.scheduler.handlers.terminate_sessions import NAME as TERMINATE
+from sokovan.scheduler.sweep_brake import RatioBrake, judge_braked
 from sokovan.scheduler.sweep_load import load_sweep_targets
 from sokovan.scheduler.terminator import SessionTerminator, StaleJudgement
 from sokovan.scheduler.transitions import parse_ids, request_termination, session_ids_of
@@ -46,6 +47,10 @@ STALE_KERNEL_REASON = "STALE_KERNEL"
 ABNORMAL_TERMINATION = "ABNORMAL_TERMINATION"
 # Reason on kernels left alone because the brake held the whole run.
 BRAKE_REASON = "SWEEP_BRAKE"
+# Reason on kernels confirmed dead that a braked run leaves to the next ones (its reap rate).
+DEFERRED_REASON = "deferred: reap rate of the brake"
+# Reasons of kernels skipped because their agent could not confirm (stage 2's answer follows).
+UNVERIFIED = "unverified"
 DEAD = "dead"
 # A scaling group of one sweep: its kernel count and the kernels judged in full.
 _Group = tuple[int, list[KernelInfo]]
@@ -59,10 +64,10 @@ class SweepStaleKernelsKernelHandler(KernelHandler):
         terminator: SessionTerminator,
         max_stale_ratio: float = C.SWEEP_MAX_STALE_RATIO,
         brake_min_kernels: int = C.SWEEP_BRAKE_MIN_KERNELS,
+        brake_reap_share: float = C.SWEEP_BRAKE_REAP_SHARE,
     ) -> None:
         self._terminator = terminator
-        self._max_stale_ratio = max_stale_ratio
-        self._brake_min_kernels = brake_min_kernels
+        self._brake = RatioBrake(max_stale_ratio, brake_min_kernels, brake_reap_share)
 
     async def execute(
         self,
@@ -77,6 +82,8 @@ class SweepStaleKernelsKernelHandler(KernelHandler):
         `total` is the group's kernel count when `kernels` are only its suspects, so the
         ratio brake weighs them against the whole group. `complete` False: not all RUNNING
         kernels are read (budget, scope); agents' last-check stamps are then left alone.
+        A braked run sets `brake`: with no failures it held; with failures it reaped at the
+        brake's rate and `brake` says how many it left for the next runs.
         """
         if not kernels:
             return KernelExecutionResult()
@@ -86,40 +93,77 @@ class SweepStaleKernelsKernelHandler(KernelHandler):
             return _braked(scaling_group, kernels, f"presence unavailable: {e}", {})
         if total is not None and total > judgement.total:
             judgement = dataclasses.replace(judgement, total=total)
-        brake = self._ratio_brake(judgement)
-        if brake is not None:
-            return _braked(scaling_group, kernels, brake, judgement.evidence())
-        if judgement.candidates:
-            judgement = await self._terminator.confirm_with_agents(judgement)
-        return _classify(kernels, judgement)
+        brake = self._brake.engaged(judgement)
+        if brake is None:
+            if judgement.candidates:
+                judgement = await self._terminator.confirm_with_agents(judgement)
+            return _classify(kernels, judgement)
+        allowance = self._brake.allowance(judgement.total)
+        if not allowance:
+            held = f"{brake}: presence outage suspected"
+            return _braked(scaling_group, kernels, held, judgement.evidence())
+        judgement = await self._terminator.confirm_with_agents(judgement)
+        verdict = judge_braked(brake, judgement, allowance)
+        if verdict.hold is not None:
+            return _braked(scaling_group, kernels, verdict.hold, judgement.evidence())
+        log.warning("sweep of %s is braked: %s", scaling_group, verdict.note)
+        result = _classify(kernels, judgement, frozenset(verdict.deferred))
+        return dataclasses.replace(result, brake=verdict.note)
 
-    def _ratio_brake(self, judgement: StaleJudgement) -> str | None:
-        """Why this run must not kill, when too many kernels look stale at once."""
-        if judgement.total < self._brake_min_kernels:
-            return None
-        if judgement.stale_ratio <= self._max_stale_ratio:
-            return None
-        return (
-            f"{len(judgement.candidates)} of {judgement.total} kernels look stale,"
-            f" above the ratio {self._max_stale_ratio}: presence outage suspected"
-        )
 
-
-def _classify(kernels: Sequence[KernelInfo], judgement: StaleJudgement) -> KernelExecutionResult:
+def _classify(
+    kernels: Sequence[KernelInfo],
+    judgement: StaleJudgement,
+    deferred: frozenset[KernelId] = frozenset(),
+) -> KernelExecutionResult:
     evidence = {e.kernel_id: e for e in judgement.candidates}
     result = KernelExecutionResult(evidence=judgement.evidence())
     for kernel in kernels:
         suspect = evidence.get(kernel.id)
         if suspect is None or suspect.alive:
             result.successes.append(KernelTransitionInfo(kernel.id, kernel.status, None))
+        elif kernel.id in deferred:
+            result.skipped.append(KernelTransitionInfo(kernel.id, kernel.status, DEFERRED_REASON))
         elif suspect.dead:
             result.failures.append(
                 KernelTransitionInfo(kernel.id, kernel.status, STALE_KERNEL_REASON)
             )
         else:
-            reason = f"unverified: {suspect.answer}"
+            reason = f"{UNVERIFIED}: {suspect.answer}"
             result.skipped.append(KernelTransitionInfo(kernel.id, kernel.status, reason))
     return result
+
+
+def _plan(
+    requested: int,
+    outcomes: list[ItemOutcome],
+    bulk_ok: int,
+    brakes: list[str],
+    holds: list[str],
+) -> Plan:
+    """The run's plan: `held` when a brake held, `partial` when kernels were left undecided."""
+    reaped = sum(1 for o in outcomes if o.detail.get("verdict") == DEAD)
+    unverified = sum(1 for o in outcomes if o.skipped and _is_unverified(o.error))
+    deferred = sum(1 for o in outcomes if o.skipped and o.error == DEFERRED_REASON)
+    notes = [f"{reaped} stale kernel(s) terminated"] if requested else []
+    if unverified:
+        notes.append(f"{unverified} kernel(s) unverified (their agent could not confirm): skipped")
+    undecided = notes[1:] + (
+        [f"{deferred} confirmed dead left to the next runs"] if deferred else []
+    )
+    notes += brakes
+    return Plan(
+        requested=requested,
+        outcomes=outcomes,
+        bulk_ok=bulk_ok,
+        note="; ".join(notes) or None,
+        held="; ".join(holds) or None,
+        partial="; ".join(undecided) or None,
+    )
+
+
+def _is_unverified(reason: str | None) -> bool:
+    return reason is not None and reason.startswith(f"{UNVERIFIED}:")
 
 
 def _braked(
@@ -144,6 +188,7 @@ def build(ctx: HandlerContext) -> HandlerRuntime:
         ctx.terminator,
         max_stale_ratio=settings.sweep_max_stale_ratio,
         brake_min_kernels=settings.sweep_brake_min_kernels,
+        brake_reap_share=settings.sweep_brake_reap_share,
     )
 
     async def plan(run_id: RunId, scope: Sequence[str] | None, budget: int) -> Plan:
@@ -160,23 +205,18 @@ def build(ctx: HandlerContext) -> HandlerRuntime:
         outcomes: list[ItemOutcome] = []
         bulk_ok = 0
         brakes: list[str] = []
+        holds: list[str] = []
         for group, (total, members) in groups.items():
             result = await handler.execute(group, members, total=total, complete=complete)
             if result.brake:
                 brakes.append(f"{group}: brake: {result.brake}")
+                if not result.failures:
+                    holds.append(brakes[-1])
             group_outcomes = _outcomes(members, result)
             outcomes.extend(group_outcomes)
             bulk_ok += total - len(group_outcomes)
         requested = sum(total for total, _ in groups.values())
-        reaped = sum(1 for o in outcomes if o.detail.get("verdict") == DEAD)
-        notes = ([f"{reaped} stale kernel(s) terminated"] if requested else []) + brakes
-        return Plan(
-            requested=requested,
-            outcomes=outcomes,
-            bulk_ok=bulk_ok,
-            note="; ".join(notes) or None,
-            held="; ".join(brakes) or None,
-        )
+        return _plan(requested, outcomes, bulk_ok, brakes, holds)
 
     async def _load(only: list[KernelId] | None, budget: int, complete: bool) -> dict[str, _Group]:
         """Each scaling group's kernel count and the kernels to judge in full."""

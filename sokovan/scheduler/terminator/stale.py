@@ -32,6 +32,17 @@ ANSWER_NO_AGENT = "no agent"
 ANSWER_IDENTITY = "identity"
 
 
+def unverified_kind(answer: str) -> str:
+    """The kind of a stage-2 answer that neither kills nor keeps, as a metric label."""
+    if answer == ANSWER_IDENTITY:
+        return "identity"
+    if answer == ANSWER_NO_AGENT:
+        return "no_agent"
+    if answer.startswith("error:"):
+        return "error"  # the agent could not be reached, or its call failed
+    return "no_answer"  # None, or an answer of another shape
+
+
 @dataclass(frozen=True, slots=True)
 class KernelEvidence:
     """Why one kernel was suspected and what its agent said."""
