@@ -127,9 +127,7 @@ async def test_sc_cv_010_mass_death_is_reaped_at_a_bounded_rate(rig: Rig) -> Non
             assert len(before) - len(after) <= brake.allowance(len(before))
             assert run.status == RunStatus.PARTIAL and "left for the next runs" in run.note
         if runs == 1:
-            assert len(before) - len(after) == 4 and "reaping at most 4 per run" in (
-                run.note or ""
-            )
+            assert len(before) - len(after) == 4 and "reaping at most 4 per run" in (run.note or "")
 
     assert runs >= 3
     states = status_of(rig, kids)
