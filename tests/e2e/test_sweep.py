@@ -221,14 +221,20 @@ async def test_sweep_brake_kills_nothing_when_most_kernels_look_stale(
 ) -> None:
     """SC-TE-INT-001 / SC-KH-INT-001 with the brake: a presence outage is not a mass death.
 
-    Given four RUNNING kernels and a brake from four kernels up, when every agent stops
-    writing presence and one kernel's process is really dead, a sweep kills nothing: all
-    four stay RUNNING and the run's note says the brake held and why.
+    Given four RUNNING kernels and a brake from four kernels up that reaps nothing while it
+    is engaged (SOKOVAN_SWEEP_BRAKE_REAP_SHARE=0; SC-CV-010's bounded reaping is covered in
+    test_convergence_sweep), when every agent stops writing presence and one kernel's
+    process is really dead, a sweep kills nothing: all four stay RUNNING and the run's note
+    says the brake held and why.
     Once presence is back, the next sweep reaps the dead kernel alone."""
     async with running_cluster(
         tmp_path,
         valkey_url,
-        settings={"presence_stale_after": str(STALE_AFTER), "sweep_brake_min_kernels": "4"},
+        settings={
+            "presence_stale_after": str(STALE_AFTER),
+            "sweep_brake_min_kernels": "4",
+            "sweep_brake_reap_share": "0",
+        },
         presence_interval=PRESENCE_INTERVAL,
     ) as c:
         sids = running_sessions(

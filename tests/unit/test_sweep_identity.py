@@ -110,7 +110,11 @@ async def test_sc_fa_003_agent_id_refused_by_the_agent_is_unverified() -> None:
 
 
 async def test_health_failure_is_unverified_not_dead() -> None:
-    """An agent that cannot say who it is kills nothing."""
+    """An agent that cannot say who it is kills nothing: unreachable, not a stranger (SC-CV-005).
+
+    Its answer is the error (`unverified: error: ...`), as for any agent that cannot be asked;
+    "identity" is kept for another agent id answering.
+    """
     pool = FakeAgentClientPool()
     a1 = pool.add(A1)
     a1.script("health", AgentRemoteError("RuntimeError", "boom", "health"))
@@ -120,7 +124,8 @@ async def test_health_failure_is_unverified_not_dead() -> None:
     judgement = await build(pool, [k]).judge_stale_kernels([k])
 
     assert judgement.dead_kernel_ids == []
-    assert judgement.candidates[0].answer == "identity"
+    assert (judgement.candidates[0].answer or "").startswith("error: ")
+    assert "boom" in (judgement.candidates[0].answer or "")
     assert a1.calls_to("check_running") == []
 
 

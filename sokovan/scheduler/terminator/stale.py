@@ -213,12 +213,12 @@ class _Asker:
         return done
 
     async def _stranger(self, client: AgentClient, agent_id: AgentId) -> str | None:
-        """Why the agent answering is not `agent_id`; None when it may be."""
-        try:
-            report = await client.health()
-        except Exception as e:
-            log.warning("agent %s: health failed, its identity is unverified: %s", agent_id, e)
-            return f"health failed: {describe_error(e)}"
+        """Why the agent answering is not `agent_id`; None when it may be.
+
+        A failed `health` raises: an agent that cannot be asked is unreachable (its liveness
+        ping fails too), not a stranger.
+        """
+        report = await client.health()
         verdict = judge_report(agent_id, report if isinstance(report, Mapping) else {})
         if verdict.mismatch is not None:
             log.warning(
