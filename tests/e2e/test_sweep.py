@@ -193,7 +193,8 @@ async def test_sweep_reaps_only_kernels_their_agent_confirms_dead(
     then only D's dead kernel is TERMINATED (STALE_KERNEL); session D goes TERMINATING
     (ABNORMAL_TERMINATION) and the terminate handler destroys its sibling, ending
     TERMINATED with no process left; N, E, A and H stay RUNNING with their processes;
-    the run ledger and `sokovan runs show` carry the evidence of both stages per suspect."""
+    the run ends `partial` with N and E counted unverified in its note (SC-CV-005); the run
+    ledger and `sokovan runs show` carry the evidence of both stages per suspect."""
     async with running_cluster(
         tmp_path,
         valkey_url,
@@ -204,8 +205,10 @@ async def test_sweep_reaps_only_kernels_their_agent_confirms_dead(
 
         answer = sweep(c)
 
-        assert answer["status"] == RunStatus.SUCCEEDED, answer
+        # N and E could not be verified: the run says so (SC-CV-005), it did not succeed.
+        assert answer["status"] == RunStatus.PARTIAL, answer
         assert "1 stale kernel(s) terminated" in answer["note"]
+        assert "2 kernel(s) unverified" in answer["note"]
         assert_only_the_dead_reaped(c, k)
         assert_evidence(c, RunId(answer["run_id"]), k)
         shown = show_run(c, answer["run_id"], monkeypatch)
