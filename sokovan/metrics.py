@@ -30,7 +30,7 @@ from sokovan.db.listing import status_counts
 from sokovan.db.stats import RunStats, SessionStats
 from sokovan.scheduler.handlers import handler_names
 from sokovan.scheduler.handlers.sweep_stale_kernels import DECLARATION as SWEEP
-from sokovan.scheduler.handlers.sweep_stale_kernels import UNVERIFIED
+from sokovan.scheduler.sweep_record import UNVERIFIED
 from sokovan.scheduler.terminator import unverified_kind
 from sokovan.types import KernelStatus, RunStatus, SessionStatus
 

@@ -7,7 +7,6 @@ import asyncio
 import dataclasses
 import gc
 import logging
-import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
@@ -26,6 +25,16 @@ from sokovan.scheduler.handlers.base import (
 from sokovan.scheduler.handlers.terminate_sessions import NAME as TERMINATE
 from sokovan.scheduler.sweep_brake import RatioBrake, judge_braked
 from sokovan.scheduler.sweep_load import load_sweep_targets
+from sokovan.scheduler.sweep_record import (
+    ABNORMAL_TERMINATION,
+    BRAKE_REASON,
+    DEAD,
+    DEFERRED_REASON,
+    STALE_KERNEL_REASON,
+    UNVERIFIED,
+    summarize,
+    sweep_outcomes,
+)
 from sokovan.scheduler.terminator import SessionTerminator, StaleJudgement
 from sokovan.scheduler.transitions import parse_ids, request_termination, session_ids_of
 from sokovan.types import (
@@ -43,15 +52,6 @@ from sokovan.types import (
 
 log = logging.getLogger(__name__)
 
-STALE_KERNEL_REASON = "STALE_KERNEL"
-ABNORMAL_TERMINATION = "ABNORMAL_TERMINATION"
-# Reason on kernels left alone because the brake held the whole run.
-BRAKE_REASON = "SWEEP_BRAKE"
-# Reason on kernels confirmed dead that a braked run leaves to the next ones (its reap rate).
-DEFERRED_REASON = "deferred: reap rate of the brake"
-# Reasons of kernels skipped because their agent could not confirm (stage 2's answer follows).
-UNVERIFIED = "unverified"
-DEAD = "dead"
 # A scaling group of one sweep: its kernel count and the kernels judged in full.
 _Group = tuple[int, list[KernelInfo]]
 
@@ -134,38 +134,6 @@ def _classify(
     return result
 
 
-def _plan(
-    requested: int,
-    outcomes: list[ItemOutcome],
-    bulk_ok: int,
-    brakes: list[str],
-    holds: list[str],
-) -> Plan:
-    """The run's plan: `held` when a brake held, `partial` when kernels were left undecided."""
-    reaped = sum(1 for o in outcomes if o.detail.get("verdict") == DEAD)
-    unverified = sum(1 for o in outcomes if o.skipped and _is_unverified(o.error))
-    deferred = sum(1 for o in outcomes if o.skipped and o.error == DEFERRED_REASON)
-    notes = [f"{reaped} stale kernel(s) terminated"] if requested else []
-    if unverified:
-        notes.append(f"{unverified} kernel(s) unverified (their agent could not confirm): skipped")
-    undecided = notes[1:] + (
-        [f"{deferred} confirmed dead left to the next runs"] if deferred else []
-    )
-    notes += brakes
-    return Plan(
-        requested=requested,
-        outcomes=outcomes,
-        bulk_ok=bulk_ok,
-        note="; ".join(notes) or None,
-        held="; ".join(holds) or None,
-        partial="; ".join(undecided) or None,
-    )
-
-
-def _is_unverified(reason: str | None) -> bool:
-    return reason is not None and reason.startswith(f"{UNVERIFIED}:")
-
-
 def _braked(
     scaling_group: str, kernels: Sequence[KernelInfo], brake: str, evidence: dict[str, JSON]
 ) -> KernelExecutionResult:
@@ -212,11 +180,19 @@ def build(ctx: HandlerContext) -> HandlerRuntime:
                 brakes.append(f"{group}: brake: {result.brake}")
                 if not result.failures:
                     holds.append(brakes[-1])
-            group_outcomes = _outcomes(members, result)
+            group_outcomes = sweep_outcomes(members, result)
             outcomes.extend(group_outcomes)
             bulk_ok += total - len(group_outcomes)
         requested = sum(total for total, _ in groups.values())
-        return _plan(requested, outcomes, bulk_ok, brakes, holds)
+        summary = summarize(requested, outcomes, brakes, holds)
+        return Plan(
+            requested=requested,
+            outcomes=outcomes,
+            bulk_ok=bulk_ok,
+            note=summary.note,
+            held=summary.held,
+            partial=summary.partial,
+        )
 
     async def _load(only: list[KernelId] | None, budget: int, complete: bool) -> dict[str, _Group]:
         """Each scaling group's kernel count and the kernels to judge in full."""
@@ -266,46 +242,6 @@ def _collector_paused() -> Iterator[None]:
     finally:
         if enabled:
             gc.enable()
-
-
-def _outcomes(members: Sequence[KernelInfo], result: KernelExecutionResult) -> list[ItemOutcome]:
-    """One outcome per suspected kernel, carrying the evidence of both stages."""
-    by_id = {k.id: k for k in members}
-    out: list[ItemOutcome] = []
-    for info in result.failures:
-        kernel = by_id[info.kernel_id]
-        evidence = dict(result.evidence.get(str(info.kernel_id), {}))
-        evidence["verdict"] = DEAD
-        evidence["session_id"] = str(kernel.session_id)
-        out.append(ItemOutcome(str(info.kernel_id), kernel.agent_id, ok=True, detail=evidence))
-    for info in result.skipped:
-        evidence = dict(result.evidence.get(str(info.kernel_id), {}))
-        evidence["verdict"] = info.reason or "unverified"
-        out.append(
-            ItemOutcome(
-                str(info.kernel_id),
-                by_id[info.kernel_id].agent_id,
-                ok=False,
-                error=info.reason,
-                detail=evidence,
-                skipped=True,
-            )
-        )
-    # Every other suspect was found alive: a success with a row; the unsuspected get none.
-    # Walking the evidence, not the successes, keeps this to the few suspects of a large run.
-    decided = {o.item_id for o in out}
-    for key, seen in result.evidence.items():
-        if key not in decided:
-            alive = by_id.get(KernelId(uuid.UUID(key)))
-            out.append(
-                ItemOutcome(
-                    key,
-                    None if alive is None else alive.agent_id,
-                    ok=True,
-                    detail={**seen, "verdict": "alive"},
-                )
-            )
-    return out
 
 
 DECLARATION = HandlerDeclaration(
