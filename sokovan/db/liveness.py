@@ -147,7 +147,8 @@ def _record_instance(
     conn: sa.Connection, agent_id: AgentId, instance_id: str | None, now: datetime
 ) -> None:
     # The first marker seen has no earlier instance to tell apart: instance_since stays empty.
-    # A different one means a restart or another agent: kernels that ran before it are not its.
+    # A different one means the agent restarted: a record of when, not a judge of its kernels
+    # (an agent id is its node; the sweep trusts whichever instance serves the id).
     if instance_id is None:
         return
     row = agents.c
