@@ -26,12 +26,12 @@ from celery import Celery
 from redis.asyncio import Redis
 
 from sokovan.constants import AGENT_CALL_TIMEOUT_SEC
-from sokovan.db.ledger import RunLedger, utcnow
+from sokovan.db.ledger import RunLedger
 from sokovan.db.repository import SchedulerRepository
 from sokovan.db.schema import kernels, sessions
 from sokovan.embedded import EmbeddedValkey
 from sokovan.scheduler.agents import sync_agents
-from sokovan.types import AgentId, ImageConfig, KernelStatus, SessionStatus
+from sokovan.types import AgentId, ImageConfig, KernelStatus, SessionStatus, utcnow
 from tasks.app import create_app
 from tests.agents import AgentProcess, agent_process
 from tests.workers import SchedulerEnv, WorkerProcess, celery_worker, make_env

@@ -140,17 +140,7 @@ async def build_services(
     )
     pool = pool or build_agent_pool(settings, repository)
     tracker = tracker or FanOutTracker(redis)
-    tracked = TrackedFanOut(fanout, tracker, ledger)
-    terminator = SessionTerminator(
-        pool,
-        presence,
-        tracked,
-        destroy_concurrency=settings.destroy_concurrency,
-        check_running_concurrency=settings.check_running_concurrency,
-        verify_identity=True,
-    )
     coordinator = Coordinator(
-        states=repository,
         ledger=ledger,
         claims=claims or RedisClaims(redis),
         kicker=kicker,
@@ -159,6 +149,15 @@ async def build_services(
         run_deadline=settings.run_deadline,
         budgets=settings.budgets,
         record_empty_beat_runs=settings.record_empty_beat_runs,
+    )
+    tracked = TrackedFanOut(fanout, tracker, ledger, settle=coordinator.settle)
+    terminator = SessionTerminator(
+        pool,
+        presence,
+        tracked,
+        destroy_concurrency=settings.destroy_concurrency,
+        check_running_concurrency=settings.check_running_concurrency,
+        verify_identity=True,
     )
     key = load_or_create_key(settings.secret_key, settings.var_dir)
     secrets = SqlSecretStore(engine, key)

@@ -85,6 +85,12 @@ PRUNE_INTERVAL_SEC: Final = 3600.0
 # Celery: soft limit lets a task record its failure before the hard kill.
 TASK_SOFT_TIME_LIMIT_SEC: Final = 300
 TASK_TIME_LIMIT_SEC: Final = 330
+# A batch records its outcomes and kernel moves itself; a database busy for a moment (SQLite's
+# write lock under a burst) gets this many tries, RECORD_RETRY_SEC apart and growing, before
+# the task fails and the run's next tick re-plans the batch's kernels from SQL.
+RECORD_ATTEMPTS: Final = 4
+RECORD_RETRY_SEC: Final = 0.5
+
 # Redis visibility timeout must exceed the longest task or it is redelivered while running.
 BROKER_VISIBILITY_TIMEOUT_SEC: Final = 3600
 # A worker told to stop gives its running tasks this long, then hands the rest back to the

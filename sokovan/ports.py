@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from sokovan.types import (
     AgentAddress,
@@ -14,17 +14,16 @@ from sokovan.types import (
     ImageConfig,
     ItemOutcome,
     KernelId,
+    KernelMove,
     KernelPresence,
-    KernelStatus,
     Operation,
+    Recorded,
     RunId,
+    RunRecord,
     RunStatus,
     RunTrigger,
     SessionId,
 )
-
-if TYPE_CHECKING:
-    from sokovan.db.ledger import RunRecord
 
 
 class AgentClient(Protocol):
@@ -160,22 +159,6 @@ class SecretStore(Protocol):
         ...
 
 
-class KernelMover(Protocol):
-    """Guarded kernel status moves: the coordinator applies declared transitions with it."""
-
-    def transition_kernels(
-        self,
-        kernel_ids: Collection[KernelId],
-        to: KernelStatus,
-        allowed_from: Collection[KernelStatus],
-        *,
-        status_info: str | None = None,
-        values: Mapping[KernelId, Mapping[str, Any]] | None = None,
-    ) -> list[KernelId]:
-        """Moves kernels that are in `allowed_from` to `to`; returns the ones that moved."""
-        ...
-
-
 class HandlerKicker(Protocol):
     """Starts a handler run soon (a Celery task in production)."""
 
@@ -246,6 +229,10 @@ class Ledger(Protocol):
     def update_run(self, run_id: RunId, **values: Any) -> None: ...
 
     def record_items(self, run_id: RunId, outcomes: Sequence[ItemOutcome]) -> int: ...
+
+    def record_and_move(
+        self, run_id: RunId, outcomes: Sequence[ItemOutcome], moves: Sequence[KernelMove] = ()
+    ) -> Recorded: ...
 
     def close_run(
         self,

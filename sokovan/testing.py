@@ -19,9 +19,11 @@ from sokovan.types import (
     ImageConfig,
     ItemOutcome,
     KernelId,
+    KernelMove,
     KernelPresence,
     KernelStatus,
     Operation,
+    Recorded,
     RunId,
     RunStatus,
     RunTrigger,
@@ -388,7 +390,7 @@ class InMemoryTracker:
 
 
 class InMemoryKernelStates:
-    """KernelMover over a dict of kernel statuses; records every move."""
+    """Kernel statuses in a dict, moved by the in-memory ledger; records every move."""
 
     def __init__(self, statuses: Mapping[KernelId, KernelStatus] | None = None) -> None:
         self.statuses: dict[KernelId, KernelStatus] = dict(statuses or {})
@@ -420,11 +422,13 @@ class _Run:
 
 
 class InMemoryLedger:
-    """The Ledger port in memory: runs, their items and paused handlers."""
+    """The Ledger port in memory: runs, their items and paused handlers; kernel moves go to
+    `states`, with the outcomes that decided them."""
 
-    def __init__(self) -> None:
-        from sokovan.db.ledger import RunRecord, utcnow
+    def __init__(self, states: InMemoryKernelStates | None = None) -> None:
+        from sokovan.types import RunRecord, utcnow
 
+        self.states = states if states is not None else InMemoryKernelStates()
         self._record = RunRecord
         self._now = utcnow
         self.runs: dict[RunId, _Run] = {}
@@ -466,6 +470,21 @@ class InMemoryLedger:
         new = [o for o in outcomes if o.item_id not in items]
         items.update((o.item_id, o) for o in new)
         return len(new)
+
+    def record_and_move(
+        self, run_id: RunId, outcomes: Sequence[ItemOutcome], moves: Sequence[KernelMove] = ()
+    ) -> Recorded:
+        """Records outcomes and applies `moves` while the run is live, else keeps nothing."""
+        if self.runs[run_id].record.status != RunStatus.RUNNING:
+            return Recorded(counted=False, inserted=0, moved={})
+        inserted = self.record_items(run_id, outcomes)
+        moved = {
+            m.verdict: self.states.transition_kernels(
+                m.kernel_ids, m.to, m.allowed_from, status_info=m.status_info
+            )
+            for m in moves
+        }
+        return Recorded(counted=True, inserted=inserted, moved=moved)
 
     def _counts(self, run_id: RunId, bulk_ok: int = 0) -> tuple[int, int, int]:
         items = self.runs[run_id].items.values()

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from enum import StrEnum
 from typing import Any, Final, NewType
@@ -16,6 +16,11 @@ AgentId = NewType("AgentId", str)
 RunId = NewType("RunId", int)
 
 JSON = dict[str, Any]
+
+
+def utcnow() -> datetime:
+    """Now, timezone-aware UTC."""
+    return datetime.now(UTC)
 
 
 class KernelStatus(StrEnum):
@@ -164,6 +169,8 @@ class KernelInfo:
     preopen_ports: tuple[int, ...] = ()
     # The scheduler's own notes on the kernel: attempts, next attempt, last error.
     status_data: Mapping[str, Any] = field(default_factory=dict)
+    # False: create_kernels was never sent for it, so no agent can hold its container.
+    create_sent: bool = True
 
 
 # The user of a session made without one; a UUID is immutable, so one instance serves all.
@@ -281,17 +288,61 @@ class AgentBatch:
     items: tuple[JSON, ...]
 
 
+class Verdict(StrEnum):
+    """What became of one item of a run; a handler's declared transitions are keyed by it."""
+
+    OK = "ok"  # the agent did what was asked
+    FAILED = "failed"  # the agent refused or could not be asked; the item is tried again
+    SKIPPED = "skipped"  # nothing was asked (no agent assigned)
+    DEAD = "dead"  # the sweep: presence lapsed and the agent confirmed "not running"
+    ALIVE = "alive"  # the sweep: a suspect its agent says still runs
+    UNVERIFIED = "unverified"  # the sweep: the agent could not vouch for the kernel
+    BRAKED = "braked"  # the sweep: the brake held the whole run
+    DEFERRED = "deferred"  # the sweep: confirmed dead, left to a later run by the reap rate
+    FORCED = "forced"  # given up past its deadline (FORCE_TERMINATED)
+    LOST = "agent_lost"  # given up past its deadline on a lost agent (AGENT_LOST)
+    NEVER_CREATED = "never_created"  # terminated with no destroy: no create was ever sent
+    HANDED_OVER = "deadline_path"  # a lost agent's kernel, handed to the deadline path
+
+
+# How the ledger counts each verdict: a success, a failure, or skipped.
+SUCCESS_VERDICTS: Final = frozenset(
+    {Verdict.OK, Verdict.DEAD, Verdict.ALIVE, Verdict.NEVER_CREATED, Verdict.HANDED_OVER}
+)
+SKIPPED_VERDICTS: Final = frozenset(
+    {Verdict.SKIPPED, Verdict.UNVERIFIED, Verdict.BRAKED, Verdict.DEFERRED}
+)
+
+
 @dataclass(frozen=True, slots=True)
 class ItemOutcome:
-    """Result of one item (kernel or agent call) of a fan-out, JSON-safe."""
+    """Result of one item (kernel or agent call) of a fan-out, JSON-safe.
+
+    `verdict` says what became of the item; `ok` and `skipped` are how the ledger counts it
+    and follow from the verdict (given `ok`/`skipped` alone, the verdict is ok, failed or
+    skipped). `moved` is True once the verdict's declared kernel move was applied, in the
+    same transaction that recorded the outcome.
+    """
 
     item_id: str
     agent_id: str | None
-    ok: bool
+    ok: bool = False
     error: str | None = None
     duration: float = 0.0
     detail: JSON = field(default_factory=dict)
     skipped: bool = False
+    verdict: Verdict = None  # type: ignore[assignment]  # set from ok/skipped when omitted
+    moved: bool = False
+
+    def __post_init__(self) -> None:
+        if self.verdict is None:
+            plain = Verdict.SKIPPED if self.skipped else Verdict.OK if self.ok else Verdict.FAILED
+            object.__setattr__(self, "verdict", plain)
+        else:
+            verdict = Verdict(self.verdict)
+            object.__setattr__(self, "verdict", verdict)
+            object.__setattr__(self, "ok", verdict in SUCCESS_VERDICTS)
+            object.__setattr__(self, "skipped", verdict in SKIPPED_VERDICTS)
 
     def to_json(self) -> JSON:
         return {
@@ -302,10 +353,13 @@ class ItemOutcome:
             "duration": self.duration,
             "detail": self.detail,
             "skipped": self.skipped,
+            "verdict": str(self.verdict),
+            "moved": self.moved,
         }
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> ItemOutcome:
+        verdict = data.get("verdict")
         return cls(
             item_id=str(data["item_id"]),
             agent_id=None if data.get("agent_id") is None else str(data["agent_id"]),
@@ -314,4 +368,72 @@ class ItemOutcome:
             duration=float(data.get("duration") or 0.0),
             detail=dict(data.get("detail") or {}),
             skipped=bool(data.get("skipped", False)),
+            verdict=None if verdict is None else Verdict(str(verdict)),  # type: ignore[arg-type]
+            moved=bool(data.get("moved", False)),
         )
+
+
+@dataclass(frozen=True, slots=True)
+class KernelMove:
+    """A guarded status move of some kernels, with per-kernel column values."""
+
+    verdict: Verdict
+    kernel_ids: tuple[KernelId, ...]
+    to: KernelStatus
+    allowed_from: tuple[KernelStatus, ...]
+    status_info: str | None = None
+    values: Mapping[KernelId, Mapping[str, Any]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    """What recording a batch of outcomes did."""
+
+    counted: bool  # False: the run was no longer live; the rows are evidence only
+    inserted: int
+    moved: Mapping[Verdict, Sequence[KernelId]]
+
+
+@dataclass(frozen=True, slots=True)
+class RunRecord:
+    """One run as stored."""
+
+    id: RunId
+    handler: str
+    trigger: str
+    status: RunStatus
+    operation: str | None
+    requested: int
+    succeeded: int
+    failed: int
+    skipped: int
+    started_at: datetime
+    finished_at: datetime | None
+    deadline_at: datetime | None
+    fanout_id: str | None
+    claim_token: str | None
+    error: str | None
+    scope: Any
+    note: str | None
+
+    @property
+    def duration(self) -> float | None:
+        """Seconds from start to finish, None while running."""
+        if self.finished_at is None:
+            return None
+        return (self.finished_at - self.started_at).total_seconds()
+
+
+@dataclass(frozen=True, slots=True)
+class RunItemRecord:
+    """One item's outcome within a run."""
+
+    item_id: str
+    agent_id: str | None
+    ok: bool
+    skipped: bool
+    error: str | None
+    duration: float
+    evidence: dict[str, Any]
+    # False for what reached the run after it was abandoned or closed: evidence only.
+    counted: bool = True

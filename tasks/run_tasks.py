@@ -32,7 +32,8 @@ def complete_run(
     operation: str,
     skipped: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Records every outcome of a fan-out, applies status moves and closes the run."""
+    """Counts a fan-out: its batches recorded every outcome and kernel move; this lets the
+    handler end what they finished and closes the run."""
     rt = runtime()
     record = rt.run(
         rt.services.coordinator.complete(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import subprocess
 import sys
@@ -46,6 +47,19 @@ class RestartableValkey:
             client.close()
         self._server.stop()
         self._server = None
+
+    def lose_everything(self, down_for: float) -> None:
+        """Stops the server without saving (as a crash of a server without persistence does:
+        queued messages, claims and counters are gone), then starts it empty."""
+        if self._server is not None:
+            client = sync_redis.Redis.from_url(self.url)
+            with contextlib.suppress(sync_redis.ConnectionError):
+                client.shutdown(nosave=True)
+            client.close()
+            self._server.stop()
+            self._server = None
+        time.sleep(down_for)
+        self.start()
 
     def restart(self, down_for: float) -> None:
         """Stops, stays down `down_for` seconds, starts again on the same port and data dir."""

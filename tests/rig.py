@@ -17,6 +17,7 @@ from sokovan.scheduler.claims import RedisClaims
 from sokovan.scheduler.coordinator import Coordinator
 from sokovan.scheduler.handlers import sweep_stale_kernels, terminate_sessions
 from sokovan.scheduler.handlers.base import HandlerContext
+from sokovan.scheduler.outcomes import record_batch
 from sokovan.scheduler.terminator import SessionTerminator
 from sokovan.scheduler.tracking import FanOutTracker, TrackedFanOut
 from sokovan.testing import (
@@ -47,9 +48,10 @@ class ChordFanOut:
     `running` until `release()`. `refuse` makes dispatch fail as a broker that is down.
     """
 
-    def __init__(self, ledger: RunLedger) -> None:
+    def __init__(self, ledger: RunLedger, repo: SchedulerRepository) -> None:
         self.inner = InProcessFanOut(self._execute)
         self.ledger = ledger
+        self.repo = repo
         self.coordinator: Coordinator | None = None
         self.terminator: SessionTerminator | None = None
         self.hold = False
@@ -74,19 +76,30 @@ class ChordFanOut:
         await asyncio.to_thread(
             self.ledger.update_run, run_id, fanout_id=fanout_id, operation=str(operation)
         )
-        outcomes = self.inner.records[-1].outcomes
+        done = self.inner.records[-1].outcomes
         if self.hold:
-            self.held.append((run_id, operation, outcomes))
+            # The batches ran but have not recorded yet (their tasks are still finishing).
+            self.held.append((run_id, operation, done))
         else:
             assert self.coordinator is not None
-            await self.coordinator.complete(run_id, operation, outcomes)
+            await self.coordinator.complete(run_id, operation, await self.record(run_id, done))
         return fanout_id
+
+    async def record(self, run_id: RunId, outcomes: Sequence[ItemOutcome]) -> list[ItemOutcome]:
+        """As each agent's batch task does: records its outcomes with their kernel moves;
+        items settled at dispatch (no agent) were recorded already."""
+        assert self.coordinator is not None
+        batch = [o for o in outcomes if not o.moved and o.agent_id is not None]
+        _, marked = await record_batch(
+            self.coordinator, self.ledger, self.repo, run_id, Operation.DESTROY_KERNELS, batch
+        )
+        return [*marked, *(o for o in outcomes if o.moved or o.agent_id is None)]
 
     async def release(self) -> None:
         assert self.coordinator is not None
         held, self.held = self.held, []
         for run_id, operation, outcomes in held:
-            await self.coordinator.complete(run_id, operation, outcomes)
+            await self.coordinator.complete(run_id, operation, await self.record(run_id, outcomes))
 
 
 @dataclass
@@ -121,13 +134,10 @@ def build_rig(
     pool = FakeAgentClientPool()
     agents = {name: pool.add(name) for name in ("a1", "a2")}
     presence = FakePresence()
-    fanout = ChordFanOut(ledger)
+    fanout = ChordFanOut(ledger, repo)
     tracker = FanOutTracker(redis)
-    tracked = TrackedFanOut(fanout, tracker, None)
-    terminator = SessionTerminator(pool, presence, tracked)
     kicker = RecordingKicker()
     coordinator = Coordinator(
-        states=repo,
         ledger=ledger,
         claims=RedisClaims(redis),
         kicker=kicker,
@@ -136,6 +146,8 @@ def build_rig(
         run_deadline=600,
         budgets=budgets,
     )
+    tracked = TrackedFanOut(fanout, tracker, None, settle=coordinator.settle)
+    terminator = SessionTerminator(pool, presence, tracked)
     fanout.coordinator, fanout.terminator = coordinator, terminator
     ctx = HandlerContext(
         settings=Settings(sweep_max_stale_ratio=0.5, sweep_brake_min_kernels=10),

@@ -13,7 +13,6 @@ from sokovan.admission.parse import parse_create_call, parse_run_handler, parse_
 from sokovan.admission.refusal import Refusal, from_error
 from sokovan.admission.schemas import Limits
 from sokovan.config import Settings
-from sokovan.db.ledger import utcnow
 from sokovan.db.repository import SchedulerRepository
 from sokovan.errors import InvalidRequest, NotFound, SokovanError
 from sokovan.scheduler.agents import sync_agents
@@ -21,7 +20,7 @@ from sokovan.scheduler.coordinator import Coordinator
 from sokovan.scheduler.handlers import pull_images, schedule_sessions, terminate_sessions
 from sokovan.scheduler.submit import SecretBinder, submit_session
 from sokovan.scheduler.transitions import request_termination
-from sokovan.types import JSON, RunTrigger, SessionId, SessionStatus
+from sokovan.types import JSON, RunTrigger, SessionId, SessionStatus, utcnow
 
 log = logging.getLogger(__name__)
 

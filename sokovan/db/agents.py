@@ -11,7 +11,6 @@ from typing import Any
 import sqlalchemy as sa
 
 from sokovan.db.base import SqlBase
-from sokovan.db.ledger import utcnow
 from sokovan.db.schema import agents, images, kernels
 from sokovan.errors import UnknownAgent
 from sokovan.types import (
@@ -20,6 +19,7 @@ from sokovan.types import (
     AgentId,
     ImageConfig,
     ResourceSlot,
+    utcnow,
 )
 
 

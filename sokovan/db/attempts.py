@@ -10,9 +10,8 @@ from typing import Any
 import sqlalchemy as sa
 
 from sokovan.db.base import SqlBase
-from sokovan.db.ledger import utcnow
 from sokovan.db.schema import agents, kernels, leftover_kernels, sessions
-from sokovan.types import AgentId, KernelId, SessionId
+from sokovan.types import AgentId, KernelId, SessionId, utcnow
 
 # Errors stored beside an attempt are cut to this many characters.
 MAX_ERROR_TEXT = 2000

@@ -8,10 +8,9 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from cryptography.fernet import Fernet, InvalidToken
 
-from sokovan.db.ledger import utcnow
 from sokovan.db.schema import keypair_pool, sessions
 from sokovan.errors import ConfigError
-from sokovan.types import SessionStatus
+from sokovan.types import SessionStatus, utcnow
 
 # Sessions on their way to RUNNING: the ones that will ask for a keypair soon.
 LAUNCHING = (

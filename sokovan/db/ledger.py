@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -13,57 +12,18 @@ from sokovan.db.handler_state import HandlerStates
 from sokovan.db.recording import OutcomeRecording
 from sokovan.db.schema import run_items, runs
 from sokovan.errors import NotFound
-from sokovan.types import ItemOutcome, RunId, RunStatus, RunTrigger
+from sokovan.types import (
+    ItemOutcome,
+    RunId,
+    RunItemRecord,
+    RunRecord,
+    RunStatus,
+    RunTrigger,
+    Verdict,
+    utcnow,
+)
 
-
-def utcnow() -> datetime:
-    """Now, timezone-aware UTC."""
-    return datetime.now(UTC)
-
-
-@dataclass(frozen=True, slots=True)
-class RunRecord:
-    """One run as stored."""
-
-    id: RunId
-    handler: str
-    trigger: str
-    status: RunStatus
-    operation: str | None
-    requested: int
-    succeeded: int
-    failed: int
-    skipped: int
-    started_at: datetime
-    finished_at: datetime | None
-    deadline_at: datetime | None
-    fanout_id: str | None
-    claim_token: str | None
-    error: str | None
-    scope: Any
-    note: str | None
-
-    @property
-    def duration(self) -> float | None:
-        """Seconds from start to finish, None while running."""
-        if self.finished_at is None:
-            return None
-        return (self.finished_at - self.started_at).total_seconds()
-
-
-@dataclass(frozen=True, slots=True)
-class RunItemRecord:
-    """One item's outcome within a run."""
-
-    item_id: str
-    agent_id: str | None
-    ok: bool
-    skipped: bool
-    error: str | None
-    duration: float
-    evidence: dict[str, Any]
-    # False for what reached the run after it was abandoned or closed: evidence only.
-    counted: bool = True
+_VERDICTS = frozenset(str(v) for v in Verdict)
 
 
 def final_status(succeeded: int, failed: int, error: str | None) -> RunStatus:
@@ -240,20 +200,26 @@ class RunLedger(OutcomeRecording, HandlerStates):
             ]
 
     def outcomes(self, run_id: RunId) -> list[ItemOutcome]:
-        """The recorded items of a run as outcomes, for completing them after a crash."""
-        return [
-            ItemOutcome(
-                item_id=i.item_id,
-                agent_id=i.agent_id,
-                ok=i.ok,
-                error=i.error,
-                duration=i.duration,
-                detail=i.evidence,
-                skipped=i.skipped,
+        """The counted items of a run as outcomes, each with its stored verdict."""
+        out = []
+        for i in self.items(run_id):
+            if not i.counted:
+                continue
+            detail = dict(i.evidence)
+            verdict = detail.pop("verdict", None)
+            out.append(
+                ItemOutcome(
+                    item_id=i.item_id,
+                    agent_id=i.agent_id,
+                    ok=i.ok,
+                    error=i.error,
+                    duration=i.duration,
+                    detail=detail,
+                    skipped=i.skipped,
+                    verdict=None if verdict not in _VERDICTS else Verdict(verdict),  # type: ignore[arg-type]
+                )
             )
-            for i in self.items(run_id)
-            if i.counted
-        ]
+        return out
 
     def list_runs(
         self,

@@ -10,8 +10,9 @@ from typing import Any, Generic, TypeVar
 
 import sqlalchemy as sa
 
-from sokovan.db.ledger import RunRecord, run_from_row, utcnow
+from sokovan.db.ledger import run_from_row
 from sokovan.db.schema import agents, kernels, run_items, runs, sessions
+from sokovan.types import RunRecord, utcnow
 
 T = TypeVar("T")
 

@@ -10,7 +10,6 @@ from typing import Any
 import sqlalchemy as sa
 
 from sokovan.db.base import SqlBase
-from sokovan.db.ledger import utcnow
 from sokovan.db.schema import agents, kernels
 from sokovan.errors import InvalidRequest, UnknownAgent
 from sokovan.types import (
@@ -23,6 +22,7 @@ from sokovan.types import (
     KernelStatus,
     ResourceSlot,
     SessionId,
+    utcnow,
 )
 
 

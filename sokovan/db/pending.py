@@ -15,7 +15,6 @@ from typing import Any
 import sqlalchemy as sa
 
 from sokovan.db.base import SqlBase
-from sokovan.db.ledger import utcnow
 from sokovan.db.schema import kernels, sessions
 from sokovan.types import (
     AgentId,
@@ -25,6 +24,7 @@ from sokovan.types import (
     ResourceSlot,
     SessionId,
     SessionStatus,
+    utcnow,
 )
 
 # status_data key of a PENDING session's named agents, kept until it is placed.

@@ -9,7 +9,6 @@ database and counts them itself, so no kernel is counted twice across runs.
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,34 +21,16 @@ from sokovan.types import (
     TERMINAL_SESSION_STATUSES,
     ItemOutcome,
     KernelId,
+    KernelMove,
     KernelStatus,
+    Recorded,
     RunId,
     SessionId,
     SessionStatus,
+    Verdict,
 )
 
 _CHUNK = 500
-
-
-@dataclass(frozen=True, slots=True)
-class KernelMove:
-    """A guarded status move of some kernels, with per-kernel column values."""
-
-    verdict: str
-    kernel_ids: tuple[KernelId, ...]
-    to: KernelStatus
-    allowed_from: tuple[KernelStatus, ...]
-    status_info: str | None = None
-    values: Mapping[KernelId, Mapping[str, Any]] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class Recorded:
-    """What recording a batch of outcomes did."""
-
-    counted: bool  # False: the run was no longer live; the rows are evidence only
-    inserted: int
-    moved: Mapping[str, Sequence[KernelId]]
 
 
 def move_kernels(
@@ -68,6 +49,8 @@ def move_kernels(
         extra["status_info"] = status_info
     if to in TERMINAL_KERNEL_STATUSES:
         extra["terminated_at"] = now
+    if to == KernelStatus.CREATING:
+        extra["create_sent"] = True  # create_kernels goes out right after this move
     allowed = [str(s) for s in allowed_from]
     ids = list(kernel_ids)
     moved: list[KernelId] = []
@@ -142,7 +125,7 @@ class OutcomeRecording(SqlBase):
                 ).rowcount
             )
             inserted = self._insert_items(conn, run_id, outcomes, counted=live)
-            moved: dict[str, list[KernelId]] = {}
+            moved: dict[Verdict, list[KernelId]] = {}
             for move in moves if live else ():
                 moved[move.verdict] = move_kernels(
                     conn,
@@ -167,7 +150,8 @@ class OutcomeRecording(SqlBase):
                 "skipped": o.skipped,
                 "error": o.error,
                 "duration": o.duration,
-                "evidence": o.detail,
+                # The verdict is stored with the evidence: `runs show` and its JSON show it.
+                "evidence": {**o.detail, "verdict": str(o.verdict)},
                 "recorded_at": now,
                 "counted": counted,
             }

@@ -12,7 +12,6 @@ import sqlalchemy as sa
 
 from sokovan.db.agents import AgentRow, AgentsAndImages
 from sokovan.db.attempts import Attempts
-from sokovan.db.ledger import utcnow
 from sokovan.db.liveness import LivenessStore
 from sokovan.db.pending import PendingQueue
 from sokovan.db.placement import Placement
@@ -30,9 +29,21 @@ from sokovan.types import (
     SessionId,
     SessionInfo,
     SessionStatus,
+    utcnow,
 )
 
 __all__ = ["AgentRow", "NewKernel", "SchedulerRepository", "SweepRow"]
+
+# Statuses before CREATING: no create_kernels has been sent for a kernel in one of them.
+_NOT_YET_SENT = frozenset(
+    {
+        SessionStatus.PENDING,
+        SessionStatus.SCHEDULED,
+        SessionStatus.PREPARING,
+        SessionStatus.PULLING,
+        SessionStatus.PREPARED,
+    }
+)
 
 # One kernel as the sweep first reads it: its id as hyphenated text (parsed only for
 # suspects), agent, scaling group.
@@ -103,6 +114,8 @@ class SchedulerRepository(
                     "agent_id": k.agent_id,
                     "status": str(status),
                     "status_data": {},
+                    # Placed kernels wait for CREATING; one stored as already past it was sent.
+                    "create_sent": status not in _NOT_YET_SENT,
                     "image": k.image,
                     "architecture": k.architecture,
                     "requested_slots": k.requested_slots.to_json(),
@@ -192,6 +205,7 @@ class SchedulerRepository(
             kernels.c.status_data,
             kernels.c.occupied_slots,
             kernels.c.scaling_group,
+            kernels.c.create_sent,
         ).order_by(kernels.c.cluster_idx)
         with self.engine.connect() as conn:
             srows = conn.execute(query).all()
@@ -207,7 +221,7 @@ class SchedulerRepository(
             krows = conn.execute(kernel_query).all()
         listed = {r[0] for r in srows}
         by_session: dict[uuid.UUID, list[KernelInfo]] = {}
-        for kid, sid, agent, kstatus, kdata, slots, group in krows:
+        for kid, sid, agent, kstatus, kdata, slots, group, sent in krows:
             if sid not in listed:  # its session moved in between the two reads
                 continue
             by_session.setdefault(sid, []).append(
@@ -219,6 +233,7 @@ class SchedulerRepository(
                     occupied_slots=ResourceSlot.from_json(slots),
                     scaling_group=group,
                     status_data=dict(kdata or {}),
+                    create_sent=bool(sent),
                 )
             )
         return [

@@ -120,6 +120,9 @@ kernels = sa.Table(
     sa.Column("cluster_hostname", sa.String(64), nullable=False, server_default="main1"),
     sa.Column("scaling_group", sa.String(64), nullable=False, server_default="default"),
     sa.Column("container_id", sa.String(128), nullable=True),
+    # False from placement until the kernel moves to CREATING, just before create_kernels is
+    # sent: a kernel never sent to an agent needs no destroy when it is terminated.
+    sa.Column("create_sent", sa.Boolean, nullable=False, server_default=sa.true()),
     sa.Column("created_at", TS, nullable=False),
     sa.Column("status_changed_at", TS, nullable=False),
     sa.Column("terminated_at", TS, nullable=True),

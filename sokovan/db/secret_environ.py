@@ -16,11 +16,10 @@ import sqlalchemy as sa
 from cryptography.fernet import Fernet, InvalidToken
 
 from sokovan.constants import DEFAULT_SECRET_ENV_PATTERNS, UNBOUND_SECRET_TTL_SEC
-from sokovan.db.ledger import utcnow
 from sokovan.db.schema import environ_secrets, sessions
 from sokovan.errors import ConfigError, InvalidRequest
 from sokovan.redaction import Patterns, is_secret_ref, ref_id_of, secret_ref, split_environ
-from sokovan.types import SessionId, SessionStatus
+from sokovan.types import SessionId, SessionStatus, utcnow
 
 
 class SqlSecretEnviron:

@@ -10,10 +10,9 @@ from pathlib import Path
 import sqlalchemy as sa
 from cryptography.fernet import Fernet, InvalidToken
 
-from sokovan.db.ledger import utcnow
 from sokovan.db.schema import session_secrets
 from sokovan.errors import ConfigError, NotFound
-from sokovan.types import SessionId
+from sokovan.types import SessionId, utcnow
 
 log = logging.getLogger(__name__)
 

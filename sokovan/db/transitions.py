@@ -9,7 +9,6 @@ from typing import Any
 import sqlalchemy as sa
 
 from sokovan.db.base import SqlBase
-from sokovan.db.ledger import utcnow
 from sokovan.db.recording import move_kernels, move_sessions
 from sokovan.db.schema import kernels, sessions, status_among
 from sokovan.types import (
@@ -18,6 +17,7 @@ from sokovan.types import (
     KernelStatus,
     SessionId,
     SessionStatus,
+    utcnow,
 )
 
 

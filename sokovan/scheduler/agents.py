@@ -9,9 +9,8 @@ import logging
 from redis.asyncio import Redis
 
 from sokovan import constants as C
-from sokovan.db.ledger import utcnow
 from sokovan.db.repository import AgentRow, SchedulerRepository
-from sokovan.types import AgentId, AgentLiveness, ResourceSlot
+from sokovan.types import AgentId, AgentLiveness, ResourceSlot, utcnow
 
 log = logging.getLogger(__name__)
 

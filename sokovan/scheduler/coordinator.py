@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sokovan.db.ledger import RunRecord, utcnow
 from sokovan.errors import DispatchError, UnknownHandler
-from sokovan.ports import Claims, FanOutTracking, HandlerKicker, KernelMover, Ledger
-from sokovan.scheduler.handlers.base import FollowUps, HandlerRuntime, Moved, Plan
+from sokovan.ports import Claims, FanOutTracking, HandlerKicker, Ledger
+from sokovan.scheduler.handlers.base import FollowUps, HandlerRuntime, Plan, moved_of
 from sokovan.scheduler.leases import kept
-from sokovan.scheduler.outcomes import unrecorded, with_recorded_moves
-from sokovan.scheduler.transitions import apply_transitions
-from sokovan.types import ItemOutcome, Operation, RunId, RunStatus, RunTrigger
+from sokovan.scheduler.outcomes import record_outcomes
+from sokovan.types import ItemOutcome, Operation, RunId, RunRecord, RunStatus, RunTrigger, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +41,6 @@ class Coordinator:
     def __init__(
         self,
         *,
-        states: KernelMover,
         ledger: Ledger,
         claims: Claims,
         kicker: HandlerKicker,
@@ -52,7 +50,6 @@ class Coordinator:
         budgets: Mapping[str, int] | None = None,
         record_empty_beat_runs: bool = True,
     ) -> None:
-        self.states = states
         self.ledger = ledger
         self.claims = claims
         self.kicker = kicker
@@ -125,10 +122,15 @@ class Coordinator:
         await asyncio.to_thread(
             self.ledger.update_run, run_id, requested=plan.requested, note=plan.note
         )
-        await asyncio.to_thread(self.ledger.record_items, run_id, list(plan.outcomes))
         follow_ups = list(plan.follow_ups)
-        if plan.outcomes and None in spec.complete:
-            follow_ups.extend(await self._apply(spec, None, run_id, plan.outcomes))
+        if plan.outcomes:
+            # What planning learned is recorded with its declared kernel moves, as a batch is.
+            _, outcomes = await record_outcomes(
+                self.ledger, spec.declaration.transitions, run_id, plan.outcomes
+            )
+            completer = spec.complete.get(None)
+            if completer is not None:
+                follow_ups.extend(await completer(run_id, outcomes, moved_of(outcomes)))
         await self._follow_up(follow_ups)
         if plan.dispatched and not await self.tracker.planned(run_id):
             return RunReport(handler, run_id, RunStatus.RUNNING, plan.note)
@@ -153,19 +155,29 @@ class Coordinator:
     async def complete(
         self, run_id: RunId, operation: Operation, outcomes: Sequence[ItemOutcome]
     ) -> RunRecord | None:
-        """Chord body: records outcomes, applies their status moves, closes the run."""
+        """Chord body: lets the handler end what its batches finished, then counts and closes
+        the run. The batches recorded every outcome and moved every kernel already."""
         run = await asyncio.to_thread(self.ledger.get_run, run_id)
         spec = self.spec(run.handler)
-        await asyncio.to_thread(self.ledger.record_items, run_id, unrecorded(outcomes))
         if run.status != RunStatus.RUNNING:
-            # Abandoned (its lease lapsed) or already closed (a redelivered body): what came
-            # is kept as evidence only; the next run re-planned and counts those kernels.
+            # Abandoned (its lease lapsed) or already closed (a redelivered body): the batches
+            # kept what came as evidence; the next run re-planned and counts those kernels.
             log.warning("run %s is %s: its fan-out's outcomes kept as evidence", run_id, run.status)
             return None
-        await self._follow_up(await self._apply(spec, operation, run_id, outcomes))
+        completer = spec.complete.get(operation)
+        if completer is not None:
+            await self._follow_up(await completer(run_id, outcomes, moved_of(outcomes)))
         if not await self.tracker.completed(run_id):
             return None  # other fan-outs of this run have yet to report
         return await self._finish(run_id, spec.lock_id, run.claim_token)
+
+    async def settle(self, run_id: RunId, outcomes: Sequence[ItemOutcome]) -> list[ItemOutcome]:
+        """Records outcomes a planner settled without an agent call, with their declared
+        kernel moves, in one transaction; returns them as recorded."""
+        run = await asyncio.to_thread(self.ledger.get_run, run_id)
+        transitions = self.spec(run.handler).declaration.transitions
+        _, recorded = await record_outcomes(self.ledger, transitions, run_id, outcomes)
+        return recorded
 
     async def fail(self, run_id: RunId, error: str) -> RunRecord | None:
         """Chord errback: a header task was lost; the run ends failed and frees its claim."""
@@ -207,7 +219,7 @@ class Coordinator:
                 await self._abandon(run, LEASE_LAPSED)
 
     async def _abandon(self, run: RunRecord, note: str) -> bool:
-        """Marks one run abandoned and applies the status moves of what it recorded."""
+        """Marks one run abandoned; its recorded outcomes moved their kernels already."""
         if not await asyncio.to_thread(self.ledger.finish_as, run.id, RunStatus.ABANDONED, note):
             return False
         log.warning("run %s of %s %s", run.id, run.handler, note)
@@ -218,6 +230,7 @@ class Coordinator:
             # A paused handler does nothing more, recovery included; its next run re-plans.
             log.warning("handler %s is paused: run %s left as recorded", run.handler, run.id)
         else:
+            # The unfinished targets are the next run's, which re-plans them from SQL.
             await self._complete_recorded(spec, run)
             if spec.abandoned is not None:
                 try:
@@ -229,30 +242,24 @@ class Coordinator:
         return True
 
     async def _complete_recorded(self, spec: HandlerRuntime, run: RunRecord) -> None:
-        """Applies an abandoned run's recorded outcomes, so its next run gets only the rest."""
+        """What the chord body would have done for the batches an abandoned run recorded:
+        the handler ends what they finished. Their kernels moved when they were recorded."""
         operation = next((op for op in spec.complete if str(op) == (run.operation or "")), None)
         if operation is None:
             return
-        outcomes = await asyncio.to_thread(self.ledger.outcomes, run.id)
+        declared = spec.declaration.transitions
+        outcomes = [
+            dataclasses.replace(o, moved=o.verdict in declared)
+            for o in await asyncio.to_thread(self.ledger.outcomes, run.id)
+        ]
         if not outcomes:
             return
         try:
-            await self._follow_up(await self._apply(spec, operation, run.id, outcomes))
+            await self._follow_up(
+                await spec.complete[operation](run.id, outcomes, moved_of(outcomes))
+            )
         except Exception:  # the next run re-plans from the database either way
-            log.exception("run %s: applying its recorded outcomes failed", run.id)
-
-    async def _apply(
-        self,
-        spec: HandlerRuntime,
-        operation: Operation | None,
-        run_id: RunId,
-        outcomes: Sequence[ItemOutcome],
-    ) -> FollowUps:
-        """Applies the declared transitions to a batch of outcomes, then the handler's rest."""
-        moved: Moved = await apply_transitions(self.states, spec.declaration.transitions, outcomes)
-        moved = with_recorded_moves(moved, outcomes)
-        completer = spec.complete.get(operation)
-        return await completer(run_id, outcomes, moved) if completer is not None else ()
+            log.exception("run %s: ending what its batches finished failed", run.id)
 
     async def prune(self, older_than_days: int) -> int:
         """Deletes finished runs older than the retention."""

@@ -6,14 +6,11 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
-from sokovan.types import ItemOutcome, KernelInfo, SessionInfo
+from sokovan.types import ItemOutcome, KernelInfo, SessionInfo, Verdict
 
 # Reasons (kernel status_info) of the deadline path; Backend.AI's names.
 FORCE_TERMINATED = "FORCE_TERMINATED"
 AGENT_LOST = "AGENT_LOST"
-# Verdicts of forced outcomes; handlers declare a transition for each.
-FORCED = "forced"
-LOST = "agent_lost"
 LOST_AGENT_STATUS = "LOST"
 
 
@@ -64,7 +61,6 @@ def forced_outcome(
     reason = AGENT_LOST if lost else FORCE_TERMINATED
     evidence: dict[str, Any] = {
         "session_id": str(session.id),
-        "verdict": LOST if lost else FORCED,
         "deadline": f"{state} deadline of {seconds:g}s passed",
         "attempts": attempts_of(kernel),
         "last_error": kernel.status_data.get("last_error"),
@@ -76,7 +72,7 @@ def forced_outcome(
     return ItemOutcome(
         str(kernel.id),
         kernel.agent_id,
-        ok=False,
+        verdict=Verdict.LOST if lost else Verdict.FORCED,
         error=f"{reason}: {evidence['deadline']} after {evidence['attempts']} attempt(s)",
         detail=evidence,
     )

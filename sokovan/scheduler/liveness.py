@@ -16,7 +16,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sokovan import constants as C
-from sokovan.db.ledger import utcnow
 from sokovan.db.liveness import AgentContact
 from sokovan.db.repository import SchedulerRepository
 from sokovan.errors import describe_error
@@ -32,6 +31,8 @@ from sokovan.types import (
     KernelId,
     KernelInfo,
     SessionId,
+    Verdict,
+    utcnow,
 )
 
 log = logging.getLogger(__name__)
@@ -208,14 +209,13 @@ def _lost_outcome(kernel: KernelInfo, agent: AgentContact) -> ItemOutcome:
     assert agent.lost_since is not None
     detail = {
         "kind": "kernel",
-        "verdict": "deadline_path",
         "agent_id": agent.id,
         "agent_last_contact": agent.last_contact.isoformat(),
         "agent_lost_since": agent.lost_since.isoformat(),
         "session_id": str(kernel.session_id),
         "from_status": str(kernel.status),
     }
-    return ItemOutcome(str(kernel.id), kernel.agent_id, True, None, 0.0, detail)
+    return ItemOutcome(str(kernel.id), kernel.agent_id, detail=detail, verdict=Verdict.HANDED_OVER)
 
 
 async def returned_with_leftovers(

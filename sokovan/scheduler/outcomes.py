@@ -16,32 +16,27 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
-from sokovan.db.recording import KernelMove, Recorded
+from sokovan import constants as C
 from sokovan.scheduler.handlers import execute_batch
-from sokovan.scheduler.handlers.base import (
-    RECORDED_BY_BATCH,
-    HandlerContext,
-    HandlerRuntime,
-    Moved,
-    Transition,
-    verdict_of,
-)
+from sokovan.scheduler.handlers.base import HandlerContext, HandlerRuntime, Transition
 from sokovan.scheduler.leases import kept
 from sokovan.scheduler.transitions import promote_sessions, session_ids_of
 from sokovan.types import (
     AgentId,
     ItemOutcome,
     KernelId,
+    KernelMove,
     KernelStatus,
     Operation,
+    Recorded,
     RunId,
     SessionStatus,
+    Verdict,
 )
 
 if TYPE_CHECKING:
-    from sokovan.db.ledger import RunLedger
     from sokovan.db.repository import SchedulerRepository
-    from sokovan.ports import Claims
+    from sokovan.ports import Claims, Ledger
 
 log = logging.getLogger(__name__)
 
@@ -55,24 +50,19 @@ class RunOwner(Protocol):
     def spec(self, handler: str) -> HandlerRuntime: ...
 
 
-# Outcome detail: the verdict whose declared move the batch task applied when it recorded it.
-MOVED_ON_RECORD = "moved_on_record"
-
-
 def planned_moves(
-    transitions: Mapping[str, Transition], outcomes: Sequence[ItemOutcome]
+    transitions: Mapping[Verdict, Transition], outcomes: Sequence[ItemOutcome]
 ) -> list[KernelMove]:
     """The declared kernel moves of a batch of outcomes, one per verdict."""
-    groups: dict[str, dict[KernelId, ItemOutcome]] = {}
+    groups: dict[Verdict, dict[KernelId, ItemOutcome]] = {}
     for outcome in outcomes:
-        verdict = verdict_of(outcome, transitions)
-        if verdict not in transitions:
+        if outcome.verdict not in transitions:
             continue
         try:
             kernel_id = KernelId(uuid.UUID(outcome.item_id))
         except ValueError:  # a payload error names no kernel
             continue
-        groups.setdefault(verdict, {})[kernel_id] = outcome
+        groups.setdefault(outcome.verdict, {})[kernel_id] = outcome
     moves = []
     for verdict, group in groups.items():
         move = transitions[verdict]
@@ -83,19 +73,38 @@ def planned_moves(
     return moves
 
 
+def with_moves(outcomes: Sequence[ItemOutcome], recorded: Recorded) -> list[ItemOutcome]:
+    """The outcomes as recorded: each says whether its declared move was applied."""
+    applied = {str(k) for ids in recorded.moved.values() for k in ids}
+    return [dataclasses.replace(o, moved=o.item_id in applied) for o in outcomes]
+
+
+async def record_outcomes(
+    ledger: Ledger,
+    transitions: Mapping[Verdict, Transition],
+    run_id: RunId,
+    outcomes: Sequence[ItemOutcome],
+) -> tuple[Recorded, list[ItemOutcome]]:
+    """Records outcomes and applies their declared moves in one transaction, if the run lives;
+    the outcomes come back marked with what moved."""
+    moves = planned_moves(transitions, outcomes)
+    recorded = await asyncio.to_thread(ledger.record_and_move, run_id, outcomes, moves)
+    return recorded, with_moves(outcomes, recorded)
+
+
 async def record_batch(
     coordinator: RunOwner,
-    ledger: RunLedger,
+    ledger: Ledger,
     repo: SchedulerRepository,
     run_id: RunId,
     operation: Operation,
     outcomes: Sequence[ItemOutcome],
-) -> Recorded:
-    """Records a batch's outcomes and moves its kernels in one transaction, if the run lives."""
+) -> tuple[Recorded, list[ItemOutcome]]:
+    """Records a batch's outcomes and moves its kernels in one transaction, if the run lives;
+    returns what recording did and the outcomes marked with their moves."""
     run = await asyncio.to_thread(ledger.get_run, run_id)
     transitions = coordinator.spec(run.handler).declaration.transitions
-    moves = planned_moves(transitions, outcomes)
-    recorded = await asyncio.to_thread(ledger.record_and_move, run_id, outcomes, moves)
+    recorded, marked = await record_outcomes(ledger, transitions, run_id, outcomes)
     if not recorded.counted:
         log.warning(
             "run %s is %s: %d outcome(s) of a %s batch kept as evidence only",
@@ -104,7 +113,7 @@ async def record_batch(
             len(outcomes),
             operation,
         )
-    elif operation == Operation.CREATE_KERNELS and recorded.moved.get("ok"):
+    elif operation == Operation.CREATE_KERNELS and recorded.moved.get(Verdict.OK):
         # A session runs once all its kernels do, without waiting for the other agents.
         await promote_sessions(
             repo,
@@ -113,19 +122,24 @@ async def record_batch(
             SessionStatus.CREATING,
             SessionStatus.RUNNING,
         )
-    return recorded
+    return recorded, marked
 
 
 async def run_batch(
     coordinator: RunOwner,
-    ledger: RunLedger,
+    ledger: Ledger,
     ctx: HandlerContext,
     run_id: RunId,
     operation: Operation,
     agent_id: AgentId,
     items: Sequence[Mapping[str, Any]],
 ) -> list[ItemOutcome]:
-    """Runs one agent batch of a run, renewing the run's lease, and records it as it ends."""
+    """Runs one agent batch of a run, renewing the run's lease, and records it as it ends.
+
+    The batch is the only writer of its outcomes and their kernel moves: the chord body only
+    counts them. Recording is tried a few times (a busy database); if it still fails the
+    task fails, the run ends failed, and its next run re-plans these kernels from SQL.
+    """
     run = await asyncio.to_thread(ledger.get_run, run_id)
     lock_id = coordinator.spec(run.handler).lock_id
     if not run.claim_token:
@@ -133,45 +147,21 @@ async def run_batch(
     else:
         async with kept(coordinator.claims, lock_id, run.claim_token, coordinator.claim_lifetime):
             outcomes = await execute_batch(ctx, operation, agent_id, items)
-    try:
-        recorded = await record_batch(
-            coordinator, ledger, ctx.repository, run_id, operation, outcomes
-        )
-    except Exception as e:  # the chord body records them again; duplicates are dropped
-        log.warning("run %s: outcomes of agent %s not recorded early: %s", run_id, agent_id, e)
-        return outcomes
-    if not recorded.counted:
-        return outcomes
-    # The chord body's handler code learns what moved here, as if it had moved it itself.
-    verdicts = {str(k): verdict for verdict, ids in recorded.moved.items() for k in ids}
-    return [_marked(o, verdicts.get(o.item_id)) for o in outcomes]
-
-
-def _marked(outcome: ItemOutcome, verdict: str | None) -> ItemOutcome:
-    """A recorded outcome as the batch returns it: what was done with it, for the body."""
-    detail: dict[str, Any] = {**outcome.detail, RECORDED_BY_BATCH: True}
-    if verdict is not None:
-        detail[MOVED_ON_RECORD] = verdict
-    return dataclasses.replace(outcome, detail=detail)
-
-
-def unrecorded(outcomes: Sequence[ItemOutcome]) -> list[ItemOutcome]:
-    """The outcomes no batch task recorded already (the rest would be no-ops to write)."""
-    return [o for o in outcomes if not o.detail.get(RECORDED_BY_BATCH)]
-
-
-def with_recorded_moves(moved: Moved, outcomes: Sequence[ItemOutcome]) -> Moved:
-    """`moved` plus the kernels the batch tasks already moved when they recorded these."""
-    merged: dict[str, list[KernelId]] = {v: list(ids) for v, ids in moved.items()}
-    # A set beside each list: checking membership in the list made a 10,000-kernel body
-    # compare 50 million UUIDs.
-    seen: dict[str, set[KernelId]] = {v: set(ids) for v, ids in merged.items()}
-    for o in outcomes:
-        verdict = o.detail.get(MOVED_ON_RECORD)
-        if isinstance(verdict, str):
-            kernel_id = KernelId(uuid.UUID(o.item_id))
-            known = seen.setdefault(verdict, set())
-            if kernel_id not in known:
-                known.add(kernel_id)
-                merged.setdefault(verdict, []).append(kernel_id)
-    return merged
+    for attempt in range(1, C.RECORD_ATTEMPTS + 1):
+        try:
+            _, marked = await record_batch(
+                coordinator, ledger, ctx.repository, run_id, operation, outcomes
+            )
+            return marked
+        except Exception as e:
+            if attempt == C.RECORD_ATTEMPTS:
+                raise
+            log.warning(
+                "run %s: recording agent %s's outcomes failed (attempt %d): %s",
+                run_id,
+                agent_id,
+                attempt,
+                e,
+            )
+            await asyncio.sleep(C.RECORD_RETRY_SEC * attempt)
+    raise AssertionError("unreachable")

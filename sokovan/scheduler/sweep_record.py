@@ -6,7 +6,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sokovan.types import ItemOutcome, KernelExecutionResult, KernelId, KernelInfo
+from sokovan.types import ItemOutcome, KernelExecutionResult, KernelId, KernelInfo, Verdict
 
 STALE_KERNEL_REASON = "STALE_KERNEL"
 ABNORMAL_TERMINATION = "ABNORMAL_TERMINATION"
@@ -16,7 +16,7 @@ BRAKE_REASON = "SWEEP_BRAKE"
 DEFERRED_REASON = "deferred: reap rate of the brake"
 # Reasons of kernels skipped because their agent could not confirm (stage 2's answer follows).
 UNVERIFIED = "unverified"
-DEAD = "dead"
+_SKIP_VERDICTS = {BRAKE_REASON: Verdict.BRAKED, DEFERRED_REASON: Verdict.DEFERRED}
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,9 +32,9 @@ def summarize(
     requested: int, outcomes: Sequence[ItemOutcome], brakes: Sequence[str], holds: Sequence[str]
 ) -> SweepSummary:
     """The run is `held` when a brake held, `partial` when it left kernels undecided."""
-    reaped = sum(1 for o in outcomes if o.detail.get("verdict") == DEAD)
-    unverified = sum(1 for o in outcomes if o.skipped and is_unverified(o.error))
-    deferred = sum(1 for o in outcomes if o.skipped and o.error == DEFERRED_REASON)
+    reaped = sum(1 for o in outcomes if o.verdict == Verdict.DEAD)
+    unverified = sum(1 for o in outcomes if o.verdict == Verdict.UNVERIFIED)
+    deferred = sum(1 for o in outcomes if o.verdict == Verdict.DEFERRED)
     unverified_note = (
         f"{unverified} kernel(s) unverified (their agent could not confirm): skipped"
         if unverified
@@ -53,11 +53,6 @@ def summarize(
     )
 
 
-def is_unverified(reason: str | None) -> bool:
-    """Whether a skipped kernel's reason says its agent could not confirm it."""
-    return reason is not None and reason.startswith(f"{UNVERIFIED}:")
-
-
 def sweep_outcomes(
     members: Sequence[KernelInfo], result: KernelExecutionResult
 ) -> list[ItemOutcome]:
@@ -67,20 +62,19 @@ def sweep_outcomes(
     for info in result.failures:
         kernel = by_id[info.kernel_id]
         evidence = dict(result.evidence.get(str(info.kernel_id), {}))
-        evidence["verdict"] = DEAD
         evidence["session_id"] = str(kernel.session_id)
-        out.append(ItemOutcome(str(info.kernel_id), kernel.agent_id, ok=True, detail=evidence))
+        out.append(
+            ItemOutcome(str(info.kernel_id), kernel.agent_id, detail=evidence, verdict=Verdict.DEAD)
+        )
     for info in result.skipped:
         evidence = dict(result.evidence.get(str(info.kernel_id), {}))
-        evidence["verdict"] = info.reason or "unverified"
         out.append(
             ItemOutcome(
                 str(info.kernel_id),
                 by_id[info.kernel_id].agent_id,
-                ok=False,
                 error=info.reason,
                 detail=evidence,
-                skipped=True,
+                verdict=_SKIP_VERDICTS.get(info.reason or "", Verdict.UNVERIFIED),
             )
         )
     # Every other suspect was found alive: a success with a row; the unsuspected get none.
@@ -93,8 +87,8 @@ def sweep_outcomes(
                 ItemOutcome(
                     key,
                     None if alive is None else alive.agent_id,
-                    ok=True,
-                    detail={**seen, "verdict": "alive"},
+                    detail=dict(seen),
+                    verdict=Verdict.ALIVE,
                 )
             )
     return out

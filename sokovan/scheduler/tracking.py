@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from redis.asyncio import Redis
 
@@ -47,13 +47,29 @@ class FanOutTracker:
         return await self._bump(run_id, "planned")
 
 
-class TrackedFanOut:
-    """A FanOut that counts what it dispatches for the run's completion, and records its id."""
+# Records outcomes a planner settled itself (with their declared kernel moves); returns them
+# as recorded.
+Settle = Callable[[RunId, Sequence[ItemOutcome]], Awaitable[list[ItemOutcome]]]
 
-    def __init__(self, inner: FanOut, tracker: FanOutTracking, ledger: Ledger | None) -> None:
+
+class TrackedFanOut:
+    """A FanOut that counts what it dispatches for the run's completion, and records its id.
+
+    Items settled before any agent call (kernels with no agent) are recorded with their moves
+    here, by `settle`, before the fan-out is sent: the chord body only hears of them.
+    """
+
+    def __init__(
+        self,
+        inner: FanOut,
+        tracker: FanOutTracking,
+        ledger: Ledger | None,
+        settle: Settle | None = None,
+    ) -> None:
         self._inner = inner
         self._tracker = tracker
         self._ledger = ledger
+        self._settle = settle
 
     async def dispatch(
         self,
@@ -63,6 +79,8 @@ class TrackedFanOut:
         skipped: Sequence[ItemOutcome] = (),
     ) -> str:
         """Counts the fan-out first, so a fast completion never closes the run early."""
+        if skipped and self._settle is not None and int(run_id):
+            skipped = await self._settle(run_id, skipped)
         await self._tracker.dispatched(run_id)
         try:
             fanout_id = await self._inner.dispatch(run_id, operation, batches, skipped)

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from sokovan.db.repository import SchedulerRepository
-from sokovan.ports import KernelMover
 from sokovan.types import (
     TERMINAL_KERNEL_STATUSES,
     ItemOutcome,
@@ -20,7 +19,7 @@ from sokovan.types import (
 )
 
 if TYPE_CHECKING:
-    from sokovan.scheduler.handlers.base import Moved, Transition
+    pass
 
 # The handler that destroys what a failed launch created (named here to avoid an import circle).
 TERMINATE_HANDLER = "terminate_sessions"
@@ -82,46 +81,6 @@ async def request_termination(
             status_info=reason,
         )
     return moved
-
-
-async def apply_transitions(
-    mover: KernelMover, transitions: Mapping[str, Transition], outcomes: Sequence[ItemOutcome]
-) -> Moved:
-    """Moves each outcome's kernel as its verdict's declared transition says."""
-    from sokovan.scheduler.handlers.base import verdict_of
-
-    by_verdict: dict[str, list[ItemOutcome]] = {}
-    for outcome in outcomes:
-        verdict = verdict_of(outcome, transitions)
-        if verdict in transitions:
-            by_verdict.setdefault(verdict, []).append(outcome)
-    moved: dict[str, list[KernelId]] = {}
-    for verdict, group in by_verdict.items():
-        move = transitions[verdict]
-        ids = _kernel_ids_safe(group)
-        values = None
-        if move.values is not None:
-            values = {ids[o.item_id]: move.values(o) for o in group if o.item_id in ids}
-        moved[verdict] = await asyncio.to_thread(
-            mover.transition_kernels,
-            list(ids.values()),
-            move.kernel,
-            move.source,
-            status_info=move.reason,
-            values=values,
-        )
-    return moved
-
-
-def _kernel_ids_safe(outcomes: Iterable[ItemOutcome]) -> dict[str, KernelId]:
-    """Item id -> kernel id for outcomes whose item is a kernel (payload errors are not)."""
-    out: dict[str, KernelId] = {}
-    for o in outcomes:
-        try:
-            out[o.item_id] = KernelId(uuid.UUID(o.item_id))
-        except ValueError:
-            continue
-    return out
 
 
 async def move_sessions(

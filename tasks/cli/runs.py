@@ -10,10 +10,10 @@ from typing import Any
 
 import typer
 
-from sokovan.db.ledger import RunItemRecord, RunLedger, RunRecord, utcnow
+from sokovan.db.ledger import RunLedger
 from sokovan.db.listing import list_runs
 from sokovan.db.stats import HandlerStats, RunStats, SessionStats, slot_text
-from sokovan.types import RunId, RunStatus
+from sokovan.types import RunId, RunItemRecord, RunRecord, RunStatus, utcnow
 from tasks.cli.common import JsonOption, engine, iso, print_json, print_table, table
 from tasks.cli.errors import BadInput
 

@@ -11,9 +11,15 @@ import pytest
 import redis as sync_redis
 from typer.testing import CliRunner
 
-from sokovan.db.ledger import RunItemRecord
 from sokovan.presence import judge, presence_key
-from sokovan.types import HealthCheckStatus, RunId, RunStatus, SessionId, SessionStatus
+from sokovan.types import (
+    HealthCheckStatus,
+    RunId,
+    RunItemRecord,
+    RunStatus,
+    SessionId,
+    SessionStatus,
+)
 from tasks.cli import app as cli_app
 from tests.agents import set_fault
 from tests.cluster import Cluster, kernel_processes, kernel_rows, running_cluster

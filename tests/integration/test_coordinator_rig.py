@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from redis.asyncio import Redis
 
 from sokovan.db.engine import create_engine
-from sokovan.db.ledger import RunLedger, utcnow
+from sokovan.db.ledger import RunLedger
 from sokovan.db.schema import sessions as sessions_table
 from sokovan.errors import DispatchError
 from sokovan.scheduler.claims import claim_key
@@ -33,6 +33,7 @@ from sokovan.types import (
     RunTrigger,
     SessionId,
     SessionStatus,
+    utcnow,
 )
 from tests.rig import Rig, add_session, build_rig
 
@@ -315,15 +316,19 @@ async def test_sc_rl_007_budget_argument_overrides_settings(rig: Rig) -> None:
 # SC-RL-008 ------------------------------------------------------------------
 
 
-async def start_then_crash(rig: Rig) -> tuple[RunId, list[ItemOutcome]]:
+async def start_then_crash(
+    rig: Rig, *, a1_recorded: bool = True
+) -> tuple[RunId, list[ItemOutcome]]:
     """Runs terminate until its fan-out is in flight, then loses the worker: only agent a1's
-    batch had its outcomes recorded; the chord body never comes."""
+    batch recorded its outcomes (and moved its kernels, as a batch does); the chord body
+    never comes."""
     rig.fanout.hold = True
     report = await rig.coordinator.run(NAME, RunTrigger.BEAT)
     assert report.run_id is not None and report.status == RunStatus.RUNNING
     ((_, _, outcomes),) = rig.fanout.held
     rig.fanout.held.clear()
-    rig.ledger.record_items(report.run_id, [o for o in outcomes if o.agent_id == "a1"])
+    if a1_recorded:
+        await rig.fanout.record(report.run_id, [o for o in outcomes if o.agent_id == "a1"])
     rig.ledger.update_run(report.run_id, deadline_at=utcnow() - timedelta(seconds=1))
     rig.fanout.hold = False
     return report.run_id, outcomes
@@ -365,7 +370,9 @@ async def test_sc_rl_008_late_and_redelivered_outcomes_count_once(rig: Rig) -> N
     await rig.coordinator.recover()
 
     redelivered = outcomes + [o for o in outcomes if o.agent_id == "a2"]
-    await rig.coordinator.complete(run_id, Operation.DESTROY_KERNELS, redelivered)
+    # The lost batches' tasks finish late (a redelivery among them), then the chord body.
+    late = await rig.fanout.record(run_id, redelivered)
+    await rig.coordinator.complete(run_id, Operation.DESTROY_KERNELS, late)
 
     run = rig.ledger.get_run(run_id)
     assert run.status == RunStatus.ABANDONED
@@ -379,7 +386,8 @@ async def test_sc_rl_008_late_and_redelivered_outcomes_count_once(rig: Rig) -> N
 
 
 async def test_sc_rl_008_duplicate_outcomes_in_one_completion_count_once(rig: Rig) -> None:
-    """SC-RL-008: acks-late redelivery hands the chord body a batch twice: counted once."""
+    """SC-RL-008: acks-late redelivery runs a batch twice (it records twice) and hands the
+    chord body its outcomes twice: counted once."""
     add_session(rig, ["a1", "a2"])
     rig.fanout.hold = True
     report = await rig.coordinator.run(NAME, RunTrigger.BEAT)
@@ -387,7 +395,9 @@ async def test_sc_rl_008_duplicate_outcomes_in_one_completion_count_once(rig: Ri
     ((run_id, op, outcomes),) = rig.fanout.held
     rig.fanout.held.clear()
 
-    record = await rig.coordinator.complete(run_id, op, outcomes + outcomes)
+    first = await rig.fanout.record(run_id, outcomes)
+    again = await rig.fanout.record(run_id, outcomes)
+    record = await rig.coordinator.complete(run_id, op, first + again)
 
     assert record is not None and (record.succeeded, record.failed) == (2, 0)
     assert len(rig.ledger.items(run_id)) == 2
@@ -427,7 +437,7 @@ async def test_sc_rl_009_recovery_does_not_resume_a_paused_handler(rig: Rig) -> 
     nothing and starts nothing; after resume the next tick does the work."""
     _, done = add_session(rig, ["a1"])
     _, rest = add_session(rig, ["a2"])
-    run_id, _ = await start_then_crash(rig)
+    run_id, _ = await start_then_crash(rig, a1_recorded=False)
     rig.ledger.set_paused(NAME, True)
     calls_before = rig.agent_calls()
 

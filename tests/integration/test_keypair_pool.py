@@ -15,10 +15,10 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key, l
 from sokovan import constants as C
 from sokovan.db.engine import create_engine, upgrade
 from sokovan.db.keypool import SqlKeypairPool
-from sokovan.db.ledger import utcnow
 from sokovan.db.schema import keypair_pool, sessions
 from sokovan.errors import ConfigError
 from sokovan.scheduler.launcher.keys import ClusterKeys, generate_cluster_ssh_keypair
+from sokovan.types import utcnow
 
 pytestmark = pytest.mark.integration
 

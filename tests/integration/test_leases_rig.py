@@ -20,6 +20,7 @@ from sokovan.types import (
     RunId,
     RunStatus,
     RunTrigger,
+    Verdict,
 )
 from tests.rig import Rig, add_session, build_rig
 
@@ -94,7 +95,7 @@ async def test_sc_rc_003_a_holder_that_lost_its_lease_can_neither_renew_nor_reco
     assert not await short.coordinator.claims.renew(LOCK_ID, token, LIFETIME)
     async with kept(short.coordinator.claims, LOCK_ID, token, LIFETIME) as lease:
         assert lease.lost
-    recorded = await record_batch(
+    recorded, _ = await record_batch(
         short.coordinator, short.ledger, short.repo, first, Operation.DESTROY_KERNELS, late
     )
 
@@ -129,10 +130,12 @@ async def test_sc_rc_004_a_recorded_batch_moves_its_kernels_in_the_same_transact
     _, kids = add_session(short, ["a1", "a1", "a2"])
     first, outcomes = await held_run(short)
     done = [o for o in outcomes if o.agent_id == "a1"]
-    recorded = await record_batch(
+    recorded, _ = await record_batch(
         short.coordinator, short.ledger, short.repo, first, Operation.DESTROY_KERNELS, done
     )
-    assert recorded.counted and sorted(map(str, recorded.moved["ok"])) == sorted(map(str, kids[:2]))
+    assert recorded.counted and sorted(map(str, recorded.moved[Verdict.OK])) == sorted(
+        map(str, kids[:2])
+    )
     assert statuses(short, kids[:2]) == {KernelStatus.TERMINATED}
     await asyncio.sleep(LIFETIME * 2)
 

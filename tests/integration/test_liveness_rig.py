@@ -8,7 +8,6 @@ import pytest
 import sqlalchemy as sa
 
 from sokovan.config import Settings
-from sokovan.db.ledger import utcnow
 from sokovan.db.repository import AgentRow
 from sokovan.db.schema import agents as agents_table
 from sokovan.errors import InvalidRequest, NoCapacity
@@ -26,6 +25,7 @@ from sokovan.types import (
     RunStatus,
     RunTrigger,
     SessionStatus,
+    utcnow,
 )
 from tests.rig import Rig, add_session
 

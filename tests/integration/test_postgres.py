@@ -9,7 +9,7 @@ import pytest
 import sqlalchemy as sa
 
 from sokovan.db.engine import current_revision, head_revision
-from sokovan.db.ledger import RunLedger, utcnow
+from sokovan.db.ledger import RunLedger
 from sokovan.db.repository import AgentRow, NewKernel, SchedulerRepository
 from sokovan.db.secrets import SqlSecretStore
 from sokovan.types import (
@@ -24,6 +24,7 @@ from sokovan.types import (
     RunTrigger,
     SessionId,
     SessionStatus,
+    utcnow,
 )
 from tests.pg import postgres_engine
 

@@ -12,7 +12,6 @@ from datetime import timedelta
 
 import pytest
 
-from sokovan.db.ledger import utcnow
 from sokovan.errors import UnknownHandler
 from sokovan.scheduler.coordinator import Coordinator
 from sokovan.scheduler.handlers.base import (
@@ -23,6 +22,7 @@ from sokovan.scheduler.handlers.base import (
     Plan,
     Transition,
 )
+from sokovan.scheduler.outcomes import record_outcomes
 from sokovan.testing import (
     InMemoryClaims,
     InMemoryKernelStates,
@@ -39,6 +39,8 @@ from sokovan.types import (
     RunStatus,
     RunTrigger,
     SessionStatus,
+    Verdict,
+    utcnow,
 )
 
 NAME = "probe_kernels"
@@ -74,8 +76,8 @@ def declare(probe: Probe) -> HandlerDeclaration:
         target="kernels",
         target_statuses=(KernelStatus.RUNNING,),
         transitions={
-            "ok": Transition(KernelStatus.TERMINATED, (KernelStatus.RUNNING,), "PROBED"),
-            "failed": Transition(KernelStatus.ERROR, (KernelStatus.RUNNING,)),
+            Verdict.OK: Transition(KernelStatus.TERMINATED, (KernelStatus.RUNNING,), "PROBED"),
+            Verdict.FAILED: Transition(KernelStatus.ERROR, (KernelStatus.RUNNING,)),
         },
         build=lambda ctx: HandlerRuntime(
             declare(probe), probe.plan, {Operation.DESTROY_KERNELS: probe.complete}
@@ -88,13 +90,12 @@ class Stubs:
     def __init__(self, kernels: int = 3) -> None:
         self.kernels = [KernelId(uuid.uuid4()) for _ in range(kernels)]
         self.states = InMemoryKernelStates({k: KernelStatus.RUNNING for k in self.kernels})
-        self.ledger = InMemoryLedger()
+        self.ledger = InMemoryLedger(self.states)
         self.claims = InMemoryClaims()
         self.tracker = InMemoryTracker()
         self.kicker = RecordingKicker()
         self.probe = Probe(self.tracker)
         self.coordinator = Coordinator(
-            states=self.states,
             ledger=self.ledger,
             claims=self.claims,
             kicker=self.kicker,
@@ -114,26 +115,37 @@ class Stubs:
         return ItemOutcome(str(self.kernels[i]), "a1", ok=ok, error=None if ok else "boom")
 
 
-async def test_run_applies_declared_transitions_and_counts() -> None:
-    """A fan-out's outcomes move kernels as the declaration says; the run closes partial."""
+async def test_batch_records_and_moves_the_body_only_counts() -> None:
+    """A batch records its outcomes with their declared moves in one step; the chord body
+    writes no kernel status: it hands the handler what moved, counts, and closes partial."""
     s = Stubs()
     s.probe.plan_result = Plan(requested=3, dispatched=True)
     report = await s.coordinator.run(NAME, RunTrigger.API)
     assert report.status == RunStatus.RUNNING and report.run_id is not None
+    transitions = declare(s.probe).transitions
 
-    record = await s.coordinator.complete(
-        report.run_id, Operation.DESTROY_KERNELS, [s.outcome(0), s.outcome(1, ok=False)]
+    _, recorded = await record_outcomes(
+        s.ledger, transitions, report.run_id, [s.outcome(0), s.outcome(1, ok=False)]
     )
-
-    assert record is not None and record.status == RunStatus.PARTIAL
-    assert (record.succeeded, record.failed) == (1, 1)
     assert s.states.statuses[s.kernels[0]] == KernelStatus.TERMINATED
     assert s.states.info[s.kernels[0]] == "PROBED"
     assert s.states.statuses[s.kernels[1]] == KernelStatus.ERROR
+    assert [(o.verdict, o.moved) for o in recorded] == [
+        (Verdict.OK, True),
+        (Verdict.FAILED, True),
+    ]
+    moves_before_body = len(s.states.moves)
+
+    record = await s.coordinator.complete(report.run_id, Operation.DESTROY_KERNELS, recorded)
+
+    assert len(s.states.moves) == moves_before_body, "the chord body moved a kernel"
+    assert record is not None and record.status == RunStatus.PARTIAL
+    assert (record.succeeded, record.failed) == (1, 1)
     assert s.states.statuses[s.kernels[2]] == KernelStatus.RUNNING
     [(run_id, items, moved)] = s.probe.completed
     assert run_id == report.run_id and items == [str(s.kernels[0]), str(s.kernels[1])]
-    assert list(moved["ok"]) == [s.kernels[0]] and list(moved["failed"]) == [s.kernels[1]]
+    assert list(moved[Verdict.OK]) == [s.kernels[0]]
+    assert list(moved[Verdict.FAILED]) == [s.kernels[1]]
     assert await s.claims.holder("LOCKID_PROBE") is None
 
 
@@ -185,15 +197,17 @@ async def test_follow_ups_are_kicked_as_events() -> None:
     assert ("terminate_sessions", RunTrigger.EVENT, ["x"]) in s.kicker.kicks
 
 
-async def test_recovery_abandons_overdue_runs_and_applies_what_they_recorded() -> None:
-    """An overdue run is abandoned, its recorded outcomes applied, its claim freed."""
+async def test_recovery_abandons_overdue_runs_keeping_what_they_recorded() -> None:
+    """An overdue run is abandoned keeping what its batches recorded (and moved: nothing is
+    moved again), and its claim is freed for the next run."""
     s = Stubs()
     s.probe.plan_result = Plan(requested=2, dispatched=True)
     report = await s.coordinator.run(NAME, RunTrigger.API)
     assert report.run_id is not None
     s.ledger.update_run(report.run_id, operation=str(Operation.DESTROY_KERNELS))
-    s.ledger.record_items(report.run_id, [s.outcome(0)])
+    await record_outcomes(s.ledger, declare(s.probe).transitions, report.run_id, [s.outcome(0)])
     s.ledger.update_run(report.run_id, deadline_at=utcnow() - timedelta(seconds=1))
+    moves_before = len(s.states.moves)
 
     abandoned = await s.coordinator.recover()
 
@@ -201,6 +215,7 @@ async def test_recovery_abandons_overdue_runs_and_applies_what_they_recorded() -
     run = s.ledger.get_run(report.run_id)
     assert run.status == RunStatus.ABANDONED and run.succeeded == 1
     assert s.states.statuses[s.kernels[0]] == KernelStatus.TERMINATED
+    assert len(s.states.moves) == moves_before, "abandoning wrote a kernel move again"
     assert await s.claims.holder("LOCKID_PROBE") is None
 
 

@@ -19,14 +19,16 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from sokovan.constants import SSH_KEY_COMMENT
+from sokovan.db.ledger import RunLedger
 from sokovan.db.repository import NewKernel, SchedulerRepository
 from sokovan.db.schema import kernels as kernels_table
 from sokovan.errors import DispatchError
 from sokovan.ports import FanOut
 from sokovan.scheduler.handlers import start_sessions
+from sokovan.scheduler.handlers.base import moved_of
 from sokovan.scheduler.launcher import SessionLauncher, create_kernels_on_agent
 from sokovan.scheduler.launcher.creation import KEYPAIR_FROM_STORE, KEYPAIR_FROM_WORKER
-from sokovan.scheduler.transitions import apply_transitions
+from sokovan.scheduler.outcomes import record_outcomes
 from sokovan.testing import FakeSecretStore, FakeSessionRecorder, RefusingFanOut, stub_context
 from sokovan.types import (
     AgentBatch,
@@ -38,6 +40,7 @@ from sokovan.types import (
     Operation,
     ResourceSlot,
     RunId,
+    RunTrigger,
     SessionId,
     SessionStatus,
 )
@@ -244,8 +247,9 @@ async def test_sc_la_017_a_refused_dispatch_is_recorded_on_every_session() -> No
 
 
 async def test_start_completion_moves_every_created_kernel_at_once(engine: sa.Engine) -> None:
-    """The start handler's completion: created kernels RUNNING with their container ids,
-    failed ones ERROR, sessions promoted or sent to termination, in bulk."""
+    """Recording a create fan-out's outcomes moves created kernels RUNNING with their
+    container ids and failed ones ERROR; the completion sends failed sessions to
+    termination, in bulk."""
     repo = SchedulerRepository(engine)
     made = [_creating_session(repo, kernels=2) for _ in range(4)]
     outcomes = [
@@ -260,9 +264,13 @@ async def test_start_completion_moves_every_created_kernel_at_once(engine: sa.En
         for k in kids
     ]
     spec = start_sessions.build(stub_context(repo, fanout=_NO_FANOUT))
+    ledger = RunLedger(engine)
+    run_id = ledger.open_run(start_sessions.NAME, RunTrigger.BEAT)
 
-    moved = await apply_transitions(repo, start_sessions.DECLARATION.transitions, outcomes)
-    await spec.complete[Operation.CREATE_KERNELS](RunId(1), outcomes, moved)
+    _, recorded = await record_outcomes(
+        ledger, start_sessions.DECLARATION.transitions, run_id, outcomes
+    )
+    await spec.complete[Operation.CREATE_KERNELS](run_id, recorded, moved_of(recorded))
 
     with engine.connect() as conn:
         rows = {

@@ -18,10 +18,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from typer.testing import CliRunner
 
 from sokovan.db.engine import create_engine, upgrade
-from sokovan.db.ledger import RunLedger, closing_status, final_status, utcnow
+from sokovan.db.ledger import RunLedger, closing_status, final_status
 from sokovan.db.stats import RunStats, percentile
 from sokovan.metrics import registry_for, serve
-from sokovan.types import ItemOutcome, ResourceSlot, RunId, RunStatus, RunTrigger
+from sokovan.types import ItemOutcome, ResourceSlot, RunId, RunStatus, RunTrigger, utcnow
 from tasks.cli import app as cli
 from tests.conftest import free_port
 

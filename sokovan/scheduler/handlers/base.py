@@ -6,6 +6,7 @@ calls the planner, applies the declared transitions to the outcomes, and closes 
 
 from __future__ import annotations
 
+import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from sokovan.types import (
     Operation,
     RunId,
     SessionStatus,
+    Verdict,
 )
 
 if TYPE_CHECKING:
@@ -40,7 +42,7 @@ if TYPE_CHECKING:
 
 FollowUps = Sequence[tuple[str, Sequence[str] | None]]
 # Kernel ids that moved, by the verdict whose transition moved them.
-Moved = Mapping[str, Sequence[KernelId]]
+Moved = Mapping[Verdict, Sequence[KernelId]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,8 +153,8 @@ class HandlerDeclaration:
     default_interval: float  # seconds between beat ticks
     target: Literal["sessions", "kernels"]
     target_statuses: tuple[SessionStatus | KernelStatus, ...]
-    # Kernel moves by outcome verdict ("ok", "failed", "skipped" or a handler's own).
-    transitions: Mapping[str, Transition]
+    # Kernel moves by outcome verdict, applied with the outcome's recording.
+    transitions: Mapping[Verdict, Transition]
     build: Callable[[HandlerContext], HandlerRuntime]
     # Per-agent batch operations: one Celery task per agent batch each.
     batches: Mapping[Operation, BatchRunner] = field(default_factory=dict)
@@ -175,19 +177,13 @@ class HandlerDeclaration:
         return float(getattr(settings, self.interval_setting))
 
 
-# Outcome detail a batch task adds to what it returns (never stored): the outcome is recorded
-# already, so the chord body need not write it again.
-RECORDED_BY_BATCH = "recorded_by_batch"
-
-
-def verdict_of(outcome: ItemOutcome, declared: Mapping[str, Transition]) -> str:
-    """An outcome's verdict: the handler's own when it declares one, else ok/failed/skipped."""
-    own = outcome.detail.get("verdict")
-    if isinstance(own, str) and own in declared:
-        return own
-    if outcome.skipped:
-        return "skipped"
-    return "ok" if outcome.ok else "failed"
+def moved_of(outcomes: Sequence[ItemOutcome]) -> Moved:
+    """The kernels whose declared move was applied when their outcome was recorded."""
+    moved: dict[Verdict, list[KernelId]] = {}
+    for o in outcomes:
+        if o.moved:
+            moved.setdefault(o.verdict, []).append(KernelId(uuid.UUID(o.item_id)))
+    return moved
 
 
 class KernelHandler(ABC):

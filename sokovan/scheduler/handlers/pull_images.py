@@ -13,9 +13,8 @@ from typing import Any
 from sokovan import constants as C
 from sokovan.config import Settings
 from sokovan.db.attempts import backoff_seconds
-from sokovan.db.ledger import utcnow
 from sokovan.db.repository import SchedulerRepository
-from sokovan.scheduler.deadlines import parse_time
+from sokovan.scheduler.deadlines import parse_time, past_deadline
 from sokovan.scheduler.handlers.base import (
     FollowUps,
     GiveUp,
@@ -44,6 +43,8 @@ from sokovan.types import (
     SessionId,
     SessionInfo,
     SessionStatus,
+    Verdict,
+    utcnow,
 )
 
 log = logging.getLogger(__name__)
@@ -66,13 +67,16 @@ SENT_AT = "pull_sent_at"
 ATTEMPTS = "pull_attempts"
 
 
-def _due(session: SessionInfo, deadline: float, now: datetime) -> bool:
-    """A PULLING session whose retry is due, or whose pull got no result by the deadline."""
+def _due(session: SessionInfo, now: datetime) -> bool:
+    """A PULLING session to pull again now: its retry is due, or its pull was lost.
+
+    Runs of this handler never overlap (one claim), and a run that ends gives each of its
+    sessions a way on (PREPARED, a retry time, or failure). So a PULLING session with no
+    retry time, seen while this run plans, was left by a run that died or lost its messages:
+    it is pulled again at once, and the lost pull costs no attempt.
+    """
     retry_at = parse_time(session.status_data.get(RETRY_AT))
-    if retry_at is not None:
-        return retry_at <= now
-    sent = parse_time(session.status_data.get(SENT_AT)) or session.status_changed_at
-    return sent is not None and sent + timedelta(seconds=deadline) <= now
+    return retry_at is None or retry_at <= now
 
 
 def build(ctx: HandlerContext) -> HandlerRuntime:
@@ -105,29 +109,37 @@ def build(ctx: HandlerContext) -> HandlerRuntime:
         return Plan(requested=requested, dispatched=True, follow_ups=follow)
 
     async def _retries(wanted: list[SessionId] | None) -> tuple[FollowUps, list[SessionInfo]]:
-        """PULLING sessions to pull again; those out of attempts fail instead."""
+        """PULLING sessions to pull again (a retry due, or a pull lost with its run); those
+        whose pulls are all PREPARED already go on to creation."""
         now = utcnow()
         pulling = await asyncio.to_thread(repo.sessions_in, [SessionStatus.PULLING], only=wanted)
-        due = [s for s in pulling if _due(s, settings.pulling_deadline, now)]
         again: list[SessionInfo] = []
-        exhausted: list[SessionId] = []
-        for s in due:
-            lost = s.status_data.get(RETRY_AT) is None  # no result at all by the deadline
-            tried = int(s.status_data.get(ATTEMPTS) or 0) + (1 if lost else 0)
-            if tried >= settings.pull_attempts:
-                message = (
-                    f"no pull result within {settings.pulling_deadline:g}s"
-                    if lost
-                    else str(s.status_data.get("pull_last_error") or "no answer")
-                )
-                await _note_error(repo, s.id, f"{message} after {tried} attempt(s)")
-                exhausted.append(s.id)
+        late: list[SessionId] = []
+        for s in pulling:
+            if not _due(s, now):
                 continue
-            if lost:
-                await asyncio.to_thread(repo.merge_session_status_data, s.id, {ATTEMPTS: tried})
+            if past_deadline(s, settings.pulling_deadline, now):
+                tried = int(s.status_data.get(ATTEMPTS) or 0) or 1
+                message = f"no pull result within {settings.pulling_deadline:g}s"
+                await _note_error(repo, s.id, f"{message} after {tried} attempt(s)")
+                late.append(s.id)
+                continue
             kernels = tuple(k for k in s.kernels if k.status == KernelStatus.PULLING)
+            if s.status_data.get(RETRY_AT) is None:
+                log.warning(
+                    "session %s: its pull was lost with the run that sent it; sent again", s.id
+                )
             again.append(dataclasses.replace(s, kernels=kernels))
-        follow = await fail_sessions(repo, exhausted, FAILED_TO_START)
+        prepared = await promote_sessions(
+            repo,
+            {s.id for s in again if not s.kernels},
+            KernelStatus.PREPARED,
+            SessionStatus.PULLING,
+            SessionStatus.PREPARED,
+        )
+        follow = list(await fail_sessions(repo, late, FAILED_TO_START))
+        if prepared:
+            follow.append((START_SESSIONS, [str(s) for s in prepared]))
         return follow, [s for s in again if s.kernels]
 
     async def complete(run_id: RunId, outcomes: Sequence[ItemOutcome], moved: Moved) -> FollowUps:
@@ -220,7 +232,7 @@ DECLARATION = HandlerDeclaration(
     interval_setting="launch_interval",
     target="sessions",
     target_statuses=(SessionStatus.SCHEDULED, SessionStatus.PULLING),
-    transitions={"ok": Transition(KernelStatus.PREPARED, (KernelStatus.PULLING,))},
+    transitions={Verdict.OK: Transition(KernelStatus.PREPARED, (KernelStatus.PULLING,))},
     build=build,
     batches={Operation.CHECK_AND_PULL: pull_on_agent},
     budget_unit="sessions",

@@ -14,7 +14,6 @@ from collections.abc import Sequence
 
 from sokovan import constants as C
 from sokovan.db.attempts import Leftover
-from sokovan.db.ledger import utcnow
 from sokovan.scheduler.deadlines import LOST_AGENT_STATUS
 from sokovan.scheduler.handlers.base import (
     FollowUps,
@@ -34,6 +33,7 @@ from sokovan.types import (
     KernelStatus,
     Operation,
     RunId,
+    utcnow,
 )
 
 NAME = "reconcile_leftovers"

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sokovan import constants as C
-from sokovan.db.ledger import utcnow
 from sokovan.db.repository import SchedulerRepository
 from sokovan.ports import FanOut
 from sokovan.scheduler.deadlines import past_deadline
@@ -37,12 +35,13 @@ from sokovan.types import (
     AgentBatch,
     AgentId,
     ItemOutcome,
-    KernelId,
     KernelStatus,
     Operation,
     RunId,
     SessionId,
     SessionStatus,
+    Verdict,
+    utcnow,
 )
 
 log = logging.getLogger(__name__)
@@ -136,8 +135,16 @@ def build(ctx: HandlerContext) -> HandlerRuntime:
         )
 
     async def complete(run_id: RunId, outcomes: Sequence[ItemOutcome], moved: Moved) -> FollowUps:
-        await apply_created(repo, outcomes)
+        # The batches moved the kernels; sessions whose kernels all run go RUNNING (a batch
+        # promotes its own as it records, so this finds only what another agent completed).
         failed_sessions = session_ids_of(o for o in outcomes if not o.ok)
+        await promote_sessions(
+            repo,
+            session_ids_of(outcomes) - failed_sessions,
+            KernelStatus.RUNNING,
+            SessionStatus.CREATING,
+            SessionStatus.RUNNING,
+        )
         return await fail_sessions(repo, sorted(failed_sessions), FAILED_TO_START)
 
     async def abandoned(run_id: RunId) -> FollowUps:
@@ -147,30 +154,6 @@ def build(ctx: HandlerContext) -> HandlerRuntime:
 
     return HandlerRuntime(
         DECLARATION, plan, {Operation.CREATE_KERNELS: complete}, abandoned=abandoned
-    )
-
-
-async def apply_created(repo: SchedulerRepository, outcomes: Sequence[ItemOutcome]) -> None:
-    """Created kernels go RUNNING, and sessions whose kernels all run go RUNNING too.
-
-    Idempotent: an agent's task applies its own outcomes as soon as it has them, so a
-    session does not wait for the run's other agents; the run's completion applies every
-    outcome again and alone deals with failures.
-    """
-    created = {
-        KernelId(uuid.UUID(o.item_id)): {"container_id": _container_id(o)}
-        for o in outcomes
-        if o.ok and not o.skipped
-    }
-    await asyncio.to_thread(
-        repo.transition_kernels_with_values, created, KernelStatus.RUNNING, [KernelStatus.CREATING]
-    )
-    await promote_sessions(
-        repo,
-        session_ids_of(outcomes) - session_ids_of(o for o in outcomes if not o.ok),
-        KernelStatus.RUNNING,
-        SessionStatus.CREATING,
-        SessionStatus.RUNNING,
     )
 
 
@@ -220,14 +203,14 @@ DECLARATION = HandlerDeclaration(
     target="sessions",
     target_statuses=(SessionStatus.PREPARED, SessionStatus.CREATING),
     transitions={
-        # Usually applied already by the agent's own task when it recorded the outcome, so
-        # sessions do not wait for the run's other agents; applying it again is a no-op.
-        "ok": Transition(
+        # Applied by the agent's own task as it records the outcome, so sessions do not
+        # wait for the run's other agents.
+        Verdict.OK: Transition(
             KernelStatus.RUNNING,
             (KernelStatus.CREATING,),
             values=lambda o: {"container_id": _container_id(o)},
         ),
-        "failed": Transition(KernelStatus.ERROR, NON_TERMINAL_KERNEL, FAILED_TO_START),
+        Verdict.FAILED: Transition(KernelStatus.ERROR, NON_TERMINAL_KERNEL, FAILED_TO_START),
     },
     build=build,
     batches={Operation.CREATE_KERNELS: create_on_agent},

@@ -28,7 +28,6 @@ from sokovan.scheduler.sweep_load import load_sweep_targets
 from sokovan.scheduler.sweep_record import (
     ABNORMAL_TERMINATION,
     BRAKE_REASON,
-    DEAD,
     DEFERRED_REASON,
     STALE_KERNEL_REASON,
     UNVERIFIED,
@@ -48,6 +47,7 @@ from sokovan.types import (
     KernelTransitionInfo,
     RunId,
     SessionId,
+    Verdict,
 )
 
 log = logging.getLogger(__name__)
@@ -219,7 +219,7 @@ def build(ctx: HandlerContext) -> HandlerRuntime:
 
     async def complete(run_id: RunId, outcomes: Sequence[ItemOutcome], moved: Moved) -> FollowUps:
         """Sessions of reaped kernels go TERMINATING, so the rest of each is cleaned up."""
-        reaped = {str(k) for k in moved.get(DEAD, ())}
+        reaped = {str(k) for k in moved.get(Verdict.DEAD, ())}
         sessions: set[SessionId] = session_ids_of(o for o in outcomes if o.item_id in reaped)
         if not sessions:
             return ()
@@ -253,7 +253,9 @@ DECLARATION = HandlerDeclaration(
     target="kernels",
     target_statuses=(KernelStatus.RUNNING,),
     transitions={
-        DEAD: Transition(KernelStatus.TERMINATED, (KernelStatus.RUNNING,), STALE_KERNEL_REASON)
+        Verdict.DEAD: Transition(
+            KernelStatus.TERMINATED, (KernelStatus.RUNNING,), STALE_KERNEL_REASON
+        )
     },
     build=build,
     budget_unit="kernels",
@@ -263,5 +265,5 @@ SweepStaleKernelsKernelHandler.name = DECLARATION.name
 SweepStaleKernelsKernelHandler.lock_id = DECLARATION.lock_id
 SweepStaleKernelsKernelHandler.target_kernel_statuses = (KernelStatus.RUNNING,)
 SweepStaleKernelsKernelHandler.status_transitions = KernelStatusTransitions(
-    success=None, failure=DECLARATION.transitions[DEAD].kernel
+    success=None, failure=DECLARATION.transitions[Verdict.DEAD].kernel
 )

@@ -13,13 +13,10 @@ from datetime import datetime
 from typing import Any
 
 from sokovan.db.attempts import Leftover
-from sokovan.db.ledger import utcnow
 from sokovan.db.repository import SchedulerRepository
 from sokovan.scheduler.deadlines import (
     AGENT_LOST,
     FORCE_TERMINATED,
-    FORCED,
-    LOST,
     attempts_of,
     forced_outcome,
     past_deadline,
@@ -47,12 +44,15 @@ from sokovan.types import (
     AgentId,
     ItemOutcome,
     KernelId,
+    KernelInfo,
     KernelStatus,
     Operation,
     RunId,
     SessionId,
     SessionInfo,
     SessionStatus,
+    Verdict,
+    utcnow,
 )
 
 log = logging.getLogger(__name__)
@@ -76,6 +76,7 @@ class _Split:
 
     sessions: list[SessionInfo] = field(default_factory=list)
     forced: list[ItemOutcome] = field(default_factory=list)
+    never_created: list[ItemOutcome] = field(default_factory=list)
     leftovers: list[Leftover] = field(default_factory=list)
     waiting: int = 0
 
@@ -90,6 +91,9 @@ def _split(ctx: HandlerContext, live: Sequence[SessionInfo], now: datetime) -> _
         late = past_deadline(session, seconds, now)
         due = []
         for k in session.kernels:
+            if not k.create_sent:
+                out.never_created.append(_never_created(k))
+                continue
             state = agent_states.get(k.agent_id) if k.agent_id else None
             # Tried at least once, or its agent is known not to be up: nothing to wait for.
             gone = state is not None and state[0] != ALIVE
@@ -103,7 +107,7 @@ def _split(ctx: HandlerContext, live: Sequence[SessionInfo], now: datetime) -> _
                         agent_state=state,
                     )
                 )
-                lost = out.forced[-1].detail.get("verdict") == LOST
+                lost = out.forced[-1].verdict == Verdict.LOST
                 reason = AGENT_LOST if lost else FORCE_TERMINATED
                 out.leftovers.append(Leftover(k.id, session.id, k.agent_id, reason, now, 0, None))
             elif attempts_of(k) and not retry_due(k, now):
@@ -113,6 +117,19 @@ def _split(ctx: HandlerContext, live: Sequence[SessionInfo], now: datetime) -> _
         if due:
             out.sessions.append(dataclasses.replace(session, kernels=tuple(due)))
     return out
+
+
+def _never_created(kernel: KernelInfo) -> ItemOutcome:
+    """A kernel no create_kernels was ever sent for: ended without asking any agent."""
+    return ItemOutcome(
+        str(kernel.id),
+        kernel.agent_id,
+        verdict=Verdict.NEVER_CREATED,
+        detail={
+            "session_id": str(kernel.session_id),
+            "never_created": "create_kernels was never sent for it: nothing to destroy",
+        },
+    )
 
 
 def build(ctx: HandlerContext) -> HandlerRuntime:
@@ -142,14 +159,17 @@ def build(ctx: HandlerContext) -> HandlerRuntime:
             for o in split.forced:
                 log.warning("run %s: kernel %s given up: %s", run_id, o.item_id, o.error)
             await asyncio.to_thread(repo.remember_leftovers, split.leftovers)
-        requested = sum(len(s.kernels) for s in split.sessions) + len(split.forced)
+        settled = [*split.forced, *split.never_created]
+        requested = sum(len(s.kernels) for s in split.sessions) + len(settled)
         if not split.sessions:
-            note = f"{len(empty)} session(s) had no live kernel" if empty else None
+            notes = [f"{len(empty)} session(s) had no live kernel"] if empty else []
             if split.forced:
-                note = f"{len(split.forced)} kernel(s) given up past the deadline"
-            return Plan(requested=requested, outcomes=split.forced, note=note)
+                notes = [f"{len(split.forced)} kernel(s) given up past the deadline"]
+            if split.never_created:
+                notes.append(f"{len(split.never_created)} kernel(s) never created: no destroy")
+            return Plan(requested=requested, outcomes=settled, note="; ".join(notes) or None)
         await ctx.terminator.terminate_sessions_for_handler(split.sessions, run_id=run_id)
-        return Plan(requested=requested, dispatched=True, outcomes=split.forced)
+        return Plan(requested=requested, dispatched=True, outcomes=settled)
 
     async def finish(run_id: RunId, outcomes: Sequence[ItemOutcome], moved: Moved) -> FollowUps:
         """Sessions whose kernels are all terminal are TERMINATED."""
@@ -183,11 +203,11 @@ def build(ctx: HandlerContext) -> HandlerRuntime:
         log.info(
             "run %s: %d kernel(s) destroyed, %d session(s) terminated",
             run_id,
-            len(moved.get("ok", ())),
+            len(moved.get(Verdict.OK, ())),
             len(finished),
         )
         follow = list(await _past_deadline_follow_up(repo, settings.terminating_deadline, outcomes))
-        if moved.get("ok") or moved.get("skipped"):
+        if moved.get(Verdict.OK) or moved.get(Verdict.SKIPPED):
             # Destroyed kernels freed their slots: the pending queue may fit now.
             follow.append((SCHEDULE_SESSIONS, None))
         return follow
@@ -229,11 +249,13 @@ DECLARATION = HandlerDeclaration(
     target="sessions",
     target_statuses=(SessionStatus.TERMINATING,),
     transitions={
-        "ok": Transition(KernelStatus.TERMINATED, NON_TERMINAL_KERNEL),
+        Verdict.OK: Transition(KernelStatus.TERMINATED, NON_TERMINAL_KERNEL),
         # A kernel that never had an agent has nothing to destroy.
-        "skipped": Transition(KernelStatus.CANCELLED, NON_TERMINAL_KERNEL),
-        FORCED: Transition(KernelStatus.TERMINATED, NON_TERMINAL_KERNEL, FORCE_TERMINATED),
-        LOST: Transition(KernelStatus.TERMINATED, NON_TERMINAL_KERNEL, AGENT_LOST),
+        Verdict.SKIPPED: Transition(KernelStatus.CANCELLED, NON_TERMINAL_KERNEL),
+        # A kernel no create was sent for has no container anywhere.
+        Verdict.NEVER_CREATED: Transition(KernelStatus.CANCELLED, NON_TERMINAL_KERNEL),
+        Verdict.FORCED: Transition(KernelStatus.TERMINATED, NON_TERMINAL_KERNEL, FORCE_TERMINATED),
+        Verdict.LOST: Transition(KernelStatus.TERMINATED, NON_TERMINAL_KERNEL, AGENT_LOST),
     },
     build=build,
     batches={Operation.DESTROY_KERNELS: destroy_on_agent},
