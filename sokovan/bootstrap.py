@@ -192,7 +192,7 @@ async def build_services(
         tracked,
         destroy_concurrency=settings.destroy_concurrency,
         check_running_concurrency=settings.check_running_concurrency,
-        identities=repository,
+        verify_identity=True,
     )
     key = load_or_create_key(settings.secret_key, settings.var_dir)
     secrets = SqlSecretStore(engine, key)

@@ -69,6 +69,10 @@ CHECK_RUNNING_CONCURRENCY_PER_AGENT: Final = 32
 SWEEP_MAX_STALE_RATIO: Final = 0.5
 # Fewer candidates than this are judged on their own, whatever the share.
 SWEEP_BRAKE_MIN_KERNELS: Final = 10
+# Above the ratio, a run still reaps kernels their agents confirm dead, at most this share of
+# the group (at least one): a whole-cluster restart clears in about five sweeps, and a mass of
+# wrong "not running" answers costs a fifth of the kernels per sweep interval at most.
+SWEEP_BRAKE_REAP_SHARE: Final = 0.2
 
 # Default beat intervals (seconds).
 SWEEP_INTERVAL_SEC: Final = 60.0

@@ -295,7 +295,7 @@ class SchedulerRepository(
         limit: int = 0,
         only: Collection[KernelId] | None = None,
     ) -> list[KernelInfo]:
-        """Like `kernels_in`, with ids, status, scaling group and running_since only.
+        """Like `kernels_in`, with ids, status and scaling group only.
 
         The stale sweep reads every RUNNING kernel each run and needs no more than these.
         """
@@ -305,7 +305,6 @@ class SchedulerRepository(
             kernels.c.agent_id,
             kernels.c.status,
             kernels.c.scaling_group,
-            kernels.c.status_changed_at,
         ).order_by(kernels.c.created_at, kernels.c.id)
         wanted = [str(s) for s in statuses]
         if only is None:
@@ -325,9 +324,8 @@ class SchedulerRepository(
                     agent_id=agent,
                     status=status_of[status],
                     scaling_group=group,
-                    running_since=changed,
                 )
-                for kid, sid, agent, status, group, changed in conn.execute(query)
+                for kid, sid, agent, status, group in conn.execute(query)
             ]
 
     def sweep_pages(
