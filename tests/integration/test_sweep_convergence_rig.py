@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from sokovan.db.ledger import RunLedger
+from sokovan.db.stats import RunStats
 from sokovan.errors import AgentRemoteError
 from sokovan.metrics import registry_for
 from sokovan.scheduler.sweep_brake import RatioBrake
@@ -35,7 +37,7 @@ def status_of(rig: Rig, kids: list[KernelId]) -> dict[KernelId, KernelStatus]:
 
 
 def unverified_gauge(rig: Rig) -> dict[str, float]:
-    registry = registry_for(rig.engine, handlers=[SWEEP])
+    registry = registry_for(RunLedger(rig.engine), RunStats(rig.engine), handlers=[SWEEP])
     return {
         s.labels["reason"]: s.value
         for m in registry.collect()
