@@ -132,6 +132,15 @@ AGENT_LOST_AFTER_SEC: Final = 120.0
 AGENT_LOST_GRACE_SEC: Final = 300.0
 # status_info of sessions ended because their agent was removed by an operator.
 AGENT_REMOVED_REASON: Final = "AGENT_REMOVED"
+# status_info of sessions ended by a drain of their agent.
+AGENT_DRAINED_REASON: Final = "AGENT_DRAINED"
+# A drain's deadline when none is given: ten minutes, kubectl drain's habit of a bounded wait.
+DRAIN_DEADLINE_SEC: Final = 600.0
+# Longest drain deadline accepted: a day; a longer maintenance is a cordon.
+MAX_DRAIN_DEADLINE_SEC: Final = 86_400.0
+# Registered capacities above these are no machine's (typos or unit mistakes): cores, bytes.
+MAX_AGENT_CPU: Final = 100_000
+MAX_AGENT_MEM: Final = 2**60
 
 # Runs older than this are pruned.
 RUN_RETENTION_DAYS: Final = 30

@@ -80,6 +80,7 @@ def create_app(settings: Settings | None = None) -> Celery:
             "tasks.handler_tasks",
             "tasks.keypair_tasks",
             "tasks.batch_tasks",
+            "tasks.maintenance_tasks",
         ],
         amqp=RedactingAMQP,
         task_cls=RedactingTask,

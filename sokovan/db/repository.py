@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from sokovan.db.agents import AgentRow, AgentsAndImages
 from sokovan.db.attempts import Attempts
 from sokovan.db.liveness import LivenessStore
+from sokovan.db.maintenance import AgentMaintenance
 from sokovan.db.pending import PendingQueue
 from sokovan.db.placement import Placement
 from sokovan.db.schema import agents, kernels, sessions, status_among
@@ -66,7 +67,13 @@ class NewKernel:
 
 
 class SchedulerRepository(
-    AgentsAndImages, LivenessStore, Transitions, Attempts, Placement, PendingQueue
+    AgentsAndImages,
+    LivenessStore,
+    Transitions,
+    Attempts,
+    Placement,
+    PendingQueue,
+    AgentMaintenance,
 ):
     """Synchronous SQL access; async callers use the async port methods or a thread."""
 
