@@ -106,9 +106,7 @@ def test_registration_schema_refuses_naming_the_field(change: dict[str, Any], fi
 
 
 def test_registration_schema_accepts_a_real_agent() -> None:
-    parsed = parse_call(
-        RegisterAgentPayload, (), {**GOOD, "capacity": {"cpu": "64", "mem": 2**38}}
-    )
+    parsed = parse_call(RegisterAgentPayload, (), {**GOOD, "capacity": {"cpu": "64", "mem": 2**38}})
     assert isinstance(parsed, RegisterAgentPayload)
     ipv6 = parse_call(RegisterAgentPayload, (), {**GOOD, "rpc_addr": "tcp://[::1]:65535"})
     assert isinstance(ipv6, RegisterAgentPayload)
