@@ -96,6 +96,21 @@ async def test_cordoned_agent_gets_no_new_session_and_the_queue_waits(
         assert (unknown["kind"], unknown["field"]) == ("UnknownAgent", "agent_id")
         assert run(env, "agents", "cordon", "nope").returncode == 1
 
+        # SC-OP-003: the register task refuses with the very line the CLI prints.
+        bad = ["x9", "--rpc-addr", "tcp://127.0.0.1:99999"]
+        line = run(env, "agents", "register", *bad).stderr.strip()
+        answer = c.send("sokovan.agents.register", agent_id="x9", rpc_addr=bad[2])
+        assert (answer["kind"], answer["field"]) == ("InvalidRequest", "rpc_addr")
+        assert line == f"refused: {answer['error']}"
+        capacity = {"cpu": "2", "mem": str(2**30)}
+        good = c.send("sokovan.agents.register", agent_id="x9", rpc_addr="tcp://127.0.0.1:9")
+        assert good["registered"] is True
+        positional = c.app.send_task(
+            "sokovan.agents.register", args=["x8", "tcp://h:1", "g", capacity]
+        ).get(timeout=60)
+        assert positional["registered"] is True
+        assert {"x8", "x9"} <= set(listed(env))
+
 
 async def test_cordon_survives_a_restart_of_every_process(tmp_path: Path, valkey_url: str) -> None:
     """SC-OP-001: a cordon is a row in SQL: new workers, a re-registration and `agents sync`
