@@ -74,7 +74,8 @@ def build(ctx: HandlerContext) -> HandlerRuntime:
 DECLARATION = HandlerDeclaration(
     name=NAME,
     lock_id=LOCK_ID,
-    description="ping every agent; a LOST agent's kernels take the deadline path (AGENT_LOST)",
+    description="ping every agent; a LOST agent's kernels take the deadline path (AGENT_LOST); "
+    "unfinished drains carry on (AGENT_DRAINED)",
     default_interval=C.AGENT_PING_INTERVAL_SEC,
     target="kernels",
     target_statuses=NON_TERMINAL_KERNEL,
