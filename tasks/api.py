@@ -8,6 +8,7 @@ from typing import Any
 from celery import Celery
 from celery.result import AsyncResult
 
+from sokovan import constants as C
 from sokovan.bootstrap import Adapters
 from sokovan.config import Settings, load_settings
 from tasks import names
@@ -79,7 +80,10 @@ class Scheduler:
         return self.app.send_task(names.AGENTS_UNCORDON, kwargs={"agent_id": agent_id})
 
     def drain_agent(
-        self, agent_id: str, deadline_seconds: float = 600.0, wait_for_sessions: bool = False
+        self,
+        agent_id: str,
+        deadline_seconds: float = C.DRAIN_DEADLINE_SEC,
+        wait_for_sessions: bool = False,
     ) -> AsyncResult:
         """sokovan.agents.drain: cordon, then end the agent's sessions by the deadline."""
         return self.app.send_task(

@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 
 from sokovan.types import AgentId, SessionId, SessionStatus
+from tests.agents import agent_process
 from tests.cluster import IMAGE, Cluster, cluster_without_worker, running_cluster
-from tests.workers import celery_worker, make_env
+from tests.workers import celery_beat, celery_worker, make_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -113,17 +114,22 @@ async def test_cordoned_agent_gets_no_new_session_and_the_queue_waits(
 
 
 async def test_cordon_survives_a_restart_of_every_process(tmp_path: Path, valkey_url: str) -> None:
-    """SC-OP-001: a cordon is a row in SQL: new workers, a re-registration and `agents sync`
-    keep it, and sessions created afterwards still avoid the agent."""
+    """SC-OP-001: a cordon is a row in SQL: a new worker and beat, restarted agents that
+    register themselves again (new ports) and `agents sync` keep it, and sessions created
+    afterwards still avoid the agent."""
     async with cluster_without_worker(tmp_path, valkey_url, agents=2) as c:
         env = c.senv.env
         ok(env, "agents", "cordon", "a1")  # no worker needed: the CLI writes SQL
-        with celery_worker(c.senv):
+        with celery_worker(c.senv), celery_beat(c.senv):
             first = c.create(**slots(1))
-        ok(env, "agents", "sync")  # the agents' own registrations are read again
-        with celery_worker(c.senv):
-            second = c.create(**slots(1))
-            third = c.create(**slots(1))
+        await c.agents.stop()
+        redis_url = c.senv.settings.redis_url
+        async with agent_process(redis_url, count=2, id_prefix="a") as again:
+            ok(env, "agents", "sync")  # the agents' new registrations are read
+            assert listed(env)["a1"]["rpc_addr"] == again.agents["a1"]
+            with celery_worker(c.senv), celery_beat(c.senv):
+                second = c.create(**slots(1))
+                third = c.create(**slots(1))
         assert listed(env)["a1"]["maintenance"] == "cordoned"
         for sid in (first, second, third):
             assert agent_of(c, sid) == {"a2"}
