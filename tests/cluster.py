@@ -94,7 +94,7 @@ async def running_cluster(
 
 def ghost_agent(c: Cluster, agent_id: str = "ghost") -> AgentId:
     """Registers an agent where nothing listens (4 cores, 8 GiB) and returns its id."""
-    from sokovan.db.repository import AgentRow
+    from sokovan.records import AgentRow
     from sokovan.types import ResourceSlot
     from tests.conftest import free_port
 

@@ -16,9 +16,9 @@ from sokovan.admission.schemas import (
     DrainAgentPayload,
     RegisterAgentPayload,
 )
-from sokovan.db.agents import AgentRow
 from sokovan.db.repository import SchedulerRepository
 from sokovan.errors import UnknownAgent
+from sokovan.records import AgentRow
 from sokovan.scheduler.coordinator import Coordinator
 from sokovan.scheduler.handlers import schedule_sessions
 from sokovan.scheduler.maintenance import DrainMode, cordon, drain, uncordon

@@ -11,9 +11,10 @@ from sokovan.admission.refusal import Refusal, from_error
 from sokovan.admission.schemas import CreateSessionsPayload, Limits
 from sokovan.db.repository import SchedulerRepository
 from sokovan.errors import InvalidRequest, SokovanError
+from sokovan.records import SessionRequest
 from sokovan.scheduler.coordinator import Coordinator
 from sokovan.scheduler.handlers import pull_images
-from sokovan.scheduler.submit import SecretBinder, SessionRequest
+from sokovan.scheduler.submit import SecretBinder
 from sokovan.scheduler.submit_batch import submit_sessions
 from sokovan.types import JSON, RunTrigger, SessionStatus
 

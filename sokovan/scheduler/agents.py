@@ -9,7 +9,8 @@ import logging
 from redis.asyncio import Redis
 
 from sokovan import constants as C
-from sokovan.db.repository import AgentRow, SchedulerRepository
+from sokovan.db.repository import SchedulerRepository
+from sokovan.records import AgentRow
 from sokovan.types import AgentId, AgentLiveness, ResourceSlot, utcnow
 
 log = logging.getLogger(__name__)

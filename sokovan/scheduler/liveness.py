@@ -16,10 +16,10 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sokovan import constants as C
-from sokovan.db.liveness import AgentContact
 from sokovan.db.repository import SchedulerRepository
 from sokovan.errors import describe_error
 from sokovan.ports import AgentClient, AgentClientPool
+from sokovan.records import AgentContact
 from sokovan.scheduler.deadlines import AGENT_LOST
 from sokovan.scheduler.terminator.identity import is_stranger_error
 from sokovan.scheduler.transitions import request_termination

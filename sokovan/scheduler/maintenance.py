@@ -18,8 +18,8 @@ from datetime import datetime
 from enum import StrEnum
 
 from sokovan import constants as C
-from sokovan.db.agents import AgentRow
 from sokovan.db.repository import SchedulerRepository
+from sokovan.records import AgentRow
 from sokovan.scheduler.transitions import request_termination
 from sokovan.types import AgentId, SessionId, SessionStatus, utcnow
 

@@ -18,8 +18,9 @@ from collections.abc import Collection, Generator, Mapping
 from dataclasses import dataclass, field
 
 from sokovan import constants as C
-from sokovan.db.repository import SchedulerRepository, SweepRow
+from sokovan.db.repository import SchedulerRepository
 from sokovan.ports import PresenceReader
+from sokovan.records import SweepRow
 from sokovan.types import AgentId, KernelId, KernelInfo, KernelPresence, KernelStatus
 
 # Suspects read in full per query: far below every database's bound on bound parameters.

@@ -14,8 +14,8 @@ from sokovan.admission.refusal import Refusal
 from sokovan.admission.schemas import RegisterAgentPayload
 from sokovan.agentd.specs import parse_size
 from sokovan.bootstrap import build_redis
-from sokovan.db.repository import AgentRow
 from sokovan.errors import ConfigError, InvalidRequest
+from sokovan.records import AgentRow
 from sokovan.scheduler.agents import sync_agents
 from sokovan.scheduler.liveness import hand_to_deadline_path
 from sokovan.scheduler.transitions import NON_TERMINAL_KERNEL

@@ -11,7 +11,8 @@ import pytest
 
 from sokovan import constants as C
 from sokovan.db.engine import create_engine, upgrade
-from sokovan.db.repository import AgentRow, NewKernel, SchedulerRepository
+from sokovan.db.repository import NewKernel, SchedulerRepository
+from sokovan.records import AgentRow
 from sokovan.scheduler.deadlines import parse_time
 from sokovan.scheduler.maintenance import DrainMode, continue_drains, drain
 from sokovan.types import (

@@ -8,15 +8,15 @@ import pytest
 import sqlalchemy as sa
 
 from sokovan.config import Settings
-from sokovan.db.repository import AgentRow
 from sokovan.db.schema import agents as agents_table
 from sokovan.errors import InvalidRequest, NoCapacity
+from sokovan.records import AgentRow, SessionRequest
 from sokovan.scheduler.handlers import check_agents, reconcile_leftovers
 from sokovan.scheduler.handlers.base import HandlerContext
 from sokovan.scheduler.handlers.reconcile_leftovers import NAME as RECONCILE
 from sokovan.scheduler.handlers.terminate_sessions import NAME as TERMINATE
 from sokovan.scheduler.liveness import hand_to_deadline_path
-from sokovan.scheduler.submit import SessionRequest, place
+from sokovan.scheduler.submit import place
 from sokovan.testing import FakeSecretStore
 from sokovan.types import (
     AgentId,

@@ -10,8 +10,9 @@ import sqlalchemy as sa
 
 from sokovan.db.engine import current_revision, head_revision
 from sokovan.db.ledger import RunLedger
-from sokovan.db.repository import AgentRow, NewKernel, SchedulerRepository
+from sokovan.db.repository import NewKernel, SchedulerRepository
 from sokovan.db.secrets import SqlSecretStore
+from sokovan.records import AgentRow
 from sokovan.types import (
     AgentId,
     AgentLiveness,

@@ -10,7 +10,8 @@ import pytest
 from sokovan.agent.pool import AgentClientPool
 from sokovan.config import Settings
 from sokovan.db.engine import create_engine, upgrade
-from sokovan.db.repository import AgentRow, SchedulerRepository
+from sokovan.db.repository import SchedulerRepository
+from sokovan.records import AgentRow
 from sokovan.scheduler.liveness import ping_agent
 from sokovan.scheduler.terminator import SessionTerminator
 from sokovan.testing import FakePresence, RefusingFanOut

@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Sequence
 
 from sokovan import constants as C
-from sokovan.db.attempts import Leftover
+from sokovan.records import Leftover
 from sokovan.scheduler.deadlines import LOST_AGENT_STATUS
 from sokovan.scheduler.handlers.base import (
     FollowUps,

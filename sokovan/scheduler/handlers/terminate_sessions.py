@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sokovan.db.attempts import Leftover
 from sokovan.db.repository import SchedulerRepository
+from sokovan.records import Leftover
 from sokovan.scheduler.deadlines import (
     AGENT_LOST,
     FORCE_TERMINATED,
