@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Collection, Iterable
 from typing import Any
@@ -15,7 +14,6 @@ from sokovan.errors import UnknownAgent
 from sokovan.records import AgentRow
 from sokovan.types import (
     TERMINAL_KERNEL_STATUSES,
-    AgentAddress,
     AgentId,
     ImageConfig,
     ResourceSlot,
@@ -94,11 +92,6 @@ class AgentsAndImages(SqlBase):
         """
         with self.engine.connect() as conn:
             return occupied_on(conn)
-
-    async def resolve(self, agent_id: AgentId) -> AgentAddress:
-        """AgentDirectory port: where the agent listens."""
-        row = await asyncio.to_thread(self.get_agent, agent_id)
-        return AgentAddress(agent_id=row.id, rpc_addr=row.rpc_addr, public_key=row.public_key)
 
     def add_image(self, image: ImageConfig) -> None:
         values = {

@@ -19,7 +19,7 @@ from sokovan.db.placement import Placement
 from sokovan.db.schema import agents, kernels, sessions, status_among
 from sokovan.db.transitions import Transitions
 from sokovan.errors import NotFound
-from sokovan.records import AgentRow, SweepRow
+from sokovan.records import SweepRow
 from sokovan.types import (
     AgentId,
     ClusterMode,
@@ -34,7 +34,7 @@ from sokovan.types import (
     utcnow,
 )
 
-__all__ = ["AgentRow", "NewKernel", "SchedulerRepository", "SweepRow"]
+__all__ = ["NewKernel", "SchedulerRepository"]
 
 # Statuses before CREATING: no create_kernels has been sent for a kernel in one of them.
 _NOT_YET_SENT = frozenset(

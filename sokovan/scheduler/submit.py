@@ -6,12 +6,13 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from decimal import Decimal
-from typing import Any, Protocol
+from typing import Any
 
 from sokovan.db.pending import REQUESTED_AGENTS
 from sokovan.db.placement import PlacementView
 from sokovan.db.repository import NewKernel, SchedulerRepository
 from sokovan.errors import AgentCordoned, InvalidRequest, NoCapacity, UnknownAgent, UnknownImage
+from sokovan.ports import SecretBinder
 from sokovan.records import AgentRow, SessionRequest, Submitted
 from sokovan.redaction import split_environ
 from sokovan.types import (
@@ -105,16 +106,6 @@ def place(
         placed.append(best)
         free[best] = ResourceSlot({k: v - need.get(k, Decimal(0)) for k, v in free[best].items()})
     return placed
-
-
-class SecretBinder(Protocol):
-    """Binds a request's secret variables to its session (see sokovan.db.secret_environ)."""
-
-    def bind(
-        self, session_id: SessionId, environ: Mapping[str, str], conn: Any = None
-    ) -> dict[str, str]:
-        """Stores the secrets encrypted (in `conn`'s transaction); returns the clear ones."""
-        ...
 
 
 def _store_environ(
