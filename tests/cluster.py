@@ -15,6 +15,7 @@ from celery import Celery
 from redis.asyncio import Redis
 
 from sokovan.db.ledger import RunLedger
+from sokovan.db.offload import OffloadedStore
 from sokovan.db.repository import SchedulerRepository
 from sokovan.scheduler.agents import sync_agents
 from sokovan.types import AgentId, ImageConfig, SessionId, SessionInfo, SessionStatus
@@ -183,7 +184,7 @@ async def cluster_without_worker(
     ) as procs:
         redis: Redis = Redis.from_url(senv.settings.redis_url)
         try:
-            await sync_agents(redis, repo)
+            await sync_agents(redis, OffloadedStore(repo))
         finally:
             await redis.aclose()
         yield Cluster(senv, create_app(senv.settings), repo, RunLedger(senv.engine), procs)
