@@ -1,4 +1,5 @@
-"""Ports: what the domain needs from the outside, as Protocols. Fakes in sokovan/testing.py."""
+"""Ports: what the domain needs from the outside, as Protocols. Stubs in sokovan/testing.py
+and sokovan/store_stub.py; the SQL stores reach the domain through sokovan/db/offload.py."""
 
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapp
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from sokovan.errors import AgentUnavailable, PresenceUnavailable
 from sokovan.types import (
@@ -389,6 +389,20 @@ class InMemoryTracker:
         return self._bump(run_id, "planned")
 
 
+class KernelMover(Protocol):
+    """Where the in-memory ledger applies the kernel moves it records."""
+
+    def transition_kernels(
+        self,
+        kernel_ids: Collection[KernelId],
+        to: KernelStatus,
+        allowed_from: Collection[KernelStatus],
+        *,
+        status_info: str | None = None,
+        values: Mapping[KernelId, Mapping[str, Any]] | None = None,
+    ) -> list[KernelId]: ...
+
+
 class InMemoryKernelStates:
     """Kernel statuses in a dict, moved by the in-memory ledger; records every move."""
 
@@ -425,7 +439,7 @@ class InMemoryLedger:
     """The Ledger port in memory: runs, their items and paused handlers; kernel moves go to
     `states`, with the outcomes that decided them."""
 
-    def __init__(self, states: InMemoryKernelStates | None = None) -> None:
+    def __init__(self, states: KernelMover | None = None) -> None:
         from sokovan.types import RunRecord, utcnow
 
         self.states = states if states is not None else InMemoryKernelStates()
