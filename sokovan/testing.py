@@ -1,4 +1,6 @@
-"""In-memory stubs of every port, for unit tests and the test rig: they record what happened."""
+"""In-memory stubs of the ports, for unit tests and the test rig: they record what happened.
+
+The SchedulerStore stub is sokovan/store_stub.py."""
 
 from __future__ import annotations
 
