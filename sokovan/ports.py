@@ -398,7 +398,7 @@ class SessionStore(Protocol):
 
 
 class SecretBinder(Protocol):
-    """Binds a request's secret variables to its session (see sokovan.db.secret_environ)."""
+    """Binds a request's secret variables to its session, encrypted in its transaction."""
 
     def bind(
         self, session_id: SessionId, environ: Mapping[str, str], conn: Any = None
