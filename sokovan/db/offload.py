@@ -22,6 +22,9 @@ from sokovan.db.secrets import SqlSecretStore
 from sokovan.errors import SokovanError
 from sokovan.ports import SecretBinder
 from sokovan.records import Scheduled, SessionRequest, Submitted, SweepRow
+from sokovan.scheduler.pending import schedule_pending
+from sokovan.scheduler.submit import submit_session
+from sokovan.scheduler.submit_batch import submit_sessions
 from sokovan.types import (
     AgentAddress,
     AgentId,
@@ -140,22 +143,16 @@ class OffloadedStore:
         self, request: SessionRequest, secrets: SecretBinder | None = None
     ) -> Submitted:
         """SessionQueue: placement and storage in one transaction."""
-        from sokovan.scheduler.submit import submit_session
-
         return await asyncio.to_thread(submit_session, self.sync, request, secrets)
 
     async def submit_sessions(
         self, requests: Sequence[SessionRequest], secrets: SecretBinder | None = None
     ) -> list[Submitted | SokovanError]:
         """SessionQueue: one placement transaction per scaling group."""
-        from sokovan.scheduler.submit_batch import submit_sessions
-
         return await asyncio.to_thread(submit_sessions, self.sync, requests, secrets)
 
     async def schedule_pending(self, budget: int = 0) -> Scheduled:
         """SessionQueue: one placement pass over the PENDING queue."""
-        from sokovan.scheduler.pending import schedule_pending
-
         return await asyncio.to_thread(schedule_pending, self.sync, budget)
 
     async def update_session_network_id(
