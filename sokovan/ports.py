@@ -457,6 +457,38 @@ class AgentStore(Protocol):
         ...
 
 
+class MaintenanceStore(Protocol):
+    """Agents cordoned or drained for maintenance, and what still runs on them."""
+
+    async def cordon_agent(self, agent_id: AgentId) -> AgentRow:
+        """Stops placements on the agent; raises UnknownAgent."""
+        ...
+
+    async def uncordon_agent(self, agent_id: AgentId) -> AgentRow:
+        """Lets placement use the agent again and ends any drain; raises UnknownAgent."""
+        ...
+
+    async def start_drain(self, agent_id: AgentId, mode: str, deadline: datetime) -> AgentRow:
+        """Cordons the agent and records the drain; raises UnknownAgent."""
+        ...
+
+    async def draining_agents(self) -> list[AgentRow]: ...
+
+    async def finish_drain(self, agent_id: AgentId) -> bool:
+        """Marks the drain done if no live kernel is left on the agent."""
+        ...
+
+    async def sessions_on_agent(self, agent_id: AgentId) -> dict[SessionId, SessionStatus]:
+        """Sessions with a live kernel on the agent, and their statuses."""
+        ...
+
+    async def bring_deadlines_forward(
+        self, session_ids: Collection[SessionId], when: datetime
+    ) -> int:
+        """Sessions' deadlines no later than `when`; returns how many changed."""
+        ...
+
+
 class LeftoverStore(Protocol):
     """Kernels given up on whose containers may still exist on their agents."""
 
@@ -476,7 +508,13 @@ class LeftoverStore(Protocol):
 
 
 class SchedulerStore(
-    SessionStore, SessionQueue, AgentStore, LeftoverStore, SessionRecorder, Protocol
+    SessionStore,
+    SessionQueue,
+    AgentStore,
+    MaintenanceStore,
+    LeftoverStore,
+    SessionRecorder,
+    Protocol,
 ):
     """Everything the scheduler's handlers read and write in the database."""
 

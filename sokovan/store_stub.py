@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sokovan.db.attempts import backoff_seconds
-from sokovan.errors import NotFound, SokovanError
+from sokovan.errors import NotFound, SokovanError, UnknownAgent
 from sokovan.ports import SecretBinder
 from sokovan.records import (
     AgentContact,
@@ -327,6 +327,47 @@ class InMemoryStore:
             for k in self.kernels.values()
             if k.agent_id in agent_ids and k.status not in TERMINAL_KERNEL_STATUSES
         ]
+
+    # MaintenanceStore.
+
+    def _agent(self, agent_id: AgentId, **values: Any) -> AgentRow:
+        if agent_id not in self.agents:
+            raise UnknownAgent(f"agent {agent_id!r} is not registered")
+        self.agents[agent_id] = dataclasses.replace(self.agents[agent_id], **values)
+        return self.agents[agent_id]
+
+    async def cordon_agent(self, agent_id: AgentId) -> AgentRow:
+        return self._agent(agent_id, schedulable=False)
+
+    async def uncordon_agent(self, agent_id: AgentId) -> AgentRow:
+        return self._agent(
+            agent_id, schedulable=True, drain_mode=None, drain_deadline=None, drained_at=None
+        )
+
+    async def start_drain(self, agent_id: AgentId, mode: str, deadline: datetime) -> AgentRow:
+        return self._agent(
+            agent_id, schedulable=False, drain_mode=mode, drain_deadline=deadline, drained_at=None
+        )
+
+    async def draining_agents(self) -> list[AgentRow]:
+        return [a for a in self.agents.values() if a.drain_mode and a.drained_at is None]
+
+    async def finish_drain(self, agent_id: AgentId) -> bool:
+        if await self.live_kernel_infos([agent_id]):
+            return False
+        self._agent(agent_id, drained_at=utcnow())
+        return True
+
+    async def sessions_on_agent(self, agent_id: AgentId) -> dict[SessionId, SessionStatus]:
+        live = await self.live_kernel_infos([agent_id])
+        return {k.session_id: self.sessions[k.session_id].status for k in live}
+
+    async def bring_deadlines_forward(
+        self, session_ids: Collection[SessionId], when: datetime
+    ) -> int:
+        for sid in session_ids:
+            await self.set_session_deadline(sid, when)
+        return len(session_ids)
 
     # LeftoverStore.
 

@@ -120,6 +120,14 @@ class OffloadedStore:
         self.mark_liveness = offload(r.mark_liveness)
         self.agent_states = offload(r.agent_states)
         self.live_kernel_infos = offload(r.live_kernel_infos)
+        # Maintenance.
+        self.cordon_agent = offload(r.cordon_agent)
+        self.uncordon_agent = offload(r.uncordon_agent)
+        self.start_drain = offload(r.start_drain)
+        self.draining_agents = offload(r.draining_agents)
+        self.finish_drain = offload(r.finish_drain)
+        self.sessions_on_agent = offload(r.sessions_on_agent)
+        self.bring_deadlines_forward = offload(r.bring_deadlines_forward)
         # Leftover kernels.
         self.remember_leftovers = offload(r.remember_leftovers)
         self.leftovers = offload(r.leftovers)
