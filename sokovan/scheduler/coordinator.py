@@ -105,6 +105,9 @@ class Coordinator:
             await self.claims.release(spec.lock_id, token)
             raise
         limit = self.budgets.get(handler, 0) if budget is None else budget
+        if limit:
+            unit = spec.declaration.targets.unit
+            log.info("run %s of %s takes at most %d %s", run_id, handler, limit, unit)
         try:
             async with kept(self.claims, spec.lock_id, token, self.claim_lifetime):
                 plan = await spec.plan(run_id, scope, limit)

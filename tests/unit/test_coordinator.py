@@ -20,6 +20,7 @@ from sokovan.scheduler.handlers.base import (
     HandlerRuntime,
     Moved,
     Plan,
+    Targets,
     Transition,
 )
 from sokovan.scheduler.outcomes import record_outcomes
@@ -73,8 +74,7 @@ def declare(probe: Probe) -> HandlerDeclaration:
         lock_id="LOCKID_PROBE",
         description="probes kernels",
         default_interval=7.0,
-        target="kernels",
-        target_statuses=(KernelStatus.RUNNING,),
+        targets=Targets(kernels=(KernelStatus.RUNNING,)),
         transitions={
             Verdict.OK: Transition(KernelStatus.TERMINATED, (KernelStatus.RUNNING,), "PROBED"),
             Verdict.FAILED: Transition(KernelStatus.ERROR, (KernelStatus.RUNNING,)),
@@ -237,6 +237,5 @@ def test_declarations_drive_beat_cli_and_routing() -> None:
     assert schedule["sweep-stale-kernels"]["schedule"] == 42
     assert set(handler_names()) == {d.name for d in HANDLERS}
     assert set(batch_runners()) == set(Operation)
-    assert all(
-        isinstance(s, SessionStatus | KernelStatus) for d in HANDLERS for s in d.target_statuses
-    )
+    assert all(d.targets.sessions or d.targets.kernels for d in HANDLERS)
+    assert all(isinstance(s, SessionStatus) for d in HANDLERS for s in d.targets.sessions)
