@@ -6,6 +6,7 @@ import logging
 from dataclasses import dataclass, field, replace
 
 import sqlalchemy as sa
+from redis import Redis as SyncRedis
 from redis.asyncio import BlockingConnectionPool, Redis
 
 from sokovan import constants as C
@@ -58,6 +59,14 @@ def build_redis(settings: Settings) -> Redis:
         **retry_options(),
     )
     return Redis.from_pool(pool)
+
+
+def build_node_redis(settings: Settings) -> SyncRedis:
+    """A blocking client for a worker's liveness beat, which runs in a thread of its own."""
+    # Short timeouts: a beat that cannot get through is skipped and the next one tried.
+    return SyncRedis.from_url(
+        settings.redis_url, socket_timeout=C.NODE_BEAT_SEC, socket_connect_timeout=C.NODE_BEAT_SEC
+    )
 
 
 def build_presence_redis(settings: Settings) -> Redis:
@@ -125,8 +134,11 @@ async def build_services(
     tracker: FanOutTracking | None = None,
     network_plugins: dict[str, NetworkPlugin] | None = None,
     refiller: KeypairRefiller | None = None,
+    holder: str | None = None,
 ) -> Services:
-    """Builds the services inside the event loop that will use them; any adapter may be given."""
+    """Builds the services inside the event loop that will use them; any adapter may be given.
+
+    `holder` is the worker incarnation this process belongs to (sokovan.scheduler.leases)."""
     engine = engine or build_engine(settings)
     repository = SchedulerRepository(engine)
     ledger = RunLedger(engine)
@@ -152,7 +164,7 @@ async def build_services(
     coordinator = Coordinator(
         states=repository,
         ledger=ledger,
-        claims=claims or RedisClaims(redis),
+        claims=claims or RedisClaims(redis, holder=holder),
         kicker=kicker,
         tracker=tracker,
         claim_lifetime=settings.claim_lifetime,
