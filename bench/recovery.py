@@ -27,6 +27,8 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
+import redis as sync_redis
+
 from bench.harness import (
     Figure,
     Stack,
@@ -38,12 +40,12 @@ from bench.harness import (
     stack,
     wait_until,
 )
+from sokovan.scheduler.claims import alive_key, run_holders_key
 from sokovan.types import KernelStatus, RunId, SessionStatus
-from tests.outages import celery_beat, held_batches
+from tests.outages import celery_beat
 from tests.workers import WorkerProcess, celery_worker
 
 HANDLER = "terminate_sessions"
-OPERATION = "destroy_kernels"
 CONCURRENCY = 2
 
 
@@ -81,6 +83,24 @@ def _counted(st: Stack, after: int) -> tuple[int, int]:
     if twice:
         raise RuntimeError(f"{len(twice)} kernel(s) counted more than once, e.g. {twice[0]}")
     return len(ok), len(runs)
+
+
+def _holding_batches(st: Stack, after: int, nodes: list[str]) -> list[str]:
+    """The nodes among `nodes` that hold an agent batch of the run started after `after`:
+    read from the counts the workers keep on receipt (tasks.nodes), not from their logs."""
+    run = _newest_run(st)
+    if run <= after:
+        return []
+    client = sync_redis.Redis.from_url(st.senv.settings.redis_url)
+    try:
+        counts = client.hgetall(run_holders_key(run))
+        holders = [
+            k.decode() if isinstance(k, bytes) else k for k, v in counts.items() if int(v) > 0
+        ]
+        named = [client.get(alive_key(h)) for h in holders]
+    finally:
+        client.close()
+    return [n for n in nodes if n.encode() in named]
 
 
 async def _wait_closed(st: Stack, limit: float) -> None:
@@ -126,7 +146,7 @@ async def with_crash(st: Stack, total: int, kill_at: float, limit: float, mode: 
 
         def holding() -> bool:
             if _terminated(st) >= share:
-                found.extend(n for n, w in workers.items() if held_batches(w, OPERATION))
+                found.extend(_holding_batches(st, before, list(workers)))
             return bool(found)
 
         await wait_until(
