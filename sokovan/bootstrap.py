@@ -8,6 +8,7 @@ from functools import cached_property
 
 import redis as sync_redis
 import sqlalchemy as sa
+from redis import Redis as SyncRedis
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry as SyncRetry
@@ -71,6 +72,14 @@ def build_redis(settings: Settings) -> Redis:
         **retry_options(),
     )
     return Redis.from_pool(pool)
+
+
+def build_node_redis(settings: Settings) -> SyncRedis:
+    """A blocking client for a worker's liveness beat, which runs in a thread of its own."""
+    # Short timeouts: a beat that cannot get through is skipped and the next one tried.
+    return SyncRedis.from_url(
+        settings.redis_url, socket_timeout=C.NODE_BEAT_SEC, socket_connect_timeout=C.NODE_BEAT_SEC
+    )
 
 
 def build_presence_redis(settings: Settings) -> Redis:
@@ -181,8 +190,11 @@ async def build_services(
     tracker: FanOutTracking | None = None,
     network_plugins: dict[str, NetworkPlugin] | None = None,
     refiller: KeypairRefiller | None = None,
+    holder: str | None = None,
 ) -> Services:
-    """Builds the services inside the event loop that will use them; any adapter may be given."""
+    """Builds the services inside the event loop that will use them; any adapter may be given.
+
+    `holder` is the worker incarnation this process belongs to (sokovan.scheduler.leases)."""
     engine = engine or build_engine(settings)
     repository = build_store(engine)
     ledger = build_ledger(engine)
@@ -198,7 +210,7 @@ async def build_services(
     tracker = tracker or FanOutTracker(redis)
     coordinator = Coordinator(
         ledger=ledger,
-        claims=claims or RedisClaims(redis),
+        claims=claims or RedisClaims(redis, holder=holder),
         kicker=kicker,
         tracker=tracker,
         claim_lifetime=settings.claim_lifetime,

@@ -208,6 +208,19 @@ class Claims(Protocol):
         """Clears and returns the pending note."""
         ...
 
+    async def hold(self, token: str) -> None:
+        """Notes that this worker does a piece of the work of the run under `token`."""
+        ...
+
+    async def unhold(self, token: str) -> None:
+        """Notes that that piece of work ended (done, failed or given up)."""
+        ...
+
+    async def gone_holders(self, token: str, run_id: int | None = None) -> list[str]:
+        """The workers that were doing work under `token` (or held batches of `run_id`)
+        when they died or restarted."""
+        ...
+
 
 class FanOutTracking(Protocol):
     """Counts a run's fan-outs so the run closes once planning is over and all reported."""

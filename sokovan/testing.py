@@ -329,6 +329,13 @@ class InMemoryClaims:
         self._held: dict[str, tuple[str, float]] = {}
         self._pending: set[str] = set()
         self.released: list[str] = []
+        # token -> pieces of work held; a test marks a token's holder dead with `kill`.
+        self.holds: dict[str, int] = {}
+        self.dead: set[str] = set()
+
+    def kill(self, token: str) -> None:
+        """The worker doing `token`'s work dies: a hold it had is now a gone holder."""
+        self.dead.add(token)
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
@@ -368,6 +375,16 @@ class InMemoryClaims:
             self._pending.discard(lock_id)
             return True
         return False
+
+    async def hold(self, token: str) -> None:
+        self.holds[token] = self.holds.get(token, 0) + 1
+
+    async def unhold(self, token: str) -> None:
+        self.holds[token] = self.holds.get(token, 0) - 1
+
+    async def gone_holders(self, token: str, run_id: int | None = None) -> list[str]:
+        held = self.holds.get(token, 0) > 0
+        return ["in-memory"] if held and token in self.dead else []
 
 
 class InMemoryTracker:

@@ -11,16 +11,15 @@ from datetime import timedelta
 from sokovan.errors import DispatchError, UnknownHandler
 from sokovan.ports import Claims, FanOutTracking, HandlerKicker, Ledger
 from sokovan.scheduler.handlers.base import FollowUps, HandlerRuntime, Plan, moved_of
-from sokovan.scheduler.leases import kept
+from sokovan.scheduler.leases import LEASE_LAPSED, kept, lost, take_over
 from sokovan.scheduler.outcomes import record_outcomes
 from sokovan.types import ItemOutcome, Operation, RunId, RunRecord, RunStatus, RunTrigger, utcnow
 
 log = logging.getLogger(__name__)
 
-LEASE_LAPSED = "abandoned: its lease lapsed (holder gone); unfinished targets go to the next run"
 PAST_DEADLINE = "abandoned: past its deadline; unfinished targets go to the next run"
 
-__all__ = ["Coordinator", "Plan", "RunReport"]
+__all__ = ["LEASE_LAPSED", "Coordinator", "Plan", "RunReport"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,29 +184,34 @@ class Coordinator:
         return await self._finish(run_id, spec.lock_id, run.claim_token, error=error)
 
     async def recover(self) -> list[RunId]:
-        """Abandons runs whose lease lapsed or that are past their deadline, keeping their
-        outcomes; returns their ids."""
+        """Abandons runs whose lease lapsed, whose worker is gone (sokovan.scheduler.leases)
+        or that are past their deadline, keeping their outcomes; returns their ids."""
         abandoned = []
         for run in await self.ledger.running():
             spec = self.handlers.get(run.handler)
-            if spec is None or not await self._lease_lapsed(spec.lock_id, run):
+            if spec is None or not run.claim_token:
+                continue
+            why = await lost(self.claims, spec.lock_id, run.claim_token, run.id)
+            if why is None:
                 continue
             # Abandoned under the lease, so no next run plans while this one is cleaned up;
             # if another start holds it now, that start abandons the run itself.
-            token = await self.claims.claim(spec.lock_id, self.claim_lifetime)
+            token = await take_over(
+                self.claims, spec.lock_id, run.claim_token, self.claim_lifetime, why
+            )
             if token is None:
                 continue
             try:
-                if await self._abandon(run, LEASE_LAPSED):
+                if await self._abandon(run, why):
                     abandoned.append(run.id)
             finally:
                 await self._release(spec.lock_id, token, run.handler)
+            if abandoned and abandoned[-1] == run.id:
+                # Its unfinished targets go to the next run now, not at the next tick.
+                await self._follow_up([(run.handler, None)])
         overdue = await self.ledger.running_past_deadline()
         abandoned += [run.id for run in overdue if await self._abandon(run, PAST_DEADLINE)]
         return abandoned
-
-    async def _lease_lapsed(self, lock_id: str, run: RunRecord) -> bool:
-        return bool(run.claim_token) and await self.claims.holder(lock_id) != run.claim_token
 
     async def _abandon_lapsed(self, lock_id: str) -> None:
         """Abandons the open runs of every handler under `lock_id` (their lease is gone)."""

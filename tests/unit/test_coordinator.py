@@ -23,6 +23,7 @@ from sokovan.scheduler.handlers.base import (
     Targets,
     Transition,
 )
+from sokovan.scheduler.leases import HOLDER_GONE
 from sokovan.scheduler.outcomes import record_outcomes
 from sokovan.testing import (
     InMemoryClaims,
@@ -212,7 +213,7 @@ async def test_recovery_abandons_overdue_runs_keeping_what_they_recorded() -> No
     abandoned = await s.coordinator.recover()
 
     assert abandoned == [report.run_id]
-    run = await s.ledger.get_run(report.run_id)
+    run = await (await s.ledger.get_run(report.run_id))
     assert run.status == RunStatus.ABANDONED and run.succeeded == 1
     assert s.states.statuses[s.kernels[0]] == KernelStatus.TERMINATED
     assert len(s.states.moves) == moves_before, "abandoning wrote a kernel move again"
@@ -239,3 +240,45 @@ def test_declarations_drive_beat_cli_and_routing() -> None:
     assert set(batch_runners()) == set(Operation)
     assert all(d.targets.sessions or d.targets.kernels for d in HANDLERS)
     assert all(isinstance(s, SessionStatus) for d in HANDLERS for s in d.targets.sessions)
+
+
+async def _dispatched_run(s: Stubs) -> tuple[RunId, str]:
+    s.probe.plan_result = Plan(requested=2, dispatched=True)
+    report = await s.coordinator.run(NAME, RunTrigger.API)
+    assert report.run_id is not None
+    token = (await s.ledger.get_run(report.run_id)).claim_token
+    assert token is not None
+    return report.run_id, token
+
+
+async def test_sc_cv_008_a_run_whose_worker_is_gone_is_abandoned_before_its_lease_lapses() -> None:
+    """SC-CV-008: a worker doing a batch of the run dies; its lease still has 30 s to live,
+    yet recovery abandons the run as holder gone, frees the lease and starts the next run."""
+    s = Stubs()
+    run_id, token = await _dispatched_run(s)
+    await s.claims.hold(token)  # a batch under way on some worker
+    s.claims.kill(token)  # that worker's tree is SIGKILLed
+    assert await s.claims.holder("LOCKID_PROBE") == token
+
+    assert await s.coordinator.recover() == [run_id]
+
+    run = await s.ledger.get_run(run_id)
+    assert run.status == RunStatus.ABANDONED
+    assert (run.note or "").startswith(HOLDER_GONE)
+    assert await s.claims.holder("LOCKID_PROBE") is None
+    assert s.kicker.kicks == [(NAME, RunTrigger.EVENT, None)]
+
+
+async def test_sc_cv_008_a_live_or_finished_holder_keeps_the_run() -> None:
+    """SC-CV-008: a worker still at work, or one that died after its piece ended, costs the
+    run nothing: recovery leaves it running under its lease."""
+    s = Stubs()
+    run_id, token = await _dispatched_run(s)
+    await s.claims.hold(token)
+    assert await s.coordinator.recover() == []
+    await s.claims.unhold(token)
+    s.claims.kill(token)
+    assert await s.coordinator.recover() == []
+    assert (await s.ledger.get_run(run_id)).status == RunStatus.RUNNING
+    assert await s.claims.holder("LOCKID_PROBE") == token
+    assert s.kicker.kicks == []
