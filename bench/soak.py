@@ -1,0 +1,316 @@
+"""Chaos soak (SC-CV-007): a mixed workload while, at random 20-40 s intervals, the worker
+tree, beat, Valkey or one agent is SIGKILLed and started again; then calm, and the invariants.
+
+Real processes only: a Valkey the soak SIGKILLs and restarts on its port and data dir (with
+an append-only file, fsync every second, as `sokovan up`'s broker keeps one; `--no-aof`
+loses everything queued instead), SQLite, one reference agent per process (kernels are OS
+processes that die with their agent; restarted with its id and port), a Celery worker
+(whole process group killed) and celery beat. The workload creates sessions (one kernel,
+or 2-3 multi-node), terminates some and SIGKILLs kernel processes behind the scheduler's
+back. After the last fault no new work is sent; the invariants are read every 2 s until
+they all hold (time to settle) or `--calm` seconds have passed since the last fault, then
+a new session must reach RUNNING. Failures are printed as FAILED rows; the soak exits 0
+whenever it could run.
+
+    python -m bench.soak [--minutes 10] [--seed 1] [--agents 3] [--calm 60] [--no-aof]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import shutil
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench.chaos.invariants import Check, check_all
+from bench.chaos.rig import FAULT_KINDS, SOAK_SETTINGS, ChaosCluster, Fault, chaos_cluster
+from bench.chaos.workload import TRACK_EVERY, Client, Tracked, Workload, percentile
+from bench.harness import load_average, machine
+from tasks.app import create_app
+
+CHECK_EVERY = 2.0
+PROBE_WITHIN = 30.0
+
+
+@dataclass(frozen=True)
+class SoakOptions:
+    """What one soak does; `faults` fixes the order (one of each by default in tests)."""
+
+    minutes: float = 10.0
+    seed: int = 1
+    agents: int = 3
+    calm: float = 60.0
+    every: float = 1.5
+    cap: int = 12
+    append_only: bool = True
+    faults: tuple[str, ...] | None = None
+    gap: tuple[float, float] = (20.0, 40.0)
+    keep: Path | None = None
+
+
+@dataclass
+class SoakResult:
+    """Everything the soak measured."""
+
+    options: SoakOptions
+    checks: list[Check]
+    faults: list[Fault]
+    tracked: list[Tracked]
+    killed: int
+    chaos_seconds: float
+    settle: float | None
+    root: Path | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def failed(self) -> list[Check]:
+        return [c for c in self.checks if not c.ok]
+
+
+def fault_plan(options: SoakOptions, rng: random.Random) -> list[tuple[float, str]]:
+    """(seconds from the start, kind): the given order, else shuffled rounds of every kind."""
+    plan: list[tuple[float, str]] = []
+    at = 0.0
+    if options.faults is not None:
+        for kind in options.faults:
+            at += rng.uniform(*options.gap)
+            plan.append((at, kind))
+        return plan
+    rounds: list[str] = []
+    while True:
+        at += rng.uniform(*options.gap)
+        if at > options.minutes * 60:
+            return plan
+        if not rounds:
+            rounds = list(FAULT_KINDS)
+            rng.shuffle(rounds)
+        plan.append((at, rounds.pop()))
+
+
+async def soak(options: SoakOptions) -> SoakResult:
+    """Runs the whole soak on a cluster of its own under a temporary (or `keep`) directory."""
+    root = options.keep or Path(tempfile.mkdtemp(prefix="sokovan-soak-"))
+    try:
+        async with chaos_cluster(root, options.agents, options.append_only) as cluster:
+            result = await _soak_on(cluster, options)
+    finally:
+        if options.keep is None:
+            shutil.rmtree(root, ignore_errors=True)
+    result.root = options.keep
+    return result
+
+
+async def _soak_on(cluster: ChaosCluster, options: SoakOptions) -> SoakResult:
+    rng = random.Random(options.seed)
+    client = Client(create_app(cluster.env.settings))
+    load = Workload(cluster, client, rng, every=options.every, cap=options.cap)
+    stop_load, stop_track = asyncio.Event(), asyncio.Event()
+    tracker = asyncio.create_task(load.track(stop_track))
+    loader = asyncio.create_task(load.run(stop_load))
+    began = time.monotonic()
+    faults: list[Fault] = []
+    try:
+        for at, kind in fault_plan(options, rng):
+            await asyncio.sleep(max(0.0, began + at - time.monotonic()))
+            faults.append(await cluster.inject(kind))
+        stop_load.set()
+        chaos = time.monotonic() - began
+        last = faults[-1].killed_at if faults else time.monotonic()
+        settle, checks = await _settle(cluster, load, loader, last + options.calm, last)
+        tracked = list(load.tracked)
+        checks.append(await _probe(load))
+    finally:
+        stop_load.set()
+        stop_track.set()
+        await asyncio.gather(loader, tracker, return_exceptions=True)
+        client.close()
+    return SoakResult(options, checks, faults, tracked, len(load.killed), chaos, settle)
+
+
+async def _settle(
+    cluster: ChaosCluster,
+    load: Workload,
+    loader: asyncio.Task[None],
+    deadline: float,
+    last: float,
+) -> tuple[float | None, list[Check]]:
+    """Reads the invariants until they all hold (and no request is still out) or `deadline`."""
+    while True:
+        checks = await asyncio.to_thread(check_all, cluster, load.tracked)
+        now = time.monotonic()
+        if loader.done() and all(c.ok for c in checks):
+            return now - last, checks
+        if now >= deadline:
+            return None, checks
+        await asyncio.sleep(min(CHECK_EVERY, max(0.0, deadline - now)))
+
+
+async def _probe(load: Workload) -> Check:
+    """A new session after the calm: it must reach RUNNING."""
+    name = "a new session reaches RUNNING"
+    t = await load.create(1)
+    if not t.acked:
+        return Check(name, False, f"create not acknowledged: {t.answer}")
+    deadline = time.monotonic() + PROBE_WITHIN
+    # The tracker notes RUNNING; nothing else to wake on.
+    while t.running_at is None and time.monotonic() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.2)
+    if t.running_at is None:
+        return Check(
+            name, False, f"not RUNNING {PROBE_WITHIN:g} s after its request", t.session_id or ""
+        )
+    return Check(name, True, f"RUNNING {t.running_at - t.requested_at:.1f} s after its request")
+
+
+def report(result: SoakResult) -> list[tuple[str, str, str]]:
+    """(name, result, figure) rows: the invariants, time to settle, faults and the workload."""
+    rows: list[tuple[str, str, str]] = []
+    for c in result.checks:
+        rows.append(
+            (
+                c.name,
+                "ok" if c.ok else "FAILED",
+                c.figure + (f"; {c.detail}" if c.detail and not c.ok else ""),
+            )
+        )
+    calm = result.options.calm
+    if result.settle is None:
+        rows.append(("time to settle after the last fault", "FAILED", f"not within {calm:g} s"))
+    else:
+        rows.append(
+            (
+                "time to settle after the last fault",
+                "ok",
+                f"{result.settle:.1f} s (limit {calm:g} s)",
+            )
+        )
+    rows.extend(_fault_rows(result.faults))
+    rows.extend(_load_rows(result))
+    return rows
+
+
+def _fault_rows(faults: list[Fault]) -> list[tuple[str, str, str]]:
+    rows = []
+    for kind in FAULT_KINDS:
+        mine = [f for f in faults if f.kind == kind]
+        back = [f.back_at - f.killed_at for f in mine if f.back_at is not None]
+        failed = [f for f in mine if f.back_at is None]
+        figure = f"{len(mine)} SIGKILLed and restarted"
+        if back:
+            figure += f", back in {statistics.median(back):.1f} s (median), {max(back):.1f} s (max)"
+        if kind == "agent" and mine:
+            figure += f" ({', '.join(f.target for f in mine)})"
+        if failed:
+            figure += f"; restart failed {len(failed)}x: {failed[0].error}"
+        rows.append((f"fault: {kind}", "FAILED" if failed or not mine else "ok", figure))
+    return rows
+
+
+def _load_rows(result: SoakResult) -> list[tuple[str, str, str]]:
+    tracked, minutes = result.tracked, max(result.chaos_seconds / 60, 1e-9)
+    acked = [t for t in tracked if t.acked]
+    unanswered = [t for t in tracked if not t.acked]
+    running = [t.running_at - t.requested_at for t in acked if t.running_at is not None]
+    asked = [t for t in acked if t.terminate_at is not None]
+    ended = [t.ended_at - t.terminate_at for t in asked if t.ended_at and t.terminate_at]
+    killed_ended = sum(1 for t in acked if t.killed_kernel and t.ended_at is not None)
+    return [
+        ("workload: chaos phase", "", f"{result.chaos_seconds:.0f} s, {len(result.faults)} faults"),
+        (
+            "workload: sessions created / min",
+            "",
+            f"{len(acked) / minutes:.1f} ({len(acked)} acknowledged, "
+            f"{len(unanswered)} requests without an answer)",
+        ),
+        (
+            "workload: sessions RUNNING / min",
+            "",
+            f"{len(running) / minutes:.1f} ({len(running)} seen RUNNING)",
+        ),
+        (
+            "workload: sessions terminated / min",
+            "",
+            f"{len(ended) / minutes:.1f} ({len(ended)} of {len(asked)} terminates acknowledged)",
+        ),
+        (
+            "workload: kernels killed behind the scheduler",
+            "",
+            f"{result.killed} ({killed_ended} of their sessions ended)",
+        ),
+        ("latency: create -> RUNNING", "", _spread(running)),
+        ("latency: terminate -> TERMINATED", "", _spread(ended)),
+    ]
+
+
+def _spread(values: list[float]) -> str:
+    p50, p95 = percentile(values, 0.5), percentile(values, 0.95)
+    if p50 is None or p95 is None:
+        return "none measured"
+    spread = f"p50 {p50:.2f} s, p95 {p95:.2f} s, max {max(values):.2f} s"
+    return f"{spread} (n={len(values)}; statuses read every {TRACK_EVERY:g} s)"
+
+
+def print_report(result: SoakResult) -> None:
+    o = result.options
+    broker = "an append-only file" if o.append_only else "no persistence (a crash loses the queue)"
+    print(f"\nSC-CV-007 chaos soak on {machine()}")
+    print(f"seed {o.seed}, {o.agents} agents, Valkey with {broker}, calm {o.calm:g} s")
+    print("settings: " + ", ".join(f"{k}={v}" for k, v in SOAK_SETTINGS.items()))
+    rows = report(result)
+    width = max(len(r[0]) for r in rows) + 2
+    print(f"{'invariant / figure':<{width}}{'result':<8}figure")
+    for name, verdict, figure in rows:
+        print(f"{name:<{width}}{verdict:<8}{figure}")
+    held = sum(1 for c in result.checks if c.ok)
+    print(f"{held} of {len(result.checks)} invariants hold; {load_average()}")
+    if result.root is not None:
+        print(f"logs and data kept in {result.root}")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--minutes", type=float, default=10.0, help="length of the chaos phase")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--agents", type=int, default=3)
+    parser.add_argument(
+        "--calm", type=float, default=60.0, help="seconds to settle after the last fault"
+    )
+    parser.add_argument("--every", type=float, default=1.5, help="seconds between operations")
+    parser.add_argument("--no-aof", action="store_true", help="Valkey without an append-only file")
+    parser.add_argument(
+        "--faults", default="", help="a fixed order instead, e.g. worker,beat,valkey,agent"
+    )
+    parser.add_argument(
+        "--keep", type=Path, default=None, help="keep logs and data in this directory"
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    options = SoakOptions(
+        minutes=args.minutes,
+        seed=args.seed,
+        agents=args.agents,
+        calm=args.calm,
+        every=args.every,
+        append_only=not args.no_aof,
+        keep=args.keep,
+        faults=tuple(args.faults.split(",")) if args.faults else None,
+    )
+    try:
+        result = asyncio.run(soak(options))
+    except Exception as e:  # the soak could not run at all: the one non-zero exit
+        print(f"SC-CV-007 chaos soak: FAILED: could not run: {type(e).__name__}: {e}")
+        return 1
+    print_report(result)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
