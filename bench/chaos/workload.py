@@ -211,8 +211,8 @@ class Workload:
         """One look at every session's status."""
         now = time.monotonic()
         with self.engine.connect() as conn:
-            rows = dict(conn.execute(sa.select(sessions.c.id, sessions.c.status)).tuples().all())
-        statuses = {str(k): str(v) for k, v in rows.items()}
+            rows = conn.execute(sa.select(sessions.c.id, sessions.c.status))
+            statuses = {str(r.id): str(r.status) for r in rows}
         for t in self.tracked:
             status = statuses.get(t.session_id or "")
             if status is None:
