@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import pytest
 from redis.asyncio import Redis
 
 from sokovan.db.repository import SchedulerRepository
@@ -151,9 +152,7 @@ class ChaosCluster:
 
     async def inject(self, kind: str, agent_id: str | None = None) -> Fault:
         """SIGKILLs one part (`agent_id`, or the next agent in turn) and starts it again."""
-        target = kind
-        if kind == "agent":
-            target = agent_id or self.agent_ids[self._count("agent-turn") % self.agent_count]
+        target = agent_id or self.next_agent() if kind == "agent" else kind
         killed_at = time.monotonic()
         try:
             if kind == "worker":
@@ -167,9 +166,15 @@ class ChaosCluster:
                 await self._restart_agent(target)
             else:
                 raise ValueError(f"unknown fault {kind!r}; known: {', '.join(FAULT_KINDS)}")
-        except Exception as e:  # a restart that failed is a figure of the soak, not its end
+        # A restart that failed is a figure of the soak, not its end (the agent harness says
+        # so with pytest's Failed, not an Exception).
+        except (Exception, pytest.fail.Exception) as e:
             return Fault(kind, target, killed_at, None, f"{type(e).__name__}: {e}"[:300])
         return Fault(kind, target, killed_at, time.monotonic())
+
+    def next_agent(self) -> str:
+        """The agent whose turn it is to be killed."""
+        return self.agent_ids[self._count("agent-turn") % self.agent_count]
 
     def _count(self, what: str) -> int:
         self._starts[what] = self._starts.get(what, 0) + 1
@@ -180,12 +185,12 @@ class ChaosCluster:
         self._worker = _Held(context, _enter(context))
 
     def _restart_worker(self) -> None:
-        assert self._worker is not None
-        worker: WorkerProcess = self._worker.process
-        _kill_group(worker.proc.pid)
-        worker.proc.wait(10)
-        self._worker.context.__exit__(None, None, None)
-        self._worker = None
+        if self._worker is not None:  # None: its last restart failed; start it now
+            worker: WorkerProcess = self._worker.process
+            _kill_group(worker.proc.pid)
+            worker.proc.wait(10)
+            self._worker.context.__exit__(None, None, None)
+            self._worker = None
         self._start_worker()
 
     def _start_beat(self) -> None:
@@ -193,12 +198,12 @@ class ChaosCluster:
         self._beat = _Held(context, _enter(context))
 
     def _restart_beat(self) -> None:
-        assert self._beat is not None
-        beat: WorkerProcess = self._beat.process
-        _kill_group(beat.proc.pid)
-        beat.proc.wait(10)
-        self._beat.context.__exit__(None, None, None)
-        self._beat = None
+        if self._beat is not None:  # None: its last restart failed; start it now
+            beat: WorkerProcess = self._beat.process
+            _kill_group(beat.proc.pid)
+            beat.proc.wait(10)
+            self._beat.context.__exit__(None, None, None)
+            self._beat = None
         self._start_beat()
 
     async def _start_agent(self, aid: str) -> None:
@@ -220,10 +225,11 @@ class ChaosCluster:
         await held.context.__aexit__(None, None, None)
 
     async def _restart_agent(self, aid: str) -> None:
-        agent: AgentProcess = self._agents[aid].process
-        agent.proc.send_signal(signal.SIGKILL)  # its kernels die with it (PDEATHSIG)
-        await agent.wait()
-        await self._stop_agent(aid)
+        if aid in self._agents:  # absent: its last restart failed; start it now
+            agent: AgentProcess = self._agents[aid].process
+            agent.proc.send_signal(signal.SIGKILL)  # its kernels die with it (PDEATHSIG)
+            await agent.wait()
+            await self._stop_agent(aid)
         await asyncio.sleep(DOWN_FOR)
         await self._start_agent(aid)
 

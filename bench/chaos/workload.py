@@ -52,7 +52,10 @@ class Tracked:
     ended_status: str | None = None
     terminate_at: float | None = None  # the acknowledged terminate request was sent
     terminate_tries: int = 0
+    # A kernel that died behind the scheduler's back (killed, or with its agent), and when:
+    # no terminate is asked for such a session, so the scheduler alone must end it.
     killed_kernel: str | None = None
+    died_at: float | None = None
 
 
 @dataclass
@@ -107,6 +110,7 @@ class Workload:
     inflight: int = 4
     tracked: list[Tracked] = field(default_factory=list)
     killed: list[tuple[str, str, float]] = field(default_factory=list)  # kernel, session, at
+    lost: list[tuple[str, str, float]] = field(default_factory=list)  # died with their agent
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     @property
@@ -161,7 +165,7 @@ class Workload:
 
     async def terminate(self) -> None:
         """Asks to terminate one session seen RUNNING (a user retries one left unanswered)."""
-        running = [t for t in self.live() if t.running_at is not None]
+        running = [t for t in self.live() if t.running_at is not None and not t.killed_kernel]
         if not running:
             return
         t = self.rng.choice(running)
@@ -194,8 +198,26 @@ class Workload:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             return
-        candidates[str(sid)].killed_kernel = str(kid)
-        self.killed.append((str(kid), str(sid), time.monotonic()))
+        self.killed.append(self._died(candidates[str(sid)], str(kid)))
+
+    def agent_dies(self, agent_id: str) -> None:
+        """Notes the kernels an agent runs as dying with it (call just before its SIGKILL)."""
+        running = set(self.cluster.kernel_processes(agent_id))
+        if not running:
+            return
+        ids = [uuid.UUID(k) for k in running]
+        query = sa.select(kernels.c.id, kernels.c.session_id).where(kernels.c.id.in_(ids))
+        with self.engine.connect() as conn:
+            owners = {str(r.session_id): str(r.id) for r in conn.execute(query)}
+        for t in self.tracked:
+            kid = owners.get(t.session_id or "")
+            if kid is not None and t.ended_at is None and not t.killed_kernel:
+                self.lost.append(self._died(t, kid))
+
+    @staticmethod
+    def _died(t: Tracked, kernel_id: str) -> tuple[str, str, float]:
+        t.killed_kernel, t.died_at = kernel_id, time.monotonic()
+        return kernel_id, str(t.session_id), t.died_at
 
     async def track(self, stop: asyncio.Event) -> None:
         """Notes when each session is first seen RUNNING and first seen ended, until `stop`."""

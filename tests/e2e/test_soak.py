@@ -18,7 +18,7 @@ async def test_sc_cv_007_chaos_soak_settles_with_every_invariant(tmp_path: Path)
     Given a real cluster (Valkey with an append-only file, SQLite, three reference agents
     running process kernels, a worker tree and beat) under a mixed workload (sessions of one
     and of several kernels created, some terminated, kernel processes SIGKILLed behind the
-    scheduler's back; fixed seed),
+    scheduler's back, their sessions then left for the scheduler to end; fixed seed),
     When the worker tree, beat, Valkey and one agent are each SIGKILLed and started again
     once, in that order, 20-25 s apart,
     Then within 60 s of the last fault no session or kernel is in a transitional state,
@@ -35,6 +35,7 @@ async def test_sc_cv_007_chaos_soak_settles_with_every_invariant(tmp_path: Path)
     assert all(f.back_at is not None for f in result.faults), result.faults
     assert sum(t.acked for t in result.tracked) > 10, "the workload created next to nothing"
     assert result.killed, "no kernel was killed behind the scheduler's back"
+    assert result.lost, "the agent killed ran no kernel"
     failed = [f"{c.name}: {c.figure}; {c.detail}" for c in result.failed]
     assert not failed, "\n".join(failed)
     assert result.settle is not None, f"not settled within {options.calm:g} s of the last fault"
