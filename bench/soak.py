@@ -238,7 +238,7 @@ def _load_rows(result: SoakResult) -> list[tuple[str, str, str]]:
             "workload: sessions created / min",
             "",
             f"{len(acked) / minutes:.1f} ({len(acked)} acknowledged, "
-            f"{len(unanswered)} requests without an answer)",
+            f"{len(unanswered)} requests without an answer{_when(unanswered, result.began)})",
         ),
         (
             "workload: sessions RUNNING / min",
@@ -260,6 +260,14 @@ def _load_rows(result: SoakResult) -> list[tuple[str, str, str]]:
         ("latency: terminate -> TERMINATED", "", _spread(ended)),
         ("latency: kernel died -> session ended", "", _spread(reaped)),
     ]
+
+
+def _when(requests: list[Tracked], began: float) -> str:
+    """`: sent at 67 s, 70 s (no answer within 30 s)` for the first few."""
+    if not requests:
+        return ""
+    shown = ", ".join(f"{t.requested_at - began:.0f} s" for t in requests[:5])
+    return f": sent at {shown} ({requests[0].answer})"
 
 
 def _spread(values: list[float]) -> str:
