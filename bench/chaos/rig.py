@@ -152,7 +152,7 @@ class ChaosCluster:
 
     async def inject(self, kind: str, agent_id: str | None = None) -> Fault:
         """SIGKILLs one part (`agent_id`, or the next agent in turn) and starts it again."""
-        target = agent_id or self.next_agent() if kind == "agent" else kind
+        target = (agent_id or self.next_agent()) if kind == "agent" else kind
         killed_at = time.monotonic()
         try:
             if kind == "worker":

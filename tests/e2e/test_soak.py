@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from bench.chaos.results import SoakOptions, print_report
 from bench.chaos.rig import FAULT_KINDS
-from bench.soak import SoakOptions, print_report, soak
+from bench.soak import soak
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(480)]
 
