@@ -92,7 +92,15 @@ def check_all(cluster: ChaosCluster, tracked: Sequence[Tracked]) -> list[Check]:
         *slots_match(snap),
         counted_once(cluster.env.engine),
         creates_exist(snap, tracked),
+        processes_up(cluster),
     ]
+
+
+def processes_up(cluster: ChaosCluster) -> Check:
+    """No process of the cluster exited on its own (beside SC-CV-007: without it, no end)."""
+    gone = cluster.exited()
+    figure = f"{len(gone)} exited on their own"
+    return Check("every process up (but for the soak's kills)", not gone, figure, _name(gone))
 
 
 def transitional(snap: Snapshot) -> Check:

@@ -118,6 +118,18 @@ class ChaosCluster:
                 found[kid] = child.pid
         return found
 
+    def exited(self) -> dict[str, str]:
+        """Processes that exited on their own, not by a fault of the soak: name -> why."""
+        out: dict[str, str] = {}
+        for name, held in (("worker", self._worker), ("beat", self._beat)):
+            code = None if held is None else held.process.proc.poll()
+            if held is not None and code is not None:
+                out[name] = f"exit code {code}{_last_critical(held.process.output())}"
+        for aid, held in self._agents.items():
+            if (code := held.process.proc.poll()) is not None:
+                out[aid] = f"exit code {code}"
+        return out
+
     async def start(self, settings: Mapping[str, str]) -> None:
         """Valkey, SQLite, the agents (registered), the worker and beat."""
         self.valkey = RestartableValkey(self.root / "valkey", append_only=self.append_only)
@@ -232,6 +244,12 @@ class ChaosCluster:
             await self._stop_agent(aid)
         await asyncio.sleep(DOWN_FOR)
         await self._start_agent(aid)
+
+
+def _last_critical(log: str) -> str:
+    """`: Unrecoverable error: ...`, the last CRITICAL line of a Celery log, if any."""
+    lines = [line for line in log.splitlines() if "CRITICAL/" in line]
+    return f": {lines[-1].split('] ', 1)[-1][:200]}" if lines else ""
 
 
 def _enter(context: AbstractContextManager[Any]) -> Any:
