@@ -79,7 +79,7 @@ class GiveUp:
 
     deadline_setting: str  # Settings field: seconds a target may stay in the state
     attempts_setting: str | None = None  # Settings field: tries before giving up
-    then: str = ""  # what the deadline path does, in one line (CLI, README)
+    then: str = ""  # what the deadline path does, in one line (CLI, docs)
 
 
 Planner = Callable[[RunId, Sequence[str] | None, int], Awaitable[Plan]]
