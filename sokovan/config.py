@@ -218,7 +218,7 @@ def _unknown_setting(key: str, known: set[str]) -> ConfigError:
     """The error for a misspelt variable, with the closest known name."""
     close = difflib.get_close_matches(key[len(PREFIX) :].lower(), known, n=1)
     hint = f" (did you mean {PREFIX}{close[0].upper()}?)" if close else ""
-    return ConfigError(f"unknown setting {key}{hint}; see the settings table in README.md")
+    return ConfigError(f"unknown setting {key}{hint}; see docs/operator/settings.md")
 
 
 def read_dotenv(path: Path) -> dict[str, str]:

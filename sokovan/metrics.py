@@ -3,7 +3,7 @@
 Any number of worker processes write the ledger; one small exporter process reads it, so
 no multi-process client state is needed and the numbers are the ledger's own. Names follow
 Prometheus conventions: units in the name, one meaning per metric, `_total` counters for
-anything a rate is taken of. The README lists every metric.
+anything a rate is taken of. docs/operator/monitoring.md lists every metric.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from tasks.signing import CONSUMER, setup_signing, signing_config
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
-    """Celery settings that follow the project's conventions (see README, Celery)."""
+    """Celery settings that follow the project's conventions (see docs/architecture.md)."""
     return {
         "broker_url": settings.redis_url,
         "result_backend": settings.redis_url,

@@ -24,6 +24,7 @@ import psutil
 import pytest
 from redis.asyncio import Redis
 
+from sokovan.db.offload import OffloadedStore
 from sokovan.db.repository import SchedulerRepository
 from sokovan.scheduler.agents import sync_agents
 from sokovan.types import ImageConfig
@@ -143,7 +144,7 @@ class ChaosCluster:
             await self._start_agent(aid)
         redis: Redis = Redis.from_url(self.senv.settings.redis_url)
         try:
-            await sync_agents(redis, repo)
+            await sync_agents(redis, OffloadedStore(repo))
         finally:
             await redis.aclose()
         await asyncio.to_thread(self._start_worker)
