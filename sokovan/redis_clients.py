@@ -24,7 +24,8 @@ class PrimaryConnection(SentinelManagedConnection):
 
     # redis-py's asyncio client reconnects through connect_check_health, which skips the
     # Sentinel lookup of SentinelManagedConnection.connect: retries would keep dialling the
-    # dead primary until they ran out. Resolving here makes each retry find the promoted one.
+    # dead primary until they ran out (redis/redis-py#3874). Resolving here makes each retry
+    # find the promoted one.
     async def connect_check_health(
         self, check_health: bool = True, retry_socket_connect: bool = True
     ) -> None:
@@ -40,9 +41,21 @@ class PrimaryConnection(SentinelManagedConnection):
 class BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
     """A Sentinel-backed pool whose callers wait for a free connection instead of failing."""
 
+    async def disconnect(self, inuse_connections: bool = True) -> None:
+        await super().disconnect(inuse_connections)
+        if inuse_connections:  # the client closes: so do its connections to the Sentinels
+            for sentinel in self.sentinel_manager.sentinels:
+                await sentinel.aclose()
+
 
 class SyncBlockingSentinelPool(SyncSentinelConnectionPool, sync_redis.BlockingConnectionPool):
     """The synchronous BlockingSentinelPool."""
+
+    def disconnect(self, inuse_connections: bool = True) -> None:
+        super().disconnect(inuse_connections)
+        if inuse_connections:
+            for sentinel in self.sentinel_manager.sentinels:
+                sentinel.close()
 
 
 def url_auth(url: str) -> dict[str, Any]:

@@ -15,16 +15,30 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis as sync_redis
 
+from sokovan.bootstrap import build_redis
+from sokovan.config import load_settings
+from sokovan.db.engine import create_engine, upgrade
+from sokovan.db.ledger import RunLedger
+from sokovan.db.repository import SchedulerRepository
+from sokovan.scheduler.agents import sync_agents
+from sokovan.types import ImageConfig
+from tasks.app import create_app
+from tests.agents import AgentProcess
+from tests.agents import _wait_ready as wait_agents_ready
+from tests.cluster import IMAGE, Cluster
 from tests.conftest import free_port
+from tests.workers import ROOT, SchedulerEnv
 
 MASTER = "sokovan-ha"
 # Sentinel's view of a dead primary: down after this, then one failover at a time.
@@ -66,13 +80,25 @@ class Server:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.name} exited:\n{self.log()[-2000:]}")
             with suppress(sync_redis.RedisError):
-                if self.client().ping():
+                if self.ask("PING"):
                     return
             time.sleep(0.05)
         raise RuntimeError(f"{self.name} did not answer in 20 s:\n{self.log()[-2000:]}")
 
     def client(self) -> sync_redis.Redis:
         return sync_redis.Redis(port=self.port, socket_timeout=2, socket_connect_timeout=2)
+
+    def ask(self, *command: str) -> Any:
+        """One command on a fresh connection, closed after."""
+        with self.client() as client:
+            return client.execute_command(*command)
+
+    def named_primary(self) -> int | None:
+        """The primary's port as this Sentinel names it; None if it does not answer."""
+        with suppress(sync_redis.RedisError):
+            addr = self.ask("SENTINEL", "GET-MASTER-ADDR-BY-NAME", MASTER)
+            return int(addr[1]) if addr else None
+        return None
 
     def log(self) -> str:
         path = self.folder / "server.log"
@@ -109,12 +135,8 @@ class SentinelRig:
     def primary_port(self) -> int:
         """The primary's port as a Sentinel that answers names it."""
         for s in self.sentinels:
-            if s.proc is None or s.proc.poll() is not None:
-                continue
-            with suppress(sync_redis.RedisError):
-                addr = s.client().sentinel_get_master_addr_by_name(MASTER)
-                if addr:
-                    return int(addr[1])
+            if s.proc is not None and s.proc.poll() is None and (port := s.named_primary()):
+                return port
         raise AssertionError("no Sentinel names a primary")
 
     def server(self, port: int) -> Server:
@@ -130,14 +152,10 @@ class SentinelRig:
         """Waits until every Sentinel names another primary that accepts writes."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            named = set()
-            for s in self.sentinels:
-                with suppress(sync_redis.RedisError):
-                    addr = s.client().sentinel_get_master_addr_by_name(MASTER)
-                    named.add(int(addr[1]) if addr else None)
+            named = {s.named_primary() for s in self.sentinels}
             if len(named) == 1 and (port := named.pop()) not in (old, None):
                 with suppress(sync_redis.RedisError):
-                    if self.server(port).client().info("replication")["role"] == "master":
+                    if self.server(port).ask("INFO", "replication")["role"] == "master":
                         return port
             time.sleep(0.1)
         logs = "\n".join(s.log()[-1500:] for s in self.sentinels)
@@ -148,11 +166,11 @@ class SentinelRig:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with suppress(sync_redis.RedisError):
-                info = self.server(self.primary_port()).client().info("replication")
-                known = [len(s.client().sentinel_slaves(MASTER)) for s in self.sentinels] + [
-                    len(s.client().sentinel_sentinels(MASTER)) for s in self.sentinels
+                info = self.server(self.primary_port()).ask("INFO", "replication")
+                known = [len(s.ask("SENTINEL", "SLAVES", MASTER)) for s in self.sentinels] + [
+                    len(s.ask("SENTINEL", "SENTINELS", MASTER)) for s in self.sentinels
                 ]
-                if info.get("connected_slaves") == 2 and min(known) >= 2:
+                if info["connected_slaves"] == 2 and min(known) >= 2:
                     return
             time.sleep(0.1)
         raise AssertionError(f"replicas or Sentinels not in sync within {timeout}s")
@@ -218,3 +236,71 @@ def sentinel_rig(folder: Path) -> Iterator[SentinelRig]:
         yield rig
     finally:
         rig.stop()
+
+
+def ha_env(tmp_path: Path, rig: SentinelRig, **overrides: str) -> SchedulerEnv:
+    """A migrated SQLite file and SOKOVAN_* variables of Sentinel mode, nothing else."""
+    var_dir = tmp_path / "var"
+    var_dir.mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SOKOVAN_")}
+    env.update(
+        rig.settings(1),
+        SOKOVAN_VAR_DIR=str(var_dir),
+        SOKOVAN_DATABASE_URL=f"sqlite:///{var_dir / 'sokovan.db'}",
+        SOKOVAN_AGENT_CALL_TIMEOUT="5",
+        SOKOVAN_KEYPAIR_POOL_SIZE="0",
+        PYTHONPATH=str(ROOT),
+        PYTHONUNBUFFERED="1",
+    )
+    env.update({f"SOKOVAN_{k.upper()}": v for k, v in overrides.items()})
+    settings = load_settings(env, dotenv=None)
+    engine = create_engine(settings.effective_database_url)
+    upgrade(engine)
+    return SchedulerEnv(env=env, settings=settings, engine=engine, var_dir=var_dir)
+
+
+def _spawn(cmd: list[str], senv: SchedulerEnv, log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:
+        return subprocess.Popen(cmd, cwd=ROOT, env=senv.env, stdout=out, stderr=subprocess.STDOUT)
+
+
+@asynccontextmanager
+async def ha_agents(
+    senv: SchedulerEnv, rig: SentinelRig, count: int, latency: Mapping[str, float]
+) -> AsyncIterator[AgentProcess]:
+    """Reference agents (sim runtime) that find Redis through the settings' Sentinels only."""
+    cmd = [sys.executable, "-m", "sokovan.agentd", "run", "--runtime", "sim"]
+    cmd += ["--count", str(count), "--base-port", "0", "--id-prefix", "a"]
+    cmd += ["--presence-interval", "0.5"]
+    cmd += ["--latency", ",".join(f"{k}={v}" for k, v in latency.items())]
+    log = senv.var_dir / "agents.log"
+    proc = _spawn(cmd, senv, log)
+    db = senv.settings.redis_url.rsplit("/", 1)[1]
+    # Readiness is read on the primary of now; the agents themselves know only the Sentinels.
+    agents = AgentProcess(proc, f"redis://127.0.0.1:{rig.primary_port()}/{db}", log)
+    try:
+        await wait_agents_ready(agents, [f"a{i}" for i in range(1, count + 1)], 30.0)
+        yield agents
+    finally:
+        await agents.stop()
+
+
+@asynccontextmanager
+async def ha_cluster(
+    tmp_path: Path, rig: SentinelRig, *, agents: int, latency: Mapping[str, float], **settings: str
+) -> AsyncIterator[Cluster]:
+    """Agents registered and one image known, all in Sentinel mode; the test starts workers."""
+    senv = ha_env(tmp_path, rig, **settings)
+    repo = SchedulerRepository(senv.engine)
+    repo.add_image(ImageConfig(canonical=IMAGE))
+    async with ha_agents(senv, rig, agents, latency) as procs:
+        redis = build_redis(senv.settings)
+        try:
+            await sync_agents(redis, repo)
+        finally:
+            await redis.aclose()
+        app = create_app(senv.settings)
+        try:
+            yield Cluster(senv, app, repo, RunLedger(senv.engine), procs)
+        finally:
+            app.close()
