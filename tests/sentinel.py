@@ -104,6 +104,10 @@ class Server:
         path = self.folder / "server.log"
         return path.read_text(errors="replace") if path.exists() else ""
 
+    def send(self, sig: int) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, sig)
+
     def kill(self, sig: int = signal.SIGKILL) -> None:
         if self.proc is not None and self.proc.poll() is None:
             with suppress(ProcessLookupError):
@@ -147,6 +151,27 @@ class SentinelRig:
         port = self.primary_port()
         self.server(port).kill()
         return port
+
+    def replicas(self) -> list[Server]:
+        primary = self.primary_port()
+        return [s for s in self.data if s.port != primary]
+
+    def kill_primary_losing_writes(self, window: float) -> int:
+        """Stops replication for `window` seconds, then SIGKILLs the primary: what it took in
+        that window (asynchronous replication's loss on a crash) never reaches the replica
+        the Sentinels promote. Returns the dead primary's port."""
+        replicas = self.replicas()
+        for r in replicas:
+            r.send(signal.SIGSTOP)
+        try:
+            # Cut the links too: what the kernel already buffered for a stopped replica would
+            # otherwise still reach it.
+            self.server(self.primary_port()).ask("CLIENT", "KILL", "TYPE", "replica")
+            time.sleep(window)
+            return self.kill_primary()
+        finally:
+            for r in replicas:
+                r.send(signal.SIGCONT)
 
     def wait_new_primary(self, old: int, timeout: float = 30.0) -> int:
         """Waits until every Sentinel names another primary that accepts writes."""

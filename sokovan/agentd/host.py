@@ -188,7 +188,15 @@ class AgentHost:
 
 def _presence_client(options: HostOptions) -> Redis:
     url = options.presence_url or presence_url_for(options.redis_url, C.PRESENCE_DB)
-    return async_client(url, options.presence_sentinel, max_connections=_REDIS_CONNECTIONS, wait=30)
+    # Retried as the registry's client is: a destroy that drops presence while the primary
+    # fails over waits for the promoted one instead of failing the kernel's destroy.
+    return async_client(
+        url,
+        options.presence_sentinel,
+        max_connections=_REDIS_CONNECTIONS,
+        wait=30,
+        **retry_options(),
+    )
 
 
 def _apply_queued(agent: ReferenceAgent, raw: bytes) -> tuple[str, str]:

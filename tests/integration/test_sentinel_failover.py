@@ -34,6 +34,7 @@ BEAT = {
     "destroy_concurrency": "1",
 }
 WITHIN_SEC = 60.0
+LOST_WINDOW_SEC = 5.0
 
 
 async def wait_destroyed(c: Cluster, at_least: int, total: int) -> None:
@@ -56,7 +57,10 @@ def counted_once(c: Cluster, kernel_ids: set[str]) -> Counter[str]:
     return ok
 
 
-async def test_primary_sigkilled_mid_termination_of_500_kernels(tmp_path: Path) -> None:
+@pytest.mark.parametrize("lost", [0.0, LOST_WINDOW_SEC], ids=["replicated", "lost-writes"])
+async def test_primary_sigkilled_mid_termination_of_500_kernels(
+    tmp_path: Path, lost: float
+) -> None:
     """SC-HA-001: the primary dies while 500 kernels are being terminated.
 
     Given three Valkey servers and three Sentinels, a worker, beat and four reference agents
@@ -64,7 +68,13 @@ async def test_primary_sigkilled_mid_termination_of_500_kernels(tmp_path: Path) 
     when termination is requested and the primary is SIGKILLed once the first kernels are
     gone, then Sentinel promotes a replica, every kernel is TERMINATED within 60 s of the
     kill, no agent holds one, each kernel has exactly one successful outcome in the ledger,
-    and no run is left `running`."""
+    and no run is left `running`.
+
+    lost-writes: the replicas stop taking the replication stream for 5 s before the kill,
+    so the promoted one misses what the primary took then: deliveries (their messages come
+    back to the queue), acks, chord counters and the run's fan-out counters. The chord of
+    the run never completes; its lease lapses, recovery abandons it and the next run
+    re-plans from SQL, still within the 60 s."""
     with sentinel_rig(tmp_path / "ha") as rig:
         async with ha_cluster(
             tmp_path, rig, agents=len(AGENTS), latency={"destroy_kernel": DESTROY_LATENCY}, **BEAT
@@ -76,7 +86,7 @@ async def test_primary_sigkilled_mid_termination_of_500_kernels(tmp_path: Path) 
                 await request_termination(c.repo, list(placed), "USER_REQUESTED")
                 await wait_destroyed(c, at_least=20, total=len(kernel_ids))
                 killed_at = time.monotonic()
-                old = rig.kill_primary()
+                old = rig.kill_primary_losing_writes(lost) if lost else rig.kill_primary()
                 new = rig.wait_new_primary(old)
                 wait_for(
                     lambda: all(
