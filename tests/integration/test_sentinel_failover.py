@@ -4,15 +4,17 @@ and the scheduler goes on, with SQL the authority over what Celery's Redis state
 from __future__ import annotations
 
 import asyncio
+import re
 import time
+import uuid
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from sokovan.scheduler.transitions import request_termination
-from sokovan.types import KernelStatus, SessionStatus
-from tests.cluster import Cluster
+from sokovan.types import TERMINAL_SESSION_STATUSES, KernelStatus, SessionId, SessionStatus
+from tests.cluster import IMAGE, Cluster
 from tests.outages import tracebacks
 from tests.placed import kernels_held, place_sessions
 from tests.sentinel import ha_cluster, sentinel_rig
@@ -115,3 +117,84 @@ def assert_no_task_failed(*logs: str) -> None:
     by Celery as warnings, with their traceback, and are allowed)."""
     failed = [t for t in tracebacks(*logs) if "raised unexpected" in t]
     assert failed == []
+
+
+BURST = 200
+# A quarter core each: the four agents (8 cores each) hold 128; the rest wait PENDING.
+SMALL = {"cpu": "0.25", "mem": str(2**20)}
+PER_AGENT = 32
+SETTLED = (SessionStatus.RUNNING, SessionStatus.PENDING, *TERMINAL_SESSION_STATUSES)
+
+
+def answered(c: Cluster, task_ids: list[str]) -> dict[str, str]:
+    """Task id -> session id of the creates whose answer the result backend holds."""
+    out = {}
+    for tid in task_ids:
+        meta = c.app.backend.get_task_meta(tid)
+        if meta.get("status") == "SUCCESS" and "session_id" in (meta.get("result") or {}):
+            out[tid] = meta["result"]["session_id"]
+    return out
+
+
+async def test_primary_sigkilled_during_a_burst_of_200_creates(tmp_path: Path) -> None:
+    """SC-HA-002: the primary dies during a burst of 200 session creates.
+
+    Given the Sentinel rig, a worker, beat and four reference agents (8 cores each, 0.2 s
+    per create), when 200 one-kernel sessions of a quarter core are sent and the primary is
+    SIGKILLed once the agents hold their first kernels, then every session the scheduler
+    answered for ends RUNNING, PENDING or finished with a reason; no kernel is created twice
+    on an agent; and no agent ever holds more kernels than its capacity fits."""
+    settings = {**BEAT, "launch_interval": "1"}
+    with sentinel_rig(tmp_path / "ha") as rig:
+        async with ha_cluster(
+            tmp_path, rig, agents=len(AGENTS), latency={"create_kernels": 0.2}, **settings
+        ) as c:
+            with celery_worker(c.senv, concurrency=4) as worker, celery_beat(c.senv) as beat:
+                sent = [
+                    c.app.send_task(
+                        "sokovan.session.create",
+                        kwargs={"request": {"image": IMAGE, "resource_slots": SMALL}},
+                    ).id
+                    for _ in range(BURST)
+                ]
+                peak: dict[str, int] = {}
+
+                async def held() -> int:
+                    counts = await kernels_held(c, AGENTS)
+                    for agent, n in counts.items():
+                        peak[agent] = max(peak.get(agent, 0), n)
+                    return sum(counts.values())
+
+                async with asyncio.timeout(60):
+                    while True:
+                        if await held() >= 10:
+                            break
+                        await asyncio.sleep(0.05)
+                old = rig.kill_primary()
+                rig.wait_new_primary(old)
+                deadline = time.monotonic() + 120
+                while time.monotonic() < deadline:
+                    await held()
+                    sids = list(answered(c, sent).values())
+                    sessions = c.repo.sessions_by_ids([SessionId(uuid.UUID(s)) for s in sids])
+                    settled = sessions and all(s.status in SETTLED for s in sessions)
+                    if settled and not c.ledger.running():
+                        break
+                    await asyncio.sleep(0.5)
+                acknowledged = answered(c, sent)
+                sessions = c.repo.sessions_by_ids(
+                    [SessionId(uuid.UUID(s)) for s in acknowledged.values()]
+                )
+                logs = (worker.output(), beat.output())
+            unsettled = [(s.id, s.status) for s in sessions if s.status not in SETTLED]
+            assert unsettled == []
+            for s in sessions:
+                if s.status not in (SessionStatus.RUNNING, SessionStatus.PENDING):
+                    assert s.status_info, f"session {s.id} ended {s.status} without a reason"
+            created = Counter(re.findall(r"created kernel ([0-9a-f-]+)", c.agents.log_tail(10**6)))
+            assert created and all(n == 1 for n in created.values()), created.most_common(3)
+            assert max(peak.values()) <= PER_AGENT, peak
+            everything = c.repo.sessions_in(list(SessionStatus))
+            statuses = Counter(s.status for s in everything)
+            print(f"{len(acknowledged)}/{BURST} answered; {len(everything)} in SQL: {statuses}")
+            assert_no_task_failed(*logs)
