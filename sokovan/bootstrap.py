@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 
@@ -32,7 +33,7 @@ from sokovan.ports import (
     PresenceReader,
 )
 from sokovan.presence import ValkeyPresence
-from sokovan.redis_clients import async_client, current_primary, sync_client
+from sokovan.redis_clients import PrimaryState, async_client, primary_state, sync_client
 from sokovan.redis_retry import retry_options
 from sokovan.scheduler.claims import RedisClaims
 from sokovan.scheduler.coordinator import Coordinator
@@ -112,8 +113,18 @@ def redis_primary(settings: Settings, *, timeout: float) -> str | None:
     answers."""
     if settings.sentinel is None:
         return None
-    found = current_primary(settings.sentinel, timeout)
-    return f"{found[0]}:{found[1]}" if found else None
+    found = primary_state(settings.sentinel, timeout)
+    return found.address if found else None
+
+
+def build_primary_probe(
+    settings: Settings, *, timeout: float
+) -> Callable[[], PrimaryState | None] | None:
+    """What the metrics exporter asks the Sentinels at each scrape; None outside Sentinel mode."""
+    target = settings.sentinel
+    if target is None:
+        return None
+    return lambda: primary_state(target, timeout)
 
 
 def build_secret_environ(settings: Settings, engine: sa.Engine) -> SqlSecretEnviron:

@@ -7,6 +7,7 @@ promoted replica. The URL still gives the password and database number.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -124,13 +125,35 @@ def sync_client(
     return client
 
 
-def current_primary(sentinel: SentinelTarget, timeout: float) -> tuple[str, int] | None:
-    """The primary's address as the Sentinels name it now, or None if none answers."""
+@dataclass(frozen=True)
+class PrimaryState:
+    """The primary as the Sentinels see it, and their configuration epoch for it."""
+
+    address: str
+    # Grows by one with every failover of this master (by more if the same Sentinels also
+    # fail over other masters: the epoch is theirs, shared).
+    config_epoch: int
+
+
+def _seen_up(state: Any) -> bool:
+    """Whether a Sentinel's view is of a primary it sees up (as redis-py's discovery judges)."""
+    if not isinstance(state, dict) or not state.get("is_master"):
+        return False
+    return not (state.get("is_sdown") or state.get("is_odown"))
+
+
+def primary_state(sentinel: SentinelTarget, timeout: float) -> PrimaryState | None:
+    """What the first Sentinel that answers says of the primary; None if none does."""
     manager = SyncSentinel(sentinel.addresses, sentinel_kwargs=_sentinel_kwargs(sentinel, timeout))
     try:
-        host, port = manager.discover_master(sentinel.master)
-        return str(host), int(port)
-    except (sync_redis.RedisError, OSError):
+        for client in manager.sentinels:
+            try:
+                state: Any = client.sentinel_master(sentinel.master)
+            except (sync_redis.RedisError, OSError):
+                continue
+            if _seen_up(state):
+                address = f"{state['ip']}:{state['port']}"
+                return PrimaryState(address, int(state.get("config-epoch", 0)))
         return None
     finally:
         for client in manager.sentinels:
