@@ -195,6 +195,14 @@ async def test_primary_sigkilled_during_a_burst_of_200_creates(tmp_path: Path) -
             assert created and all(n == 1 for n in created.values()), created.most_common(3)
             assert max(peak.values()) <= PER_AGENT, peak
             everything = c.repo.sessions_in(list(SessionStatus))
+            placed = Counter(
+                str(k.agent_id)
+                for s in everything
+                if s.status not in TERMINAL_SESSION_STATUSES
+                for k in s.kernels
+                if k.agent_id
+            )
+            assert max(placed.values()) <= PER_AGENT, placed
             statuses = Counter(s.status for s in everything)
             print(f"{len(acknowledged)}/{BURST} answered; {len(everything)} in SQL: {statuses}")
             assert_no_task_failed(*logs)
