@@ -18,12 +18,20 @@ from sokovan.config import Settings
 from sokovan.db.engine import create_engine
 from sokovan.db.keypool import SqlKeypairPool
 from sokovan.db.ledger import RunLedger
+from sokovan.db.offload import (
+    OffloadedKeypairPool,
+    OffloadedLedger,
+    OffloadedSecretEnviron,
+    OffloadedSecrets,
+    OffloadedStore,
+)
 from sokovan.db.repository import SchedulerRepository
 from sokovan.db.secret_environ import SqlSecretEnviron
 from sokovan.db.secrets import SqlSecretStore, load_or_create_key
 from sokovan.db.stats import RunStats
 from sokovan.ports import (
     AgentClientPool,
+    AgentDirectory,
     Claims,
     FanOut,
     FanOutTracking,
@@ -133,11 +141,21 @@ def build_secret_environ(settings: Settings, engine: sa.Engine) -> SqlSecretEnvi
     return SqlSecretEnviron(engine, key, settings.secret_env_patterns)
 
 
-def build_agent_pool(settings: Settings, repository: SchedulerRepository) -> AgentClientPool:
+def build_agent_pool(settings: Settings, directory: AgentDirectory) -> AgentClientPool:
     """The agent client pool, resolving addresses from the agents table."""
     from sokovan.agent.pool import AgentClientPool as Pool
 
-    return Pool(repository, settings)
+    return Pool(directory, settings)
+
+
+def build_store(engine: sa.Engine) -> OffloadedStore:
+    """The scheduler's tables as the domain awaits them (the repository, offloaded)."""
+    return OffloadedStore(SchedulerRepository(engine))
+
+
+def build_ledger(engine: sa.Engine) -> OffloadedLedger:
+    """The run ledger as the domain awaits it; `.sync` for synchronous callers."""
+    return OffloadedLedger(RunLedger(engine))
 
 
 def build_network_plugins() -> dict[str, NetworkPlugin]:
@@ -148,18 +166,21 @@ def build_network_plugins() -> dict[str, NetworkPlugin]:
 
 @dataclass
 class Services:
-    """Everything a worker process uses, built once per process."""
+    """Everything a worker process uses, built once per process.
+
+    `repository` and `ledger` are the async ports; their `.sync` is the SQL store itself.
+    """
 
     settings: Settings
     engine: sa.Engine
-    repository: SchedulerRepository
-    ledger: RunLedger
+    repository: OffloadedStore
+    ledger: OffloadedLedger
     redis: Redis
     presence: PresenceReader
     pool: AgentClientPool
     terminator: SessionTerminator
     coordinator: Coordinator
-    secrets: SqlSecretStore
+    secrets: OffloadedSecrets
     keys: ClusterKeys
     context: HandlerContext
     secret_environ: SqlSecretEnviron
@@ -196,8 +217,8 @@ async def build_services(
 ) -> Services:
     """Builds the services inside the event loop that will use them; any adapter may be given."""
     engine = engine or build_engine(settings)
-    repository = SchedulerRepository(engine)
-    ledger = RunLedger(engine)
+    repository = build_store(engine)
+    ledger = build_ledger(engine)
     redis = redis or build_redis(settings)
     presence_redis = None if presence is not None else build_presence_redis(settings)
     presence = presence or ValkeyPresence(
@@ -228,10 +249,10 @@ async def build_services(
         verify_identity=True,
     )
     key = load_or_create_key(settings.secret_key, settings.var_dir)
-    secrets = SqlSecretStore(engine, key)
+    secrets = OffloadedSecrets(SqlSecretStore(engine, key))
     secret_environ = SqlSecretEnviron(engine, key, settings.secret_env_patterns)
     keys = ClusterKeys(
-        SqlKeypairPool(engine, key),
+        OffloadedKeypairPool(SqlKeypairPool(engine, key)),
         key_type=settings.keypair_type,
         target=settings.keypair_pool_size,
         refiller=refiller,
@@ -246,7 +267,9 @@ async def build_services(
         secrets=secrets,
         fanout=tracked,
         network_plugins=plugins,
-        environs=StoredKernelEnvirons(repository.sessions_by_ids, secret_environ),
+        environs=StoredKernelEnvirons(
+            repository.sessions_by_ids, OffloadedSecretEnviron(secret_environ)
+        ),
         keys=keys,
     )
     for runtime in build_handlers(context):
@@ -290,6 +313,11 @@ class Adapters:
     @cached_property
     def ledger(self) -> RunLedger:
         return RunLedger(self.engine)
+
+    @cached_property
+    def store(self) -> OffloadedStore:
+        """The repository as the domain awaits it (its calls offloaded to a thread)."""
+        return OffloadedStore(self.repository)
 
     @cached_property
     def stats(self) -> RunStats:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from sokovan.db.offload import OffloadedStore
 from sokovan.db.stats import RunStats
 from sokovan.scheduler.transitions import request_termination
 from sokovan.types import KernelId, KernelStatus, RunId, RunStatus, SessionStatus
@@ -111,7 +112,7 @@ async def test_sc_rc_001_002_whole_worker_killed_every_kernel_terminated_once(
         placed = await place_sessions(c, [AGENTS] * SESSIONS)
         kids = [k for kernels in placed.values() for k in kernels]
         assert len(kids) == 500
-        await request_termination(c.repo, list(placed), "USER_REQUESTED")
+        await request_termination(OffloadedStore(c.repo), list(placed), "USER_REQUESTED")
         with ExitStack() as stack:
 
             def second_worker() -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import redis as sync_redis
 
+from sokovan.db.offload import OffloadedStore
 from sokovan.db.repository import NewKernel
 from sokovan.scheduler.transitions import request_termination
 from sokovan.types import (
@@ -211,7 +212,10 @@ async def test_sigkill_mid_terminate_ends_with_every_kernel_terminated_once(
         assert len(placed) == 4 * SESSIONS
         assert await kernels_on_agents(c) == 4 * SESSIONS
         sids = [s.id for s in c.repo.sessions_in([SessionStatus.RUNNING])]
-        assert len(await request_termination(c.repo, sids, "USER_REQUESTED")) == SESSIONS
+        assert (
+            len(await request_termination(OffloadedStore(c.repo), sids, "USER_REQUESTED"))
+            == SESSIONS
+        )
 
         first, held = await kill_mid_terminate(c)
         if mechanism == "redelivery":

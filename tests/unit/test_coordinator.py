@@ -177,7 +177,7 @@ async def test_held_plan_closes_the_run_as_held() -> None:
     s.probe.plan_result = Plan(requested=3, note="brake: outage", held="brake: outage")
     report = await s.coordinator.run(NAME, RunTrigger.BEAT)
     assert report.status == RunStatus.HELD
-    assert s.ledger.get_run(RunId(1)).note == "brake: outage"
+    assert (await s.ledger.get_run(RunId(1))).note == "brake: outage"
 
 
 async def test_idle_beat_tick_leaves_no_row() -> None:
@@ -204,15 +204,15 @@ async def test_recovery_abandons_overdue_runs_keeping_what_they_recorded() -> No
     s.probe.plan_result = Plan(requested=2, dispatched=True)
     report = await s.coordinator.run(NAME, RunTrigger.API)
     assert report.run_id is not None
-    s.ledger.update_run(report.run_id, operation=str(Operation.DESTROY_KERNELS))
+    await s.ledger.update_run(report.run_id, operation=str(Operation.DESTROY_KERNELS))
     await record_outcomes(s.ledger, declare(s.probe).transitions, report.run_id, [s.outcome(0)])
-    s.ledger.update_run(report.run_id, deadline_at=utcnow() - timedelta(seconds=1))
+    await s.ledger.update_run(report.run_id, deadline_at=utcnow() - timedelta(seconds=1))
     moves_before = len(s.states.moves)
 
     abandoned = await s.coordinator.recover()
 
     assert abandoned == [report.run_id]
-    run = s.ledger.get_run(report.run_id)
+    run = await s.ledger.get_run(report.run_id)
     assert run.status == RunStatus.ABANDONED and run.succeeded == 1
     assert s.states.statuses[s.kernels[0]] == KernelStatus.TERMINATED
     assert len(s.states.moves) == moves_before, "abandoning wrote a kernel move again"

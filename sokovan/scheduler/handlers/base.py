@@ -28,12 +28,12 @@ from sokovan.types import (
 
 if TYPE_CHECKING:
     from sokovan.config import Settings
-    from sokovan.db.repository import SchedulerRepository
     from sokovan.ports import (
         AgentClientPool,
         FanOut,
         KernelEnvirons,
         NetworkPlugin,
+        SchedulerStore,
         SecretStore,
     )
     from sokovan.scheduler.launcher import SessionLauncher
@@ -95,7 +95,7 @@ class HandlerContext:
     """The adapters a handler may use; built once per process by the composition root."""
 
     settings: Settings
-    repository: SchedulerRepository
+    repository: SchedulerStore
     terminator: SessionTerminator
     pool: AgentClientPool
     secrets: SecretStore

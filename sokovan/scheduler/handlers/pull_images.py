@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 import uuid
@@ -13,7 +12,7 @@ from typing import Any
 from sokovan import constants as C
 from sokovan.config import Settings
 from sokovan.db.attempts import backoff_seconds
-from sokovan.db.repository import SchedulerRepository
+from sokovan.ports import SchedulerStore
 from sokovan.scheduler.deadlines import parse_time, past_deadline
 from sokovan.scheduler.handlers.base import (
     FollowUps,
@@ -89,9 +88,7 @@ def build(ctx: HandlerContext) -> HandlerRuntime:
         wanted = None if only is None else [SessionId(u) for u in only]
         # Read before this run moves new sessions to PULLING: those are not lost pulls.
         follow, retried = await _retries(wanted)
-        sessions = await asyncio.to_thread(
-            repo.sessions_in, [SessionStatus.SCHEDULED], limit=budget, only=wanted
-        )
+        sessions = await repo.sessions_in([SessionStatus.SCHEDULED], limit=budget, only=wanted)
         sessions = await move_sessions(
             repo, sessions, SessionStatus.PULLING, KernelStatus.PULLING, SessionStatus.SCHEDULED
         )
@@ -100,11 +97,9 @@ def build(ctx: HandlerContext) -> HandlerRuntime:
             return Plan(requested=0, follow_ups=follow)
         now = utcnow().isoformat()
         for s in sessions:
-            await asyncio.to_thread(
-                repo.merge_session_status_data, s.id, {SENT_AT: now, RETRY_AT: None}
-            )
+            await repo.merge_session_status_data(s.id, {SENT_AT: now, RETRY_AT: None})
         images = {k.image for s in sessions for k in s.kernels}
-        configs = await asyncio.to_thread(repo.image_configs, images)
+        configs = await repo.image_configs(images)
         await ctx.launcher().trigger_image_pulling(sessions, configs, run_id=run_id)
         requested = sum(len(s.kernels) for s in sessions)
         return Plan(requested=requested, dispatched=True, follow_ups=follow)
@@ -113,7 +108,7 @@ def build(ctx: HandlerContext) -> HandlerRuntime:
         """PULLING sessions to pull again (a retry due, or a pull lost with its run); those
         whose pulls are all PREPARED already go on to creation."""
         now = utcnow()
-        pulling = await asyncio.to_thread(repo.sessions_in, [SessionStatus.PULLING], only=wanted)
+        pulling = await repo.sessions_in([SessionStatus.PULLING], only=wanted)
         again: list[SessionInfo] = []
         late: list[SessionId] = []
         for s in pulling:
@@ -172,19 +167,19 @@ def build(ctx: HandlerContext) -> HandlerRuntime:
 
 
 async def _schedule_retries(
-    repo: SchedulerRepository, settings: Settings, unanswered: Sequence[ItemOutcome]
+    repo: SchedulerStore, settings: Settings, unanswered: Sequence[ItemOutcome]
 ) -> tuple[set[SessionId], dict[SessionId, int]]:
     """Sessions whose pull got no answer: retried after a backoff while attempts are left
     (the first set), else out of attempts (with how many they had)."""
     errors = {SessionId(uuid.UUID(str(o.detail["session_id"]))): o for o in unanswered}
-    sessions = await asyncio.to_thread(repo.sessions_by_ids, list(errors))
+    sessions = await repo.sessions_by_ids(list(errors))
     retry: set[SessionId] = set()
     exhausted: dict[SessionId, int] = {}
     now = utcnow()
     for s in sessions:
         tried = int(s.status_data.get(ATTEMPTS) or 0) + 1
         if tried >= settings.pull_attempts:
-            await asyncio.to_thread(repo.merge_session_status_data, s.id, {ATTEMPTS: tried})
+            await repo.merge_session_status_data(s.id, {ATTEMPTS: tried})
             exhausted[s.id] = tried
             continue
         wait = backoff_seconds(tried, settings.retry_backoff, settings.retry_backoff_max)
@@ -201,7 +196,7 @@ async def _schedule_retries(
             RETRY_AT: (now + timedelta(seconds=wait)).isoformat(),
             "pull_last_error": _pull_error(errors[s.id]),
         }
-        await asyncio.to_thread(repo.merge_session_status_data, s.id, values)
+        await repo.merge_session_status_data(s.id, values)
         retry.add(s.id)
     return retry, exhausted
 
@@ -219,10 +214,10 @@ def _pull_error(o: ItemOutcome) -> str:
 
 
 async def _note_error(
-    repo: SchedulerRepository, sid: SessionId, message: str, name: str = "ImagePullTimeout"
+    repo: SchedulerStore, sid: SessionId, message: str, name: str = "ImagePullTimeout"
 ) -> None:
     info = {"src": "agent", "name": name, "message": message}
-    await asyncio.to_thread(repo.merge_session_status_data, sid, {"error": info})
+    await repo.merge_session_status_data(sid, {"error": info})
 
 
 DECLARATION = HandlerDeclaration(

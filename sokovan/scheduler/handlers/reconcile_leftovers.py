@@ -7,13 +7,11 @@ container that is already gone is a success, and either way the leftover is clos
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import uuid
 from collections.abc import Sequence
 
 from sokovan import constants as C
-from sokovan.db.attempts import Leftover
+from sokovan.records import Leftover
 from sokovan.scheduler.deadlines import LOST_AGENT_STATUS
 from sokovan.scheduler.handlers.base import (
     FollowUps,
@@ -58,11 +56,11 @@ def build(ctx: HandlerContext) -> HandlerRuntime:
     settings = ctx.settings
 
     async def plan(run_id: RunId, scope: Sequence[str] | None, budget: int) -> Plan:
-        due = await asyncio.to_thread(repo.leftovers_due, utcnow(), budget)
+        due = await repo.leftovers_due(utcnow(), budget)
         if scope is not None:
             wanted = {str(s) for s in scope}
             due = [d for d in due if str(d.kernel_id) in wanted or d.agent_id in wanted]
-        states = await asyncio.to_thread(repo.agent_states, {d.agent_id for d in due})
+        states = await repo.agent_states({d.agent_id for d in due})
         # A lost agent is not asked; its leftovers wait until it is seen again.
         reachable = [d for d in due if states.get(d.agent_id, ("",))[0] != LOST_AGENT_STATUS]
         if not reachable:
@@ -76,19 +74,14 @@ def build(ctx: HandlerContext) -> HandlerRuntime:
 
     async def complete(run_id: RunId, outcomes: Sequence[ItemOutcome], moved: Moved) -> FollowUps:
         done = [KernelId(uuid.UUID(o.item_id)) for o in outcomes if o.ok and not o.skipped]
-        await asyncio.to_thread(repo.leftovers_destroyed, done)
+        await repo.leftovers_destroyed(done)
         failed = {
             KernelId(uuid.UUID(o.item_id)): o.error or "unknown error"
             for o in outcomes
             if not o.ok and not o.skipped and o.detail.get("session_id")
         }
-        await asyncio.to_thread(
-            functools.partial(
-                repo.leftovers_failed,
-                failed,
-                base=settings.retry_backoff,
-                cap=settings.retry_backoff_max,
-            )
+        await repo.leftovers_failed(
+            failed, base=settings.retry_backoff, cap=settings.retry_backoff_max
         )
         return ()
 

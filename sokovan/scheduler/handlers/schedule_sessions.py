@@ -7,13 +7,11 @@ and on its tick; placed sessions go on to pull_images at once.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 
 from sokovan import constants as C
 from sokovan.scheduler.handlers import pull_images
 from sokovan.scheduler.handlers.base import HandlerContext, HandlerDeclaration, HandlerRuntime, Plan
-from sokovan.scheduler.pending import schedule_pending
 from sokovan.types import ItemOutcome, RunId, SessionStatus
 
 NAME = "schedule_sessions"
@@ -25,7 +23,7 @@ def build(ctx: HandlerContext) -> HandlerRuntime:
 
     async def plan(run_id: RunId, scope: Sequence[str] | None, budget: int) -> Plan:
         # The queue's order is the whole group's: a scope cannot reorder it, so it is not used.
-        done = await asyncio.to_thread(schedule_pending, repo, budget)
+        done = await repo.schedule_pending(budget)
         if not done.placed:
             return Plan(requested=0)
         ids = [str(s) for s in done.placed]

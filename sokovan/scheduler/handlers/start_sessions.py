@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sokovan import constants as C
-from sokovan.db.repository import SchedulerRepository
-from sokovan.ports import FanOut
+from sokovan.ports import FanOut, SchedulerStore
 from sokovan.scheduler.deadlines import past_deadline
 from sokovan.scheduler.handlers.base import (
     FollowUps,
@@ -97,8 +95,7 @@ def build(ctx: HandlerContext) -> HandlerRuntime:
     async def plan(run_id: RunId, scope: Sequence[str] | None, budget: int) -> Plan:
         follow = list(await _expire_creating(repo, settings.creating_deadline))
         only = parse_ids(scope)
-        sessions = await asyncio.to_thread(
-            repo.sessions_in,
+        sessions = await repo.sessions_in(
             [SessionStatus.PREPARED],
             limit=budget,
             only=None if only is None else [SessionId(u) for u in only],
@@ -109,7 +106,7 @@ def build(ctx: HandlerContext) -> HandlerRuntime:
         if not sessions:
             return Plan(requested=0, follow_ups=follow)
         images = {k.image for s in sessions for k in s.kernels}
-        configs = await asyncio.to_thread(repo.image_configs, images)
+        configs = await repo.image_configs(images)
         dispatch_log = _DispatchLog(ctx.fanout)
         await ctx.launcher(dispatch_log).start_sessions_for_handler(
             sessions, configs, run_id=run_id
@@ -162,9 +159,9 @@ def _container_id(outcome: ItemOutcome) -> str:
     return str(info.get("container_id") or "")
 
 
-async def _expire_creating(repo: SchedulerRepository, deadline: float) -> FollowUps:
+async def _expire_creating(repo: SchedulerStore, deadline: float) -> FollowUps:
     """Sessions in CREATING past the deadline fail; what was created is destroyed."""
-    sessions = await asyncio.to_thread(repo.sessions_in, [SessionStatus.CREATING])
+    sessions = await repo.sessions_in([SessionStatus.CREATING])
     now = utcnow()
     stuck = [s.id for s in sessions if past_deadline(s, deadline, now)]
     for sid in stuck:
@@ -174,14 +171,14 @@ async def _expire_creating(repo: SchedulerRepository, deadline: float) -> Follow
             "name": "CreationTimeout",
             "message": f"no creation result arrived within the {deadline:g}s CREATING deadline",
         }
-        await asyncio.to_thread(repo.merge_session_status_data, sid, {"error": info})
+        await repo.merge_session_status_data(sid, {"error": info})
     return await fail_sessions(repo, stuck, CREATION_TIMEOUT)
 
 
-async def _fail_interrupted(repo: SchedulerRepository) -> FollowUps:
+async def _fail_interrupted(repo: SchedulerStore) -> FollowUps:
     """Every session still CREATING once the run creating it was abandoned (its worker lost)
     fails at once, so what its agents may have created is destroyed and nothing twice."""
-    sessions = await asyncio.to_thread(repo.sessions_in, [SessionStatus.CREATING])
+    sessions = await repo.sessions_in([SessionStatus.CREATING])
     stuck = [s.id for s in sessions]
     for sid in stuck:
         log.warning("session %s left CREATING by an abandoned run; failing it", sid)
@@ -190,7 +187,7 @@ async def _fail_interrupted(repo: SchedulerRepository) -> FollowUps:
             "name": "CreationInterrupted",
             "message": "the run creating it was abandoned (its worker was lost)",
         }
-        await asyncio.to_thread(repo.merge_session_status_data, sid, {"error": info})
+        await repo.merge_session_status_data(sid, {"error": info})
     return await fail_sessions(repo, stuck, CREATION_TIMEOUT)
 
 

@@ -3,7 +3,6 @@ them gone. No fan-out: the sweep judges in its planning step and the coordinator
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import gc
 import logging
@@ -209,9 +208,7 @@ def build(ctx: HandlerContext) -> HandlerRuntime:
             return {g: (t.total, t.suspects) for g, t in targets.groups.items()}
         except PresenceUnavailable:
             # Every kernel goes to the handler, whose brake then skips them all and says why.
-            kernels = await asyncio.to_thread(
-                repo.kernels_to_sweep, statuses, limit=budget, only=only
-            )
+            kernels = await repo.kernels_to_sweep(statuses, limit=budget, only=only)
             by_group: dict[str, list[KernelInfo]] = {}
             for k in kernels:
                 by_group.setdefault(k.scaling_group, []).append(k)

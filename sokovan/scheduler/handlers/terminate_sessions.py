@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-import functools
 import logging
 import uuid
 from collections.abc import Mapping, Sequence
@@ -12,8 +10,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sokovan.db.attempts import Leftover
-from sokovan.db.repository import SchedulerRepository
+from sokovan.ports import SessionStore
+from sokovan.records import Leftover
 from sokovan.scheduler.deadlines import (
     AGENT_LOST,
     FORCE_TERMINATED,
@@ -81,11 +79,13 @@ class _Split:
     waiting: int = 0
 
 
-def _split(ctx: HandlerContext, live: Sequence[SessionInfo], now: datetime) -> _Split:
+def _split(
+    seconds: float,
+    agent_states: Mapping[AgentId, tuple[str, Any]],
+    live: Sequence[SessionInfo],
+    now: datetime,
+) -> _Split:
     """Past the deadline a kernel tried at least once is given up; a failed one waits."""
-    seconds = ctx.settings.terminating_deadline
-    agents = {k.agent_id for s in live for k in s.kernels if k.agent_id}
-    agent_states = ctx.repository.agent_states(agents)
     out = _Split()
     for session in live:
         late = past_deadline(session, seconds, now)
@@ -139,8 +139,7 @@ def build(ctx: HandlerContext) -> HandlerRuntime:
 
     async def plan(run_id: RunId, scope: Sequence[str] | None, budget: int) -> Plan:
         only = parse_ids(scope)
-        sessions = await asyncio.to_thread(
-            repo.sessions_to_destroy,
+        sessions = await repo.sessions_to_destroy(
             [SessionStatus.TERMINATING],
             limit=budget,
             only=None if only is None else [SessionId(u) for u in only],
@@ -153,12 +152,16 @@ def build(ctx: HandlerContext) -> HandlerRuntime:
         ]
         empty = [s.id for s in live if not s.kernels]
         if empty:
-            await asyncio.to_thread(finish_terminated_sessions, repo, empty)
-        split = await asyncio.to_thread(_split, ctx, [s for s in live if s.kernels], utcnow())
+            await finish_terminated_sessions(repo, empty)
+        targets = [s for s in live if s.kernels]
+        states = await repo.agent_states(
+            {k.agent_id for s in targets for k in s.kernels if k.agent_id}
+        )
+        split = _split(settings.terminating_deadline, states, targets, utcnow())
         if split.forced:
             for o in split.forced:
                 log.warning("run %s: kernel %s given up: %s", run_id, o.item_id, o.error)
-            await asyncio.to_thread(repo.remember_leftovers, split.leftovers)
+            await repo.remember_leftovers(split.leftovers)
         settled = [*split.forced, *split.never_created]
         requested = sum(len(s.kernels) for s in split.sessions) + len(settled)
         if not split.sessions:
@@ -173,26 +176,21 @@ def build(ctx: HandlerContext) -> HandlerRuntime:
 
     async def finish(run_id: RunId, outcomes: Sequence[ItemOutcome], moved: Moved) -> FollowUps:
         """Sessions whose kernels are all terminal are TERMINATED."""
-        await asyncio.to_thread(finish_terminated_sessions, repo, session_ids_of(outcomes))
+        await finish_terminated_sessions(repo, session_ids_of(outcomes))
         # Kernels given up freed their slots as well: the pending queue may fit now.
         return [(SCHEDULE_SESSIONS, None)] if any(moved.values()) else ()
 
     async def complete(run_id: RunId, outcomes: Sequence[ItemOutcome], moved: Moved) -> FollowUps:
         sessions = session_ids_of(outcomes)
-        finished = await asyncio.to_thread(finish_terminated_sessions, repo, sessions)
+        finished = await finish_terminated_sessions(repo, sessions)
         failed = {
             KernelId(uuid.UUID(o.item_id)): o.error or "unknown error"
             for o in outcomes
             if not o.ok and not o.skipped and _is_kernel(o.item_id)
         }
         if failed:
-            await asyncio.to_thread(
-                functools.partial(
-                    repo.note_kernel_attempts,
-                    failed,
-                    base=settings.retry_backoff,
-                    cap=settings.retry_backoff_max,
-                )
+            await repo.note_kernel_attempts(
+                failed, base=settings.retry_backoff, cap=settings.retry_backoff_max
             )
             log.warning(
                 "run %s: %d kernel(s) not destroyed, left TERMINATING for a retry: %s",
@@ -216,14 +214,14 @@ def build(ctx: HandlerContext) -> HandlerRuntime:
 
 
 async def _past_deadline_follow_up(
-    repo: SchedulerRepository, seconds: float, outcomes: Sequence[ItemOutcome]
+    repo: SessionStore, seconds: float, outcomes: Sequence[ItemOutcome]
 ) -> FollowUps:
     """Sessions whose destroy failed past their deadline are given up at once, not next tick."""
     failed = session_ids_of(o for o in outcomes if not o.ok and not o.skipped)
     if not failed:
         return ()
     now = utcnow()
-    sessions = await asyncio.to_thread(repo.sessions_by_ids, list(failed))
+    sessions = await repo.sessions_by_ids(list(failed))
     late = [
         str(s.id)
         for s in sessions
