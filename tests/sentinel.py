@@ -30,6 +30,7 @@ from sokovan.bootstrap import build_redis
 from sokovan.config import load_settings
 from sokovan.db.engine import create_engine, upgrade
 from sokovan.db.ledger import RunLedger
+from sokovan.db.offload import OffloadedStore
 from sokovan.db.repository import SchedulerRepository
 from sokovan.scheduler.agents import sync_agents
 from sokovan.types import ImageConfig
@@ -321,7 +322,7 @@ async def ha_cluster(
     async with ha_agents(senv, rig, agents, latency) as procs:
         redis = build_redis(senv.settings)
         try:
-            await sync_agents(redis, repo)
+            await sync_agents(redis, OffloadedStore(repo))
         finally:
             await redis.aclose()
         app = create_app(senv.settings)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from sokovan.db.offload import OffloadedStore
 from sokovan.scheduler.transitions import request_termination
 from sokovan.types import TERMINAL_SESSION_STATUSES, KernelStatus, SessionId, SessionStatus
 from tests.cluster import IMAGE, Cluster
@@ -85,7 +86,7 @@ async def test_primary_sigkilled_mid_termination_of_500_kernels(
             kernel_ids = {str(k) for kernels in placed.values() for k in kernels}
             assert len(kernel_ids) == 4 * SESSIONS
             with celery_worker(c.senv, concurrency=2) as worker, celery_beat(c.senv) as beat:
-                await request_termination(c.repo, list(placed), "USER_REQUESTED")
+                await request_termination(OffloadedStore(c.repo), list(placed), "USER_REQUESTED")
                 await wait_destroyed(c, at_least=20, total=len(kernel_ids))
                 killed_at = time.monotonic()
                 old = rig.kill_primary_losing_writes(lost) if lost else rig.kill_primary()
