@@ -36,6 +36,7 @@ from sokovan.scheduler.launcher.environ import StoredKernelEnvirons
 from sokovan.scheduler.launcher.keys import ClusterKeys
 from sokovan.scheduler.terminator import SessionTerminator
 from sokovan.scheduler.tracking import FanOutTracker, TrackedFanOut
+from sokovan.status_feed import RedisStatusFeed
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +99,8 @@ class Services:
     network_plugins: dict[str, NetworkPlugin] = field(default_factory=dict)
     # The presence store's own client, when built here (it may be another server than redis).
     presence_redis: Redis | None = None
+    # The session status stream the repository publishes to (README, "A manager's view").
+    status_feed: RedisStatusFeed | None = None
 
     async def close(self) -> None:
         """Closes agent connections, Redis and the engine; each failure is logged, not raised."""
@@ -109,6 +112,8 @@ class Services:
                 await closer()
             except Exception as e:
                 log.warning("closing %s failed: %s", name, e)
+        if self.status_feed is not None:
+            self.status_feed.close()
         self.engine.dispose()
 
 
@@ -129,6 +134,8 @@ async def build_services(
     """Builds the services inside the event loop that will use them; any adapter may be given."""
     engine = engine or build_engine(settings)
     repository = SchedulerRepository(engine)
+    status_feed = RedisStatusFeed(settings.redis_url)
+    repository.feed = status_feed
     ledger = RunLedger(engine)
     redis = redis or build_redis(settings)
     presence_redis = None if presence is not None else build_presence_redis(settings)
@@ -199,4 +206,5 @@ async def build_services(
         secret_environ=secret_environ,
         network_plugins=plugins,
         presence_redis=presence_redis,
+        status_feed=status_feed,
     )
