@@ -18,6 +18,7 @@ from sokovan.scheduler.transitions import NON_TERMINAL_KERNEL
 from sokovan.types import AgentId, ResourceSlot
 from tasks.cli.common import JsonOption, engine, print_json, print_table, settings
 from tasks.cli.errors import BadInput, Refused
+from tasks.cli.watch import IntervalOption, WatchOption, watch_command
 
 app = typer.Typer(help="Registered agents: list, register, remove, sync.", no_args_is_help=True)
 
@@ -30,8 +31,13 @@ def _slots(slots: ResourceSlot) -> str:
 def list_cmd(
     status: str = typer.Option(None, help="Only agents with this status (ALIVE, LOST, ...)."),
     as_json: bool = JsonOption,
+    watch: bool = WatchOption,
+    interval: float = IntervalOption,
 ) -> None:
     """Lists agents with capacity and what their live kernels hold."""
+    if watch:
+        draw = lambda: list_cmd(status, as_json=False, watch=False, interval=interval)  # noqa: E731
+        return watch_command("sokovan agents list", as_json, interval, draw)
     repo = SchedulerRepository(engine())
     used = repo.occupied_by_agent()
     agents = [a for a in repo.list_agents() if status is None or a.status == status.upper()]
