@@ -138,7 +138,8 @@ class SchedulerRepository(
             ]
             if rows:
                 conn.execute(kernels.insert(), rows)
-        self.feed.publish(changes)
+        if changes:  # only a transaction of its own: a caller's publishes once it commits
+            self.feed.publish(changes)
         return session_id
 
     def get_session(self, session_id: SessionId) -> SessionInfo:
