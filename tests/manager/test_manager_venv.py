@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.cluster import IMAGE, running_cluster
+from tests.services import run_cli
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]
 SCRIPT = Path(__file__).with_name("manager_script.py")
@@ -36,8 +37,13 @@ async def test_sc_op_011_manager_with_celery_only_follows_sessions(
         )  # fmt: skip
         assert done.returncode == 0, done.stderr[-3000:]
         out = json.loads(done.stdout.strip().splitlines()[-1])
+        sid, run_id = out["created"]["session_id"], str(out["terminate"]["run_id"])
+        # The read tasks answer the documents the CLI's --json prints.
+        shown = await asyncio.to_thread(run_cli, c.senv, "session", "show", sid, "--json")
+        assert json.loads(shown) == out["get_terminated"]
+        run_shown = await asyncio.to_thread(run_cli, c.senv, "runs", "show", run_id, "--json")
+        assert json.loads(run_shown) == {k: v for k, v in out["run"].items() if k != "items_more"}
 
-    sid = out["created"]["session_id"]
     assert out["to_running"][-1] == "RUNNING"
     assert out["to_terminated"][-2:] == ["TERMINATING", "TERMINATED"]
     running = out["get_running"]
