@@ -55,7 +55,7 @@ class RedisStatusFeed:
         # Few connections, waited for: a worker's threads publish at once after a burst.
         pool = redis.BlockingConnectionPool.from_url(
             url,
-            max_connections=8,
+            max_connections=4,
             timeout=timeout,
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
