@@ -43,26 +43,23 @@ def watch_command(
 
 
 def watch(title: str, command: Callable[[], None], interval: float = WATCH_INTERVAL_SEC) -> None:
-    """Redraws `command`'s output whenever it changes (read every `interval` seconds).
+    """Redraws `command`'s output in place every `interval` seconds, as `watch(1)` does.
 
     Ctrl-C ends the watch, exit 0, leaving the last table on the screen.
     """
     if interval <= 0:
         raise BadInput("--interval: must be more than 0 seconds")
 
-    def frame() -> tuple[str, Text]:
+    def frame() -> Text:
         body = captured(command)
         stamp = datetime.now(UTC).strftime("%H:%M:%S")
-        return body, Text(f"Every {interval:g}s: {title}    {stamp} UTC\n\n{body}")
+        return Text(f"Every {interval:g}s: {title}    {stamp} UTC\n\n{body}")
 
-    shown, first = frame()
+    first = frame()
     try:
         with Live(first, console=console(), auto_refresh=False, transient=False) as live:
             while True:
                 time.sleep(interval)
-                body, text = frame()
-                if body != shown:
-                    shown = body
-                    live.update(text, refresh=True)
+                live.update(frame(), refresh=True)
     except KeyboardInterrupt:
         return
