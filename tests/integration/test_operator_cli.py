@@ -7,10 +7,10 @@ import asyncio
 import json
 import os
 import pty
-import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from datetime import timedelta
@@ -161,7 +161,8 @@ async def test_sc_op_005_terminate_by_filter(tmp_path: Path, valkey_url: str) ->
 
 
 class Terminal:
-    """A command under a pseudo-terminal, as a user runs it; what it drew is kept."""
+    """A command under a pseudo-terminal, as a user runs it; a reader drains what it draws,
+    as a terminal does, and keeps it."""
 
     def __init__(self, c: Cluster, *args: str) -> None:
         master, slave = pty.openpty()
@@ -171,24 +172,27 @@ class Terminal:
         )  # fmt: skip
         os.close(slave)
         self.master = master
-        self.screen = ""
+        self._chunks: list[str] = []
+        self._reader = threading.Thread(target=self._drain, daemon=True)
+        self._reader.start()
 
-    def read(self) -> str:
+    def _drain(self) -> None:
         while True:
-            ready, _, _ = select.select([self.master], [], [], 0.05)
-            if not ready:
-                return self.screen
             try:
                 chunk = os.read(self.master, 65536)
-            except OSError:
-                return self.screen
+            except OSError:  # the command exited (EIO) or the terminal was closed
+                return
             if not chunk:
-                return self.screen
-            self.screen += chunk.decode("utf-8", "replace")
+                return
+            self._chunks.append(chunk.decode("utf-8", "replace"))
+
+    @property
+    def screen(self) -> str:
+        return "".join(self._chunks)
 
     async def wait_for(self, text: str, within: float = 60) -> None:
         deadline = time.monotonic() + within
-        while text not in self.read():
+        while text not in self.screen:
             assert time.monotonic() < deadline, f"{text!r} never drawn:\n{self.screen[-3000:]}"
             await asyncio.sleep(0.1)
 
@@ -196,7 +200,7 @@ class Terminal:
         """Ctrl-C: SIGINT to the foreground process group, as a terminal sends it."""
         os.killpg(self.proc.pid, signal.SIGINT)
         code = await asyncio.to_thread(self.proc.wait, 20)
-        self.read()
+        await asyncio.to_thread(self._reader.join, 5)
         os.close(self.master)
         return code
 
