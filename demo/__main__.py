@@ -22,12 +22,12 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from redis.asyncio import Redis
+from celery import Celery
 
 from sokovan.agent.curve import create_curve_certificates
-from sokovan.config import Settings, load_settings
-from sokovan.db.engine import create_engine, upgrade
-from sokovan.db.ledger import RunLedger
+from sokovan.bootstrap import Adapters, build_redis
+from sokovan.config import load_settings
+from sokovan.db.engine import upgrade
 from sokovan.db.repository import SchedulerRepository
 from sokovan.embedded import EmbeddedValkey
 from sokovan.scheduler.agents import sync_agents
@@ -117,9 +117,8 @@ def kernel_pid(kernel_id: str) -> int | None:
     return None
 
 
-def start_cluster(
-    stack: ExitStack, var_dir: Path, secure: bool = False
-) -> tuple[Settings, dict[str, str]]:
+def start_cluster(stack: ExitStack, var_dir: Path, secure: bool = False) -> tuple[Adapters, Celery]:
+    """The cluster's processes, and the adapters and Celery app the demo drives it with."""
     logs = var_dir / "logs"
     logs.mkdir(parents=True)
     valkey = EmbeddedValkey(var_dir / "valkey", port=None, persist=False)
@@ -127,7 +126,9 @@ def start_cluster(
     stack.callback(valkey.stop)
     env = demo_env(var_dir, redis_url, secure)
     settings = load_settings(env, dotenv=None)
-    upgrade(create_engine(settings.effective_database_url))
+    adapters = Adapters(settings)
+    stack.callback(adapters.close)
+    upgrade(adapters.engine)
     say(f"embedded Valkey at {redis_url}; SQLite at {settings.effective_database_url}")
     if secure:
         say("task messages signed (SOKOVAN_TASK_SIGNING_DIR), agent calls over CURVE")
@@ -169,12 +170,12 @@ def start_cluster(
             logs,
         )
     )
-    repo = SchedulerRepository(create_engine(settings.effective_database_url))
+    repo = adapters.repository
     repo.add_image(ImageConfig(canonical=IMAGE))
 
     def agents_known() -> bool:
         async def sync() -> dict[str, int]:
-            redis = Redis.from_url(redis_url)
+            redis = build_redis(settings)  # asyncio: one per event loop
             try:
                 return await sync_agents(redis, repo)
             finally:
@@ -184,9 +185,10 @@ def start_cluster(
 
     wait_until(agents_known, 60, "two reference agents to register")
     app = create_app(settings)
+    stack.callback(app.close)
     wait_until(lambda: bool(app.control.ping(timeout=1.0)), 60, "the worker to answer")
     say("two reference agents (a1, a2), a worker and beat are up; logs in " + str(logs))
-    return settings, env
+    return adapters, app
 
 
 # The single session carries a secret variable: it must reach the kernel, and stay
@@ -201,11 +203,11 @@ SHAPES: dict[str, dict[str, Any]] = {
 }
 
 
-def run_demo(settings: Settings) -> list[str]:
+def run_demo(adapters: Adapters, app: Celery) -> list[str]:
     """The lifecycle; returns the failed checks."""
     failures: list[str] = []
-    repo = SchedulerRepository(create_engine(settings.effective_database_url))
-    scheduler = Scheduler(create_app(settings), settings)
+    repo = adapters.repository
+    scheduler = Scheduler(app, adapters=adapters)
 
     def status(sid: SessionId) -> SessionStatus:
         return repo.get_session(sid).status
@@ -284,8 +286,8 @@ def check_secret(repo: SchedulerRepository, sid: SessionId) -> list[str]:
     return []
 
 
-def summary(settings: Settings) -> None:
-    ledger = RunLedger(create_engine(settings.effective_database_url))
+def summary(adapters: Adapters) -> None:
+    ledger = adapters.ledger
     runs = [r for r in ledger.list_runs(limit=200) if r.requested or r.note]
     say(f"run ledger ({len(runs)} runs that touched something; empty beat ticks left out)")
     print(runs_table(list(reversed(runs[:25]))))
@@ -309,9 +311,9 @@ def main() -> int:
     shutil.rmtree(var_dir, ignore_errors=True)
     with ExitStack() as stack:
         try:
-            settings, _ = start_cluster(stack, var_dir, secure)
-            failures = run_demo(settings)
-            summary(settings)
+            adapters, app = start_cluster(stack, var_dir, secure)
+            failures = run_demo(adapters, app)
+            summary(adapters)
         except Exception as e:
             print(f"demo FAILED: {e} (see {var_dir / 'logs'})", file=sys.stderr)
             return 1

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 
+import redis as sync_redis
 import sqlalchemy as sa
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry as SyncRetry
 
 from sokovan import constants as C
 from sokovan.config import Settings
@@ -16,6 +20,7 @@ from sokovan.db.ledger import RunLedger
 from sokovan.db.repository import SchedulerRepository
 from sokovan.db.secret_environ import SqlSecretEnviron
 from sokovan.db.secrets import SqlSecretStore, load_or_create_key
+from sokovan.db.stats import RunStats
 from sokovan.ports import (
     AgentClientPool,
     Claims,
@@ -64,6 +69,36 @@ def build_redis(settings: Settings) -> Redis:
 def build_presence_redis(settings: Settings) -> Redis:
     """A client of the presence store, where agents write kernel presence."""
     return build_redis(replace(settings, redis_url=settings.effective_presence_url))
+
+
+def build_sync_redis(settings: Settings, *, timeout: float) -> sync_redis.Redis:
+    """A synchronous client of a short-lived process, over one small blocking pool."""
+    # A command that sends thousands of tasks reuses these few connections: callers wait for
+    # one instead of opening more (unbounded clients once ran the server out of them).
+    pool = sync_redis.BlockingConnectionPool.from_url(
+        settings.redis_url,
+        max_connections=C.PROCESS_REDIS_MAX_CONNECTIONS,
+        timeout=C.REDIS_POOL_WAIT_SEC,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+    )
+    return sync_redis.Redis.from_pool(pool)
+
+
+def build_probe_redis(settings: Settings, *, timeout: float) -> sync_redis.Redis:
+    """A client that tries once and gives up after `timeout`: to ask whether the broker is up."""
+    return sync_redis.Redis.from_url(
+        settings.redis_url,
+        socket_connect_timeout=timeout,
+        socket_timeout=timeout,
+        retry=SyncRetry(NoBackoff(), 0),
+    )
+
+
+def build_secret_environ(settings: Settings, engine: sa.Engine) -> SqlSecretEnviron:
+    """The encrypted store of secret variables (a client writes them before it sends)."""
+    key = load_or_create_key(settings.secret_key, settings.var_dir)
+    return SqlSecretEnviron(engine, key, settings.secret_env_patterns)
 
 
 def build_agent_pool(settings: Settings, repository: SchedulerRepository) -> AgentClientPool:
@@ -164,7 +199,7 @@ async def build_services(
         tracked,
         destroy_concurrency=settings.destroy_concurrency,
         check_running_concurrency=settings.check_running_concurrency,
-        identities=repository,
+        verify_identity=True,
     )
     key = load_or_create_key(settings.secret_key, settings.var_dir)
     secrets = SqlSecretStore(engine, key)
@@ -208,3 +243,44 @@ async def build_services(
         presence_redis=presence_redis,
         status_feed=status_feed,
     )
+
+
+class Adapters:
+    """What a short-lived process uses (a CLI command, the demo, the metrics exporter).
+
+    Each adapter is built on first use, once per process; close() releases those built.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    @cached_property
+    def engine(self) -> sa.Engine:
+        return build_engine(self.settings)
+
+    @cached_property
+    def repository(self) -> SchedulerRepository:
+        return SchedulerRepository(self.engine)
+
+    @cached_property
+    def ledger(self) -> RunLedger:
+        return RunLedger(self.engine)
+
+    @cached_property
+    def stats(self) -> RunStats:
+        return RunStats(self.engine)
+
+    @cached_property
+    def secret_environ(self) -> SqlSecretEnviron:
+        return build_secret_environ(self.settings, self.engine)
+
+    @cached_property
+    def redis(self) -> sync_redis.Redis:
+        return build_sync_redis(self.settings, timeout=C.PROCESS_REDIS_TIMEOUT_SEC)
+
+    def close(self) -> None:
+        """Disconnects Redis and disposes of the engine, if they were built."""
+        if "redis" in self.__dict__:
+            self.redis.close()
+        if "engine" in self.__dict__:
+            self.engine.dispose()

@@ -55,6 +55,8 @@ class Settings:
     # Sweep brake: the share of kernels that may look stale before a sweep refuses to kill.
     sweep_max_stale_ratio: float = C.SWEEP_MAX_STALE_RATIO
     sweep_brake_min_kernels: int = C.SWEEP_BRAKE_MIN_KERNELS
+    # Above the ratio: the share of a group a run may reap as agents confirm (0: hold).
+    sweep_brake_reap_share: float = C.SWEEP_BRAKE_REAP_SHARE
     # Timeouts and concurrency.
     agent_call_timeout: float = C.AGENT_CALL_TIMEOUT_SEC
     start_session_timeout: float = C.START_SESSION_TIMEOUT_SEC

@@ -69,6 +69,10 @@ CHECK_RUNNING_CONCURRENCY_PER_AGENT: Final = 32
 SWEEP_MAX_STALE_RATIO: Final = 0.5
 # Fewer candidates than this are judged on their own, whatever the share.
 SWEEP_BRAKE_MIN_KERNELS: Final = 10
+# Above the ratio, a run still reaps kernels their agents confirm dead, at most this share of
+# the group (at least one): a whole-cluster restart clears in about five sweeps, and a mass of
+# wrong "not running" answers costs a fifth of the kernels per sweep interval at most.
+SWEEP_BRAKE_REAP_SHARE: Final = 0.2
 
 # Default beat intervals (seconds).
 SWEEP_INTERVAL_SEC: Final = 60.0
@@ -128,6 +132,15 @@ AGENT_LOST_AFTER_SEC: Final = 120.0
 AGENT_LOST_GRACE_SEC: Final = 300.0
 # status_info of sessions ended because their agent was removed by an operator.
 AGENT_REMOVED_REASON: Final = "AGENT_REMOVED"
+# status_info of sessions ended by a drain of their agent.
+AGENT_DRAINED_REASON: Final = "AGENT_DRAINED"
+# A drain's deadline when none is given: ten minutes, kubectl drain's habit of a bounded wait.
+DRAIN_DEADLINE_SEC: Final = 600.0
+# Longest drain deadline accepted: a day; a longer maintenance is a cordon.
+MAX_DRAIN_DEADLINE_SEC: Final = 86_400.0
+# Registered capacities above these are no machine's (typos or unit mistakes): cores, bytes.
+MAX_AGENT_CPU: Final = 100_000
+MAX_AGENT_MEM: Final = 2**60
 
 # Runs older than this are pruned.
 RUN_RETENTION_DAYS: Final = 30
@@ -146,6 +159,11 @@ SSH_KEY_BITS: Final = 2048
 SINGLE_NODE_NETWORK_PREFIX: Final = "bai-singlenode-"
 # Redis connections one worker process opens at most; a burst beyond it waits for one.
 REDIS_MAX_CONNECTIONS: Final = 64
+# Redis connections a short-lived process (a CLI command, the demo, the exporter) opens at
+# most: it makes one call at a time, plus a spare for a thread such as `up`'s readiness check.
+PROCESS_REDIS_MAX_CONNECTIONS: Final = 4
+# Socket timeout of those clients: a broker on this machine or the LAN answers in milliseconds.
+PROCESS_REDIS_TIMEOUT_SEC: Final = 2.0
 # How long a Redis call waits for a free pooled connection before failing.
 REDIS_POOL_WAIT_SEC: Final = 30.0
 # Reconnect attempts of one Redis call: with the backoff below they span about 11 s, so a

@@ -29,6 +29,9 @@ from sokovan.db.ledger import RunLedger
 from sokovan.db.listing import status_counts
 from sokovan.db.stats import RunStats, SessionStats
 from sokovan.scheduler.handlers import handler_names
+from sokovan.scheduler.handlers.sweep_stale_kernels import DECLARATION as SWEEP
+from sokovan.scheduler.sweep_record import UNVERIFIED
+from sokovan.scheduler.terminator import unverified_kind
 from sokovan.types import KernelStatus, RunStatus, SessionStatus
 
 log = logging.getLogger(__name__)
@@ -39,6 +42,8 @@ _SLOT_METRICS = {
     "cpu": ("sokovan_freed_cpu_cores", "CPU cores released by destroyed kernels."),
     "mem": ("sokovan_freed_memory_bytes", "Memory (bytes) released by destroyed kernels."),
 }
+# Label values of sokovan_sweep_unverified_kernels, each exported (0 when none).
+UNVERIFIED_KINDS = ("identity", "error", "no_answer", "no_agent")
 # Broker list names of the task queue: kombu's Redis transport keeps one list per priority step.
 _QUEUE_KEYS = ("sokovan", *(f"sokovan\x06\x16{p}" for p in (3, 6, 9)))
 
@@ -75,14 +80,15 @@ class LedgerCollector(Collector):
 
     def __init__(
         self,
-        engine: sa.Engine,
+        ledger: RunLedger,
+        stats: RunStats,
         handlers: Sequence[str] | None = None,
         redis: ListLengths | None = None,
     ) -> None:
-        self._engine = engine
+        self._engine = ledger.engine
         self._redis = redis
-        self._stats = RunStats(engine)
-        self._ledger = RunLedger(engine)
+        self._stats = stats
+        self._ledger = ledger
         # Every declared handler is labelled, whether or not it has run yet.
         self._handlers = tuple(handler_names() if handlers is None else handlers)
         self._mono = _Monotonic()
@@ -102,6 +108,7 @@ class LedgerCollector(Collector):
         yield from self._kernel_families(self._stats.sessions())
         yield from self._handler_families()
         yield from self._status_families()
+        yield self._unverified_family()
         yield from self._broker_families()
 
     def _run_families(self) -> Iterable[Metric]:
@@ -204,6 +211,23 @@ class LedgerCollector(Collector):
             oldest.add_metric([name], counts.oldest_session_age.get(name, 0.0))
         return sessions, kernels, agents, oldest
 
+    def _unverified_family(self) -> Metric:
+        """Kernels the newest sweep left RUNNING because their agent could not confirm."""
+        family = GaugeMetricFamily(
+            "sokovan_sweep_unverified_kernels",
+            "Kernels the newest sweep run could not verify with their agent (skipped, still"
+            " RUNNING), by reason.",
+            labels=["reason"],
+        )
+        counts = dict.fromkeys(UNVERIFIED_KINDS, 0)
+        prefix = f"{UNVERIFIED}: "
+        for error, n in self._stats.newest_skips(SWEEP.name, prefix).items():
+            kind = unverified_kind(error.removeprefix(prefix))
+            counts[kind] = counts.get(kind, 0) + n
+        for kind, n in counts.items():
+            family.add_metric([kind], n)
+        return family
+
     def _broker_families(self) -> Iterable[Metric]:
         """Queue depth and dead-lettered tasks, read from the broker (absent if unreadable)."""
         up = GaugeMetricFamily("sokovan_broker_up", "1 if the exporter could read the broker.")
@@ -229,23 +253,27 @@ class LedgerCollector(Collector):
 
 
 def registry_for(
-    engine: sa.Engine, handlers: Sequence[str] | None = None, redis: ListLengths | None = None
+    ledger: RunLedger,
+    stats: RunStats,
+    handlers: Sequence[str] | None = None,
+    redis: ListLengths | None = None,
 ) -> CollectorRegistry:
     """A registry holding only the ledger collector (read at scrape time, not at registration)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(LedgerCollector(engine, handlers, redis))
+    registry.register(LedgerCollector(ledger, stats, handlers, redis))
     return registry
 
 
 def serve(
-    engine: sa.Engine,
+    ledger: RunLedger,
+    stats: RunStats,
     port: int,
     addr: str = C.METRICS_HOST,
     handlers: Sequence[str] | None = None,
     redis: ListLengths | None = None,
 ) -> tuple[WSGIServer, threading.Thread]:
     """Serves /metrics on `addr:port` from a daemon thread; shut it down with server.shutdown()."""
-    registry = registry_for(engine, handlers, redis)
+    registry = registry_for(ledger, stats, handlers, redis)
     server, thread = start_http_server(port, addr=addr, registry=registry)
     log.info("ledger metrics on http://%s:%s/metrics", addr, port)
     return server, thread

@@ -11,7 +11,6 @@ from sokovan.types import (
     AgentAddress,
     AgentBatch,
     AgentId,
-    AgentIdentity,
     ImageConfig,
     ItemOutcome,
     KernelId,
@@ -81,16 +80,6 @@ class AgentClientPool(Protocol):
 
     async def close_all(self) -> None:
         """Closes every cached client, idle or in use."""
-        ...
-
-
-class AgentIdentityBook(Protocol):
-    """What was recorded about agents' identities at registration or sync."""
-
-    async def recorded_identities(
-        self, agent_ids: Collection[AgentId]
-    ) -> Mapping[AgentId, AgentIdentity]:
-        """Recorded identity per agent; unregistered agents are left out."""
         ...
 
 
@@ -257,6 +246,7 @@ class Ledger(Protocol):
         note: str | None = None,
         bulk_ok: int = 0,
         held: bool = False,
+        partial: bool = False,
     ) -> RunRecord | None: ...
 
     def finish_as(self, run_id: RunId, status: RunStatus, note: str) -> bool: ...

@@ -15,7 +15,6 @@ from sokovan.errors import AgentUnavailable, PresenceUnavailable
 from sokovan.types import (
     AgentBatch,
     AgentId,
-    AgentIdentity,
     HealthCheckStatus,
     ImageConfig,
     ItemOutcome,
@@ -196,20 +195,6 @@ class FakePresence:
             if seen is None or seen.presence == HealthCheckStatus.STALE:
                 out[position] = seen
         return out
-
-
-class FakeIdentityBook:
-    """Recorded agent identities set by the test; records each lookup."""
-
-    def __init__(self, identities: Mapping[AgentId, AgentIdentity] | None = None) -> None:
-        self.identities: dict[AgentId, AgentIdentity] = dict(identities or {})
-        self.lookups: list[list[AgentId]] = []
-
-    async def recorded_identities(
-        self, agent_ids: Collection[AgentId]
-    ) -> Mapping[AgentId, AgentIdentity]:
-        self.lookups.append(list(agent_ids))
-        return {a: self.identities[a] for a in agent_ids if a in self.identities}
 
 
 Executor = Callable[[Operation, AgentBatch], Awaitable[list[ItemOutcome]]]
@@ -519,14 +504,15 @@ class InMemoryLedger:
         note: str | None = None,
         bulk_ok: int = 0,
         held: bool = False,
+        partial: bool = False,
     ) -> Any:
-        from sokovan.db.ledger import final_status
+        from sokovan.db.ledger import closing_status
 
         run = self.runs[run_id]
         if run.record.status != RunStatus.RUNNING:
             return None
         ok, failed, skipped = self._counts(run_id, bulk_ok)
-        status = RunStatus.HELD if held and error is None else final_status(ok, failed, error)
+        status = closing_status(ok, failed, error, held, partial)
         run.record = dataclasses.replace(
             run.record,
             status=status,

@@ -169,8 +169,6 @@ class KernelInfo:
     preopen_ports: tuple[int, ...] = ()
     # The scheduler's own notes on the kernel: attempts, next attempt, last error.
     status_data: Mapping[str, Any] = field(default_factory=dict)
-    # When the kernel became RUNNING: an agent instance that started later never hosted it.
-    running_since: datetime | None = None
     # False: create_kernels was never sent for it, so no agent can hold its container.
     create_sent: bool = True
 
@@ -300,6 +298,7 @@ class Verdict(StrEnum):
     ALIVE = "alive"  # the sweep: a suspect its agent says still runs
     UNVERIFIED = "unverified"  # the sweep: the agent could not vouch for the kernel
     BRAKED = "braked"  # the sweep: the brake held the whole run
+    DEFERRED = "deferred"  # the sweep: confirmed dead, left to a later run by the reap rate
     FORCED = "forced"  # given up past its deadline (FORCE_TERMINATED)
     LOST = "agent_lost"  # given up past its deadline on a lost agent (AGENT_LOST)
     NEVER_CREATED = "never_created"  # terminated with no destroy: no create was ever sent
@@ -310,7 +309,9 @@ class Verdict(StrEnum):
 SUCCESS_VERDICTS: Final = frozenset(
     {Verdict.OK, Verdict.DEAD, Verdict.ALIVE, Verdict.NEVER_CREATED, Verdict.HANDED_OVER}
 )
-SKIPPED_VERDICTS: Final = frozenset({Verdict.SKIPPED, Verdict.UNVERIFIED, Verdict.BRAKED})
+SKIPPED_VERDICTS: Final = frozenset(
+    {Verdict.SKIPPED, Verdict.UNVERIFIED, Verdict.BRAKED, Verdict.DEFERRED}
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,38 +8,30 @@ from typing import Any
 from celery import Celery
 from celery.result import AsyncResult
 
+from sokovan import constants as C
+from sokovan.bootstrap import Adapters
 from sokovan.config import Settings, load_settings
-from sokovan.db.engine import create_engine
-from sokovan.db.secret_environ import SqlSecretEnviron
-from sokovan.db.secrets import load_or_create_key
 from tasks import names
 from tasks.app import create_app
-
-
-def secret_environ_store(settings: Settings) -> SqlSecretEnviron:
-    """The encrypted store a client writes secret variables to before it sends a request."""
-    key = load_or_create_key(settings.secret_key, settings.var_dir)
-    engine = create_engine(settings.effective_database_url)
-    return SqlSecretEnviron(engine, key, settings.secret_env_patterns)
 
 
 class Scheduler:
     """Sends the public tasks; each method returns the task's AsyncResult.
 
     Secret variables of a session are written encrypted to the database first and the
-    request carries only their references, so no message holds a secret value.
+    request carries only their references, so no message holds a secret value. The database
+    is opened (through `adapters`, or ones of its own) only when a request has variables.
     """
 
-    def __init__(self, app: Celery | None = None, settings: Settings | None = None) -> None:
-        self.settings = settings or load_settings()
+    def __init__(
+        self,
+        app: Celery | None = None,
+        settings: Settings | None = None,
+        adapters: Adapters | None = None,
+    ) -> None:
+        self.settings = settings or (adapters.settings if adapters else load_settings())
         self.app = app or create_app(self.settings)
-        self._secrets: SqlSecretEnviron | None = None
-
-    @property
-    def secrets(self) -> SqlSecretEnviron:
-        if self._secrets is None:
-            self._secrets = secret_environ_store(self.settings)
-        return self._secrets
+        self.adapters = adapters or Adapters(self.settings)
 
     def create_session(
         self, *, secret_environ: Mapping[str, str] | None = None, **request: Any
@@ -47,7 +39,7 @@ class Scheduler:
         """sokovan.session.create: image, kernels, cluster_mode, network_type, ... (README)."""
         environ = {str(k): str(v) for k, v in (request.get("environ") or {}).items()}
         if environ or secret_environ:
-            request["environ"] = self.secrets.stash(environ, secret_environ)
+            request["environ"] = self.adapters.secret_environ.stash(environ, secret_environ)
         return self.app.send_task(names.SESSION_CREATE, kwargs={"request": request})
 
     def terminate_session(
@@ -83,4 +75,41 @@ class Scheduler:
         """sokovan.run.get: the run with its counts and items (`runs show --json`)."""
         return self.app.send_task(
             names.RUN_GET, kwargs={"run_id": run_id, "items_limit": items_limit}
+        )
+
+    def register_agent(
+        self, agent_id: str, rpc_addr: str, *, scaling_group: str = "default", **capacity: Any
+    ) -> AsyncResult:
+        """sokovan.agents.register: an agent that does not register itself (cpu=, mem=)."""
+        kwargs: dict[str, Any] = {
+            "agent_id": agent_id,
+            "rpc_addr": rpc_addr,
+            "scaling_group": scaling_group,
+        }
+        if capacity:
+            kwargs["capacity"] = capacity
+        return self.app.send_task(names.AGENTS_REGISTER, kwargs=kwargs)
+
+    def cordon_agent(self, agent_id: str) -> AsyncResult:
+        """sokovan.agents.cordon: no new kernel on the agent; its sessions run on."""
+        return self.app.send_task(names.AGENTS_CORDON, kwargs={"agent_id": agent_id})
+
+    def uncordon_agent(self, agent_id: str) -> AsyncResult:
+        """sokovan.agents.uncordon: placement may use the agent again."""
+        return self.app.send_task(names.AGENTS_UNCORDON, kwargs={"agent_id": agent_id})
+
+    def drain_agent(
+        self,
+        agent_id: str,
+        deadline_seconds: float = C.DRAIN_DEADLINE_SEC,
+        wait_for_sessions: bool = False,
+    ) -> AsyncResult:
+        """sokovan.agents.drain: cordon, then end the agent's sessions by the deadline."""
+        return self.app.send_task(
+            names.AGENTS_DRAIN,
+            kwargs={
+                "agent_id": agent_id,
+                "deadline_seconds": deadline_seconds,
+                "wait_for_sessions": wait_for_sessions,
+            },
         )

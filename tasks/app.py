@@ -81,6 +81,7 @@ def create_app(settings: Settings | None = None) -> Celery:
             "tasks.keypair_tasks",
             "tasks.batch_tasks",
             "tasks.read_tasks",
+            "tasks.maintenance_tasks",
         ],
         amqp=RedactingAMQP,
         task_cls=RedactingTask,

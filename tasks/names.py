@@ -17,6 +17,11 @@ SESSION_GET: Final = "sokovan.session.get"
 SESSION_LIST: Final = "sokovan.session.list"
 RUN_GET: Final = "sokovan.run.get"
 AGENTS_SYNC: Final = "sokovan.agents.sync"
+# Node maintenance and registration of agents that do not register themselves.
+AGENTS_REGISTER: Final = "sokovan.agents.register"
+AGENTS_CORDON: Final = "sokovan.agents.cordon"
+AGENTS_UNCORDON: Final = "sokovan.agents.uncordon"
+AGENTS_DRAIN: Final = "sokovan.agents.drain"
 MAINTENANCE_RECOVER: Final = "sokovan.maintenance.recover"
 MAINTENANCE_PRUNE: Final = "sokovan.maintenance.prune"
 PUBLIC: Final = (
@@ -28,6 +33,10 @@ PUBLIC: Final = (
     SESSION_LIST,
     RUN_GET,
     AGENTS_SYNC,
+    AGENTS_REGISTER,
+    AGENTS_CORDON,
+    AGENTS_UNCORDON,
+    AGENTS_DRAIN,
     MAINTENANCE_RECOVER,
     MAINTENANCE_PRUNE,
 )

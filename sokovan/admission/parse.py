@@ -19,7 +19,7 @@ from sokovan.admission.schemas import (
     TerminateSessionPayload,
 )
 from sokovan.scheduler.submit import SessionRequest
-from sokovan.types import AgentId, ClusterMode, NetworkType, ResourceSlot
+from sokovan.types import AgentId, ClusterMode, NetworkType, ResourceSlot, SessionId
 
 P = TypeVar("P", bound=Payload)
 log = logging.getLogger(__name__)
@@ -71,6 +71,7 @@ def parse_create(request: Any, limits: Limits) -> SessionRequest | Refusal:
         user_uuid=parsed.user_uuid,
         access_key=parsed.access_key,
         queue=parsed.queue,
+        session_id=SessionId(parsed.session_id) if parsed.session_id else None,
     )
 
 

@@ -6,6 +6,7 @@ import asyncio
 import json
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -34,6 +35,25 @@ class AgentRow:
     runtime: str | None = None
     capacity: ResourceSlot = field(default_factory=ResourceSlot)
     public_key: bytes | None = None
+    # Maintenance (never written by upsert_agent: a re-registration keeps it).
+    schedulable: bool = True
+    drain_mode: str | None = None
+    drain_deadline: datetime | None = None
+    drained_at: datetime | None = None
+
+    @property
+    def takes_kernels(self) -> bool:
+        """Whether placement may put a new kernel here: ALIVE and not cordoned."""
+        return self.status == "ALIVE" and self.schedulable
+
+    @property
+    def maintenance(self) -> str:
+        """`none`, `cordoned`, `draining` or `drained`."""
+        if self.schedulable:
+            return "none"
+        if self.drained_at is not None:
+            return "drained"
+        return "draining" if self.drain_mode else "cordoned"
 
 
 class AgentsAndImages(SqlBase):
@@ -180,4 +200,8 @@ def agent_row(r: Any) -> AgentRow:
         runtime=r["runtime"],
         capacity=ResourceSlot.from_json(r["capacity"]),
         public_key=r["public_key"],
+        schedulable=bool(r["schedulable"]),
+        drain_mode=r["drain_mode"],
+        drain_deadline=r["drain_deadline"],
+        drained_at=r["drained_at"],
     )

@@ -35,6 +35,18 @@ def final_status(succeeded: int, failed: int, error: str | None) -> RunStatus:
     return RunStatus.PARTIAL if succeeded else RunStatus.FAILED
 
 
+def closing_status(
+    succeeded: int, failed: int, error: str | None, held: bool, partial: bool
+) -> RunStatus:
+    """The status a run closed by its handler gets: held back, partly undecided, or by counts."""
+    status = final_status(succeeded, failed, error)
+    if held and error is None:
+        return RunStatus.HELD
+    if partial and status is RunStatus.SUCCEEDED:
+        return RunStatus.PARTIAL
+    return status
+
+
 class RunLedger(OutcomeRecording, HandlerStates):
     """Reads and writes runs; every state change is a guarded update."""
 
@@ -96,11 +108,13 @@ class RunLedger(OutcomeRecording, HandlerStates):
         note: str | None = None,
         bulk_ok: int = 0,
         held: bool = False,
+        partial: bool = False,
     ) -> RunRecord | None:
         """Counts the items and finishes a running run; None if it was already finished.
 
         `bulk_ok` counts items that succeeded without a row each (healthy kernels of a sweep);
-        `held` closes it as held back on purpose, whatever the counts.
+        `held` closes it as held back on purpose, whatever the counts; `partial` says some
+        targets were left undecided, so a run that would have succeeded is `partial`.
         """
         with self.engine.begin() as conn:
             counts = conn.execute(
@@ -113,11 +127,7 @@ class RunLedger(OutcomeRecording, HandlerStates):
             succeeded, failed, skipped = (int(c) for c in counts)
             succeeded += bulk_ok
             values: dict[str, Any] = {
-                "status": str(
-                    RunStatus.HELD
-                    if held and error is None
-                    else final_status(succeeded, failed, error)
-                ),
+                "status": str(closing_status(succeeded, failed, error, held, partial)),
                 "succeeded": succeeded,
                 "failed": failed,
                 "skipped": skipped,

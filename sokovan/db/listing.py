@@ -191,13 +191,27 @@ def run_progress(engine: sa.Engine, run_id: int) -> RunProgress | None:
     return RunProgress("running", run["requested"], int(ok), int(failed), int(skipped))
 
 
-def kernel_statuses(engine: sa.Engine, session_id: uuid.UUID) -> tuple[str, list[str]] | None:
-    """A session's status and its kernels' statuses; None if there is no such session."""
+# Sessions read per query: well under every database's limit on bound parameters.
+_IDS_PER_QUERY = 500
+
+
+def kernel_statuses(
+    engine: sa.Engine, session_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, tuple[str, list[str]]]:
+    """Each found session's status and its kernels' statuses (unknown ids are left out)."""
+    found: dict[uuid.UUID, tuple[str, list[str]]] = {}
     with engine.connect() as conn:
-        status = conn.execute(
-            sa.select(sessions.c.status).where(sessions.c.id == session_id)
-        ).scalar_one_or_none()
-        if status is None:
-            return None
-        rows = conn.execute(sa.select(kernels.c.status).where(kernels.c.session_id == session_id))
-        return str(status), [str(r[0]) for r in rows]
+        for start in range(0, len(session_ids), _IDS_PER_QUERY):
+            chunk = list(session_ids[start : start + _IDS_PER_QUERY])
+            query = sa.select(sessions.c.id, sessions.c.status).where(sessions.c.id.in_(chunk))
+            for sid, status in conn.execute(query):
+                found[sid] = (str(status), [])
+            rows = conn.execute(
+                sa.select(kernels.c.session_id, kernels.c.status).where(
+                    kernels.c.session_id.in_(chunk)
+                )
+            )
+            for sid, kstatus in rows:
+                if sid in found:
+                    found[sid][1].append(str(kstatus))
+    return found

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Collection, Mapping
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -99,12 +98,6 @@ class LivenessStore(SqlBase):
                 for a, inst, since in conn.execute(query)
             }
 
-    async def recorded_identities(
-        self, agent_ids: Collection[AgentId]
-    ) -> Mapping[AgentId, AgentIdentity]:
-        """AgentIdentityBook port."""
-        return await asyncio.to_thread(self.agent_identities, agent_ids)
-
     def live_kernel_infos(self, agent_ids: Collection[AgentId]) -> list[KernelInfo]:
         """Non-terminal kernels on these agents, with what force-termination records."""
         k = kernels.c
@@ -154,7 +147,8 @@ def _record_instance(
     conn: sa.Connection, agent_id: AgentId, instance_id: str | None, now: datetime
 ) -> None:
     # The first marker seen has no earlier instance to tell apart: instance_since stays empty.
-    # A different one means a restart or another agent: kernels that ran before it are not its.
+    # A different one means the agent restarted: a record of when, not a judge of its kernels
+    # (an agent id is its node; the sweep trusts whichever instance serves the id).
     if instance_id is None:
         return
     row = agents.c

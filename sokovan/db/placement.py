@@ -19,7 +19,7 @@ from sokovan.db.agents import AgentRow, agent_row, occupied_on
 from sokovan.db.base import SqlBase
 from sokovan.db.feed import StatusChange, collecting
 from sokovan.db.schema import agents, sessions
-from sokovan.types import ResourceSlot, SessionStatus
+from sokovan.types import ResourceSlot, SessionId, SessionStatus
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +59,13 @@ class Placement(SqlBase):
                 conn.rollback()
                 raise
         self.feed.publish(changes)
+
+    def stored_status(self, view: PlacementView, session_id: SessionId) -> SessionStatus | None:
+        """The status of a stored session, read in the placement's transaction; None if none."""
+        status = view.conn.execute(
+            sa.select(sessions.c.status).where(sessions.c.id == session_id)
+        ).scalar()
+        return None if status is None else SessionStatus(status)
 
 
 def _locked_agents(

@@ -14,6 +14,7 @@ from sokovan.db.agents import AgentRow, AgentsAndImages
 from sokovan.db.attempts import Attempts
 from sokovan.db.feed import StatusChange, collecting, note
 from sokovan.db.liveness import LivenessStore
+from sokovan.db.maintenance import AgentMaintenance
 from sokovan.db.pending import PendingQueue
 from sokovan.db.placement import Placement
 from sokovan.db.schema import agents, kernels, sessions, status_among
@@ -67,7 +68,13 @@ class NewKernel:
 
 
 class SchedulerRepository(
-    AgentsAndImages, LivenessStore, Transitions, Attempts, Placement, PendingQueue
+    AgentsAndImages,
+    LivenessStore,
+    Transitions,
+    Attempts,
+    Placement,
+    PendingQueue,
+    AgentMaintenance,
 ):
     """Synchronous SQL access; async callers use the async port methods or a thread."""
 
@@ -303,7 +310,7 @@ class SchedulerRepository(
         limit: int = 0,
         only: Collection[KernelId] | None = None,
     ) -> list[KernelInfo]:
-        """Like `kernels_in`, with ids, status, scaling group and running_since only.
+        """Like `kernels_in`, with ids, status and scaling group only.
 
         The stale sweep reads every RUNNING kernel each run and needs no more than these.
         """
@@ -313,7 +320,6 @@ class SchedulerRepository(
             kernels.c.agent_id,
             kernels.c.status,
             kernels.c.scaling_group,
-            kernels.c.status_changed_at,
         ).order_by(kernels.c.created_at, kernels.c.id)
         wanted = [str(s) for s in statuses]
         if only is None:
@@ -333,9 +339,8 @@ class SchedulerRepository(
                     agent_id=agent,
                     status=status_of[status],
                     scaling_group=group,
-                    running_since=changed,
                 )
-                for kid, sid, agent, status, group, changed in conn.execute(query)
+                for kid, sid, agent, status, group in conn.execute(query)
             ]
 
     def sweep_pages(

@@ -210,6 +210,27 @@ class RunStats:
         with self._engine.connect() as conn:
             return {str(h): int(n) for h, n in conn.execute(query)}
 
+    def newest_skips(self, handler: str, prefix: str) -> dict[str, int]:
+        """Skipped items of the handler's newest judged run whose reason starts with `prefix`,
+        counted per reason (empty when it has no finished run)."""
+        judged = [str(s) for s in (RunStatus.SUCCEEDED, RunStatus.PARTIAL, RunStatus.HELD)]
+        newest = (
+            sa.select(sa.func.max(runs.c.id))
+            .where(runs.c.handler == handler, runs.c.status.in_(judged))
+            .scalar_subquery()
+        )
+        query = (
+            sa.select(run_items.c.error, sa.func.count())
+            .where(
+                run_items.c.run_id == newest,
+                run_items.c.skipped,
+                run_items.c.error.startswith(prefix, autoescape=True),
+            )
+            .group_by(run_items.c.error)
+        )
+        with self._engine.connect() as conn:
+            return {str(e): int(n) for e, n in conn.execute(query)}
+
     def sessions(
         self, session_ids: Collection[str] | None = None, since: datetime | None = None
     ) -> list[SessionStats]:

@@ -147,6 +147,7 @@ class Coordinator:
             note=plan.note,
             bulk_ok=plan.bulk_ok,
             held=plan.held is not None,
+            partial=plan.partial is not None,
         )
         status = record.status if record else RunStatus.SUCCEEDED
         return RunReport(handler, run_id, status, plan.note)
@@ -275,10 +276,17 @@ class Coordinator:
         note: str | None = None,
         bulk_ok: int = 0,
         held: bool = False,
+        partial: bool = False,
     ) -> RunRecord | None:
         record = await asyncio.to_thread(
             functools.partial(
-                self.ledger.close_run, run_id, error=error, note=note, bulk_ok=bulk_ok, held=held
+                self.ledger.close_run,
+                run_id,
+                error=error,
+                note=note,
+                bulk_ok=bulk_ok,
+                held=held,
+                partial=partial,
             )
         )
         if record is not None:

@@ -19,10 +19,12 @@ from sokovan import constants as C
 from sokovan.db.liveness import AgentContact
 from sokovan.db.repository import SchedulerRepository
 from sokovan.errors import describe_error
-from sokovan.ports import AgentClientPool
+from sokovan.ports import AgentClient, AgentClientPool
 from sokovan.scheduler.deadlines import AGENT_LOST
+from sokovan.scheduler.terminator.identity import is_stranger_error
 from sokovan.scheduler.transitions import request_termination
 from sokovan.types import (
+    NIL_UUID,
     AgentId,
     AgentLiveness,
     ItemOutcome,
@@ -57,21 +59,44 @@ class Ping:
 
 
 async def ping_agent(pool: AgentClientPool, agent_id: AgentId, limit_sec: float) -> Ping:
-    """Asks one agent for its health within `limit_sec`; never raises."""
+    """Asks one agent for its health within `limit_sec`; never raises.
+
+    Another agent at the address is no contact with this one, so an identity mismatch that
+    persists takes the agent to UNREACHABLE and LOST like silence does (its kernels then end
+    AGENT_LOST) instead of keeping it ALIVE while the sweep cannot verify its kernels.
+    """
     started = time.monotonic()
     try:
         async with asyncio.timeout(limit_sec):
             async with pool.acquire(agent_id) as client:
-                report = await client.health()
+                said, stranger = await _health_and_identity(client, agent_id)
     except Exception as e:
         return Ping(agent_id, error=describe_error(e), took=time.monotonic() - started)
     took = time.monotonic() - started
-    said = dict(report) if isinstance(report, Mapping) else {}
-    if said.get("agent_id") and str(said["agent_id"]) != str(agent_id):
-        # Another agent listens at the address: that is no contact with this one.
-        return Ping(agent_id, error=f"answered as agent {str(said['agent_id'])[:64]!r}", took=took)
+    if stranger is not None:
+        return Ping(agent_id, error=stranger, took=took)
     instance = said.get("instance_id")
     return Ping(agent_id, None if instance is None else str(instance), None, took)
+
+
+async def _health_and_identity(
+    client: AgentClient, agent_id: AgentId
+) -> tuple[dict[str, Any], str | None]:
+    """The agent's health report, and why it is not `agent_id` when it is not."""
+    report = await client.health()
+    said = dict(report) if isinstance(report, Mapping) else {}
+    if said.get("agent_id"):
+        if str(said["agent_id"]) == str(agent_id):
+            return said, None
+        return said, f"answered as agent {str(said['agent_id'])[:64]!r}"
+    # A real agent's report names no id; a call carrying the id tells: it refuses one it does
+    # not serve. No kernel has the nil id, so any other answer says nothing of identity.
+    try:
+        await client.check_running(KernelId(NIL_UUID))
+    except Exception as e:
+        if is_stranger_error(e):
+            return said, f"refuses agent id {agent_id!r}: {describe_error(e)}"
+    return said, None
 
 
 def next_state(contact: AgentContact, ping: Ping, now: datetime, t: Thresholds) -> AgentLiveness:

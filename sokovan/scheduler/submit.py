@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any, Protocol
 
 from sokovan.db.pending import REQUESTED_AGENTS
 from sokovan.db.placement import PlacementView
 from sokovan.db.repository import AgentRow, NewKernel, SchedulerRepository
-from sokovan.errors import InvalidRequest, NoCapacity, UnknownAgent, UnknownImage
+from sokovan.errors import AgentCordoned, InvalidRequest, NoCapacity, UnknownAgent, UnknownImage
 from sokovan.redaction import split_environ
 from sokovan.types import (
     AgentId,
@@ -47,6 +47,8 @@ class SessionRequest:
 
     # Wait as PENDING when no agent has room now; False refuses with NoCapacity instead.
     queue: bool = True
+    # Chosen by the sender (None: minted here); a stored one is answered, not stored again.
+    session_id: SessionId | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +84,11 @@ def _check_named(request: SessionRequest, by_id: Mapping[AgentId, AgentRow]) -> 
             raise UnknownAgent(
                 f"agent {agent_id!r} is {by_id[agent_id].status}, not ALIVE", field="agents"
             )
+        if not by_id[agent_id].schedulable:
+            raise AgentCordoned(
+                f"agent {agent_id!r} is {by_id[agent_id].maintenance}: it takes no new kernel",
+                field="agents",
+            )
     if request.agents and len(request.agents) not in (1, request.kernels):
         raise InvalidRequest(
             f"name 1 agent or one per kernel ({request.kernels}), not {len(request.agents)}",
@@ -110,7 +117,7 @@ def place(
     free = {
         a.id: _free(a, occupied)
         for a in agents
-        if a.status == "ALIVE" and a.scaling_group == request.scaling_group
+        if a.takes_kernels and a.scaling_group == request.scaling_group
     }
     if request.cluster_mode == ClusterMode.SINGLE_NODE:
         total = ResourceSlot({k: v * request.kernels for k, v in need.items()})
@@ -176,11 +183,15 @@ def place_or_queue(request: SessionRequest, view: PlacementView) -> list[AgentId
 
 
 def could_ever_fit(request: SessionRequest, agents: Sequence[AgentRow]) -> bool:
-    """False when ALIVE agents exist and none could hold the session even if empty."""
+    """False when ALIVE agents exist and none could hold the session even if empty.
+
+    A cordoned agent counts as it will be once uncordoned: maintenance ends, so a session
+    only such an agent can hold waits for it instead of being refused.
+    """
     if not any(a.status == "ALIVE" for a in agents):
         return True  # an agent may yet join; the scheduling handler places it then
     try:
-        place(request, agents, {})
+        place(request, [replace(a, schedulable=True) for a in agents], {})
     except NoCapacity:
         return False
     return True
@@ -227,8 +238,15 @@ def store_placed(
     secrets: SecretBinder | None = None,
 ) -> Submitted:
     """Places one request in an open placement transaction and stores it (PENDING if it
-    must wait); the view then counts its kernels' slots as taken."""
-    session_id = SessionId(uuid.uuid4())
+    must wait); the view then counts its kernels' slots as taken.
+
+    A request naming a session already stored (a resent or redelivered message) is answered
+    with that session as it stands."""
+    session_id = request.session_id or SessionId(uuid.uuid4())
+    if request.session_id is not None:
+        stored = repo.stored_status(view, request.session_id)
+        if stored is not None:
+            return Submitted(session_id, stored)
     placed = place_or_queue(request, view)
     status = SessionStatus.PENDING if placed is None else SessionStatus.SCHEDULED
     environ = _store_environ(session_id, request.environ, secrets, view.conn)

@@ -20,6 +20,7 @@ from tasks.cli import status as status_cmd
 from tasks.cli import up as up_cmd
 from tasks.cli.errors import OneLineErrors
 from tasks.cli.metrics import metrics
+from tasks.cli.root import command_root
 
 app = typer.Typer(
     cls=OneLineErrors,
@@ -28,6 +29,15 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+@app.callback()
+def _open_root(ctx: typer.Context) -> None:
+    """Session-lifecycle scheduler on Celery: launch, terminate and reap kernels."""
+    # One root per command: its engine, Redis pool and Celery app close when the command ends.
+    ctx.with_resource(command_root())
+
+
 app.add_typer(db_cmd.app, name="db")
 app.add_typer(runs_cmd.app, name="runs")
 app.add_typer(handlers_cmd.app, name="handlers")

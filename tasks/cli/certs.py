@@ -9,7 +9,7 @@ import typer
 from sokovan.agent.curve import create_curve_certificates
 from sokovan.constants import SIGNING_CERT_DAYS
 from sokovan.signing import KEY_FILE, create_signing_files
-from tasks.cli.common import settings
+from tasks.cli.root import root
 
 app = typer.Typer(help="Certificates that sign task messages.", no_args_is_help=True)
 
@@ -23,7 +23,7 @@ def init(
     days: int = typer.Option(SIGNING_CERT_DAYS, help="Days the certificate is valid."),
 ) -> None:
     """Makes a private key, a self-signed certificate and a trusted store holding it."""
-    s = settings()
+    s = root().settings
     target = folder or s.task_signing_dir or s.var_dir / "signing"
     if (target / KEY_FILE).exists():
         typer.echo(f"{target / KEY_FILE} exists already; nothing written", err=True)
@@ -40,7 +40,7 @@ def curve(
     agents: str = typer.Option("a1,a2", help="Agent ids, comma-separated."),
 ) -> None:
     """Makes ZeroMQ CURVE certificates: the manager's, and one per reference agent."""
-    target = folder or settings().var_dir / "curve"
+    target = folder or root().settings.var_dir / "curve"
     if (target / "manager.key_secret").exists():
         typer.echo(f"{target / 'manager.key_secret'} exists already; nothing written", err=True)
         raise typer.Exit(1)

@@ -1,4 +1,4 @@
-"""What the CLI commands share: settings, engine, tables, JSON output, typed options."""
+"""What the CLI commands share: tables, JSON output, typed options (adapters: `root`)."""
 
 from __future__ import annotations
 
@@ -9,34 +9,12 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-import sqlalchemy as sa
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from sokovan.config import Settings, load_settings
-from sokovan.db.engine import create_engine, current_revision
-from tasks.cli.errors import CliError
-
 JSON_HELP = "Print JSON instead of a table (field names are stable; see README)."
 JsonOption = typer.Option(False, "--json", help=JSON_HELP)
-
-
-def settings() -> Settings:
-    """Settings from the environment; a bad one reaches the error path as ConfigError."""
-    return load_settings()
-
-
-def engine(s: Settings | None = None, *, migrated: bool = True) -> sa.Engine:
-    """The database engine; refuses a database that has not been migrated."""
-    s = s or settings()
-    eng = create_engine(s.effective_database_url)
-    if migrated and current_revision(eng) is None:
-        raise CliError(
-            f"failed: the database at {s.effective_database_url} has no schema yet: "
-            "run `sokovan db upgrade` (or `sokovan up`)"
-        )
-    return eng
 
 
 def console(err: bool = False) -> Console:

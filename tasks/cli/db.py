@@ -6,7 +6,7 @@ import typer
 
 from sokovan.db.engine import current_revision
 from sokovan.db.engine import upgrade as run_upgrade
-from tasks.cli.common import engine, settings
+from tasks.cli.root import root
 
 app = typer.Typer(help="Database schema (Alembic migrations).", no_args_is_help=True)
 
@@ -14,13 +14,15 @@ app = typer.Typer(help="Database schema (Alembic migrations).", no_args_is_help=
 @app.command()
 def upgrade(revision: str = typer.Argument("head", help="Target revision.")) -> None:
     """Applies the migrations."""
-    s = settings()
-    eng = engine(s, migrated=False)
+    r = root()
+    eng = r.engine(migrated=False)
     run_upgrade(eng, revision)
-    typer.echo(f"database at revision {current_revision(eng)} ({s.effective_database_url})")
+    typer.echo(
+        f"database at revision {current_revision(eng)} ({r.settings.effective_database_url})"
+    )
 
 
 @app.command()
 def current() -> None:
     """Prints the revision the database is at."""
-    typer.echo(current_revision(engine(migrated=False)) or "no schema")
+    typer.echo(current_revision(root().engine(migrated=False)) or "no schema")

@@ -11,7 +11,7 @@ import typer
 
 from sokovan.bootstrap import build_redis
 from sokovan.deadletter import DeadLetter, DeadLetters
-from tasks.cli.common import settings
+from tasks.cli.root import root
 
 T = TypeVar("T")
 
@@ -22,7 +22,7 @@ app.add_typer(dead, name="dead")
 
 def _with_letters(use: Callable[[DeadLetters], Awaitable[T]]) -> T:
     async def go() -> T:
-        redis = build_redis(settings())
+        redis = build_redis(root().settings)
         try:
             return await use(DeadLetters(redis))
         finally:
@@ -79,9 +79,7 @@ def retry(
         _with_letters(lambda d: d.add(letter))  # nothing to resend: keep it listed
         typer.echo(f"{letter.task_id}: its arguments were too large to keep", err=True)
         raise typer.Exit(1)
-    from tasks.app import create_app  # late: importing the app reads the settings
-
-    result = create_app(settings()).send_task(
+    result = root().app.send_task(
         letter.task_name,
         args=letter.message.get("args") or [],
         kwargs=letter.message.get("kwargs") or {},

@@ -7,15 +7,15 @@ from typing import Any
 
 import typer
 
-from sokovan.db.ledger import RunLedger
 from sokovan.db.listing import run_progress
 from sokovan.scheduler.handlers import handler_names
 from sokovan.types import RunStatus
 from tasks import names
-from tasks.cli.common import JsonOption, engine, print_json, print_table, settings
+from tasks.cli.common import JsonOption, print_json, print_table
 from tasks.cli.errors import CliError, refusal
 from tasks.cli.progress import Snapshot, follow
 from tasks.cli.remote import Remote
+from tasks.cli.root import root
 
 app = typer.Typer(help="The periodic handlers: list, pause, resume, run now.", no_args_is_help=True)
 
@@ -28,8 +28,8 @@ NAME_HELP = "The handler (see `sokovan handlers list`)."
 @app.command("list")
 def list_cmd(as_json: bool = JsonOption) -> None:
     """Lists handlers: paused or active, budget, the run in flight and the last finished run."""
-    s = settings()
-    ledger = RunLedger(engine(s))
+    r = root()
+    s, ledger = r.settings, r.ledger
     states = ledger.handler_states()
     docs: list[dict[str, Any]] = []
     for name in HANDLERS:
@@ -69,14 +69,14 @@ def pause(
     reason: str = typer.Option(None, help="Why, for the next operator."),
 ) -> None:
     """Pauses a handler: beat ticks, manual starts and recovery leave it alone."""
-    RunLedger(engine()).set_paused(str(name), True, reason)
+    root().ledger.set_paused(str(name), True, reason)
     typer.echo(f"{name} paused")
 
 
 @app.command()
 def resume(name: Handler = typer.Argument(..., help=NAME_HELP)) -> None:
     """Resumes a paused handler; its next tick runs."""
-    RunLedger(engine()).set_paused(str(name), False, None)
+    root().ledger.set_paused(str(name), False, None)
     typer.echo(f"{name} resumed")
 
 
@@ -96,8 +96,7 @@ def run_cmd(
     as_json: bool = JsonOption,
 ) -> None:
     """Starts a manual run; exits 1 unless it succeeded (skipped, held, partial, failed)."""
-    s = settings()
-    remote = Remote(s, wait)
+    remote = Remote(root(), wait)
     result = remote.send(
         names.HANDLER_RUN, {"handler": str(name), "trigger": "manual", "budget": budget}
     )
@@ -118,7 +117,7 @@ def run_cmd(
 
 
 def _follow_run(remote: Remote, run_id: int, name: str) -> str:
-    eng = engine(remote.settings)
+    eng = remote.root.engine()
 
     def poll() -> Snapshot:
         p = run_progress(eng, run_id)

@@ -6,10 +6,10 @@ import typer
 
 from sokovan.admission.parse import parse_image_name
 from sokovan.admission.refusal import Refusal
-from sokovan.db.repository import SchedulerRepository
 from sokovan.types import ImageConfig
-from tasks.cli.common import JsonOption, engine, print_json, print_table
+from tasks.cli.common import JsonOption, print_json, print_table
 from tasks.cli.errors import BadInput
+from tasks.cli.root import root
 
 app = typer.Typer(help="Image configs: add, list.", no_args_is_help=True)
 
@@ -27,7 +27,7 @@ def add(
     refused = parse_image_name(canonical)
     if isinstance(refused, Refusal):
         raise BadInput(refused.error)
-    SchedulerRepository(engine()).add_image(
+    root().repository.add_image(
         ImageConfig(
             canonical=canonical,
             architecture=architecture,
@@ -43,7 +43,7 @@ def add(
 @app.command("list")
 def list_images(as_json: bool = JsonOption) -> None:
     """Lists image configs."""
-    configs = list(SchedulerRepository(engine()).image_configs().values())
+    configs = list(root().repository.image_configs().values())
     if as_json:
         print_json(
             {

@@ -74,11 +74,11 @@ def sessions_snapshot(
     statuses: dict[SessionId, str] = {}
     requested = done = failed = 0
     over = True
+    found = kernel_statuses(engine, sids)
     for sid in sids:
-        found = kernel_statuses(engine, sid)
-        if found is None:
+        if sid not in found:
             raise NotFound(f"no session {sid}")
-        status, kernels = found
+        status, kernels = found[sid]
         statuses[sid] = status
         requested += len(kernels)
         done += sum(1 for k in kernels if k == target)

@@ -1,64 +1,91 @@
-"""Sending public tasks from the CLI: the broker is checked first and answers have a bound.
+"""Sending public tasks from the CLI: the broker is checked once and answers have a bound.
 
-The Celery app is built here, on first use, so that a bad setting or a broker that is down
-reaches the CLI's error path as one line instead of failing at import.
+Every task a command sends goes through the command's one Celery app (see `root`), over one
+producer and its one broker connection, however many tasks there are.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any
 
-import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
-
-from sokovan.config import Settings
-from tasks.cli.errors import Unreachable
-
-# Longest a broker check waits: a broker on this machine or the LAN answers in milliseconds.
-BROKER_CHECK_SEC = 2.0
+from tasks.cli.errors import EXIT_UNREACHABLE, CliError, Unreachable, classify
+from tasks.cli.root import BROKER_CHECK_SEC, CommandRoot, broker_reachable
 
 
-def broker_reachable(s: Settings, timeout: float = BROKER_CHECK_SEC) -> bool:
-    """Whether the broker answers PING within `timeout` seconds (one try, no retries)."""
-    client = redis.Redis.from_url(
-        s.redis_url,
-        socket_connect_timeout=timeout,
-        socket_timeout=timeout,
-        retry=Retry(NoBackoff(), 0),
-    )
-    try:
-        return bool(client.ping())
-    except (redis.RedisError, OSError):
-        return False
-    finally:
-        client.close()
+class CutShort(CliError):
+    """A burst of sends that stopped partway: the first `sent` tasks went out."""
+
+    def __init__(self, message: str, code: int, sent: int) -> None:
+        super().__init__(message, code)
+        self.sent = sent
 
 
 class Remote:
     """Sends tasks by name and waits for their answer until one shared deadline."""
 
-    def __init__(self, s: Settings, wait: float) -> None:
-        self.settings = s
+    def __init__(self, root: CommandRoot, wait: float) -> None:
+        self.root = root
+        self.settings = root.settings
         self.wait = wait
         self.deadline = time.monotonic() + wait
+        self._broker_seen = False
 
     def remaining(self) -> float:
         return max(0.0, self.deadline - time.monotonic())
 
     def send(self, name: str, kwargs: dict[str, Any]) -> Any:
-        """Sends a task; raises Unreachable when the broker does not answer."""
+        """Sends one task; raises Unreachable when the broker does not answer."""
+        return self.send_all(name, [kwargs])[0]
+
+    def send_all(self, name: str, calls: Sequence[dict[str, Any]]) -> list[Any]:
+        """Sends one task per call, in order, over one producer; their AsyncResults.
+
+        A send that fails ends the burst with one error that says how many were sent.
+        """
+        self._check_broker()
+        app = self.root.app
+        results: list[Any] = []
+        try:
+            with app.producer_or_acquire() as producer:
+                for kwargs in calls:
+                    results.append(
+                        app.send_task(name, kwargs=kwargs, retry=False, producer=producer)
+                    )
+        except Exception as e:
+            # Each AsyncResult unsubscribes when collected, and against a lost broker that
+            # retries for about 20 s and prints tracebacks: these answers are not awaited.
+            for result in results:
+                result.backend = None
+            raise self._cut_short(e, len(results), len(calls)) from e
+        return results
+
+    def _check_broker(self) -> None:
+        """PINGs the broker before the first send only: one short check per command."""
+        if self._broker_seen:
+            return
         check = min(BROKER_CHECK_SEC, self.wait) if self.wait else BROKER_CHECK_SEC
         if not broker_reachable(self.settings, check):
             raise Unreachable(
                 f"the broker at {self.settings.redis_url} does not answer "
                 "(SOKOVAN_REDIS_URL; is `sokovan up` running? see `sokovan status`)"
             )
-        from tasks.app import create_app
+        self._broker_seen = True
 
-        app = create_app(self.settings)
-        return app.send_task(name, kwargs=kwargs, retry=False)
+    def _cut_short(self, error: BaseException, sent: int, total: int) -> CutShort:
+        """The one-line error of a burst that stopped after `sent` of `total` tasks."""
+        code, line = classify(error)
+        why = line.split(": ", 1)[-1]
+        first = f" (the first {sent} in the order given)" if sent else ""
+        if code == EXIT_UNREACHABLE:
+            message = (
+                f"unreachable: the broker at {self.settings.redis_url} stopped answering after "
+                f"{sent} of {total} task(s) were sent{first}: {why}"
+            )
+        else:
+            message = f"failed: {sent} of {total} task(s) sent{first}, then: {why}"
+        return CutShort(message, code, sent)
 
     def answer(self, result: Any) -> dict[str, Any]:
         """The task's JSON answer; raises Unreachable when no worker answers in time."""

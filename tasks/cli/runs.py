@@ -9,13 +9,13 @@ from datetime import datetime, timedelta
 
 import typer
 
-from sokovan.db.ledger import RunLedger
 from sokovan.db.listing import list_runs
-from sokovan.db.stats import HandlerStats, RunStats, SessionStats, slot_text
+from sokovan.db.stats import HandlerStats, SessionStats, slot_text
 from sokovan.types import RunId, RunRecord, RunStatus, utcnow
 from sokovan.views import item_json, run_json
-from tasks.cli.common import JsonOption, engine, print_json, print_table, table
+from tasks.cli.common import JsonOption, print_json, print_table, table
 from tasks.cli.errors import BadInput
+from tasks.cli.root import root
 
 app = typer.Typer(
     help="What the scheduler did: runs and their per-item outcomes.", no_args_is_help=True
@@ -32,7 +32,7 @@ def list_cmd(
 ) -> None:
     """Lists runs, newest first."""
     page = list_runs(
-        engine(),
+        root().engine(),
         handler=handler,
         statuses=[str(s) for s in status or []],
         agent=agent,
@@ -88,7 +88,7 @@ def show(
     as_json: bool = JsonOption,
 ) -> None:
     """Shows one run with its per-item outcomes and evidence."""
-    ledger = RunLedger(engine())
+    ledger = root().ledger
     r = ledger.get_run(RunId(run_id))
     items = ledger.items(RunId(run_id))
     if as_json:
@@ -149,7 +149,7 @@ def stats(
 ) -> None:
     """Aggregates: per handler (runs, items, failure rate, p50/p95) or per session (kernels)."""
     window = parse_since(since)
-    reader = RunStats(engine())
+    reader = root().stats
     if sessions or session:
         _session_stats(reader.sessions(session or None, since=window), as_json)
     else:

@@ -12,16 +12,16 @@ import typer
 
 from sokovan import constants as C
 from sokovan.config import Settings
-from sokovan.db.engine import create_engine, current_revision
+from sokovan.db.engine import current_revision
 from sokovan.db.listing import status_counts
-from tasks.cli.common import JsonOption, print_json, settings
+from tasks.cli.common import JsonOption, print_json
 from tasks.cli.errors import EXIT_UNREACHABLE
-from tasks.cli.remote import broker_reachable
+from tasks.cli.root import CommandRoot, broker_reachable, root
 
 
-def _database(s: Settings) -> dict[str, Any]:
+def _database(r: CommandRoot) -> dict[str, Any]:
     try:
-        eng = create_engine(s.effective_database_url)
+        eng = r.engine(migrated=False)
         revision = current_revision(eng)
         agents = status_counts(eng, ()).agents if revision else {}
     except sa.exc.SQLAlchemyError as e:
@@ -29,13 +29,11 @@ def _database(s: Settings) -> dict[str, Any]:
     return {"reachable": True, "revision": revision, "agents": agents}
 
 
-def _workers(s: Settings, broker_up: bool) -> list[str]:
+def _workers(r: CommandRoot, broker_up: bool) -> list[str]:
     if not broker_up:
         return []
-    from tasks.app import create_app
-
     try:
-        replies = create_app(s).control.ping(timeout=C.STATUS_PING_TIMEOUT_SEC) or []
+        replies = r.app.control.ping(timeout=C.STATUS_PING_TIMEOUT_SEC) or []
     except Exception:  # a broker that stops answering mid-ping: no worker seen
         return []
     return sorted(name for reply in replies for name in reply)
@@ -69,8 +67,9 @@ def _metrics(s: Settings) -> bool:
         return False
 
 
-def collect(s: Settings) -> dict[str, Any]:
+def collect(r: CommandRoot) -> dict[str, Any]:
     """Everything `sokovan status` reports, as one JSON-ready document."""
+    s = r.settings
     broker_up = broker_reachable(s)
     return {
         "var_dir": str(s.var_dir),
@@ -78,8 +77,8 @@ def collect(s: Settings) -> dict[str, Any]:
         "redis_url": s.redis_url,
         "embedded_valkey": s.uses_embedded_valkey,
         "broker": {"reachable": broker_up},
-        "database": _database(s),
-        "workers": _workers(s, broker_up),
+        "database": _database(r),
+        "workers": _workers(r, broker_up),
         "beat": _beat(s),
         "flower": {
             "port": s.flower_port,
@@ -125,8 +124,9 @@ def text(doc: dict[str, Any], s: Settings) -> str:
 
 def status(as_json: bool = JsonOption) -> None:
     """Shows what is running and where the data lives; exit 3 if broker or database is down."""
-    s = settings()
-    doc = collect(s)
+    r = root()
+    s = r.settings
+    doc = collect(r)
     if as_json:
         print_json(doc)
     else:

@@ -19,9 +19,8 @@ from sokovan import constants as C
 from sokovan.config import Settings
 from sokovan.db.engine import upgrade as run_upgrade
 from sokovan.embedded import EmbeddedValkey
-from tasks.cli.common import engine, settings
 from tasks.cli.errors import CliError, Refused, Unreachable
-from tasks.cli.remote import broker_reachable
+from tasks.cli.root import CommandRoot, broker_reachable, root
 from tasks.commands import beat_args, worker_args, worker_env_prefix
 
 
@@ -102,30 +101,21 @@ def wait_for_broker(
         time.sleep(0.1)
 
 
-def announce_when_ready(s: Settings, agents: int, stop: threading.Event) -> None:
+def announce_when_ready(r: CommandRoot, agents: int, stop: threading.Event) -> None:
     """Prints one `ready` line once a worker answers ping and every agent has registered."""
-    import redis
-
-    from tasks.app import create_app
-
-    app = create_app(s)
-    client = redis.Redis.from_url(s.redis_url)
-    try:
-        while not stop.is_set():
-            try:
-                workers = app.control.ping(timeout=C.STATUS_PING_TIMEOUT_SEC) or []
-                registered = client.hlen(C.AGENT_REGISTRY_KEY)
-            except Exception:  # not ready yet; the supervisor reports processes that fail
-                workers, registered = [], 0
-            if workers and registered >= agents:
-                typer.echo(
-                    f"sokovan is up: {len(workers)} worker(s), {registered} agent(s) registered; "
-                    f"data in {s.var_dir}",
-                )
-                return
-            stop.wait(0.5)
-    finally:
-        client.close()
+    while not stop.is_set():
+        try:
+            workers = r.app.control.ping(timeout=C.STATUS_PING_TIMEOUT_SEC) or []
+            registered = int(r.redis.hlen(C.AGENT_REGISTRY_KEY))
+        except Exception:  # not ready yet; the supervisor reports processes that fail
+            workers, registered = [], 0
+        if workers and registered >= agents:
+            typer.echo(
+                f"sokovan is up: {len(workers)} worker(s), {registered} agent(s) registered; "
+                f"data in {r.settings.var_dir}",
+            )
+            return
+        stop.wait(0.5)
 
 
 def start_valkey(s: Settings, env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -159,11 +149,12 @@ def up(
     """Runs Valkey, then a worker, beat, Flower, metrics and reference agents, until Ctrl-C."""
     from honcho.manager import Manager
 
-    s = settings()
+    r = root()
+    s = r.settings
     for what, port, setting, host in ports(s, agents):
         ensure_free(what, port, setting, host)
     s.var_dir.mkdir(parents=True, exist_ok=True)
-    run_upgrade(engine(s, migrated=False))
+    run_upgrade(r.engine(migrated=False))
     flower_password(s)  # made now, so the path printed below exists
     env = dict(os.environ, SOKOVAN_VAR_DIR=str(s.var_dir), PYTHONUNBUFFERED="1")
     valkey = start_valkey(s, env) if s.uses_embedded_valkey else None
@@ -178,7 +169,7 @@ def up(
             f"password in {s.var_dir / 'flower-password'} (or SOKOVAN_FLOWER_PASSWORD); "
             f"metrics: http://{s.metrics_host}:{s.metrics_port}/metrics"
         )
-        threading.Thread(target=announce_when_ready, args=(s, agents, stop), daemon=True).start()
+        threading.Thread(target=announce_when_ready, args=(r, agents, stop), daemon=True).start()
         manager.loop()
     finally:
         stop.set()
@@ -201,7 +192,7 @@ def flower_command(s: Settings) -> tuple[list[str], dict[str, str]]:
 
 def flower() -> None:
     """Runs Flower with basic auth on SOKOVAN_FLOWER_HOST:SOKOVAN_FLOWER_PORT (exec)."""
-    argv, env = flower_command(settings())
+    argv, env = flower_command(root().settings)
     os.execve(argv[0], argv, env)
 
 
@@ -209,7 +200,7 @@ def valkey(
     port: int = typer.Option(None, help="TCP port (default: SOKOVAN_EMBEDDED_VALKEY_PORT)."),
 ) -> None:
     """Runs the embedded Valkey server with its data and socket under var/valkey."""
-    s = settings()
+    s = root().settings
     port = port or s.embedded_valkey_port
     ensure_free("embedded Valkey", port, "SOKOVAN_EMBEDDED_VALKEY_PORT")
     server = EmbeddedValkey(s.var_dir / "valkey", port=port)

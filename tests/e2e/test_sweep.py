@@ -199,7 +199,8 @@ async def test_sweep_reaps_only_kernels_their_agent_confirms_dead(
     then only D's dead kernel is TERMINATED (STALE_KERNEL); session D goes TERMINATING
     (ABNORMAL_TERMINATION) and the terminate handler destroys its sibling, ending
     TERMINATED with no process left; N, E, A and H stay RUNNING with their processes;
-    the run ledger and `sokovan runs show` carry the evidence of both stages per suspect."""
+    the run ends `partial` with N and E counted unverified in its note (SC-CV-005); the run
+    ledger and `sokovan runs show` carry the evidence of both stages per suspect."""
     async with running_cluster(
         tmp_path,
         valkey_url,
@@ -210,8 +211,10 @@ async def test_sweep_reaps_only_kernels_their_agent_confirms_dead(
 
         answer = sweep(c)
 
-        assert answer["status"] == RunStatus.SUCCEEDED, answer
+        # N and E could not be verified: the run says so (SC-CV-005), it did not succeed.
+        assert answer["status"] == RunStatus.PARTIAL, answer
         assert "1 stale kernel(s) terminated" in answer["note"]
+        assert "2 kernel(s) unverified" in answer["note"]
         assert_only_the_dead_reaped(c, k)
         assert_evidence(c, RunId(answer["run_id"]), k)
         shown = show_run(c, answer["run_id"], monkeypatch)
@@ -227,14 +230,20 @@ async def test_sweep_brake_kills_nothing_when_most_kernels_look_stale(
 ) -> None:
     """SC-TE-INT-001 / SC-KH-INT-001 with the brake: a presence outage is not a mass death.
 
-    Given four RUNNING kernels and a brake from four kernels up, when every agent stops
-    writing presence and one kernel's process is really dead, a sweep kills nothing: all
-    four stay RUNNING and the run's note says the brake held and why.
+    Given four RUNNING kernels and a brake from four kernels up that reaps nothing while it
+    is engaged (SOKOVAN_SWEEP_BRAKE_REAP_SHARE=0; SC-CV-010's bounded reaping is covered in
+    test_convergence_sweep), when every agent stops writing presence and one kernel's
+    process is really dead, a sweep kills nothing: all four stay RUNNING and the run's note
+    says the brake held and why.
     Once presence is back, the next sweep reaps the dead kernel alone."""
     async with running_cluster(
         tmp_path,
         valkey_url,
-        settings={"presence_stale_after": str(STALE_AFTER), "sweep_brake_min_kernels": "4"},
+        settings={
+            "presence_stale_after": str(STALE_AFTER),
+            "sweep_brake_min_kernels": "4",
+            "sweep_brake_reap_share": "0",
+        },
         presence_interval=PRESENCE_INTERVAL,
     ) as c:
         sids = running_sessions(

@@ -1,4 +1,5 @@
-"""SC-FA-003 end to end: a stranger at a lost agent's address cannot get its kernels killed."""
+"""SC-FA-003 and SC-CV-004 end to end: a stranger at a lost agent's address cannot get its
+kernels killed; the same agent id restarted there speaks for them."""
 
 from __future__ import annotations
 
@@ -17,9 +18,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 SWEEP = "sweep_stale_kernels"
 
 
-def sweep_items(c: Cluster) -> dict[str, dict[str, object]]:
+def sweep_items(c: Cluster, status: RunStatus) -> dict[str, dict[str, object]]:
     answer = c.send("sokovan.handler.run", handler=SWEEP, trigger="beat")
-    assert answer["status"] in (RunStatus.SUCCEEDED, RunStatus.PARTIAL), answer
+    assert answer["status"] == status, answer
     items = c.ledger.items(RunId(answer["run_id"]))
     return {i.item_id: {"skipped": i.skipped, **i.evidence} for i in items}
 
@@ -35,13 +36,15 @@ async def _sync(c: Cluster) -> None:
 async def test_sc_fa_003_stranger_at_a_lost_agents_address_kills_nothing(
     tmp_path: Path, valkey_url: str
 ) -> None:
-    """SC-FA-003: agent a1 is gone; others answer at its address; nothing is killed.
+    """SC-FA-003, SC-CV-004: a stranger at a1's address kills nothing; a1 itself does.
 
     Given a RUNNING kernel on reference agent a1,
-    When a1 stops and a reference agent with another id (b1) listens at a1's address, then
-    one with a1's own id but a new instance (recorded by the next sync),
-    Then each sweep asks, is answered by a stranger, and skips the kernel with
-    "unverified: identity" in its evidence; the kernel stays RUNNING.
+    When a1 stops and a reference agent with another id (b1) listens at a1's address,
+    Then the sweep asks, is answered by a stranger, and skips the kernel with
+    "unverified: identity" in its evidence (the run `partial`); the kernel stays RUNNING.
+    When a reference agent with a1's own id but a new instance (recorded by the next sync)
+    listens there instead, Then it speaks for its node: it does not run the kernel, so the
+    sweep reaps it (STALE_KERNEL). Before this, the new instance was taken for a stranger too.
     """
     async with running_cluster(tmp_path, valkey_url, agents=1, runtime="sim") as c:
         sid = c.create(agents=["a1"])
@@ -52,15 +55,15 @@ async def test_sc_fa_003_stranger_at_a_lost_agents_address_kills_nothing(
 
         url = c.senv.settings.redis_url
         async with agent_process(url, agent_id="b1", extra_args=["--port", str(port)]):
-            items = sweep_items(c)
+            items = sweep_items(c, RunStatus.PARTIAL)
         assert items[kid]["skipped"] and items[kid]["check_running"] == "identity"
         assert "'b1'" in str(items[kid]["identity"])
         assert kernel_rows(c.senv, [kid])[kid][0] == "RUNNING"
 
         async with agent_process(url, agent_id="a1", extra_args=["--port", str(port)]):
             await _sync(c)
-            items = sweep_items(c)
-        assert items[kid]["skipped"] and items[kid]["check_running"] == "identity"
-        assert "never hosted" in str(items[kid]["identity"])
-        assert kernel_rows(c.senv, [kid])[kid][0] == "RUNNING"
-        assert c.session(sid).status == SessionStatus.RUNNING
+            items = sweep_items(c, RunStatus.SUCCEEDED)
+        assert not items[kid]["skipped"] and items[kid]["check_running"] == "False"
+        assert items[kid]["verdict"] == "dead" and "identity" not in items[kid]
+        assert kernel_rows(c.senv, [kid])[kid] == ("TERMINATED", "STALE_KERNEL")
+        assert c.session(sid).status != SessionStatus.RUNNING

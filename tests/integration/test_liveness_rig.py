@@ -240,3 +240,34 @@ async def test_a_stranger_answering_the_ping_is_no_contact(rig: Rig) -> None:
     items = {i.item_id: i for i in rig.ledger.items(report.run_id)}  # type: ignore[arg-type]
     assert "i-newcomer" in (items["a1"].error or "")
     assert rig.repo.agent_identities([AgentId("a1")])[AgentId("a1")].instance_id is None
+
+
+async def test_sc_cv_005_an_agent_refusing_its_own_id_is_no_contact(rig: Rig) -> None:
+    """SC-CV-005: an identity mismatch that persists does not keep the agent ALIVE.
+
+    Given a1 silent for 40 s, and whoever answers at its address reports no id (as a real
+    agent does) but refuses calls carrying a1's id (AgentIdNotFoundError),
+    When the liveness check runs, Then a1 is UNREACHABLE (it goes on to LOST and its kernels
+    to AGENT_LOST like any silent agent): the sweep's "unverified: identity" does not last.
+    """
+    from sokovan.errors import AgentRemoteError
+
+    with_liveness(rig)
+    a1 = rig.agents["a1"]
+    a1.script("health", {"status": "ok", "component": "agent"})
+    a1.script(
+        "check_running", AgentRemoteError("AgentIdNotFoundError", "not served", "check_running")
+    )
+    silence(rig, "a1", 40)
+    rig.pool.clients[AgentId("a1")] = a1
+
+    report = await rig.coordinator.run(NAME, RunTrigger.BEAT)
+
+    assert status_of(rig, "a1") == "UNREACHABLE"
+    items = {i.item_id: i for i in rig.ledger.items(report.run_id)}  # type: ignore[arg-type]
+    assert "refuses agent id 'a1'" in (items["a1"].error or "")
+    assert status_of(rig, "a2") == "ALIVE"
+    # An agent that names no id and serves it stays ALIVE; its probe asked for no kernel.
+    a1.script("check_running", False)
+    await rig.coordinator.run(NAME, RunTrigger.BEAT)
+    assert status_of(rig, "a1") == "ALIVE"

@@ -11,6 +11,7 @@ from sokovan.agent.pool import AgentClientPool
 from sokovan.config import Settings
 from sokovan.db.engine import create_engine, upgrade
 from sokovan.db.repository import AgentRow, SchedulerRepository
+from sokovan.scheduler.liveness import ping_agent
 from sokovan.scheduler.terminator import SessionTerminator
 from sokovan.testing import FakePresence, RefusingFanOut
 from sokovan.types import AgentId, KernelId, KernelInfo, SessionId
@@ -25,7 +26,7 @@ async def test_sc_fa_003_real_agent_at_another_agents_address_kills_nothing(
     """SC-FA-003: a kernel of agent X whose address a real agent (another id) now holds.
 
     Given X registered at the real agent's address, and a kernel of X with no presence,
-    When stage 2 runs with the identity book,
+    When stage 2 runs with identity checks,
     Then the real agent answers `health` (naming no id) but refuses check_running for X's
     id (AgentIdNotFoundError): the kernel is "identity", not dead. The agent's own id is
     verified the same way and its answer for an unknown kernel (False) does kill.
@@ -38,7 +39,7 @@ async def test_sc_fa_003_real_agent_at_another_agents_address_kills_nothing(
     pool = AgentClientPool(repo, Settings(agent_call_timeout=30))
     stranger = KernelInfo(KernelId(uuid.uuid4()), SessionId(uuid.uuid4()), AgentId("i-lost-x"))
     own = KernelInfo(KernelId(uuid.uuid4()), SessionId(uuid.uuid4()), AgentId(real_agent.agent_id))
-    terminator = SessionTerminator(pool, FakePresence(), RefusingFanOut(), identities=repo)
+    terminator = SessionTerminator(pool, FakePresence(), RefusingFanOut(), verify_identity=True)
     try:
         judgement = await terminator.judge_stale_kernels([stranger, own])
     finally:
@@ -49,3 +50,31 @@ async def test_sc_fa_003_real_agent_at_another_agents_address_kills_nothing(
     assert by_id[stranger.id].answer == "identity"
     assert "AgentIdNotFoundError" in (by_id[stranger.id].identity or "")
     assert judgement.dead_kernel_ids == [own.id]
+
+
+async def test_sc_cv_005_real_agent_refusing_an_id_is_no_contact_for_liveness(
+    tmp_path: Path, real_agent: RealAgent
+) -> None:
+    """SC-CV-005 against a real agent: the liveness ping tells a stranger from the agent.
+
+    Given X registered at the real agent's address (the real agent names no id in `health`),
+    When the liveness check pings both ids,
+    Then the ping for X fails ("refuses agent id", so X turns UNREACHABLE, then LOST, instead
+    of staying ALIVE while the sweep cannot verify its kernels) and the real agent's own id
+    answers, with no error.
+    """
+    engine = create_engine(f"sqlite:///{tmp_path / 'ping.db'}")
+    upgrade(engine)
+    repo = SchedulerRepository(engine)
+    for agent_id in ("i-lost-x", real_agent.agent_id):
+        repo.upsert_agent(AgentRow(AgentId(agent_id), real_agent.rpc_addr))
+    pool = AgentClientPool(repo, Settings(agent_call_timeout=30))
+    try:
+        stranger = await ping_agent(pool, AgentId("i-lost-x"), 30)
+        own = await ping_agent(pool, AgentId(real_agent.agent_id), 30)
+    finally:
+        await pool.close_all()
+        engine.dispose()
+
+    assert stranger.error is not None and "refuses agent id 'i-lost-x'" in stranger.error
+    assert own.error is None, own

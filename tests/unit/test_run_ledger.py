@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from typer.testing import CliRunner
 
 from sokovan.db.engine import create_engine, upgrade
-from sokovan.db.ledger import RunLedger, final_status
+from sokovan.db.ledger import RunLedger, closing_status, final_status
 from sokovan.db.stats import RunStats, percentile
 from sokovan.metrics import registry_for, serve
 from sokovan.types import ItemOutcome, ResourceSlot, RunId, RunStatus, RunTrigger, utcnow
@@ -282,7 +282,9 @@ def test_sc_rl_010_prometheus_counters_from_the_ledger(ledger: RunLedger) -> Non
         seconds=2.0,
     )
     ledger.set_paused("sweep_stale_kernels", True)
-    registry = registry_for(ledger.engine, ["terminate_sessions", "sweep_stale_kernels"])
+    registry = registry_for(
+        ledger, RunStats(ledger.engine), ["terminate_sessions", "sweep_stale_kernels"]
+    )
 
     first = scrape(generate_latest(registry).decode())
 
@@ -313,7 +315,7 @@ def test_sc_rl_010_metrics_served_over_http(ledger: RunLedger) -> None:
     """SC-RL-010: the exporter answers /metrics over HTTP beside Flower's own metrics."""
     finished_run(ledger, "terminate_sessions", [destroy("k1", "s")])
     port = free_port()
-    server, thread = serve(ledger.engine, port)
+    server, thread = serve(ledger, RunStats(ledger.engine), port)
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
             body = reply.read().decode()
@@ -394,3 +396,12 @@ def test_sc_rl_010_cli_runs_list_show_stats(cli_env: CliRunner, ledger: RunLedge
     assert per_session.output.splitlines()[1].split() == [sid, "0", "1", "1", "0", "cpu=1,mem=1024"]
     bad = cli_env.invoke(cli, ["runs", "stats", "--since", "yesterday"])
     assert bad.exit_code != 0
+
+
+def test_sc_cv_005_a_run_with_undecided_targets_closes_partial_not_succeeded() -> None:
+    """SC-CV-005: `partial` marks undecided targets; held and failures still win over it."""
+    assert closing_status(5, 0, None, held=False, partial=True) is RunStatus.PARTIAL
+    assert closing_status(0, 0, None, held=False, partial=True) is RunStatus.PARTIAL
+    assert closing_status(5, 0, None, held=False, partial=False) is RunStatus.SUCCEEDED
+    assert closing_status(0, 0, None, held=True, partial=True) is RunStatus.HELD
+    assert closing_status(0, 2, None, held=False, partial=True) is RunStatus.FAILED

@@ -46,11 +46,15 @@ def build(
     max_stale_ratio: float = 0.5,
     brake_min_kernels: int = 10,
     page_size: int = 10_000,
+    brake_reap_share: float = 0.0,
 ) -> SweepStaleKernelsKernelHandler:
+    """The handler; its brake reaps nothing unless `brake_reap_share` says so (SC-CV-010)."""
     terminator = SessionTerminator(
         pool, presence, InProcessFanOut(_no_fanout), presence_page_size=page_size
     )
-    return SweepStaleKernelsKernelHandler(terminator, max_stale_ratio, brake_min_kernels)
+    return SweepStaleKernelsKernelHandler(
+        terminator, max_stale_ratio, brake_min_kernels, brake_reap_share
+    )
 
 
 def test_handler_declares_name_lock_and_transitions() -> None:
@@ -289,3 +293,46 @@ async def test_brake_over_pages_holds_when_the_whole_run_is_stale() -> None:
     assert result.failures == [] and len(result.skipped) == 10
     assert pool.acquired == [] and a1.calls_to("check_running") == []
     assert len(presence.batches) == 3
+
+
+async def test_sc_cv_010_braked_run_reaps_confirmed_dead_at_its_share() -> None:
+    """SC-CV-010: above the ratio, the agents are asked; confirmed dead are reaped, a share.
+
+    Given 10 kernels, 8 without presence, a1 answering True for one of them and False for
+    the rest, a brake reaping at most 0.3 of the group per run,
+    Then 3 are failures (the first confirmed dead), 4 are skipped as deferred, the one a1
+    reports running and the two fresh ones are successes, and `brake` says what was left.
+    """
+    pool = FakeAgentClientPool()
+    a1 = pool.add(A1)
+    kernels = [new_kernel() for _ in range(10)]
+    running = kernels[1]
+    a1.script("check_running", lambda kid: kid == running.id)
+    presence = FakePresence({k.id: ALIVE for k in kernels[8:]})
+
+    result = await build(presence, pool, brake_reap_share=0.3).execute("default", kernels)
+
+    dead = [k.id for k in kernels[:8] if k is not running]
+    assert [f.kernel_id for f in result.failures] == dead[:3]
+    assert [(s.kernel_id, s.reason) for s in result.skipped] == [
+        (k, "deferred: reap rate of the brake") for k in dead[3:]
+    ]
+    assert {s.kernel_id for s in result.successes} == {running.id, kernels[8].id, kernels[9].id}
+    assert result.brake is not None and "reaping at most 3 per run" in result.brake
+    assert "4 left for the next runs" in result.brake
+
+
+async def test_sc_cv_010_braked_run_holds_when_no_agent_confirms_a_death() -> None:
+    """SC-CV-010: a presence outage (agents report every suspect running) still holds."""
+    pool = FakeAgentClientPool()
+    a1 = pool.add(A1)
+    a1.script("check_running", True)
+    kernels = [new_kernel() for _ in range(10)]
+    presence = FakePresence({k.id: ALIVE for k in kernels[6:]})
+
+    result = await build(presence, pool, brake_reap_share=0.3).execute("default", kernels)
+
+    assert result.failures == [] and len(result.skipped) == 10
+    assert result.brake is not None and "presence outage suspected" in result.brake
+    assert "report 6 of them running" in result.brake
+    assert len(a1.calls_to("check_running")) == 6

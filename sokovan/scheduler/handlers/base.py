@@ -57,6 +57,9 @@ class Plan:
     follow_ups: FollowUps = ()
     # Set when the handler held back on purpose (a braked sweep): the run is `held`.
     held: str | None = None
+    # Set when some targets were left undecided (kernels the sweep could not verify): the run
+    # is `partial` although nothing failed.
+    partial: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

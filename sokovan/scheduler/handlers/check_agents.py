@@ -1,4 +1,5 @@
-"""check_agents: ping every agent, move it ALIVE / UNREACHABLE / LOST, act on LOST agents."""
+"""check_agents: ping every agent, move it ALIVE / UNREACHABLE / LOST, act on LOST agents,
+and carry every unfinished drain on (sokovan.scheduler.maintenance)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from sokovan.scheduler.liveness import (
     hand_on_lost_agents,
     returned_with_leftovers,
 )
+from sokovan.scheduler.maintenance import continue_drains
 from sokovan.scheduler.transitions import NON_TERMINAL_KERNEL, TERMINATE_HANDLER
 from sokovan.types import RunId
 
@@ -45,11 +47,16 @@ def build(ctx: HandlerContext) -> HandlerRuntime:
         agent_outcomes, returned = await check_agents(repo, ctx.pool, t)
         lost_outcomes, sessions = await hand_on_lost_agents(repo, t)
         reconcile = await returned_with_leftovers(repo, returned)
+        drains = await continue_drains(repo)
+        draining = sorted({s for d in drains for s in d.terminating})
         notes = []
         follow_ups: list[tuple[str, Sequence[str] | None]] = []
-        if sessions:
-            notes.append(f"{len(lost_outcomes)} kernel(s) of lost agents to the deadline path")
-            follow_ups.append((TERMINATE_HANDLER, [str(s) for s in sessions]))
+        if sessions or draining:
+            if sessions:
+                notes.append(f"{len(lost_outcomes)} kernel(s) of lost agents to the deadline path")
+            if draining:
+                notes.append(f"{len(draining)} session(s) of draining agents to end")
+            follow_ups.append((TERMINATE_HANDLER, [str(s) for s in {*sessions, *draining}]))
         if reconcile:
             notes.append(f"{len(reconcile)} leftover(s) to destroy on agents that answer again")
             follow_ups.append((RECONCILE, [str(k) for k in reconcile]))
@@ -67,7 +74,8 @@ def build(ctx: HandlerContext) -> HandlerRuntime:
 DECLARATION = HandlerDeclaration(
     name=NAME,
     lock_id=LOCK_ID,
-    description="ping every agent; a LOST agent's kernels take the deadline path (AGENT_LOST)",
+    description="ping every agent; a LOST agent's kernels take the deadline path (AGENT_LOST); "
+    "unfinished drains carry on (AGENT_DRAINED)",
     default_interval=C.AGENT_PING_INTERVAL_SEC,
     target="kernels",
     target_statuses=NON_TERMINAL_KERNEL,

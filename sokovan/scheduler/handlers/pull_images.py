@@ -87,13 +87,14 @@ def build(ctx: HandlerContext) -> HandlerRuntime:
     async def plan(run_id: RunId, scope: Sequence[str] | None, budget: int) -> Plan:
         only = parse_ids(scope)
         wanted = None if only is None else [SessionId(u) for u in only]
+        # Read before this run moves new sessions to PULLING: those are not lost pulls.
+        follow, retried = await _retries(wanted)
         sessions = await asyncio.to_thread(
             repo.sessions_in, [SessionStatus.SCHEDULED], limit=budget, only=wanted
         )
         sessions = await move_sessions(
             repo, sessions, SessionStatus.PULLING, KernelStatus.PULLING, SessionStatus.SCHEDULED
         )
-        follow, retried = await _retries(wanted)
         sessions.extend(retried)
         if not sessions:
             return Plan(requested=0, follow_ups=follow)

@@ -7,7 +7,6 @@ import asyncio
 import dataclasses
 import gc
 import logging
-import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
@@ -24,7 +23,17 @@ from sokovan.scheduler.handlers.base import (
     Transition,
 )
 from sokovan.scheduler.handlers.terminate_sessions import NAME as TERMINATE
+from sokovan.scheduler.sweep_brake import RatioBrake, judge_braked
 from sokovan.scheduler.sweep_load import load_sweep_targets
+from sokovan.scheduler.sweep_record import (
+    ABNORMAL_TERMINATION,
+    BRAKE_REASON,
+    DEFERRED_REASON,
+    STALE_KERNEL_REASON,
+    UNVERIFIED,
+    summarize,
+    sweep_outcomes,
+)
 from sokovan.scheduler.terminator import SessionTerminator, StaleJudgement
 from sokovan.scheduler.transitions import parse_ids, request_termination, session_ids_of
 from sokovan.types import (
@@ -43,10 +52,6 @@ from sokovan.types import (
 
 log = logging.getLogger(__name__)
 
-STALE_KERNEL_REASON = "STALE_KERNEL"
-ABNORMAL_TERMINATION = "ABNORMAL_TERMINATION"
-# Reason on kernels left alone because the brake held the whole run.
-BRAKE_REASON = "SWEEP_BRAKE"
 # A scaling group of one sweep: its kernel count and the kernels judged in full.
 _Group = tuple[int, list[KernelInfo]]
 
@@ -59,10 +64,10 @@ class SweepStaleKernelsKernelHandler(KernelHandler):
         terminator: SessionTerminator,
         max_stale_ratio: float = C.SWEEP_MAX_STALE_RATIO,
         brake_min_kernels: int = C.SWEEP_BRAKE_MIN_KERNELS,
+        brake_reap_share: float = C.SWEEP_BRAKE_REAP_SHARE,
     ) -> None:
         self._terminator = terminator
-        self._max_stale_ratio = max_stale_ratio
-        self._brake_min_kernels = brake_min_kernels
+        self._brake = RatioBrake(max_stale_ratio, brake_min_kernels, brake_reap_share)
 
     async def execute(
         self,
@@ -77,6 +82,8 @@ class SweepStaleKernelsKernelHandler(KernelHandler):
         `total` is the group's kernel count when `kernels` are only its suspects, so the
         ratio brake weighs them against the whole group. `complete` False: not all RUNNING
         kernels are read (budget, scope); agents' last-check stamps are then left alone.
+        A braked run sets `brake`: with no failures it held; with failures it reaped at the
+        brake's rate and `brake` says how many it left for the next runs.
         """
         if not kernels:
             return KernelExecutionResult()
@@ -86,38 +93,43 @@ class SweepStaleKernelsKernelHandler(KernelHandler):
             return _braked(scaling_group, kernels, f"presence unavailable: {e}", {})
         if total is not None and total > judgement.total:
             judgement = dataclasses.replace(judgement, total=total)
-        brake = self._ratio_brake(judgement)
-        if brake is not None:
-            return _braked(scaling_group, kernels, brake, judgement.evidence())
-        if judgement.candidates:
-            judgement = await self._terminator.confirm_with_agents(judgement)
-        return _classify(kernels, judgement)
+        brake = self._brake.engaged(judgement)
+        if brake is None:
+            if judgement.candidates:
+                judgement = await self._terminator.confirm_with_agents(judgement)
+            return _classify(kernels, judgement)
+        allowance = self._brake.allowance(judgement.total)
+        if not allowance:
+            held = f"{brake}: presence outage suspected"
+            return _braked(scaling_group, kernels, held, judgement.evidence())
+        judgement = await self._terminator.confirm_with_agents(judgement)
+        verdict = judge_braked(brake, judgement, allowance)
+        if verdict.hold is not None:
+            return _braked(scaling_group, kernels, verdict.hold, judgement.evidence())
+        log.warning("sweep of %s is braked: %s", scaling_group, verdict.note)
+        result = _classify(kernels, judgement, frozenset(verdict.deferred))
+        return dataclasses.replace(result, brake=verdict.note)
 
-    def _ratio_brake(self, judgement: StaleJudgement) -> str | None:
-        """Why this run must not kill, when too many kernels look stale at once."""
-        if judgement.total < self._brake_min_kernels:
-            return None
-        if judgement.stale_ratio <= self._max_stale_ratio:
-            return None
-        return (
-            f"{len(judgement.candidates)} of {judgement.total} kernels look stale,"
-            f" above the ratio {self._max_stale_ratio}: presence outage suspected"
-        )
 
-
-def _classify(kernels: Sequence[KernelInfo], judgement: StaleJudgement) -> KernelExecutionResult:
+def _classify(
+    kernels: Sequence[KernelInfo],
+    judgement: StaleJudgement,
+    deferred: frozenset[KernelId] = frozenset(),
+) -> KernelExecutionResult:
     evidence = {e.kernel_id: e for e in judgement.candidates}
     result = KernelExecutionResult(evidence=judgement.evidence())
     for kernel in kernels:
         suspect = evidence.get(kernel.id)
         if suspect is None or suspect.alive:
             result.successes.append(KernelTransitionInfo(kernel.id, kernel.status, None))
+        elif kernel.id in deferred:
+            result.skipped.append(KernelTransitionInfo(kernel.id, kernel.status, DEFERRED_REASON))
         elif suspect.dead:
             result.failures.append(
                 KernelTransitionInfo(kernel.id, kernel.status, STALE_KERNEL_REASON)
             )
         else:
-            reason = f"unverified: {suspect.answer}"
+            reason = f"{UNVERIFIED}: {suspect.answer}"
             result.skipped.append(KernelTransitionInfo(kernel.id, kernel.status, reason))
     return result
 
@@ -144,6 +156,7 @@ def build(ctx: HandlerContext) -> HandlerRuntime:
         ctx.terminator,
         max_stale_ratio=settings.sweep_max_stale_ratio,
         brake_min_kernels=settings.sweep_brake_min_kernels,
+        brake_reap_share=settings.sweep_brake_reap_share,
     )
 
     async def plan(run_id: RunId, scope: Sequence[str] | None, budget: int) -> Plan:
@@ -160,22 +173,25 @@ def build(ctx: HandlerContext) -> HandlerRuntime:
         outcomes: list[ItemOutcome] = []
         bulk_ok = 0
         brakes: list[str] = []
+        holds: list[str] = []
         for group, (total, members) in groups.items():
             result = await handler.execute(group, members, total=total, complete=complete)
             if result.brake:
                 brakes.append(f"{group}: brake: {result.brake}")
-            group_outcomes = _outcomes(members, result)
+                if not result.failures:
+                    holds.append(brakes[-1])
+            group_outcomes = sweep_outcomes(members, result)
             outcomes.extend(group_outcomes)
             bulk_ok += total - len(group_outcomes)
         requested = sum(total for total, _ in groups.values())
-        reaped = sum(1 for o in outcomes if o.verdict == Verdict.DEAD)
-        notes = ([f"{reaped} stale kernel(s) terminated"] if requested else []) + brakes
+        summary = summarize(requested, outcomes, brakes, holds)
         return Plan(
             requested=requested,
             outcomes=outcomes,
             bulk_ok=bulk_ok,
-            note="; ".join(notes) or None,
-            held="; ".join(brakes) or None,
+            note=summary.note,
+            held=summary.held,
+            partial=summary.partial,
         )
 
     async def _load(only: list[KernelId] | None, budget: int, complete: bool) -> dict[str, _Group]:
@@ -226,46 +242,6 @@ def _collector_paused() -> Iterator[None]:
     finally:
         if enabled:
             gc.enable()
-
-
-def _outcomes(members: Sequence[KernelInfo], result: KernelExecutionResult) -> list[ItemOutcome]:
-    """One outcome per suspected kernel, carrying the evidence of both stages."""
-    by_id = {k.id: k for k in members}
-    out: list[ItemOutcome] = []
-    for info in result.failures:
-        kernel = by_id[info.kernel_id]
-        evidence = dict(result.evidence.get(str(info.kernel_id), {}))
-        evidence["session_id"] = str(kernel.session_id)
-        out.append(
-            ItemOutcome(str(info.kernel_id), kernel.agent_id, detail=evidence, verdict=Verdict.DEAD)
-        )
-    for info in result.skipped:
-        evidence = dict(result.evidence.get(str(info.kernel_id), {}))
-        braked = info.reason == BRAKE_REASON
-        out.append(
-            ItemOutcome(
-                str(info.kernel_id),
-                by_id[info.kernel_id].agent_id,
-                error=info.reason,
-                detail=evidence,
-                verdict=Verdict.BRAKED if braked else Verdict.UNVERIFIED,
-            )
-        )
-    # Every other suspect was found alive: a success with a row; the unsuspected get none.
-    # Walking the evidence, not the successes, keeps this to the few suspects of a large run.
-    decided = {o.item_id for o in out}
-    for key, seen in result.evidence.items():
-        if key not in decided:
-            alive = by_id.get(KernelId(uuid.UUID(key)))
-            out.append(
-                ItemOutcome(
-                    key,
-                    None if alive is None else alive.agent_id,
-                    detail=dict(seen),
-                    verdict=Verdict.ALIVE,
-                )
-            )
-    return out
 
 
 DECLARATION = HandlerDeclaration(

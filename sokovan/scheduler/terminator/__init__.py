@@ -6,7 +6,7 @@ from sokovan.scheduler.terminator.destroy import (
     parse_destroy_item,
     plan_destroy,
 )
-from sokovan.scheduler.terminator.stale import KernelEvidence, StaleJudgement
+from sokovan.scheduler.terminator.stale import KernelEvidence, StaleJudgement, unverified_kind
 from sokovan.scheduler.terminator.terminator import SessionTerminator
 
 __all__ = [
@@ -17,4 +17,5 @@ __all__ = [
     "destroy_kernels_on_agent",
     "parse_destroy_item",
     "plan_destroy",
+    "unverified_kind",
 ]

@@ -6,21 +6,15 @@ import asyncio
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime
 from typing import Any
 
 from sokovan import constants as C
 from sokovan.errors import describe_error
-from sokovan.ports import AgentClient, AgentClientPool, AgentIdentityBook, PresenceReader
-from sokovan.scheduler.terminator.identity import (
-    hosted_by_earlier_instance,
-    is_stranger_error,
-    judge_report,
-)
+from sokovan.ports import AgentClient, AgentClientPool, PresenceReader
+from sokovan.scheduler.terminator.identity import is_stranger_error, judge_report
 from sokovan.types import (
     JSON,
     AgentId,
-    AgentIdentity,
     HealthCheckStatus,
     KernelId,
     KernelInfo,
@@ -38,6 +32,17 @@ ANSWER_NO_AGENT = "no agent"
 ANSWER_IDENTITY = "identity"
 
 
+def unverified_kind(answer: str) -> str:
+    """The kind of a stage-2 answer that neither kills nor keeps, as a metric label."""
+    if answer == ANSWER_IDENTITY:
+        return "identity"
+    if answer == ANSWER_NO_AGENT:
+        return "no_agent"
+    if answer.startswith("error:"):
+        return "error"  # the agent could not be reached, or its call failed
+    return "no_answer"  # None, or an answer of another shape
+
+
 @dataclass(frozen=True, slots=True)
 class KernelEvidence:
     """Why one kernel was suspected and what its agent said."""
@@ -47,7 +52,6 @@ class KernelEvidence:
     presence: HealthCheckStatus | None
     last_presence: float | None = None
     answer: str | None = None
-    running_since: datetime | None = None
     # Why the answering agent's identity is unverified, when it is.
     identity: str | None = None
 
@@ -130,16 +134,13 @@ def _suspects(
     for kernel in kernels:
         status = statuses.get(kernel.id)
         if status is None:
-            yield KernelEvidence(
-                kernel.id, kernel.agent_id, None, running_since=kernel.running_since
-            )
+            yield KernelEvidence(kernel.id, kernel.agent_id, None)
         elif status.presence == HealthCheckStatus.STALE:
             yield KernelEvidence(
                 kernel.id,
                 kernel.agent_id,
                 status.presence,
                 status.last_presence,
-                running_since=kernel.running_since,
             )
 
 
@@ -147,12 +148,14 @@ async def confirm_with_agents(
     pool: AgentClientPool,
     judgement: StaleJudgement,
     concurrency: int,
-    identities: AgentIdentityBook | None = None,
+    verify_identity: bool = False,
 ) -> StaleJudgement:
     """Stage 2: asks each candidate's agent, all agents at once; records every answer.
 
-    With an identity book, each agent first says who it is (`health`); an agent that is not
-    the one recorded, or an instance that started after the kernel ran, cannot kill it.
+    An agent id is its node: whichever process serves the id speaks for the node's kernels,
+    a restarted one included. With `verify_identity`, each agent first says who it is
+    (`health`); one that names another agent id cannot kill. Every call also carries the
+    agent id, which an agent refuses when it does not serve it.
     """
     per_agent: dict[AgentId, list[KernelEvidence]] = {}
     answers: dict[KernelId, KernelEvidence] = {}
@@ -162,15 +165,9 @@ async def confirm_with_agents(
             answers[evidence.kernel_id] = replace(evidence, answer=ANSWER_NO_AGENT)
         else:
             per_agent.setdefault(evidence.agent_id, []).append(evidence)
-    recorded: Mapping[AgentId, AgentIdentity] = {}
-    if identities is not None and per_agent:
-        recorded = await identities.recorded_identities(list(per_agent))
-    asker = _Asker(pool, concurrency, identities is not None)
+    asker = _Asker(pool, concurrency, verify_identity)
     replies = await asyncio.gather(
-        *(
-            asker.ask(agent_id, items, recorded.get(agent_id))
-            for agent_id, items in per_agent.items()
-        )
+        *(asker.ask(agent_id, items) for agent_id, items in per_agent.items())
     )
     for reply in replies:
         answers.update((e.kernel_id, e) for e in reply)
@@ -189,20 +186,18 @@ class _Asker:
     concurrency: int
     verify: bool
 
-    async def ask(
-        self, agent_id: AgentId, items: Sequence[KernelEvidence], recorded: AgentIdentity | None
-    ) -> list[KernelEvidence]:
+    async def ask(self, agent_id: AgentId, items: Sequence[KernelEvidence]) -> list[KernelEvidence]:
         gate = asyncio.Semaphore(max(1, self.concurrency))
 
         async def one(client: AgentClient, evidence: KernelEvidence) -> KernelEvidence:
             async with gate:
-                answer = await _check_running(client, agent_id, evidence.kernel_id)
-            return _vouched(replace(evidence, answer=answer[0], identity=answer[1]), recorded)
+                answer, identity = await _check_running(client, agent_id, evidence.kernel_id)
+            return replace(evidence, answer=answer, identity=identity)
 
         done: list[KernelEvidence] | None = None
         try:
             async with self.pool.acquire(agent_id) as client:
-                stranger = await self._stranger(client, agent_id, recorded) if self.verify else None
+                stranger = await self._stranger(client, agent_id) if self.verify else None
                 if stranger is not None:
                     return [replace(e, answer=ANSWER_IDENTITY, identity=stranger) for e in items]
                 done = list(await asyncio.gather(*(one(client, e) for e in items)))
@@ -217,32 +212,19 @@ class _Asker:
                 log.warning("agent %s: releasing the client failed: %s", agent_id, e)
         return done
 
-    async def _stranger(
-        self, client: AgentClient, agent_id: AgentId, recorded: AgentIdentity | None
-    ) -> str | None:
-        """Why the agent answering is not the one recorded; None when it is."""
-        try:
-            report = await client.health()
-        except Exception as e:
-            log.warning("agent %s: health failed, its identity is unverified: %s", agent_id, e)
-            return f"health failed: {describe_error(e)}"
-        verdict = judge_report(agent_id, report if isinstance(report, Mapping) else {}, recorded)
+    async def _stranger(self, client: AgentClient, agent_id: AgentId) -> str | None:
+        """Why the agent answering is not `agent_id`; None when it may be.
+
+        A failed `health` raises: an agent that cannot be asked is unreachable (its liveness
+        ping fails too), not a stranger.
+        """
+        report = await client.health()
+        verdict = judge_report(agent_id, report if isinstance(report, Mapping) else {})
         if verdict.mismatch is not None:
             log.warning(
                 "agent %s: identity unverified, nothing killed: %s", agent_id, verdict.mismatch
             )
         return verdict.mismatch
-
-
-def _vouched(evidence: KernelEvidence, recorded: AgentIdentity | None) -> KernelEvidence:
-    """A False from an instance that started after the kernel ran does not kill it."""
-    if not evidence.dead:
-        return evidence
-    why = hosted_by_earlier_instance(evidence.running_since, recorded)
-    if why is None:
-        return evidence
-    log.warning("kernel %s skipped: identity unverified: %s", evidence.kernel_id, why)
-    return replace(evidence, answer=ANSWER_IDENTITY, identity=why)
 
 
 async def _check_running(

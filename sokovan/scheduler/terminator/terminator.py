@@ -8,7 +8,7 @@ from typing import Any
 
 from sokovan import constants as C
 from sokovan.errors import describe_error
-from sokovan.ports import AgentClientPool, AgentIdentityBook, FanOut, PresenceReader
+from sokovan.ports import AgentClientPool, FanOut, PresenceReader
 from sokovan.scheduler.terminator.destroy import (
     DestroyJob,
     destroy_kernels_on_agent,
@@ -47,7 +47,7 @@ class SessionTerminator:
         destroy_concurrency: int = C.DESTROY_CONCURRENCY_PER_AGENT,
         check_running_concurrency: int = C.CHECK_RUNNING_CONCURRENCY_PER_AGENT,
         presence_page_size: int = C.PRESENCE_PAGE_SIZE,
-        identities: AgentIdentityBook | None = None,
+        verify_identity: bool = False,
     ) -> None:
         self._agent_client_pool = agent_client_pool
         self._presence = presence
@@ -55,7 +55,7 @@ class SessionTerminator:
         self._destroy_concurrency = destroy_concurrency
         self._check_running_concurrency = check_running_concurrency
         self._presence_page_size = presence_page_size
-        self._identities = identities
+        self._verify_identity = verify_identity
 
     async def terminate_sessions_for_handler(
         self,
@@ -126,7 +126,10 @@ class SessionTerminator:
     async def confirm_with_agents(self, judgement: StaleJudgement) -> StaleJudgement:
         """Stage 2 of the sweep: each candidate's agent says whether it runs."""
         return await confirm_with_agents(
-            self._agent_client_pool, judgement, self._check_running_concurrency, self._identities
+            self._agent_client_pool,
+            judgement,
+            self._check_running_concurrency,
+            self._verify_identity,
         )
 
     async def judge_stale_kernels(self, kernels: Sequence[KernelInfo]) -> StaleJudgement:
