@@ -17,7 +17,7 @@ from redis.asyncio import Redis
 from sokovan.db.ledger import RunLedger
 from sokovan.db.repository import SchedulerRepository
 from sokovan.scheduler.agents import sync_agents
-from sokovan.types import ImageConfig, SessionId, SessionInfo, SessionStatus
+from sokovan.types import AgentId, ImageConfig, SessionId, SessionInfo, SessionStatus
 from tasks.app import create_app
 from tests.agents import AgentProcess, agent_process
 from tests.workers import SchedulerEnv, celery_beat, celery_worker, make_env, wait_for
@@ -90,6 +90,23 @@ async def running_cluster(
             if beat:
                 extra.enter_context(celery_beat(cluster.senv))
             yield cluster
+
+
+def ghost_agent(c: Cluster, agent_id: str = "ghost") -> AgentId:
+    """Registers an agent where nothing listens (4 cores, 8 GiB) and returns its id."""
+    from sokovan.db.repository import AgentRow
+    from sokovan.types import ResourceSlot
+    from tests.conftest import free_port
+
+    ghost = AgentId(agent_id)
+    c.repo.upsert_agent(
+        AgentRow(
+            id=ghost,
+            rpc_addr=f"tcp://127.0.0.1:{free_port()}",
+            capacity=ResourceSlot.from_json({"cpu": "4", "mem": "8589934592"}),
+        )
+    )
+    return ghost
 
 
 def kernel_rows(
