@@ -34,7 +34,8 @@ def get_session(*args: Any, **kwargs: Any) -> dict[str, Any]:
     if isinstance(payload, Refusal):
         return _refused(names.SESSION_GET, payload)
     try:
-        return session_document(runtime().services.repository, SessionId(payload.session_id))
+        repository = runtime().services.repository.sync
+        return session_document(repository, SessionId(payload.session_id))
     except NotFound as e:
         return _refused(names.SESSION_GET, from_error(e, "session_id"))
 
@@ -46,7 +47,7 @@ def list_sessions(*args: Any, **kwargs: Any) -> dict[str, Any]:
     if isinstance(payload, Refusal):
         return _refused(names.SESSION_LIST, payload)
     return session_list_document(
-        runtime().services.repository,
+        runtime().services.repository.sync,
         statuses=payload.statuses,
         agent=payload.agent,
         limit=payload.limit,
@@ -60,6 +61,7 @@ def get_run(*args: Any, **kwargs: Any) -> dict[str, Any]:
     if isinstance(payload, Refusal):
         return _refused(names.RUN_GET, payload)
     try:
-        return run_document(runtime().services.ledger, RunId(payload.run_id), payload.items_limit)
+        ledger = runtime().services.ledger.sync
+        return run_document(ledger, RunId(payload.run_id), payload.items_limit)
     except NotFound as e:
         return _refused(names.RUN_GET, from_error(e, "run_id"))

@@ -15,6 +15,7 @@ from celery import Celery
 from redis.asyncio import Redis
 
 from sokovan.db.ledger import RunLedger
+from sokovan.db.offload import OffloadedStore
 from sokovan.db.repository import SchedulerRepository
 from sokovan.scheduler.agents import sync_agents
 from sokovan.types import AgentId, ImageConfig, SessionId, SessionInfo, SessionStatus
@@ -94,7 +95,7 @@ async def running_cluster(
 
 def ghost_agent(c: Cluster, agent_id: str = "ghost") -> AgentId:
     """Registers an agent where nothing listens (4 cores, 8 GiB) and returns its id."""
-    from sokovan.db.repository import AgentRow
+    from sokovan.records import AgentRow
     from sokovan.types import ResourceSlot
     from tests.conftest import free_port
 
@@ -183,7 +184,7 @@ async def cluster_without_worker(
     ) as procs:
         redis: Redis = Redis.from_url(senv.settings.redis_url)
         try:
-            await sync_agents(redis, repo)
+            await sync_agents(redis, OffloadedStore(repo))
         finally:
             await redis.aclose()
         yield Cluster(senv, create_app(senv.settings), repo, RunLedger(senv.engine), procs)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
@@ -16,9 +15,9 @@ from sokovan.admission.schemas import (
     DrainAgentPayload,
     RegisterAgentPayload,
 )
-from sokovan.db.agents import AgentRow
-from sokovan.db.repository import SchedulerRepository
 from sokovan.errors import UnknownAgent
+from sokovan.ports import SchedulerStore
+from sokovan.records import AgentRow
 from sokovan.scheduler.coordinator import Coordinator
 from sokovan.scheduler.handlers import schedule_sessions
 from sokovan.scheduler.maintenance import DrainMode, cordon, drain, uncordon
@@ -56,7 +55,7 @@ def _refused(task: str, refusal: Refusal) -> JSON:
 class AgentTasks:
     """What `sokovan.agents.register|cordon|uncordon|drain` do, given their raw arguments."""
 
-    def __init__(self, repository: SchedulerRepository, coordinator: Coordinator) -> None:
+    def __init__(self, repository: SchedulerStore, coordinator: Coordinator) -> None:
         self.repository = repository
         self.coordinator = coordinator
 
@@ -66,7 +65,7 @@ class AgentTasks:
         if isinstance(payload, Refusal):
             return _refused("agents register", payload)
         row = registration(payload)
-        await asyncio.to_thread(self.repository.upsert_agent, row)
+        await self.repository.upsert_agent(row)
         await self._schedule_pending()
         return {"agent_id": row.id, "rpc_addr": row.rpc_addr, "registered": True}
 
@@ -118,5 +117,5 @@ class AgentTasks:
         }
 
     async def _schedule_pending(self) -> None:
-        if await asyncio.to_thread(self.repository.pending_count):
+        if await self.repository.pending_count():
             await self.coordinator.run(schedule_sessions.NAME, RunTrigger.API)

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Collection, Iterable
-from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -14,46 +11,14 @@ import sqlalchemy as sa
 from sokovan.db.base import SqlBase
 from sokovan.db.schema import agents, images, kernels
 from sokovan.errors import UnknownAgent
+from sokovan.records import AgentRow
 from sokovan.types import (
     TERMINAL_KERNEL_STATUSES,
-    AgentAddress,
     AgentId,
     ImageConfig,
     ResourceSlot,
     utcnow,
 )
-
-
-@dataclass(frozen=True, slots=True)
-class AgentRow:
-    """A registered agent."""
-
-    id: AgentId
-    rpc_addr: str
-    scaling_group: str = "default"
-    status: str = "ALIVE"
-    runtime: str | None = None
-    capacity: ResourceSlot = field(default_factory=ResourceSlot)
-    public_key: bytes | None = None
-    # Maintenance (never written by upsert_agent: a re-registration keeps it).
-    schedulable: bool = True
-    drain_mode: str | None = None
-    drain_deadline: datetime | None = None
-    drained_at: datetime | None = None
-
-    @property
-    def takes_kernels(self) -> bool:
-        """Whether placement may put a new kernel here: ALIVE and not cordoned."""
-        return self.status == "ALIVE" and self.schedulable
-
-    @property
-    def maintenance(self) -> str:
-        """`none`, `cordoned`, `draining` or `drained`."""
-        if self.schedulable:
-            return "none"
-        if self.drained_at is not None:
-            return "drained"
-        return "draining" if self.drain_mode else "cordoned"
 
 
 class AgentsAndImages(SqlBase):
@@ -127,11 +92,6 @@ class AgentsAndImages(SqlBase):
         """
         with self.engine.connect() as conn:
             return occupied_on(conn)
-
-    async def resolve(self, agent_id: AgentId) -> AgentAddress:
-        """AgentDirectory port: where the agent listens."""
-        row = await asyncio.to_thread(self.get_agent, agent_id)
-        return AgentAddress(agent_id=row.id, rpc_addr=row.rpc_addr, public_key=row.public_key)
 
     def add_image(self, image: ImageConfig) -> None:
         values = {

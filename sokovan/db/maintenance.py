@@ -12,10 +12,11 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from sokovan.db.agents import AgentRow, agent_row
+from sokovan.db.agents import agent_row
 from sokovan.db.base import SqlBase
 from sokovan.db.schema import agents, kernels, sessions
 from sokovan.errors import UnknownAgent
+from sokovan.records import AgentRow
 from sokovan.types import TERMINAL_KERNEL_STATUSES, AgentId, SessionId, SessionStatus, utcnow
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from sokovan.db.agents import AgentRow, AgentsAndImages
+from sokovan.db.agents import AgentsAndImages
 from sokovan.db.attempts import Attempts
 from sokovan.db.feed import StatusChange, collecting, note
 from sokovan.db.liveness import LivenessStore
@@ -20,6 +20,7 @@ from sokovan.db.placement import Placement
 from sokovan.db.schema import agents, kernels, sessions, status_among
 from sokovan.db.transitions import Transitions
 from sokovan.errors import NotFound
+from sokovan.records import SweepRow
 from sokovan.types import (
     AgentId,
     ClusterMode,
@@ -34,7 +35,7 @@ from sokovan.types import (
     utcnow,
 )
 
-__all__ = ["AgentRow", "NewKernel", "SchedulerRepository", "SweepRow"]
+__all__ = ["NewKernel", "SchedulerRepository"]
 
 # Statuses before CREATING: no create_kernels has been sent for a kernel in one of them.
 _NOT_YET_SENT = frozenset(
@@ -46,10 +47,6 @@ _NOT_YET_SENT = frozenset(
         SessionStatus.PREPARED,
     }
 )
-
-# One kernel as the sweep first reads it: its id as hyphenated text (parsed only for
-# suspects), agent, scaling group.
-SweepRow = tuple[str, str | None, str]
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,15 +11,14 @@ once the agent holds no live kernel.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
 from sokovan import constants as C
-from sokovan.db.agents import AgentRow
-from sokovan.db.repository import SchedulerRepository
+from sokovan.ports import SchedulerStore
+from sokovan.records import AgentRow
 from sokovan.scheduler.transitions import request_termination
 from sokovan.types import AgentId, SessionId, SessionStatus, utcnow
 
@@ -44,34 +43,34 @@ class DrainStep:
     done: bool
 
 
-async def cordon(repo: SchedulerRepository, agent_id: AgentId) -> AgentRow:
+async def cordon(repo: SchedulerStore, agent_id: AgentId) -> AgentRow:
     """Stops new placements on the agent; raises UnknownAgent for an unknown id."""
-    row = await asyncio.to_thread(repo.cordon_agent, agent_id)
+    row = await repo.cordon_agent(agent_id)
     log.info("agent %s cordoned", agent_id)
     return row
 
 
-async def uncordon(repo: SchedulerRepository, agent_id: AgentId) -> AgentRow:
+async def uncordon(repo: SchedulerStore, agent_id: AgentId) -> AgentRow:
     """Lets placement use the agent again (and stops a drain where it is)."""
-    row = await asyncio.to_thread(repo.uncordon_agent, agent_id)
+    row = await repo.uncordon_agent(agent_id)
     log.info("agent %s uncordoned", agent_id)
     return row
 
 
 async def drain(
-    repo: SchedulerRepository, agent_id: AgentId, mode: DrainMode, deadline: datetime
+    repo: SchedulerStore, agent_id: AgentId, mode: DrainMode, deadline: datetime
 ) -> DrainStep:
     """Cordons the agent, records the drain, and takes its first step."""
-    row = await asyncio.to_thread(repo.start_drain, agent_id, str(mode), deadline)
+    row = await repo.start_drain(agent_id, str(mode), deadline)
     log.info("agent %s draining (%s) until %s", agent_id, mode, deadline.isoformat())
     return await step(repo, row, utcnow())
 
 
-async def step(repo: SchedulerRepository, agent: AgentRow, now: datetime) -> DrainStep:
+async def step(repo: SchedulerStore, agent: AgentRow, now: datetime) -> DrainStep:
     """One look at a draining agent: end what the drain's mode says is due; done when empty."""
-    on_agent = await asyncio.to_thread(repo.sessions_on_agent, agent.id)
+    on_agent = await repo.sessions_on_agent(agent.id)
     if not on_agent:
-        done = await asyncio.to_thread(repo.finish_drain, agent.id)
+        done = await repo.finish_drain(agent.id)
         if done:
             log.info("agent %s drained", agent.id)
         return DrainStep(agent, (), (), done)
@@ -84,12 +83,12 @@ async def step(repo: SchedulerRepository, agent: AgentRow, now: datetime) -> Dra
     if moved:
         log.info("agent %s drain: %d session(s) to TERMINATING", agent.id, len(moved))
     # Past the drain's deadline the terminate handler gives up what cannot be destroyed.
-    await asyncio.to_thread(repo.bring_deadlines_forward, sids, deadline)
+    await repo.bring_deadlines_forward(sids, deadline)
     return DrainStep(agent, sids, sids, False)
 
 
-async def continue_drains(repo: SchedulerRepository) -> list[DrainStep]:
+async def continue_drains(repo: SchedulerStore) -> list[DrainStep]:
     """One step of every unfinished drain (level-triggered: SQL says what remains)."""
     now = utcnow()
-    agents = await asyncio.to_thread(repo.draining_agents)
+    agents = await repo.draining_agents()
     return [await step(repo, agent, now) for agent in agents]

@@ -4,60 +4,25 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from decimal import Decimal
-from typing import Any, Protocol
+from typing import Any
 
 from sokovan.db.pending import REQUESTED_AGENTS
 from sokovan.db.placement import PlacementView
-from sokovan.db.repository import AgentRow, NewKernel, SchedulerRepository
+from sokovan.db.repository import NewKernel, SchedulerRepository
 from sokovan.errors import AgentCordoned, InvalidRequest, NoCapacity, UnknownAgent, UnknownImage
+from sokovan.ports import SecretBinder
+from sokovan.records import AgentRow, SessionRequest, Submitted
 from sokovan.redaction import split_environ
 from sokovan.types import (
     AgentId,
     ClusterMode,
     KernelId,
-    NetworkType,
     ResourceSlot,
     SessionId,
     SessionStatus,
 )
-
-DEFAULT_SLOTS = {"cpu": "1", "mem": "1073741824"}
-
-
-@dataclass(frozen=True, slots=True)
-class SessionRequest:
-    """What a manager asks for, already validated (sokovan.admission parses the payload)."""
-
-    image: str
-    kernels: int = 1
-    cluster_mode: ClusterMode = ClusterMode.SINGLE_NODE
-    network_type: NetworkType = NetworkType.VOLATILE
-    network_id: str | None = None
-    resource_slots: ResourceSlot = field(
-        default_factory=lambda: ResourceSlot.from_json(DEFAULT_SLOTS)
-    )
-    environ: Mapping[str, str] = field(default_factory=dict)
-    agents: tuple[AgentId, ...] = ()
-    name: str = ""
-    scaling_group: str = "default"
-    user_uuid: uuid.UUID = field(default_factory=lambda: uuid.UUID(int=0))
-    access_key: str = ""
-
-    # Wait as PENDING when no agent has room now; False refuses with NoCapacity instead.
-    queue: bool = True
-    # Chosen by the sender (None: minted here); a stored one is answered, not stored again.
-    session_id: SessionId | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Submitted:
-    """A stored submission: placed (SCHEDULED) or waiting for room (PENDING)."""
-
-    session_id: SessionId
-    status: SessionStatus
-    queue_position: int | None = None
 
 
 def _roles(count: int) -> list[tuple[str, int, str]]:
@@ -141,16 +106,6 @@ def place(
         placed.append(best)
         free[best] = ResourceSlot({k: v - need.get(k, Decimal(0)) for k, v in free[best].items()})
     return placed
-
-
-class SecretBinder(Protocol):
-    """Binds a request's secret variables to its session (see sokovan.db.secret_environ)."""
-
-    def bind(
-        self, session_id: SessionId, environ: Mapping[str, str], conn: Any = None
-    ) -> dict[str, str]:
-        """Stores the secrets encrypted (in `conn`'s transaction); returns the clear ones."""
-        ...
 
 
 def _store_environ(

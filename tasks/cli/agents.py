@@ -14,8 +14,8 @@ from sokovan.admission.refusal import Refusal
 from sokovan.admission.schemas import RegisterAgentPayload
 from sokovan.agentd.specs import parse_size
 from sokovan.bootstrap import build_redis
-from sokovan.db.repository import AgentRow
 from sokovan.errors import ConfigError, InvalidRequest
+from sokovan.records import AgentRow
 from sokovan.scheduler.agents import sync_agents
 from sokovan.scheduler.liveness import hand_to_deadline_path
 from sokovan.scheduler.transitions import NON_TERMINAL_KERNEL
@@ -138,7 +138,7 @@ def remove(
     note = ""
     if live:
         infos = repo.kernels_in(list(NON_TERMINAL_KERNEL), only=live)
-        sessions = asyncio.run(hand_to_deadline_path(repo, infos, C.AGENT_REMOVED_REASON))
+        sessions = asyncio.run(hand_to_deadline_path(root().store, infos, C.AGENT_REMOVED_REASON))
         note = f"; {len(sessions)} session(s) TERMINATING, deadline now"
     typer.echo(f"agent {agent_id} removed{note}")
 
@@ -152,12 +152,12 @@ app.command("drain")(drain_cmd)
 def sync(as_json: bool = JsonOption) -> None:
     """Copies reference agents' self-registrations from Valkey into the agents table."""
     r = root()
-    s, repo = r.settings, r.repository
+    s = r.settings
 
     async def go() -> dict[str, int]:
         redis = build_redis(s)
         try:
-            return await sync_agents(redis, repo)
+            return await sync_agents(redis, r.store)
         finally:
             await redis.aclose()
 

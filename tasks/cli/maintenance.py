@@ -60,7 +60,7 @@ def cordon_cmd(
     payload = _checked(AgentPayload, {"agent_id": agent_id})
     repo = root().repository
     try:
-        row = asyncio.run(cordon(repo, AgentId(payload.agent_id)))
+        row = asyncio.run(cordon(root().store, AgentId(payload.agent_id)))
     except UnknownAgent as e:
         raise Refused(str(e)) from None
     if as_json:
@@ -75,9 +75,8 @@ def uncordon_cmd(
 ) -> None:
     """Lets placement use an agent again (and stops a drain where it is)."""
     payload = _checked(AgentPayload, {"agent_id": agent_id})
-    repo = root().repository
     try:
-        row = asyncio.run(uncordon(repo, AgentId(payload.agent_id)))
+        row = asyncio.run(uncordon(root().store, AgentId(payload.agent_id)))
     except UnknownAgent as e:
         raise Refused(str(e)) from None
     if as_json:

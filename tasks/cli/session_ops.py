@@ -59,9 +59,10 @@ def last_lines(text: str, count: int) -> tuple[str, bool]:
 
 async def _fetch_logs(settings: Settings, repo: SchedulerRepository, kernel: KernelInfo) -> str:
     from sokovan.bootstrap import build_agent_pool  # the agent client stack: only when asked
+    from sokovan.db.offload import OffloadedStore
 
     assert kernel.agent_id is not None
-    pool = build_agent_pool(settings, repo)
+    pool = build_agent_pool(settings, OffloadedStore(repo))
     try:
         async with pool.acquire(AgentId(kernel.agent_id)) as client:
             return await client.get_logs(kernel.id)

@@ -11,7 +11,9 @@ import pytest
 
 from sokovan import constants as C
 from sokovan.db.engine import create_engine, upgrade
-from sokovan.db.repository import AgentRow, NewKernel, SchedulerRepository
+from sokovan.db.offload import OffloadedStore
+from sokovan.db.repository import NewKernel, SchedulerRepository
+from sokovan.records import AgentRow
 from sokovan.scheduler.deadlines import parse_time
 from sokovan.scheduler.maintenance import DrainMode, continue_drains, drain
 from sokovan.types import (
@@ -67,7 +69,7 @@ async def test_terminate_drain_moves_sessions_and_bounds_their_deadline(
     early = utcnow() + timedelta(minutes=1)
     repo.set_session_deadline(on_a1[0], early)  # an earlier deadline is kept
 
-    step = await drain(repo, A1, DrainMode.TERMINATE, deadline)
+    step = await drain(OffloadedStore(repo), A1, DrainMode.TERMINATE, deadline)
     assert set(step.terminating) == set(on_a1) and not step.done
     assert repo.get_agent(A1).maintenance == "draining"
     sessions = {s.id: s for s in repo.sessions_by_ids([*on_a1, *on_a2])}
@@ -79,9 +81,9 @@ async def test_terminate_drain_moves_sessions_and_bounds_their_deadline(
     assert sessions[on_a2[0]].status == SessionStatus.RUNNING
 
     end_kernels(repo, on_a1)
-    (last,) = await continue_drains(repo)
+    (last,) = await continue_drains(OffloadedStore(repo))
     assert last.done and repo.get_agent(A1).maintenance == "drained"
-    assert await continue_drains(repo) == []
+    assert await continue_drains(OffloadedStore(repo)) == []
 
 
 async def test_a_drain_whose_worker_died_before_moving_anything_is_carried_on(
@@ -91,7 +93,7 @@ async def test_a_drain_whose_worker_died_before_moving_anything_is_carried_on(
     check_agents step finds the agent's sessions and moves them."""
     sids = running_on(repo, A1, 2)
     repo.start_drain(A1, str(DrainMode.TERMINATE), utcnow() + timedelta(minutes=5))
-    (step,) = await continue_drains(repo)
+    (step,) = await continue_drains(OffloadedStore(repo))
     assert set(step.terminating) == set(sids)
     assert {s.status for s in repo.sessions_by_ids(sids)} == {SessionStatus.TERMINATING}
 
@@ -102,13 +104,13 @@ async def test_wait_for_sessions_ends_nothing_before_the_deadline(
     """SC-OP-002 `--wait-for-sessions`: sessions run on until the deadline, then what is left
     goes TERMINATING with the deadline already past (the forced path)."""
     sids = running_on(repo, A1, 2)
-    step = await drain(repo, A1, DrainMode.WAIT, utcnow() + timedelta(minutes=5))
+    step = await drain(OffloadedStore(repo), A1, DrainMode.WAIT, utcnow() + timedelta(minutes=5))
     assert step.terminating == () and len(step.live_sessions) == 2
     assert {s.status for s in repo.sessions_by_ids(sids)} == {SessionStatus.RUNNING}
     end_kernels(repo, sids[:1])
     past = utcnow() - timedelta(seconds=1)
     repo.start_drain(A1, str(DrainMode.WAIT), past)
-    (step,) = await continue_drains(repo)
+    (step,) = await continue_drains(OffloadedStore(repo))
     assert step.terminating == (sids[1],)
     (left,) = repo.sessions_by_ids([sids[1]])
     assert left.status == SessionStatus.TERMINATING
@@ -121,4 +123,4 @@ async def test_uncordon_stops_a_drain(repo: SchedulerRepository) -> None:
     repo.uncordon_agent(A1)
     row = repo.get_agent(A1)
     assert (row.schedulable, row.maintenance, row.drain_deadline) == (True, "none", None)
-    assert await continue_drains(repo) == []
+    assert await continue_drains(OffloadedStore(repo)) == []

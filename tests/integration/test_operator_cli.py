@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from sokovan.db.repository import AgentRow, NewKernel
+from sokovan.db.repository import NewKernel
 from sokovan.db.schema import sessions
+from sokovan.records import AgentRow
 from sokovan.types import AgentId, KernelId, ResourceSlot, SessionId, SessionStatus, utcnow
 from tests.cluster import IMAGE, Cluster, running_cluster
 from tests.conftest import free_port

@@ -11,9 +11,9 @@ import pytest
 from sokovan.admission.parse import parse_call
 from sokovan.admission.refusal import Refusal
 from sokovan.admission.schemas import DrainAgentPayload, RegisterAgentPayload
-from sokovan.db.repository import AgentRow
 from sokovan.errors import AgentCordoned, NoCapacity
-from sokovan.scheduler.submit import SessionRequest, could_ever_fit, place
+from sokovan.records import AgentRow, SessionRequest
+from sokovan.scheduler.submit import could_ever_fit, place
 from sokovan.types import AgentId, ClusterMode, ResourceSlot
 
 

@@ -50,7 +50,7 @@ def kernel(agent: str | None = None) -> NewKernel:
 
 def test_every_session_move_is_published_after_commit(engine: sa.Engine) -> None:
     """Create, place from the queue, move, finish and cancel each publish their change once."""
-    from sokovan.db.agents import AgentRow
+    from sokovan.records import AgentRow
 
     repo = SchedulerRepository(engine)
     feed = Recorder()
