@@ -51,6 +51,7 @@ from sokovan.scheduler.launcher.environ import StoredKernelEnvirons
 from sokovan.scheduler.launcher.keys import ClusterKeys
 from sokovan.scheduler.terminator import SessionTerminator
 from sokovan.scheduler.tracking import FanOutTracker, TrackedFanOut
+from sokovan.status_feed import RedisStatusFeed
 
 log = logging.getLogger(__name__)
 
@@ -193,6 +194,8 @@ class Services:
     network_plugins: dict[str, NetworkPlugin] = field(default_factory=dict)
     # The presence store's own client, when built here (it may be another server than redis).
     presence_redis: Redis | None = None
+    # The session status stream the repository publishes to (README, "A manager's view").
+    status_feed: RedisStatusFeed | None = None
 
     async def close(self) -> None:
         """Closes agent connections, Redis and the engine; each failure is logged, not raised."""
@@ -204,6 +207,8 @@ class Services:
                 await closer()
             except Exception as e:
                 log.warning("closing %s failed: %s", name, e)
+        if self.status_feed is not None:
+            self.status_feed.close()
         self.engine.dispose()
 
 
@@ -227,6 +232,8 @@ async def build_services(
     `holder` is the worker incarnation this process belongs to (sokovan.scheduler.leases)."""
     engine = engine or build_engine(settings)
     repository = build_store(engine)
+    status_feed = RedisStatusFeed(settings.redis_url)
+    repository.sync.feed = status_feed
     ledger = build_ledger(engine)
     redis = redis or build_redis(settings)
     presence_redis = None if presence is not None else build_presence_redis(settings)
@@ -299,6 +306,7 @@ async def build_services(
         secret_environ=secret_environ,
         network_plugins=plugins,
         presence_redis=presence_redis,
+        status_feed=status_feed,
     )
 
 

@@ -58,6 +58,25 @@ class Scheduler:
             names.HANDLER_RUN, kwargs={"handler": handler, "trigger": "api", "budget": budget}
         )
 
+    def get_session(self, session_id: str) -> AsyncResult:
+        """sokovan.session.get: the session with its kernels (`session show --json`)."""
+        return self.app.send_task(names.SESSION_GET, kwargs={"session_id": session_id})
+
+    def list_sessions(
+        self, statuses: list[str] | None = None, agent: str | None = None, limit: int = 50
+    ) -> AsyncResult:
+        """sokovan.session.list: newest first (`session list --json`)."""
+        return self.app.send_task(
+            names.SESSION_LIST,
+            kwargs={"statuses": statuses or [], "agent": agent, "limit": limit},
+        )
+
+    def get_run(self, run_id: int, items_limit: int = 1000) -> AsyncResult:
+        """sokovan.run.get: the run with its counts and items (`runs show --json`)."""
+        return self.app.send_task(
+            names.RUN_GET, kwargs={"run_id": run_id, "items_limit": items_limit}
+        )
+
     def register_agent(
         self, agent_id: str, rpc_addr: str, *, scaling_group: str = "default", **capacity: Any
     ) -> AsyncResult:

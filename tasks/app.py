@@ -84,7 +84,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # cancelled and their acks-late messages handed back to the queue at once.
         "worker_soft_shutdown_timeout": settings.soft_shutdown_timeout,
         "worker_enable_soft_shutdown_on_idle": settings.soft_shutdown_on_idle,
-        "task_default_queue": "sokovan",
+        "task_default_queue": C.TASK_QUEUE,
         PATTERNS_KEY: list(settings.secret_env_patterns),
         # Refused messages are logged by name and id, never by body.
         "worker_consumer": CONSUMER,
@@ -103,6 +103,7 @@ def create_app(settings: Settings | None = None) -> Celery:
             "tasks.handler_tasks",
             "tasks.keypair_tasks",
             "tasks.batch_tasks",
+            "tasks.read_tasks",
             "tasks.maintenance_tasks",
         ],
         amqp=RedactingAMQP,

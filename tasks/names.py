@@ -12,6 +12,10 @@ SESSION_TERMINATE: Final = "sokovan.session.terminate"
 # Many sessions in one message: one task and one pull run for the lot.
 SESSIONS_CREATE: Final = "sokovan.sessions.create"
 HANDLER_RUN: Final = "sokovan.handler.run"
+# Reads for a manager: the JSON documents the CLI's --json prints (README).
+SESSION_GET: Final = "sokovan.session.get"
+SESSION_LIST: Final = "sokovan.session.list"
+RUN_GET: Final = "sokovan.run.get"
 AGENTS_SYNC: Final = "sokovan.agents.sync"
 # Node maintenance and registration of agents that do not register themselves.
 AGENTS_REGISTER: Final = "sokovan.agents.register"
@@ -25,6 +29,9 @@ PUBLIC: Final = (
     SESSION_TERMINATE,
     SESSIONS_CREATE,
     HANDLER_RUN,
+    SESSION_GET,
+    SESSION_LIST,
+    RUN_GET,
     AGENTS_SYNC,
     AGENTS_REGISTER,
     AGENTS_CORDON,
