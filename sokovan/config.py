@@ -89,6 +89,9 @@ class Settings:
     record_empty_beat_runs: bool = False
     # Max items per run per handler (0 = no bound), e.g. SOKOVAN_BUDGETS="sweep_stale_kernels=5000".
     budgets: Mapping[str, int] = field(default_factory=dict)
+    # Reclaim policies per scaling group as JSON (docs/operator/settings.md#reclaim), e.g.
+    # {"default": {"idle_timeout": 3600, "grace_period": 600}}; empty: nothing is reclaimed.
+    reclaim_policies: str = ""
     # Agent pool.
     agent_pool_size: int = C.AGENT_POOL_SIZE
     agent_failure_threshold: int = C.AGENT_FAILURE_THRESHOLD
@@ -295,4 +298,8 @@ def load_settings(
     if "redis_url" not in values and "embedded_valkey_port" in values:
         # The default URL follows the embedded server's port: one setting moves both.
         values["redis_url"] = f"redis://127.0.0.1:{values['embedded_valkey_port']}/0"
-    return Settings(**values)
+    settings = Settings(**values)
+    from sokovan.reclaim_policy import parse_policies
+
+    parse_policies(settings.reclaim_policies)  # a bad policy fails at start, naming the field
+    return settings

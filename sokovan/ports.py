@@ -116,6 +116,22 @@ class PresenceReader(Protocol):
         ...
 
 
+class ActivityStore(Protocol):
+    """Kernel utilization as agents report it, and sessions' last activity (sokovan.activity)."""
+
+    async def utilization(self, kernel_ids: Collection[KernelId]) -> dict[KernelId, float]:
+        """CPU utilization (percent of a core) per kernel; kernels without data are absent."""
+        ...
+
+    async def last_activity(self, session_ids: Collection[SessionId]) -> dict[SessionId, datetime]:
+        """The newest activity stamp per session; sessions never stamped are absent."""
+        ...
+
+    async def touch(self, stamps: Mapping[SessionId, datetime]) -> None:
+        """Records activity; a stamp never moves back in time."""
+        ...
+
+
 class FanOut(Protocol):
     """Runs one task per agent batch and completes the run when all have answered."""
 
