@@ -92,6 +92,8 @@ class Settings:
     # Reclaim policies per scaling group as JSON (docs/operator/settings.md#reclaim), e.g.
     # {"default": {"idle_timeout": 3600, "grace_period": 600}}; empty: nothing is reclaimed.
     reclaim_policies: str = ""
+    # How often reference agents write their process kernels' CPU utilization (seconds).
+    kernel_stats_interval: float = C.KERNEL_STATS_INTERVAL_SEC
     # Agent pool.
     agent_pool_size: int = C.AGENT_POOL_SIZE
     agent_failure_threshold: int = C.AGENT_FAILURE_THRESHOLD

@@ -276,6 +276,12 @@ class TerminateSessionPayload(Payload):
     )
 
 
+class TouchSessionPayload(Payload):
+    """`sokovan.session.touch(session_id)`: the manager saw the session in use just now."""
+
+    session_id: Uuid = Field(description="An unknown id is a NotFound refusal.")
+
+
 class RunHandlerPayload(Payload):
     """`sokovan.handler.run(handler, trigger, scope, budget)`."""
 

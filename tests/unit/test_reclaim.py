@@ -101,7 +101,7 @@ async def test_sc_re_002_touch_counts_as_activity() -> None:
 
 async def test_missing_figures_are_not_idleness() -> None:
     store = InMemoryStore()
-    known, unknown = session(store, 600), session(store, 600)
+    known, _unknown = session(store, 600), session(store, 600)
     activity = FakeActivity({kid(known): 0.0})
     plan = await handler(store, activity, idle_timeout=300).plan(RUN, None, 0)
     assert [o.item_id for o in plan.outcomes] == [str(known.id)]
@@ -112,9 +112,9 @@ async def test_sc_re_003_grace_period() -> None:
     store = InMemoryStore()
     fresh = session(store, 100)
     activity = FakeActivity({kid(fresh): 0.0})
-    plan = await handler(
-        store, activity, max_lifetime=10, idle_timeout=10, grace_period=600
-    ).plan(RUN, None, 0)
+    plan = await handler(store, activity, max_lifetime=10, idle_timeout=10, grace_period=600).plan(
+        RUN, None, 0
+    )
     assert plan.outcomes == ()
     assert (await store.get_session(fresh.id)).status == SessionStatus.RUNNING
 
@@ -147,9 +147,7 @@ async def test_sc_re_005_brake_on_missing_figures() -> None:
     """SC-RE-005: utilization missing for every kernel -> held, even lifetime waits."""
     store = InMemoryStore()
     old = session(store, 7200)
-    plan = await handler(
-        store, FakeActivity(), idle_timeout=60, max_lifetime=60
-    ).plan(RUN, None, 0)
+    plan = await handler(store, FakeActivity(), idle_timeout=60, max_lifetime=60).plan(RUN, None, 0)
     assert plan.held is not None and "missing" in plan.held
     assert (await store.get_session(old.id)).status == SessionStatus.RUNNING
 
