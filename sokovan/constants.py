@@ -392,5 +392,5 @@ ACTIVITY_TTL_SEC: Final = 7 * 24 * 3600
 # Termination reasons of reclaimed sessions (Backend.AI's idle checkers' names).
 LIFETIME_EXCEEDED_REASON: Final = "LIFETIME_EXCEEDED"
 IDLE_TIMEOUT_REASON: Final = "IDLE_TIMEOUT"
-# A process kernel's environ variable: "busy" runs a CPU loop instead of sleeping.
-KERNEL_LOAD_ENV: Final = "SOKOVAN_KERNEL_LOAD"
+# A process kernel's environ variable (not a setting): "busy" runs a CPU loop instead of sleeping.
+KERNEL_LOAD_ENV: Final = "REFERENCE_KERNEL_LOAD"

@@ -453,6 +453,7 @@ PUBLIC_PAYLOADS: Final[dict[str, type[Payload]]] = {
     "sokovan.session.create": CreateSessionRequest,
     "sokovan.sessions.create": CreateSessionsPayload,
     "sokovan.session.terminate": TerminateSessionPayload,
+    "sokovan.session.touch": TouchSessionPayload,
     "sokovan.handler.run": RunHandlerPayload,
     "sokovan.session.get": GetSessionPayload,
     "sokovan.session.list": ListSessionsPayload,

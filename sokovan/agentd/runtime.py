@@ -98,7 +98,7 @@ def _die_with_parent() -> None:
 
 def kernel_command(environ: Mapping[str, str] | None = None) -> list[str]:
     """The program a process kernel runs: something that idles until killed, or with
-    SOKOVAN_KERNEL_LOAD=busy in its environ, a CPU loop (reclaim's busy kernels)."""
+    REFERENCE_KERNEL_LOAD=busy in its environ, a CPU loop (reclaim's busy kernels)."""
     if (environ or {}).get(C.KERNEL_LOAD_ENV) == "busy":
         return [sys.executable, "-c", "while True: pass"]
     sleep = shutil.which("sleep")
