@@ -132,13 +132,17 @@ def held_runs(c: Cluster) -> list[str]:
 
 
 async def test_sc_re_005_brake_share_holds(tmp_path: Path, valkey_url: str) -> None:
-    """SC-RE-005: three idle sessions, a brake share of 0.5: the run is held, none ends."""
-    policy = {"idle_timeout": 10, "brake_share": 0.5}
+    """SC-RE-005: Given three sessions idle past the timeout at once (reclaim paused while
+    they start, so none goes alone first) and a brake share of 0.5, when reclaim resumes, the
+    run is held and none ends."""
+    policy = {"idle_timeout": 3, "brake_share": 0.5}
     async with reclaiming(tmp_path, valkey_url, policy) as c:
-        sids = [c.create() for _ in range(3)]  # all RUNNING well before any is idle
-        for sid in sids:
-            c.wait_status(sid, SessionStatus.RUNNING)
+        c.ledger.set_paused(RECLAIM, True, "sessions starting")
+        sids = [start(c) for _ in range(3)]
+        await asyncio.sleep(4)
+        c.ledger.set_paused(RECLAIM, False)
         wait_for(lambda: any("brake share" in n for n in held_runs(c)), timeout=60, what="a hold")
+        await asyncio.sleep(3)
         assert all(c.session(s).status == SessionStatus.RUNNING for s in sids)
         assert set(map(str, sids)) <= set(items(c, "braked"))
 
