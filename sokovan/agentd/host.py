@@ -77,10 +77,16 @@ class AgentHost:
         await _first_contact(redis)
         presence = ValkeyPresence(_presence_client(self.options), ttl=self.options.presence_ttl)
         self._presence = presence
-        for spec in self.specs:
-            agent = ReferenceAgent(spec, make_runtime(spec.runtime), presence)
-            self._peers.append(await open_peer(agent, self._curve_auth(spec.agent_id)))
-            self.agents.append(agent)
+        started_at = await presence.server_time()
+        self.agents = [
+            ReferenceAgent(spec, make_runtime(spec.runtime), presence, started_at)
+            for spec in self.specs
+        ]
+        # Presence first, before serving or registering: once the manager learns of this
+        # instance, every kernel it runs carries a presence stamp newer than its start.
+        await self._refresh_presence()
+        for agent in self.agents:
+            self._peers.append(await open_peer(agent, self._curve_auth(agent.agent_id)))
         await self._heartbeat()
         opts = self.options
         self._tasks = [

@@ -10,6 +10,7 @@ from redis.asyncio import Redis
 
 from sokovan import constants as C
 from sokovan.db.repository import AgentRow, SchedulerRepository
+from sokovan.scheduler.terminator.identity import reported_start
 from sokovan.types import AgentId, AgentLiveness, ResourceSlot, utcnow
 
 log = logging.getLogger(__name__)
@@ -41,13 +42,13 @@ async def sync_agents(
                 capacity=ResourceSlot.from_json(info.get("capacity")),
             )
             instance = info.get("instance_id")
-        except (ValueError, KeyError, TypeError) as e:
+            started_at = reported_start(info)
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
             log.warning("agent %s has an unreadable registration: %s", agent_id, e)
             continue
         await asyncio.to_thread(repo.upsert_agent, row, keep_status=True)
-        await asyncio.to_thread(
-            repo.record_instance, row.id, None if instance is None else str(instance), now
-        )
+        instance_id = None if instance is None else str(instance)
+        await asyncio.to_thread(repo.record_instance, row.id, instance_id, now, started_at)
         seen.add(agent_id)
         if not fresh:
             stale.append(row.id)
