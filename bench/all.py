@@ -116,7 +116,7 @@ async def main(mode: str) -> int:
         got = await _one(name, functools.partial(runner, args), LIMIT_SEC[mode])
         print_figures(f"bench.{name}", got)
         figures += got
-    if mode != "smoke":  # a lease must lapse: it takes tens of seconds whatever the size
+    if mode != "smoke":  # workers killed and started again: tens of seconds whatever the size
         figures += await _one("recovery", recovery.figures, LIMIT_SEC[mode])
     got = await _one("rpc", lambda: rpc_figures(sizes["rpc"]), LIMIT_SEC[mode])
     print_figures("bench.rpc", got)

@@ -27,6 +27,7 @@ from redis.asyncio import Redis
 
 from sokovan.constants import AGENT_CALL_TIMEOUT_SEC
 from sokovan.db.ledger import RunLedger
+from sokovan.db.offload import OffloadedStore
 from sokovan.db.repository import SchedulerRepository
 from sokovan.db.schema import kernels, sessions
 from sokovan.embedded import EmbeddedValkey
@@ -139,7 +140,7 @@ async def stack(
         )
         redis: Redis = Redis.from_url(senv.settings.redis_url)
         try:
-            await sync_agents(redis, repo)
+            await sync_agents(redis, OffloadedStore(repo))
         finally:
             await redis.aclose()
         worker = None

@@ -44,6 +44,7 @@ from bench.harness import (
 from bench.timeline import cpu_seconds, print_runs
 from sokovan.bootstrap import build_agent_pool
 from sokovan.constants import AGENT_CALL_TIMEOUT_SEC, WORKER_CONCURRENCY
+from sokovan.db.offload import OffloadedStore
 from sokovan.db.schema import keypair_pool, sessions
 from sokovan.ports import AgentClientPool
 from sokovan.scheduler.launcher.keys import generate_cluster_ssh_keypair
@@ -218,9 +219,9 @@ async def run(args: argparse.Namespace) -> list[Figure]:
     ) as st:
         # The baseline's loop is busy making keys, so it reads replies late: with the
         # product's call timeout it loses calls, and the losses are printed.
-        pool = build_agent_pool(st.senv.settings, st.repo)
+        pool = build_agent_pool(st.senv.settings, OffloadedStore(st.repo))
         # Its own clients: agents the keypair baseline timed out on are not held against it.
-        bare_pool = build_agent_pool(st.senv.settings, st.repo)
+        bare_pool = build_agent_pool(st.senv.settings, OffloadedStore(st.repo))
         try:
             # Warm-up: images land on every agent, clients connect on both sides.
             await ours(st, args.agents, "warm-", args.timeout)

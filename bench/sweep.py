@@ -167,7 +167,9 @@ async def baseline(services: Services, scope: list[str] | None) -> dict[str, Any
     began = time.monotonic()
     report = await services.coordinator.run(HANDLER, RunTrigger.API, scope)
     ended = time.monotonic()
-    unverified = -1 if report.run_id is None else services.ledger.get_run(report.run_id).skipped
+    unverified = (
+        -1 if report.run_id is None else services.ledger.sync.get_run(report.run_id).skipped
+    )
     return {
         "unverified": unverified,
         "status": str(report.status),

@@ -34,6 +34,7 @@ from bench.harness import (
 )
 from sokovan.bootstrap import build_agent_pool
 from sokovan.constants import AGENT_CALL_TIMEOUT_SEC, WORKER_CONCURRENCY
+from sokovan.db.offload import OffloadedStore
 from sokovan.db.schema import kernels, sessions
 from sokovan.ports import AgentClientPool
 from sokovan.scheduler.terminator.destroy import DestroyJob, destroy_with_client
@@ -114,7 +115,7 @@ async def baseline(st: Stack, pool: AgentClientPool, kernels_total: int) -> dict
     await asyncio.to_thread(
         repo.transition_kernels, destroyed, KernelStatus.TERMINATED, NON_TERMINAL_KERNEL
     )
-    await asyncio.to_thread(finish_terminated_sessions, repo, [s.id for s in found])
+    await finish_terminated_sessions(OffloadedStore(repo), [s.id for s in found])
     ended = time.monotonic()
     timeouts, other = timeout_split([str(r.error) for r in results if not r.success])
     return {
@@ -141,7 +142,7 @@ async def run(args: argparse.Namespace) -> list[Figure]:
         worker_concurrency=args.concurrency,
         settings={"agent_call_timeout": str(args.call_timeout)},
     ) as st:
-        pool = build_agent_pool(st.senv.settings, st.repo)
+        pool = build_agent_pool(st.senv.settings, OffloadedStore(st.repo))
         try:
             # Warm-up: one kernel per agent, so both sides start with connected clients.
             ids = st.agent_ids

@@ -177,7 +177,7 @@ def start_cluster(stack: ExitStack, var_dir: Path, secure: bool = False) -> tupl
         async def sync() -> dict[str, int]:
             redis = build_redis(settings)  # asyncio: one per event loop
             try:
-                return await sync_agents(redis, repo)
+                return await sync_agents(redis, adapters.store)
             finally:
                 await redis.aclose()
 

@@ -8,6 +8,7 @@ from functools import cached_property
 
 import redis as sync_redis
 import sqlalchemy as sa
+from redis import Redis as SyncRedis
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry as SyncRetry
@@ -17,12 +18,20 @@ from sokovan.config import Settings
 from sokovan.db.engine import create_engine
 from sokovan.db.keypool import SqlKeypairPool
 from sokovan.db.ledger import RunLedger
+from sokovan.db.offload import (
+    OffloadedKeypairPool,
+    OffloadedLedger,
+    OffloadedSecretEnviron,
+    OffloadedSecrets,
+    OffloadedStore,
+)
 from sokovan.db.repository import SchedulerRepository
 from sokovan.db.secret_environ import SqlSecretEnviron
 from sokovan.db.secrets import SqlSecretStore, load_or_create_key
 from sokovan.db.stats import RunStats
 from sokovan.ports import (
     AgentClientPool,
+    AgentDirectory,
     Claims,
     FanOut,
     FanOutTracking,
@@ -65,6 +74,14 @@ def build_redis(settings: Settings) -> Redis:
     return Redis.from_pool(pool)
 
 
+def build_node_redis(settings: Settings) -> SyncRedis:
+    """A blocking client for a worker's liveness beat, which runs in a thread of its own."""
+    # Short timeouts: a beat that cannot get through is skipped and the next one tried.
+    return SyncRedis.from_url(
+        settings.redis_url, socket_timeout=C.NODE_BEAT_SEC, socket_connect_timeout=C.NODE_BEAT_SEC
+    )
+
+
 def build_presence_redis(settings: Settings) -> Redis:
     """A client of the presence store, where agents write kernel presence."""
     return build_redis(replace(settings, redis_url=settings.effective_presence_url))
@@ -100,11 +117,21 @@ def build_secret_environ(settings: Settings, engine: sa.Engine) -> SqlSecretEnvi
     return SqlSecretEnviron(engine, key, settings.secret_env_patterns)
 
 
-def build_agent_pool(settings: Settings, repository: SchedulerRepository) -> AgentClientPool:
+def build_agent_pool(settings: Settings, directory: AgentDirectory) -> AgentClientPool:
     """The agent client pool, resolving addresses from the agents table."""
     from sokovan.agent.pool import AgentClientPool as Pool
 
-    return Pool(repository, settings)
+    return Pool(directory, settings)
+
+
+def build_store(engine: sa.Engine) -> OffloadedStore:
+    """The scheduler's tables as the domain awaits them (the repository, offloaded)."""
+    return OffloadedStore(SchedulerRepository(engine))
+
+
+def build_ledger(engine: sa.Engine) -> OffloadedLedger:
+    """The run ledger as the domain awaits it; `.sync` for synchronous callers."""
+    return OffloadedLedger(RunLedger(engine))
 
 
 def build_network_plugins() -> dict[str, NetworkPlugin]:
@@ -115,18 +142,21 @@ def build_network_plugins() -> dict[str, NetworkPlugin]:
 
 @dataclass
 class Services:
-    """Everything a worker process uses, built once per process."""
+    """Everything a worker process uses, built once per process.
+
+    `repository` and `ledger` are the async ports; their `.sync` is the SQL store itself.
+    """
 
     settings: Settings
     engine: sa.Engine
-    repository: SchedulerRepository
-    ledger: RunLedger
+    repository: OffloadedStore
+    ledger: OffloadedLedger
     redis: Redis
     presence: PresenceReader
     pool: AgentClientPool
     terminator: SessionTerminator
     coordinator: Coordinator
-    secrets: SqlSecretStore
+    secrets: OffloadedSecrets
     keys: ClusterKeys
     context: HandlerContext
     secret_environ: SqlSecretEnviron
@@ -160,11 +190,14 @@ async def build_services(
     tracker: FanOutTracking | None = None,
     network_plugins: dict[str, NetworkPlugin] | None = None,
     refiller: KeypairRefiller | None = None,
+    holder: str | None = None,
 ) -> Services:
-    """Builds the services inside the event loop that will use them; any adapter may be given."""
+    """Builds the services inside the event loop that will use them; any adapter may be given.
+
+    `holder` is the worker incarnation this process belongs to (sokovan.scheduler.leases)."""
     engine = engine or build_engine(settings)
-    repository = SchedulerRepository(engine)
-    ledger = RunLedger(engine)
+    repository = build_store(engine)
+    ledger = build_ledger(engine)
     redis = redis or build_redis(settings)
     presence_redis = None if presence is not None else build_presence_redis(settings)
     presence = presence or ValkeyPresence(
@@ -177,7 +210,7 @@ async def build_services(
     tracker = tracker or FanOutTracker(redis)
     coordinator = Coordinator(
         ledger=ledger,
-        claims=claims or RedisClaims(redis),
+        claims=claims or RedisClaims(redis, holder=holder),
         kicker=kicker,
         tracker=tracker,
         claim_lifetime=settings.claim_lifetime,
@@ -195,10 +228,10 @@ async def build_services(
         verify_identity=True,
     )
     key = load_or_create_key(settings.secret_key, settings.var_dir)
-    secrets = SqlSecretStore(engine, key)
+    secrets = OffloadedSecrets(SqlSecretStore(engine, key))
     secret_environ = SqlSecretEnviron(engine, key, settings.secret_env_patterns)
     keys = ClusterKeys(
-        SqlKeypairPool(engine, key),
+        OffloadedKeypairPool(SqlKeypairPool(engine, key)),
         key_type=settings.keypair_type,
         target=settings.keypair_pool_size,
         refiller=refiller,
@@ -213,7 +246,9 @@ async def build_services(
         secrets=secrets,
         fanout=tracked,
         network_plugins=plugins,
-        environs=StoredKernelEnvirons(repository.sessions_by_ids, secret_environ),
+        environs=StoredKernelEnvirons(
+            repository.sessions_by_ids, OffloadedSecretEnviron(secret_environ)
+        ),
         keys=keys,
     )
     for runtime in build_handlers(context):
@@ -257,6 +292,11 @@ class Adapters:
     @cached_property
     def ledger(self) -> RunLedger:
         return RunLedger(self.engine)
+
+    @cached_property
+    def store(self) -> OffloadedStore:
+        """The repository as the domain awaits it (its calls offloaded to a thread)."""
+        return OffloadedStore(self.repository)
 
     @cached_property
     def stats(self) -> RunStats:

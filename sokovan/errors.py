@@ -4,6 +4,7 @@ SokovanError                 the operation cannot go on
 ├── ConfigError              a setting is missing or malformed
 ├── InvalidRequest           a caller's input was refused before anything was created
 │   ├── UnknownAgent
+│   ├── AgentCordoned        a named agent takes no new kernel (cordoned or draining)
 │   ├── NoCapacity
 │   ├── UnknownImage         (also a ValueError)
 │   └── EmptySession         a session to start has no kernels (also a ValueError)
@@ -51,6 +52,10 @@ class InvalidRequest(SokovanError):
 
 class UnknownAgent(InvalidRequest):
     """An agent id that is not registered."""
+
+
+class AgentCordoned(InvalidRequest):
+    """A request names an agent that takes no new kernel (cordoned or draining)."""
 
 
 class NoCapacity(InvalidRequest):

@@ -1,21 +1,35 @@
-"""Ports: what the domain needs from the outside, as Protocols. Fakes in sokovan/testing.py."""
+"""Ports: what the domain needs from the outside, as Protocols. Stubs in sokovan/testing.py
+and sokovan/store_stub.py; the SQL stores reach the domain through the offload adapter (db/)."""
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Any, Protocol
 
+from sokovan.errors import SokovanError
+from sokovan.records import (
+    AgentContact,
+    AgentRow,
+    Leftover,
+    Scheduled,
+    SessionRequest,
+    Submitted,
+    SweepRow,
+)
 from sokovan.types import (
     AgentAddress,
     AgentBatch,
     AgentId,
+    AgentLiveness,
     ImageConfig,
     ItemOutcome,
     KernelId,
+    KernelInfo,
     KernelMove,
     KernelPresence,
+    KernelStatus,
     Operation,
     Recorded,
     RunId,
@@ -23,6 +37,8 @@ from sokovan.types import (
     RunStatus,
     RunTrigger,
     SessionId,
+    SessionInfo,
+    SessionStatus,
 )
 
 
@@ -192,6 +208,19 @@ class Claims(Protocol):
         """Clears and returns the pending note."""
         ...
 
+    async def hold(self, token: str) -> None:
+        """Notes that this worker does a piece of the work of the run under `token`."""
+        ...
+
+    async def unhold(self, token: str) -> None:
+        """Notes that that piece of work ended (done, failed or given up)."""
+        ...
+
+    async def gone_holders(self, token: str, run_id: int | None = None) -> list[str]:
+        """The workers that were doing work under `token` (or held batches of `run_id`)
+        when they died or restarted."""
+        ...
+
 
 class FanOutTracking(Protocol):
     """Counts a run's fan-outs so the run closes once planning is over and all reported."""
@@ -208,11 +237,11 @@ class FanOutTracking(Protocol):
 
 
 class Ledger(Protocol):
-    """The run ledger as the coordinator uses it (sokovan.db.ledger.RunLedger in production)."""
+    """The run ledger as the domain uses it (an offloaded RunLedger in production)."""
 
-    def is_paused(self, handler: str) -> bool: ...
+    async def is_paused(self, handler: str) -> bool: ...
 
-    def open_run(
+    async def open_run(
         self,
         handler: str,
         trigger: RunTrigger | str,
@@ -226,15 +255,17 @@ class Ledger(Protocol):
         operation: str | None = None,
     ) -> RunId: ...
 
-    def update_run(self, run_id: RunId, **values: Any) -> None: ...
+    async def update_run(self, run_id: RunId, **values: Any) -> None: ...
 
-    def record_items(self, run_id: RunId, outcomes: Sequence[ItemOutcome]) -> int: ...
+    async def record_items(self, run_id: RunId, outcomes: Sequence[ItemOutcome]) -> int: ...
 
-    def record_and_move(
+    async def record_and_move(
         self, run_id: RunId, outcomes: Sequence[ItemOutcome], moves: Sequence[KernelMove] = ()
-    ) -> Recorded: ...
+    ) -> Recorded:
+        """Records outcomes and applies `moves` in one transaction while the run lives."""
+        ...
 
-    def close_run(
+    async def close_run(
         self,
         run_id: RunId,
         *,
@@ -245,21 +276,284 @@ class Ledger(Protocol):
         partial: bool = False,
     ) -> RunRecord | None: ...
 
-    def finish_as(self, run_id: RunId, status: RunStatus, note: str) -> bool: ...
+    async def finish_as(self, run_id: RunId, status: RunStatus, note: str) -> bool: ...
 
-    def recount(self, run_id: RunId) -> None: ...
+    async def recount(self, run_id: RunId) -> None: ...
 
-    def get_run(self, run_id: RunId) -> RunRecord: ...
+    async def get_run(self, run_id: RunId) -> RunRecord: ...
 
-    def running(self, handler: str | None = None) -> list[RunRecord]: ...
+    async def running(self, handler: str | None = None) -> list[RunRecord]: ...
 
-    def outcomes(self, run_id: RunId) -> list[ItemOutcome]: ...
+    async def outcomes(self, run_id: RunId) -> list[ItemOutcome]: ...
 
-    def running_past_deadline(self, now: datetime | None = None) -> list[RunRecord]: ...
+    async def running_past_deadline(self, now: datetime | None = None) -> list[RunRecord]: ...
 
-    def discard_run(self, run_id: RunId) -> None: ...
+    async def discard_run(self, run_id: RunId) -> None: ...
 
-    def prune(self, older_than: datetime) -> int: ...
+    async def prune(self, older_than: datetime) -> int: ...
+
+
+class SweepPages(Protocol):
+    """A sweep's kernels, read a page at a time; close it on every way out."""
+
+    async def next_page(self) -> list[SweepRow] | None:
+        """The next page, or None once every kernel was read."""
+        ...
+
+    async def close(self) -> None:
+        """Releases the read (its connection) early."""
+        ...
+
+
+class SessionStore(Protocol):
+    """Sessions and their kernels: reads, and guarded status moves."""
+
+    async def get_session(self, session_id: SessionId) -> SessionInfo:
+        """The session; raises NotFound."""
+        ...
+
+    async def sessions_by_ids(self, ids: Collection[SessionId]) -> list[SessionInfo]: ...
+
+    async def sessions_in(
+        self,
+        statuses: Collection[SessionStatus],
+        *,
+        limit: int = 0,
+        only: Collection[SessionId] | None = None,
+    ) -> list[SessionInfo]:
+        """Sessions in `statuses`, oldest status change first, at most `limit` (0: all)."""
+        ...
+
+    async def sessions_to_destroy(
+        self,
+        statuses: Collection[SessionStatus],
+        *,
+        limit: int = 0,
+        only: Collection[SessionId] | None = None,
+    ) -> list[SessionInfo]:
+        """Like `sessions_in`, with only what destroying their kernels needs."""
+        ...
+
+    async def image_configs(self, names: Iterable[str] | None = None) -> dict[str, ImageConfig]: ...
+
+    async def merge_session_status_data(
+        self, session_id: SessionId, data: Mapping[str, Any]
+    ) -> None: ...
+
+    async def set_session_deadline(self, session_id: SessionId, when: datetime) -> None: ...
+
+    async def transition_sessions(
+        self,
+        session_ids: Collection[SessionId],
+        to: SessionStatus,
+        allowed_from: Collection[SessionStatus],
+        *,
+        status_info: str | None = None,
+    ) -> list[SessionId]:
+        """Moves the sessions in `allowed_from` to `to`; returns the ones that moved."""
+        ...
+
+    async def transition_kernels(
+        self,
+        kernel_ids: Collection[KernelId],
+        to: KernelStatus,
+        allowed_from: Collection[KernelStatus],
+        *,
+        status_info: str | None = None,
+        values: Mapping[KernelId, Mapping[str, Any]] | None = None,
+    ) -> list[KernelId]:
+        """Moves the kernels in `allowed_from` to `to`; returns the ones that moved."""
+        ...
+
+    async def kernel_statuses_by_session(
+        self, session_ids: Collection[SessionId]
+    ) -> dict[SessionId, list[KernelStatus]]: ...
+
+    async def finish_sessions(self, session_ids: Collection[SessionId]) -> list[SessionId]:
+        """Moves TERMINATING sessions whose kernels are all terminal to TERMINATED."""
+        ...
+
+    async def note_kernel_attempts(
+        self,
+        errors: Mapping[KernelId, str],
+        *,
+        base: float,
+        cap: float,
+        now: datetime | None = None,
+    ) -> dict[KernelId, int]:
+        """Counts one more failed try per kernel; returns each kernel's count."""
+        ...
+
+    async def kernels_to_sweep(
+        self,
+        statuses: Collection[KernelStatus],
+        *,
+        limit: int = 0,
+        only: Collection[KernelId] | None = None,
+    ) -> list[KernelInfo]: ...
+
+    def sweep_pages(
+        self,
+        statuses: Collection[KernelStatus],
+        *,
+        page_size: int,
+        limit: int = 0,
+        only: Collection[KernelId] | None = None,
+    ) -> SweepPages:
+        """Kernels to sweep as plain rows, a page at a time; nothing is read before the first."""
+        ...
+
+    async def sweep_ids_on_agents(
+        self,
+        statuses: Collection[KernelStatus],
+        agent_ids: Collection[AgentId],
+        *,
+        only: Collection[KernelId] | None = None,
+    ) -> list[str]:
+        """Ids of the kernels to sweep that these agents host, as `sweep_pages` gives them."""
+        ...
+
+    async def cancel_pending(self, session_id: SessionId, reason: str) -> bool:
+        """Cancels a session still PENDING; False if it was placed meanwhile."""
+        ...
+
+    async def pending_count(self) -> int: ...
+
+
+class SecretBinder(Protocol):
+    """Binds a request's secret variables to its session, encrypted in its transaction."""
+
+    def bind(
+        self, session_id: SessionId, environ: Mapping[str, str], conn: Any = None
+    ) -> dict[str, str]:
+        """Stores the secrets encrypted (in `conn`'s transaction); returns the clear ones."""
+        ...
+
+
+class SessionQueue(Protocol):
+    """Submissions placed on agents or queued, and the queue placed as room frees."""
+
+    async def submit_session(
+        self, request: SessionRequest, secrets: SecretBinder | None = None
+    ) -> Submitted:
+        """Places and stores a session (PENDING if it must wait); raises on refusal."""
+        ...
+
+    async def submit_sessions(
+        self, requests: Sequence[SessionRequest], secrets: SecretBinder | None = None
+    ) -> list[Submitted | SokovanError]:
+        """Places and stores each request; a refused one gets its error in its place."""
+        ...
+
+    async def schedule_pending(self, budget: int = 0) -> Scheduled:
+        """Places PENDING sessions oldest first, per scaling group, while the head fits."""
+        ...
+
+
+class AgentStore(Protocol):
+    """Registered agents, their liveness and the kernels they hold."""
+
+    async def upsert_agent(self, agent: AgentRow, *, keep_status: bool = False) -> None: ...
+
+    async def list_agents(self, scaling_group: str | None = None) -> list[AgentRow]: ...
+
+    async def record_instance(
+        self,
+        agent_id: AgentId,
+        instance_id: str | None,
+        now: datetime,
+        started_at: datetime | None = None,
+    ) -> None:
+        """An agent's instance marker; a new one is a restart, since `started_at` (else now)."""
+        ...
+
+    async def record_contact(
+        self,
+        agent_id: AgentId,
+        instance_id: str | None,
+        now: datetime,
+        started_at: datetime | None = None,
+    ) -> None: ...
+
+    async def agents_restarted_since(self, since: datetime) -> dict[AgentId, datetime]:
+        """Agents whose current instance started at `since` or later, with that start."""
+        ...
+
+    async def agent_contacts(self) -> list[AgentContact]: ...
+
+    async def mark_liveness(
+        self, agent_ids: Collection[AgentId], status: AgentLiveness, now: datetime
+    ) -> None: ...
+
+    async def agent_states(self, agent_ids: Collection[AgentId]) -> dict[AgentId, tuple[str, Any]]:
+        """Liveness and its last change per agent; unknown agents are left out."""
+        ...
+
+    async def live_kernel_infos(self, agent_ids: Collection[AgentId]) -> list[KernelInfo]:
+        """Non-terminal kernels on these agents."""
+        ...
+
+
+class MaintenanceStore(Protocol):
+    """Agents cordoned or drained for maintenance, and what still runs on them."""
+
+    async def cordon_agent(self, agent_id: AgentId) -> AgentRow:
+        """Stops placements on the agent; raises UnknownAgent."""
+        ...
+
+    async def uncordon_agent(self, agent_id: AgentId) -> AgentRow:
+        """Lets placement use the agent again and ends any drain; raises UnknownAgent."""
+        ...
+
+    async def start_drain(self, agent_id: AgentId, mode: str, deadline: datetime) -> AgentRow:
+        """Cordons the agent and records the drain; raises UnknownAgent."""
+        ...
+
+    async def draining_agents(self) -> list[AgentRow]: ...
+
+    async def finish_drain(self, agent_id: AgentId) -> bool:
+        """Marks the drain done if no live kernel is left on the agent."""
+        ...
+
+    async def sessions_on_agent(self, agent_id: AgentId) -> dict[SessionId, SessionStatus]:
+        """Sessions with a live kernel on the agent, and their statuses."""
+        ...
+
+    async def bring_deadlines_forward(
+        self, session_ids: Collection[SessionId], when: datetime
+    ) -> int:
+        """Sessions' deadlines no later than `when`; returns how many changed."""
+        ...
+
+
+class LeftoverStore(Protocol):
+    """Kernels given up on whose containers may still exist on their agents."""
+
+    async def remember_leftovers(self, items: Sequence[Leftover]) -> int: ...
+
+    async def leftovers(self, kernel_ids: Collection[KernelId] | None = None) -> list[Leftover]: ...
+
+    async def leftovers_due(self, now: datetime | None = None, limit: int = 0) -> list[Leftover]:
+        """Leftovers whose next destroy attempt is due, oldest first."""
+        ...
+
+    async def leftovers_destroyed(self, kernel_ids: Collection[KernelId]) -> None: ...
+
+    async def leftovers_failed(
+        self, errors: Mapping[KernelId, str], *, base: float, cap: float
+    ) -> None: ...
+
+
+class SchedulerStore(
+    SessionStore,
+    SessionQueue,
+    AgentStore,
+    MaintenanceStore,
+    LeftoverStore,
+    SessionRecorder,
+    Protocol,
+):
+    """Everything the scheduler's handlers read and write in the database."""
 
 
 class SecretEnvironStore(Protocol):

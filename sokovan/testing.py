@@ -1,4 +1,6 @@
-"""In-memory stubs of every port, for unit tests and the test rig: they record what happened."""
+"""In-memory stubs of the ports, for unit tests and the test rig: they record what happened.
+
+The SchedulerStore stub is sokovan/store_stub.py."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapp
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from sokovan.errors import AgentUnavailable, PresenceUnavailable
 from sokovan.types import (
@@ -327,6 +329,13 @@ class InMemoryClaims:
         self._held: dict[str, tuple[str, float]] = {}
         self._pending: set[str] = set()
         self.released: list[str] = []
+        # token -> pieces of work held; a test marks a token's holder dead with `kill`.
+        self.holds: dict[str, int] = {}
+        self.dead: set[str] = set()
+
+    def kill(self, token: str) -> None:
+        """The worker doing `token`'s work dies: a hold it had is now a gone holder."""
+        self.dead.add(token)
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
@@ -367,6 +376,16 @@ class InMemoryClaims:
             return True
         return False
 
+    async def hold(self, token: str) -> None:
+        self.holds[token] = self.holds.get(token, 0) + 1
+
+    async def unhold(self, token: str) -> None:
+        self.holds[token] = self.holds.get(token, 0) - 1
+
+    async def gone_holders(self, token: str, run_id: int | None = None) -> list[str]:
+        held = self.holds.get(token, 0) > 0
+        return ["in-memory"] if held and token in self.dead else []
+
 
 class InMemoryTracker:
     """FanOutTracking over plain counters."""
@@ -387,6 +406,20 @@ class InMemoryTracker:
 
     async def planned(self, run_id: RunId) -> bool:
         return self._bump(run_id, "planned")
+
+
+class KernelMover(Protocol):
+    """Where the in-memory ledger applies the kernel moves it records."""
+
+    def transition_kernels(
+        self,
+        kernel_ids: Collection[KernelId],
+        to: KernelStatus,
+        allowed_from: Collection[KernelStatus],
+        *,
+        status_info: str | None = None,
+        values: Mapping[KernelId, Mapping[str, Any]] | None = None,
+    ) -> list[KernelId]: ...
 
 
 class InMemoryKernelStates:
@@ -425,7 +458,7 @@ class InMemoryLedger:
     """The Ledger port in memory: runs, their items and paused handlers; kernel moves go to
     `states`, with the outcomes that decided them."""
 
-    def __init__(self, states: InMemoryKernelStates | None = None) -> None:
+    def __init__(self, states: KernelMover | None = None) -> None:
         from sokovan.types import RunRecord, utcnow
 
         self.states = states if states is not None else InMemoryKernelStates()
@@ -434,10 +467,10 @@ class InMemoryLedger:
         self.runs: dict[RunId, _Run] = {}
         self.paused: set[str] = set()
 
-    def is_paused(self, handler: str) -> bool:
+    async def is_paused(self, handler: str) -> bool:
         return handler in self.paused
 
-    def open_run(
+    async def open_run(
         self,
         handler: str,
         trigger: RunTrigger | str,
@@ -461,23 +494,23 @@ class InMemoryLedger:
         )  # fmt: skip
         return run_id
 
-    def update_run(self, run_id: RunId, **values: Any) -> None:
+    async def update_run(self, run_id: RunId, **values: Any) -> None:
         run = self.runs[run_id]
         run.record = dataclasses.replace(run.record, **values)
 
-    def record_items(self, run_id: RunId, outcomes: Sequence[ItemOutcome]) -> int:
+    async def record_items(self, run_id: RunId, outcomes: Sequence[ItemOutcome]) -> int:
         items = self.runs[run_id].items
         new = [o for o in outcomes if o.item_id not in items]
         items.update((o.item_id, o) for o in new)
         return len(new)
 
-    def record_and_move(
+    async def record_and_move(
         self, run_id: RunId, outcomes: Sequence[ItemOutcome], moves: Sequence[KernelMove] = ()
     ) -> Recorded:
         """Records outcomes and applies `moves` while the run is live, else keeps nothing."""
         if self.runs[run_id].record.status != RunStatus.RUNNING:
             return Recorded(counted=False, inserted=0, moved={})
-        inserted = self.record_items(run_id, outcomes)
+        inserted = await self.record_items(run_id, outcomes)
         moved = {
             m.verdict: self.states.transition_kernels(
                 m.kernel_ids, m.to, m.allowed_from, status_info=m.status_info
@@ -492,7 +525,7 @@ class InMemoryLedger:
         failed = sum(1 for o in items if not o.ok and not o.skipped)
         return ok, failed, sum(1 for o in items if o.skipped)
 
-    def close_run(
+    async def close_run(
         self,
         run_id: RunId,
         *,
@@ -521,39 +554,39 @@ class InMemoryLedger:
         )
         return run.record
 
-    def finish_as(self, run_id: RunId, status: RunStatus, note: str) -> bool:
+    async def finish_as(self, run_id: RunId, status: RunStatus, note: str) -> bool:
         run = self.runs[run_id]
         if run.record.status != RunStatus.RUNNING:
             return False
         run.record = dataclasses.replace(
             run.record, status=status, finished_at=self._now(), note=note
         )
-        self.recount(run_id)
+        await self.recount(run_id)
         return True
 
-    def recount(self, run_id: RunId) -> None:
+    async def recount(self, run_id: RunId) -> None:
         ok, failed, skipped = self._counts(run_id)
         run = self.runs[run_id]
         run.record = dataclasses.replace(run.record, succeeded=ok, failed=failed, skipped=skipped)
 
-    def get_run(self, run_id: RunId) -> Any:
+    async def get_run(self, run_id: RunId) -> Any:
         from sokovan.errors import NotFound
 
         if run_id not in self.runs:
             raise NotFound(f"no run with id {run_id}")
         return self.runs[run_id].record
 
-    def outcomes(self, run_id: RunId) -> list[ItemOutcome]:
+    async def outcomes(self, run_id: RunId) -> list[ItemOutcome]:
         return list(self.runs[run_id].items.values())
 
-    def running(self, handler: str | None = None) -> list[Any]:
+    async def running(self, handler: str | None = None) -> list[Any]:
         return [
             r.record
             for r in self.runs.values()
             if r.record.status == RunStatus.RUNNING and handler in (None, r.record.handler)
         ]
 
-    def running_past_deadline(self, now: datetime | None = None) -> list[Any]:
+    async def running_past_deadline(self, now: datetime | None = None) -> list[Any]:
         now = now or self._now()
         return [
             r.record
@@ -563,10 +596,10 @@ class InMemoryLedger:
             and r.record.deadline_at < now
         ]
 
-    def discard_run(self, run_id: RunId) -> None:
+    async def discard_run(self, run_id: RunId) -> None:
         self.runs.pop(run_id, None)
 
-    def prune(self, older_than: datetime) -> int:
+    async def prune(self, older_than: datetime) -> int:
         old = [
             rid
             for rid, r in self.runs.items()

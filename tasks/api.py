@@ -8,6 +8,7 @@ from typing import Any
 from celery import Celery
 from celery.result import AsyncResult
 
+from sokovan import constants as C
 from sokovan.bootstrap import Adapters
 from sokovan.config import Settings, load_settings
 from tasks import names
@@ -55,4 +56,41 @@ class Scheduler:
         """sokovan.handler.run with trigger api."""
         return self.app.send_task(
             names.HANDLER_RUN, kwargs={"handler": handler, "trigger": "api", "budget": budget}
+        )
+
+    def register_agent(
+        self, agent_id: str, rpc_addr: str, *, scaling_group: str = "default", **capacity: Any
+    ) -> AsyncResult:
+        """sokovan.agents.register: an agent that does not register itself (cpu=, mem=)."""
+        kwargs: dict[str, Any] = {
+            "agent_id": agent_id,
+            "rpc_addr": rpc_addr,
+            "scaling_group": scaling_group,
+        }
+        if capacity:
+            kwargs["capacity"] = capacity
+        return self.app.send_task(names.AGENTS_REGISTER, kwargs=kwargs)
+
+    def cordon_agent(self, agent_id: str) -> AsyncResult:
+        """sokovan.agents.cordon: no new kernel on the agent; its sessions run on."""
+        return self.app.send_task(names.AGENTS_CORDON, kwargs={"agent_id": agent_id})
+
+    def uncordon_agent(self, agent_id: str) -> AsyncResult:
+        """sokovan.agents.uncordon: placement may use the agent again."""
+        return self.app.send_task(names.AGENTS_UNCORDON, kwargs={"agent_id": agent_id})
+
+    def drain_agent(
+        self,
+        agent_id: str,
+        deadline_seconds: float = C.DRAIN_DEADLINE_SEC,
+        wait_for_sessions: bool = False,
+    ) -> AsyncResult:
+        """sokovan.agents.drain: cordon, then end the agent's sessions by the deadline."""
+        return self.app.send_task(
+            names.AGENTS_DRAIN,
+            kwargs={
+                "agent_id": agent_id,
+                "deadline_seconds": deadline_seconds,
+                "wait_for_sessions": wait_for_sessions,
+            },
         )

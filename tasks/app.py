@@ -6,6 +6,8 @@ from typing import Any
 
 from celery import Celery
 
+# Imported with the app, so a worker's main process beats from its boot (worker liveness).
+import tasks.nodes  # noqa: F401
 from sokovan import constants as C
 from sokovan.config import Settings, load_settings
 from tasks.redaction import PATTERNS_KEY, RedactingAMQP, RedactingTask, install_log_filters
@@ -80,6 +82,7 @@ def create_app(settings: Settings | None = None) -> Celery:
             "tasks.handler_tasks",
             "tasks.keypair_tasks",
             "tasks.batch_tasks",
+            "tasks.maintenance_tasks",
         ],
         amqp=RedactingAMQP,
         task_cls=RedactingTask,

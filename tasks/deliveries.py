@@ -113,7 +113,7 @@ def _refuse_batch(
     outcomes = failed_outcomes(str(agent_id), items if isinstance(items, list) else [], reason)
     if run_id is not None:
         try:
-            rt.services.ledger.record_items(RunId(run_id), outcomes)
+            rt.services.ledger.sync.record_items(RunId(run_id), outcomes)
         except Exception as e:  # the chord body records them as well
             log.warning("run %s: dead-lettered outcomes not recorded: %s", run_id, e)
     return [o.to_json() for o in outcomes]

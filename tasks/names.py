@@ -13,6 +13,11 @@ SESSION_TERMINATE: Final = "sokovan.session.terminate"
 SESSIONS_CREATE: Final = "sokovan.sessions.create"
 HANDLER_RUN: Final = "sokovan.handler.run"
 AGENTS_SYNC: Final = "sokovan.agents.sync"
+# Node maintenance and registration of agents that do not register themselves.
+AGENTS_REGISTER: Final = "sokovan.agents.register"
+AGENTS_CORDON: Final = "sokovan.agents.cordon"
+AGENTS_UNCORDON: Final = "sokovan.agents.uncordon"
+AGENTS_DRAIN: Final = "sokovan.agents.drain"
 MAINTENANCE_RECOVER: Final = "sokovan.maintenance.recover"
 MAINTENANCE_PRUNE: Final = "sokovan.maintenance.prune"
 PUBLIC: Final = (
@@ -21,6 +26,10 @@ PUBLIC: Final = (
     SESSIONS_CREATE,
     HANDLER_RUN,
     AGENTS_SYNC,
+    AGENTS_REGISTER,
+    AGENTS_CORDON,
+    AGENTS_UNCORDON,
+    AGENTS_DRAIN,
     MAINTENANCE_RECOVER,
     MAINTENANCE_PRUNE,
 )

@@ -13,6 +13,7 @@ from celery.signals import worker_process_init, worker_process_shutdown
 from sokovan.bootstrap import Services, build_services
 from sokovan.config import Settings, load_settings
 from tasks.canvas import CeleryFanOut, CeleryKeypairRefiller, CeleryKicker
+from tasks.nodes import incarnation
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -33,7 +34,11 @@ class WorkerRuntime:
         self._thread.start()
         self._services = self.run(
             build_services(
-                self.settings, CeleryFanOut(), CeleryKicker(), refiller=CeleryKeypairRefiller()
+                self.settings,
+                CeleryFanOut(),
+                CeleryKicker(),
+                refiller=CeleryKeypairRefiller(),
+                holder=incarnation(),
             )
         )
         log.info("worker runtime started")

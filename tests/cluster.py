@@ -15,9 +15,10 @@ from celery import Celery
 from redis.asyncio import Redis
 
 from sokovan.db.ledger import RunLedger
+from sokovan.db.offload import OffloadedStore
 from sokovan.db.repository import SchedulerRepository
 from sokovan.scheduler.agents import sync_agents
-from sokovan.types import ImageConfig, SessionId, SessionInfo, SessionStatus
+from sokovan.types import AgentId, ImageConfig, SessionId, SessionInfo, SessionStatus
 from tasks.app import create_app
 from tests.agents import AgentProcess, agent_process
 from tests.workers import SchedulerEnv, celery_beat, celery_worker, make_env, wait_for
@@ -90,6 +91,23 @@ async def running_cluster(
             if beat:
                 extra.enter_context(celery_beat(cluster.senv))
             yield cluster
+
+
+def ghost_agent(c: Cluster, agent_id: str = "ghost") -> AgentId:
+    """Registers an agent where nothing listens (4 cores, 8 GiB) and returns its id."""
+    from sokovan.records import AgentRow
+    from sokovan.types import ResourceSlot
+    from tests.conftest import free_port
+
+    ghost = AgentId(agent_id)
+    c.repo.upsert_agent(
+        AgentRow(
+            id=ghost,
+            rpc_addr=f"tcp://127.0.0.1:{free_port()}",
+            capacity=ResourceSlot.from_json({"cpu": "4", "mem": "8589934592"}),
+        )
+    )
+    return ghost
 
 
 def kernel_rows(
@@ -166,7 +184,7 @@ async def cluster_without_worker(
     ) as procs:
         redis: Redis = Redis.from_url(senv.settings.redis_url)
         try:
-            await sync_agents(redis, repo)
+            await sync_agents(redis, OffloadedStore(repo))
         finally:
             await redis.aclose()
         yield Cluster(senv, create_app(senv.settings), repo, RunLedger(senv.engine), procs)

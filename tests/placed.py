@@ -70,7 +70,8 @@ def submit_on(c: Cluster, agent_id: str) -> SessionId:
     """A one-kernel session submitted (SCHEDULED) on `agent_id`, without kicking a handler."""
     from sokovan.admission.parse import parse_create
     from sokovan.admission.schemas import Limits
-    from sokovan.scheduler.submit import SessionRequest, submit_session
+    from sokovan.records import SessionRequest
+    from sokovan.scheduler.submit import submit_session
 
     # A quarter core each, so many fit on one reference agent (8 cores) without queueing.
     small = {"cpu": "0.25", "mem": str(2**20)}

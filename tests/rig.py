@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -12,7 +11,9 @@ from redis.asyncio import Redis
 
 from sokovan.config import Settings
 from sokovan.db.ledger import RunLedger
+from sokovan.db.offload import OffloadedLedger, OffloadedStore
 from sokovan.db.repository import NewKernel, SchedulerRepository
+from sokovan.ports import Ledger, SessionStore
 from sokovan.scheduler.claims import RedisClaims
 from sokovan.scheduler.coordinator import Coordinator
 from sokovan.scheduler.handlers import sweep_stale_kernels, terminate_sessions
@@ -48,7 +49,7 @@ class ChordFanOut:
     `running` until `release()`. `refuse` makes dispatch fail as a broker that is down.
     """
 
-    def __init__(self, ledger: RunLedger, repo: SchedulerRepository) -> None:
+    def __init__(self, ledger: Ledger, repo: SessionStore) -> None:
         self.inner = InProcessFanOut(self._execute)
         self.ledger = ledger
         self.repo = repo
@@ -73,9 +74,7 @@ class ChordFanOut:
             raise self.refuse
         fanout_id = await self.inner.dispatch(run_id, operation, batches, skipped)
         # As the Celery fan-out does, the run notes its fan-out id and operation.
-        await asyncio.to_thread(
-            self.ledger.update_run, run_id, fanout_id=fanout_id, operation=str(operation)
-        )
+        await self.ledger.update_run(run_id, fanout_id=fanout_id, operation=str(operation))
         done = self.inner.records[-1].outcomes
         if self.hold:
             # The batches ran but have not recorded yet (their tasks are still finishing).
@@ -113,6 +112,9 @@ class Rig:
     fanout: ChordFanOut
     kicker: RecordingKicker
     redis: Redis
+    # The async ports over `repo` and `ledger`, as the coordinator and handlers see them.
+    store: OffloadedStore
+    runs: OffloadedLedger
     agents: dict[str, FakeAgentClient] = field(default_factory=dict)
 
     def destroyed(self) -> list[KernelId]:
@@ -131,14 +133,15 @@ def build_rig(
 ) -> Rig:
     repo = SchedulerRepository(engine)
     ledger = RunLedger(engine)
+    store, runs = OffloadedStore(repo), OffloadedLedger(ledger)
     pool = FakeAgentClientPool()
     agents = {name: pool.add(name) for name in ("a1", "a2")}
     presence = FakePresence()
-    fanout = ChordFanOut(ledger, repo)
+    fanout = ChordFanOut(runs, store)
     tracker = FanOutTracker(redis)
     kicker = RecordingKicker()
     coordinator = Coordinator(
-        ledger=ledger,
+        ledger=runs,
         claims=RedisClaims(redis),
         kicker=kicker,
         tracker=tracker,
@@ -151,7 +154,7 @@ def build_rig(
     fanout.coordinator, fanout.terminator = coordinator, terminator
     ctx = HandlerContext(
         settings=Settings(sweep_max_stale_ratio=0.5, sweep_brake_min_kernels=10),
-        repository=repo,
+        repository=store,
         terminator=terminator,
         pool=pool,
         secrets=FakeSecretStore(),
@@ -159,7 +162,20 @@ def build_rig(
     )
     coordinator.register(terminate_sessions.build(ctx))
     coordinator.register(sweep_stale_kernels.build(ctx))
-    return Rig(engine, repo, ledger, coordinator, pool, presence, fanout, kicker, redis, agents)
+    return Rig(
+        engine,
+        repo,
+        ledger,
+        coordinator,
+        pool,
+        presence,
+        fanout,
+        kicker,
+        redis,
+        store,
+        runs,
+        agents,
+    )
 
 
 def add_session(

@@ -91,10 +91,13 @@ def celery_worker(
     timeout: float = 60.0,
     loglevel: str = "INFO",
     extra_args: Sequence[str] = (),
+    node: str | None = None,
 ) -> Iterator[WorkerProcess]:
-    """A `celery worker` subprocess on the test's broker; stopped (SIGTERM, then SIGKILL) after."""
-    name = f"test-{uuid.uuid4().hex[:8]}@localhost"
-    log = senv.var_dir / f"worker-{name.split('@')[0]}.log"
+    """A `celery worker` subprocess on the test's broker; stopped (SIGTERM, then SIGKILL) after.
+
+    `node` names it (a restart under the same name); by default each worker gets its own."""
+    name = node or f"test-{uuid.uuid4().hex[:8]}@localhost"
+    log = senv.var_dir / f"worker-{name.split('@')[0]}-{uuid.uuid4().hex[:4]}.log"
     cmd = [
         sys.executable,
         "-m",

@@ -2,24 +2,22 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sokovan.admission.parse import keywords, parse_create, validate
 from sokovan.admission.refusal import Refusal, from_error
 from sokovan.admission.schemas import CreateSessionsPayload, Limits
-from sokovan.db.repository import SchedulerRepository
 from sokovan.errors import InvalidRequest, SokovanError
+from sokovan.ports import SchedulerStore, SecretBinder
+from sokovan.records import SessionRequest
 from sokovan.scheduler.coordinator import Coordinator
 from sokovan.scheduler.handlers import pull_images
-from sokovan.scheduler.submit import SecretBinder, SessionRequest
-from sokovan.scheduler.submit_batch import submit_sessions
 from sokovan.types import JSON, RunTrigger, SessionStatus
 
 
 async def create_sessions(
-    repo: SchedulerRepository,
+    repo: SchedulerStore,
     coordinator: Coordinator,
     limits: Limits,
     secrets: SecretBinder | None,
@@ -35,7 +33,7 @@ async def create_sessions(
         return payload.to_json()
     parsed = [parse_create(r, limits) for r in payload.requests]
     valid = [p for p in parsed if isinstance(p, SessionRequest)]
-    stored = iter(await asyncio.to_thread(submit_sessions, repo, valid, secrets))
+    stored = iter(await repo.submit_sessions(valid, secrets))
     sessions: list[JSON] = []
     refused: list[JSON] = []
     for index, item in enumerate(parsed):

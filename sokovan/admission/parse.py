@@ -18,7 +18,7 @@ from sokovan.admission.schemas import (
     RunHandlerPayload,
     TerminateSessionPayload,
 )
-from sokovan.scheduler.submit import SessionRequest
+from sokovan.records import SessionRequest
 from sokovan.types import AgentId, ClusterMode, NetworkType, ResourceSlot, SessionId
 
 P = TypeVar("P", bound=Payload)

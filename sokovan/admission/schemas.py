@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
@@ -14,6 +15,7 @@ from pydantic import (
     ConfigDict,
     Field,
     StrictBool,
+    StrictFloat,
     StrictInt,
     StrictStr,
     StringConstraints,
@@ -309,6 +311,83 @@ class CreateSessionsPayload(Payload):
     )
 
 
+def _tcp_address(value: str) -> str:
+    """`tcp://HOST:PORT` with a host and a port in 1..65535, as an agent's RPC listens."""
+    scheme, sep, rest = value.partition("://")
+    if not sep or scheme != "tcp":
+        raise PydanticCustomError("rpc_scheme", "expected tcp://HOST:PORT (the scheme must be tcp)")
+    host, colon, port = rest.rpartition(":")
+    if not colon or not host.strip("[]"):
+        raise PydanticCustomError("rpc_host", "expected tcp://HOST:PORT (the host is empty)")
+    if not re.fullmatch(r"[A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\]", host):
+        raise PydanticCustomError("rpc_host", "the host is a name or an IP address")
+    if not (port.isascii() and port.isdigit() and len(port) <= 5 and 1 <= int(port) <= 65535):
+        raise PydanticCustomError("rpc_port", "the port must be 1..65535")
+    return value
+
+
+def _capacity_bounds(value: dict[str, Decimal]) -> dict[str, Decimal]:
+    """cpu and mem are given, above 0, and no larger than a machine's."""
+    for name, most in (("cpu", C.MAX_AGENT_CPU), ("mem", C.MAX_AGENT_MEM)):
+        amount = value.get(name)
+        if amount is None or amount <= 0:
+            raise PydanticCustomError(
+                "capacity", "an agent needs more than 0 of it", {"field": f"capacity.{name}"}
+            )
+        if amount > most:
+            raise PydanticCustomError(
+                "capacity",
+                "at most {most} (got {amount})",
+                {"field": f"capacity.{name}", "most": most, "amount": str(amount)},
+            )
+    return value
+
+
+RpcAddress = Annotated[
+    StrictStr, StringConstraints(min_length=1, max_length=255), AfterValidator(_tcp_address)
+]
+AgentIdText = Annotated[ShortId, Field(description="An agent id (`sokovan agents list`).")]
+
+
+class AgentPayload(Payload):
+    """`sokovan.agents.cordon(agent_id)`, `sokovan.agents.uncordon(agent_id)`."""
+
+    agent_id: AgentIdText
+
+
+class DrainAgentPayload(Payload):
+    """`sokovan.agents.drain(agent_id, deadline_seconds, wait_for_sessions)`."""
+
+    agent_id: AgentIdText
+    deadline_seconds: StrictFloat = Field(
+        C.DRAIN_DEADLINE_SEC,
+        ge=0,
+        le=C.MAX_DRAIN_DEADLINE_SEC,
+        allow_inf_nan=False,
+        description="By then the agent holds no kernel: what is left is given up "
+        "(FORCE_TERMINATED) if its agent cannot destroy it.",
+    )
+    wait_for_sessions: StrictBool = Field(
+        False,
+        description="Let sessions end on their own until the deadline instead of "
+        "terminating them at once.",
+    )
+
+
+class RegisterAgentPayload(Payload):
+    """`sokovan.agents.register(agent_id, rpc_addr, scaling_group, capacity)`."""
+
+    agent_id: AgentIdText
+    rpc_addr: RpcAddress = Field(description="`tcp://HOST:PORT`, port 1..65535.")
+    scaling_group: ShortId = "default"
+    capacity: Annotated[dict[SlotName, SlotAmount], AfterValidator(_capacity_bounds)] = Field(
+        default_factory=lambda: {"cpu": Decimal(4), "mem": Decimal(8 * 2**30)},
+        max_length=C.MAX_SLOT_ENTRIES,
+        description=f"Slots as in resource_slots; cpu 0 < n <= {C.MAX_AGENT_CPU}, "
+        f"mem 0 < bytes <= 2^60.",
+    )
+
+
 class NoArguments(Payload):
     """`sokovan.agents.sync`, `sokovan.maintenance.recover`, `sokovan.maintenance.prune`."""
 
@@ -320,6 +399,10 @@ PUBLIC_PAYLOADS: Final[dict[str, type[Payload]]] = {
     "sokovan.session.terminate": TerminateSessionPayload,
     "sokovan.handler.run": RunHandlerPayload,
     "sokovan.agents.sync": NoArguments,
+    "sokovan.agents.register": RegisterAgentPayload,
+    "sokovan.agents.cordon": AgentPayload,
+    "sokovan.agents.uncordon": AgentPayload,
+    "sokovan.agents.drain": DrainAgentPayload,
     "sokovan.maintenance.recover": NoArguments,
     "sokovan.maintenance.prune": NoArguments,
 }

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -13,12 +12,11 @@ from sokovan.admission.parse import parse_create_call, parse_run_handler, parse_
 from sokovan.admission.refusal import Refusal, from_error
 from sokovan.admission.schemas import Limits
 from sokovan.config import Settings
-from sokovan.db.repository import SchedulerRepository
 from sokovan.errors import InvalidRequest, NotFound, SokovanError
+from sokovan.ports import SchedulerStore, SecretBinder
 from sokovan.scheduler.agents import sync_agents
 from sokovan.scheduler.coordinator import Coordinator
 from sokovan.scheduler.handlers import pull_images, schedule_sessions, terminate_sessions
-from sokovan.scheduler.submit import SecretBinder, submit_session
 from sokovan.scheduler.transitions import request_termination
 from sokovan.types import JSON, RunTrigger, SessionId, SessionStatus, utcnow
 
@@ -36,7 +34,7 @@ class PublicTasks:
 
     def __init__(
         self,
-        repository: SchedulerRepository,
+        repository: SchedulerStore,
         coordinator: Coordinator,
         settings: Settings,
         secrets: SecretBinder | None = None,
@@ -56,9 +54,7 @@ class PublicTasks:
         if isinstance(request, Refusal):
             return _refused("session create", request)
         try:
-            submitted = await asyncio.to_thread(
-                submit_session, self.repository, request, self.secrets
-            )
+            submitted = await self.repository.submit_session(request, self.secrets)
         except InvalidRequest as e:
             return _refused("session create", from_error(e, e.field))
         sid = str(submitted.session_id)
@@ -79,7 +75,7 @@ class PublicTasks:
             return _refused("session terminate", payload)
         sid = SessionId(payload.session_id)
         try:
-            session = await asyncio.to_thread(self.repository.get_session, sid)
+            session = await self.repository.get_session(sid)
         except NotFound as e:
             return _refused("session terminate", from_error(e, "session_id"))
         answer: JSON = {"session_id": str(sid)}
@@ -91,7 +87,7 @@ class PublicTasks:
                 "note": "cancelled while PENDING; no agent was called",
             }
         moved = await request_termination(self.repository, [sid], payload.reason)
-        status = (await asyncio.to_thread(self.repository.get_session, sid)).status
+        status = (await self.repository.get_session(sid)).status
         if not moved and not (payload.force and status == SessionStatus.TERMINATING):
             return {
                 **answer,
@@ -101,13 +97,13 @@ class PublicTasks:
             }
         if payload.force:
             # The TERMINATING deadline is now: what cannot be destroyed is given up at once.
-            await asyncio.to_thread(self.repository.set_session_deadline, sid, utcnow())
+            await self.repository.set_session_deadline(sid, utcnow())
         report = await self.coordinator.run(terminate_sessions.NAME, RunTrigger.API, [str(sid)])
         return {**answer, "terminating": True, "run_id": report.run_id, "force": payload.force}
 
     async def _cancel(self, sid: SessionId, reason: str) -> bool:
         """Cancels a session still PENDING; False if the queue placed it meanwhile."""
-        if not await asyncio.to_thread(self.repository.cancel_pending, sid, reason):
+        if not await self.repository.cancel_pending(sid, reason):
             return False
         # The cancelled session may have been the head of its queue.
         await self.coordinator.run(schedule_sessions.NAME, RunTrigger.API)
@@ -115,16 +111,16 @@ class PublicTasks:
 
     async def sync_agents(self, redis: Redis) -> JSON:
         """Copies agents' registrations; an agent that joined gets the pending queue a run."""
-        before = await asyncio.to_thread(self._alive)
+        before = await self._alive()
         counts = await sync_agents(redis, self.repository)
-        joined = await asyncio.to_thread(self._alive) - before
-        pending = await asyncio.to_thread(self.repository.pending_count) if joined else 0
+        joined = await self._alive() - before
+        pending = await self.repository.pending_count() if joined else 0
         if pending:
             await self.coordinator.run(schedule_sessions.NAME, RunTrigger.EVENT)
         return dict(counts)
 
-    def _alive(self) -> set[str]:
-        return {a.id for a in self.repository.list_agents() if a.status == "ALIVE"}
+    async def _alive(self) -> set[str]:
+        return {a.id for a in await self.repository.list_agents() if a.status == "ALIVE"}
 
     async def run_handler(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> JSON:
         """Starts one run of a handler with the trigger, scope and budget given."""

@@ -54,8 +54,11 @@ def _port(reply: Any) -> str | None:
     return sample(reply)
 
 
-def _anything(reply: Any) -> str | None:
-    return None
+def _nothing(reply: Any) -> str | None:
+    # A real agent's destroy_kernel resolves its wait with None on every path that succeeds
+    # (Backend.AI agent 26.9: the kernel destroyed, or already gone); anything else is not a
+    # destroy reply, and counting it as one would call a kernel destroyed on a stranger's word.
+    return None if reply is None else sample(reply)
 
 
 # method -> (the shape in words, its check); methods not listed are taken as they come.
@@ -63,7 +66,7 @@ SHAPES: dict[str, tuple[str, Check]] = {
     "check_and_pull": ("a mapping of image name (str) to status (str)", _image_statuses),
     "check_running": ("a bool or None", _bool_or_none),
     "create_kernels": ("a list of mappings, one per kernel", _list_of_mappings),
-    "destroy_kernel": ("anything", _anything),
+    "destroy_kernel": ("None", _nothing),
     "assign_port": (f"an int port in 1..{MAX_PORT}", _port),
 }
 

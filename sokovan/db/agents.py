@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Collection, Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
@@ -13,27 +11,14 @@ import sqlalchemy as sa
 from sokovan.db.base import SqlBase
 from sokovan.db.schema import agents, images, kernels
 from sokovan.errors import UnknownAgent
+from sokovan.records import AgentRow
 from sokovan.types import (
     TERMINAL_KERNEL_STATUSES,
-    AgentAddress,
     AgentId,
     ImageConfig,
     ResourceSlot,
     utcnow,
 )
-
-
-@dataclass(frozen=True, slots=True)
-class AgentRow:
-    """A registered agent."""
-
-    id: AgentId
-    rpc_addr: str
-    scaling_group: str = "default"
-    status: str = "ALIVE"
-    runtime: str | None = None
-    capacity: ResourceSlot = field(default_factory=ResourceSlot)
-    public_key: bytes | None = None
 
 
 class AgentsAndImages(SqlBase):
@@ -108,11 +93,6 @@ class AgentsAndImages(SqlBase):
         with self.engine.connect() as conn:
             return occupied_on(conn)
 
-    async def resolve(self, agent_id: AgentId) -> AgentAddress:
-        """AgentDirectory port: where the agent listens."""
-        row = await asyncio.to_thread(self.get_agent, agent_id)
-        return AgentAddress(agent_id=row.id, rpc_addr=row.rpc_addr, public_key=row.public_key)
-
     def add_image(self, image: ImageConfig) -> None:
         values = {
             "canonical": image.canonical,
@@ -180,4 +160,8 @@ def agent_row(r: Any) -> AgentRow:
         runtime=r["runtime"],
         capacity=ResourceSlot.from_json(r["capacity"]),
         public_key=r["public_key"],
+        schedulable=bool(r["schedulable"]),
+        drain_mode=r["drain_mode"],
+        drain_deadline=r["drain_deadline"],
+        drained_at=r["drained_at"],
     )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -11,6 +10,7 @@ import sqlalchemy as sa
 
 from sokovan.db.base import SqlBase
 from sokovan.db.schema import agents, kernels, leftover_kernels, sessions
+from sokovan.records import Leftover
 from sokovan.types import AgentId, KernelId, SessionId, utcnow
 
 # Errors stored beside an attempt are cut to this many characters.
@@ -20,19 +20,6 @@ MAX_ERROR_TEXT = 2000
 def backoff_seconds(attempts: int, base: float, cap: float) -> float:
     """Exponential backoff after `attempts` failed tries: base, 2*base, 4*base, ... cap."""
     return float(min(cap, base * (2 ** max(0, attempts - 1))))
-
-
-@dataclass(frozen=True, slots=True)
-class Leftover:
-    """A kernel given up on whose container may still exist on its agent."""
-
-    kernel_id: KernelId
-    session_id: SessionId
-    agent_id: AgentId
-    reason: str
-    forced_at: datetime
-    attempts: int
-    destroyed_at: datetime | None
 
 
 class Attempts(SqlBase):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 
 import sqlalchemy as sa
@@ -22,13 +21,16 @@ LAUNCHING = (
 
 
 class SqlKeypairPool:
-    """KeypairPool port over SQL; private keys are Fernet-encrypted like stored session keys."""
+    """Pooled cluster keypairs in SQL, Fernet-encrypted like stored session keys."""
 
     def __init__(self, engine: sa.Engine, key: bytes) -> None:
         self._engine = engine
         self._fernet = Fernet(key)
 
-    def _take(self, count: int, key_type: str) -> list[tuple[str, str]]:
+    def take(self, count: int, key_type: str) -> list[tuple[str, str]]:
+        """Up to `count` (private, public) keypairs, removed from the pool as they are taken."""
+        if count <= 0:
+            return []
         # One statement deletes the rows it returns: two takers never get the same row.
         # PostgreSQL skips rows another taker holds instead of waiting for it and getting
         # nothing; SQLite runs one writer at a time, so the subquery cannot race there.
@@ -52,7 +54,10 @@ class SqlKeypairPool:
         except InvalidToken as e:
             raise ConfigError("the secret key cannot decrypt pooled keypairs") from e
 
-    def _add(self, pairs: Sequence[tuple[str, str]], key_type: str) -> None:
+    def add(self, pairs: Sequence[tuple[str, str]], key_type: str) -> None:
+        """Stores fresh keypairs for later takers."""
+        if not pairs:
+            return
         now = utcnow()
         rows = [
             {
@@ -66,7 +71,8 @@ class SqlKeypairPool:
         with self._engine.begin() as conn:
             conn.execute(keypair_pool.insert(), rows)
 
-    def _count(self, key_type: str) -> int:
+    def count(self, key_type: str) -> int:
+        """Keypairs of this type waiting in the pool."""
         query = (
             sa.select(sa.func.count())
             .select_from(keypair_pool)
@@ -75,7 +81,8 @@ class SqlKeypairPool:
         with self._engine.connect() as conn:
             return int(conn.execute(query).scalar() or 0)
 
-    def _launching(self, limit: int) -> int:
+    def launching(self, limit: int) -> int:
+        """Sessions on their way to RUNNING, counted up to `limit`."""
         inner = (
             sa.select(sessions.c.id)
             .where(sessions.c.status.in_([str(s) for s in LAUNCHING]))
@@ -84,22 +91,3 @@ class SqlKeypairPool:
         )
         with self._engine.connect() as conn:
             return int(conn.execute(sa.select(sa.func.count()).select_from(inner)).scalar() or 0)
-
-    async def take(self, count: int, key_type: str) -> list[tuple[str, str]]:
-        """Up to `count` (private, public) keypairs, removed from the pool as they are taken."""
-        if count <= 0:
-            return []
-        return await asyncio.to_thread(self._take, count, key_type)
-
-    async def add(self, pairs: Sequence[tuple[str, str]], key_type: str) -> None:
-        """Stores fresh keypairs for later takers."""
-        if pairs:
-            await asyncio.to_thread(self._add, pairs, key_type)
-
-    async def count(self, key_type: str) -> int:
-        """Keypairs of this type waiting in the pool."""
-        return await asyncio.to_thread(self._count, key_type)
-
-    async def launching(self, limit: int) -> int:
-        """Sessions on their way to RUNNING, counted up to `limit`."""
-        return await asyncio.to_thread(self._launching, limit)

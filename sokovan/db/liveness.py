@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Collection
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -12,6 +11,7 @@ import sqlalchemy as sa
 from sokovan.db.base import SqlBase
 from sokovan.db.schema import agents, kernels
 from sokovan.errors import InvalidRequest, UnknownAgent
+from sokovan.records import AgentContact
 from sokovan.types import (
     TERMINAL_KERNEL_STATUSES,
     AgentId,
@@ -24,18 +24,6 @@ from sokovan.types import (
     SessionId,
     utcnow,
 )
-
-
-@dataclass(frozen=True, slots=True)
-class AgentContact:
-    """One agent as the liveness check sees it."""
-
-    id: AgentId
-    status: AgentLiveness
-    # The last answered ping, or the registration when it never answered.
-    last_contact: datetime
-    lost_since: datetime | None = None
-    instance_id: str | None = None
 
 
 class LivenessStore(SqlBase):

@@ -10,14 +10,16 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from sokovan.db.agents import AgentRow, AgentsAndImages
+from sokovan.db.agents import AgentsAndImages
 from sokovan.db.attempts import Attempts
 from sokovan.db.liveness import LivenessStore
+from sokovan.db.maintenance import AgentMaintenance
 from sokovan.db.pending import PendingQueue
 from sokovan.db.placement import Placement
 from sokovan.db.schema import agents, kernels, sessions, status_among
 from sokovan.db.transitions import Transitions
 from sokovan.errors import NotFound
+from sokovan.records import SweepRow
 from sokovan.types import (
     AgentId,
     ClusterMode,
@@ -32,7 +34,7 @@ from sokovan.types import (
     utcnow,
 )
 
-__all__ = ["AgentRow", "NewKernel", "SchedulerRepository", "SweepRow"]
+__all__ = ["NewKernel", "SchedulerRepository"]
 
 # Statuses before CREATING: no create_kernels has been sent for a kernel in one of them.
 _NOT_YET_SENT = frozenset(
@@ -44,10 +46,6 @@ _NOT_YET_SENT = frozenset(
         SessionStatus.PREPARED,
     }
 )
-
-# One kernel as the sweep first reads it: its id as hyphenated text (parsed only for
-# suspects), agent, scaling group.
-SweepRow = tuple[str, str | None, str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +64,13 @@ class NewKernel:
 
 
 class SchedulerRepository(
-    AgentsAndImages, LivenessStore, Transitions, Attempts, Placement, PendingQueue
+    AgentsAndImages,
+    LivenessStore,
+    Transitions,
+    Attempts,
+    Placement,
+    PendingQueue,
+    AgentMaintenance,
 ):
     """Synchronous SQL access; async callers use the async port methods or a thread."""
 

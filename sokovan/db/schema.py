@@ -56,6 +56,13 @@ agents = sa.Table(
     # The agent's own instance (boot) marker, and since when it has been the one recorded.
     sa.Column("instance_id", sa.String(64), nullable=True),
     sa.Column("instance_since", TS, nullable=True),
+    # Maintenance: a cordoned agent (schedulable false) gets no new kernel. A drain's intent
+    # (mode "terminate" or "wait", and its deadline) stays here until the agent is empty,
+    # so whichever worker runs next finishes it; drained_at says when it was.
+    sa.Column("schedulable", sa.Boolean, nullable=False, server_default=sa.true()),
+    sa.Column("drain_mode", sa.String(16), nullable=True),
+    sa.Column("drain_deadline", TS, nullable=True),
+    sa.Column("drained_at", TS, nullable=True),
 )
 
 

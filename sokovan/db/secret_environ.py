@@ -7,7 +7,6 @@ the worker that calls the agent reads them back. Clear values stay in sessions.e
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import uuid
 from collections.abc import Collection, Mapping
@@ -141,9 +140,3 @@ class SqlSecretEnviron:
                 raise ConfigError("the secret key cannot decrypt stored environ secrets") from e
             out.setdefault(SessionId(sid), {})[str(name)] = value
         return out
-
-    async def get_secret_environs(
-        self, session_ids: Collection[SessionId]
-    ) -> dict[SessionId, dict[str, str]]:
-        """Each session's secret environ, decrypted."""
-        return await asyncio.to_thread(self.environs, session_ids)

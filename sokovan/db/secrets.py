@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 from pathlib import Path
@@ -59,7 +58,8 @@ class SqlSecretStore:
         self._engine = engine
         self._fernet = Fernet(key)
 
-    def _put(self, session_id: SessionId, private_key: str, public_key: str) -> None:
+    def put_ssh_keypair(self, session_id: SessionId, private_key: str, public_key: str) -> None:
+        """Stores the session's cluster keypair, replacing any earlier one."""
         token = self._fernet.encrypt(private_key.encode())
         with self._engine.begin() as conn:
             conn.execute(session_secrets.delete().where(session_secrets.c.session_id == session_id))
@@ -72,7 +72,8 @@ class SqlSecretStore:
                 )
             )
 
-    def _get(self, session_id: SessionId) -> tuple[str, str]:
+    def get_ssh_keypair(self, session_id: SessionId) -> tuple[str, str]:
+        """Returns (private_key, public_key); raises NotFound."""
         with self._engine.connect() as conn:
             row = conn.execute(
                 sa.select(
@@ -86,13 +87,3 @@ class SqlSecretStore:
         except InvalidToken as e:
             raise ConfigError("the secret key cannot decrypt stored keypairs") from e
         return private, str(row[1])
-
-    async def put_ssh_keypair(
-        self, session_id: SessionId, private_key: str, public_key: str
-    ) -> None:
-        """Stores the session's cluster keypair, replacing any earlier one."""
-        await asyncio.to_thread(self._put, session_id, private_key, public_key)
-
-    async def get_ssh_keypair(self, session_id: SessionId) -> tuple[str, str]:
-        """Returns (private_key, public_key); raises NotFound."""
-        return await asyncio.to_thread(self._get, session_id)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Collection, Mapping
 from typing import Any
 
@@ -161,17 +160,3 @@ class Transitions(SqlBase):
             conn.execute(
                 sessions.update().where(sessions.c.id == session_id).values(network_id=network_id)
             )
-
-    async def update_session_network_id(
-        self, session_id: SessionId, network_id: str | None
-    ) -> None:
-        """SessionRecorder port."""
-        await asyncio.to_thread(self.set_session_network_id, session_id, network_id)
-
-    async def update_session_error_info(
-        self, session_id: SessionId, error_info: Mapping[str, Any]
-    ) -> None:
-        """SessionRecorder port: keeps the error under status_data["error"]."""
-        await asyncio.to_thread(
-            self.merge_session_status_data, session_id, {"error": dict(error_info)}
-        )

@@ -2,23 +2,21 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 
 from redis.asyncio import Redis
 
 from sokovan import constants as C
-from sokovan.db.repository import AgentRow, SchedulerRepository
+from sokovan.ports import AgentStore
+from sokovan.records import AgentRow
 from sokovan.scheduler.terminator.identity import reported_start
 from sokovan.types import AgentId, AgentLiveness, ResourceSlot, utcnow
 
 log = logging.getLogger(__name__)
 
 
-async def sync_agents(
-    redis: Redis, repo: SchedulerRepository, lost_after: float = 60.0
-) -> dict[str, int]:
+async def sync_agents(redis: Redis, repo: AgentStore, lost_after: float = 60.0) -> dict[str, int]:
     """Upserts registered agents and their instance markers; stale or gone ones turn LOST.
 
     A known agent keeps its liveness otherwise: the liveness check's pings own it.
@@ -46,13 +44,13 @@ async def sync_agents(
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             log.warning("agent %s has an unreadable registration: %s", agent_id, e)
             continue
-        await asyncio.to_thread(repo.upsert_agent, row, keep_status=True)
+        await repo.upsert_agent(row, keep_status=True)
         instance_id = None if instance is None else str(instance)
-        await asyncio.to_thread(repo.record_instance, row.id, instance_id, now, started_at)
+        await repo.record_instance(row.id, instance_id, now, started_at)
         seen.add(agent_id)
         if not fresh:
             stale.append(row.id)
-    known = {a.id for a in await asyncio.to_thread(repo.list_agents) if a.runtime is not None}
+    known = {a.id for a in await repo.list_agents() if a.runtime is not None}
     stale.extend(AgentId(a) for a in known - seen)
-    await asyncio.to_thread(repo.mark_liveness, stale, AgentLiveness.LOST, now)
+    await repo.mark_liveness(stale, AgentLiveness.LOST, now)
     return {"alive": len(seen) - len(set(stale) & seen), "lost": len(stale)}

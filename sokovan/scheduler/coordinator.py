@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-import functools
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -13,16 +11,15 @@ from datetime import timedelta
 from sokovan.errors import DispatchError, UnknownHandler
 from sokovan.ports import Claims, FanOutTracking, HandlerKicker, Ledger
 from sokovan.scheduler.handlers.base import FollowUps, HandlerRuntime, Plan, moved_of
-from sokovan.scheduler.leases import kept
+from sokovan.scheduler.leases import LEASE_LAPSED, kept, lost, take_over
 from sokovan.scheduler.outcomes import record_outcomes
 from sokovan.types import ItemOutcome, Operation, RunId, RunRecord, RunStatus, RunTrigger, utcnow
 
 log = logging.getLogger(__name__)
 
-LEASE_LAPSED = "abandoned: its lease lapsed (holder gone); unfinished targets go to the next run"
 PAST_DEADLINE = "abandoned: past its deadline; unfinished targets go to the next run"
 
-__all__ = ["Coordinator", "Plan", "RunReport"]
+__all__ = ["LEASE_LAPSED", "Coordinator", "Plan", "RunReport"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +76,7 @@ class Coordinator:
     ) -> RunReport:
         """Starts one run of `handler` unless it is paused or already running."""
         spec = self.spec(handler)
-        if await asyncio.to_thread(self.ledger.is_paused, handler):
+        if await self.ledger.is_paused(handler):
             log.info("handler %s is paused; %s start ignored", handler, trigger)
             return RunReport(handler, None, RunStatus.SKIPPED, "paused")
         token = await self.claims.claim(spec.lock_id, self.claim_lifetime)
@@ -92,8 +89,7 @@ class Coordinator:
         # Holding the lease now means any run still open under it lost its own: abandon them.
         await self._abandon_lapsed(spec.lock_id)
         try:
-            run_id = await asyncio.to_thread(
-                self.ledger.open_run,
+            run_id = await self.ledger.open_run(
                 handler,
                 trigger,
                 scope=list(scope) if scope else None,
@@ -108,6 +104,9 @@ class Coordinator:
             await self.claims.release(spec.lock_id, token)
             raise
         limit = self.budgets.get(handler, 0) if budget is None else budget
+        if limit:
+            unit = spec.declaration.targets.unit
+            log.info("run %s of %s takes at most %d %s", run_id, handler, limit, unit)
         try:
             async with kept(self.claims, spec.lock_id, token, self.claim_lifetime):
                 plan = await spec.plan(run_id, scope, limit)
@@ -119,9 +118,7 @@ class Coordinator:
             log.exception("run %s of %s failed while planning", run_id, handler)
             await self._finish(run_id, spec.lock_id, token, error=f"{type(e).__name__}: {e}")
             return RunReport(handler, run_id, RunStatus.FAILED, str(e))
-        await asyncio.to_thread(
-            self.ledger.update_run, run_id, requested=plan.requested, note=plan.note
-        )
+        await self.ledger.update_run(run_id, requested=plan.requested, note=plan.note)
         follow_ups = list(plan.follow_ups)
         if plan.outcomes:
             # What planning learned is recorded with its declared kernel moves, as a batch is.
@@ -136,7 +133,7 @@ class Coordinator:
             return RunReport(handler, run_id, RunStatus.RUNNING, plan.note)
         if trigger == RunTrigger.BEAT and self._idle(plan) and not self.record_empty_beat_runs:
             # A tick that found nothing to do is not worth a row; it is logged instead.
-            await asyncio.to_thread(self.ledger.discard_run, run_id)
+            await self.ledger.discard_run(run_id)
             await self._release(spec.lock_id, token, handler)
             log.debug("beat tick of %s found nothing to do", handler)
             return RunReport(handler, None, RunStatus.SUCCEEDED, "nothing to do")
@@ -157,7 +154,7 @@ class Coordinator:
     ) -> RunRecord | None:
         """Chord body: lets the handler end what its batches finished, then counts and closes
         the run. The batches recorded every outcome and moved every kernel already."""
-        run = await asyncio.to_thread(self.ledger.get_run, run_id)
+        run = await self.ledger.get_run(run_id)
         spec = self.spec(run.handler)
         if run.status != RunStatus.RUNNING:
             # Abandoned (its lease lapsed) or already closed (a redelivered body): the batches
@@ -174,59 +171,64 @@ class Coordinator:
     async def settle(self, run_id: RunId, outcomes: Sequence[ItemOutcome]) -> list[ItemOutcome]:
         """Records outcomes a planner settled without an agent call, with their declared
         kernel moves, in one transaction; returns them as recorded."""
-        run = await asyncio.to_thread(self.ledger.get_run, run_id)
+        run = await self.ledger.get_run(run_id)
         transitions = self.spec(run.handler).declaration.transitions
         _, recorded = await record_outcomes(self.ledger, transitions, run_id, outcomes)
         return recorded
 
     async def fail(self, run_id: RunId, error: str) -> RunRecord | None:
         """Chord errback: a header task was lost; the run ends failed and frees its claim."""
-        run = await asyncio.to_thread(self.ledger.get_run, run_id)
+        run = await self.ledger.get_run(run_id)
         spec = self.spec(run.handler)
         log.warning("run %s of %s failed: %s", run_id, run.handler, error)
         return await self._finish(run_id, spec.lock_id, run.claim_token, error=error)
 
     async def recover(self) -> list[RunId]:
-        """Abandons runs whose lease lapsed or that are past their deadline, keeping their
-        outcomes; returns their ids."""
+        """Abandons runs whose lease lapsed, whose worker is gone (sokovan.scheduler.leases)
+        or that are past their deadline, keeping their outcomes; returns their ids."""
         abandoned = []
-        for run in await asyncio.to_thread(self.ledger.running):
+        for run in await self.ledger.running():
             spec = self.handlers.get(run.handler)
-            if spec is None or not await self._lease_lapsed(spec.lock_id, run):
+            if spec is None or not run.claim_token:
+                continue
+            why = await lost(self.claims, spec.lock_id, run.claim_token, run.id)
+            if why is None:
                 continue
             # Abandoned under the lease, so no next run plans while this one is cleaned up;
             # if another start holds it now, that start abandons the run itself.
-            token = await self.claims.claim(spec.lock_id, self.claim_lifetime)
+            token = await take_over(
+                self.claims, spec.lock_id, run.claim_token, self.claim_lifetime, why
+            )
             if token is None:
                 continue
             try:
-                if await self._abandon(run, LEASE_LAPSED):
+                if await self._abandon(run, why):
                     abandoned.append(run.id)
             finally:
                 await self._release(spec.lock_id, token, run.handler)
-        overdue = await asyncio.to_thread(self.ledger.running_past_deadline)
+            if abandoned and abandoned[-1] == run.id:
+                # Its unfinished targets go to the next run now, not at the next tick.
+                await self._follow_up([(run.handler, None)])
+        overdue = await self.ledger.running_past_deadline()
         abandoned += [run.id for run in overdue if await self._abandon(run, PAST_DEADLINE)]
         return abandoned
-
-    async def _lease_lapsed(self, lock_id: str, run: RunRecord) -> bool:
-        return bool(run.claim_token) and await self.claims.holder(lock_id) != run.claim_token
 
     async def _abandon_lapsed(self, lock_id: str) -> None:
         """Abandons the open runs of every handler under `lock_id` (their lease is gone)."""
         names = {name for name, spec in self.handlers.items() if spec.lock_id == lock_id}
-        for run in await asyncio.to_thread(self.ledger.running):
+        for run in await self.ledger.running():
             if run.handler in names:
                 await self._abandon(run, LEASE_LAPSED)
 
     async def _abandon(self, run: RunRecord, note: str) -> bool:
         """Marks one run abandoned; its recorded outcomes moved their kernels already."""
-        if not await asyncio.to_thread(self.ledger.finish_as, run.id, RunStatus.ABANDONED, note):
+        if not await self.ledger.finish_as(run.id, RunStatus.ABANDONED, note):
             return False
         log.warning("run %s of %s %s", run.id, run.handler, note)
         spec = self.handlers.get(run.handler)
         if spec is None:
             return True
-        if await asyncio.to_thread(self.ledger.is_paused, run.handler):
+        if await self.ledger.is_paused(run.handler):
             # A paused handler does nothing more, recovery included; its next run re-plans.
             log.warning("handler %s is paused: run %s left as recorded", run.handler, run.id)
         else:
@@ -250,7 +252,7 @@ class Coordinator:
         declared = spec.declaration.transitions
         outcomes = [
             dataclasses.replace(o, moved=o.verdict in declared)
-            for o in await asyncio.to_thread(self.ledger.outcomes, run.id)
+            for o in await self.ledger.outcomes(run.id)
         ]
         if not outcomes:
             return
@@ -264,7 +266,7 @@ class Coordinator:
     async def prune(self, older_than_days: int) -> int:
         """Deletes finished runs older than the retention."""
         cutoff = utcnow() - timedelta(days=older_than_days)
-        return await asyncio.to_thread(self.ledger.prune, cutoff)
+        return await self.ledger.prune(cutoff)
 
     async def _finish(
         self,
@@ -278,16 +280,8 @@ class Coordinator:
         held: bool = False,
         partial: bool = False,
     ) -> RunRecord | None:
-        record = await asyncio.to_thread(
-            functools.partial(
-                self.ledger.close_run,
-                run_id,
-                error=error,
-                note=note,
-                bulk_ok=bulk_ok,
-                held=held,
-                partial=partial,
-            )
+        record = await self.ledger.close_run(
+            run_id, error=error, note=note, bulk_ok=bulk_ok, held=held, partial=partial
         )
         if record is not None:
             await self._release(lock_id, token, record.handler)

@@ -16,10 +16,9 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sokovan import constants as C
-from sokovan.db.liveness import AgentContact
-from sokovan.db.repository import SchedulerRepository
 from sokovan.errors import describe_error
-from sokovan.ports import AgentClient, AgentClientPool
+from sokovan.ports import AgentClient, AgentClientPool, SchedulerStore
+from sokovan.records import AgentContact
 from sokovan.scheduler.deadlines import AGENT_LOST
 from sokovan.scheduler.terminator.identity import is_stranger_error, reported_start
 from sokovan.scheduler.transitions import request_termination
@@ -127,14 +126,14 @@ def _agent_outcome(contact: AgentContact, ping: Ping, state: AgentLiveness) -> I
 
 
 async def check_agents(
-    repo: SchedulerRepository, pool: AgentClientPool, t: Thresholds
+    repo: SchedulerStore, pool: AgentClientPool, t: Thresholds
 ) -> tuple[list[ItemOutcome], list[AgentId]]:
     """Pings every registered agent at once; records contacts and state changes.
 
     Returns an outcome per agent that did not answer or changed state, and the agents that
     answered again after being UNREACHABLE or LOST.
     """
-    contacts = await asyncio.to_thread(repo.agent_contacts)
+    contacts = await repo.agent_contacts()
     pings = await asyncio.gather(*(ping_agent(pool, c.id, t.ping_timeout) for c in contacts))
     now = utcnow()
     outcomes: list[ItemOutcome] = []
@@ -142,9 +141,7 @@ async def check_agents(
     for contact, ping in zip(contacts, pings, strict=True):
         state = next_state(contact, ping, now, t)
         if ping.error is None:
-            await asyncio.to_thread(
-                repo.record_contact, contact.id, ping.instance_id, now, ping.started_at
-            )
+            await repo.record_contact(contact.id, ping.instance_id, now, ping.started_at)
             if contact.status is not AgentLiveness.ALIVE:
                 log.warning("agent %s answers again (was %s)", contact.id, contact.status)
         elif state is not contact.status:
@@ -159,7 +156,7 @@ async def check_agents(
         if ping.error is not None or state is not contact.status:
             outcomes.append(_agent_outcome(contact, ping, state))
     for state, ids in moves.items():
-        await asyncio.to_thread(repo.mark_liveness, ids, state, now)
+        await repo.mark_liveness(ids, state, now)
     returned = [
         c.id
         for c, p in zip(contacts, pings, strict=True)
@@ -169,7 +166,7 @@ async def check_agents(
 
 
 async def hand_to_deadline_path(
-    repo: SchedulerRepository, kernels: Sequence[KernelInfo], reason: str
+    repo: SchedulerStore, kernels: Sequence[KernelInfo], reason: str
 ) -> list[SessionId]:
     """Sends the sessions of `kernels` down the TERMINATING deadline path at once.
 
@@ -184,25 +181,25 @@ async def hand_to_deadline_path(
     await request_termination(repo, sessions, reason)
     now = utcnow()
     for sid in sessions:
-        await asyncio.to_thread(repo.set_session_deadline, sid, now)
+        await repo.set_session_deadline(sid, now)
     return sessions
 
 
 async def hand_on_lost_agents(
-    repo: SchedulerRepository, t: Thresholds
+    repo: SchedulerStore, t: Thresholds
 ) -> tuple[list[ItemOutcome], list[SessionId]]:
     """Kernels of agents LOST for longer than the grace period go down the deadline path."""
     now = utcnow()
     lost = {
         c.id: c
-        for c in await asyncio.to_thread(repo.agent_contacts)
+        for c in await repo.agent_contacts()
         if c.status is AgentLiveness.LOST
         and c.lost_since is not None
         and now - c.lost_since >= timedelta(seconds=t.lost_grace)
     }
     if not lost:
         return [], []
-    kernels = await asyncio.to_thread(repo.live_kernel_infos, list(lost))
+    kernels = await repo.live_kernel_infos(list(lost))
     sessions = await hand_to_deadline_path(repo, kernels, AGENT_LOST)
     outcomes = [_lost_outcome(k, lost[AgentId(str(k.agent_id))]) for k in kernels]
     for k in kernels:
@@ -224,11 +221,11 @@ def _lost_outcome(kernel: KernelInfo, agent: AgentContact) -> ItemOutcome:
 
 
 async def returned_with_leftovers(
-    repo: SchedulerRepository, returned: Sequence[AgentId]
+    repo: SchedulerStore, returned: Sequence[AgentId]
 ) -> list[KernelId]:
     """Leftover kernels still to destroy on agents that answer again, oldest first."""
     if not returned:
         return []
     wanted = set(returned)
-    pending = await asyncio.to_thread(repo.leftovers)
+    pending = await repo.leftovers()
     return [x.kernel_id for x in pending if x.destroyed_at is None and x.agent_id in wanted]

@@ -35,8 +35,7 @@ from sokovan.types import (
 )
 
 if TYPE_CHECKING:
-    from sokovan.db.repository import SchedulerRepository
-    from sokovan.ports import Claims, Ledger
+    from sokovan.ports import Claims, Ledger, SessionStore
 
 log = logging.getLogger(__name__)
 
@@ -88,21 +87,21 @@ async def record_outcomes(
     """Records outcomes and applies their declared moves in one transaction, if the run lives;
     the outcomes come back marked with what moved."""
     moves = planned_moves(transitions, outcomes)
-    recorded = await asyncio.to_thread(ledger.record_and_move, run_id, outcomes, moves)
+    recorded = await ledger.record_and_move(run_id, outcomes, moves)
     return recorded, with_moves(outcomes, recorded)
 
 
 async def record_batch(
     coordinator: RunOwner,
     ledger: Ledger,
-    repo: SchedulerRepository,
+    repo: SessionStore,
     run_id: RunId,
     operation: Operation,
     outcomes: Sequence[ItemOutcome],
 ) -> tuple[Recorded, list[ItemOutcome]]:
     """Records a batch's outcomes and moves its kernels in one transaction, if the run lives;
     returns what recording did and the outcomes marked with their moves."""
-    run = await asyncio.to_thread(ledger.get_run, run_id)
+    run = await ledger.get_run(run_id)
     transitions = coordinator.spec(run.handler).declaration.transitions
     recorded, marked = await record_outcomes(ledger, transitions, run_id, outcomes)
     if not recorded.counted:
@@ -140,7 +139,7 @@ async def run_batch(
     counts them. Recording is tried a few times (a busy database); if it still fails the
     task fails, the run ends failed, and its next run re-plans these kernels from SQL.
     """
-    run = await asyncio.to_thread(ledger.get_run, run_id)
+    run = await ledger.get_run(run_id)
     lock_id = coordinator.spec(run.handler).lock_id
     if not run.claim_token:
         outcomes = await execute_batch(ctx, operation, agent_id, items)

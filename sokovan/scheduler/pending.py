@@ -3,24 +3,16 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 
 from sokovan.db.pending import PendingSession, assign_pending, pending_groups, pending_in
 from sokovan.db.placement import PlacementView
 from sokovan.db.repository import SchedulerRepository
 from sokovan.errors import InvalidRequest, NoCapacity
-from sokovan.scheduler.submit import SessionRequest, could_ever_fit, place
-from sokovan.types import ResourceSlot, SessionId
+from sokovan.records import Scheduled, SessionRequest
+from sokovan.scheduler.submit import could_ever_fit, place
+from sokovan.types import ResourceSlot
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Scheduled:
-    """What one pass over the queue did."""
-
-    placed: list[SessionId] = field(default_factory=list)
-    waiting: int = 0
 
 
 def _request(p: PendingSession) -> SessionRequest:

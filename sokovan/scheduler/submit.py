@@ -4,60 +4,25 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import replace
 from decimal import Decimal
-from typing import Any, Protocol
+from typing import Any
 
 from sokovan.db.pending import REQUESTED_AGENTS
 from sokovan.db.placement import PlacementView
-from sokovan.db.repository import AgentRow, NewKernel, SchedulerRepository
-from sokovan.errors import InvalidRequest, NoCapacity, UnknownAgent, UnknownImage
+from sokovan.db.repository import NewKernel, SchedulerRepository
+from sokovan.errors import AgentCordoned, InvalidRequest, NoCapacity, UnknownAgent, UnknownImage
+from sokovan.ports import SecretBinder
+from sokovan.records import AgentRow, SessionRequest, Submitted
 from sokovan.redaction import split_environ
 from sokovan.types import (
     AgentId,
     ClusterMode,
     KernelId,
-    NetworkType,
     ResourceSlot,
     SessionId,
     SessionStatus,
 )
-
-DEFAULT_SLOTS = {"cpu": "1", "mem": "1073741824"}
-
-
-@dataclass(frozen=True, slots=True)
-class SessionRequest:
-    """What a manager asks for, already validated (sokovan.admission parses the payload)."""
-
-    image: str
-    kernels: int = 1
-    cluster_mode: ClusterMode = ClusterMode.SINGLE_NODE
-    network_type: NetworkType = NetworkType.VOLATILE
-    network_id: str | None = None
-    resource_slots: ResourceSlot = field(
-        default_factory=lambda: ResourceSlot.from_json(DEFAULT_SLOTS)
-    )
-    environ: Mapping[str, str] = field(default_factory=dict)
-    agents: tuple[AgentId, ...] = ()
-    name: str = ""
-    scaling_group: str = "default"
-    user_uuid: uuid.UUID = field(default_factory=lambda: uuid.UUID(int=0))
-    access_key: str = ""
-
-    # Wait as PENDING when no agent has room now; False refuses with NoCapacity instead.
-    queue: bool = True
-    # Chosen by the sender (None: minted here); a stored one is answered, not stored again.
-    session_id: SessionId | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Submitted:
-    """A stored submission: placed (SCHEDULED) or waiting for room (PENDING)."""
-
-    session_id: SessionId
-    status: SessionStatus
-    queue_position: int | None = None
 
 
 def _roles(count: int) -> list[tuple[str, int, str]]:
@@ -83,6 +48,11 @@ def _check_named(request: SessionRequest, by_id: Mapping[AgentId, AgentRow]) -> 
         if by_id[agent_id].status != "ALIVE":
             raise UnknownAgent(
                 f"agent {agent_id!r} is {by_id[agent_id].status}, not ALIVE", field="agents"
+            )
+        if not by_id[agent_id].schedulable:
+            raise AgentCordoned(
+                f"agent {agent_id!r} is {by_id[agent_id].maintenance}: it takes no new kernel",
+                field="agents",
             )
     if request.agents and len(request.agents) not in (1, request.kernels):
         raise InvalidRequest(
@@ -112,7 +82,7 @@ def place(
     free = {
         a.id: _free(a, occupied)
         for a in agents
-        if a.status == "ALIVE" and a.scaling_group == request.scaling_group
+        if a.takes_kernels and a.scaling_group == request.scaling_group
     }
     if request.cluster_mode == ClusterMode.SINGLE_NODE:
         total = ResourceSlot({k: v * request.kernels for k, v in need.items()})
@@ -136,16 +106,6 @@ def place(
         placed.append(best)
         free[best] = ResourceSlot({k: v - need.get(k, Decimal(0)) for k, v in free[best].items()})
     return placed
-
-
-class SecretBinder(Protocol):
-    """Binds a request's secret variables to its session (see sokovan.db.secret_environ)."""
-
-    def bind(
-        self, session_id: SessionId, environ: Mapping[str, str], conn: Any = None
-    ) -> dict[str, str]:
-        """Stores the secrets encrypted (in `conn`'s transaction); returns the clear ones."""
-        ...
 
 
 def _store_environ(
@@ -178,11 +138,15 @@ def place_or_queue(request: SessionRequest, view: PlacementView) -> list[AgentId
 
 
 def could_ever_fit(request: SessionRequest, agents: Sequence[AgentRow]) -> bool:
-    """False when ALIVE agents exist and none could hold the session even if empty."""
+    """False when ALIVE agents exist and none could hold the session even if empty.
+
+    A cordoned agent counts as it will be once uncordoned: maintenance ends, so a session
+    only such an agent can hold waits for it instead of being refused.
+    """
     if not any(a.status == "ALIVE" for a in agents):
         return True  # an agent may yet join; the scheduling handler places it then
     try:
-        place(request, agents, {})
+        place(request, [replace(a, schedulable=True) for a in agents], {})
     except NoCapacity:
         return False
     return True

@@ -7,7 +7,9 @@ from collections.abc import Sequence
 
 from sokovan.db.repository import SchedulerRepository
 from sokovan.errors import SokovanError, UnknownImage
-from sokovan.scheduler.submit import SecretBinder, SessionRequest, Submitted, store_placed
+from sokovan.ports import SecretBinder
+from sokovan.records import SessionRequest, Submitted
+from sokovan.scheduler.submit import store_placed
 from sokovan.types import SessionStatus
 
 

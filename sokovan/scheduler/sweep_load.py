@@ -16,12 +16,12 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import Counter
-from collections.abc import Collection, Generator, Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
 from sokovan import constants as C
-from sokovan.db.repository import SchedulerRepository, SweepRow
-from sokovan.ports import PresenceReader
+from sokovan.ports import PresenceReader, SessionStore, SweepPages
+from sokovan.records import SweepRow
 from sokovan.types import AgentId, KernelId, KernelInfo, KernelPresence, KernelStatus
 
 # Suspects read in full per query: far below every database's bound on bound parameters.
@@ -49,7 +49,7 @@ class SweepTargets:
 
 
 async def load_sweep_targets(
-    repo: SchedulerRepository,
+    repo: SessionStore,
     presence: PresenceReader,
     statuses: Collection[KernelStatus],
     *,
@@ -66,9 +66,7 @@ async def load_sweep_targets(
     their last-check stamp. Raises PresenceUnavailable (from the reader) when presence
     cannot be read.
     """
-    pages: Generator[list[SweepRow]] = repo.sweep_pages(
-        statuses, page_size=max(1, page_size), limit=budget, only=only
-    )
+    pages = repo.sweep_pages(statuses, page_size=max(1, page_size), limit=budget, only=only)
     targets = SweepTargets()
     suspected: list[str] = []
     # Under a budget only the kernels of its pages may be kept: they are picked from there.
@@ -77,31 +75,29 @@ async def load_sweep_targets(
     try:
         await _pipeline(presence, pages, targets, suspected, stamp_agents, in_pages)
     finally:
-        await asyncio.to_thread(pages.close)  # releases the connection on any way out
+        await pages.close()  # releases the connection on any way out
     if by_agent:
-        on_restarted = await asyncio.to_thread(
-            repo.sweep_ids_on_agents, statuses, restarted, only=only
-        )
+        on_restarted = await repo.sweep_ids_on_agents(statuses, restarted, only=only)
         seen = set(suspected)
         suspected.extend(k for k in on_restarted if k not in seen)
     if suspected:
-        await asyncio.to_thread(_read_suspects, repo, statuses, suspected, targets)
+        await _read_suspects(repo, statuses, suspected, targets)
     return targets
 
 
 async def _pipeline(
     presence: PresenceReader,
-    pages: Generator[list[SweepRow]],
+    pages: SweepPages,
     targets: SweepTargets,
     suspected: list[str],
     stamp_agents: bool,
     restarted: frozenset[AgentId],
 ) -> None:
     """Reads page n+1 from SQL and counts page n-1 while Valkey scans page n's presence."""
-    page = await asyncio.to_thread(next, pages, None)
+    page = await pages.next_page()
     done: tuple[list[SweepRow], Mapping[int, KernelPresence | None]] | None = None
     while page is not None:
-        fetch = asyncio.ensure_future(asyncio.to_thread(next, pages, None))
+        fetch = asyncio.ensure_future(pages.next_page())
         agents = {AgentId(r[1]) for r in page if r[1] is not None} if stamp_agents else ()
         read = asyncio.ensure_future(presence.scan_for_suspects([r[0] for r in page], agents))
         try:
@@ -136,8 +132,8 @@ def _count(
     suspected.extend(page[position][0] for position in sorted(found))
 
 
-def _read_suspects(
-    repo: SchedulerRepository,
+async def _read_suspects(
+    repo: SessionStore,
     statuses: Collection[KernelStatus],
     suspected: list[str],
     targets: SweepTargets,
@@ -145,7 +141,7 @@ def _read_suspects(
     """The suspects in full; one that left the swept statuses meanwhile is no suspect now."""
     for start in range(0, len(suspected), SUSPECT_QUERY_SIZE):
         ids = [KernelId(uuid.UUID(k)) for k in suspected[start : start + SUSPECT_QUERY_SIZE]]
-        for kernel in repo.kernels_to_sweep(statuses, only=ids):
+        for kernel in await repo.kernels_to_sweep(statuses, only=ids):
             targets_of = targets.groups.get(kernel.scaling_group)
             if targets_of is None:  # moved to another group meanwhile: counted there now
                 targets_of = targets.groups[kernel.scaling_group] = GroupTargets(total=1)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 
 from redis.asyncio import Redis
@@ -88,7 +87,5 @@ class TrackedFanOut:
             await self._tracker.dispatched(run_id, -1)
             raise
         if self._ledger is not None and int(run_id):
-            await asyncio.to_thread(
-                self._ledger.update_run, run_id, fanout_id=fanout_id, operation=str(operation)
-            )
+            await self._ledger.update_run(run_id, fanout_id=fanout_id, operation=str(operation))
         return fanout_id

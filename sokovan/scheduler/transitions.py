@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING
 
-from sokovan.db.repository import SchedulerRepository
+from sokovan.ports import SessionStore
 from sokovan.types import (
     TERMINAL_KERNEL_STATUSES,
     ItemOutcome,
@@ -17,9 +15,6 @@ from sokovan.types import (
     SessionInfo,
     SessionStatus,
 )
-
-if TYPE_CHECKING:
-    pass
 
 # The handler that destroys what a failed launch created (named here to avoid an import circle).
 TERMINATE_HANDLER = "terminate_sessions"
@@ -52,29 +47,27 @@ def session_ids_of(outcomes: Iterable[ItemOutcome]) -> set[SessionId]:
     return out
 
 
-def finish_terminated_sessions(
-    repo: SchedulerRepository, session_ids: Iterable[SessionId]
+async def finish_terminated_sessions(
+    repo: SessionStore, session_ids: Iterable[SessionId]
 ) -> list[SessionId]:
     """Moves TERMINATING sessions whose kernels are all terminal to TERMINATED."""
-    return repo.finish_sessions(list(session_ids))
+    return await repo.finish_sessions(list(session_ids))
 
 
 async def request_termination(
-    repo: SchedulerRepository, session_ids: Sequence[SessionId], reason: str
+    repo: SessionStore, session_ids: Sequence[SessionId], reason: str
 ) -> list[SessionId]:
     """Moves live sessions and their kernels to TERMINATING; returns the sessions that moved."""
-    moved = await asyncio.to_thread(
-        repo.transition_sessions,
+    moved = await repo.transition_sessions(
         session_ids,
         SessionStatus.TERMINATING,
         [s for s in NON_TERMINAL_SESSION if s != SessionStatus.TERMINATING],
         status_info=reason,
     )
     if moved:
-        sessions = await asyncio.to_thread(repo.sessions_by_ids, moved)
+        sessions = await repo.sessions_by_ids(moved)
         kernels = [k.id for s in sessions for k in s.kernels]
-        await asyncio.to_thread(
-            repo.transition_kernels,
+        await repo.transition_kernels(
             kernels,
             KernelStatus.TERMINATING,
             [s for s in NON_TERMINAL_KERNEL if s != KernelStatus.TERMINATING],
@@ -84,44 +77,38 @@ async def request_termination(
 
 
 async def move_sessions(
-    repo: SchedulerRepository,
+    repo: SessionStore,
     sessions: Sequence[SessionInfo],
     to_session: SessionStatus,
     to_kernel: KernelStatus,
     allowed: SessionStatus,
 ) -> list[SessionInfo]:
     """Moves sessions (and their kernels) out of `allowed`; returns the ones that moved."""
-    moved = set(
-        await asyncio.to_thread(
-            repo.transition_sessions, [s.id for s in sessions], to_session, [allowed]
-        )
-    )
+    moved = set(await repo.transition_sessions([s.id for s in sessions], to_session, [allowed]))
     kernel_ids = [k.id for s in sessions if s.id in moved for k in s.kernels]
-    await asyncio.to_thread(
-        repo.transition_kernels, kernel_ids, to_kernel, [KernelStatus(str(allowed))]
-    )
+    await repo.transition_kernels(kernel_ids, to_kernel, [KernelStatus(str(allowed))])
     return [s for s in sessions if s.id in moved]
 
 
 async def promote_sessions(
-    repo: SchedulerRepository,
+    repo: SessionStore,
     session_ids: set[SessionId],
     kernel_status: KernelStatus,
     from_status: SessionStatus,
     to_status: SessionStatus,
 ) -> list[SessionId]:
     """Moves sessions whose kernels all reached `kernel_status`."""
-    statuses = await asyncio.to_thread(repo.kernel_statuses_by_session, list(session_ids))
+    statuses = await repo.kernel_statuses_by_session(list(session_ids))
     ready = [
         sid
         for sid in session_ids
         if statuses.get(sid) and all(s == kernel_status for s in statuses[sid])
     ]
-    return await asyncio.to_thread(repo.transition_sessions, ready, to_status, [from_status])
+    return await repo.transition_sessions(ready, to_status, [from_status])
 
 
 async def fail_sessions(
-    repo: SchedulerRepository, session_ids: Sequence[SessionId], reason: str
+    repo: SessionStore, session_ids: Sequence[SessionId], reason: str
 ) -> list[tuple[str, Sequence[str] | None]]:
     """Failed launches go to TERMINATING so whatever was created is destroyed."""
     moved = await request_termination(repo, sorted(session_ids), reason)

@@ -8,23 +8,36 @@ from typing import Any
 import typer
 
 from sokovan import constants as C
+from sokovan.admission.agents import registration
+from sokovan.admission.parse import parse_call
+from sokovan.admission.refusal import Refusal
+from sokovan.admission.schemas import RegisterAgentPayload
 from sokovan.agentd.specs import parse_size
 from sokovan.bootstrap import build_redis
-from sokovan.db.repository import AgentRow
 from sokovan.errors import ConfigError, InvalidRequest
+from sokovan.records import AgentRow
 from sokovan.scheduler.agents import sync_agents
 from sokovan.scheduler.liveness import hand_to_deadline_path
 from sokovan.scheduler.transitions import NON_TERMINAL_KERNEL
 from sokovan.types import AgentId, ResourceSlot
 from tasks.cli.common import JsonOption, print_json, print_table
 from tasks.cli.errors import BadInput, Refused
+from tasks.cli.maintenance import cordon_cmd, drain_cmd, uncordon_cmd
 from tasks.cli.root import root
 
-app = typer.Typer(help="Registered agents: list, register, remove, sync.", no_args_is_help=True)
+app = typer.Typer(
+    help="Registered agents: list, register, cordon, drain, remove, sync.", no_args_is_help=True
+)
 
 
 def _slots(slots: ResourceSlot) -> str:
     return ",".join(f"{k}={v}" for k, v in sorted(slots.to_json().items()))
+
+
+def _scheduling(a: AgentRow) -> str:
+    if a.maintenance == "draining" and a.drain_deadline is not None:
+        return f"draining until {a.drain_deadline.strftime('%Y-%m-%d %H:%M:%S')}"
+    return "enabled" if a.maintenance == "none" else a.maintenance
 
 
 @app.command("list")
@@ -47,6 +60,9 @@ def list_cmd(
             "runtime": a.runtime,
             "capacity": a.capacity.to_json(),
             "occupied": used.get(a.id, ResourceSlot()).to_json(),
+            "schedulable": a.schedulable,
+            "maintenance": a.maintenance,
+            "drain_deadline": a.drain_deadline.isoformat() if a.drain_deadline else None,
         }
         for a in agents
     ]
@@ -63,36 +79,41 @@ def list_cmd(
             a.runtime or "external",
             _slots(a.capacity),
             _slots(used.get(a.id, ResourceSlot())),
+            _scheduling(a),
         )
         for a in agents
     ]
     head = ("AGENT", "STATUS", "LAST CONTACT", "RPC", "GROUP", "RUNTIME", "CAPACITY", "OCCUPIED")
-    print_table(head, rows)
+    print_table((*head, "SCHEDULING"), rows)
 
 
 @app.command()
 def register(
     agent_id: str = typer.Argument(..., help="The agent's id, as it names itself."),
-    rpc_addr: str = typer.Option(..., help="Its RPC address, e.g. tcp://10.0.0.5:6001."),
+    rpc_addr: str = typer.Option(..., help="Its RPC address: tcp://HOST:PORT, port 1..65535."),
     scaling_group: str = typer.Option("default", help="Scaling group it serves."),
     cpu: str = typer.Option("4", help="CPU capacity (cores)."),
     mem: str = typer.Option("8g", help="Memory capacity: bytes, or with a unit (8g, 512m)."),
 ) -> None:
-    """Registers an agent that does not register itself (a real Backend.AI agent)."""
-    if not rpc_addr.startswith(("tcp://", "ipc://")):
-        raise BadInput(f"--rpc-addr {rpc_addr!r}: expected tcp://HOST:PORT")
+    """Registers an agent that does not register itself (a real Backend.AI agent).
+
+    Checked by the schema of the `sokovan.agents.register` task: bad input exits 2 naming
+    the field."""
     try:
-        capacity = ResourceSlot.from_json({"cpu": cpu, "mem": parse_size(mem)})
+        mem_bytes = parse_size(mem)
     except ConfigError as e:
-        raise BadInput(f"--mem: {e}") from None
-    except (ValueError, ArithmeticError):
-        raise BadInput(f"--cpu {cpu!r}: expected a number of cores") from None
-    root().repository.upsert_agent(
-        AgentRow(
-            id=AgentId(agent_id), rpc_addr=rpc_addr, scaling_group=scaling_group, capacity=capacity
-        )
-    )
-    typer.echo(f"agent {agent_id} registered at {rpc_addr}")
+        raise BadInput(f"capacity.mem: {e}") from None
+    kwargs = {
+        "agent_id": agent_id,
+        "rpc_addr": rpc_addr,
+        "scaling_group": scaling_group,
+        "capacity": {"cpu": cpu, "mem": mem_bytes},
+    }
+    payload = parse_call(RegisterAgentPayload, (), kwargs)
+    if isinstance(payload, Refusal):
+        raise BadInput(payload.error)
+    root().repository.upsert_agent(registration(payload))
+    typer.echo(f"agent {payload.agent_id} registered at {payload.rpc_addr}")
 
 
 @app.command()
@@ -111,21 +132,26 @@ def remove(
     note = ""
     if live:
         infos = repo.kernels_in(list(NON_TERMINAL_KERNEL), only=live)
-        sessions = asyncio.run(hand_to_deadline_path(repo, infos, C.AGENT_REMOVED_REASON))
+        sessions = asyncio.run(hand_to_deadline_path(root().store, infos, C.AGENT_REMOVED_REASON))
         note = f"; {len(sessions)} session(s) TERMINATING, deadline now"
     typer.echo(f"agent {agent_id} removed{note}")
+
+
+app.command("cordon")(cordon_cmd)
+app.command("uncordon")(uncordon_cmd)
+app.command("drain")(drain_cmd)
 
 
 @app.command()
 def sync(as_json: bool = JsonOption) -> None:
     """Copies reference agents' self-registrations from Valkey into the agents table."""
     r = root()
-    s, repo = r.settings, r.repository
+    s = r.settings
 
     async def go() -> dict[str, int]:
         redis = build_redis(s)
         try:
-            return await sync_agents(redis, repo)
+            return await sync_agents(redis, r.store)
         finally:
             await redis.aclose()
 

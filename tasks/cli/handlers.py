@@ -8,6 +8,7 @@ from typing import Any
 import typer
 
 from sokovan.db.listing import run_progress
+from sokovan.scheduler.handlers import HANDLERS as DECLARATIONS
 from sokovan.scheduler.handlers import handler_names
 from sokovan.types import RunStatus
 from tasks import names
@@ -32,18 +33,22 @@ def list_cmd(as_json: bool = JsonOption) -> None:
     s, ledger = r.settings, r.ledger
     states = ledger.handler_states()
     docs: list[dict[str, Any]] = []
-    for name in HANDLERS:
-        paused, reason = states.get(name, (False, None))
-        last = ledger.list_runs(handler=name, limit=1, finished=True)
+    for d in DECLARATIONS:
+        paused, reason = states.get(d.name, (False, None))
+        last = ledger.list_runs(handler=d.name, limit=1, finished=True)
         docs.append(
             {
-                "handler": name,
+                "handler": d.name,
                 "state": "paused" if paused else "active",
-                "budget": s.budget(name) or None,
-                "running": [int(r.id) for r in ledger.running(name)],
+                "budget": s.budget(d.name) or None,
+                "running": [int(r.id) for r in ledger.running(d.name)],
                 "last_run_id": int(last[0].id) if last else None,
                 "last_status": str(last[0].status) if last else None,
                 "reason": reason,
+                "description": d.description,
+                "targets": d.targets.describe(),
+                "budget_unit": d.targets.unit,
+                "give_up": None if d.give_up is None else d.give_up.then,
             }
         )
     if as_json:
@@ -53,7 +58,7 @@ def list_cmd(as_json: bool = JsonOption) -> None:
         (
             d["handler"],
             d["state"],
-            d["budget"] or "-",
+            f"{d['budget']} {d['budget_unit']}" if d["budget"] else "-",
             ",".join(f"#{r}" for r in d["running"]) or "-",
             f"#{d['last_run_id']} {d['last_status']}" if d["last_run_id"] else "-",
             d["reason"] or "",

@@ -20,6 +20,7 @@ from sokovan.bootstrap import Adapters, build_probe_redis
 from sokovan.config import Settings, load_settings
 from sokovan.db.engine import current_revision
 from sokovan.db.ledger import RunLedger
+from sokovan.db.offload import OffloadedStore
 from sokovan.db.repository import SchedulerRepository
 from sokovan.db.stats import RunStats
 from tasks.cli.errors import CliError
@@ -82,6 +83,12 @@ class CommandRoot:
     def repository(self) -> SchedulerRepository:
         self.engine()
         return self.adapters.repository
+
+    @property
+    def store(self) -> OffloadedStore:
+        """The repository as the domain's functions await it."""
+        self.engine()
+        return self.adapters.store
 
     @property
     def ledger(self) -> RunLedger:

@@ -199,11 +199,12 @@ def flower() -> None:
 def valkey(
     port: int = typer.Option(None, help="TCP port (default: SOKOVAN_EMBEDDED_VALKEY_PORT)."),
 ) -> None:
-    """Runs the embedded Valkey server with its data and socket under var/valkey."""
+    """Runs the embedded Valkey server with its data, append-only file and socket under
+    var/valkey: queued tasks survive the server being killed and started again."""
     s = root().settings
     port = port or s.embedded_valkey_port
     ensure_free("embedded Valkey", port, "SOKOVAN_EMBEDDED_VALKEY_PORT")
-    server = EmbeddedValkey(s.var_dir / "valkey", port=port)
+    server = EmbeddedValkey(s.var_dir / "valkey", port=port, append_only=True)
     url = server.start()
     typer.echo(f"embedded Valkey on {url} (socket {s.var_dir / 'valkey' / 'valkey.sock'})")
     stop = threading.Event()

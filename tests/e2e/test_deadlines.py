@@ -7,13 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from sokovan.db.repository import AgentRow, NewKernel
+from sokovan.db.repository import NewKernel
 from sokovan.db.schema import kernels as kernels_table
 from sokovan.db.schema import sessions as sessions_table
 from sokovan.db.stats import RunStats
 from sokovan.scheduler.handlers import reconcile_leftovers, terminate_sessions
 from sokovan.types import (
-    AgentId,
     KernelId,
     KernelStatus,
     ResourceSlot,
@@ -21,8 +20,7 @@ from sokovan.types import (
     SessionStatus,
 )
 from tests.agents import set_fault
-from tests.cluster import Cluster, kernel_rows, running_cluster
-from tests.conftest import free_port
+from tests.cluster import Cluster, ghost_agent, kernel_rows, running_cluster
 from tests.workers import wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
@@ -117,14 +115,7 @@ async def test_sc_dl_001_agent_at_a_dead_address(tmp_path: Path, valkey_url: str
     The destroy never connects; within the deadline plus a tick the kernel is TERMINATED
     (FORCE_TERMINATED), its session TERMINATED, and its slots no longer count as occupied."""
     async with running_cluster(tmp_path, valkey_url, runtime="sim", settings=FAST, beat=True) as c:
-        ghost = AgentId("ghost")
-        c.repo.upsert_agent(
-            AgentRow(
-                id=ghost,
-                rpc_addr=f"tcp://127.0.0.1:{free_port()}",
-                capacity=ResourceSlot.from_json({"cpu": "4", "mem": "8589934592"}),
-            )
-        )
+        ghost = ghost_agent(c)
         sid = SessionId(uuid.uuid4())
         kid = KernelId(uuid.uuid4())
         c.repo.create_session(

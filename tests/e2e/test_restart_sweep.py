@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
+from sokovan.db.offload import OffloadedStore
 from sokovan.scheduler.agents import sync_agents
 from sokovan.types import RunId, RunStatus, SessionId, SessionStatus
 from tests.agents import agent_process
@@ -43,7 +44,7 @@ DEAD_SESSIONS = 10
 async def sync(c: Cluster) -> None:
     redis: Redis = Redis.from_url(c.senv.settings.redis_url)
     try:
-        await sync_agents(redis, c.repo)
+        await sync_agents(redis, OffloadedStore(c.repo))
     finally:
         await redis.aclose()
 

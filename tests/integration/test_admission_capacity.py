@@ -14,10 +14,11 @@ import pytest
 import sqlalchemy as sa
 
 from sokovan.db.engine import create_engine, upgrade
-from sokovan.db.repository import AgentRow, SchedulerRepository
+from sokovan.db.repository import SchedulerRepository
 from sokovan.errors import NoCapacity
+from sokovan.records import AgentRow, SessionRequest, Submitted
 from sokovan.scheduler.pending import schedule_group, schedule_pending
-from sokovan.scheduler.submit import SessionRequest, Submitted, submit_session
+from sokovan.scheduler.submit import submit_session
 from sokovan.types import AgentId, ImageConfig, KernelStatus, ResourceSlot, SessionStatus
 from tests.pg import postgres_engine
 

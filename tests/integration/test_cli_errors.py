@@ -64,14 +64,14 @@ CASES = [
         ["agents", "register", "n1", "--rpc-addr", "tcp://127.0.0.1:1", "--mem", "8x"],
         {},
         2,
-        "--mem",
+        "capacity.mem:",
     ),
     (
         "bad rpc address",
         ["agents", "register", "n1", "--rpc-addr", "10.0.0.5:6001"],
         {},
         2,
-        "--rpc-addr",
+        "rpc_addr:",
     ),
     (
         "count above its maximum",

@@ -12,17 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from sokovan.db.repository import AgentRow
 from sokovan.types import (
     TERMINAL_SESSION_STATUSES,
-    AgentId,
     KernelStatus,
-    ResourceSlot,
     RunStatus,
     SessionStatus,
 )
-from tests.cluster import cluster_without_worker, kernel_rows, running_cluster
-from tests.conftest import free_port
+from tests.cluster import cluster_without_worker, ghost_agent, kernel_rows, running_cluster
 from tests.outages import celery_beat, held_batches, restartable_valkey
 from tests.placed import kernels_held, submit_on
 from tests.workers import celery_worker, wait_for
@@ -134,14 +130,7 @@ async def test_sc_cv_003_kernel_never_created_is_ended_without_a_destroy(
     async with running_cluster(
         tmp_path, valkey_url, runtime="sim", settings=settings, beat=True
     ) as c:
-        ghost = AgentId("ghost")
-        c.repo.upsert_agent(
-            AgentRow(
-                id=ghost,
-                rpc_addr=f"tcp://127.0.0.1:{free_port()}",
-                capacity=ResourceSlot.from_json({"cpu": "4", "mem": "8589934592"}),
-            )
-        )
+        ghost = ghost_agent(c)
         sid = c.create(name="never-created", agents=[str(ghost)])
 
         s = c.wait_status(sid, SessionStatus.TERMINATED, timeout=90)

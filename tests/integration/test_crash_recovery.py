@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from sokovan.db.offload import OffloadedStore
 from sokovan.db.stats import RunStats
 from sokovan.scheduler.transitions import request_termination
 from sokovan.types import KernelId, KernelStatus, RunId, RunStatus, SessionStatus
@@ -28,6 +29,8 @@ SESSIONS = 100  # one kernel on each of the 5 agents: 500 kernels, 100 per agent
 # Each destroy takes 0.3 s on the agent (16 at a time per batch): a batch lasts about 2 s,
 # so the kill lands after the first batches were recorded and before the last ones were.
 DESTROY_LATENCY = 0.3
+# Set, not the default (64 since): the batches must outlast the second worker's start.
+DESTROY_CONCURRENCY = 16
 # What the issue asks: every kernel TERMINATED within this long of the restart or the kill.
 WITHIN = 60.0
 
@@ -106,12 +109,16 @@ async def test_sc_rc_001_002_whole_worker_killed_every_kernel_terminated_once(
     - the ledger counts each kernel once: succeeded sums to exactly 500 across runs, and
       `runs stats` and `runs stats --sessions` agree."""
     async with cluster_without_worker(
-        tmp_path, valkey_url, agents=len(AGENTS), latency={"destroy_kernel": DESTROY_LATENCY}
+        tmp_path,
+        valkey_url,
+        agents=len(AGENTS),
+        settings={"destroy_concurrency": str(DESTROY_CONCURRENCY)},
+        latency={"destroy_kernel": DESTROY_LATENCY},
     ) as c:
         placed = await place_sessions(c, [AGENTS] * SESSIONS)
         kids = [k for kernels in placed.values() for k in kernels]
         assert len(kids) == 500
-        await request_termination(c.repo, list(placed), "USER_REQUESTED")
+        await request_termination(OffloadedStore(c.repo), list(placed), "USER_REQUESTED")
         with ExitStack() as stack:
 
             def second_worker() -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import redis as sync_redis
 
+from sokovan.db.offload import OffloadedStore
 from sokovan.db.stats import RunStats
 from sokovan.scheduler.transitions import request_termination
 from sokovan.types import RunStatus, SessionId, SessionStatus
@@ -97,7 +98,7 @@ async def test_sc_rc_007_duplicate_pull_create_destroy_and_body_are_harmless_and
             )
             for sid in sids:
                 c.wait_status(SessionId(sid), SessionStatus.RUNNING)
-            await request_termination(c.repo, sids, "USER_REQUESTED")
+            await request_termination(OffloadedStore(c.repo), sids, "USER_REQUESTED")
             c.app.send_task("sokovan.handler.run", kwargs={"handler": "terminate_sessions"})
             dups.append(
                 await duplicate_while_held(c, "sokovan.agent.destroy_kernels", "destroy_kernel")

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
+from sokovan.db.offload import OffloadedStore
 from sokovan.scheduler.agents import sync_agents
 from sokovan.types import RunId, RunStatus, SessionStatus
 from tests.agents import agent_process
@@ -28,7 +29,7 @@ def sweep_items(c: Cluster, status: RunStatus) -> dict[str, dict[str, object]]:
 async def _sync(c: Cluster) -> None:
     redis: Redis = Redis.from_url(c.senv.settings.redis_url)
     try:
-        await sync_agents(redis, c.repo)
+        await sync_agents(redis, OffloadedStore(c.repo))
     finally:
         await redis.aclose()
 

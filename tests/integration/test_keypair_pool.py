@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key, l
 from sokovan import constants as C
 from sokovan.db.engine import create_engine, upgrade
 from sokovan.db.keypool import SqlKeypairPool
+from sokovan.db.offload import OffloadedKeypairPool
 from sokovan.db.schema import keypair_pool, sessions
 from sokovan.errors import ConfigError
 from sokovan.scheduler.launcher.keys import ClusterKeys, generate_cluster_ssh_keypair
@@ -41,18 +42,23 @@ class RecordingRefiller:
         self.requests += 1
 
 
+def new_pool(engine: sa.Engine) -> OffloadedKeypairPool:
+    """The KeypairPool port over a fresh SQL pool with its own key."""
+    return OffloadedKeypairPool(SqlKeypairPool(engine, Fernet.generate_key()))
+
+
 async def assert_concurrent_takes_are_disjoint(engine: sa.Engine) -> None:
     """Eight threads want 72 keys of a pool of 60 at once: each key goes to exactly one."""
     with engine.begin() as conn:
         conn.execute(keypair_pool.delete())
-    pool = SqlKeypairPool(engine, Fernet.generate_key())
+    pool = new_pool(engine)
     await pool.add(FAKE, "rsa")
     got: list[list[tuple[str, str]]] = []
     lock, start = threading.Lock(), threading.Barrier(8)
 
     def taker() -> None:
         start.wait()
-        mine = [pair for _ in range(3) for pair in pool._take(3, "rsa")]
+        mine = [pair for _ in range(3) for pair in pool.sync.take(3, "rsa")]
         with lock:
             got.append(mine)
 
@@ -72,7 +78,7 @@ def test_concurrent_takes_never_hand_a_key_out_twice(engine: sa.Engine) -> None:
 
 
 async def test_private_keys_are_encrypted_at_rest_and_taken_once(engine: sa.Engine) -> None:
-    pool = SqlKeypairPool(engine, Fernet.generate_key())
+    pool = new_pool(engine)
     await pool.add(FAKE[:3], "rsa")
     with engine.connect() as conn:
         stored = [bytes(r[0]) for r in conn.execute(sa.select(keypair_pool.c.ssh_private_key))]
@@ -85,7 +91,7 @@ async def test_private_keys_are_encrypted_at_rest_and_taken_once(engine: sa.Engi
 
 async def test_pool_sized_zero_makes_every_key_on_demand(engine: sa.Engine) -> None:
     """SC-LA-016: with no pool the key is RSA-2048, PEM private, OpenSSH public, cluster comment."""
-    pool = SqlKeypairPool(engine, Fernet.generate_key())
+    pool = new_pool(engine)
     await pool.add(FAKE[:2], "rsa")
     keys = ClusterKeys(pool, target=0, refiller=RecordingRefiller())
     assert await keys.take_pooled(2) == []
@@ -99,7 +105,11 @@ async def test_pool_sized_zero_makes_every_key_on_demand(engine: sa.Engine) -> N
 
 async def test_empty_pool_falls_back_to_on_demand_and_asks_for_a_refill(engine: sa.Engine) -> None:
     refiller = RecordingRefiller()
-    keys = ClusterKeys(SqlKeypairPool(engine, Fernet.generate_key()), target=4, refiller=refiller)
+    keys = ClusterKeys(
+        new_pool(engine),
+        target=4,
+        refiller=refiller,
+    )
     first = await keys.one()
     assert first.public_key.startswith("ssh-rsa ")
     await keys.used()
@@ -108,7 +118,7 @@ async def test_empty_pool_falls_back_to_on_demand_and_asks_for_a_refill(engine: 
 
 
 async def test_fill_reaches_the_target_and_plan_covers_the_deficit(engine: sa.Engine) -> None:
-    pool = SqlKeypairPool(engine, Fernet.generate_key())
+    pool = new_pool(engine)
     keys = ClusterKeys(pool, target=3)
     plan = await keys.plan_refill()
     assert plan.counts == (3,) and "refilling 3" in plan.note
@@ -137,7 +147,7 @@ async def test_refill_waits_while_a_burst_is_launching(engine: sa.Engine) -> Non
     ]
     with engine.begin() as conn:
         conn.execute(sessions.insert(), rows)
-    keys = ClusterKeys(SqlKeypairPool(engine, Fernet.generate_key()), target=8)
+    keys = ClusterKeys(new_pool(engine), target=8)
     plan = await keys.plan_refill()
     assert plan.counts == () and "deferred" in plan.note and plan.recheck
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
+from sokovan.db.offload import OffloadedStore
 from sokovan.db.stats import RunStats
 from sokovan.scheduler.claims import RedisClaims
 from sokovan.scheduler.handlers.terminate_sessions import LOCK_ID
@@ -54,7 +55,7 @@ async def test_sc_rc_003_paused_holder_can_neither_renew_nor_record(
             "a1",
             {"op": "hang", "method": "destroy_kernel", "seconds": 2.0},
         )
-        await request_termination(c.repo, list(placed), "USER_REQUESTED")
+        await request_termination(OffloadedStore(c.repo), list(placed), "USER_REQUESTED")
         with celery_worker(c.senv, concurrency=1) as paused:
             first = RunId(c.send("sokovan.handler.run", handler=TERMINATE)["run_id"])
             wait_for(lambda: destroy_taken(paused), timeout=30, what="the batch in flight")

@@ -96,7 +96,7 @@ async def test_sc_rc_003_a_holder_that_lost_its_lease_can_neither_renew_nor_reco
     async with kept(short.coordinator.claims, LOCK_ID, token, LIFETIME) as lease:
         assert lease.lost
     recorded, _ = await record_batch(
-        short.coordinator, short.ledger, short.repo, first, Operation.DESTROY_KERNELS, late
+        short.coordinator, short.runs, short.store, first, Operation.DESTROY_KERNELS, late
     )
 
     assert (recorded.counted, recorded.inserted, dict(recorded.moved)) == (False, 2, {})
@@ -131,7 +131,7 @@ async def test_sc_rc_004_a_recorded_batch_moves_its_kernels_in_the_same_transact
     first, outcomes = await held_run(short)
     done = [o for o in outcomes if o.agent_id == "a1"]
     recorded, _ = await record_batch(
-        short.coordinator, short.ledger, short.repo, first, Operation.DESTROY_KERNELS, done
+        short.coordinator, short.runs, short.store, first, Operation.DESTROY_KERNELS, done
     )
     assert recorded.counted and sorted(map(str, recorded.moved[Verdict.OK])) == sorted(
         map(str, kids[:2])

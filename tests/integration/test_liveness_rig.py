@@ -8,15 +8,15 @@ import pytest
 import sqlalchemy as sa
 
 from sokovan.config import Settings
-from sokovan.db.repository import AgentRow
 from sokovan.db.schema import agents as agents_table
 from sokovan.errors import InvalidRequest, NoCapacity
+from sokovan.records import AgentRow, SessionRequest
 from sokovan.scheduler.handlers import check_agents, reconcile_leftovers
 from sokovan.scheduler.handlers.base import HandlerContext
 from sokovan.scheduler.handlers.reconcile_leftovers import NAME as RECONCILE
 from sokovan.scheduler.handlers.terminate_sessions import NAME as TERMINATE
 from sokovan.scheduler.liveness import hand_to_deadline_path
-from sokovan.scheduler.submit import SessionRequest, place
+from sokovan.scheduler.submit import place
 from sokovan.testing import FakeSecretStore
 from sokovan.types import (
     AgentId,
@@ -39,7 +39,7 @@ def with_liveness(rig: Rig, settings: Settings = SETTINGS) -> None:
     assert rig.fanout.terminator is not None
     ctx = HandlerContext(
         settings=settings,
-        repository=rig.repo,
+        repository=rig.store,
         terminator=rig.fanout.terminator,
         pool=rig.pool,
         secrets=FakeSecretStore(),
@@ -217,7 +217,7 @@ async def test_forced_remove_hands_the_sessions_to_the_deadline_path(rig: Rig) -
 
     live = rig.repo.remove_agent(AgentId("a1"), force=True)
     infos = rig.repo.kernels_in([KernelStatus.RUNNING], only=live)
-    sessions = await hand_to_deadline_path(rig.repo, infos, "AGENT_REMOVED")
+    sessions = await hand_to_deadline_path(rig.store, infos, "AGENT_REMOVED")
 
     assert live == [k1] and sessions == [sid]
     assert {a.id for a in rig.repo.list_agents()} == {"a2"}

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
+from sokovan.db.offload import OffloadedStore
 from sokovan.deadletter import DeadLetter, DeadLetters
 from sokovan.scheduler.transitions import request_termination
 from sokovan.types import RunId, RunStatus, SessionStatus
@@ -74,7 +75,9 @@ async def test_poison_batch_is_dead_lettered_recorded_and_the_worker_keeps_servi
         placed = await place_sessions(c, [["a1"] * 3, ["a2"] * 3])
         sids = list(placed)
         with celery_worker(senv, concurrency=1, extra_args=["-I", "tests.poison"]) as worker:
-            assert set(await request_termination(c.repo, sids, "USER_REQUESTED")) == set(sids)
+            assert set(
+                await request_termination(OffloadedStore(c.repo), sids, "USER_REQUESTED")
+            ) == set(sids)
             run_id = RunId(c.send("sokovan.handler.run", handler=TERMINATE)["run_id"])
             wait_for(
                 lambda: c.ledger.get_run(run_id).status != RunStatus.RUNNING,

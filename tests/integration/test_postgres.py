@@ -10,8 +10,9 @@ import sqlalchemy as sa
 
 from sokovan.db.engine import current_revision, head_revision
 from sokovan.db.ledger import RunLedger
-from sokovan.db.repository import AgentRow, NewKernel, SchedulerRepository
+from sokovan.db.repository import NewKernel, SchedulerRepository
 from sokovan.db.secrets import SqlSecretStore
+from sokovan.records import AgentRow
 from sokovan.types import (
     AgentId,
     AgentLiveness,
@@ -87,8 +88,8 @@ async def test_repository_and_secrets_on_postgres(pg_engine: sa.Engine) -> None:
     assert repo.transition_kernels([kid], KernelStatus.RUNNING, [KernelStatus.CREATING]) == []
     assert repo.kernel_statuses([kid]) == {kid: KernelStatus.TERMINATED}
     secrets = SqlSecretStore(pg_engine, Fernet.generate_key())
-    await secrets.put_ssh_keypair(sid, "PRIVATE", "ssh-rsa AAA")
-    assert await secrets.get_ssh_keypair(sid) == ("PRIVATE", "ssh-rsa AAA")
+    secrets.put_ssh_keypair(sid, "PRIVATE", "ssh-rsa AAA")
+    assert secrets.get_ssh_keypair(sid) == ("PRIVATE", "ssh-rsa AAA")
 
 
 async def test_keypair_pool_hands_each_key_out_once_on_postgres(pg_engine: sa.Engine) -> None:

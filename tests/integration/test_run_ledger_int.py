@@ -14,7 +14,8 @@ import psutil
 import pytest
 
 from sokovan.db.ledger import RunLedger
-from sokovan.db.repository import AgentRow, NewKernel, SchedulerRepository
+from sokovan.db.repository import NewKernel, SchedulerRepository
+from sokovan.records import AgentRow
 from sokovan.types import (
     AgentId,
     KernelId,

@@ -32,7 +32,7 @@ async def test_pages_count_every_kernel_and_keep_only_missing_or_stale_ones(rig:
     kids = running(rig, 7)
     rig.presence.statuses = {k: FRESH for k in kids[:4]}
     rig.presence.statuses[kids[4]] = STALE
-    targets = await load_sweep_targets(rig.repo, rig.presence, [KernelStatus.RUNNING], page_size=3)
+    targets = await load_sweep_targets(rig.store, rig.presence, [KernelStatus.RUNNING], page_size=3)
     assert targets.pages == 3 and targets.total == 7
     group = targets.groups["default"]
     assert group.total == 7

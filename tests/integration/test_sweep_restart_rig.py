@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 
 from redis.asyncio import Redis
 
-from sokovan.db.repository import AgentRow
+from sokovan.records import AgentRow
 from sokovan.scheduler.agents import sync_agents
 from sokovan.scheduler.sweep_load import load_sweep_targets
 from sokovan.types import (
@@ -139,12 +139,12 @@ async def test_loading_keeps_every_kernel_of_a_restarted_agent_and_no_other(rig:
     statuses = [KernelStatus.RUNNING]
 
     full = await load_sweep_targets(
-        rig.repo, rig.presence, statuses, page_size=2, restarted=frozenset({A1})
+        rig.store, rig.presence, statuses, page_size=2, restarted=frozenset({A1})
     )
     budgeted = await load_sweep_targets(
-        rig.repo, rig.presence, statuses, page_size=2, budget=3, restarted=frozenset({A1})
+        rig.store, rig.presence, statuses, page_size=2, budget=3, restarted=frozenset({A1})
     )
-    plain = await load_sweep_targets(rig.repo, rig.presence, statuses, page_size=2)
+    plain = await load_sweep_targets(rig.store, rig.presence, statuses, page_size=2)
 
     assert full.total == 6 and {k.id for k in full.groups["default"].suspects} == {
         kids[0],
@@ -180,13 +180,13 @@ async def test_sync_records_the_start_a_restarted_reference_agent_reports(
     as instance_since."""
     agent_id = f"r-{uuid.uuid4().hex[:8]}"
     first = await start_agents(agent_id=agent_id)
-    await sync_agents(redis, rig.repo)
+    await sync_agents(redis, rig.store)
     before = (await registered(first.redis_url))[agent_id]
     await first.stop()
     seconds, _ = await redis.time()
 
     second = await start_agents(agent_id=agent_id)
-    await sync_agents(redis, rig.repo)
+    await sync_agents(redis, rig.store)
     after = (await registered(second.redis_url))[agent_id]
     async with RpcClient(second.addr(), agent_id) as rpc:
         health = await rpc.call("health")

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import redis as sync_redis
 
+from sokovan.db.offload import OffloadedStore
 from sokovan.db.repository import NewKernel
 from sokovan.scheduler.transitions import request_termination
 from sokovan.types import (
@@ -169,8 +170,12 @@ def replan(c: Cluster, fresh: WorkerProcess, first: RunId) -> None:
         interval=1.0,
         what=f"recovery to abandon run {first}",
     )
-    again = c.send("sokovan.handler.run", handler=TERMINATE, trigger="beat")
-    assert again["run_id"] and again["run_id"] != first, again
+    # Recovery starts the next run itself, at once.
+    wait_for(
+        lambda: any(r.id != first for r in c.ledger.list_runs(TERMINATE, limit=10)),
+        timeout=30,
+        what="the next terminate run started by recovery",
+    )
 
 
 @pytest.mark.parametrize("mechanism", ["redelivery", "replan"])
@@ -190,7 +195,8 @@ async def test_sigkill_mid_terminate_ends_with_every_kernel_terminated_once(
     - replan (level-triggered): the default one-hour visibility timeout, so the held batches
       do not come back; the fresh worker runs the two queued batches (recorded in the run as
       they finish), a 4 s run deadline lets `sokovan.maintenance.recover` abandon the stuck
-      run and apply what it recorded, and the next terminate run re-plans only the kernels
+      run and apply what it recorded (or, sooner, finds the dead worker gone), and the next
+      terminate run, which recovery starts at once, re-plans only the kernels
       still TERMINATING in the database. (Were the held batches to come back after the
       visibility timeout, their outcomes would be recorded in the abandoned run as well.)
     Either way every kernel ends TERMINATED, no agent runs it, and the ledger has exactly
@@ -211,7 +217,10 @@ async def test_sigkill_mid_terminate_ends_with_every_kernel_terminated_once(
         assert len(placed) == 4 * SESSIONS
         assert await kernels_on_agents(c) == 4 * SESSIONS
         sids = [s.id for s in c.repo.sessions_in([SessionStatus.RUNNING])]
-        assert len(await request_termination(c.repo, sids, "USER_REQUESTED")) == SESSIONS
+        assert (
+            len(await request_termination(OffloadedStore(c.repo), sids, "USER_REQUESTED"))
+            == SESSIONS
+        )
 
         first, held = await kill_mid_terminate(c)
         if mechanism == "redelivery":

@@ -71,7 +71,9 @@ async def test_check_and_pull_answers_per_image(client: CallosumAgentClient) -> 
 
 
 async def test_kernel_lifecycle(client: CallosumAgentClient, real_agent: RealAgent) -> None:
-    """create_kernels -> check_running True -> destroy_kernel -> check_running False."""
+    """create_kernels -> check_running True -> destroy_kernel -> check_running False.
+
+    SC-CV-009: the real agent's destroy_kernel answers None, the one shape we accept."""
     session_id, kernel_id = SessionId(uuid.uuid4()), KernelId(uuid.uuid4())
     config = kernel_config(kernel_id, session_id, IMAGE, real_agent.rpc_addr)
     created = await client.create_kernels(
@@ -80,7 +82,9 @@ async def test_kernel_lifecycle(client: CallosumAgentClient, real_agent: RealAge
     assert [item["id"] for item in created] == [str(kernel_id)]
     assert created[0]["resource_spec"]["slots"]["cpu"] == 1  # a pickled Decimal, read safely
     assert await client.check_running(kernel_id) is True
-    await client.destroy_kernel(kernel_id, session_id, "user-requested")
+    # A real agent answers None (the client would refuse any other shape).
+    reply = await client.call("destroy_kernel", str(kernel_id), str(session_id), "user-requested")
+    assert reply is None
     assert await client.check_running(kernel_id) is False
 
 

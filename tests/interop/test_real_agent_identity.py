@@ -10,7 +10,9 @@ import pytest
 from sokovan.agent.pool import AgentClientPool
 from sokovan.config import Settings
 from sokovan.db.engine import create_engine, upgrade
-from sokovan.db.repository import AgentRow, SchedulerRepository
+from sokovan.db.offload import OffloadedStore
+from sokovan.db.repository import SchedulerRepository
+from sokovan.records import AgentRow
 from sokovan.scheduler.liveness import ping_agent
 from sokovan.scheduler.terminator import SessionTerminator
 from sokovan.testing import FakePresence, RefusingFanOut
@@ -36,7 +38,7 @@ async def test_sc_fa_003_real_agent_at_another_agents_address_kills_nothing(
     repo = SchedulerRepository(engine)
     for agent_id in ("i-lost-x", real_agent.agent_id):
         repo.upsert_agent(AgentRow(AgentId(agent_id), real_agent.rpc_addr))
-    pool = AgentClientPool(repo, Settings(agent_call_timeout=30))
+    pool = AgentClientPool(OffloadedStore(repo), Settings(agent_call_timeout=30))
     stranger = KernelInfo(KernelId(uuid.uuid4()), SessionId(uuid.uuid4()), AgentId("i-lost-x"))
     own = KernelInfo(KernelId(uuid.uuid4()), SessionId(uuid.uuid4()), AgentId(real_agent.agent_id))
     terminator = SessionTerminator(pool, FakePresence(), RefusingFanOut(), verify_identity=True)
@@ -68,7 +70,7 @@ async def test_sc_cv_005_real_agent_refusing_an_id_is_no_contact_for_liveness(
     repo = SchedulerRepository(engine)
     for agent_id in ("i-lost-x", real_agent.agent_id):
         repo.upsert_agent(AgentRow(AgentId(agent_id), real_agent.rpc_addr))
-    pool = AgentClientPool(repo, Settings(agent_call_timeout=30))
+    pool = AgentClientPool(OffloadedStore(repo), Settings(agent_call_timeout=30))
     try:
         stranger = await ping_agent(pool, AgentId("i-lost-x"), 30)
         own = await ping_agent(pool, AgentId(real_agent.agent_id), 30)

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from sokovan.agent.client import CallosumAgentClient
-from sokovan.db.repository import AgentRow, SchedulerRepository
+from sokovan.db.repository import SchedulerRepository
+from sokovan.records import AgentRow
 from sokovan.types import (
     AgentId,
     ImageConfig,

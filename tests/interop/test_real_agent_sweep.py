@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from sokovan.db.ledger import RunLedger
-from sokovan.db.repository import AgentRow, SchedulerRepository
+from sokovan.db.repository import SchedulerRepository
+from sokovan.records import AgentRow
 from sokovan.types import (
     AgentId,
     ImageConfig,

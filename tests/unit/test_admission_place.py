@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from sokovan.db.repository import AgentRow
 from sokovan.errors import InvalidRequest, NoCapacity, UnknownAgent
-from sokovan.scheduler.submit import SessionRequest, could_ever_fit, place
+from sokovan.records import AgentRow, SessionRequest
+from sokovan.scheduler.submit import could_ever_fit, place
 from sokovan.types import AgentId, ClusterMode, ResourceSlot
 
 

@@ -18,7 +18,7 @@ from sokovan.admission.parse import (
 )
 from sokovan.admission.refusal import INVALID, Refusal, echo
 from sokovan.admission.schemas import Limits
-from sokovan.scheduler.submit import SessionRequest
+from sokovan.records import SessionRequest
 from sokovan.types import ClusterMode, NetworkType
 from tests.admission_cases import CASES, IMAGE, Hostile
 

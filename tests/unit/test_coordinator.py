@@ -20,8 +20,10 @@ from sokovan.scheduler.handlers.base import (
     HandlerRuntime,
     Moved,
     Plan,
+    Targets,
     Transition,
 )
+from sokovan.scheduler.leases import HOLDER_GONE
 from sokovan.scheduler.outcomes import record_outcomes
 from sokovan.testing import (
     InMemoryClaims,
@@ -73,8 +75,7 @@ def declare(probe: Probe) -> HandlerDeclaration:
         lock_id="LOCKID_PROBE",
         description="probes kernels",
         default_interval=7.0,
-        target="kernels",
-        target_statuses=(KernelStatus.RUNNING,),
+        targets=Targets(kernels=(KernelStatus.RUNNING,)),
         transitions={
             Verdict.OK: Transition(KernelStatus.TERMINATED, (KernelStatus.RUNNING,), "PROBED"),
             Verdict.FAILED: Transition(KernelStatus.ERROR, (KernelStatus.RUNNING,)),
@@ -177,7 +178,7 @@ async def test_held_plan_closes_the_run_as_held() -> None:
     s.probe.plan_result = Plan(requested=3, note="brake: outage", held="brake: outage")
     report = await s.coordinator.run(NAME, RunTrigger.BEAT)
     assert report.status == RunStatus.HELD
-    assert s.ledger.get_run(RunId(1)).note == "brake: outage"
+    assert (await s.ledger.get_run(RunId(1))).note == "brake: outage"
 
 
 async def test_idle_beat_tick_leaves_no_row() -> None:
@@ -204,15 +205,15 @@ async def test_recovery_abandons_overdue_runs_keeping_what_they_recorded() -> No
     s.probe.plan_result = Plan(requested=2, dispatched=True)
     report = await s.coordinator.run(NAME, RunTrigger.API)
     assert report.run_id is not None
-    s.ledger.update_run(report.run_id, operation=str(Operation.DESTROY_KERNELS))
+    await s.ledger.update_run(report.run_id, operation=str(Operation.DESTROY_KERNELS))
     await record_outcomes(s.ledger, declare(s.probe).transitions, report.run_id, [s.outcome(0)])
-    s.ledger.update_run(report.run_id, deadline_at=utcnow() - timedelta(seconds=1))
+    await s.ledger.update_run(report.run_id, deadline_at=utcnow() - timedelta(seconds=1))
     moves_before = len(s.states.moves)
 
     abandoned = await s.coordinator.recover()
 
     assert abandoned == [report.run_id]
-    run = s.ledger.get_run(report.run_id)
+    run = await (await s.ledger.get_run(report.run_id))
     assert run.status == RunStatus.ABANDONED and run.succeeded == 1
     assert s.states.statuses[s.kernels[0]] == KernelStatus.TERMINATED
     assert len(s.states.moves) == moves_before, "abandoning wrote a kernel move again"
@@ -237,6 +238,47 @@ def test_declarations_drive_beat_cli_and_routing() -> None:
     assert schedule["sweep-stale-kernels"]["schedule"] == 42
     assert set(handler_names()) == {d.name for d in HANDLERS}
     assert set(batch_runners()) == set(Operation)
-    assert all(
-        isinstance(s, SessionStatus | KernelStatus) for d in HANDLERS for s in d.target_statuses
-    )
+    assert all(d.targets.sessions or d.targets.kernels for d in HANDLERS)
+    assert all(isinstance(s, SessionStatus) for d in HANDLERS for s in d.targets.sessions)
+
+
+async def _dispatched_run(s: Stubs) -> tuple[RunId, str]:
+    s.probe.plan_result = Plan(requested=2, dispatched=True)
+    report = await s.coordinator.run(NAME, RunTrigger.API)
+    assert report.run_id is not None
+    token = (await s.ledger.get_run(report.run_id)).claim_token
+    assert token is not None
+    return report.run_id, token
+
+
+async def test_sc_cv_008_a_run_whose_worker_is_gone_is_abandoned_before_its_lease_lapses() -> None:
+    """SC-CV-008: a worker doing a batch of the run dies; its lease still has 30 s to live,
+    yet recovery abandons the run as holder gone, frees the lease and starts the next run."""
+    s = Stubs()
+    run_id, token = await _dispatched_run(s)
+    await s.claims.hold(token)  # a batch under way on some worker
+    s.claims.kill(token)  # that worker's tree is SIGKILLed
+    assert await s.claims.holder("LOCKID_PROBE") == token
+
+    assert await s.coordinator.recover() == [run_id]
+
+    run = await s.ledger.get_run(run_id)
+    assert run.status == RunStatus.ABANDONED
+    assert (run.note or "").startswith(HOLDER_GONE)
+    assert await s.claims.holder("LOCKID_PROBE") is None
+    assert s.kicker.kicks == [(NAME, RunTrigger.EVENT, None)]
+
+
+async def test_sc_cv_008_a_live_or_finished_holder_keeps_the_run() -> None:
+    """SC-CV-008: a worker still at work, or one that died after its piece ended, costs the
+    run nothing: recovery leaves it running under its lease."""
+    s = Stubs()
+    run_id, token = await _dispatched_run(s)
+    await s.claims.hold(token)
+    assert await s.coordinator.recover() == []
+    await s.claims.unhold(token)
+    s.claims.kill(token)
+    assert await s.coordinator.recover() == []
+    assert (await s.ledger.get_run(run_id)).status == RunStatus.RUNNING
+    assert await s.claims.holder("LOCKID_PROBE") == token
+    assert s.kicker.kicks == []

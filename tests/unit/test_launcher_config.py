@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -115,9 +116,11 @@ async def start_and_capture(
     pool = FakeAgentClientPool()
     agent = pool.add("a1")
     secrets, recorder = FakeSecretStore(), FakeSessionRecorder()
-    environs = StoredKernelEnvirons(
-        lambda ids: [session], FakeSecretEnviron({session.id: secret or {}})
-    )
+
+    async def load(ids: Sequence[SessionId]) -> Sequence[SessionInfo]:
+        return [session]
+
+    environs = StoredKernelEnvirons(load, FakeSecretEnviron({session.id: secret or {}}))
 
     async def execute(operation: Operation, batch: AgentBatch) -> list[ItemOutcome]:
         assert all("environ" not in item["config"] for item in batch.items)

@@ -7,7 +7,7 @@ import functools
 import json
 import logging
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,7 +84,11 @@ def make_kit(
 
     async def execute(operation: Operation, batch: AgentBatch) -> list[ItemOutcome]:
         assert operation is Operation.CREATE_KERNELS
-        environs = StoredKernelEnvirons(lambda ids: sessions, FakeSecretEnviron())
+
+        async def load(ids: Sequence[SessionId]) -> Sequence[SessionInfo]:
+            return sessions
+
+        environs = StoredKernelEnvirons(load, FakeSecretEnviron())
         return await create_kernels_on_agent(
             pool,
             secrets,

@@ -16,8 +16,9 @@ from sokovan.db.repository import SchedulerRepository
 from sokovan.db.schema import environ_secrets
 from sokovan.db.secret_environ import SqlSecretEnviron
 from sokovan.errors import InvalidRequest
+from sokovan.records import SessionRequest
 from sokovan.redaction import is_secret_name, is_secret_ref, redact, split_environ
-from sokovan.scheduler.submit import SessionRequest, submit_session
+from sokovan.scheduler.submit import submit_session
 from sokovan.types import AgentId, ImageConfig, ResourceSlot, SessionId, SessionStatus
 from tasks.redaction import PoolApplyFilter, RedactingAMQP, redacted_repr
 from tests.services import leaks
@@ -141,7 +142,7 @@ def test_inline_secrets_of_a_raw_request_are_bound_encrypted_at_submission(
     """A raw sender's clear secret never lands in sessions.environ."""
     repo = SchedulerRepository(engine)
     repo.add_image(ImageConfig(canonical="img"))
-    from sokovan.db.agents import AgentRow
+    from sokovan.records import AgentRow
 
     repo.upsert_agent(
         AgentRow(

@@ -8,7 +8,10 @@ import uuid
 import pytest
 
 from sokovan.scheduler.handlers.base import KernelHandler
-from sokovan.scheduler.handlers.sweep_stale_kernels import SweepStaleKernelsKernelHandler
+from sokovan.scheduler.handlers.sweep_stale_kernels import (
+    DECLARATION,
+    SweepStaleKernelsKernelHandler,
+)
 from sokovan.scheduler.terminator import SessionTerminator
 from sokovan.testing import FakeAgentClientPool, FakePresence, InProcessFanOut
 from sokovan.types import (
@@ -20,6 +23,7 @@ from sokovan.types import (
     KernelPresence,
     KernelStatus,
     SessionId,
+    Verdict,
 )
 
 A1, A2 = AgentId("a1"), AgentId("a2")
@@ -58,14 +62,14 @@ def build(
 
 
 def test_handler_declares_name_lock_and_transitions() -> None:
-    """The handler's public identity: name, Backend.AI's lock, and what each verdict means."""
+    """The handler's public identity: name, Backend.AI's lock, its targets, and what a dead
+    verdict means (alive ones keep their status: no transition)."""
     assert issubclass(SweepStaleKernelsKernelHandler, KernelHandler)
-    assert SweepStaleKernelsKernelHandler.name == "sweep_stale_kernels"
-    assert SweepStaleKernelsKernelHandler.claim_name() == "sweep_stale_kernels"
-    assert SweepStaleKernelsKernelHandler.lock_id == "LOCKID_SOKOVAN_TARGET_TERMINATING"
-    assert SweepStaleKernelsKernelHandler.target_kernel_statuses == (KernelStatus.RUNNING,)
-    transitions = SweepStaleKernelsKernelHandler.status_transitions
-    assert (transitions.success, transitions.failure) == (None, KernelStatus.TERMINATED)
+    assert DECLARATION.name == "sweep_stale_kernels"
+    assert DECLARATION.lock_id == "LOCKID_SOKOVAN_TARGET_TERMINATING"
+    assert DECLARATION.targets.kernels == (KernelStatus.RUNNING,)
+    assert set(DECLARATION.transitions) == {Verdict.DEAD}
+    assert DECLARATION.transitions[Verdict.DEAD].kernel is KernelStatus.TERMINATED
 
 
 async def test_sc_sk_001_all_kernels_alive_no_state_change() -> None:
@@ -246,8 +250,6 @@ async def test_sc_kh_int_001_full_stale_kernel_sweep_flow() -> None:
 
     assert [f.kernel_id for f in result.failures] == [k1.id]
     assert [s.kernel_id for s in result.successes] == [k2.id, k3.id]
-    assert handler.status_transitions.failure is KernelStatus.TERMINATED
-    assert handler.status_transitions.success is None
     assert [c.args[0] for c in a1.calls_to("check_running")] == [k1.id, k3.id]
 
 

@@ -10,16 +10,24 @@ its explicit False kills.
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from sokovan import constants as C
+from sokovan.scheduler.handlers import sweep_stale_kernels
 from sokovan.scheduler.handlers.sweep_stale_kernels import SweepStaleKernelsKernelHandler
 from sokovan.scheduler.liveness import ping_agent
 from sokovan.scheduler.terminator import SessionTerminator
 from sokovan.scheduler.terminator.identity import reported_start
-from sokovan.testing import FakeAgentClient, FakeAgentClientPool, FakePresence, InProcessFanOut
+from sokovan.store_stub import InMemoryStore
+from sokovan.testing import (
+    FakeAgentClient,
+    FakeAgentClientPool,
+    FakePresence,
+    InProcessFanOut,
+    stub_context,
+)
 from sokovan.types import (
     AgentId,
     HealthCheckStatus,
@@ -28,7 +36,12 @@ from sokovan.types import (
     KernelInfo,
     KernelPresence,
     KernelStatus,
+    RunId,
     SessionId,
+    SessionInfo,
+    SessionStatus,
+    Verdict,
+    utcnow,
 )
 
 A1, A2 = AgentId("a1"), AgentId("a2")
@@ -223,3 +236,32 @@ def test_reported_start_reads_epoch_seconds() -> None:
         1_700_000_000, UTC
     )
     assert C.AGENT_RESTART_GRACE_SEC < C.PRESENCE_STALE_AFTER_SEC
+
+
+async def test_sc_cv_004_sweep_planning_on_the_store_stub_asks_only_about_the_restarted() -> None:
+    """SC-CV-004 through the sweep's planning on the in-memory store: a1 restarted (its
+    second marker, with the start it reports) a minute ago; the kernel a1 ran before is
+    asked about and found dead, the one b1 runs is never asked."""
+    store = InMemoryStore()
+    now = utcnow()
+    started = now - timedelta(seconds=60)
+    await store.record_contact(A1, "boot-1", now - timedelta(hours=1))
+    await store.record_contact(A1, "boot-2", now, started)
+    await store.record_contact(A2, "boot-1", now)
+    assert await store.agents_restarted_since(now - timedelta(seconds=130)) == {A1: started}
+    on_a1, on_a2 = new_kernel(A1), new_kernel(A2)
+    for k in (on_a1, on_a2):
+        store.add_session(SessionInfo(k.session_id, (k,), status=SessionStatus.RUNNING))
+    assert await store.sweep_ids_on_agents([KernelStatus.RUNNING], [A1]) == [str(on_a1.id)]
+    before = KernelPresence(HealthCheckStatus.HEALTHY, started.timestamp() - 30)
+    presence = FakePresence({on_a1.id: before, on_a2.id: before})
+    pool = FakeAgentClientPool()
+    a1, a2 = pool.add(A1), pool.add(A2)
+    a1.script("check_running", False)
+    runtime = sweep_stale_kernels.build(stub_context(store, pool=pool, presence=presence))
+
+    plan = await runtime.plan(RunId(1), None, 0)
+
+    assert [(o.item_id, o.verdict) for o in plan.outcomes] == [(str(on_a1.id), Verdict.DEAD)]
+    assert str(plan.outcomes[0].detail["suspected"]).startswith("agent restarted at")
+    assert asked(a1) == [on_a1.id] and asked(a2) == []

@@ -10,7 +10,7 @@ import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from sokovan.types import (
     AgentId,
@@ -19,7 +19,6 @@ from sokovan.types import (
     KernelId,
     KernelInfo,
     KernelStatus,
-    KernelStatusTransitions,
     Operation,
     RunId,
     SessionStatus,
@@ -28,12 +27,12 @@ from sokovan.types import (
 
 if TYPE_CHECKING:
     from sokovan.config import Settings
-    from sokovan.db.repository import SchedulerRepository
     from sokovan.ports import (
         AgentClientPool,
         FanOut,
         KernelEnvirons,
         NetworkPlugin,
+        SchedulerStore,
         SecretStore,
     )
     from sokovan.scheduler.launcher import SessionLauncher
@@ -79,7 +78,35 @@ class GiveUp:
 
     deadline_setting: str  # Settings field: seconds a target may stay in the state
     attempts_setting: str | None = None  # Settings field: tries before giving up
-    then: str = ""  # what the deadline path does, in one line (CLI, README)
+    then: str = ""  # what the deadline path does, in one line (CLI, docs)
+
+    def deadline(self, settings: Settings) -> float:
+        """Seconds a target may stay in the handler's state, as configured."""
+        return float(getattr(settings, self.deadline_setting))
+
+    def attempts(self, settings: Settings) -> int:
+        """Tries before giving up, as configured; 1 when the policy names none."""
+        if self.attempts_setting is None:
+            return 1
+        return int(getattr(settings, self.attempts_setting))
+
+
+@dataclass(frozen=True, slots=True)
+class Targets:
+    """What a handler's runs take up, in which statuses; its budget counts the same unit."""
+
+    sessions: tuple[SessionStatus, ...] = ()
+    kernels: tuple[KernelStatus, ...] = ()
+
+    @property
+    def unit(self) -> Literal["sessions", "kernels"]:
+        return "sessions" if self.sessions else "kernels"
+
+    def describe(self) -> str:
+        """E.g. "TERMINATING sessions", for the CLI and the docs."""
+        statuses = self.sessions or self.kernels
+        shown = ", ".join(str(s) for s in statuses[:3]) + (" ..." if len(statuses) > 3 else "")
+        return f"{shown} {self.unit}"
 
 
 Planner = Callable[[RunId, Sequence[str] | None, int], Awaitable[Plan]]
@@ -95,7 +122,7 @@ class HandlerContext:
     """The adapters a handler may use; built once per process by the composition root."""
 
     settings: Settings
-    repository: SchedulerRepository
+    repository: SchedulerStore
     terminator: SessionTerminator
     pool: AgentClientPool
     secrets: SecretStore
@@ -149,16 +176,16 @@ class HandlerDeclaration:
 
     name: str  # stable public name: ledger rows, claims, CLI, metrics labels
     lock_id: str  # Backend.AI's lock name; handlers touching the same targets share one
-    description: str
+    description: str  # one line: `handlers list`, the docs
     default_interval: float  # seconds between beat ticks
-    target: Literal["sessions", "kernels"]
-    target_statuses: tuple[SessionStatus | KernelStatus, ...]
+    # What its runs take up (its planner reads the statuses), and the budget's unit.
+    targets: Targets
     # Kernel moves by outcome verdict, applied with the outcome's recording.
     transitions: Mapping[Verdict, Transition]
     build: Callable[[HandlerContext], HandlerRuntime]
     # Per-agent batch operations: one Celery task per agent batch each.
     batches: Mapping[Operation, BatchRunner] = field(default_factory=dict)
-    budget_unit: Literal["sessions", "kernels"] = "sessions"
+    # Deadline and attempts: the planner reads them through it; `handlers list` shows `then`.
     give_up: GiveUp | None = None
     interval_setting: str | None = None  # Settings field overriding default_interval
 
@@ -187,18 +214,8 @@ def moved_of(outcomes: Sequence[ItemOutcome]) -> Moved:
 
 
 class KernelHandler(ABC):
-    """Judges kernels of one scaling group; the coordinator applies the transitions."""
-
-    # Copied from the handler's declaration, for callers that hold only the class.
-    name: ClassVar[str]
-    lock_id: ClassVar[str]
-    target_kernel_statuses: ClassVar[tuple[KernelStatus, ...]]
-    status_transitions: ClassVar[KernelStatusTransitions]
-
-    @classmethod
-    def claim_name(cls) -> str:
-        """The claim that keeps runs of this handler from overlapping."""
-        return cls.name
+    """Judges kernels of one scaling group; the coordinator applies the declared transitions
+    to its verdicts."""
 
     @abstractmethod
     async def execute(

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sokovan import constants as C
 from sokovan.config import Settings
 from sokovan.db.attempts import backoff_seconds
-from sokovan.db.repository import SchedulerRepository
+from sokovan.ports import SchedulerStore
 from sokovan.scheduler.deadlines import parse_time, past_deadline
 from sokovan.scheduler.handlers.base import (
     FollowUps,
@@ -23,6 +22,7 @@ from sokovan.scheduler.handlers.base import (
     HandlerRuntime,
     Moved,
     Plan,
+    Targets,
     Transition,
 )
 from sokovan.scheduler.launcher.agent_jobs import pull_images_on_agent
@@ -46,6 +46,9 @@ from sokovan.types import (
     Verdict,
     utcnow,
 )
+
+if TYPE_CHECKING:
+    from sokovan.scheduler.launcher import SessionLauncher
 
 log = logging.getLogger(__name__)
 
@@ -79,50 +82,53 @@ def _due(session: SessionInfo, now: datetime) -> bool:
     return retry_at is None or retry_at <= now
 
 
-def build(ctx: HandlerContext) -> HandlerRuntime:
-    """Image pulling bound to its adapters."""
-    repo = ctx.repository
-    settings = ctx.settings
+class PullImages:
+    """Pulls the images of new sessions, and again for pulls that got no answer or were lost."""
 
-    async def plan(run_id: RunId, scope: Sequence[str] | None, budget: int) -> Plan:
+    def __init__(self, repo: SchedulerStore, launcher: SessionLauncher, settings: Settings) -> None:
+        self.repo = repo
+        self.launcher = launcher
+        self.settings = settings
+        assert DECLARATION.give_up is not None
+        self.deadline = DECLARATION.give_up.deadline(settings)
+        self.attempts = DECLARATION.give_up.attempts(settings)
+
+    async def plan(self, run_id: RunId, scope: Sequence[str] | None, budget: int) -> Plan:
+        """New sessions go PULLING; they and the due retries get one check_and_pull each."""
+        new, pulling = DECLARATION.targets.sessions
         only = parse_ids(scope)
         wanted = None if only is None else [SessionId(u) for u in only]
         # Read before this run moves new sessions to PULLING: those are not lost pulls.
-        follow, retried = await _retries(wanted)
-        sessions = await asyncio.to_thread(
-            repo.sessions_in, [SessionStatus.SCHEDULED], limit=budget, only=wanted
-        )
-        sessions = await move_sessions(
-            repo, sessions, SessionStatus.PULLING, KernelStatus.PULLING, SessionStatus.SCHEDULED
-        )
+        follow, retried = await self._retries(pulling, wanted)
+        sessions = await self.repo.sessions_in([new], limit=budget, only=wanted)
+        sessions = await move_sessions(self.repo, sessions, pulling, KernelStatus.PULLING, new)
         sessions.extend(retried)
         if not sessions:
             return Plan(requested=0, follow_ups=follow)
         now = utcnow().isoformat()
         for s in sessions:
-            await asyncio.to_thread(
-                repo.merge_session_status_data, s.id, {SENT_AT: now, RETRY_AT: None}
-            )
+            await self.repo.merge_session_status_data(s.id, {SENT_AT: now, RETRY_AT: None})
         images = {k.image for s in sessions for k in s.kernels}
-        configs = await asyncio.to_thread(repo.image_configs, images)
-        await ctx.launcher().trigger_image_pulling(sessions, configs, run_id=run_id)
+        configs = await self.repo.image_configs(images)
+        await self.launcher.trigger_image_pulling(sessions, configs, run_id=run_id)
         requested = sum(len(s.kernels) for s in sessions)
         return Plan(requested=requested, dispatched=True, follow_ups=follow)
 
-    async def _retries(wanted: list[SessionId] | None) -> tuple[FollowUps, list[SessionInfo]]:
+    async def _retries(
+        self, pulling: SessionStatus, wanted: list[SessionId] | None
+    ) -> tuple[FollowUps, list[SessionInfo]]:
         """PULLING sessions to pull again (a retry due, or a pull lost with its run); those
-        whose pulls are all PREPARED already go on to creation."""
+        whose pulls are all PREPARED already go on to creation, those past the deadline fail."""
         now = utcnow()
-        pulling = await asyncio.to_thread(repo.sessions_in, [SessionStatus.PULLING], only=wanted)
         again: list[SessionInfo] = []
         late: list[SessionId] = []
-        for s in pulling:
+        for s in await self.repo.sessions_in([pulling], only=wanted):
             if not _due(s, now):
                 continue
-            if past_deadline(s, settings.pulling_deadline, now):
+            if past_deadline(s, self.deadline, now):
                 tried = int(s.status_data.get(ATTEMPTS) or 0) or 1
-                message = f"no pull result within {settings.pulling_deadline:g}s"
-                await _note_error(repo, s.id, f"{message} after {tried} attempt(s)")
+                message = f"no pull result within {self.deadline:g}s after {tried} attempt(s)"
+                await _note_error(self.repo, s.id, message)
                 late.append(s.id)
                 continue
             kernels = tuple(k for k in s.kernels if k.status == KernelStatus.PULLING)
@@ -131,21 +137,29 @@ def build(ctx: HandlerContext) -> HandlerRuntime:
                     "session %s: its pull was lost with the run that sent it; sent again", s.id
                 )
             again.append(dataclasses.replace(s, kernels=kernels))
+        follow = list(await fail_sessions(self.repo, late, FAILED_TO_START))
+        follow.extend(await self._prepared({s.id for s in again if not s.kernels}))
+        return follow, [s for s in again if s.kernels]
+
+    async def _prepared(self, sessions: set[SessionId]) -> FollowUps:
+        """Sessions whose kernels are all PREPARED go on to creation."""
         prepared = await promote_sessions(
-            repo,
-            {s.id for s in again if not s.kernels},
+            self.repo,
+            sessions,
             KernelStatus.PREPARED,
             SessionStatus.PULLING,
             SessionStatus.PREPARED,
         )
-        follow = list(await fail_sessions(repo, late, FAILED_TO_START))
-        if prepared:
-            follow.append((START_SESSIONS, [str(s) for s in prepared]))
-        return follow, [s for s in again if s.kernels]
+        return [(START_SESSIONS, [str(s) for s in prepared])] if prepared else []
 
-    async def complete(run_id: RunId, outcomes: Sequence[ItemOutcome], moved: Moved) -> FollowUps:
+    async def complete(
+        self, run_id: RunId, outcomes: Sequence[ItemOutcome], moved: Moved
+    ) -> FollowUps:
+        """Pulled sessions go PREPARED; unanswered pulls are retried; refusals fail them."""
         unanswered = [o for o in outcomes if not o.ok and (o.error or "").startswith(NO_ANSWER)]
-        retry, exhausted = await _schedule_retries(repo, settings, unanswered)
+        retry, exhausted = await _schedule_retries(
+            self.repo, self.settings, self.attempts, unanswered
+        )
         refused = [o for o in outcomes if not o.ok and o not in unanswered]
         failed_sessions = session_ids_of(refused)
         failed_sessions |= session_ids_of(unanswered) - retry
@@ -154,37 +168,32 @@ def build(ctx: HandlerContext) -> HandlerRuntime:
             sid = SessionId(uuid.UUID(str(o.detail["session_id"])))
             if sid in failed_sessions and sid not in retry:
                 tries = f" after {exhausted[sid]} attempt(s)" if sid in exhausted else ""
-                await _note_error(repo, sid, _pull_error(o) + tries, name=_error_name(o))
-        follow: list[tuple[str, Sequence[str] | None]] = []
-        follow.extend(await fail_sessions(repo, sorted(failed_sessions), FAILED_TO_START))
-        prepared = await promote_sessions(
-            repo,
-            session_ids_of(outcomes) - failed_sessions - retry,
-            KernelStatus.PREPARED,
-            SessionStatus.PULLING,
-            SessionStatus.PREPARED,
-        )
-        if prepared:
-            follow.append((START_SESSIONS, [str(s) for s in prepared]))
+                await _note_error(self.repo, sid, _pull_error(o) + tries, name=_error_name(o))
+        follow = list(await fail_sessions(self.repo, sorted(failed_sessions), FAILED_TO_START))
+        follow.extend(await self._prepared(session_ids_of(outcomes) - failed_sessions - retry))
         return follow
 
-    return HandlerRuntime(DECLARATION, plan, {Operation.CHECK_AND_PULL: complete})
+
+def build(ctx: HandlerContext) -> HandlerRuntime:
+    """Image pulling bound to its adapters."""
+    handler = PullImages(ctx.repository, ctx.launcher(), ctx.settings)
+    return HandlerRuntime(DECLARATION, handler.plan, {Operation.CHECK_AND_PULL: handler.complete})
 
 
 async def _schedule_retries(
-    repo: SchedulerRepository, settings: Settings, unanswered: Sequence[ItemOutcome]
+    repo: SchedulerStore, settings: Settings, attempts: int, unanswered: Sequence[ItemOutcome]
 ) -> tuple[set[SessionId], dict[SessionId, int]]:
     """Sessions whose pull got no answer: retried after a backoff while attempts are left
     (the first set), else out of attempts (with how many they had)."""
     errors = {SessionId(uuid.UUID(str(o.detail["session_id"]))): o for o in unanswered}
-    sessions = await asyncio.to_thread(repo.sessions_by_ids, list(errors))
+    sessions = await repo.sessions_by_ids(list(errors))
     retry: set[SessionId] = set()
     exhausted: dict[SessionId, int] = {}
     now = utcnow()
     for s in sessions:
         tried = int(s.status_data.get(ATTEMPTS) or 0) + 1
-        if tried >= settings.pull_attempts:
-            await asyncio.to_thread(repo.merge_session_status_data, s.id, {ATTEMPTS: tried})
+        if tried >= attempts:
+            await repo.merge_session_status_data(s.id, {ATTEMPTS: tried})
             exhausted[s.id] = tried
             continue
         wait = backoff_seconds(tried, settings.retry_backoff, settings.retry_backoff_max)
@@ -193,7 +202,7 @@ async def _schedule_retries(
             s.id,
             errors[s.id].error,
             tried,
-            settings.pull_attempts,
+            attempts,
             wait,
         )
         values = {
@@ -201,7 +210,7 @@ async def _schedule_retries(
             RETRY_AT: (now + timedelta(seconds=wait)).isoformat(),
             "pull_last_error": _pull_error(errors[s.id]),
         }
-        await asyncio.to_thread(repo.merge_session_status_data, s.id, values)
+        await repo.merge_session_status_data(s.id, values)
         retry.add(s.id)
     return retry, exhausted
 
@@ -219,10 +228,10 @@ def _pull_error(o: ItemOutcome) -> str:
 
 
 async def _note_error(
-    repo: SchedulerRepository, sid: SessionId, message: str, name: str = "ImagePullTimeout"
+    repo: SchedulerStore, sid: SessionId, message: str, name: str = "ImagePullTimeout"
 ) -> None:
     info = {"src": "agent", "name": name, "message": message}
-    await asyncio.to_thread(repo.merge_session_status_data, sid, {"error": info})
+    await repo.merge_session_status_data(sid, {"error": info})
 
 
 DECLARATION = HandlerDeclaration(
@@ -231,12 +240,11 @@ DECLARATION = HandlerDeclaration(
     description="pulls the images of SCHEDULED sessions, one task per agent",
     default_interval=C.LAUNCH_INTERVAL_SEC,
     interval_setting="launch_interval",
-    target="sessions",
-    target_statuses=(SessionStatus.SCHEDULED, SessionStatus.PULLING),
+    # New sessions, and those whose pull is to be sent again: in this order.
+    targets=Targets(sessions=(SessionStatus.SCHEDULED, SessionStatus.PULLING)),
     transitions={Verdict.OK: Transition(KernelStatus.PREPARED, (KernelStatus.PULLING,))},
     build=build,
     batches={Operation.CHECK_AND_PULL: pull_on_agent},
-    budget_unit="sessions",
     give_up=GiveUp(
         deadline_setting="pulling_deadline",
         attempts_setting="pull_attempts",

@@ -7,13 +7,13 @@ container that is already gone is a success, and either way the leftover is clos
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import uuid
 from collections.abc import Sequence
 
 from sokovan import constants as C
-from sokovan.db.attempts import Leftover
+from sokovan.config import Settings
+from sokovan.ports import FanOut, SchedulerStore
+from sokovan.records import Leftover
 from sokovan.scheduler.deadlines import LOST_AGENT_STATUS
 from sokovan.scheduler.handlers.base import (
     FollowUps,
@@ -22,6 +22,7 @@ from sokovan.scheduler.handlers.base import (
     HandlerRuntime,
     Moved,
     Plan,
+    Targets,
 )
 from sokovan.scheduler.handlers.terminate_sessions import destroy_on_agent
 from sokovan.types import (
@@ -52,17 +53,21 @@ def _item(leftover: Leftover) -> JSON:
     return item
 
 
-def build(ctx: HandlerContext) -> HandlerRuntime:
-    """Reconciliation bound to its adapters."""
-    repo = ctx.repository
-    settings = ctx.settings
+class ReconcileLeftovers:
+    """Destroys leftover containers on agents that answer; closes each leftover once done."""
 
-    async def plan(run_id: RunId, scope: Sequence[str] | None, budget: int) -> Plan:
-        due = await asyncio.to_thread(repo.leftovers_due, utcnow(), budget)
+    def __init__(self, repo: SchedulerStore, fanout: FanOut, settings: Settings) -> None:
+        self.repo = repo
+        self.fanout = fanout
+        self.settings = settings
+
+    async def plan(self, run_id: RunId, scope: Sequence[str] | None, budget: int) -> Plan:
+        """Due leftovers of agents not LOST, one destroy batch per agent."""
+        due = await self.repo.leftovers_due(utcnow(), budget)
         if scope is not None:
             wanted = {str(s) for s in scope}
             due = [d for d in due if str(d.kernel_id) in wanted or d.agent_id in wanted]
-        states = await asyncio.to_thread(repo.agent_states, {d.agent_id for d in due})
+        states = await self.repo.agent_states({d.agent_id for d in due})
         # A lost agent is not asked; its leftovers wait until it is seen again.
         reachable = [d for d in due if states.get(d.agent_id, ("",))[0] != LOST_AGENT_STATUS]
         if not reachable:
@@ -71,28 +76,30 @@ def build(ctx: HandlerContext) -> HandlerRuntime:
         for d in reachable:
             per_agent.setdefault(d.agent_id, []).append(_item(d))
         batches = [AgentBatch(agent, tuple(items)) for agent, items in per_agent.items()]
-        await ctx.fanout.dispatch(run_id, Operation.DESTROY_KERNELS, batches)
+        await self.fanout.dispatch(run_id, Operation.DESTROY_KERNELS, batches)
         return Plan(requested=len(reachable), dispatched=True)
 
-    async def complete(run_id: RunId, outcomes: Sequence[ItemOutcome], moved: Moved) -> FollowUps:
+    async def complete(
+        self, run_id: RunId, outcomes: Sequence[ItemOutcome], moved: Moved
+    ) -> FollowUps:
+        """Destroyed leftovers close; failed ones wait for their retry."""
         done = [KernelId(uuid.UUID(o.item_id)) for o in outcomes if o.ok and not o.skipped]
-        await asyncio.to_thread(repo.leftovers_destroyed, done)
+        await self.repo.leftovers_destroyed(done)
         failed = {
             KernelId(uuid.UUID(o.item_id)): o.error or "unknown error"
             for o in outcomes
             if not o.ok and not o.skipped and o.detail.get("session_id")
         }
-        await asyncio.to_thread(
-            functools.partial(
-                repo.leftovers_failed,
-                failed,
-                base=settings.retry_backoff,
-                cap=settings.retry_backoff_max,
-            )
+        await self.repo.leftovers_failed(
+            failed, base=self.settings.retry_backoff, cap=self.settings.retry_backoff_max
         )
         return ()
 
-    return HandlerRuntime(DECLARATION, plan, {Operation.DESTROY_KERNELS: complete})
+
+def build(ctx: HandlerContext) -> HandlerRuntime:
+    """Reconciliation bound to its adapters."""
+    handler = ReconcileLeftovers(ctx.repository, ctx.fanout, ctx.settings)
+    return HandlerRuntime(DECLARATION, handler.plan, {Operation.DESTROY_KERNELS: handler.complete})
 
 
 DECLARATION = HandlerDeclaration(
@@ -100,10 +107,8 @@ DECLARATION = HandlerDeclaration(
     lock_id="LOCKID_SOKOVAN_RECONCILE_LEFTOVERS",
     description="destroys leftover containers of kernels given up on, once their agent answers",
     default_interval=C.RECONCILE_INTERVAL_SEC,
-    target="kernels",
-    target_statuses=(KernelStatus.TERMINATED,),
+    targets=Targets(kernels=(KernelStatus.TERMINATED,)),
     transitions={},  # the kernels are TERMINATED already; only their leftovers close
     build=build,
     batches={Operation.DESTROY_KERNELS: destroy_on_agent},
-    budget_unit="kernels",
 )

@@ -7,25 +7,33 @@ and on its tick; placed sessions go on to pull_images at once.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 
 from sokovan import constants as C
+from sokovan.ports import SchedulerStore
 from sokovan.scheduler.handlers import pull_images
-from sokovan.scheduler.handlers.base import HandlerContext, HandlerDeclaration, HandlerRuntime, Plan
-from sokovan.scheduler.pending import schedule_pending
+from sokovan.scheduler.handlers.base import (
+    HandlerContext,
+    HandlerDeclaration,
+    HandlerRuntime,
+    Plan,
+    Targets,
+)
 from sokovan.types import ItemOutcome, RunId, SessionStatus
 
 NAME = "schedule_sessions"
 
 
-def build(ctx: HandlerContext) -> HandlerRuntime:
-    """The pending queue bound to the repository."""
-    repo = ctx.repository
+class ScheduleSessions:
+    """Places waiting sessions as room frees, oldest first per scaling group."""
 
-    async def plan(run_id: RunId, scope: Sequence[str] | None, budget: int) -> Plan:
+    def __init__(self, repo: SchedulerStore) -> None:
+        self.repo = repo
+
+    async def plan(self, run_id: RunId, scope: Sequence[str] | None, budget: int) -> Plan:
+        """Places what fits now; placed sessions go on to pull at once."""
         # The queue's order is the whole group's: a scope cannot reorder it, so it is not used.
-        done = await asyncio.to_thread(schedule_pending, repo, budget)
+        done = await self.repo.schedule_pending(budget)
         if not done.placed:
             return Plan(requested=0)
         ids = [str(s) for s in done.placed]
@@ -36,7 +44,10 @@ def build(ctx: HandlerContext) -> HandlerRuntime:
             follow_ups=[(pull_images.NAME, ids)],
         )
 
-    return HandlerRuntime(DECLARATION, plan)
+
+def build(ctx: HandlerContext) -> HandlerRuntime:
+    """The pending queue bound to the repository."""
+    return HandlerRuntime(DECLARATION, ScheduleSessions(ctx.repository).plan)
 
 
 DECLARATION = HandlerDeclaration(
@@ -45,10 +56,8 @@ DECLARATION = HandlerDeclaration(
     description="places PENDING sessions oldest first per scaling group when room frees",
     default_interval=C.LAUNCH_INTERVAL_SEC,
     interval_setting="launch_interval",
-    target="sessions",
-    target_statuses=(SessionStatus.PENDING,),
+    targets=Targets(sessions=(SessionStatus.PENDING,)),
     # Sessions and their kernels move inside the placement transaction, not by verdict.
     transitions={},
     build=build,
-    budget_unit="sessions",
 )

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from sokovan import constants as C
-from sokovan.db.repository import SchedulerRepository
-from sokovan.ports import FanOut
+from sokovan.config import Settings
+from sokovan.ports import FanOut, SchedulerStore
 from sokovan.scheduler.deadlines import past_deadline
 from sokovan.scheduler.handlers.base import (
     FollowUps,
@@ -19,6 +18,7 @@ from sokovan.scheduler.handlers.base import (
     HandlerRuntime,
     Moved,
     Plan,
+    Targets,
     Transition,
 )
 from sokovan.scheduler.launcher.creation import create_kernels_on_agent
@@ -43,6 +43,9 @@ from sokovan.types import (
     Verdict,
     utcnow,
 )
+
+if TYPE_CHECKING:
+    from sokovan.scheduler.launcher import SessionLauncher
 
 log = logging.getLogger(__name__)
 
@@ -89,31 +92,36 @@ async def create_on_agent(
     )
 
 
-def build(ctx: HandlerContext) -> HandlerRuntime:
-    """Kernel creation bound to its adapters."""
-    repo = ctx.repository
-    settings = ctx.settings
+class StartSessions:
+    """Creates the kernels of PREPARED sessions; fails those left CREATING by a lost run."""
 
-    async def plan(run_id: RunId, scope: Sequence[str] | None, budget: int) -> Plan:
-        follow = list(await _expire_creating(repo, settings.creating_deadline))
+    def __init__(
+        self, repo: SchedulerStore, launch: Callable[[FanOut], SessionLauncher], fanout: FanOut,
+        settings: Settings,
+    ) -> None:  # fmt: skip
+        self.repo = repo
+        self.launch = launch
+        self.fanout = fanout
+        assert DECLARATION.give_up is not None
+        self.deadline = DECLARATION.give_up.deadline(settings)
+
+    async def plan(self, run_id: RunId, scope: Sequence[str] | None, budget: int) -> Plan:
+        """PREPARED sessions go CREATING, one create_kernels per agent; what cannot be
+        dispatched fails at once."""
+        prepared, creating = DECLARATION.targets.sessions
+        follow = list(await _expire_creating(self.repo, creating, self.deadline))
         only = parse_ids(scope)
-        sessions = await asyncio.to_thread(
-            repo.sessions_in,
-            [SessionStatus.PREPARED],
-            limit=budget,
-            only=None if only is None else [SessionId(u) for u in only],
+        sessions = await self.repo.sessions_in(
+            [prepared], limit=budget, only=None if only is None else [SessionId(u) for u in only]
         )
         sessions = await move_sessions(
-            repo, sessions, SessionStatus.CREATING, KernelStatus.CREATING, SessionStatus.PREPARED
+            self.repo, sessions, creating, KernelStatus.CREATING, prepared
         )
         if not sessions:
             return Plan(requested=0, follow_ups=follow)
-        images = {k.image for s in sessions for k in s.kernels}
-        configs = await asyncio.to_thread(repo.image_configs, images)
-        dispatch_log = _DispatchLog(ctx.fanout)
-        await ctx.launcher(dispatch_log).start_sessions_for_handler(
-            sessions, configs, run_id=run_id
-        )
+        configs = await self.repo.image_configs({k.image for s in sessions for k in s.kernels})
+        dispatch_log = _DispatchLog(self.fanout)
+        await self.launch(dispatch_log).start_sessions_for_handler(sessions, configs, run_id=run_id)
         undispatched = [s for s in sessions if str(s.id) not in dispatch_log.sessions]
         outcomes = [
             ItemOutcome(
@@ -126,7 +134,7 @@ def build(ctx: HandlerContext) -> HandlerRuntime:
             for s in undispatched
             for k in s.kernels
         ]
-        follow.extend(await fail_sessions(repo, [s.id for s in undispatched], FAILED_TO_START))
+        follow.extend(await fail_sessions(self.repo, [s.id for s in undispatched], FAILED_TO_START))
         return Plan(
             requested=sum(len(s.kernels) for s in sessions),
             dispatched=True,
@@ -134,26 +142,36 @@ def build(ctx: HandlerContext) -> HandlerRuntime:
             follow_ups=follow,
         )
 
-    async def complete(run_id: RunId, outcomes: Sequence[ItemOutcome], moved: Moved) -> FollowUps:
-        # The batches moved the kernels; sessions whose kernels all run go RUNNING (a batch
-        # promotes its own as it records, so this finds only what another agent completed).
+    async def complete(
+        self, run_id: RunId, outcomes: Sequence[ItemOutcome], moved: Moved
+    ) -> FollowUps:
+        """Sessions whose kernels all run go RUNNING; failed ones go to termination."""
+        # The batches moved the kernels, and each promoted the sessions it completed: this
+        # finds the sessions whose kernels were spread over several agents.
         failed_sessions = session_ids_of(o for o in outcomes if not o.ok)
         await promote_sessions(
-            repo,
+            self.repo,
             session_ids_of(outcomes) - failed_sessions,
             KernelStatus.RUNNING,
             SessionStatus.CREATING,
             SessionStatus.RUNNING,
         )
-        return await fail_sessions(repo, sorted(failed_sessions), FAILED_TO_START)
+        return await fail_sessions(self.repo, sorted(failed_sessions), FAILED_TO_START)
 
-    async def abandoned(run_id: RunId) -> FollowUps:
-        # The lost batches' sessions would wait for the creation timeout: fail them now, so
-        # what their agents may have created is destroyed and nothing is created twice.
-        return await _fail_interrupted(repo)
+    async def abandoned(self, run_id: RunId) -> FollowUps:
+        """The lost batches' sessions would wait for the creation deadline: fail them now,
+        so what their agents may have created is destroyed and nothing is created twice."""
+        return await _fail_interrupted(self.repo)
 
+
+def build(ctx: HandlerContext) -> HandlerRuntime:
+    """Kernel creation bound to its adapters."""
+    handler = StartSessions(ctx.repository, ctx.launcher, ctx.fanout, ctx.settings)
     return HandlerRuntime(
-        DECLARATION, plan, {Operation.CREATE_KERNELS: complete}, abandoned=abandoned
+        DECLARATION,
+        handler.plan,
+        {Operation.CREATE_KERNELS: handler.complete},
+        abandoned=handler.abandoned,
     )
 
 
@@ -162,9 +180,11 @@ def _container_id(outcome: ItemOutcome) -> str:
     return str(info.get("container_id") or "")
 
 
-async def _expire_creating(repo: SchedulerRepository, deadline: float) -> FollowUps:
+async def _expire_creating(
+    repo: SchedulerStore, creating: SessionStatus, deadline: float
+) -> FollowUps:
     """Sessions in CREATING past the deadline fail; what was created is destroyed."""
-    sessions = await asyncio.to_thread(repo.sessions_in, [SessionStatus.CREATING])
+    sessions = await repo.sessions_in([creating])
     now = utcnow()
     stuck = [s.id for s in sessions if past_deadline(s, deadline, now)]
     for sid in stuck:
@@ -174,14 +194,14 @@ async def _expire_creating(repo: SchedulerRepository, deadline: float) -> Follow
             "name": "CreationTimeout",
             "message": f"no creation result arrived within the {deadline:g}s CREATING deadline",
         }
-        await asyncio.to_thread(repo.merge_session_status_data, sid, {"error": info})
+        await repo.merge_session_status_data(sid, {"error": info})
     return await fail_sessions(repo, stuck, CREATION_TIMEOUT)
 
 
-async def _fail_interrupted(repo: SchedulerRepository) -> FollowUps:
+async def _fail_interrupted(repo: SchedulerStore) -> FollowUps:
     """Every session still CREATING once the run creating it was abandoned (its worker lost)
     fails at once, so what its agents may have created is destroyed and nothing twice."""
-    sessions = await asyncio.to_thread(repo.sessions_in, [SessionStatus.CREATING])
+    sessions = await repo.sessions_in([SessionStatus.CREATING])
     stuck = [s.id for s in sessions]
     for sid in stuck:
         log.warning("session %s left CREATING by an abandoned run; failing it", sid)
@@ -190,7 +210,7 @@ async def _fail_interrupted(repo: SchedulerRepository) -> FollowUps:
             "name": "CreationInterrupted",
             "message": "the run creating it was abandoned (its worker was lost)",
         }
-        await asyncio.to_thread(repo.merge_session_status_data, sid, {"error": info})
+        await repo.merge_session_status_data(sid, {"error": info})
     return await fail_sessions(repo, stuck, CREATION_TIMEOUT)
 
 
@@ -200,8 +220,8 @@ DECLARATION = HandlerDeclaration(
     description="creates the kernels of PREPARED sessions, one task per agent per run",
     default_interval=C.LAUNCH_INTERVAL_SEC,
     interval_setting="launch_interval",
-    target="sessions",
-    target_statuses=(SessionStatus.PREPARED, SessionStatus.CREATING),
+    # Sessions to create, and those being created: in this order.
+    targets=Targets(sessions=(SessionStatus.PREPARED, SessionStatus.CREATING)),
     transitions={
         # Applied by the agent's own task as it records the outcome, so sessions do not
         # wait for the run's other agents.
@@ -214,7 +234,6 @@ DECLARATION = HandlerDeclaration(
     },
     build=build,
     batches={Operation.CREATE_KERNELS: create_on_agent},
-    budget_unit="sessions",
     give_up=GiveUp(
         deadline_setting="creating_deadline",
         then="the session fails (CREATION_TIMEOUT) and the kernels that were created are destroyed",

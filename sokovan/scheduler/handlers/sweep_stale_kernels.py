@@ -3,7 +3,6 @@ them gone. No fan-out: the sweep judges in its planning step and the coordinator
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import gc
 import logging
@@ -21,6 +20,7 @@ from sokovan.scheduler.handlers.base import (
     KernelHandler,
     Moved,
     Plan,
+    Targets,
     Transition,
 )
 from sokovan.scheduler.handlers.terminate_sessions import NAME as TERMINATE
@@ -44,7 +44,6 @@ from sokovan.types import (
     KernelId,
     KernelInfo,
     KernelStatus,
-    KernelStatusTransitions,
     KernelTransitionInfo,
     RunId,
     SessionId,
@@ -212,14 +211,14 @@ def build(ctx: HandlerContext) -> HandlerRuntime:
         """
         window = settings.presence_stale_after + settings.sweep_interval
         since = utcnow() - timedelta(seconds=window)
-        found = await asyncio.to_thread(repo.agents_restarted_since, since)
+        found = await repo.agents_restarted_since(since)
         return {agent: at.timestamp() for agent, at in found.items()}
 
     async def _load(
         only: list[KernelId] | None, budget: int, complete: bool, restarts: Restarts
     ) -> dict[str, _Group]:
         """Each scaling group's kernel count and the kernels to judge in full."""
-        statuses = list(SweepStaleKernelsKernelHandler.target_kernel_statuses)
+        statuses = list(DECLARATION.targets.kernels)
         try:
             targets = await load_sweep_targets(
                 repo,
@@ -233,9 +232,7 @@ def build(ctx: HandlerContext) -> HandlerRuntime:
             return {g: (t.total, t.suspects) for g, t in targets.groups.items()}
         except PresenceUnavailable:
             # Every kernel goes to the handler, whose brake then skips them all and says why.
-            kernels = await asyncio.to_thread(
-                repo.kernels_to_sweep, statuses, limit=budget, only=only
-            )
+            kernels = await repo.kernels_to_sweep(statuses, limit=budget, only=only)
             by_group: dict[str, list[KernelInfo]] = {}
             for k in kernels:
                 by_group.setdefault(k.scaling_group, []).append(k)
@@ -274,20 +271,11 @@ DECLARATION = HandlerDeclaration(
     description="reaps RUNNING kernels whose presence lapsed and whose agent confirms them dead",
     default_interval=C.SWEEP_INTERVAL_SEC,
     interval_setting="sweep_interval",
-    target="kernels",
-    target_statuses=(KernelStatus.RUNNING,),
+    targets=Targets(kernels=(KernelStatus.RUNNING,)),
     transitions={
         Verdict.DEAD: Transition(
             KernelStatus.TERMINATED, (KernelStatus.RUNNING,), STALE_KERNEL_REASON
         )
     },
     build=build,
-    budget_unit="kernels",
-)
-
-SweepStaleKernelsKernelHandler.name = DECLARATION.name
-SweepStaleKernelsKernelHandler.lock_id = DECLARATION.lock_id
-SweepStaleKernelsKernelHandler.target_kernel_statuses = (KernelStatus.RUNNING,)
-SweepStaleKernelsKernelHandler.status_transitions = KernelStatusTransitions(
-    success=None, failure=DECLARATION.transitions[Verdict.DEAD].kernel
 )

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-import functools
 import logging
 import uuid
 from collections.abc import Mapping, Sequence
@@ -12,8 +10,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sokovan.db.attempts import Leftover
-from sokovan.db.repository import SchedulerRepository
+from sokovan.config import Settings
+from sokovan.ports import SchedulerStore, SessionStore
+from sokovan.records import Leftover
 from sokovan.scheduler.deadlines import (
     AGENT_LOST,
     FORCE_TERMINATED,
@@ -30,8 +29,10 @@ from sokovan.scheduler.handlers.base import (
     HandlerRuntime,
     Moved,
     Plan,
+    Targets,
     Transition,
 )
+from sokovan.scheduler.terminator import SessionTerminator
 from sokovan.scheduler.transitions import (
     NON_TERMINAL_KERNEL,
     TERMINATE_HANDLER,
@@ -81,11 +82,13 @@ class _Split:
     waiting: int = 0
 
 
-def _split(ctx: HandlerContext, live: Sequence[SessionInfo], now: datetime) -> _Split:
+def _split(
+    seconds: float,
+    agent_states: Mapping[AgentId, tuple[str, Any]],
+    live: Sequence[SessionInfo],
+    now: datetime,
+) -> _Split:
     """Past the deadline a kernel tried at least once is given up; a failed one waits."""
-    seconds = ctx.settings.terminating_deadline
-    agents = {k.agent_id for s in live for k in s.kernels if k.agent_id}
-    agent_states = ctx.repository.agent_states(agents)
     out = _Split()
     for session in live:
         late = past_deadline(session, seconds, now)
@@ -132,16 +135,23 @@ def _never_created(kernel: KernelInfo) -> ItemOutcome:
     )
 
 
-def build(ctx: HandlerContext) -> HandlerRuntime:
-    """The terminate handler bound to its adapters."""
-    repo = ctx.repository
-    settings = ctx.settings
+class TerminateSessions:
+    """Destroys the kernels of the declared sessions; gives up on them past the deadline."""
 
-    async def plan(run_id: RunId, scope: Sequence[str] | None, budget: int) -> Plan:
+    def __init__(
+        self, repo: SchedulerStore, terminator: SessionTerminator, settings: Settings
+    ) -> None:
+        self.repo = repo
+        self.terminator = terminator
+        self.settings = settings
+        assert DECLARATION.give_up is not None
+        self.deadline = DECLARATION.give_up.deadline(settings)
+
+    async def plan(self, run_id: RunId, scope: Sequence[str] | None, budget: int) -> Plan:
+        """Live kernels of the target sessions: destroyed, given up, or settled at once."""
         only = parse_ids(scope)
-        sessions = await asyncio.to_thread(
-            repo.sessions_to_destroy,
-            [SessionStatus.TERMINATING],
+        sessions = await self.repo.sessions_to_destroy(
+            DECLARATION.targets.sessions,
             limit=budget,
             only=None if only is None else [SessionId(u) for u in only],
         )
@@ -153,46 +163,44 @@ def build(ctx: HandlerContext) -> HandlerRuntime:
         ]
         empty = [s.id for s in live if not s.kernels]
         if empty:
-            await asyncio.to_thread(finish_terminated_sessions, repo, empty)
-        split = await asyncio.to_thread(_split, ctx, [s for s in live if s.kernels], utcnow())
+            await finish_terminated_sessions(self.repo, empty)
+        targets = [s for s in live if s.kernels]
+        states = await self.repo.agent_states(
+            {k.agent_id for s in targets for k in s.kernels if k.agent_id}
+        )
+        split = _split(self.deadline, states, targets, utcnow())
         if split.forced:
             for o in split.forced:
                 log.warning("run %s: kernel %s given up: %s", run_id, o.item_id, o.error)
-            await asyncio.to_thread(repo.remember_leftovers, split.leftovers)
+            await self.repo.remember_leftovers(split.leftovers)
         settled = [*split.forced, *split.never_created]
         requested = sum(len(s.kernels) for s in split.sessions) + len(settled)
         if not split.sessions:
-            notes = [f"{len(empty)} session(s) had no live kernel"] if empty else []
-            if split.forced:
-                notes = [f"{len(split.forced)} kernel(s) given up past the deadline"]
-            if split.never_created:
-                notes.append(f"{len(split.never_created)} kernel(s) never created: no destroy")
-            return Plan(requested=requested, outcomes=settled, note="; ".join(notes) or None)
-        await ctx.terminator.terminate_sessions_for_handler(split.sessions, run_id=run_id)
+            return Plan(requested=requested, outcomes=settled, note=_note(empty, split))
+        await self.terminator.terminate_sessions_for_handler(split.sessions, run_id=run_id)
         return Plan(requested=requested, dispatched=True, outcomes=settled)
 
-    async def finish(run_id: RunId, outcomes: Sequence[ItemOutcome], moved: Moved) -> FollowUps:
+    async def finish(
+        self, run_id: RunId, outcomes: Sequence[ItemOutcome], moved: Moved
+    ) -> FollowUps:
         """Sessions whose kernels are all terminal are TERMINATED."""
-        await asyncio.to_thread(finish_terminated_sessions, repo, session_ids_of(outcomes))
+        await finish_terminated_sessions(self.repo, session_ids_of(outcomes))
         # Kernels given up freed their slots as well: the pending queue may fit now.
         return [(SCHEDULE_SESSIONS, None)] if any(moved.values()) else ()
 
-    async def complete(run_id: RunId, outcomes: Sequence[ItemOutcome], moved: Moved) -> FollowUps:
-        sessions = session_ids_of(outcomes)
-        finished = await asyncio.to_thread(finish_terminated_sessions, repo, sessions)
+    async def complete(
+        self, run_id: RunId, outcomes: Sequence[ItemOutcome], moved: Moved
+    ) -> FollowUps:
+        """Ends finished sessions; failed destroys wait for their retry or the deadline."""
+        finished = await finish_terminated_sessions(self.repo, session_ids_of(outcomes))
         failed = {
             KernelId(uuid.UUID(o.item_id)): o.error or "unknown error"
             for o in outcomes
             if not o.ok and not o.skipped and _is_kernel(o.item_id)
         }
         if failed:
-            await asyncio.to_thread(
-                functools.partial(
-                    repo.note_kernel_attempts,
-                    failed,
-                    base=settings.retry_backoff,
-                    cap=settings.retry_backoff_max,
-                )
+            await self.repo.note_kernel_attempts(
+                failed, base=self.settings.retry_backoff, cap=self.settings.retry_backoff_max
             )
             log.warning(
                 "run %s: %d kernel(s) not destroyed, left TERMINATING for a retry: %s",
@@ -206,24 +214,41 @@ def build(ctx: HandlerContext) -> HandlerRuntime:
             len(moved.get(Verdict.OK, ())),
             len(finished),
         )
-        follow = list(await _past_deadline_follow_up(repo, settings.terminating_deadline, outcomes))
+        follow = list(await _past_deadline_follow_up(self.repo, self.deadline, outcomes))
         if moved.get(Verdict.OK) or moved.get(Verdict.SKIPPED):
             # Destroyed kernels freed their slots: the pending queue may fit now.
             follow.append((SCHEDULE_SESSIONS, None))
         return follow
 
-    return HandlerRuntime(DECLARATION, plan, {Operation.DESTROY_KERNELS: complete, None: finish})
+
+def _note(empty: Sequence[SessionId], split: _Split) -> str | None:
+    notes = [f"{len(empty)} session(s) had no live kernel"] if empty else []
+    if split.forced:
+        notes = [f"{len(split.forced)} kernel(s) given up past the deadline"]
+    if split.never_created:
+        notes.append(f"{len(split.never_created)} kernel(s) never created: no destroy")
+    return "; ".join(notes) or None
+
+
+def build(ctx: HandlerContext) -> HandlerRuntime:
+    """The terminate handler bound to its adapters."""
+    handler = TerminateSessions(ctx.repository, ctx.terminator, ctx.settings)
+    return HandlerRuntime(
+        DECLARATION,
+        handler.plan,
+        {Operation.DESTROY_KERNELS: handler.complete, None: handler.finish},
+    )
 
 
 async def _past_deadline_follow_up(
-    repo: SchedulerRepository, seconds: float, outcomes: Sequence[ItemOutcome]
+    repo: SessionStore, seconds: float, outcomes: Sequence[ItemOutcome]
 ) -> FollowUps:
     """Sessions whose destroy failed past their deadline are given up at once, not next tick."""
     failed = session_ids_of(o for o in outcomes if not o.ok and not o.skipped)
     if not failed:
         return ()
     now = utcnow()
-    sessions = await asyncio.to_thread(repo.sessions_by_ids, list(failed))
+    sessions = await repo.sessions_by_ids(list(failed))
     late = [
         str(s.id)
         for s in sessions
@@ -246,8 +271,7 @@ DECLARATION = HandlerDeclaration(
     description="destroys the kernels of TERMINATING sessions, one task per agent",
     default_interval=5.0,
     interval_setting="terminate_interval",
-    target="sessions",
-    target_statuses=(SessionStatus.TERMINATING,),
+    targets=Targets(sessions=(SessionStatus.TERMINATING,)),
     transitions={
         Verdict.OK: Transition(KernelStatus.TERMINATED, NON_TERMINAL_KERNEL),
         # A kernel that never had an agent has nothing to destroy.
@@ -259,7 +283,6 @@ DECLARATION = HandlerDeclaration(
     },
     build=build,
     batches={Operation.DESTROY_KERNELS: destroy_on_agent},
-    budget_unit="sessions",
     give_up=GiveUp(
         deadline_setting="terminating_deadline",
         then=(

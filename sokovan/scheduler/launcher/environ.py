@@ -6,15 +6,14 @@ store, and the BACKENDAI_* ones are derived as the launcher always did.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 from sokovan.ports import SecretEnvironStore
 from sokovan.scheduler.launcher.kernel_config import kernel_environ, session_environ
 from sokovan.types import ImageConfig, KernelId, SessionId, SessionInfo
 
-SessionLoader = Callable[[Sequence[SessionId]], Sequence[SessionInfo]]
+SessionLoader = Callable[[Sequence[SessionId]], Awaitable[Sequence[SessionInfo]]]
 
 
 def environs_of(
@@ -42,7 +41,7 @@ class StoredKernelEnvirons:
     ) -> dict[SessionId, dict[KernelId, dict[str, str]]]:
         """One read of the sessions and one of their secrets for a whole task."""
         ids = list(images)
-        sessions = await asyncio.to_thread(self._load, ids)
+        sessions = await self._load(ids)
         secrets = await self._secrets.get_secret_environs(ids)
         return {
             s.id: environs_of(s, secrets.get(s.id, {}), images[s.id])

@@ -18,6 +18,7 @@ from redis.asyncio import Redis
 
 from sokovan import constants as C
 from sokovan.constants import SSH_KEY_BITS, SSH_KEY_COMMENT
+from sokovan.db.offload import offload
 from sokovan.errors import ConfigError
 from sokovan.ports import KeypairPool, KeypairRefiller
 
@@ -75,9 +76,8 @@ def generate_cluster_ssh_keypair(key_type: str = "rsa") -> ClusterSSHKeyPair:
     )
 
 
-async def create_cluster_ssh_keypair(key_type: str = "rsa") -> ClusterSSHKeyPair:
-    """Generates a cluster keypair in a worker thread so the loop keeps serving other sessions."""
-    return await asyncio.to_thread(generate_cluster_ssh_keypair, key_type)
+# Made in a worker thread, so the loop keeps serving other sessions meanwhile.
+create_cluster_ssh_keypair = offload(generate_cluster_ssh_keypair)
 
 
 @dataclass(frozen=True, slots=True)

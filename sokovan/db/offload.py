@@ -1,0 +1,212 @@
+"""The async ports over the synchronous SQL stores: every call runs in a worker thread.
+
+This is the one place where the domain's event loop hands blocking work to a thread (the
+name says what it does: the SQL calls are offloaded). The stores themselves stay
+synchronous, so the CLI, the metrics exporter and tests call them directly; the domain only
+awaits the ports these adapters implement. `offload` keeps each method's signature, so
+mypy checks the adapters against the ports exactly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Callable, Collection, Coroutine, Generator, Mapping, Sequence
+from typing import Any, ParamSpec, TypeVar
+
+from sokovan.db.keypool import SqlKeypairPool
+from sokovan.db.ledger import RunLedger
+from sokovan.db.repository import SchedulerRepository
+from sokovan.db.secret_environ import SqlSecretEnviron
+from sokovan.db.secrets import SqlSecretStore
+from sokovan.errors import SokovanError
+from sokovan.ports import SecretBinder
+from sokovan.records import Scheduled, SessionRequest, Submitted, SweepRow
+from sokovan.scheduler.pending import schedule_pending
+from sokovan.scheduler.submit import submit_session
+from sokovan.scheduler.submit_batch import submit_sessions
+from sokovan.types import (
+    AgentAddress,
+    AgentId,
+    KernelId,
+    KernelStatus,
+    SessionId,
+)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+__all__ = [
+    "OffloadedKeypairPool",
+    "OffloadedLedger",
+    "OffloadedSecretEnviron",
+    "OffloadedSecrets",
+    "OffloadedStore",
+    "offload",
+]
+
+
+def offload(fn: Callable[P, R]) -> Callable[P, Coroutine[Any, Any, R]]:
+    """`fn` as a coroutine function that runs it in a worker thread."""
+
+    @functools.wraps(fn)
+    async def offloaded(*args: P.args, **kwargs: P.kwargs) -> R:
+        return await asyncio.to_thread(fn, *args, **kwargs)
+
+    return offloaded
+
+
+class OffloadedLedger:
+    """Ledger port over the run ledger."""
+
+    def __init__(self, ledger: RunLedger) -> None:
+        self.sync = ledger
+        self.is_paused = offload(ledger.is_paused)
+        self.open_run = offload(ledger.open_run)
+        self.update_run = offload(ledger.update_run)
+        self.record_items = offload(ledger.record_items)
+        self.record_and_move = offload(ledger.record_and_move)
+        self.close_run = offload(ledger.close_run)
+        self.finish_as = offload(ledger.finish_as)
+        self.recount = offload(ledger.recount)
+        self.get_run = offload(ledger.get_run)
+        self.running = offload(ledger.running)
+        self.outcomes = offload(ledger.outcomes)
+        self.running_past_deadline = offload(ledger.running_past_deadline)
+        self.discard_run = offload(ledger.discard_run)
+        self.prune = offload(ledger.prune)
+
+
+class OffloadedSweepPages:
+    """SweepPages over the repository's page generator: each page is read in a thread."""
+
+    def __init__(self, pages: Generator[list[SweepRow]]) -> None:
+        self._pages = pages
+
+    async def next_page(self) -> list[SweepRow] | None:
+        return await asyncio.to_thread(next, self._pages, None)
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self._pages.close)
+
+
+class OffloadedStore:
+    """SchedulerStore and AgentDirectory ports over the repository."""
+
+    def __init__(self, repository: SchedulerRepository) -> None:
+        r = self.sync = repository
+        # Sessions and kernels.
+        self.get_session = offload(r.get_session)
+        self.sessions_by_ids = offload(r.sessions_by_ids)
+        self.sessions_in = offload(r.sessions_in)
+        self.sessions_to_destroy = offload(r.sessions_to_destroy)
+        self.image_configs = offload(r.image_configs)
+        self.merge_session_status_data = offload(r.merge_session_status_data)
+        self.set_session_deadline = offload(r.set_session_deadline)
+        self.transition_sessions = offload(r.transition_sessions)
+        self.transition_kernels = offload(r.transition_kernels)
+        self.kernel_statuses_by_session = offload(r.kernel_statuses_by_session)
+        self.finish_sessions = offload(r.finish_sessions)
+        self.note_kernel_attempts = offload(r.note_kernel_attempts)
+        self.kernels_to_sweep = offload(r.kernels_to_sweep)
+        self.sweep_ids_on_agents = offload(r.sweep_ids_on_agents)
+        self.cancel_pending = offload(r.cancel_pending)
+        self.pending_count = offload(r.pending_count)
+        # Agents.
+        self.upsert_agent = offload(r.upsert_agent)
+        self.list_agents = offload(r.list_agents)
+        self.record_instance = offload(r.record_instance)
+        self.record_contact = offload(r.record_contact)
+        self.agents_restarted_since = offload(r.agents_restarted_since)
+        self.agent_contacts = offload(r.agent_contacts)
+        self.mark_liveness = offload(r.mark_liveness)
+        self.agent_states = offload(r.agent_states)
+        self.live_kernel_infos = offload(r.live_kernel_infos)
+        # Maintenance.
+        self.cordon_agent = offload(r.cordon_agent)
+        self.uncordon_agent = offload(r.uncordon_agent)
+        self.start_drain = offload(r.start_drain)
+        self.draining_agents = offload(r.draining_agents)
+        self.finish_drain = offload(r.finish_drain)
+        self.sessions_on_agent = offload(r.sessions_on_agent)
+        self.bring_deadlines_forward = offload(r.bring_deadlines_forward)
+        # Leftover kernels.
+        self.remember_leftovers = offload(r.remember_leftovers)
+        self.leftovers = offload(r.leftovers)
+        self.leftovers_due = offload(r.leftovers_due)
+        self.leftovers_destroyed = offload(r.leftovers_destroyed)
+        self.leftovers_failed = offload(r.leftovers_failed)
+
+    def sweep_pages(
+        self,
+        statuses: Collection[KernelStatus],
+        *,
+        page_size: int,
+        limit: int = 0,
+        only: Collection[KernelId] | None = None,
+    ) -> OffloadedSweepPages:
+        """SessionStore: nothing is read until the first page is asked for."""
+        pages = self.sync.sweep_pages(statuses, page_size=page_size, limit=limit, only=only)
+        return OffloadedSweepPages(pages)
+
+    async def submit_session(
+        self, request: SessionRequest, secrets: SecretBinder | None = None
+    ) -> Submitted:
+        """SessionQueue: placement and storage in one transaction."""
+        return await asyncio.to_thread(submit_session, self.sync, request, secrets)
+
+    async def submit_sessions(
+        self, requests: Sequence[SessionRequest], secrets: SecretBinder | None = None
+    ) -> list[Submitted | SokovanError]:
+        """SessionQueue: one placement transaction per scaling group."""
+        return await asyncio.to_thread(submit_sessions, self.sync, requests, secrets)
+
+    async def schedule_pending(self, budget: int = 0) -> Scheduled:
+        """SessionQueue: one placement pass over the PENDING queue."""
+        return await asyncio.to_thread(schedule_pending, self.sync, budget)
+
+    async def update_session_network_id(
+        self, session_id: SessionId, network_id: str | None
+    ) -> None:
+        """SessionRecorder port."""
+        await asyncio.to_thread(self.sync.set_session_network_id, session_id, network_id)
+
+    async def update_session_error_info(
+        self, session_id: SessionId, error_info: Mapping[str, Any]
+    ) -> None:
+        """SessionRecorder port: keeps the error under status_data["error"]."""
+        data = {"error": dict(error_info)}
+        await asyncio.to_thread(self.sync.merge_session_status_data, session_id, data)
+
+    async def resolve(self, agent_id: AgentId) -> AgentAddress:
+        """AgentDirectory port: where the agent listens."""
+        row = await asyncio.to_thread(self.sync.get_agent, agent_id)
+        return AgentAddress(agent_id=row.id, rpc_addr=row.rpc_addr, public_key=row.public_key)
+
+
+class OffloadedSecrets:
+    """SecretStore port over the encrypted keypair table."""
+
+    def __init__(self, store: SqlSecretStore) -> None:
+        self.sync = store
+        self.put_ssh_keypair = offload(store.put_ssh_keypair)
+        self.get_ssh_keypair = offload(store.get_ssh_keypair)
+
+
+class OffloadedSecretEnviron:
+    """SecretEnvironStore port over the encrypted environ table."""
+
+    def __init__(self, store: SqlSecretEnviron) -> None:
+        self.sync = store
+        self.get_secret_environs = offload(store.environs)
+
+
+class OffloadedKeypairPool:
+    """KeypairPool port over the pooled keypair table."""
+
+    def __init__(self, pool: SqlKeypairPool) -> None:
+        self.sync = pool
+        self.take = offload(pool.take)
+        self.add = offload(pool.add)
+        self.count = offload(pool.count)
+        self.launching = offload(pool.launching)
