@@ -190,6 +190,8 @@ REDIS_POOL_WAIT_SEC: Final = 30.0
 # Reconnect attempts of one Redis call: with the backoff below they span about 11 s, so a
 # Valkey restart of a few seconds is waited out instead of failing a run.
 REDIS_RETRIES: Final = 14
+# Master name a Sentinel deployment monitors when SOKOVAN_REDIS_SENTINEL_MASTER is not set.
+DEFAULT_SENTINEL_MASTER: Final = "sokovan"
 # First reconnect backoff; it doubles per attempt up to the cap.
 REDIS_RETRY_BACKOFF_SEC: Final = 0.05
 # Longest pause between two reconnect attempts: a restarted server is found within it.

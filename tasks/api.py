@@ -36,7 +36,7 @@ class Scheduler:
     def create_session(
         self, *, secret_environ: Mapping[str, str] | None = None, **request: Any
     ) -> AsyncResult:
-        """sokovan.session.create: image, kernels, cluster_mode, network_type, ... (README)."""
+        """sokovan.session.create: image, kernels, cluster_mode, network_type, ... (see docs)."""
         environ = {str(k): str(v) for k, v in (request.get("environ") or {}).items()}
         if environ or secret_environ:
             request["environ"] = self.adapters.secret_environ.stash(environ, secret_environ)

@@ -1,4 +1,4 @@
-"""Task names: a public API for managers that `send_task` without importing us (README)."""
+"""Task names: a public API for managers that `send_task` without importing us (docs/reference)."""
 
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-JSON_HELP = "Print JSON instead of a table (field names are stable; see README)."
+JSON_HELP = "Print JSON instead of a table (field names are stable; see docs/operator/cli.md)."
 JsonOption = typer.Option(False, "--json", help=JSON_HELP)
 
 
