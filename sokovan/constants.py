@@ -89,6 +89,12 @@ SWEEP_BRAKE_MIN_KERNELS: Final = 10
 # wrong "not running" answers costs a fifth of the kernels per sweep interval at most.
 SWEEP_BRAKE_REAP_SHARE: Final = 0.2
 
+# A kernel on an agent that restarted after the kernel's last presence is a suspect at once,
+# not STALE_AFTER later. Presence stamps are whole seconds and a reference agent writes its
+# kernels' presence as it starts, before it serves: a stamp this close before the start may be
+# the new instance's own.
+AGENT_RESTART_GRACE_SEC: Final = 2.0
+
 # Default beat intervals (seconds).
 SWEEP_INTERVAL_SEC: Final = 60.0
 TERMINATE_INTERVAL_SEC: Final = 5.0

@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import signal
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,10 +83,19 @@ class AgentHost:
         await _first_contact(redis)
         presence = ValkeyPresence(_presence_client(self.options), ttl=self.options.presence_ttl)
         self._presence = presence
-        for spec in self.specs:
-            agent = ReferenceAgent(spec, make_runtime(spec.runtime), presence)
-            self._peers.append(await open_peer(agent, self._curve_auth(spec.agent_id)))
-            self.agents.append(agent)
+        started_at = await _start_time(presence)
+        self.agents = [
+            ReferenceAgent(spec, make_runtime(spec.runtime), presence, started_at)
+            for spec in self.specs
+        ]
+        # Presence first, before serving or registering: once the manager learns of this
+        # instance, every kernel it runs carries a presence stamp newer than its start.
+        try:
+            await self._refresh_presence()
+        except (RedisError, OSError) as e:
+            log.warning("first presence write failed, retrying with the refresh loop: %s", e)
+        for agent in self.agents:
+            self._peers.append(await open_peer(agent, self._curve_auth(agent.agent_id)))
         await self._heartbeat()
         opts = self.options
         self._tasks = [
@@ -184,6 +194,15 @@ class AgentHost:
                 for key, value in acks.items():
                     pipe.set(key, value, ex=C.AGENT_CONTROL_ACK_TTL_SEC)
                 await pipe.execute()
+
+
+async def _start_time(presence: ValkeyPresence) -> float:
+    """Now on the presence store's clock, which stamps presence; this host's clock if unread."""
+    try:
+        return await presence.server_time()
+    except (RedisError, OSError) as e:
+        log.warning("presence store unread at start, its start time from this host: %s", e)
+        return time.time()
 
 
 def _presence_client(options: HostOptions) -> Redis:

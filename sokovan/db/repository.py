@@ -373,6 +373,28 @@ class SchedulerRepository(
             for part in streamed.execute(query).partitions(page_size):
                 yield [tuple(row) for row in part]
 
+    def sweep_ids_on_agents(
+        self,
+        statuses: Collection[KernelStatus],
+        agent_ids: Collection[AgentId],
+        *,
+        only: Collection[KernelId] | None = None,
+    ) -> list[str]:
+        """Ids of the kernels to sweep that these agents host, as `sweep_pages` gives them.
+
+        Searched by agent: a few restarted agents' kernels cost no pass over all the others.
+        """
+        if not agent_ids:
+            return []
+        query = sa.select(_uuid_text(kernels.c.id, self.engine.dialect.name)).where(
+            kernels.c.agent_id.in_(sorted(agent_ids)),
+            status_among(kernels.c.status, [str(s) for s in statuses]),
+        )
+        if only is not None:
+            query = query.where(kernels.c.id.in_(list(only)))
+        with self.engine.connect() as conn:
+            return [str(k) for k in conn.execute(query).scalars()]
+
     def kernel_statuses(self, kernel_ids: Collection[KernelId]) -> dict[KernelId, KernelStatus]:
         with self.engine.connect() as conn:
             rows = conn.execute(

@@ -277,7 +277,8 @@ async def test_stage_two_keeps_per_agent_order_and_bound() -> None:
 
 
 async def test_judgement_records_evidence_per_candidate() -> None:
-    """Each candidate's evidence: stage-1 status, last_presence, and the agent's answer."""
+    """Each candidate's evidence: stage-1 status, last_presence, why it was suspected, and the
+    agent's answer."""
     pool = FakeAgentClientPool()
     a1 = pool.add(A1)
     alive, dead, missing, unsure, failing = (new_kernel(A1) for _ in range(5))
@@ -300,8 +301,10 @@ async def test_judgement_records_evidence_per_candidate() -> None:
         "presence": "STALE",
         "last_presence": 500.0,
         "check_running": "False",
+        "suspected": "presence stale since 1970-01-01T00:08:20+00:00",
     }
     assert evidence[str(missing.id)]["presence"] == "missing"
+    assert evidence[str(missing.id)]["suspected"] == "presence missing"
     assert evidence[str(missing.id)]["check_running"] == "True"
     assert evidence[str(unsure.id)]["check_running"] == "None"
     assert evidence[str(failing.id)]["check_running"] == "error: boom"

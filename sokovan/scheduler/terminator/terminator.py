@@ -15,7 +15,12 @@ from sokovan.scheduler.terminator.destroy import (
     destroy_with_client,
     plan_destroy,
 )
-from sokovan.scheduler.terminator.stale import StaleJudgement, confirm_with_agents, read_presence
+from sokovan.scheduler.terminator.stale import (
+    Restarts,
+    StaleJudgement,
+    confirm_with_agents,
+    read_presence,
+)
 from sokovan.types import (
     AgentId,
     ItemOutcome,
@@ -116,11 +121,23 @@ class SessionTerminator:
         return self._presence
 
     async def read_presence(
-        self, kernels: Sequence[KernelInfo], *, stamp_agents: bool = True
+        self,
+        kernels: Sequence[KernelInfo],
+        *,
+        stamp_agents: bool = True,
+        restarts: Restarts | None = None,
     ) -> StaleJudgement:
-        """Stage 1 of the sweep, a page at a time; raises PresenceUnavailable when unreadable."""
+        """Stage 1 of the sweep, a page at a time; raises PresenceUnavailable when unreadable.
+
+        `restarts`: agents restarted lately, with their start; their kernels last present
+        before it are suspects too.
+        """
         return await read_presence(
-            self._presence, kernels, self._presence_page_size, stamp_agents=stamp_agents
+            self._presence,
+            kernels,
+            self._presence_page_size,
+            stamp_agents=stamp_agents,
+            restarts=restarts,
         )
 
     async def confirm_with_agents(self, judgement: StaleJudgement) -> StaleJudgement:
