@@ -10,7 +10,7 @@ from sokovan.db.listing import list_sessions
 from sokovan.db.repository import SchedulerRepository
 from sokovan.types import SessionId, SessionStatus
 from tasks import names
-from tasks.cli.common import JsonOption, iso, print_json, print_table
+from tasks.cli.common import JsonOption, LimitOption, iso, print_json, print_table
 from tasks.cli.create import WAIT_HELP, create
 from tasks.cli.errors import refusal
 from tasks.cli.parsing import session_id_of, terminate_kwargs
@@ -27,7 +27,7 @@ def list_cmd(
         None, case_sensitive=False, help="Only these statuses (repeatable), e.g. pending."
     ),
     agent: str = typer.Option(None, help="Only sessions with a kernel on this agent."),
-    limit: int = typer.Option(50, help="At most this many, newest first (0: all)."),
+    limit: int = LimitOption(50),
     as_json: bool = JsonOption,
 ) -> None:
     """Lists sessions, newest first, with their kernel counts and agents."""
