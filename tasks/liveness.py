@@ -18,7 +18,7 @@ from typing import Any
 
 import redis
 from celery.beat import PersistentScheduler
-from celery.signals import before_task_publish, heartbeat_sent
+from celery.signals import before_task_publish, heartbeat_sent, worker_shutting_down
 
 from sokovan import constants as C
 from sokovan.bootstrap import build_sync_redis
@@ -49,6 +49,13 @@ class BeatScheduler(PersistentScheduler):  # type: ignore[misc]
             log.warning("beat heartbeat not written: %s", e)
         return min(delay, C.BEAT_HEARTBEAT_SEC)
 
+    def close(self) -> None:
+        super().close()
+        try:  # a beat that stops says so at once; one that is killed expires with its TTL
+            _client().delete(C.BEAT_HEARTBEAT_KEY)
+        except (redis.RedisError, OSError) as e:
+            log.warning("beat heartbeat not removed: %s", e)
+
 
 @heartbeat_sent.connect
 def _worker_alive(sender: Any = None, **_: Any) -> None:
@@ -59,6 +66,16 @@ def _worker_alive(sender: Any = None, **_: Any) -> None:
         write_worker(_client(), hostname)
     except (redis.RedisError, OSError) as e:
         log.warning("worker heartbeat not written: %s", e)
+
+
+@worker_shutting_down.connect
+def _worker_leaving(sender: Any = None, **_: Any) -> None:
+    if not sender:
+        return
+    try:
+        _client().delete(C.WORKER_HEARTBEAT_KEY_PREFIX + str(sender))
+    except (redis.RedisError, OSError) as e:
+        log.warning("worker heartbeat not removed: %s", e)
 
 
 @before_task_publish.connect
