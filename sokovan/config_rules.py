@@ -71,6 +71,7 @@ RANGES: dict[str, Range] = {
     "presence_ttl": Range(1, 7 * DAY),
     "presence_refresh": SECONDS,
     "sweep_max_stale_ratio": Range(0, 1),
+    "sweep_brake_reap_share": Range(0, 1),
     "sweep_brake_min_kernels": Range(0, 1_000_000_000),
     "agent_call_timeout": Range(0, DAY, open_low=True),
     "start_session_timeout": Range(0, DAY, open_low=True),

@@ -214,7 +214,9 @@ def flower() -> None:
 
 
 def valkey(
-    port: int = typer.Option(None, help="TCP port (default: SOKOVAN_EMBEDDED_VALKEY_PORT)."),
+    port: int = typer.Option(
+        None, min=1, max=65535, help="TCP port (default: SOKOVAN_EMBEDDED_VALKEY_PORT)."
+    ),
 ) -> None:
     """Runs the embedded Valkey server with its data, append-only file and socket under
     var/valkey: queued tasks survive the server being killed and started again."""

@@ -123,6 +123,8 @@ def _create() -> list[Case]:
             "--budget",
         ),
         Case("unknown command", ["frobnicate"], 2, "frobnicate"),
+        Case("metrics port", ["metrics", "--port", "99999"], 2, "--port"),
+        Case("valkey port", ["valkey", "--port", "0"], 2, "--port"),
         Case("unknown option", ["session", "list", "--colour"], 2, "--colour"),
     ]
 
