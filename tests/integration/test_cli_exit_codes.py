@@ -24,6 +24,7 @@ BIN = Path(sys.executable).parent
 IMAGE = "cr.backend.ai/stable/python:3.12-ubuntu22.04"
 CREATE = ["session", "create", "--image", IMAGE, "--wait", "1"]
 HUGE = "99999999999999999999"
+REGISTER = ["agents", "register", "n9"]
 # The first word of the one line, per exit code (README, The CLI).
 PREFIX = {
     1: ("refused: ", "failed: "),
@@ -106,13 +107,24 @@ def _create() -> list[Case]:
             "bad mem unit",
             ["agents", "register", "n1", "--rpc-addr", "tcp://h:1", "--mem", "8x"],
             2,
-            "--mem",
+            "mem",
         ),
         Case(
             "bad rpc address",
             ["agents", "register", "n1", "--rpc-addr", "10.0.0.5:6001"],
             2,
-            "--rpc-addr",
+            "rpc_addr",
+        ),
+        *(
+            Case(f"register {' '.join(extra)}", [*REGISTER, *extra], 2, word)
+            for extra, word in (
+                (["--rpc-addr", "tcp://127.0.0.1:99999"], "rpc_addr"),
+                (["--rpc-addr", "udp://127.0.0.1:1"], "rpc_addr"),
+                (["--rpc-addr", "tcp://127.0.0.1:1", "--cpu", "-3"], "cpu"),
+                (["--rpc-addr", "tcp://127.0.0.1:1", "--cpu", "nan"], "cpu"),
+                (["--rpc-addr", "tcp://127.0.0.1:1", "--cpu", "1e400"], "cpu"),
+                (["--rpc-addr", "tcp://127.0.0.1:1", "--mem", "0"], "mem"),
+            )
         ),
         Case("handler unknown", ["handlers", "pause", "nope"], 2, "nope"),
         Case("handler run unknown", ["handlers", "run", "nope"], 2, "nope"),
