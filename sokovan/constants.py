@@ -184,6 +184,8 @@ REDIS_POOL_WAIT_SEC: Final = 30.0
 # Reconnect attempts of one Redis call: with the backoff below they span about 11 s, so a
 # Valkey restart of a few seconds is waited out instead of failing a run.
 REDIS_RETRIES: Final = 14
+# Master name a Sentinel deployment monitors when SOKOVAN_REDIS_SENTINEL_MASTER is not set.
+DEFAULT_SENTINEL_MASTER: Final = "sokovan"
 # First reconnect backoff; it doubles per attempt up to the cap.
 REDIS_RETRY_BACKOFF_SEC: Final = 0.05
 # Longest pause between two reconnect attempts: a restarted server is found within it.
@@ -366,3 +368,25 @@ KEYPAIR_GENERATE_PRIORITY: Final = 9
 # A generate task still queued this long is dropped: the pool was refilled another way by then,
 # or the next beat tick plans again. Long, because they wait behind every launch task.
 KEYPAIR_GENERATE_EXPIRES_SEC: Final = 600
+
+# The queue every task is sent to and every worker consumes (tasks.commands.QUEUE).
+TASK_QUEUE: Final = "sokovan"
+
+# The session status feed (README, "A manager's view"): one Redis stream entry per session
+# status move, on the broker's server; trimmed (approximately) to this many entries.
+STATUS_STREAM_KEY: Final = "sokovan:session-status"
+STATUS_STREAM_MAXLEN: Final = 100_000
+# Version of the entry's field format; a consumer checks it (field `v`).
+STATUS_STREAM_FORMAT: Final = "1"
+# A feed write waits at most this long: the SQL move is the truth, the feed a notification.
+STATUS_STREAM_TIMEOUT_SEC: Final = 1.0
+
+# Public read tasks: `sokovan.session.list` pages and `sokovan.run.get` items are bounded.
+READ_LIST_MAX: Final = 1000
+READ_LIST_DEFAULT: Final = 50
+READ_ITEMS_MAX: Final = 10_000
+READ_ITEMS_DEFAULT: Final = 1000
+
+# Kernel logs (`session logs`, the agents' get_logs): at most this much text, the tail kept.
+KERNEL_LOGS_MAX_BYTES: Final = 1 << 20
+KERNEL_LOGS_DEFAULT_TAIL: Final = 100

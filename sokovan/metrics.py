@@ -3,7 +3,7 @@
 Any number of worker processes write the ledger; one small exporter process reads it, so
 no multi-process client state is needed and the numbers are the ledger's own. Names follow
 Prometheus conventions: units in the name, one meaning per metric, `_total` counters for
-anything a rate is taken of. The README lists every metric.
+anything a rate is taken of. docs/operator/monitoring.md lists every metric.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from sokovan.db.ledger import RunLedger
 from sokovan.db.listing import status_counts
 from sokovan.db.stats import RunStats, SessionStats
 from sokovan.heartbeats import KeyStore, live_workers, read_beat
+from sokovan.primary_metrics import PrimaryCollector, PrimaryProbe
 from sokovan.scheduler.handlers import handler_names
 from sokovan.scheduler.handlers.sweep_stale_kernels import DECLARATION as SWEEP
 from sokovan.scheduler.sweep_record import UNVERIFIED
@@ -266,10 +267,12 @@ def registry_for(
     stats: RunStats,
     handlers: Sequence[str] | None = None,
     redis: ListLengths | None = None,
+    primary: PrimaryProbe | None = None,
 ) -> CollectorRegistry:
-    """A registry holding only the ledger collector (read at scrape time, not at registration)."""
+    """A registry of the ledger's and the primary's collectors (read at scrape time)."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(LedgerCollector(ledger, stats, handlers, redis))
+    registry.register(PrimaryCollector(primary))
     return registry
 
 
@@ -280,9 +283,10 @@ def serve(
     addr: str = C.METRICS_HOST,
     handlers: Sequence[str] | None = None,
     redis: ListLengths | None = None,
+    primary: PrimaryProbe | None = None,
 ) -> tuple[WSGIServer, threading.Thread]:
     """Serves /metrics on `addr:port` from a daemon thread; shut it down with server.shutdown()."""
-    registry = registry_for(ledger, stats, handlers, redis)
+    registry = registry_for(ledger, stats, handlers, redis, primary)
     server, thread = start_http_server(port, addr=addr, registry=registry)
     log.info("ledger metrics on http://%s:%s/metrics", addr, port)
     return server, thread

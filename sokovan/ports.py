@@ -82,6 +82,10 @@ class AgentClient(Protocol):
 
     async def assign_port(self) -> int: ...
 
+    async def get_logs(self, kernel_id: KernelId) -> str:
+        """The kernel's logs (stdout and stderr) as the agent keeps them, cut to a bound."""
+        ...
+
 
 class AgentClientPool(Protocol):
     """Hands out connected clients by agent id."""

@@ -126,6 +126,10 @@ class FakeAgentClient:
         self._next_port += 1
         return await self._answer("assign_port", None, self._next_port)  # type: ignore[no-any-return]
 
+    async def get_logs(self, kernel_id: KernelId) -> str:
+        self.calls.append(Call("get_logs", (kernel_id,)))
+        return await self._answer("get_logs", kernel_id, "", kernel_id)  # type: ignore[no-any-return]
+
     async def close(self) -> None:
         self.closed += 1
 

@@ -36,7 +36,7 @@ class Scheduler:
     def create_session(
         self, *, secret_environ: Mapping[str, str] | None = None, **request: Any
     ) -> AsyncResult:
-        """sokovan.session.create: image, kernels, cluster_mode, network_type, ... (README)."""
+        """sokovan.session.create: image, kernels, cluster_mode, network_type, ... (see docs)."""
         environ = {str(k): str(v) for k, v in (request.get("environ") or {}).items()}
         if environ or secret_environ:
             request["environ"] = self.adapters.secret_environ.stash(environ, secret_environ)
@@ -56,6 +56,25 @@ class Scheduler:
         """sokovan.handler.run with trigger api."""
         return self.app.send_task(
             names.HANDLER_RUN, kwargs={"handler": handler, "trigger": "api", "budget": budget}
+        )
+
+    def get_session(self, session_id: str) -> AsyncResult:
+        """sokovan.session.get: the session with its kernels (`session show --json`)."""
+        return self.app.send_task(names.SESSION_GET, kwargs={"session_id": session_id})
+
+    def list_sessions(
+        self, statuses: list[str] | None = None, agent: str | None = None, limit: int = 50
+    ) -> AsyncResult:
+        """sokovan.session.list: newest first (`session list --json`)."""
+        return self.app.send_task(
+            names.SESSION_LIST,
+            kwargs={"statuses": statuses or [], "agent": agent, "limit": limit},
+        )
+
+    def get_run(self, run_id: int, items_limit: int = 1000) -> AsyncResult:
+        """sokovan.run.get: the run with its counts and items (`runs show --json`)."""
+        return self.app.send_task(
+            names.RUN_GET, kwargs={"run_id": run_id, "items_limit": items_limit}
         )
 
     def register_agent(

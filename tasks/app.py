@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 
 from celery import Celery
 
@@ -14,11 +15,33 @@ from tasks.redaction import PATTERNS_KEY, RedactingAMQP, RedactingTask, install_
 from tasks.signing import CONSUMER, setup_signing, signing_config
 
 
-def celery_config(settings: Settings) -> dict[str, Any]:
-    """Celery settings that follow the project's conventions (see README, Celery)."""
+def broker_settings(settings: Settings) -> dict[str, Any]:
+    """Broker and result backend: the Redis URL, or in Sentinel mode Celery's sentinel:// URLs
+    with the master's name in both transport options."""
+    transport: dict[str, Any] = {"visibility_timeout": settings.visibility_timeout}
+    target = settings.sentinel
+    if target is None:
+        url = settings.redis_url
+    else:
+        parts = urlsplit(settings.redis_url)
+        auth = f"{parts.username or ''}:{parts.password}@" if parts.password else ""
+        db = parts.path.strip("/") or "0"
+        url = ";".join(f"sentinel://{auth}{h}:{p}/{db}" for h, p in target.addresses)
+        transport["master_name"] = target.master
+        if target.password:
+            transport["sentinel_kwargs"] = {"password": target.password}
     return {
-        "broker_url": settings.redis_url,
-        "result_backend": settings.redis_url,
+        "broker_url": url,
+        "result_backend": url,
+        "broker_transport_options": transport,
+        "result_backend_transport_options": dict(transport),
+    }
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """Celery settings that follow the project's conventions (see docs/architecture.md)."""
+    return {
+        **broker_settings(settings),
         "task_serializer": "json",
         "result_serializer": "json",
         "accept_content": ["json"],
@@ -28,8 +51,6 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
-        "broker_transport_options": {"visibility_timeout": settings.visibility_timeout},
-        "result_backend_transport_options": {"visibility_timeout": settings.visibility_timeout},
         "task_soft_time_limit": settings.task_soft_time_limit,
         "task_time_limit": settings.task_time_limit,
         "result_expires": settings.result_expires,
@@ -63,7 +84,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # cancelled and their acks-late messages handed back to the queue at once.
         "worker_soft_shutdown_timeout": settings.soft_shutdown_timeout,
         "worker_enable_soft_shutdown_on_idle": settings.soft_shutdown_on_idle,
-        "task_default_queue": "sokovan",
+        "task_default_queue": C.TASK_QUEUE,
         # beat also writes its heartbeat key; ticks carry their send time (tasks.liveness).
         "beat_scheduler": "tasks.liveness:BeatScheduler",
         PATTERNS_KEY: list(settings.secret_env_patterns),
@@ -84,6 +105,7 @@ def create_app(settings: Settings | None = None) -> Celery:
             "tasks.handler_tasks",
             "tasks.keypair_tasks",
             "tasks.batch_tasks",
+            "tasks.read_tasks",
             "tasks.maintenance_tasks",
             "tasks.liveness",
         ],

@@ -41,7 +41,7 @@ class SokovanTask(CountedTask):
 
 
 def refusal(error: BaseException) -> dict[str, Any]:
-    """The result of a task that refused its input: `{"error", "kind", "field"}` (README)."""
+    """The result of a task that refused its input: `{"error", "kind", "field"}` (see docs)."""
     return {
         "error": str(error)[:MAX_ERROR_TEXT],
         "kind": type(error).__name__,

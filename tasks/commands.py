@@ -8,7 +8,7 @@ from pathlib import Path
 from sokovan import constants as C
 
 # The queue every task goes to (task_default_queue); workers consume it.
-QUEUE = "sokovan"
+QUEUE = C.TASK_QUEUE
 # A worker's environment: SIGTERM starts Celery's soft shutdown (worker_soft_shutdown_timeout)
 # and then hands unfinished acks-late tasks back to the queue at once.
 WORKER_ENV = {"REMAP_SIGTERM": "SIGQUIT"}

@@ -1,4 +1,4 @@
-"""Task names: a public API for managers that `send_task` without importing us (README)."""
+"""Task names: a public API for managers that `send_task` without importing us (docs/reference)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,10 @@ SESSIONS_CREATE: Final = "sokovan.sessions.create"
 HANDLER_RUN: Final = "sokovan.handler.run"
 # One task per declared handler, `sokovan.handler.<name>`: Flower shows which handler ran.
 HANDLER_TASK_PREFIX: Final = "sokovan.handler."
+# Reads for a manager: the JSON documents the CLI's --json prints (README).
+SESSION_GET: Final = "sokovan.session.get"
+SESSION_LIST: Final = "sokovan.session.list"
+RUN_GET: Final = "sokovan.run.get"
 AGENTS_SYNC: Final = "sokovan.agents.sync"
 # Node maintenance and registration of agents that do not register themselves.
 AGENTS_REGISTER: Final = "sokovan.agents.register"
@@ -27,6 +31,9 @@ PUBLIC: Final = (
     SESSION_TERMINATE,
     SESSIONS_CREATE,
     HANDLER_RUN,
+    SESSION_GET,
+    SESSION_LIST,
+    RUN_GET,
     AGENTS_SYNC,
     AGENTS_REGISTER,
     AGENTS_CORDON,

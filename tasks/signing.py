@@ -10,8 +10,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from celery import Celery, signals
-from celery.exceptions import NotRegistered
+from celery import Celery, signals, states
+from celery.exceptions import InvalidTaskError, NotRegistered
 from celery.utils.objects import Bunch
 from celery.worker.consumer import Consumer
 
@@ -57,7 +57,8 @@ class QuietConsumer(Consumer):  # type: ignore[misc]
 
     Celery's own handlers print the whole body (secrets included) of an invalid,
     undecodable, unknown or unregistered message; unsigned and wrongly signed ones land
-    here too. Each is logged once by name and id and dropped.
+    here too. Each is logged once by name and id and dropped, and its sender gets a FAILURE
+    result saying why (never silence; a result already stored for that id is kept).
     """
 
     def on_invalid_task(self, body: Any, message: Any, exc: BaseException) -> None:
@@ -66,6 +67,7 @@ class QuietConsumer(Consumer):  # type: ignore[misc]
             "refused task message %s[%s]: %s (not signed, or malformed)", name, task_id, reason
         )
         message.reject_log_error(log, self.connection_errors)
+        self._answer_refused(message, exc)
         signals.task_rejected.send(sender=self, message=message, exc=exc)
 
     def on_decode_error(self, message: Any, exc: BaseException) -> None:
@@ -77,6 +79,53 @@ class QuietConsumer(Consumer):  # type: ignore[misc]
             reason,
         )
         message.ack()
+        self._answer_refused(message, exc)
+
+    def _answer_refused(self, message: Any, exc: BaseException) -> None:
+        """Stores a FAILURE result for a refused message, so its sender is not left waiting.
+
+        The failure names the task and why (content type not accepted, not signed by a
+        trusted key, unreadable), never the body. A result already stored for that id is
+        left alone: a forged message cannot overwrite a real task's answer.
+        """
+        headers = message.headers if isinstance(message.headers, dict) else {}
+        task_id = headers.get("id")
+        if not isinstance(task_id, str) or not task_id or len(task_id) > 255:
+            return
+        name = str(headers.get("task", "?"))[:200]
+        try:
+            backend = self.app.backend
+            if backend.get_state(task_id) != states.PENDING:
+                return
+            request = Bunch(
+                name=name,
+                chord=None,
+                root_id=headers.get("root_id"),
+                correlation_id=message.properties.get("correlation_id"),
+                reply_to=message.properties.get("reply_to"),
+                errbacks=None,
+                ignore_result=False,
+            )
+            error = _refusal_error(exc, f"{name}: {self._why(message)}")
+            backend.mark_as_failure(task_id, error, request=request)
+        except Exception as e:  # the refusal stands either way; the sender times out
+            log.warning("refused task message %s[%s]: no failure stored: %s", name, task_id, e)
+
+    def _why(self, message: Any) -> str:
+        content_type = str(getattr(message, "content_type", "") or "?")[:100]
+        accepted = sorted(self.app.conf.accept_content or [])
+        if self.app.conf.task_serializer == "auth":
+            if content_type != "application/data":  # the auth serializer's content type
+                return (
+                    f"refused: an unsigned message ({content_type}); this cluster accepts only "
+                    "messages signed by a trusted key (serializer 'auth', README)"
+                )
+            return "refused: the signature is not by a key this cluster trusts, or is broken"
+        return (
+            f"refused: content type {content_type} is not accepted; "
+            f"this cluster accepts {', '.join(accepted)} (send JSON)"
+        )
+
 
     def on_unknown_message(self, body: Any, message: Any) -> None:
         name, task_id, _ = _describe(message, Exception())
@@ -105,3 +154,16 @@ class QuietConsumer(Consumer):  # type: ignore[misc]
                 "task-failed", uuid=task_id, exception=f"NotRegistered({name!r})"
             )
         signals.task_unknown.send(sender=self, message=message, exc=exc, name=name, id=task_id)
+
+
+def _refusal_error(exc: BaseException, text: str) -> BaseException:
+    """An exception of the refusal's kind (a Celery or kombu type a sender can load)."""
+    kind = type(exc)
+    if kind.__module__.split(".")[0] in ("celery", "kombu"):
+        try:
+            error: BaseException = kind(text)
+            return error
+        except Exception:
+            pass
+    fallback: BaseException = InvalidTaskError(text)
+    return fallback

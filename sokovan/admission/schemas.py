@@ -311,6 +311,56 @@ class CreateSessionsPayload(Payload):
     )
 
 
+SessionStatusName = Literal[
+    "PENDING",
+    "SCHEDULED",
+    "PREPARING",
+    "PULLING",
+    "PREPARED",
+    "CREATING",
+    "RUNNING",
+    "TERMINATING",
+    "TERMINATED",
+    "CANCELLED",
+    "ERROR",
+]
+
+
+class GetSessionPayload(Payload):
+    """`sokovan.session.get(session_id)`: a session with its kernels."""
+
+    session_id: Uuid = Field(description="An unknown id is a NotFound refusal.")
+
+
+class ListSessionsPayload(Payload):
+    """`sokovan.session.list(statuses, agent, limit)`: sessions newest first."""
+
+    statuses: list[SessionStatusName] = Field(
+        default_factory=list, max_length=16, description="Only these statuses; none: all."
+    )
+    agent: ShortId | None = Field(None, description="Only sessions with a kernel on this agent.")
+    limit: StrictInt = Field(
+        C.READ_LIST_DEFAULT,
+        ge=1,
+        le=C.READ_LIST_MAX,
+        description="At most this many, newest first; `total` and `more` count the rest.",
+    )
+
+
+class GetRunPayload(Payload):
+    """`sokovan.run.get(run_id, items_limit)`: a run with its counts and items."""
+
+    run_id: StrictInt = Field(
+        ge=1, le=2**63 - 1, description="An unknown id is a NotFound refusal."
+    )
+    items_limit: StrictInt = Field(
+        C.READ_ITEMS_DEFAULT,
+        ge=1,
+        le=C.READ_ITEMS_MAX,
+        description="At most this many items, in recording order; `items_more` counts the rest.",
+    )
+
+
 def _tcp_address(value: str) -> str:
     """`tcp://HOST:PORT` with a host and a port in 1..65535, as an agent's RPC listens."""
     scheme, sep, rest = value.partition("://")
@@ -398,6 +448,9 @@ PUBLIC_PAYLOADS: Final[dict[str, type[Payload]]] = {
     "sokovan.sessions.create": CreateSessionsPayload,
     "sokovan.session.terminate": TerminateSessionPayload,
     "sokovan.handler.run": RunHandlerPayload,
+    "sokovan.session.get": GetSessionPayload,
+    "sokovan.session.list": ListSessionsPayload,
+    "sokovan.run.get": GetRunPayload,
     "sokovan.agents.sync": NoArguments,
     "sokovan.agents.register": RegisterAgentPayload,
     "sokovan.agents.cordon": AgentPayload,

@@ -12,6 +12,7 @@ from callosum.exceptions import AuthenticationError
 from callosum.lower.zeromq import ZeroMQAddress
 from callosum.rpc import Peer, RPCInternalError, RPCUserError
 
+from sokovan import constants as C
 from sokovan.agent import shapes, wire
 from sokovan.agent.curve import CurveKeys, ManagerAuthenticator, diagnose_handshake
 from sokovan.agent.reasons import lifecycle_reason
@@ -327,6 +328,24 @@ class CallosumAgentClient:
     async def assign_port(self) -> int:
         port: int = await self.call("assign_port")
         return port
+
+    async def get_logs(self, kernel_id: KernelId) -> str:
+        """`get_logs(kernel_id)` replies `{"logs": str}`; the tail of at most
+        KERNEL_LOGS_MAX_BYTES is kept (an agent sends the whole container log)."""
+        reply = await self.call("get_logs", str(kernel_id))
+        return tail_text(reply["logs"], C.KERNEL_LOGS_MAX_BYTES)
+
+
+def tail_text(text: str, max_bytes: int) -> str:
+    """The end of `text` in at most `max_bytes` UTF-8 bytes, cut at a line start if one is near."""
+    data = text.encode("utf-8", "replace")
+    if len(data) <= max_bytes:
+        return text
+    cut = data[-max_bytes:]
+    newline = cut.find(b"\n")
+    if 0 <= newline < 4096:
+        cut = cut[newline + 1 :]
+    return cut.decode("utf-8", "ignore")
 
 
 async def _quietly_exit(peer: Peer, guard: FrameGuard, agent_id: str) -> None:

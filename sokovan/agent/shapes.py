@@ -61,6 +61,14 @@ def _nothing(reply: Any) -> str | None:
     return None if reply is None else sample(reply)
 
 
+def _logs(reply: Any) -> str | None:
+    if not isinstance(reply, Mapping):
+        return sample(reply)
+    if not isinstance(reply.get("logs"), str):
+        return f"a mapping whose logs is {sample(reply.get('logs'))}"
+    return None
+
+
 # method -> (the shape in words, its check); methods not listed are taken as they come.
 SHAPES: dict[str, tuple[str, Check]] = {
     "check_and_pull": ("a mapping of image name (str) to status (str)", _image_statuses),
@@ -68,6 +76,7 @@ SHAPES: dict[str, tuple[str, Check]] = {
     "create_kernels": ("a list of mappings, one per kernel", _list_of_mappings),
     "destroy_kernel": ("None", _nothing),
     "assign_port": (f"an int port in 1..{MAX_PORT}", _port),
+    "get_logs": ('a mapping {"logs": str}', _logs),
 }
 
 

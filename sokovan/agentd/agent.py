@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from sokovan import __version__
+from sokovan import constants as C
 from sokovan.agentd.faults import Faults
 from sokovan.agentd.runtime import KernelRuntime, RuntimeKind
 from sokovan.errors import AgentdError
@@ -242,6 +243,13 @@ class ReferenceAgent:
     async def assign_port(self) -> int:
         """One free host port."""
         return self.ports.acquire()
+
+    async def get_logs(self, kernel_id: Any) -> dict[str, str]:
+        """The kernel's output as a Backend.AI agent replies it: `{"logs": str}` (its tail)."""
+        kid = normalize_id(kernel_id)
+        if kid not in self.kernels:
+            raise AgentdError(f"no kernel {kid} on agent {self.agent_id}")
+        return {"logs": self.runtime.logs(kid, C.KERNEL_LOGS_MAX_BYTES)}
 
     async def release_port(self, port_no: int) -> None:
         """Returns a host port."""

@@ -12,14 +12,14 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from redis.asyncio import Redis
 
 from sokovan.agentd.control import send_fault
 from sokovan.agentd.host import HostOptions, serve
 from sokovan.agentd.runtime import RuntimeKind
 from sokovan.agentd.specs import build_specs, parse_latency
-from sokovan.config import Settings, load_settings, presence_url_for
+from sokovan.config import SentinelTarget, Settings, load_settings, presence_url_for
 from sokovan.errors import SokovanError
+from sokovan.redis_clients import async_client
 from sokovan.redis_retry import retry_options
 
 app = typer.Typer(
@@ -98,6 +98,9 @@ def run(
     options = HostOptions(
         redis_url=broker,
         presence_url=presence_url_for(settings.presence_url or broker, settings.presence_db),
+        # An explicit --redis-url is one server; otherwise the settings' Sentinels, if any.
+        sentinel=None if redis_url else settings.sentinel,
+        presence_sentinel=None if redis_url or settings.presence_url else settings.sentinel,
         presence_interval=presence_interval or settings.presence_refresh,
         presence_ttl=settings.presence_ttl,
         **curve_options(settings, curve_secret_key_file, curve_client_key_file),
@@ -160,17 +163,25 @@ def fault(
             body["value"] = json.loads(value)
         except ValueError as e:
             raise typer.BadParameter(f"--value {value!r} is not JSON") from e
-    url = redis_url or load_settings().redis_url
+    settings = load_settings()
+    url = redis_url or settings.redis_url
+    sentinel = None if redis_url else settings.sentinel
     try:
-        asyncio.run(_send(url, agent_id, body, wait or None))
+        asyncio.run(_send(url, sentinel, agent_id, body, wait or None))
     except (SokovanError, TimeoutError) as e:
         typer.echo(f"fault not applied: {e or 'agent did not answer in time'}", err=True)
         raise typer.Exit(1) from e
     typer.echo(f"{agent_id}: {json.dumps(body)} applied" if wait else f"{agent_id}: queued")
 
 
-async def _send(url: str, agent_id: str, body: dict[str, Any], wait: float | None) -> None:
-    redis: Redis = Redis.from_url(url, **retry_options())
+async def _send(
+    url: str,
+    sentinel: SentinelTarget | None,
+    agent_id: str,
+    body: dict[str, Any],
+    wait: float | None,
+) -> None:
+    redis = async_client(url, sentinel, max_connections=2, wait=10, **retry_options())
     try:
         await send_fault(redis, agent_id, body, wait=wait)
     finally:

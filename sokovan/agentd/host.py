@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from callosum.rpc import Peer
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError
@@ -22,9 +22,10 @@ from sokovan.agentd.agent import AgentSpec, ReferenceAgent
 from sokovan.agentd.control import ack_key, control_key, decode_op
 from sokovan.agentd.runtime import make_runtime
 from sokovan.agentd.server import CurveServerAuth, load_curve_auth, open_peer
-from sokovan.config import presence_url_for
+from sokovan.config import SentinelTarget, presence_url_for
 from sokovan.errors import SokovanError
 from sokovan.presence import ValkeyPresence
+from sokovan.redis_clients import async_client
 from sokovan.redis_retry import retry_options
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,10 @@ class HostOptions:
     control_interval: float = C.AGENT_CONTROL_POLL_SEC
     curve_secret_key_file: Path | None = None
     curve_client_key_files: tuple[Path, ...] = ()
+    # Sentinel mode (SOKOVAN_REDIS_SENTINELS): registration follows the current primary, and
+    # so does presence unless it has a store of its own (presence_sentinel None).
+    sentinel: SentinelTarget | None = None
+    presence_sentinel: SentinelTarget | None = None
 
 
 class AgentHost:
@@ -66,13 +71,13 @@ class AgentHost:
         """Binds every agent's socket, registers them and starts the periodic loops."""
         # Every agent of this process shares one pool; a blocking pool makes a burst of calls
         # (more than redis-py's default of 100 connections) wait for a connection, not fail.
-        pool = BlockingConnectionPool.from_url(
+        redis = async_client(
             self.options.redis_url,
+            self.options.sentinel,
             max_connections=_REDIS_CONNECTIONS,
-            timeout=30,
+            wait=30,
             **retry_options(),
         )
-        redis: Redis = Redis.from_pool(pool)
         self._redis = redis
         await _first_contact(redis)
         presence = ValkeyPresence(_presence_client(self.options), ttl=self.options.presence_ttl)
@@ -183,8 +188,15 @@ class AgentHost:
 
 def _presence_client(options: HostOptions) -> Redis:
     url = options.presence_url or presence_url_for(options.redis_url, C.PRESENCE_DB)
-    pool = BlockingConnectionPool.from_url(url, max_connections=_REDIS_CONNECTIONS, timeout=30)
-    return Redis.from_pool(pool)
+    # Retried as the registry's client is: a destroy that drops presence while the primary
+    # fails over waits for the promoted one instead of failing the kernel's destroy.
+    return async_client(
+        url,
+        options.presence_sentinel,
+        max_connections=_REDIS_CONNECTIONS,
+        wait=30,
+        **retry_options(),
+    )
 
 
 def _apply_queued(agent: ReferenceAgent, raw: bytes) -> tuple[str, str]:

@@ -6,12 +6,15 @@ import asyncio
 import ctypes
 import logging
 import os
+import shlex
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import Mapping
 from enum import StrEnum
+from pathlib import Path
 from typing import Protocol
 
 log = logging.getLogger(__name__)
@@ -46,6 +49,10 @@ class KernelRuntime(Protocol):
         """Stops the kernel; stopping an unknown kernel does nothing."""
         ...
 
+    def logs(self, kernel_id: str, max_bytes: int) -> str:
+        """The kernel's output so far (its tail, at most `max_bytes`); "" if none."""
+        ...
+
     async def close(self) -> None:
         """Stops every kernel."""
         ...
@@ -63,6 +70,10 @@ class SimRuntime:
         """Marks the kernel alive."""
         self._alive.add(kernel_id)
         return None
+
+    def logs(self, kernel_id: str, max_bytes: int) -> str:
+        """One line: a simulated kernel prints nothing else."""
+        return f"kernel {kernel_id} started (sim runtime)\n" if kernel_id in self._alive else ""
 
     def is_running(self, kernel_id: str) -> bool:
         """Whether the kernel was started and not stopped."""
@@ -98,22 +109,46 @@ class ProcessRuntime:
 
     def __init__(self) -> None:
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
+        # Each kernel's stdout and stderr go to a file here (made on first start).
+        self._log_dir: Path | None = None
+
+    def _log_path(self, kernel_id: str) -> Path:
+        if self._log_dir is None:
+            self._log_dir = Path(tempfile.mkdtemp(prefix="sokovan-agent-logs-"))
+        return self._log_dir / f"{kernel_id}.log"
 
     async def start(self, kernel_id: str, environ: Mapping[str, str]) -> int | None:
-        """Spawns the kernel's process with exactly `environ` (plus PATH)."""
+        """Spawns the kernel's process with exactly `environ` (plus PATH); its output is kept."""
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **environ}
         preexec = _die_with_parent if sys.platform.startswith("linux") else None
-        proc = subprocess.Popen(  # noqa: ASYNC220 -- fork+exec returns at once
-            kernel_command(),
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-            preexec_fn=preexec,  # only a prctl call, safe between fork and exec
-        )
+        command = kernel_command()
+        with self._log_path(kernel_id).open("ab") as log_file:
+            log_file.write(f"kernel {kernel_id} started: {shlex.join(command)}\n".encode())
+            log_file.flush()
+            proc = subprocess.Popen(  # noqa: ASYNC220 -- fork+exec returns at once
+                command,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=preexec,  # only a prctl call, safe between fork and exec
+            )
         self._procs[kernel_id] = proc
         return proc.pid
+
+    def logs(self, kernel_id: str, max_bytes: int) -> str:
+        """The tail of the kernel process's stdout and stderr."""
+        if self._log_dir is None:
+            return ""
+        path = self._log_path(kernel_id)
+        try:
+            with path.open("rb") as f:
+                size = f.seek(0, os.SEEK_END)
+                f.seek(max(0, size - max_bytes))
+                return f.read(max_bytes).decode("utf-8", "replace")
+        except FileNotFoundError:
+            return ""
 
     def is_running(self, kernel_id: str) -> bool:
         """Whether the kernel's process exists and has not exited (reaps it if it has)."""
@@ -128,6 +163,8 @@ class ProcessRuntime:
     async def stop(self, kernel_id: str) -> None:
         """Terminates and reaps the kernel's process; SIGKILL after a grace period."""
         proc = self._procs.pop(kernel_id, None)
+        if self._log_dir is not None:
+            self._log_path(kernel_id).unlink(missing_ok=True)
         if proc is None or proc.poll() is not None:
             return
         proc.terminate()
@@ -138,8 +175,11 @@ class ProcessRuntime:
         await _reaped(proc, _TERM_GRACE_SEC)
 
     async def close(self) -> None:
-        """Stops every kernel process."""
+        """Stops every kernel process and removes their logs."""
         await asyncio.gather(*(self.stop(k) for k in list(self._procs)))
+        if self._log_dir is not None:
+            shutil.rmtree(self._log_dir, ignore_errors=True)
+            self._log_dir = None
 
 
 async def _reaped(proc: subprocess.Popen[bytes], within: float) -> bool:

@@ -44,6 +44,7 @@ METHODS: tuple[str, ...] = (
     "destroy_local_network",
     "assign_port",
     "release_port",
+    "get_logs",
     "sokovan_control",
 )
 

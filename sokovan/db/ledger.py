@@ -179,12 +179,11 @@ class RunLedger(OutcomeRecording, HandlerStates):
             raise NotFound(f"no run with id {run_id}")
         return run_from_row(row)
 
-    def items(self, run_id: RunId) -> list[RunItemRecord]:
-        """The outcomes recorded for a run, in recording order."""
+    def items(self, run_id: RunId, limit: int = 0) -> list[RunItemRecord]:
+        """The outcomes recorded for a run, in recording order (the first `limit`; 0: all)."""
+        query = sa.select(run_items).where(run_items.c.run_id == run_id).order_by(run_items.c.id)
         with self.engine.connect() as conn:
-            rows = conn.execute(
-                sa.select(run_items).where(run_items.c.run_id == run_id).order_by(run_items.c.id)
-            ).mappings()
+            rows = conn.execute(query.limit(limit) if limit > 0 else query).mappings()
             return [
                 RunItemRecord(
                     item_id=r["item_id"],
@@ -198,6 +197,12 @@ class RunLedger(OutcomeRecording, HandlerStates):
                 )
                 for r in rows
             ]
+
+    def item_count(self, run_id: RunId) -> int:
+        """How many outcomes were recorded for a run."""
+        query = sa.select(sa.func.count()).where(run_items.c.run_id == run_id)
+        with self.engine.connect() as conn:
+            return int(conn.execute(query).scalar_one())
 
     def outcomes(self, run_id: RunId) -> list[ItemOutcome]:
         """The counted items of a run as outcomes, each with its stored verdict."""

@@ -15,6 +15,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from sokovan.db.base import SqlBase
+from sokovan.db.feed import StatusChange, collecting, note
 from sokovan.db.schema import kernels, sessions
 from sokovan.types import (
     AgentId,
@@ -103,6 +104,7 @@ def assign_pending(
     ).rowcount
     if not moved:
         return False
+    note(conn, [session_id], str(SessionStatus.SCHEDULED), now)
     for kernel_id, agent_id in placed.items():
         conn.execute(
             kernels.update()
@@ -128,7 +130,8 @@ class PendingQueue(SqlBase):
     def cancel_pending(self, session_id: SessionId, reason: str) -> bool:
         """Cancels a session still PENDING (it holds no agent); False if it was not PENDING."""
         values = _cancel_values(reason)
-        with self.engine.begin() as conn:
+        changes: list[StatusChange] = []
+        with self.engine.begin() as conn, collecting(conn, changes):
             moved = conn.execute(
                 sessions.update()
                 .where(
@@ -146,6 +149,8 @@ class PendingQueue(SqlBase):
                     )
                     .values(**values)
                 )
+                note(conn, [session_id], values["status"], values["status_changed_at"], reason)
+        self.feed.publish(changes)
         return bool(moved)
 
     def pending_count(self) -> int:

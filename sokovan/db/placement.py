@@ -17,6 +17,7 @@ import sqlalchemy as sa
 
 from sokovan.db.agents import agent_row, occupied_on
 from sokovan.db.base import SqlBase
+from sokovan.db.feed import StatusChange, collecting
 from sokovan.db.schema import agents, sessions
 from sokovan.records import AgentRow
 from sokovan.types import ResourceSlot, SessionId, SessionStatus
@@ -39,7 +40,8 @@ class Placement(SqlBase):
     @contextmanager
     def placement(self, scaling_group: str, named: Collection[str] = ()) -> Iterator[PlacementView]:
         """A transaction holding the placement lock of the group's agents and the named ones."""
-        with self.engine.connect() as conn:
+        changes: list[StatusChange] = []  # moves made under the lock, published once committed
+        with self.engine.connect() as conn, collecting(conn, changes):
             try:
                 if conn.dialect.name == "sqlite":
                     # SQLite has no row locks; its write lock, taken up front, serialises
@@ -57,6 +59,7 @@ class Placement(SqlBase):
             except BaseException:
                 conn.rollback()
                 raise
+        self.feed.publish(changes)
 
     def stored_status(self, view: PlacementView, session_id: SessionId) -> SessionStatus | None:
         """The status of a stored session, read in the placement's transaction; None if none."""

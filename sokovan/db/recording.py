@@ -15,6 +15,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from sokovan.db.base import SqlBase
+from sokovan.db.feed import note
 from sokovan.db.schema import kernels, run_items, runs, sessions, status_among
 from sokovan.types import (
     TERMINAL_KERNEL_STATUSES,
@@ -99,7 +100,9 @@ def move_sessions(
         .values(**extra)
         .returning(sessions.c.id)
     )
-    return [SessionId(s) for s in conn.execute(stmt).scalars()]
+    moved = [SessionId(s) for s in conn.execute(stmt).scalars()]
+    note(conn, moved, str(to), now, status_info)
+    return moved
 
 
 class OutcomeRecording(SqlBase):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Collection, Generator, Mapping, Sequence
-from contextlib import nullcontext
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,6 +12,7 @@ import sqlalchemy as sa
 
 from sokovan.db.agents import AgentsAndImages
 from sokovan.db.attempts import Attempts
+from sokovan.db.feed import StatusChange, collecting, note
 from sokovan.db.liveness import LivenessStore
 from sokovan.db.maintenance import AgentMaintenance
 from sokovan.db.pending import PendingQueue
@@ -93,7 +94,12 @@ class SchedulerRepository(
     ) -> SessionId:
         """Inserts a session with its kernels in one transaction (`conn`'s, when given)."""
         now = utcnow()
-        with nullcontext(conn) if conn is not None else self.engine.begin() as conn:
+        changes: list[StatusChange] = []  # published once committed, when the transaction is ours
+        with ExitStack() as stack:
+            if conn is None:
+                conn = stack.enter_context(self.engine.begin())
+                stack.enter_context(collecting(conn, changes))
+            note(conn, [session_id], str(status), now)
             conn.execute(
                 sessions.insert().values(
                     id=session_id,
@@ -136,6 +142,8 @@ class SchedulerRepository(
             ]
             if rows:
                 conn.execute(kernels.insert(), rows)
+        if changes:  # only a transaction of its own: a caller's publishes once it commits
+            self.feed.publish(changes)
         return session_id
 
     def get_session(self, session_id: SessionId) -> SessionInfo:

@@ -8,6 +8,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from sokovan.db.base import SqlBase
+from sokovan.db.feed import StatusChange, collecting, note
 from sokovan.db.recording import move_kernels, move_sessions
 from sokovan.db.schema import kernels, sessions, status_among
 from sokovan.types import (
@@ -95,8 +96,11 @@ class Transitions(SqlBase):
         """Moves sessions that are in `allowed_from` to `to`; returns the ones that moved."""
         if not session_ids:
             return []
-        with self.engine.begin() as conn:
-            return move_sessions(conn, session_ids, to, allowed_from, status_info=status_info)
+        changes: list[StatusChange] = []
+        with self.engine.begin() as conn, collecting(conn, changes):
+            moved = move_sessions(conn, session_ids, to, allowed_from, status_info=status_info)
+        self.feed.publish(changes)
+        return moved
 
     def finish_sessions(self, session_ids: Collection[SessionId]) -> list[SessionId]:
         """TERMINATING sessions with no kernel left to end become TERMINATED; returns them.
@@ -116,7 +120,8 @@ class Transitions(SqlBase):
         )
         values = {"status": str(SessionStatus.TERMINATED), "status_changed_at": now}
         done: list[SessionId] = []
-        with self.engine.begin() as conn:
+        changes: list[StatusChange] = []
+        with self.engine.begin() as conn, collecting(conn, changes):
             for start in range(0, len(ids), 5000):
                 stmt = (
                     sessions.update()
@@ -128,7 +133,10 @@ class Transitions(SqlBase):
                     .values(**values, terminated_at=now)
                     .returning(sessions.c.id)
                 )
-                done.extend(SessionId(s) for s in conn.execute(stmt).scalars())
+                finished = [SessionId(s) for s in conn.execute(stmt).scalars()]
+                note(conn, finished, str(SessionStatus.TERMINATED), now)
+                done.extend(finished)
+        self.feed.publish(changes)
         return done
 
     def kernel_statuses_by_session(

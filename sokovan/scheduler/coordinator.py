@@ -207,11 +207,18 @@ class Coordinator:
             finally:
                 await self._release(spec.lock_id, token, run.handler)
             if abandoned and abandoned[-1] == run.id:
-                # Its unfinished targets go to the next run now, not at the next tick.
-                await self._follow_up([(run.handler, None)])
-        overdue = await self.ledger.running_past_deadline()
-        abandoned += [run.id for run in overdue if await self._abandon(run, PAST_DEADLINE)]
+                await self._next_run(run.handler)
+        for run in await self.ledger.running_past_deadline():
+            if await self._abandon(run, PAST_DEADLINE):
+                abandoned.append(run.id)
+                await self._next_run(run.handler)
         return abandoned
+
+    async def _next_run(self, handler: str) -> None:
+        """An abandoned run's unfinished targets go to the next run now, not at the next
+        tick; a paused handler starts nothing."""
+        if not await self.ledger.is_paused(handler):
+            await self._follow_up([(handler, None)])
 
     async def _abandon_lapsed(self, lock_id: str) -> None:
         """Abandons the open runs of every handler under `lock_id` (their lease is gone)."""

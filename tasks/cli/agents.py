@@ -25,6 +25,7 @@ from tasks.cli.errors import BadInput, Refused
 from tasks.cli.maintenance import cordon_cmd, drain_cmd, uncordon_cmd
 from tasks.cli.parsing import agent_status
 from tasks.cli.root import root
+from tasks.cli.watch import IntervalOption, WatchOption, watch_command
 
 app = typer.Typer(
     help="Registered agents: list, register, cordon, drain, remove, sync.", no_args_is_help=True
@@ -47,8 +48,13 @@ def list_cmd(
         None, help="Only agents with this status (ALIVE, LOST, ...).", callback=agent_status
     ),
     as_json: bool = JsonOption,
+    watch: bool = WatchOption,
+    interval: float = IntervalOption,
 ) -> None:
     """Lists agents with capacity and what their live kernels hold."""
+    if watch:
+        draw = lambda: list_cmd(status, as_json=False, watch=False, interval=interval)  # noqa: E731
+        return watch_command("sokovan agents list", as_json, interval, draw)
     repo = root().repository
     used = repo.occupied_by_agent()
     agents = [a for a in repo.list_agents() if status is None or a.status == status.upper()]

@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-JSON_HELP = "Print JSON instead of a table (field names are stable; see README)."
+JSON_HELP = "Print JSON instead of a table (field names are stable; see docs/operator/cli.md)."
 JsonOption = typer.Option(False, "--json", help=JSON_HELP)
 # Largest --limit and id a command takes: SQL integers are 64-bit; more is a typo, exit 2.
 MAX_LIMIT = 1_000_000

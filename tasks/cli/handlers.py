@@ -58,7 +58,7 @@ def list_cmd(as_json: bool = JsonOption) -> None:
         (
             d["handler"],
             d["state"],
-            f"{d['budget']} {d['budget_unit']}" if d["budget"] else "-",
+            d["budget"] or "-",
             ",".join(f"#{r}" for r in d["running"]) or "-",
             f"#{d['last_run_id']} {d['last_status']}" if d["last_run_id"] else "-",
             d["reason"] or "",

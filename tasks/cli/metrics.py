@@ -6,6 +6,8 @@ import threading
 
 import typer
 
+from sokovan import constants as C
+from sokovan.bootstrap import build_primary_probe
 from sokovan.metrics import serve
 from tasks.cli.handlers import HANDLERS
 from tasks.cli.root import root
@@ -26,7 +28,8 @@ def metrics(
 
     ensure_free("metrics", port, "SOKOVAN_METRICS_PORT", host)
     # The command's small pool: the exporter reads two list lengths per scrape, nothing more.
-    server, _ = serve(r.ledger, r.stats, port, host, HANDLERS, redis=r.redis)
+    primary = build_primary_probe(s, timeout=C.PROCESS_REDIS_TIMEOUT_SEC)
+    server, _ = serve(r.ledger, r.stats, port, host, HANDLERS, redis=r.redis, primary=primary)
     typer.echo(f"ledger metrics on http://{host}:{port}/metrics")
     try:
         threading.Event().wait()

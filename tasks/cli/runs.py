@@ -6,55 +6,21 @@ import json
 import re
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import Any
 
 import typer
 
 from sokovan.db.listing import list_runs
 from sokovan.db.stats import HandlerStats, SessionStats, slot_text
 from sokovan.scheduler.handlers import handler_names
-from sokovan.types import RunId, RunItemRecord, RunRecord, RunStatus, utcnow
-from tasks.cli.common import MAX_ID, JsonOption, LimitOption, iso, print_json, table
+from sokovan.types import RunId, RunRecord, RunStatus, utcnow
+from sokovan.views import item_json, run_json
+from tasks.cli.common import MAX_ID, JsonOption, LimitOption, print_json, table
 from tasks.cli.errors import BadInput
 from tasks.cli.root import root
 
 app = typer.Typer(
     help="What the scheduler did: runs and their per-item outcomes.", no_args_is_help=True
 )
-
-
-def run_json(r: RunRecord) -> dict[str, Any]:
-    """A run's stable JSON fields."""
-    return {
-        "id": int(r.id),
-        "handler": r.handler,
-        "trigger": r.trigger,
-        "status": str(r.status),
-        "requested": r.requested,
-        "succeeded": r.succeeded,
-        "failed": r.failed,
-        "skipped": r.skipped,
-        "started_at": iso(r.started_at),
-        "finished_at": iso(r.finished_at),
-        "duration": r.duration,
-        "fanout_id": r.fanout_id,
-        "error": r.error,
-        "note": r.note,
-        "scope": r.scope,
-    }
-
-
-def item_json(i: RunItemRecord) -> dict[str, Any]:
-    """A run item's stable JSON fields."""
-    result = "skipped" if i.skipped else ("ok" if i.ok else "failed")
-    return {
-        "item_id": i.item_id,
-        "agent_id": i.agent_id,
-        "result": result,
-        "duration": i.duration,
-        "error": i.error,
-        "evidence": i.evidence,
-    }
 
 
 def known_handler(name: str | None) -> str | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import typer
@@ -12,11 +13,21 @@ from sokovan.types import SessionId, SessionStatus
 from tasks import names
 from tasks.cli.common import JsonOption, LimitOption, iso, print_json, print_table
 from tasks.cli.create import WAIT_HELP, create
-from tasks.cli.errors import refusal
+from tasks.cli.errors import BadInput, refusal
 from tasks.cli.parsing import session_id_of, terminate_kwargs
 from tasks.cli.remote import Remote
 from tasks.cli.report import follow_and_report, say
 from tasks.cli.root import root
+from tasks.cli.session_ops import (
+    WAIT_TARGETS,
+    Filter,
+    kernel_logs,
+    parse_age,
+    select_for_termination,
+    wait_for_sessions,
+)
+from tasks.cli.watch import IntervalOption, WatchOption
+from tasks.cli.watch import watch as watch_output
 
 app = typer.Typer(help="Sessions: list, show, create, terminate.", no_args_is_help=True)
 
@@ -29,8 +40,12 @@ def list_cmd(
     agent: str = typer.Option(None, help="Only sessions with a kernel on this agent."),
     limit: int = LimitOption(50),
     as_json: bool = JsonOption,
+    watch: bool = WatchOption,
+    interval: float = IntervalOption,
 ) -> None:
     """Lists sessions, newest first, with their kernel counts and agents."""
+    if watch:
+        return _watch_list(status, agent, limit, as_json, interval)
     r = root()
     page = list_sessions(
         r.engine(), statuses=[str(s) for s in status or []], agent=agent, limit=limit
@@ -151,7 +166,7 @@ def _refuse_unknown(repo: SchedulerRepository, sids: list[SessionId]) -> None:
 @app.command()
 def terminate(
     session_ids: list[str] = typer.Argument(
-        ..., help="The sessions' ids (see `sokovan session list`); one or more."
+        None, help="The sessions' ids (see `sokovan session list`); or select with a filter."
     ),
     reason: str = typer.Option("USER_REQUESTED", help="Recorded and passed to the agents."),
     force: bool = typer.Option(
@@ -159,8 +174,25 @@ def terminate(
     ),
     wait: float = typer.Option(30.0, min=0, help=WAIT_HELP),
     as_json: bool = JsonOption,
+    status: list[SessionStatus] = typer.Option(
+        None, case_sensitive=False, help="Filter: sessions in these statuses (repeatable)."
+    ),
+    agent: str = typer.Option(None, help="Filter: sessions with a kernel on this agent."),
+    older_than: str = typer.Option(
+        None, help="Filter: sessions created longer ago than this: 90s, 30m, 2h, 1d."
+    ),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Only show what would be ended."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="End what a filter matched unasked."),
 ) -> None:
-    """Terminates sessions (cancels PENDING ones); with --wait follows them to the end."""
+    """Terminates sessions (cancels PENDING ones); with --wait follows them to the end.
+
+    Filters (any combination) select the live sessions to end; what they match is shown and
+    confirmed first (--yes skips the question, --dry-run only shows)."""
+    session_ids = _chosen_for_termination(
+        session_ids, status, agent, older_than, dry_run, yes, as_json
+    )
+    if not session_ids:
+        return
     calls = [terminate_kwargs(text, reason, force) for text in session_ids]
     sids = [session_id_of(text) for text in session_ids]
     r = root()
@@ -181,3 +213,78 @@ def terminate(
         say(as_json, answers, notes)
         return
     follow_and_report(remote, answers, SessionStatus.TERMINATED, as_json)
+
+
+def _watch_list(
+    status: list[SessionStatus],
+    agent: str,
+    limit: int,
+    as_json: bool,
+    interval: float,
+) -> None:
+    """`session list --watch`: the table redrawn as sessions change, until Ctrl-C."""
+    if as_json:
+        raise BadInput("--watch draws a table; leave out --json")
+    root().engine()  # a missing or unmigrated database fails here, once, with its one line
+
+    def draw() -> None:
+        list_cmd(
+            status=status, agent=agent, limit=limit, as_json=False, watch=False, interval=interval
+        )
+
+    watch_output("sokovan session list", draw, interval)
+
+
+def _chosen_for_termination(
+    session_ids: list[str] | None,
+    status: list[SessionStatus] | None,
+    agent: str | None,
+    older_than: str | None,
+    dry_run: bool,
+    yes: bool,
+    as_json: bool,
+) -> list[str]:
+    """The ids `terminate` ends: as named, or what a filter matched and the user confirmed."""
+    age = None if older_than is None else parse_age(older_than)
+    chosen = Filter(tuple(status or ()), agent, age)
+    if not chosen.given and session_ids and not dry_run:
+        return session_ids
+    return select_for_termination(
+        root().engine(), session_ids or [], chosen, dry_run=dry_run, yes=yes, as_json=as_json
+    )
+
+
+@app.command()
+def logs(
+    session_id: str = typer.Argument(..., help="The session's id (see `sokovan session list`)."),
+    kernel: str = typer.Option(
+        None, help="The kernel: its id, an id prefix or hostname (default: the main kernel)."
+    ),
+    tail: int = typer.Option(100, help="The last this many lines (1..100000)."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Prints a kernel's logs, fetched from its agent over the agent RPC (get_logs).
+
+    At most the last 1 MiB is fetched; exit 3 when the agent cannot be reached."""
+    r = root()
+    kernel_logs(r.settings, r.repository, session_id_of(session_id), kernel, tail, as_json)
+
+
+@app.command()
+def wait(
+    session_ids: list[str] = typer.Argument(..., help="The sessions' ids; one or more."),
+    for_: str = typer.Option(
+        "RUNNING", "--for", metavar="[RUNNING|TERMINATED]", help="The status to wait for."
+    ),
+    timeout: float = typer.Option(60.0, min=0, help="Seconds to wait at most."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Waits until every session reached RUNNING (or TERMINATED); exit 0 if all did, else 1."""
+    wanted = {str(t): t for t in WAIT_TARGETS}.get(for_.strip().upper())
+    if wanted is None:
+        raise BadInput(f"--for: RUNNING or TERMINATED, got {for_!r}")
+    sids = [session_id_of(text) for text in session_ids]
+    r = root()
+    _refuse_unknown(r.repository, sids)
+    deadline = time.monotonic() + timeout
+    wait_for_sessions(r.engine(), sids, wanted, timeout, deadline, as_json)

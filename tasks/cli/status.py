@@ -11,13 +11,14 @@ import sqlalchemy as sa
 import typer
 
 from sokovan import constants as C
+from sokovan.bootstrap import redis_primary
 from sokovan.config import Settings
 from sokovan.db.engine import current_revision
 from sokovan.db.listing import status_counts
 from sokovan.heartbeats import read_beat
 from tasks.cli.common import JsonOption, print_json
 from tasks.cli.errors import EXIT_UNREACHABLE
-from tasks.cli.root import CommandRoot, broker_reachable, root
+from tasks.cli.root import BROKER_CHECK_SEC, CommandRoot, broker_reachable, root
 
 
 def _database(r: CommandRoot) -> dict[str, Any]:
@@ -97,6 +98,8 @@ def collect(r: CommandRoot) -> dict[str, Any]:
         "var_dir": str(s.var_dir),
         "database_url": s.effective_database_url,
         "redis_url": s.redis_url,
+        # Sentinel mode: the primary the Sentinels name now (null outside it or if none answers).
+        "redis_primary": redis_primary(s, timeout=BROKER_CHECK_SEC),
         "embedded_valkey": s.uses_embedded_valkey,
         "broker": {"reachable": broker_up},
         "database": _database(r),
@@ -108,6 +111,15 @@ def collect(r: CommandRoot) -> dict[str, Any]:
         },
         "metrics": {"port": s.metrics_port, "serving": _metrics(s)},
     }
+
+
+def _broker_note(doc: dict[str, Any], s: Settings) -> str:
+    if s.sentinel is not None:
+        primary = doc["redis_primary"] or "none named"
+        return (
+            f"primary {primary} via Sentinels {','.join(s.redis_sentinels)} ({s.sentinel.master})"
+        )
+    return str(doc["redis_url"]) + ("  (embedded Valkey)" if doc["embedded_valkey"] else "")
 
 
 def _yes(flag: bool) -> str:
@@ -139,7 +151,7 @@ def text(doc: dict[str, Any], s: Settings) -> str:
         (
             "broker",
             _yes(doc["broker"]["reachable"]),
-            doc["redis_url"] + ("  (embedded Valkey)" if doc["embedded_valkey"] else ""),
+            _broker_note(doc, s),
         ),
         (
             "workers",

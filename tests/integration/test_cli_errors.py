@@ -215,7 +215,7 @@ def _stored_session(env: dict[str, str]) -> str:
 
 def test_accepted_units_and_a_skipped_run_exit_codes(tmp_path: Path, valkey_url: str) -> None:
     """`--mem 8g` is accepted as `agent run --mem 32g` is; a paused handler's run is skipped and
-    `handlers run --wait` exits 1 saying so (README: a skipped run exits non-zero)."""
+    `handlers run --wait` exits 1 saying so (docs/operator/cli.md: a skipped run exits non-zero)."""
     senv = make_env(tmp_path, valkey_url)
     env = dict(senv.env, PATH=f"{BIN}{os.pathsep}{senv.env.get('PATH', '')}")
     registered = sokovan(

@@ -1,4 +1,4 @@
-"""The README's several-machines recipe on PostgreSQL: two worker nodes, two beats, one Valkey.
+"""The documented several-machines recipe on PostgreSQL: two worker nodes, two beats, one Valkey.
 
 The two "machines" share a host here, so each gets what a machine of its own would have:
 its own SOKOVAN_VAR_DIR and its own host name in the worker's node name (`%h`).
@@ -35,14 +35,16 @@ from tests.workers import ROOT, SchedulerEnv, WorkerProcess, stop_process, wait_
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 MACHINES = ("host1", "host2")
+# The page that holds the several-machines recipe.
+RUNNING_PAGE = ROOT / "docs" / "operator" / "running.md"
 SECRET = "pg-s3cr3t"
 
 
 def recipe() -> tuple[list[str], list[str]]:
-    """The README's several-machines block: exported names, then the commands, as written."""
-    text = (ROOT / "README.md").read_text().split("<!-- several-machines -->", 1)[1]
+    """The running page's several-machines block: exported names, then the commands, as written."""
+    text = RUNNING_PAGE.read_text().split("<!-- several-machines -->", 1)[1]
     match = re.search(r"```sh\n(.*?)```", text, re.S)
-    assert match, "the README lost its several-machines recipe"
+    assert match, f"{RUNNING_PAGE.relative_to(ROOT)} lost its several-machines recipe"
     lines = [line.strip() for line in match.group(1).splitlines() if line.strip()]
     exports = [line.split()[1].split("=", 1)[0] for line in lines if line.startswith("export ")]
     return exports, [line for line in lines if not line.startswith("export ")]
@@ -165,7 +167,7 @@ def wait_session(repo: SchedulerRepository, sid: SessionId, status: SessionStatu
 async def test_two_machines_two_beats_launch_terminate_and_sweep_on_postgres(
     tmp_path: Path, valkey_url: str
 ) -> None:
-    """Two worker nodes and two beats on PostgreSQL and one Valkey, set up as the README says.
+    """Two worker nodes and two beats on PostgreSQL and one Valkey, set up as the running page says.
 
     Given both machines running the recipe's worker and beat, reference agents a1 and a2,
     when three 2-kernel multi-node sessions and one 1-kernel session are created from

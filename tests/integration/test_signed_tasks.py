@@ -38,12 +38,16 @@ print(result.id)
 """
 
 
-def readme_recipe() -> str:
-    """The README's signed send_task recipe, as written."""
-    text = (ROOT / "README.md").read_text()
+# The page that holds the signed send_task recipe.
+SECURITY_PAGE = ROOT / "docs" / "operator" / "security.md"
+
+
+def documented_recipe() -> str:
+    """The signed send_task recipe of the security page, as written."""
+    text = SECURITY_PAGE.read_text()
     block = text.split("<!-- signed-send-task -->", 1)[1]
     match = re.search(r"```python\n(.*?)```", block, re.S)
-    assert match, "the README lost its signed send_task recipe"
+    assert match, f"{SECURITY_PAGE.relative_to(ROOT)} lost its signed send_task recipe"
     return match.group(1)
 
 
@@ -68,8 +72,9 @@ async def test_signed_cluster_refuses_rogue_messages_and_keeps_serving(
 
     Given worker, beat and CLI signing with one key (SOKOVAN_TASK_SIGNING_DIR),
     when a manager sends terminate unsigned, then signed by a key the workers do not trust,
-    each is dropped with one log line naming the task (not its body), the session keeps
-    running and the worker keeps its PID; the README's signed recipe then terminates it."""
+    each is dropped with one log line naming the task (not its body) and answered with a
+    FAILURE result saying why (SC-OP-011), the session keeps running and the worker keeps
+    its PID; the documented signed recipe then terminates it."""
     trusted = create_signing_files(tmp_path / "signing").key.parent
     rogue = create_signing_files(tmp_path / "rogue", "rogue").key.parent
     settings = {"task_signing_dir": str(trusted), "launch_interval": "2"}
@@ -95,14 +100,19 @@ async def test_signed_cluster_refuses_rogue_messages_and_keeps_serving(
             pid = worker.proc.pid
             refused = [
                 send(c.senv, UNSIGNED, sid, None),
-                send(c.senv, readme_recipe(), sid, rogue),
+                send(c.senv, documented_recipe(), sid, rogue),
             ]
             for task_id in refused:
                 wait_for(lambda t=task_id: t in worker.output(), 30, what=f"refusal of {task_id}")
+            # SC-OP-011: each sender gets a FAILURE result saying why, never silence.
+            for task_id, why in zip(refused, ("unsigned message", "not by a key"), strict=True):
+                answer = c.app.AsyncResult(task_id)
+                wait_for(lambda a=answer: a.state == "FAILURE", 30, what=f"failure of {task_id}")
+                assert why in str(answer.result), answer.result
             assert c.session(sid).status == SessionStatus.RUNNING
             assert worker.proc.poll() is None and worker.proc.pid == pid
             assert kernel_processes(str(kernel.id))
-            send(c.senv, readme_recipe(), sid, trusted)
+            send(c.senv, documented_recipe(), sid, trusted)
             c.wait_status(sid, SessionStatus.TERMINATED)
             assert worker.proc.pid == pid
         log = worker.output()

@@ -11,9 +11,16 @@ import pytest
 from callosum.lower.zeromq import ZeroMQAddress, ZeroMQRPCTransport
 from callosum.rpc import Peer, RPCMessage
 
+from sokovan import constants as C
 from sokovan.agent import wire
 from sokovan.agent.client import CallosumAgentClient
-from sokovan.errors import AgentRemoteError, AgentTimeout, AgentUnavailable, WireError
+from sokovan.errors import (
+    AgentRemoteError,
+    AgentTimeout,
+    AgentUnavailable,
+    ReplyShapeError,
+    WireError,
+)
 from sokovan.types import AgentId, KernelId
 from tests.conftest import free_port
 
@@ -50,11 +57,20 @@ def handlers(state: ServerState) -> dict[str, Handler]:
     async def health(request: RPCMessage) -> Any:
         return "send-garbage"
 
+    async def get_logs(request: RPCMessage) -> Any:
+        body: Any = request.body
+        state.bodies.append(body)
+        kernel = body["args"][0]
+        if kernel.startswith("0"):
+            return {"logs": 5}
+        return {"logs": "".join(f"line {i}\n" for i in range(200_000))}
+
     return {
         "ping": ping,
         "check_running": check_running,
         "assign_port": assign_port,
         "health": health,
+        "get_logs": get_logs,
     }
 
 
@@ -135,4 +151,22 @@ async def test_nothing_listening_is_unavailable() -> None:
     )
     with pytest.raises(AgentUnavailable, match="nothing answers"):
         await client.connect()
+    await client.close()
+
+
+async def test_sc_op_008_get_logs_reply_is_checked_and_bounded(
+    server: tuple[str, ServerState],
+) -> None:
+    """SC-OP-008: get_logs sends (kernel_id, agent_id=...) as a Backend.AI agent takes it; a
+    reply that is not {"logs": str} is a ReplyShapeError; a long log keeps its tail, bounded."""
+    addr, state = server
+    client = await connected(addr)
+    kernel = KernelId(uuid.UUID("1" * 32))
+    logs = await client.get_logs(kernel)
+    sent = {"args": [str(kernel)], "kwargs": {"agent_id": "i-test"}, "metadata": {}}
+    assert state.bodies[-1] == sent
+    assert len(logs.encode()) <= C.KERNEL_LOGS_MAX_BYTES
+    assert logs.startswith("line ") and logs.endswith("line 199999\n")
+    with pytest.raises(ReplyShapeError, match="get_logs"):
+        await client.get_logs(KernelId(uuid.UUID("0" * 32)))
     await client.close()

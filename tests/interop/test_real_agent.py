@@ -188,3 +188,23 @@ async def test_pool_with_curve_settings(curve_agent: RealAgent) -> None:
     async with pool.acquire(AgentId(curve_agent.agent_id)) as client:
         assert await client.assign_port() > 0
     await pool.close_all()
+
+
+async def test_sc_op_008_get_logs_as_the_real_agent_serves_them(
+    client: CallosumAgentClient, real_agent: RealAgent
+) -> None:
+    """SC-OP-008: get_logs(kernel_id) is a real agent's method; its reply passes our shape
+    check as text, and an unknown kernel is the agent's own error, not a hang."""
+    session_id, kernel_id = SessionId(uuid.uuid4()), KernelId(uuid.uuid4())
+    config = kernel_config(kernel_id, session_id, IMAGE, real_agent.rpc_addr)
+    await client.create_kernels(
+        session_id, [kernel_id], [config], cluster_info(), {kernel_id: IMAGE}
+    )
+    try:
+        logs = await client.get_logs(kernel_id)
+        assert isinstance(logs, str) and logs
+    finally:
+        await client.destroy_kernel(kernel_id, session_id, "user-requested")
+    with pytest.raises(AgentRemoteError) as caught:
+        await client.get_logs(KernelId(uuid.uuid4()))
+    assert caught.value.method == "get_logs"

@@ -1,19 +1,19 @@
-"""The README's payload tables are the ones the schema code generates."""
+"""The public task reference's payload tables are the ones the schema code generates."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from sokovan.admission.docs import BEGIN, END, render
+from sokovan.admission.docs import BEGIN, END, PAGE, render
 from sokovan.admission.schemas import PUBLIC_PAYLOADS
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+REFERENCE = Path(__file__).resolve().parents[2] / PAGE
 
 
-def test_readme_payload_section_is_generated_from_the_schemas() -> None:
-    text = README.read_text()
+def test_reference_payload_section_is_generated_from_the_schemas() -> None:
+    text = REFERENCE.read_text()
     start, end = text.index(BEGIN), text.index(END) + len(END)
-    assert text[start:end] == render(), "run: python -m sokovan.admission.docs README.md"
+    assert text[start:end] == render(), f"run: python -m sokovan.admission.docs {PAGE}"
 
 
 def test_every_public_task_and_field_is_documented() -> None:

@@ -213,7 +213,7 @@ async def test_recovery_abandons_overdue_runs_keeping_what_they_recorded() -> No
     abandoned = await s.coordinator.recover()
 
     assert abandoned == [report.run_id]
-    run = await (await s.ledger.get_run(report.run_id))
+    run = await s.ledger.get_run(report.run_id)
     assert run.status == RunStatus.ABANDONED and run.succeeded == 1
     assert s.states.statuses[s.kernels[0]] == KernelStatus.TERMINATED
     assert len(s.states.moves) == moves_before, "abandoning wrote a kernel move again"

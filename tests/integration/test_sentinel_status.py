@@ -1,0 +1,78 @@
+"""SC-HA-003: in Sentinel mode `sokovan status` and the exporter name the current primary."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from sokovan.bootstrap import build_primary_probe
+from sokovan.primary_metrics import PrimaryCollector
+from tests.sentinel import SentinelRig, ha_env, sentinel_rig
+from tests.workers import ROOT, SchedulerEnv, make_env
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+
+def status(senv: SchedulerEnv) -> dict[str, object]:
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "sokovan"), "status", "--json"],
+        cwd=ROOT,
+        env=senv.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    doc: dict[str, object] = json.loads(done.stdout)
+    return doc
+
+
+def scrape(registry: CollectorRegistry) -> dict[str, list[tuple[dict[str, str], float]]]:
+    """Sample name -> (labels, value) of each of its samples."""
+    out: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for family in text_string_to_metric_families(generate_latest(registry).decode()):
+        for s in family.samples:
+            out.setdefault(s.name, []).append((dict(s.labels), s.value))
+    return out
+
+
+def primary_address(rig: SentinelRig) -> str:
+    return f"127.0.0.1:{rig.primary_port()}"
+
+
+def test_status_and_metrics_follow_a_failover(tmp_path: Path) -> None:
+    """SC-HA-003: `sokovan status --json` (settings only) says the broker is reachable and
+    names the primary in `redis_primary`, keeping its other fields; after the primary is
+    SIGKILLed it names the promoted replica. The exporter's sokovan_redis_primary follows,
+    and sokovan_redis_failovers_total grows."""
+    with sentinel_rig(tmp_path / "ha") as rig:
+        senv = ha_env(tmp_path, rig)
+        before = status(senv)
+        assert before["redis_primary"] == primary_address(rig)
+        assert before["broker"] == {"reachable": True}
+        assert {"redis_url", "embedded_valkey", "database", "workers"} <= set(before)
+        assert before["embedded_valkey"] is False
+
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(PrimaryCollector(build_primary_probe(senv.settings, timeout=2.0)))
+        first = scrape(registry)
+        assert first["sokovan_redis_primary"] == [({"address": primary_address(rig)}, 1.0)]
+        failovers = first["sokovan_redis_failovers_total"][0][1]
+
+        new = rig.wait_new_primary(rig.kill_primary())
+        after = status(senv)
+        assert after["redis_primary"] == f"127.0.0.1:{new}"
+        assert after["broker"] == {"reachable": True}
+        second = scrape(registry)
+        assert second["sokovan_redis_primary"] == [({"address": f"127.0.0.1:{new}"}, 1.0)]
+        assert second["sokovan_redis_failovers_total"][0][1] > failovers
+
+
+def test_status_outside_sentinel_mode_names_no_primary(tmp_path: Path, valkey_url: str) -> None:
+    """SC-HA-003: the field is there, null, when no Sentinel is configured."""
+    assert status(make_env(tmp_path, valkey_url))["redis_primary"] is None
