@@ -126,7 +126,6 @@ class QuietConsumer(Consumer):  # type: ignore[misc]
             f"this cluster accepts {', '.join(accepted)} (send JSON)"
         )
 
-
     def on_unknown_message(self, body: Any, message: Any) -> None:
         name, task_id, _ = _describe(message, Exception())
         log.warning("refused message %s[%s]: not a task message", name, task_id)

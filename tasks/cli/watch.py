@@ -33,9 +33,7 @@ def captured(command: Callable[[], None]) -> str:
     return out.getvalue().rstrip("\n")
 
 
-def watch_command(
-    title: str, as_json: bool, interval: float, draw: Callable[[], None]
-) -> None:
+def watch_command(title: str, as_json: bool, interval: float, draw: Callable[[], None]) -> None:
     """A list command's --watch: refuses --json, then redraws `draw`'s table until Ctrl-C."""
     if as_json:
         raise BadInput("--watch draws a table; leave out --json")
