@@ -12,6 +12,7 @@ from typing import Any, get_type_hints
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from sokovan import constants as C
+from sokovan.config_rules import check_ranges
 from sokovan.errors import ConfigError
 
 PREFIX = "SOKOVAN_"
@@ -295,4 +296,6 @@ def load_settings(
     if "redis_url" not in values and "embedded_valkey_port" in values:
         # The default URL follows the embedded server's port: one setting moves both.
         values["redis_url"] = f"redis://127.0.0.1:{values['embedded_valkey_port']}/0"
-    return Settings(**values)
+    settings = Settings(**values)
+    check_ranges(settings)
+    return settings

@@ -311,6 +311,23 @@ VALKEY_READY_TIMEOUT_SEC: Final = 20.0
 STATUS_PING_TIMEOUT_SEC: Final = 1.0
 # beat rewrites its schedule file at least this often (Celery's beat_max_loop_interval is 300 s).
 BEAT_STALE_AFTER_SEC: Final = 360.0
+# Liveness keys in Valkey: beat and each worker rewrite theirs while they run; the TTL lets a
+# process that is gone disappear within it (`sokovan status`, the exporter's gauges).
+BEAT_HEARTBEAT_KEY: Final = "sokovan:beat:heartbeat"
+# beat wakes at least this often to rewrite it (well inside the TTL, a missed write is harmless).
+BEAT_HEARTBEAT_SEC: Final = 5.0
+BEAT_HEARTBEAT_TTL_SEC: Final = 30
+# A worker's key, rewritten on each Celery event heartbeat (every 2 s).
+WORKER_HEARTBEAT_KEY_PREFIX: Final = "sokovan:worker:heartbeat:"
+WORKER_HEARTBEAT_TTL_SEC: Final = 30
+# A heartbeat write waits at most this long: it must never hold up beat or a worker's timer.
+HEARTBEAT_WRITE_TIMEOUT_SEC: Final = 1.0
+# Message headers beat's ticks carry: when beat sent the tick and the entry's interval. A tick
+# older than its interval (plus this slack) is dropped quietly by the task: the next one replaces
+# it, and Flower shows it SUCCESS (no `expires`, which showed up as REVOKED).
+TICK_AT_HEADER: Final = "sokovan_tick_at"
+TICK_EVERY_HEADER: Final = "sokovan_tick_every"
+TICK_SLACK_SEC: Final = 1.0
 # Transitional session statuses whose oldest member the exporter reports, to catch stuck ones.
 TRANSITIONAL_SESSION_STATUSES: Final = (
     "PENDING",

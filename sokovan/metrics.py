@@ -28,6 +28,7 @@ from sokovan import constants as C
 from sokovan.db.ledger import RunLedger
 from sokovan.db.listing import status_counts
 from sokovan.db.stats import RunStats, SessionStats
+from sokovan.heartbeats import KeyStore, live_workers, read_beat
 from sokovan.primary_metrics import PrimaryCollector, PrimaryProbe
 from sokovan.scheduler.handlers import handler_names
 from sokovan.scheduler.handlers.sweep_stale_kernels import DECLARATION as SWEEP
@@ -49,7 +50,7 @@ UNVERIFIED_KINDS = ("identity", "error", "no_answer", "no_agent")
 _QUEUE_KEYS = ("sokovan", *(f"sokovan\x06\x16{p}" for p in (3, 6, 9)))
 
 
-class ListLengths(Protocol):
+class ListLengths(KeyStore, Protocol):
     """The part of a synchronous Redis client the exporter reads."""
 
     def llen(self, name: str) -> Any: ...
@@ -237,6 +238,8 @@ class LedgerCollector(Collector):
         try:
             depth = sum(int(self._redis.llen(key)) for key in _QUEUE_KEYS)
             dead = int(self._redis.llen(C.DEADLETTER_KEY))
+            workers = len(live_workers(self._redis))
+            beat = read_beat(self._redis) is not None
         except Exception as e:  # any client error: report the broker down, keep the rest
             log.warning("metrics: reading the broker failed: %s", e)
             up.add_metric([], 0.0)
@@ -250,7 +253,13 @@ class LedgerCollector(Collector):
             "sokovan_deadletter_messages", "Tasks moved aside after too many deliveries."
         )
         dead_family.add_metric([], dead)
-        return up, queue, dead_family
+        alive = GaugeMetricFamily(
+            "sokovan_workers_alive", "Workers whose heartbeat key is live (30 s after the last)."
+        )
+        alive.add_metric([], workers)
+        beat_up = GaugeMetricFamily("sokovan_beat_up", "1 while beat's heartbeat key is live.")
+        beat_up.add_metric([], 1.0 if beat else 0.0)
+        return up, queue, dead_family, alive, beat_up
 
 
 def registry_for(

@@ -244,9 +244,7 @@ class InMemoryStore:
         return [
             str(k.id)
             for k in self.kernels.values()
-            if k.status in statuses
-            and k.agent_id in agent_ids
-            and (only is None or k.id in only)
+            if k.status in statuses and k.agent_id in agent_ids and (only is None or k.id in only)
         ]
 
     async def cancel_pending(self, session_id: SessionId, reason: str) -> bool:

@@ -24,7 +24,7 @@ END = "<!-- /payload-schemas -->"
 # Said above the tables wherever they are shown: what a sender needs besides the payload.
 PREAMBLE = (
     f"Send every public task to the queue `{C.TASK_QUEUE}` (`send_task(name, kwargs={{...}}, "
-    f"queue=\"{C.TASK_QUEUE}\")`; Celery's default queue `celery` has no consumer), with "
+    f'queue="{C.TASK_QUEUE}")`; Celery\'s default queue `celery` has no consumer), with '
     "keyword arguments, JSON-serialized. A manager needs Celery only: "
     "`pip install 'celery[redis]'` (`'celery[redis,auth]'` to sign messages)."
 )

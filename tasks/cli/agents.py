@@ -23,6 +23,7 @@ from sokovan.types import AgentId, ResourceSlot
 from tasks.cli.common import JsonOption, print_json, print_table
 from tasks.cli.errors import BadInput, Refused
 from tasks.cli.maintenance import cordon_cmd, drain_cmd, uncordon_cmd
+from tasks.cli.parsing import agent_status
 from tasks.cli.root import root
 from tasks.cli.watch import IntervalOption, WatchOption, watch_command
 
@@ -43,7 +44,9 @@ def _scheduling(a: AgentRow) -> str:
 
 @app.command("list")
 def list_cmd(
-    status: str = typer.Option(None, help="Only agents with this status (ALIVE, LOST, ...)."),
+    status: str = typer.Option(
+        None, help="Only agents with this status (ALIVE, LOST, ...).", callback=agent_status
+    ),
     as_json: bool = JsonOption,
     watch: bool = WatchOption,
     interval: float = IntervalOption,

@@ -11,7 +11,7 @@ from sokovan.db.repository import SchedulerRepository
 from sokovan.types import SessionId, SessionStatus
 from sokovan.views import session_document, session_list_document
 from tasks import names
-from tasks.cli.common import JsonOption, print_json, print_table
+from tasks.cli.common import JsonOption, LimitOption, print_json, print_table
 from tasks.cli.create import WAIT_HELP, create
 from tasks.cli.errors import BadInput, refusal
 from tasks.cli.parsing import session_id_of, terminate_kwargs
@@ -38,7 +38,7 @@ def list_cmd(
         None, case_sensitive=False, help="Only these statuses (repeatable), e.g. pending."
     ),
     agent: str = typer.Option(None, help="Only sessions with a kernel on this agent."),
-    limit: int = typer.Option(50, help="At most this many, newest first (0: all)."),
+    limit: int = LimitOption(50),
     as_json: bool = JsonOption,
     watch: bool = WatchOption,
     interval: float = IntervalOption,

@@ -86,9 +86,7 @@ async def test_sc_op_008_session_logs_from_the_kernels_agent(
 
         # A kernel on an agent that does not answer: one line, exit 3, within the call timeout.
         ghost = AgentId("ghost")
-        c.repo.upsert_agent(
-            AgentRow(ghost, f"tcp://127.0.0.1:{free_port()}", capacity=slots(8))
-        )
+        c.repo.upsert_agent(AgentRow(ghost, f"tcp://127.0.0.1:{free_port()}", capacity=slots(8)))
         lost = SessionId(uuid.uuid4())
         c.repo.create_session(
             session_id=lost,

@@ -234,7 +234,8 @@ def test_declarations_drive_beat_cli_and_routing() -> None:
 
     schedule = beat_schedule(Settings(sweep_interval=42))
     for d in HANDLERS:
-        assert schedule[d.beat_entry]["kwargs"]["handler"] == d.name
+        # SC-OP-010: each handler's ticks go to its own task name (readable in Flower).
+        assert schedule[d.beat_entry]["task"] == f"sokovan.handler.{d.name}"
     assert schedule["sweep-stale-kernels"]["schedule"] == 42
     assert set(handler_names()) == {d.name for d in HANDLERS}
     assert set(batch_runners()) == set(Operation)

@@ -131,4 +131,3 @@ def test_schemas_know_every_session_status_and_the_docs_name_queue_and_install()
     assert PREAMBLE in render()
     for name in ("sokovan.session.get", "sokovan.session.list", "sokovan.run.get"):
         assert f"`{name}`" in render()
-
