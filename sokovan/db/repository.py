@@ -10,15 +10,15 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from sokovan.db.agents import AgentsAndImages
+from sokovan.db.agent_contacts import LivenessStore
 from sokovan.db.attempts import Attempts
 from sokovan.db.feed import StatusChange, collecting, note
-from sokovan.db.liveness import LivenessStore
-from sokovan.db.maintenance import AgentMaintenance
-from sokovan.db.pending import PendingQueue
+from sokovan.db.maintenance_state import AgentMaintenance
+from sokovan.db.pending_queue import PendingQueue
 from sokovan.db.placement import Placement
+from sokovan.db.registry import AgentsAndImages
 from sokovan.db.schema import agents, kernels, sessions, status_among
-from sokovan.db.transitions import Transitions
+from sokovan.db.status_moves import Transitions
 from sokovan.errors import NotFound
 from sokovan.records import SweepRow
 from sokovan.types import (
