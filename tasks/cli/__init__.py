@@ -8,7 +8,7 @@ import os
 import typer
 
 from sokovan import __version__
-from tasks.cli import agent as agent_cmd
+from sokovan.agentd import cli as agent_cmd
 from tasks.cli import agents as agents_cmd
 from tasks.cli import certs as certs_cmd
 from tasks.cli import db as db_cmd
