@@ -11,7 +11,7 @@ from sokovan.errors import SokovanError
 from tasks.app import app
 from tasks.deliveries import CountedTask
 from tasks.liveness import stale_tick
-from tasks.redaction import REDACTING_REQUEST
+from tasks.redacted_reprs import REDACTING_REQUEST
 from tasks.runtime import WorkerRuntime, runtime
 
 log = logging.getLogger(__name__)
