@@ -1,4 +1,4 @@
-"""SessionTerminator.check_stale_kernels / judge_stale_kernels: presence, then the agent."""
+"""The sweep's stages on SessionTerminator: presence, then the agent."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from sokovan.types import (
     KernelPresence,
     SessionId,
 )
+from tests.sweep_stages import check_stale_kernels, judge_stale_kernels
 
 A1, A2, A3 = AgentId("a1"), AgentId("a2"), AgentId("a3")
 ALIVE = KernelPresence(HealthCheckStatus.ALIVE, last_presence=1000.0)
@@ -54,7 +55,7 @@ async def test_sc_te_008_sc_csk_001_all_alive_skips_stage_two(scenario: str) -> 
     k1, k2 = new_kernel(A1), new_kernel(A1)
     presence = FakePresence({k1.id: ALIVE, k2.id: ALIVE})
 
-    dead = await build(presence, pool).check_stale_kernels([k1, k2])
+    dead = await check_stale_kernels(build(presence, pool), [k1, k2])
 
     assert dead == []
     assert presence.batches == [[k1.id, k2.id]]
@@ -70,7 +71,7 @@ async def test_sc_te_009_sc_csk_002_stale_and_agent_confirms_dead(scenario: str)
     a1.script("check_running", False)
     k1 = new_kernel(A1)
 
-    dead = await build(FakePresence({k1.id: STALE}), pool).check_stale_kernels([k1])
+    dead = await check_stale_kernels(build(FakePresence({k1.id: STALE}), pool), [k1])
 
     assert dead == [k1.id]
     assert asked(a1) == [k1.id]
@@ -84,7 +85,7 @@ async def test_sc_te_010_sc_csk_003_stale_but_agent_says_running(scenario: str) 
     a1.script("check_running", True)
     k1 = new_kernel(A1)
 
-    dead = await build(FakePresence({k1.id: STALE}), pool).check_stale_kernels([k1])
+    dead = await check_stale_kernels(build(FakePresence({k1.id: STALE}), pool), [k1])
 
     assert dead == []
     assert asked(a1) == [k1.id]
@@ -97,7 +98,7 @@ async def test_sc_te_011_missing_presence_treated_as_stale() -> None:
     a1.script("check_running", False)
     k1 = new_kernel(A1)
 
-    dead = await build(FakePresence({}), pool).check_stale_kernels([k1])
+    dead = await check_stale_kernels(build(FakePresence({}), pool), [k1])
 
     assert dead == [k1.id]
     assert asked(a1) == [k1.id]
@@ -115,7 +116,7 @@ async def test_sc_te_012_agent_error_skips_only_that_kernel(
     presence = FakePresence({k1.id: STALE, k2.id: STALE})
 
     with caplog.at_level(logging.WARNING):
-        dead = await build(presence, pool).check_stale_kernels([k1, k2])
+        dead = await check_stale_kernels(build(presence, pool), [k1, k2])
 
     assert dead == [k2.id]
     assert asked(a1) == [k1.id, k2.id]
@@ -132,7 +133,7 @@ async def test_sc_te_013_sc_csk_005_kernel_without_agent_not_acquired(
     k1 = new_kernel(None)
 
     with caplog.at_level(logging.WARNING):
-        dead = await build(FakePresence({k1.id: STALE}), pool).check_stale_kernels([k1])
+        dead = await check_stale_kernels(build(FakePresence({k1.id: STALE}), pool), [k1])
 
     assert dead == []
     assert pool.acquired == []
@@ -144,7 +145,7 @@ async def test_sc_te_014_empty_kernel_list_returns_immediately() -> None:
     pool = FakeAgentClientPool()
     presence = FakePresence()
 
-    assert await build(presence, pool).check_stale_kernels([]) == []
+    assert await check_stale_kernels(build(presence, pool), []) == []
 
     assert presence.batches == []
     assert pool.acquired == []
@@ -159,7 +160,7 @@ async def test_sc_te_015_mixed_results_some_alive_some_dead() -> None:
     a1.script("check_running", True, key=k3.id)
     presence = FakePresence({k1.id: ALIVE, k2.id: STALE, k3.id: STALE})
 
-    dead = await build(presence, pool).check_stale_kernels([k1, k2, k3])
+    dead = await check_stale_kernels(build(presence, pool), [k1, k2, k3])
 
     assert dead == [k2.id]
     assert asked(a1) == [k2.id, k3.id]
@@ -175,7 +176,7 @@ async def test_sc_te_016_agent_answers_none_kernel_skipped(
     k1 = new_kernel(A1)
 
     with caplog.at_level(logging.WARNING):
-        dead = await build(FakePresence({k1.id: STALE}), pool).check_stale_kernels([k1])
+        dead = await check_stale_kernels(build(FakePresence({k1.id: STALE}), pool), [k1])
 
     assert dead == []
     assert str(k1.id) in caplog.text
@@ -193,7 +194,7 @@ async def test_sc_csk_004_agent_connection_error_skips_kernel(
     presence = FakePresence({k1.id: STALE, k2.id: STALE})
 
     with caplog.at_level(logging.WARNING):
-        dead = await build(presence, pool).check_stale_kernels([k1, k2])
+        dead = await check_stale_kernels(build(presence, pool), [k1, k2])
 
     assert dead == [k2.id]
     assert (asked(a1), asked(a2)) == ([k1.id], [k2.id])
@@ -208,7 +209,7 @@ async def test_unreachable_agent_skips_its_kernels_only(caplog: pytest.LogCaptur
     terminator = build(FakePresence({}), pool)
 
     with caplog.at_level(logging.WARNING):
-        judgement = await terminator.judge_stale_kernels([k1, k2])
+        judgement = await judge_stale_kernels(terminator, [k1, k2])
 
     assert judgement.dead_kernel_ids == [k2.id]
     answer = judgement.candidates[0].answer or ""
@@ -240,7 +241,7 @@ async def test_stage_two_runs_across_agents_concurrently() -> None:
     k1, k2 = new_kernel(A1), new_kernel(A2)
     terminator = build(FakePresence({}), pool)
 
-    dead = await asyncio.wait_for(terminator.check_stale_kernels([k1, k2]), timeout=10)
+    dead = await asyncio.wait_for(check_stale_kernels(terminator, [k1, k2]), timeout=10)
 
     assert dead == [k1.id]
 
@@ -267,7 +268,7 @@ async def test_stage_two_keeps_per_agent_order_and_bound() -> None:
     a2.script("check_running", counting(A2))
     kernels = [new_kernel(A1 if i % 3 else A2) for i in range(9)]
 
-    dead = await build(FakePresence({}), pool, concurrency=1).check_stale_kernels(kernels)
+    dead = await check_stale_kernels(build(FakePresence({}), pool, concurrency=1), kernels)
 
     assert dead == [k.id for k in kernels]
     assert asked(a1) == [k.id for k in kernels if k.agent_id == A1]
@@ -292,7 +293,7 @@ async def test_judgement_records_evidence_per_candidate() -> None:
     )
     kernels = [alive, dead, missing, unsure, failing, orphan]
 
-    judgement = await build(presence, pool).judge_stale_kernels(kernels)
+    judgement = await judge_stale_kernels(build(presence, pool), kernels)
 
     evidence = judgement.evidence()
     assert str(alive.id) not in evidence
@@ -322,7 +323,7 @@ async def test_presence_unavailable_propagates_without_agent_calls() -> None:
     presence.unavailable = True
 
     with pytest.raises(PresenceUnavailable):
-        await build(presence, pool).check_stale_kernels([new_kernel(A1)])
+        await check_stale_kernels(build(presence, pool), [new_kernel(A1)])
 
     assert pool.acquired == []
 

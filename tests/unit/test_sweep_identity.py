@@ -21,6 +21,7 @@ from sokovan.types import (
     KernelPresence,
     SessionId,
 )
+from tests.sweep_stages import judge_stale_kernels
 
 A1 = AgentId("a1")
 STALE = KernelPresence(HealthCheckStatus.STALE, last_presence=500.0)
@@ -47,7 +48,7 @@ async def test_verified_agent_false_kills() -> None:
     a1.script("check_running", False)
     k = kernel()
 
-    judgement = await build(pool, [k]).judge_stale_kernels([k])
+    judgement = await judge_stale_kernels(build(pool, [k]), [k])
 
     assert judgement.dead_kernel_ids == [k.id]
     assert [c.method for c in a1.calls] == ["health", "check_running"]
@@ -84,7 +85,7 @@ async def test_sc_fa_003_other_agent_id_is_unverified() -> None:
     a1.script("check_running", False)
     k = kernel()
 
-    judgement = await build(pool, [k]).judge_stale_kernels([k])
+    judgement = await judge_stale_kernels(build(pool, [k]), [k])
 
     assert judgement.dead_kernel_ids == []
     assert judgement.candidates[0].answer == "identity"
@@ -103,7 +104,7 @@ async def test_sc_fa_003_agent_id_refused_by_the_agent_is_unverified() -> None:
     )
     k = kernel()
 
-    judgement = await build(pool, [k]).judge_stale_kernels([k])
+    judgement = await judge_stale_kernels(build(pool, [k]), [k])
 
     assert judgement.dead_kernel_ids == []
     assert judgement.candidates[0].answer == "identity"
@@ -121,7 +122,7 @@ async def test_health_failure_is_unverified_not_dead() -> None:
     a1.script("check_running", False)
     k = kernel()
 
-    judgement = await build(pool, [k]).judge_stale_kernels([k])
+    judgement = await judge_stale_kernels(build(pool, [k]), [k])
 
     assert judgement.dead_kernel_ids == []
     assert (judgement.candidates[0].answer or "").startswith("error: ")
@@ -137,6 +138,6 @@ async def test_real_agent_report_without_marker_is_verified_by_agent_id() -> Non
     a1.script("check_running", False)
     k = kernel()
 
-    judgement = await build(pool, [k]).judge_stale_kernels([k])
+    judgement = await judge_stale_kernels(build(pool, [k]), [k])
 
     assert judgement.dead_kernel_ids == [k.id]
