@@ -1,5 +1,5 @@
-"""Ports: what the domain needs from the outside, as Protocols. Stubs in sokovan/testing.py
-and sokovan/store_stub.py; the SQL stores reach the domain through the offload adapter (db/)."""
+"""Ports: what the domain needs from the outside, as Protocols. Stubs in sokovan/stubs/, one
+module per port; the SQL stores reach the domain through the offload adapter (db/)."""
 
 from __future__ import annotations
 

@@ -15,7 +15,8 @@ from sokovan.db.repository import SchedulerRepository
 from sokovan.records import AgentRow
 from sokovan.scheduler.liveness import ping_agent
 from sokovan.scheduler.terminator import SessionTerminator
-from sokovan.testing import FakePresence, RefusingFanOut
+from sokovan.stubs.fanout import RefusingFanOut
+from sokovan.stubs.presence import FakePresence
 from sokovan.types import AgentId, KernelId, KernelInfo, SessionId
 from tests.interop.conftest import RealAgent
 from tests.sweep_stages import judge_stale_kernels

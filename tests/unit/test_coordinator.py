@@ -1,6 +1,6 @@
 """The coordinator on stubs alone: claims, runs, declared transitions, follow-ups, recovery.
 
-No Valkey and no SQL: every port is an in-memory stub from sokovan.testing, and the
+No Valkey and no SQL: every port is an in-memory stub from sokovan.stubs, and the
 handler under test is declared here, as a new handler module would declare it.
 """
 
@@ -25,13 +25,10 @@ from sokovan.scheduler.handlers.base import (
 )
 from sokovan.scheduler.leases import HOLDER_GONE
 from sokovan.scheduler.outcomes import record_outcomes
-from sokovan.testing import (
-    InMemoryClaims,
-    InMemoryKernelStates,
-    InMemoryLedger,
-    InMemoryTracker,
-    RecordingKicker,
-)
+from sokovan.stubs.claims import InMemoryClaims
+from sokovan.stubs.fanout import InMemoryTracker
+from sokovan.stubs.kicker import RecordingKicker
+from sokovan.stubs.ledger import InMemoryKernelStates, InMemoryLedger
 from sokovan.types import (
     ItemOutcome,
     KernelId,

@@ -10,7 +10,9 @@ import pytest
 
 from sokovan.errors import AgentError, PresenceUnavailable
 from sokovan.scheduler.terminator import SessionTerminator
-from sokovan.testing import FakeAgentClient, FakeAgentClientPool, FakePresence, InProcessFanOut
+from sokovan.stubs.agents import FakeAgentClient, FakeAgentClientPool
+from sokovan.stubs.fanout import InProcessFanOut
+from sokovan.stubs.presence import FakePresence
 from sokovan.types import (
     AgentId,
     HealthCheckStatus,

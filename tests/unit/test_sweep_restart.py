@@ -1,5 +1,5 @@
 """Kernels of an agent that restarted after their last presence are suspects at once
-(SC-CV-004, SC-CV-010), over a real SessionTerminator and the fakes of sokovan.testing.
+(SC-CV-004, SC-CV-010), over a real SessionTerminator and the stubs of sokovan.stubs.
 
 A restarted agent's kernels keep their presence hashes (a persistent Valkey), so presence
 alone would call them fresh until it goes STALE (120 s). A kernel last present before its
@@ -20,14 +20,11 @@ from sokovan.scheduler.handlers.sweep_stale_kernels import SweepStaleKernelsKern
 from sokovan.scheduler.liveness import ping_agent
 from sokovan.scheduler.terminator import SessionTerminator
 from sokovan.scheduler.terminator.identity import reported_start
-from sokovan.store_stub import InMemoryStore
-from sokovan.testing import (
-    FakeAgentClient,
-    FakeAgentClientPool,
-    FakePresence,
-    InProcessFanOut,
-    stub_context,
-)
+from sokovan.stubs.agents import FakeAgentClient, FakeAgentClientPool
+from sokovan.stubs.context import stub_context
+from sokovan.stubs.fanout import InProcessFanOut
+from sokovan.stubs.presence import FakePresence
+from sokovan.stubs.store import InMemoryStore
 from sokovan.types import (
     AgentId,
     HealthCheckStatus,

@@ -16,7 +16,9 @@ import pytest
 from sokovan.errors import AgentError
 from sokovan.scheduler.terminator import SessionTerminator, destroy_kernels_on_agent
 from sokovan.scheduler.terminator.destroy import DestroyJob, destroy_jobs
-from sokovan.testing import FakeAgentClient, FakeAgentClientPool, FakePresence, InProcessFanOut
+from sokovan.stubs.agents import FakeAgentClient, FakeAgentClientPool
+from sokovan.stubs.fanout import InProcessFanOut
+from sokovan.stubs.presence import FakePresence
 from sokovan.types import (
     AgentBatch,
     AgentId,
