@@ -29,9 +29,6 @@ PRESENCE_PAGE_SIZE: Final = 10_000
 
 # Handler claims: one run per handler at a time, released by the run's completion.
 CLAIM_KEY_PREFIX: Final = "sokovan:claim:"
-# A claim is a lease renewed by the run's live work (Backend.AI's leader lease: 30 s, renewed
-# every 10 s): a crashed holder's lease lapses within this and its run is abandoned.
-CLAIM_LIFETIME_SEC: Final = 30
 # Renewals per lifetime: one late or lost renewal does not lose the lease.
 LEASE_RENEWALS_PER_LIFETIME: Final = 3
 # Outer bound: a run still `running` past this is abandoned even if its lease is renewed.
@@ -97,15 +94,8 @@ AGENT_RESTART_GRACE_SEC: Final = 2.0
 
 # Default beat intervals (seconds).
 SWEEP_INTERVAL_SEC: Final = 60.0
-TERMINATE_INTERVAL_SEC: Final = 5.0
 LAUNCH_INTERVAL_SEC: Final = 5.0
-# Recovery abandons runs whose lease lapsed: every few seconds, so a crash costs seconds.
-RECOVER_INTERVAL_SEC: Final = 5.0
-PRUNE_INTERVAL_SEC: Final = 3600.0
 
-# Celery: soft limit lets a task record its failure before the hard kill.
-TASK_SOFT_TIME_LIMIT_SEC: Final = 300
-TASK_TIME_LIMIT_SEC: Final = 330
 # A batch records its outcomes and kernel moves itself; a database busy for a moment (SQLite's
 # write lock under a burst) gets this many tries, RECORD_RETRY_SEC apart and growing, before
 # the task fails and the run's next tick re-plans the batch's kernels from SQL.
@@ -114,31 +104,17 @@ RECORD_RETRY_SEC: Final = 0.5
 
 # Redis visibility timeout must exceed the longest task or it is redelivered while running.
 BROKER_VISIBILITY_TIMEOUT_SEC: Final = 3600
-# A worker told to stop gives its running tasks this long, then hands the rest back to the
-# queue: short against the time limits, long enough for a typical agent batch to finish.
-SOFT_SHUTDOWN_TIMEOUT_SEC: Final = 10.0
 # Poison messages. A counter per task message, counted each time a worker starts it.
 DELIVERY_KEY_PREFIX: Final = "sokovan:deliveries:"
 # A counter outlives redeliveries after the visibility timeout; finished tasks delete theirs.
 DELIVERY_COUNT_TTL_SEC: Final = 86400
-# A message started this many times without finishing is not started again: three worker
-# deaths on one message are no accident, and a fourth would only repeat them.
-MAX_DELIVERIES: Final = 3
 # The list keeps the newest this many: enough to see a pattern, bounded if one repeats.
 DEADLETTER_MAX_ENTRIES: Final = 1000
 # Characters of a dead letter's arguments shown to a person.
 DEADLETTER_ARGS_REPR_CHARS: Final = 500
 # Arguments up to this size (JSON) are kept so the message can be resent; larger are not.
 DEADLETTER_MAX_MESSAGE_BYTES: Final = 1 << 20
-# Results only matter until the chord body has counted them; the ledger is the record.
-RESULT_EXPIRES_SEC: Final = 86400
 
-# Agent client pool.
-AGENT_POOL_SIZE: Final = 256
-# Consecutive connection failures before an agent is marked unavailable.
-AGENT_FAILURE_THRESHOLD: Final = 3
-# How long an unavailable agent is left alone before one trial call.
-AGENT_RECOVERY_SEC: Final = 30.0
 
 # Agent liveness. Every agent, registered by hand or self-announced, is pinged this often.
 AGENT_PING_INTERVAL_SEC: Final = 10.0
@@ -163,12 +139,8 @@ MAX_DRAIN_DEADLINE_SEC: Final = 86_400.0
 MAX_AGENT_CPU: Final = 100_000
 MAX_AGENT_MEM: Final = 2**60
 
-# Runs older than this are pruned.
-RUN_RETENTION_DAYS: Final = 30
 
 SSH_KEY_COMMENT: Final = "work@cluster.backend.ai.local"
-DEFAULT_REDIS_URL: Final = "redis://127.0.0.1:6399/0"
-DEFAULT_EMBEDDED_PORT: Final = 6399
 
 # Launcher. Kernel creation pins images by digest, as Backend.AI's launcher does.
 KERNEL_AUTO_PULL: Final = "digest"
@@ -190,8 +162,6 @@ REDIS_POOL_WAIT_SEC: Final = 30.0
 # Reconnect attempts of one Redis call: with the backoff below they span about 11 s, so a
 # Valkey restart of a few seconds is waited out instead of failing a run.
 REDIS_RETRIES: Final = 14
-# Master name a Sentinel deployment monitors when SOKOVAN_REDIS_SENTINEL_MASTER is not set.
-DEFAULT_SENTINEL_MASTER: Final = "sokovan"
 # First reconnect backoff; it doubles per attempt up to the cap.
 REDIS_RETRY_BACKOFF_SEC: Final = 0.05
 # Longest pause between two reconnect attempts: a restarted server is found within it.
@@ -206,20 +176,6 @@ CREATE_CONCURRENCY_PER_AGENT: Final = 64
 # calls fit well inside the start timeout, and a large run's sessions reach RUNNING in steps.
 CREATE_SESSIONS_PER_TASK: Final = 200
 
-# Deadlines of the transitional session states (seconds in the state), and retries.
-# TERMINATING: an agent that has not destroyed a kernel in five minutes of retries is not
-# going to; the kernel is given up (FORCE_TERMINATED) and its container remembered.
-TERMINATING_DEADLINE_SEC: Final = 300.0
-# PULLING: large images take minutes; a pull with no result in ten is re-sent, then failed.
-PULLING_DEADLINE_SEC: Final = 600.0
-# Tries of a pull that got no answer before the session fails.
-PULL_ATTEMPTS: Final = 3
-# CREATING: twice Backend.AI's start bound; no creation result by then will come.
-CREATING_DEADLINE_SEC: Final = 120.0
-# Per-item retry backoff: doubles from the base up to the cap, so one unreachable agent
-# costs a handful of attempts an hour, not one every tick.
-RETRY_BACKOFF_SEC: Final = 5.0
-RETRY_BACKOFF_MAX_SEC: Final = 300.0
 # Leftover containers of kernels given up on are retried this often once their agent answers.
 RECONCILE_INTERVAL_SEC: Final = 30.0
 
@@ -295,8 +251,6 @@ SIGNING_CERT_DAYS: Final = 365
 UNBOUND_SECRET_TTL_SEC: Final = 86400
 
 # Operators' tools (`sokovan up`, `status`, the exporter).
-# First RPC port of the reference agents `sokovan up` starts; agent i listens on base + i - 1.
-AGENT_BASE_PORT: Final = 6011
 # Prometheus exporter: loopback by default, since the ledger is not for the whole network.
 METRICS_HOST: Final = "127.0.0.1"
 # Redis list a worker moves a task to after too many deliveries; the exporter reports its length.
