@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from sokovan import constants as C
+
+# A worker's liveness key lapses this long after its last write: a worker that is gone
+# disappears within it.
+WORKER_HEARTBEAT_TTL_SEC: Final = 30
 
 
 class KeyStore(Protocol):
@@ -56,7 +60,7 @@ def read_beat(store: KeyStore) -> Heartbeat | None:
 
 def write_worker(store: KeyStore, hostname: str) -> None:
     """Worker `hostname` (its Celery node name) is alive, for WORKER_HEARTBEAT_TTL_SEC."""
-    store.set(C.WORKER_HEARTBEAT_KEY_PREFIX + hostname, "1", ex=C.WORKER_HEARTBEAT_TTL_SEC)
+    store.set(C.WORKER_HEARTBEAT_KEY_PREFIX + hostname, "1", ex=WORKER_HEARTBEAT_TTL_SEC)
 
 
 def live_workers(store: KeyStore) -> list[str]:

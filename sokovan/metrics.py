@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 from wsgiref.simple_server import WSGIServer
 
 import sqlalchemy as sa
@@ -37,6 +37,17 @@ from sokovan.scheduler.terminator import unverified_kind
 from sokovan.types import KernelStatus, RunStatus, SessionStatus
 
 log = logging.getLogger(__name__)
+
+# Transitional session statuses whose oldest member the exporter reports, to catch stuck ones.
+TRANSITIONAL_SESSION_STATUSES: Final = (
+    "PENDING",
+    "SCHEDULED",
+    "PREPARING",
+    "PULLING",
+    "PREPARED",
+    "CREATING",
+    "TERMINATING",
+)
 
 FINISHED = [s for s in RunStatus if s not in (RunStatus.RUNNING, RunStatus.SKIPPED)]
 # Slots with a unit of their own get a metric each; any other slot (accelerators) is a count.
@@ -192,7 +203,7 @@ class LedgerCollector(Collector):
         return in_flight, paused
 
     def _status_families(self) -> Iterable[Metric]:
-        counts = status_counts(self._engine, C.TRANSITIONAL_SESSION_STATUSES)
+        counts = status_counts(self._engine, TRANSITIONAL_SESSION_STATUSES)
         sessions = GaugeMetricFamily("sokovan_sessions", "Sessions by status.", labels=["status"])
         for status in SessionStatus:
             sessions.add_metric([str(status)], counts.sessions.get(str(status), 0))
@@ -209,7 +220,7 @@ class LedgerCollector(Collector):
             "Age of the longest-waiting session in each transitional status (0: none there).",
             labels=["status"],
         )
-        for name in C.TRANSITIONAL_SESSION_STATUSES:
+        for name in TRANSITIONAL_SESSION_STATUSES:
             oldest.add_metric([name], counts.oldest_session_age.get(name, 0.0))
         return sessions, kernels, agents, oldest
 

@@ -14,7 +14,7 @@ import logging
 import os
 import socket
 import time
-from typing import Any
+from typing import Any, Final
 
 import redis
 from celery.beat import PersistentScheduler
@@ -26,6 +26,16 @@ from sokovan.config import load_settings
 from sokovan.heartbeats import write_beat, write_worker
 
 log = logging.getLogger(__name__)
+
+# beat wakes at least this often to rewrite its liveness key (well inside the TTL, a missed
+# write is harmless).
+BEAT_HEARTBEAT_SEC: Final = 5.0
+# A heartbeat write waits at most this long: it must never hold up beat or a worker's timer.
+HEARTBEAT_WRITE_TIMEOUT_SEC: Final = 1.0
+# A beat tick older than its interval plus this slack is dropped quietly by the task: the next
+# one replaces it.
+TICK_SLACK_SEC: Final = 1.0
+
 _clients: dict[str, redis.Redis] = {}
 
 
@@ -33,7 +43,7 @@ def _client() -> redis.Redis:
     """This process's one small client for heartbeats, built on first use."""
     if "heartbeat" not in _clients:
         _clients["heartbeat"] = build_sync_redis(
-            load_settings(), timeout=C.HEARTBEAT_WRITE_TIMEOUT_SEC
+            load_settings(), timeout=HEARTBEAT_WRITE_TIMEOUT_SEC
         )
     return _clients["heartbeat"]
 
@@ -47,7 +57,7 @@ class BeatScheduler(PersistentScheduler):  # type: ignore[misc]
             write_beat(_client(), socket.gethostname(), os.getpid())
         except (redis.RedisError, OSError) as e:  # the broker is down: beat carries on
             log.warning("beat heartbeat not written: %s", e)
-        return min(delay, C.BEAT_HEARTBEAT_SEC)
+        return min(delay, BEAT_HEARTBEAT_SEC)
 
     def close(self) -> None:
         super().close()
@@ -90,6 +100,6 @@ def stale_tick(request: Any) -> str | None:
     if not isinstance(sent, int | float) or not isinstance(every, int | float):
         return None
     age = time.time() - float(sent)
-    if age <= float(every) + C.TICK_SLACK_SEC:
+    if age <= float(every) + TICK_SLACK_SEC:
         return None
     return f"a beat tick sent {age:.0f}s ago (every {float(every):g}s): the next one replaces it"

@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Final
 
 import typer
 
@@ -24,6 +25,9 @@ from tasks import names
 from tasks.cli.errors import CliError, Refused, Unreachable
 from tasks.cli.root import CommandRoot, broker_reachable, root
 from tasks.commands import beat_args, worker_args, worker_env_prefix
+
+# How long `sokovan up` waits for Valkey to answer PING before giving up.
+VALKEY_READY_TIMEOUT_SEC: Final = 20.0
 
 
 def flower_password(s: Settings) -> str:
@@ -177,7 +181,7 @@ def up(
     valkey = start_valkey(s, env) if s.uses_embedded_valkey else None
     stop = threading.Event()
     try:
-        wait_for_broker(s, C.VALKEY_READY_TIMEOUT_SEC, valkey)
+        wait_for_broker(s, VALKEY_READY_TIMEOUT_SEC, valkey)
         manager = Manager()
         for name, cmd in processes(s, agents, concurrency).items():
             manager.add_process(name, cmd, env=env)
