@@ -4,7 +4,6 @@ on stderr and never a traceback; a command that only reads creates no file or fo
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import uuid
@@ -15,8 +14,7 @@ from pathlib import Path
 import pytest
 
 from sokovan.config_rules import MAPPING_RANGES, RANGES, var
-from sokovan.db.engine import create_engine, upgrade
-from tests.conftest import free_port
+from sokovan.db.engine import create_engine
 
 pytestmark = pytest.mark.integration
 
@@ -253,23 +251,6 @@ def _missing_data() -> list[Case]:
 
 
 CASES = [*_ids(), *_lists(), *_create(), *_settings(), *_services(), *_missing_data()]
-
-
-@pytest.fixture
-def offline_env(tmp_path: Path) -> dict[str, str]:
-    """Settings of a migrated SQLite database and a broker nothing listens on."""
-    var_dir = tmp_path / "var"
-    var_dir.mkdir()
-    db = f"sqlite:///{var_dir / 'sokovan.db'}"
-    upgrade(create_engine(db))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SOKOVAN_")}
-    env.update(
-        SOKOVAN_VAR_DIR=str(var_dir),
-        SOKOVAN_DATABASE_URL=db,
-        SOKOVAN_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0",
-        SOKOVAN_EMBEDDED_VALKEY="false",
-    )
-    return env
 
 
 def _stored_session(env: dict[str, str]) -> str:
