@@ -1,12 +1,14 @@
-"""Periodic entries: name -> task, interval and expiry (a backlog never piles up stale ticks).
+"""Periodic entries: name -> task and interval (a backlog never piles up stale ticks).
 
-Handler ticks come from the handler declarations; the rest are maintenance entries.
+Handler ticks come from the handler declarations, each under its handler's own task name
+(`sokovan.handler.<name>`, readable in Flower); the rest are maintenance entries.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from sokovan import constants as C
 from sokovan.config import Settings
 from sokovan.scheduler.handlers import HANDLERS
 from tasks import names
@@ -17,8 +19,9 @@ def _entry(task: str, every: float, **kwargs: Any) -> dict[str, Any]:
         "task": task,
         "schedule": every,
         "kwargs": kwargs,
-        # A tick not started within its own interval is dropped; the next one replaces it.
-        "options": {"expires": max(every, 1.0)},
+        # A tick not started within its own interval is dropped by the task (a SUCCESS with a
+        # note, not a REVOKED failure in Flower); the next one replaces it. See tasks.liveness.
+        "options": {"headers": {C.TICK_EVERY_HEADER: max(every, 1.0)}},
     }
 
 
@@ -26,9 +29,7 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
     """The beat schedule for these settings."""
     every_agent_sync = max(settings.presence_refresh / 2, 1.0)
     schedule = {
-        d.beat_entry: _entry(
-            names.HANDLER_RUN, d.interval(settings), handler=d.name, trigger="beat"
-        )
+        d.beat_entry: _entry(names.handler_task(d.name), d.interval(settings), trigger="beat")
         for d in HANDLERS
     }
     schedule["sync-agents"] = _entry(names.AGENTS_SYNC, every_agent_sync)

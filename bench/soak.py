@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import random
 import shutil
 import tempfile
@@ -35,6 +36,10 @@ from tasks.app import create_app
 
 CHECK_EVERY = 2.0
 PROBE_WITHIN = 30.0
+
+
+# How often the soak plays supervisor for the worker and beat (see ChaosCluster.revive).
+SUPERVISE_EVERY = 2.0
 
 
 def fault_plan(options: SoakOptions, rng: random.Random) -> list[tuple[float, str]]:
@@ -77,6 +82,7 @@ async def _soak_on(cluster: ChaosCluster, options: SoakOptions) -> SoakResult:
     stop_load, stop_track = asyncio.Event(), asyncio.Event()
     tracker = asyncio.create_task(load.track(stop_track))
     loader = asyncio.create_task(load.run(stop_load))
+    supervisor = asyncio.create_task(_supervise(cluster, stop_track))
     began = time.monotonic()
     faults: list[Fault] = []
     try:
@@ -95,10 +101,18 @@ async def _soak_on(cluster: ChaosCluster, options: SoakOptions) -> SoakResult:
     finally:
         stop_load.set()
         stop_track.set()
-        await asyncio.gather(loader, tracker, return_exceptions=True)
+        await asyncio.gather(loader, tracker, supervisor, return_exceptions=True)
         client.close()
     killed, lost = len(load.killed), len(load.lost)
     return SoakResult(options, checks, faults, tracked, killed, lost, chaos, began, settle)
+
+
+async def _supervise(cluster: ChaosCluster, stop: asyncio.Event) -> None:
+    """Restarts a worker or beat that exited on its own, as a process supervisor would."""
+    while not stop.is_set():
+        await asyncio.to_thread(cluster.revive)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), SUPERVISE_EVERY)
 
 
 async def _settle(

@@ -46,7 +46,7 @@ from sokovan.presence import ValkeyPresence
 from sokovan.scheduler.handlers import sweep_stale_kernels
 from sokovan.scheduler.terminator import SessionTerminator, StaleJudgement
 from sokovan.scheduler.terminator.stale import ANSWER_DEAD, ANSWER_NO_AGENT, ANSWER_RUNNING
-from sokovan.testing import RefusingFanOut
+from sokovan.stubs.fanout import RefusingFanOut
 from sokovan.types import (
     AgentId,
     ImageConfig,

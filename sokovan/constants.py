@@ -1,4 +1,4 @@
-"""Key names, lifetimes and default intervals, each with why it has that value."""
+"""Redis key names, and the values several modules share, each with why it has that value."""
 
 from __future__ import annotations
 
@@ -19,21 +19,12 @@ PRESENCE_DB: Final = 2
 AGENT_LAST_CHECK_KEY_PREFIX: Final = "agent:last_check:"
 # Backend.AI's lifetime of that key: twice the orphan threshold, so one missed sweep is harmless.
 AGENT_LAST_CHECK_TTL_SEC: Final = 1200
-# A real agent destroys a kernel whose last_check lags its agent's last check by more than this.
-ORPHAN_KERNEL_THRESHOLD_SEC: Final = 600
-# How often a real agent looks for such orphans.
-ORPHAN_CLEANUP_INTERVAL_SEC: Final = 300
 # Kernels per presence read in stage 1 of the sweep: one round trip each, small enough that
 # neither Valkey (busy in one script) nor the worker (holding the replies) feels a large sweep.
 PRESENCE_PAGE_SIZE: Final = 10_000
 
 # Handler claims: one run per handler at a time, released by the run's completion.
 CLAIM_KEY_PREFIX: Final = "sokovan:claim:"
-# A claim is a lease renewed by the run's live work (Backend.AI's leader lease: 30 s, renewed
-# every 10 s): a crashed holder's lease lapses within this and its run is abandoned.
-CLAIM_LIFETIME_SEC: Final = 30
-# Renewals per lifetime: one late or lost renewal does not lose the lease.
-LEASE_RENEWALS_PER_LIFETIME: Final = 3
 # Outer bound: a run still `running` past this is abandoned even if its lease is renewed.
 RUN_DEADLINE_SEC: Final = 900
 # Worker liveness (sokovan.scheduler.leases): node name -> its current incarnation.
@@ -47,20 +38,14 @@ LEASE_HOLDERS_PREFIX: Final = "sokovan:lease-holders:"
 RUN_HOLDERS_PREFIX: Final = "sokovan:run-holders:"
 # A worker's main process rewrites its liveness key this often, from a thread of its own.
 NODE_BEAT_SEC: Final = 1.0
-# Five missed beats before a live worker looks gone, yet a killed one is known gone in 5 s.
-NODE_TTL_SEC: Final = 5.0
 # The holders of a lease are forgotten after this, far past any run's deadline.
 LEASE_HOLDERS_TTL_SEC: Final = 2 * RUN_DEADLINE_SEC
 
 # Reference agents register here so the scheduler and tests can find them.
 AGENT_REGISTRY_KEY: Final = "sokovan:agents"
 AGENT_CONTROL_PREFIX: Final = "sokovan:agentd:"
-# A reference agent rewrites its registry entry this often; readers judge liveness by it.
-AGENT_HEARTBEAT_SEC: Final = 5.0
 # How often a reference agent reads fault operations queued for it in Redis: quick for tests.
 AGENT_CONTROL_POLL_SEC: Final = 0.2
-# How long the acknowledgement of an applied fault operation is kept.
-AGENT_CONTROL_ACK_TTL_SEC: Final = 300
 
 # Backend.AI bounds one session's start so a hung agent does not hold it forever.
 START_SESSION_TIMEOUT_SEC: Final = 60
@@ -89,50 +74,26 @@ SWEEP_BRAKE_MIN_KERNELS: Final = 10
 # wrong "not running" answers costs a fifth of the kernels per sweep interval at most.
 SWEEP_BRAKE_REAP_SHARE: Final = 0.2
 
+# A kernel on an agent that restarted after the kernel's last presence is a suspect at once,
+# not STALE_AFTER later. Presence stamps are whole seconds and a reference agent writes its
+# kernels' presence as it starts, before it serves: a stamp this close before the start may be
+# the new instance's own.
+AGENT_RESTART_GRACE_SEC: Final = 2.0
+
 # Default beat intervals (seconds).
 SWEEP_INTERVAL_SEC: Final = 60.0
-TERMINATE_INTERVAL_SEC: Final = 5.0
 LAUNCH_INTERVAL_SEC: Final = 5.0
-# Recovery abandons runs whose lease lapsed: every few seconds, so a crash costs seconds.
-RECOVER_INTERVAL_SEC: Final = 5.0
-PRUNE_INTERVAL_SEC: Final = 3600.0
 
-# Celery: soft limit lets a task record its failure before the hard kill.
-TASK_SOFT_TIME_LIMIT_SEC: Final = 300
-TASK_TIME_LIMIT_SEC: Final = 330
-# A batch records its outcomes and kernel moves itself; a database busy for a moment (SQLite's
-# write lock under a burst) gets this many tries, RECORD_RETRY_SEC apart and growing, before
-# the task fails and the run's next tick re-plans the batch's kernels from SQL.
-RECORD_ATTEMPTS: Final = 4
-RECORD_RETRY_SEC: Final = 0.5
 
 # Redis visibility timeout must exceed the longest task or it is redelivered while running.
 BROKER_VISIBILITY_TIMEOUT_SEC: Final = 3600
-# A worker told to stop gives its running tasks this long, then hands the rest back to the
-# queue: short against the time limits, long enough for a typical agent batch to finish.
-SOFT_SHUTDOWN_TIMEOUT_SEC: Final = 10.0
 # Poison messages. A counter per task message, counted each time a worker starts it.
 DELIVERY_KEY_PREFIX: Final = "sokovan:deliveries:"
 # A counter outlives redeliveries after the visibility timeout; finished tasks delete theirs.
 DELIVERY_COUNT_TTL_SEC: Final = 86400
-# A message started this many times without finishing is not started again: three worker
-# deaths on one message are no accident, and a fourth would only repeat them.
-MAX_DELIVERIES: Final = 3
-# The list keeps the newest this many: enough to see a pattern, bounded if one repeats.
-DEADLETTER_MAX_ENTRIES: Final = 1000
 # Characters of a dead letter's arguments shown to a person.
 DEADLETTER_ARGS_REPR_CHARS: Final = 500
-# Arguments up to this size (JSON) are kept so the message can be resent; larger are not.
-DEADLETTER_MAX_MESSAGE_BYTES: Final = 1 << 20
-# Results only matter until the chord body has counted them; the ledger is the record.
-RESULT_EXPIRES_SEC: Final = 86400
 
-# Agent client pool.
-AGENT_POOL_SIZE: Final = 256
-# Consecutive connection failures before an agent is marked unavailable.
-AGENT_FAILURE_THRESHOLD: Final = 3
-# How long an unavailable agent is left alone before one trial call.
-AGENT_RECOVERY_SEC: Final = 30.0
 
 # Agent liveness. Every agent, registered by hand or self-announced, is pinged this often.
 AGENT_PING_INTERVAL_SEC: Final = 10.0
@@ -145,85 +106,33 @@ AGENT_LOST_AFTER_SEC: Final = 120.0
 # After an agent turned LOST, its kernels wait this long before they take the deadline path
 # (AGENT_LOST): a rebooting node gets time to come back with its containers.
 AGENT_LOST_GRACE_SEC: Final = 300.0
-# status_info of sessions ended because their agent was removed by an operator.
-AGENT_REMOVED_REASON: Final = "AGENT_REMOVED"
 # status_info of sessions ended by a drain of their agent.
 AGENT_DRAINED_REASON: Final = "AGENT_DRAINED"
 # A drain's deadline when none is given: ten minutes, kubectl drain's habit of a bounded wait.
 DRAIN_DEADLINE_SEC: Final = 600.0
-# Longest drain deadline accepted: a day; a longer maintenance is a cordon.
-MAX_DRAIN_DEADLINE_SEC: Final = 86_400.0
-# Registered capacities above these are no machine's (typos or unit mistakes): cores, bytes.
-MAX_AGENT_CPU: Final = 100_000
-MAX_AGENT_MEM: Final = 2**60
 
-# Runs older than this are pruned.
-RUN_RETENTION_DAYS: Final = 30
 
 SSH_KEY_COMMENT: Final = "work@cluster.backend.ai.local"
-DEFAULT_REDIS_URL: Final = "redis://127.0.0.1:6399/0"
-DEFAULT_EMBEDDED_PORT: Final = 6399
 
-# Launcher. Kernel creation pins images by digest, as Backend.AI's launcher does.
-KERNEL_AUTO_PULL: Final = "digest"
-# check_and_pull compares digests too, so an agent with a stale tag still pulls.
-PULL_AUTO_PULL: Final = "digest"
 # Cluster SSH keys: RSA of this size, generated once per session start.
 SSH_KEY_BITS: Final = 2048
-# Prefix of the agent-local bridge made for a single-node multi-kernel session.
-SINGLE_NODE_NETWORK_PREFIX: Final = "bai-singlenode-"
-# Redis connections one worker process opens at most; a burst beyond it waits for one.
-REDIS_MAX_CONNECTIONS: Final = 64
-# Redis connections a short-lived process (a CLI command, the demo, the exporter) opens at
-# most: it makes one call at a time, plus a spare for a thread such as `up`'s readiness check.
-PROCESS_REDIS_MAX_CONNECTIONS: Final = 4
 # Socket timeout of those clients: a broker on this machine or the LAN answers in milliseconds.
 PROCESS_REDIS_TIMEOUT_SEC: Final = 2.0
-# How long a Redis call waits for a free pooled connection before failing.
-REDIS_POOL_WAIT_SEC: Final = 30.0
 # Reconnect attempts of one Redis call: with the backoff below they span about 11 s, so a
 # Valkey restart of a few seconds is waited out instead of failing a run.
 REDIS_RETRIES: Final = 14
-# Master name a Sentinel deployment monitors when SOKOVAN_REDIS_SENTINEL_MASTER is not set.
-DEFAULT_SENTINEL_MASTER: Final = "sokovan"
-# First reconnect backoff; it doubles per attempt up to the cap.
-REDIS_RETRY_BACKOFF_SEC: Final = 0.05
 # Longest pause between two reconnect attempts: a restarted server is found within it.
 REDIS_RETRY_BACKOFF_CAP_SEC: Final = 1.0
 # A pooled connection idle this long is PINGed before use, so one the server closed while
 # it sat in the pool is replaced instead of failing the call that picks it up.
 REDIS_HEALTH_CHECK_SEC: Final = 15
-# create_kernels calls in flight per agent inside one task: the original sends them all
-# at once, so the bound is generous; it only keeps one task's sockets and memory in check.
-CREATE_CONCURRENCY_PER_AGENT: Final = 64
 # Sessions one create_kernels task carries at most: their keypairs (~35 ms of CPU each) and
 # calls fit well inside the start timeout, and a large run's sessions reach RUNNING in steps.
 CREATE_SESSIONS_PER_TASK: Final = 200
 
-# Deadlines of the transitional session states (seconds in the state), and retries.
-# TERMINATING: an agent that has not destroyed a kernel in five minutes of retries is not
-# going to; the kernel is given up (FORCE_TERMINATED) and its container remembered.
-TERMINATING_DEADLINE_SEC: Final = 300.0
-# PULLING: large images take minutes; a pull with no result in ten is re-sent, then failed.
-PULLING_DEADLINE_SEC: Final = 600.0
-# Tries of a pull that got no answer before the session fails.
-PULL_ATTEMPTS: Final = 3
-# CREATING: twice Backend.AI's start bound; no creation result by then will come.
-CREATING_DEADLINE_SEC: Final = 120.0
-# Per-item retry backoff: doubles from the base up to the cap, so one unreachable agent
-# costs a handful of attempts an hour, not one every tick.
-RETRY_BACKOFF_SEC: Final = 5.0
-RETRY_BACKOFF_MAX_SEC: Final = 300.0
-# Leftover containers of kernels given up on are retried this often once their agent answers.
-RECONCILE_INTERVAL_SEC: Final = 30.0
 
-# Text an agent sends (error names, messages, answers) is cut to this many UTF-8 bytes before
-# it is stored or logged: enough for any real error, and one hostile agent cannot fill rows.
-AGENT_TEXT_MAX_BYTES: Final = 2048
 # A sample of a wrong-shaped reply quoted in the error: enough to recognise it.
 REPLY_SAMPLE_MAX_BYTES: Final = 200
-# An exception's class name is short; a longer "name" from an agent is noise or an attack.
-AGENT_ERROR_NAME_MAX_BYTES: Final = 200
 # Backstop for error text stored in outcomes and status data: room for an agent's text,
 # already cut to AGENT_TEXT_MAX_BYTES, plus our own context around it.
 STORED_ERROR_MAX_BYTES: Final = 4096
@@ -233,32 +142,6 @@ STORED_ERROR_MAX_BYTES: Final = 4096
 # Kernels per session unless SOKOVAN_MAX_KERNELS_PER_SESSION says otherwise; one agent batch
 # of this size stays well inside the start timeout.
 MAX_KERNELS_PER_SESSION: Final = 64
-# The sessions.name column is this wide.
-MAX_SESSION_NAME_CHARS: Final = 128
-# images.canonical and sessions.network_id columns are this wide.
-MAX_IMAGE_NAME_CHARS: Final = 255
-# scaling_group, agent id and access_key columns are this wide.
-MAX_SHORT_ID_CHARS: Final = 64
-# status_info (where the termination reason is kept) is this wide.
-MAX_REASON_CHARS: Final = 64
-# Environment variables per session: far above what a job uses, far below what hurts an agent.
-MAX_ENVIRON_VARS: Final = 256
-# One environment variable name, and one value (a certificate or a short script fits).
-MAX_ENVIRON_NAME_CHARS: Final = 256
-MAX_ENVIRON_VALUE_CHARS: Final = 32_768
-# All names and values of a session together: the environ column and the agent's config.
-MAX_ENVIRON_TOTAL_CHARS: Final = 65_536
-# Resource slots per kernel request; Backend.AI agents report a handful.
-MAX_SLOT_ENTRIES: Final = 32
-# A slot amount as text: enough for memory in bytes with decimals, too short to be a payload.
-MAX_SLOT_VALUE_CHARS: Final = 32
-# Ids in one handler run's scope: above the follow-up of any one run the scheduler kicks
-# itself (a run's sessions), far below what fills a worker's memory.
-MAX_SCOPE_IDS: Final = 50_000
-# Items per run a caller may ask for at most.
-MAX_BUDGET: Final = 10_000_000
-# Characters of an offending value echoed in a refusal: enough to recognise it, never a payload.
-REFUSAL_ECHO_CHARS: Final = 40
 
 # Secrets in session environments. A variable whose name contains one of these (any case)
 # is secret: kept encrypted at rest, never put in a task message, result, log or event.
@@ -277,44 +160,28 @@ DEFAULT_SECRET_ENV_PATTERNS: Final = (
 SECRET_FIELD_NAMES: Final = frozenset({"ssh_keypair", "private_key", "password", "secret_environ"})
 # What a secret value looks like in a repr, an event or Flower.
 REDACTED: Final = "***"
-# An environ value of this form names a secret stored encrypted beforehand (the CLI and the
-# Python API send these instead of the value); the worker binds it to the new session.
-SECRET_REF_PREFIX: Final = "sokovan-secret-ref:"
-# Task signing material made by `sokovan certs init`: RSA of the size Celery's examples use,
-# and a certificate valid for a year (Celery refuses messages once it has expired).
-SIGNING_KEY_BITS: Final = 2048
+# Task-signing certificates of `sokovan certs init` are valid for a year (Celery refuses
+# messages once one has expired).
 SIGNING_CERT_DAYS: Final = 365
-# A client that stored secret variables and never got its submission through leaves them
-# unbound; after this long no submission can still be waiting for them.
-UNBOUND_SECRET_TTL_SEC: Final = 86400
 
 # Operators' tools (`sokovan up`, `status`, the exporter).
-# First RPC port of the reference agents `sokovan up` starts; agent i listens on base + i - 1.
-AGENT_BASE_PORT: Final = 6011
 # Prometheus exporter: loopback by default, since the ledger is not for the whole network.
 METRICS_HOST: Final = "127.0.0.1"
 # Redis list a worker moves a task to after too many deliveries; the exporter reports its length.
 DEADLETTER_KEY: Final = "sokovan:deadletter"
-# A reference agent's first Redis contact: retries with exponential backoff up to this cap, so
-# an agent started beside its Valkey waits for it instead of exiting.
-AGENT_REDIS_RETRIES: Final = 12
-AGENT_REDIS_BACKOFF_CAP_SEC: Final = 2.0
-# How long `sokovan up` waits for Valkey to answer PING before giving up.
-VALKEY_READY_TIMEOUT_SEC: Final = 20.0
 # Celery inspect ping in `sokovan status`: short, a healthy worker answers in milliseconds.
 STATUS_PING_TIMEOUT_SEC: Final = 1.0
-# beat rewrites its schedule file at least this often (Celery's beat_max_loop_interval is 300 s).
-BEAT_STALE_AFTER_SEC: Final = 360.0
-# Transitional session statuses whose oldest member the exporter reports, to catch stuck ones.
-TRANSITIONAL_SESSION_STATUSES: Final = (
-    "PENDING",
-    "SCHEDULED",
-    "PREPARING",
-    "PULLING",
-    "PREPARED",
-    "CREATING",
-    "TERMINATING",
-)
+# Liveness keys in Valkey: beat and each worker rewrite theirs while they run; the TTL lets a
+# process that is gone disappear within it (`sokovan status`, the exporter's gauges).
+BEAT_HEARTBEAT_KEY: Final = "sokovan:beat:heartbeat"
+BEAT_HEARTBEAT_TTL_SEC: Final = 30
+# A worker's key, rewritten on each Celery event heartbeat (every 2 s).
+WORKER_HEARTBEAT_KEY_PREFIX: Final = "sokovan:worker:heartbeat:"
+# Message headers beat's ticks carry: when beat sent the tick and the entry's interval. A tick
+# older than its interval (plus tasks.liveness's slack) is dropped quietly by the task: the next
+# one replaces it, and Flower shows it SUCCESS (no `expires`, which showed up as REVOKED).
+TICK_AT_HEADER: Final = "sokovan_tick_at"
+TICK_EVERY_HEADER: Final = "sokovan_tick_every"
 
 # Sessions one `sokovan.sessions.create` message may carry: a burst of this size is one
 # task and one pull run; its result (ids and refusals) stays well under a megabyte.
@@ -323,15 +190,6 @@ SESSION_BATCH_MAX: Final = 1000
 # Cluster keypair pool. Keys waiting by default: a burst of this many sessions finds its
 # keys made (about 2.8 KB of SQL per RSA key, ~35 ms of CPU each to make ahead of time).
 KEYPAIR_POOL_SIZE: Final = 1000
-# Below this share of the target, taking keys asks for a refill.
-KEYPAIR_POOL_LOW_WATER: Final = 0.5
-# A process asks for a refill at most this often: a burst takes keys in many tasks.
-KEYPAIR_REFILL_KICK_EVERY_SEC: Final = 5.0
-# Keys per generate task (~0.6 s of CPU for RSA): short enough that a launch task queued
-# behind one is not held up long, large enough that a refill is a few dozen tasks.
-KEYPAIR_REFILL_CHUNK: Final = 16
-# Keys per pool insert inside a generate task; a crash loses at most these.
-KEYPAIR_INSERT_BATCH: Final = 4
 # With more sessions than this on their way to RUNNING, the refill waits: the burst makes
 # its keys on demand, and refilling at the same time would only slow it.
 KEYPAIR_REFILL_DEFER_BACKLOG: Final = 50
@@ -340,35 +198,20 @@ KEYPAIR_REFILL_INTERVAL_SEC: Final = 30.0
 # One refill wave at a time: the mark's lifetime is an estimate of the wave's length, so a
 # lost wave is retried once it lapses.
 KEYPAIR_REFILL_MARK_KEY: Final = "sokovan:keypairs:refilling"
-KEYPAIR_REFILL_SEC_PER_KEY: Final = 0.05
-KEYPAIR_REFILL_MARK_MAX_SEC: Final = 120
 # A refill deferred by a burst looks again this much later (one recheck at a time), so the
 # pool refills soon after the burst without waiting for the beat tick.
 KEYPAIR_RECHECK_KEY: Final = "sokovan:keypairs:recheck"
 KEYPAIR_RECHECK_SEC: Final = 5
-# Generate tasks go out at the broker's lowest priority: any launch task queued is taken first.
-KEYPAIR_GENERATE_PRIORITY: Final = 9
-# A generate task still queued this long is dropped: the pool was refilled another way by then,
-# or the next beat tick plans again. Long, because they wait behind every launch task.
-KEYPAIR_GENERATE_EXPIRES_SEC: Final = 600
 
 # The queue every task is sent to and every worker consumes (tasks.commands.QUEUE).
 TASK_QUEUE: Final = "sokovan"
 
 # The session status feed (README, "A manager's view"): one Redis stream entry per session
-# status move, on the broker's server; trimmed (approximately) to this many entries.
+# status move, on the broker's server.
 STATUS_STREAM_KEY: Final = "sokovan:session-status"
-STATUS_STREAM_MAXLEN: Final = 100_000
 # Version of the entry's field format; a consumer checks it (field `v`).
 STATUS_STREAM_FORMAT: Final = "1"
-# A feed write waits at most this long: the SQL move is the truth, the feed a notification.
-STATUS_STREAM_TIMEOUT_SEC: Final = 1.0
 
-# Public read tasks: `sokovan.session.list` pages and `sokovan.run.get` items are bounded.
-READ_LIST_MAX: Final = 1000
-READ_LIST_DEFAULT: Final = 50
-READ_ITEMS_MAX: Final = 10_000
-READ_ITEMS_DEFAULT: Final = 1000
 
 # Kernel logs (`session logs`, the agents' get_logs): at most this much text, the tail kept.
 KERNEL_LOGS_MAX_BYTES: Final = 1 << 20

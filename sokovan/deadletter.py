@@ -7,7 +7,7 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from redis.asyncio import Redis
 
@@ -15,6 +15,11 @@ from sokovan import constants as C
 from sokovan.types import ItemOutcome
 
 log = logging.getLogger(__name__)
+
+# The list keeps the newest this many: enough to see a pattern, bounded if one repeats.
+DEADLETTER_MAX_ENTRIES: Final = 1000
+# Arguments up to this size (JSON) are kept so the message can be resent; larger are not.
+DEADLETTER_MAX_MESSAGE_BYTES: Final = 1 << 20
 
 # Counts one more delivery and keeps the counter alive past any redelivery; also says
 # whether a delivery of this task id already finished (a duplicate message).
@@ -103,8 +108,8 @@ def make_dead_letter(
     try:
         size = len(json.dumps(message))
     except (TypeError, ValueError):
-        size = C.DEADLETTER_MAX_MESSAGE_BYTES + 1
-    if size > C.DEADLETTER_MAX_MESSAGE_BYTES:
+        size = DEADLETTER_MAX_MESSAGE_BYTES + 1
+    if size > DEADLETTER_MAX_MESSAGE_BYTES:
         message = None
     return DeadLetter(
         task_id=task_id,
@@ -142,7 +147,7 @@ class DeadLetters:
         """Puts a message on the list, newest first; the oldest fall off past the bound."""
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.lpush(C.DEADLETTER_KEY, json.dumps(letter.to_json()))
-            pipe.ltrim(C.DEADLETTER_KEY, 0, C.DEADLETTER_MAX_ENTRIES - 1)
+            pipe.ltrim(C.DEADLETTER_KEY, 0, DEADLETTER_MAX_ENTRIES - 1)
             pipe.delete(delivery_key(letter.task_id))
             await pipe.execute()
 

@@ -29,8 +29,13 @@ SokovanError                 the operation cannot go on
 
 from __future__ import annotations
 
+from typing import Final
+
 from sokovan import constants as C
 from sokovan.text import bounded_text
+
+# An exception's class name is short; a longer "name" from an agent is noise or an attack.
+AGENT_ERROR_NAME_MAX_BYTES: Final = 200
 
 
 class SokovanError(Exception):
@@ -95,7 +100,7 @@ class AgentRemoteError(AgentError):
 
     def __init__(self, name: str, message: str, method: str = "") -> None:
         # Both come from the agent: bounded here so no caller stores or logs them whole.
-        name, message = bounded_text(name, C.AGENT_ERROR_NAME_MAX_BYTES), bounded_text(message)
+        name, message = bounded_text(name, AGENT_ERROR_NAME_MAX_BYTES), bounded_text(message)
         super().__init__(f"{name}: {message}" if name else message)
         self.name = name
         self.message = message

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 from wsgiref.simple_server import WSGIServer
 
 import sqlalchemy as sa
@@ -28,6 +28,7 @@ from sokovan import constants as C
 from sokovan.db.ledger import RunLedger
 from sokovan.db.listing import status_counts
 from sokovan.db.stats import RunStats, SessionStats
+from sokovan.heartbeats import KeyStore, live_workers, read_beat
 from sokovan.primary_metrics import PrimaryCollector, PrimaryProbe
 from sokovan.scheduler.handlers import handler_names
 from sokovan.scheduler.handlers import reclaim_sessions as reclaim
@@ -37,6 +38,17 @@ from sokovan.scheduler.terminator import unverified_kind
 from sokovan.types import KernelStatus, RunStatus, SessionStatus
 
 log = logging.getLogger(__name__)
+
+# Transitional session statuses whose oldest member the exporter reports, to catch stuck ones.
+TRANSITIONAL_SESSION_STATUSES: Final = (
+    "PENDING",
+    "SCHEDULED",
+    "PREPARING",
+    "PULLING",
+    "PREPARED",
+    "CREATING",
+    "TERMINATING",
+)
 
 FINISHED = [s for s in RunStatus if s not in (RunStatus.RUNNING, RunStatus.SKIPPED)]
 # Slots with a unit of their own get a metric each; any other slot (accelerators) is a count.
@@ -50,7 +62,7 @@ UNVERIFIED_KINDS = ("identity", "error", "no_answer", "no_agent")
 _QUEUE_KEYS = ("sokovan", *(f"sokovan\x06\x16{p}" for p in (3, 6, 9)))
 
 
-class ListLengths(Protocol):
+class ListLengths(KeyStore, Protocol):
     """The part of a synchronous Redis client the exporter reads."""
 
     def llen(self, name: str) -> Any: ...
@@ -193,7 +205,7 @@ class LedgerCollector(Collector):
         return in_flight, paused
 
     def _status_families(self) -> Iterable[Metric]:
-        counts = status_counts(self._engine, C.TRANSITIONAL_SESSION_STATUSES)
+        counts = status_counts(self._engine, TRANSITIONAL_SESSION_STATUSES)
         sessions = GaugeMetricFamily("sokovan_sessions", "Sessions by status.", labels=["status"])
         for status in SessionStatus:
             sessions.add_metric([str(status)], counts.sessions.get(str(status), 0))
@@ -210,7 +222,7 @@ class LedgerCollector(Collector):
             "Age of the longest-waiting session in each transitional status (0: none there).",
             labels=["status"],
         )
-        for name in C.TRANSITIONAL_SESSION_STATUSES:
+        for name in TRANSITIONAL_SESSION_STATUSES:
             oldest.add_metric([name], counts.oldest_session_age.get(name, 0.0))
         return sessions, kernels, agents, oldest
 
@@ -263,6 +275,8 @@ class LedgerCollector(Collector):
         try:
             depth = sum(int(self._redis.llen(key)) for key in _QUEUE_KEYS)
             dead = int(self._redis.llen(C.DEADLETTER_KEY))
+            workers = len(live_workers(self._redis))
+            beat = read_beat(self._redis) is not None
         except Exception as e:  # any client error: report the broker down, keep the rest
             log.warning("metrics: reading the broker failed: %s", e)
             up.add_metric([], 0.0)
@@ -276,7 +290,13 @@ class LedgerCollector(Collector):
             "sokovan_deadletter_messages", "Tasks moved aside after too many deliveries."
         )
         dead_family.add_metric([], dead)
-        return up, queue, dead_family
+        alive = GaugeMetricFamily(
+            "sokovan_workers_alive", "Workers whose heartbeat key is live (30 s after the last)."
+        )
+        alive.add_metric([], workers)
+        beat_up = GaugeMetricFamily("sokovan_beat_up", "1 while beat's heartbeat key is live.")
+        beat_up.add_metric([], 1.0 if beat else 0.0)
+        return up, queue, dead_family, alive, beat_up
 
 
 def registry_for(

@@ -1,5 +1,5 @@
-"""Ports: what the domain needs from the outside, as Protocols. Stubs in sokovan/testing.py
-and sokovan/store_stub.py; the SQL stores reach the domain through the offload adapter (db/)."""
+"""Ports: what the domain needs from the outside, as Protocols. Stubs in sokovan/stubs/, one
+module per port; the SQL stores reach the domain through the offload adapter (db/)."""
 
 from __future__ import annotations
 
@@ -423,6 +423,16 @@ class SessionStore(Protocol):
         """Kernels to sweep as plain rows, a page at a time; nothing is read before the first."""
         ...
 
+    async def sweep_ids_on_agents(
+        self,
+        statuses: Collection[KernelStatus],
+        agent_ids: Collection[AgentId],
+        *,
+        only: Collection[KernelId] | None = None,
+    ) -> list[str]:
+        """Ids of the kernels to sweep that these agents host, as `sweep_pages` gives them."""
+        ...
+
     async def cancel_pending(self, session_id: SessionId, reason: str) -> bool:
         """Cancels a session still PENDING; False if it was placed meanwhile."""
         ...
@@ -468,12 +478,26 @@ class AgentStore(Protocol):
     async def list_agents(self, scaling_group: str | None = None) -> list[AgentRow]: ...
 
     async def record_instance(
-        self, agent_id: AgentId, instance_id: str | None, now: datetime
-    ) -> None: ...
+        self,
+        agent_id: AgentId,
+        instance_id: str | None,
+        now: datetime,
+        started_at: datetime | None = None,
+    ) -> None:
+        """An agent's instance marker; a new one is a restart, since `started_at` (else now)."""
+        ...
 
     async def record_contact(
-        self, agent_id: AgentId, instance_id: str | None, now: datetime
+        self,
+        agent_id: AgentId,
+        instance_id: str | None,
+        now: datetime,
+        started_at: datetime | None = None,
     ) -> None: ...
+
+    async def agents_restarted_since(self, since: datetime) -> dict[AgentId, datetime]:
+        """Agents whose current instance started at `since` or later, with that start."""
+        ...
 
     async def agent_contacts(self) -> list[AgentContact]: ...
 

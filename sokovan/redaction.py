@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, Final
 
-from sokovan.constants import (
-    DEFAULT_SECRET_ENV_PATTERNS,
-    REDACTED,
-    SECRET_FIELD_NAMES,
-    SECRET_REF_PREFIX,
-)
+from sokovan.constants import DEFAULT_SECRET_ENV_PATTERNS, REDACTED, SECRET_FIELD_NAMES
+
+# An environ value of this form names a secret stored encrypted beforehand (the CLI and the
+# Python API send these instead of the value); the worker binds it to the new session.
+SECRET_REF_PREFIX: Final = "sokovan-secret-ref:"
 
 Patterns = Iterable[str]
 

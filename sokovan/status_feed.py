@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import Final
 
 import redis
 from redis.backoff import NoBackoff
@@ -26,6 +27,11 @@ from sokovan import constants as C
 from sokovan.db.feed import StatusChange
 
 log = logging.getLogger(__name__)
+
+# The feed's stream is trimmed (approximately) to this many entries.
+STATUS_STREAM_MAXLEN: Final = 100_000
+# A feed write waits at most this long: the SQL move is the truth, the feed a notification.
+STATUS_STREAM_TIMEOUT_SEC: Final = 1.0
 
 
 def entry_fields(change: StatusChange) -> dict[str, str]:
@@ -47,8 +53,8 @@ class RedisStatusFeed:
         url: str,
         *,
         key: str = C.STATUS_STREAM_KEY,
-        maxlen: int = C.STATUS_STREAM_MAXLEN,
-        timeout: float = C.STATUS_STREAM_TIMEOUT_SEC,
+        maxlen: int = STATUS_STREAM_MAXLEN,
+        timeout: float = STATUS_STREAM_TIMEOUT_SEC,
     ) -> None:
         self.key = key
         self.maxlen = maxlen

@@ -11,7 +11,7 @@ from celery import Celery
 import tasks.nodes  # noqa: F401
 from sokovan import constants as C
 from sokovan.config import Settings, load_settings
-from tasks.redaction import PATTERNS_KEY, RedactingAMQP, RedactingTask, install_log_filters
+from tasks.redacted_reprs import PATTERNS_KEY, RedactingAMQP, RedactingTask, install_log_filters
 from tasks.signing import CONSUMER, setup_signing, signing_config
 
 
@@ -85,6 +85,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_soft_shutdown_timeout": settings.soft_shutdown_timeout,
         "worker_enable_soft_shutdown_on_idle": settings.soft_shutdown_on_idle,
         "task_default_queue": C.TASK_QUEUE,
+        # beat also writes its heartbeat key; ticks carry their send time (tasks.liveness).
+        "beat_scheduler": "tasks.liveness:BeatScheduler",
         PATTERNS_KEY: list(settings.secret_env_patterns),
         # Refused messages are logged by name and id, never by body.
         "worker_consumer": CONSUMER,
@@ -105,6 +107,7 @@ def create_app(settings: Settings | None = None) -> Celery:
             "tasks.batch_tasks",
             "tasks.read_tasks",
             "tasks.maintenance_tasks",
+            "tasks.liveness",
         ],
         amqp=RedactingAMQP,
         task_cls=RedactingTask,

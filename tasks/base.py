@@ -10,7 +10,8 @@ from typing import Any, TypeVar
 from sokovan.errors import SokovanError
 from tasks.app import app
 from tasks.deliveries import CountedTask
-from tasks.redaction import REDACTING_REQUEST
+from tasks.liveness import stale_tick
+from tasks.redacted_reprs import REDACTING_REQUEST
 from tasks.runtime import WorkerRuntime, runtime
 
 log = logging.getLogger(__name__)
@@ -25,6 +26,13 @@ class SokovanTask(CountedTask):
     abstract = True
     # Worker requests recompute argsrepr/kwargsrepr redacted: no secret in events or logs.
     Request = REDACTING_REQUEST
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if not self.request.called_directly and (why := stale_tick(self.request)):
+            # Not a failure: nothing was missed that the next tick will not do.
+            log.info("task %s[%s] dropped: %s", self.name, self.request.id, why)
+            return {"dropped": True, "note": why}
+        return super().__call__(*args, **kwargs)
 
     @property
     def rt(self) -> WorkerRuntime:

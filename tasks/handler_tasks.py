@@ -6,6 +6,8 @@ from typing import Any
 
 from sokovan.admission.parse import refuse_arguments
 from sokovan.admission.service import PublicTasks
+from sokovan.errors import InvalidRequest
+from sokovan.scheduler.handlers import handler_names
 from tasks import names
 from tasks.base import task
 from tasks.runtime import WorkerRuntime, runtime
@@ -26,6 +28,24 @@ def run_handler(*args: Any, **kwargs: Any) -> dict[str, Any]:
     """Starts one run of a handler (beat, manual, api or event trigger)."""
     rt = runtime()
     return rt.run(_public(rt).run_handler(args, kwargs))
+
+
+def _handler_task(handler: str) -> Any:
+    """Registers `sokovan.handler.<handler>`: HANDLER_RUN with `handler` fixed."""
+
+    @task(names.handler_task(handler))
+    def run_this_handler(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        """Starts one run of this handler (beat, manual, api or event trigger)."""
+        if kwargs.get("handler", handler) != handler:
+            raise InvalidRequest(f"this task runs {handler!r} only", field="handler")
+        rt = runtime()
+        return rt.run(_public(rt).run_handler(args, {**kwargs, "handler": handler}))
+
+    return run_this_handler
+
+
+# Flower and the events show each handler's runs under a task name of its own.
+HANDLER_TASKS = {name: _handler_task(name) for name in handler_names()}
 
 
 @task(names.SESSION_TERMINATE)

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 from sokovan import constants as C
 from tasks.app import app
 from tasks.base import task
 from tasks.names import KEYPAIRS_GENERATE, KEYPAIRS_REFILL
 from tasks.runtime import runtime
+
+# Generate tasks go out at the broker's lowest priority: any launch task queued is taken first.
+KEYPAIR_GENERATE_PRIORITY: Final = 9
+# A generate task still queued this long is dropped: the pool was refilled another way by then,
+# or the next beat tick plans again. Long, because they wait behind every launch task.
+KEYPAIR_GENERATE_EXPIRES_SEC: Final = 600
 
 
 @task(KEYPAIRS_REFILL)
@@ -20,8 +26,8 @@ def refill_keypairs() -> dict[str, Any]:
         app.send_task(
             KEYPAIRS_GENERATE,
             kwargs={"count": count},
-            expires=C.KEYPAIR_GENERATE_EXPIRES_SEC,
-            priority=C.KEYPAIR_GENERATE_PRIORITY,
+            expires=KEYPAIR_GENERATE_EXPIRES_SEC,
+            priority=KEYPAIR_GENERATE_PRIORITY,
         )
     if plan.recheck:
         app.send_task(KEYPAIRS_REFILL, countdown=C.KEYPAIR_RECHECK_SEC)

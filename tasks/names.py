@@ -14,6 +14,8 @@ SESSION_TOUCH: Final = "sokovan.session.touch"
 # Many sessions in one message: one task and one pull run for the lot.
 SESSIONS_CREATE: Final = "sokovan.sessions.create"
 HANDLER_RUN: Final = "sokovan.handler.run"
+# One task per declared handler, `sokovan.handler.<name>`: Flower shows which handler ran.
+HANDLER_TASK_PREFIX: Final = "sokovan.handler."
 # Reads for a manager: the JSON documents the CLI's --json prints (README).
 SESSION_GET: Final = "sokovan.session.get"
 SESSION_LIST: Final = "sokovan.session.list"
@@ -51,6 +53,11 @@ AGENT_TASK_PREFIX: Final = "sokovan.agent."
 # The cluster keypair pool (beat and the launcher): a refill plans, generate tasks make keys.
 KEYPAIRS_REFILL: Final = "sokovan.keypairs.refill"
 KEYPAIRS_GENERATE: Final = "sokovan.keypairs.generate"
+
+
+def handler_task(handler: str) -> str:
+    """The task that starts one run of `handler` (the same as HANDLER_RUN with `handler=`)."""
+    return f"{HANDLER_TASK_PREFIX}{handler}"
 
 
 def agent_task(operation: Operation | str) -> str:

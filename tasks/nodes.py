@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import secrets
 import threading
-from typing import Any
+from typing import Any, Final
 
 from celery.signals import task_postrun, task_received, worker_init, worker_ready, worker_shutdown
 from redis import Redis
@@ -28,6 +28,9 @@ from sokovan.scheduler.claims import UNHOLD, alive_key, run_holders_key
 from tasks import names
 
 log = logging.getLogger(__name__)
+
+# Five missed beats before a live worker looks gone, yet a killed one is known gone in 5 s.
+NODE_TTL_SEC: Final = 5.0
 
 
 class NodeBeat:
@@ -56,7 +59,7 @@ class NodeBeat:
             )
 
     def beat(self) -> None:
-        self.redis.set(alive_key(self.incarnation), self.node, px=int(C.NODE_TTL_SEC * 1000))
+        self.redis.set(alive_key(self.incarnation), self.node, px=int(NODE_TTL_SEC * 1000))
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="sokovan-node-beat", daemon=True)

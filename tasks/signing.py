@@ -16,7 +16,7 @@ from celery.utils.objects import Bunch
 from celery.worker.consumer import Consumer
 
 from sokovan.config import Settings
-from sokovan.signing import signing_files
+from sokovan.signing_files import signing_files
 
 log = logging.getLogger(__name__)
 

@@ -21,14 +21,11 @@ from sokovan.scheduler.handlers.base import HandlerContext
 from sokovan.scheduler.outcomes import record_batch
 from sokovan.scheduler.terminator import SessionTerminator
 from sokovan.scheduler.tracking import FanOutTracker, TrackedFanOut
-from sokovan.testing import (
-    FakeAgentClient,
-    FakeAgentClientPool,
-    FakePresence,
-    FakeSecretStore,
-    InProcessFanOut,
-    RecordingKicker,
-)
+from sokovan.stubs.agents import FakeAgentClient, FakeAgentClientPool
+from sokovan.stubs.fanout import InProcessFanOut
+from sokovan.stubs.kicker import RecordingKicker
+from sokovan.stubs.presence import FakePresence
+from sokovan.stubs.secrets import FakeSecretStore
 from sokovan.types import (
     AgentBatch,
     AgentId,

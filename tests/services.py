@@ -72,8 +72,9 @@ def redis_dump(url: str) -> dict[bytes, list[bytes]]:
             elif kind == "zset":
                 values.extend(client.zrange(key, 0, -1))
             elif kind == "stream":
-                entries = client.xrange(key) or []
-                values.extend(json.dumps(e, default=repr).encode() for e in entries)
+                for entry_id, fields in client.xrange(key) or []:
+                    values.append(entry_id)
+                    values.extend(v for kv in (fields or {}).items() for v in kv)
             out[key] = [v if isinstance(v, bytes) else str(v).encode() for v in values]
     finally:
         client.close()

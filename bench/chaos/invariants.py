@@ -100,6 +100,8 @@ def processes_up(cluster: ChaosCluster) -> Check:
     """No process of the cluster exited on its own (beside SC-CV-007: without it, no end)."""
     gone = cluster.exited()
     figure = f"{len(gone)} exited on their own"
+    if cluster.revived:
+        figure += f"; restarted as a supervisor would: {'; '.join(cluster.revived)[:300]}"
     return Check("every process up (but for the soak's kills)", not gone, figure, _name(gone))
 
 

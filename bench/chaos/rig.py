@@ -84,6 +84,8 @@ class ChaosCluster:
     _worker: _Held | None = None
     _beat: _Held | None = None
     _starts: dict[str, int] = field(default_factory=dict)
+    # Worker or beat exits a supervisor would have restarted (see `revive`), with why.
+    revived: list[str] = field(default_factory=list)
 
     @property
     def env(self) -> SchedulerEnv:
@@ -184,6 +186,19 @@ class ChaosCluster:
         except (Exception, pytest.fail.Exception) as e:
             return Fault(kind, target, killed_at, None, f"{type(e).__name__}: {e}"[:300])
         return Fault(kind, target, killed_at, time.monotonic())
+
+    def revive(self) -> None:
+        """Starts the worker or beat again if it exited on its own, as a supervisor
+        (systemd's Restart=always, a Kubernetes pod) does; each is noted in `revived`."""
+        for name, held, restart in (
+            ("worker", self._worker, self._restart_worker),
+            ("beat", self._beat, self._restart_beat),
+        ):
+            if held is None or held.process.proc.poll() is None:
+                continue
+            why = f"exit code {held.process.proc.returncode}{_last_critical(held.process.output())}"
+            self.revived.append(f"{name}: {why}")
+            restart()
 
     def next_agent(self) -> str:
         """The agent whose turn it is to be killed."""

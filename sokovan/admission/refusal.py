@@ -8,10 +8,12 @@ from typing import Any, Final
 
 from pydantic import ValidationError
 
-from sokovan import constants as C
 from sokovan.constants import SECRET_FIELD_NAMES
 from sokovan.errors import SokovanError
 from sokovan.redaction import is_secret_name
+
+# Characters of an offending value echoed in a refusal: enough to recognise it, never a payload.
+REFUSAL_ECHO_CHARS: Final = 40
 
 # The kind of a refusal whose input broke the payload schema (the CLI exits 2 for it).
 INVALID: Final = "InvalidRequest"
@@ -36,7 +38,7 @@ class Refusal:
 
 def echo(value: Any) -> str:
     """A short, safe rendering of an offending value: never more than a prefix of it."""
-    limit = C.REFUSAL_ECHO_CHARS
+    limit = REFUSAL_ECHO_CHARS
     if isinstance(value, str):
         text = repr(value[:limit])
         return text if len(value) <= limit else f"{text}... ({len(value)} chars)"
@@ -60,7 +62,7 @@ def field_path(loc: Sequence[int | str]) -> str | None:
         if isinstance(part, int):
             out += f"[{part}]"
         else:
-            text = part[: C.REFUSAL_ECHO_CHARS]
+            text = part[:REFUSAL_ECHO_CHARS]
             if not text.isprintable():
                 text = repr(text)[1:-1]  # a key with NUL or newlines stays one readable line
             out += f".{text}" if out else text
@@ -94,6 +96,6 @@ def _shows_value(loc: Sequence[int | str]) -> bool:
 def from_error(e: SokovanError, field: str | None = None) -> Refusal:
     """A refusal for an error the domain raised about a well-formed request."""
     text = str(e)
-    if len(text) > 4 * C.REFUSAL_ECHO_CHARS:
-        text = text[: 4 * C.REFUSAL_ECHO_CHARS] + "..."
+    if len(text) > 4 * REFUSAL_ECHO_CHARS:
+        text = text[: 4 * REFUSAL_ECHO_CHARS] + "..."
     return Refusal(text, type(e).__name__, field)

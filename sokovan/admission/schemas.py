@@ -27,6 +27,41 @@ from pydantic_core import PydanticCustomError
 
 from sokovan import constants as C
 
+# Longest drain deadline accepted: a day; a longer maintenance is a cordon.
+MAX_DRAIN_DEADLINE_SEC: Final = 86_400.0
+# Registered capacities above these are no machine's (typos or unit mistakes): cores, bytes.
+MAX_AGENT_CPU: Final = 100_000
+MAX_AGENT_MEM: Final = 2**60
+# The sessions.name column is this wide.
+MAX_SESSION_NAME_CHARS: Final = 128
+# images.canonical and sessions.network_id columns are this wide.
+MAX_IMAGE_NAME_CHARS: Final = 255
+# scaling_group, agent id and access_key columns are this wide.
+MAX_SHORT_ID_CHARS: Final = 64
+# status_info (where the termination reason is kept) is this wide.
+MAX_REASON_CHARS: Final = 64
+# Environment variables per session: far above what a job uses, far below what hurts an agent.
+MAX_ENVIRON_VARS: Final = 256
+# One environment variable name, and one value (a certificate or a short script fits).
+MAX_ENVIRON_NAME_CHARS: Final = 256
+MAX_ENVIRON_VALUE_CHARS: Final = 32_768
+# All names and values of a session together: the environ column and the agent's config.
+MAX_ENVIRON_TOTAL_CHARS: Final = 65_536
+# Resource slots per kernel request; Backend.AI agents report a handful.
+MAX_SLOT_ENTRIES: Final = 32
+# A slot amount as text: enough for memory in bytes with decimals, too short to be a payload.
+MAX_SLOT_VALUE_CHARS: Final = 32
+# Ids in one handler run's scope: above the follow-up of any one run the scheduler kicks
+# itself (a run's sessions), far below what fills a worker's memory.
+MAX_SCOPE_IDS: Final = 50_000
+# Items per run a caller may ask for at most.
+MAX_BUDGET: Final = 10_000_000
+# Public read tasks: `sokovan.session.list` pages and `sokovan.run.get` items are bounded.
+READ_LIST_MAX: Final = 1000
+READ_LIST_DEFAULT: Final = 50
+READ_ITEMS_MAX: Final = 10_000
+READ_ITEMS_DEFAULT: Final = 1000
+
 # Backend.AI's slot names: the intrinsic ones and the accelerator plugins' device slots.
 KNOWN_SLOTS: Final = frozenset(
     {
@@ -101,7 +136,7 @@ def _slot_amount(value: Any) -> Decimal:
     """A finite, non-negative amount from a number or numeric string (never a bool)."""
     if isinstance(value, bool) or not isinstance(value, str | int | float | Decimal):
         raise PydanticCustomError("slot_type", "a number or a numeric string is required")
-    if isinstance(value, str) and len(value) > C.MAX_SLOT_VALUE_CHARS:
+    if isinstance(value, str) and len(value) > MAX_SLOT_VALUE_CHARS:
         raise PydanticCustomError("slot_too_long", "a slot amount is a short number")
     if isinstance(value, int) and value.bit_length() > 64:
         raise PydanticCustomError("slot_too_large", "the amount is out of range")
@@ -130,36 +165,32 @@ def _uuid_text(value: Any) -> Any:
 Printable = AfterValidator(_printable)
 ImageName = Annotated[
     StrictStr,
-    StringConstraints(min_length=1, max_length=C.MAX_IMAGE_NAME_CHARS),
+    StringConstraints(min_length=1, max_length=MAX_IMAGE_NAME_CHARS),
     Printable,
     AfterValidator(_one_word),
 ]
-SessionName = Annotated[
-    StrictStr, StringConstraints(max_length=C.MAX_SESSION_NAME_CHARS), Printable
-]
-AccessKey = Annotated[StrictStr, StringConstraints(max_length=C.MAX_SHORT_ID_CHARS), Printable]
+SessionName = Annotated[StrictStr, StringConstraints(max_length=MAX_SESSION_NAME_CHARS), Printable]
+AccessKey = Annotated[StrictStr, StringConstraints(max_length=MAX_SHORT_ID_CHARS), Printable]
 Reason = Annotated[
-    StrictStr, StringConstraints(min_length=1, max_length=C.MAX_REASON_CHARS), Printable
+    StrictStr, StringConstraints(min_length=1, max_length=MAX_REASON_CHARS), Printable
 ]
 HandlerName = Annotated[
-    StrictStr, StringConstraints(min_length=1, max_length=C.MAX_SHORT_ID_CHARS), Printable
+    StrictStr, StringConstraints(min_length=1, max_length=MAX_SHORT_ID_CHARS), Printable
 ]
 Uuid = Annotated[uuid.UUID, BeforeValidator(_uuid_text)]
 SlotName = Annotated[StrictStr, StringConstraints(max_length=64), AfterValidator(_slot_name)]
 SlotAmount = Annotated[Decimal, BeforeValidator(_slot_amount), Field(ge=0, allow_inf_nan=False)]
 EnvName = Annotated[
     StrictStr,
-    StringConstraints(min_length=1, max_length=C.MAX_ENVIRON_NAME_CHARS),
+    StringConstraints(min_length=1, max_length=MAX_ENVIRON_NAME_CHARS),
     AfterValidator(_env_name),
 ]
 EnvValue = Annotated[
-    StrictStr, StringConstraints(max_length=C.MAX_ENVIRON_VALUE_CHARS), AfterValidator(_no_nul)
+    StrictStr, StringConstraints(max_length=MAX_ENVIRON_VALUE_CHARS), AfterValidator(_no_nul)
 ]
 ShortId = Annotated[
     StrictStr,
-    StringConstraints(
-        min_length=1, max_length=C.MAX_SHORT_ID_CHARS, pattern=r"^[A-Za-z0-9._:@-]+$"
-    ),
+    StringConstraints(min_length=1, max_length=MAX_SHORT_ID_CHARS, pattern=r"^[A-Za-z0-9._:@-]+$"),
 ]
 
 
@@ -185,16 +216,16 @@ class CreateSessionRequest(Payload):
     )
     resource_slots: dict[SlotName, SlotAmount] = Field(
         default_factory=lambda: {k: Decimal(v) for k, v in DEFAULT_SLOTS.items()},
-        max_length=C.MAX_SLOT_ENTRIES,
+        max_length=MAX_SLOT_ENTRIES,
         description="Per kernel. Names: " + ", ".join(sorted(KNOWN_SLOTS)) + ". Amounts: a "
-        f"number or numeric string (at most {C.MAX_SLOT_VALUE_CHARS} chars), finite, "
+        f"number or numeric string (at most {MAX_SLOT_VALUE_CHARS} chars), finite, "
         f">= 0, <= 10^18; never a bool.",
     )
     environ: dict[EnvName, EnvValue] = Field(
         default_factory=dict,
-        max_length=C.MAX_ENVIRON_VARS,
+        max_length=MAX_ENVIRON_VARS,
         description="Strings only, no NUL, no `=` in a name; "
-        f"{C.MAX_ENVIRON_TOTAL_CHARS} chars in all.",
+        f"{MAX_ENVIRON_TOTAL_CHARS} chars in all.",
     )
     agents: list[ShortId] = Field(
         default_factory=list,
@@ -236,11 +267,11 @@ class CreateSessionRequest(Payload):
     @classmethod
     def _environ_size(cls, value: dict[str, str]) -> dict[str, str]:
         total = sum(len(k) + len(v) for k, v in value.items())
-        if total > C.MAX_ENVIRON_TOTAL_CHARS:
+        if total > MAX_ENVIRON_TOTAL_CHARS:
             raise PydanticCustomError(
                 "too_large",
                 "{total} chars in all, at most {limit}",
-                {"total": total, "limit": C.MAX_ENVIRON_TOTAL_CHARS},
+                {"total": total, "limit": MAX_ENVIRON_TOTAL_CHARS},
             )
         return value
 
@@ -288,10 +319,10 @@ class RunHandlerPayload(Payload):
     handler: HandlerName = Field(description="A declared handler (`sokovan handlers list`).")
     trigger: Literal["beat", "manual", "event", "api"] = "manual"
     scope: list[Uuid] | None = Field(
-        None, max_length=C.MAX_SCOPE_IDS, description="Only these session or kernel ids."
+        None, max_length=MAX_SCOPE_IDS, description="Only these session or kernel ids."
     )
     budget: StrictInt | None = Field(
-        None, ge=1, le=C.MAX_BUDGET, description="At most this many items this run."
+        None, ge=1, le=MAX_BUDGET, description="At most this many items this run."
     )
 
     @field_validator("handler")
@@ -346,9 +377,9 @@ class ListSessionsPayload(Payload):
     )
     agent: ShortId | None = Field(None, description="Only sessions with a kernel on this agent.")
     limit: StrictInt = Field(
-        C.READ_LIST_DEFAULT,
+        READ_LIST_DEFAULT,
         ge=1,
-        le=C.READ_LIST_MAX,
+        le=READ_LIST_MAX,
         description="At most this many, newest first; `total` and `more` count the rest.",
     )
 
@@ -360,9 +391,9 @@ class GetRunPayload(Payload):
         ge=1, le=2**63 - 1, description="An unknown id is a NotFound refusal."
     )
     items_limit: StrictInt = Field(
-        C.READ_ITEMS_DEFAULT,
+        READ_ITEMS_DEFAULT,
         ge=1,
-        le=C.READ_ITEMS_MAX,
+        le=READ_ITEMS_MAX,
         description="At most this many items, in recording order; `items_more` counts the rest.",
     )
 
@@ -384,7 +415,7 @@ def _tcp_address(value: str) -> str:
 
 def _capacity_bounds(value: dict[str, Decimal]) -> dict[str, Decimal]:
     """cpu and mem are given, above 0, and no larger than a machine's."""
-    for name, most in (("cpu", C.MAX_AGENT_CPU), ("mem", C.MAX_AGENT_MEM)):
+    for name, most in (("cpu", MAX_AGENT_CPU), ("mem", MAX_AGENT_MEM)):
         amount = value.get(name)
         if amount is None or amount <= 0:
             raise PydanticCustomError(
@@ -418,7 +449,7 @@ class DrainAgentPayload(Payload):
     deadline_seconds: StrictFloat = Field(
         C.DRAIN_DEADLINE_SEC,
         ge=0,
-        le=C.MAX_DRAIN_DEADLINE_SEC,
+        le=MAX_DRAIN_DEADLINE_SEC,
         allow_inf_nan=False,
         description="By then the agent holds no kernel: what is left is given up "
         "(FORCE_TERMINATED) if its agent cannot destroy it.",
@@ -438,8 +469,8 @@ class RegisterAgentPayload(Payload):
     scaling_group: ShortId = "default"
     capacity: Annotated[dict[SlotName, SlotAmount], AfterValidator(_capacity_bounds)] = Field(
         default_factory=lambda: {"cpu": Decimal(4), "mem": Decimal(8 * 2**30)},
-        max_length=C.MAX_SLOT_ENTRIES,
-        description=f"Slots as in resource_slots; cpu 0 < n <= {C.MAX_AGENT_CPU}, "
+        max_length=MAX_SLOT_ENTRIES,
+        description=f"Slots as in resource_slots; cpu 0 < n <= {MAX_AGENT_CPU}, "
         f"mem 0 < bytes <= 2^60.",
     )
 

@@ -96,7 +96,13 @@ def _image_of(config: Mapping[str, Any]) -> str:
 class ReferenceAgent:
     """Serves the agent RPC for one agent id over one runtime."""
 
-    def __init__(self, spec: AgentSpec, runtime: KernelRuntime, presence: PresenceWriter) -> None:
+    def __init__(
+        self,
+        spec: AgentSpec,
+        runtime: KernelRuntime,
+        presence: PresenceWriter,
+        started_at: float | None = None,
+    ) -> None:
         self.spec = spec
         self.runtime = runtime
         self.faults = Faults()
@@ -107,6 +113,9 @@ class ReferenceAgent:
         self._presence = presence
         # A new marker every start: a restarted agent is told apart from the one that was.
         self.instance_id = uuid.uuid4().hex
+        # When this instance started, on the presence store's clock (which stamps presence):
+        # a kernel whose last presence is older was vouched for by an earlier instance only.
+        self.started_at = time.time() if started_at is None else started_at
 
     @property
     def agent_id(self) -> str:
@@ -129,6 +138,7 @@ class ReferenceAgent:
             "component": "agent",
             "agent_id": self.agent_id,
             "instance_id": self.instance_id,
+            "started_at": self.started_at,
             "runtime": str(self.runtime.kind),
             "kernels": len(self.kernels),
             "running": running,
@@ -304,6 +314,7 @@ class ReferenceAgent:
         return {
             "id": self.agent_id,
             "instance_id": self.instance_id,
+            "started_at": self.started_at,
             "rpc_addr": self.rpc_addr,
             "scaling_group": self.spec.scaling_group,
             "capacity": {"cpu": self.spec.cpu, "mem": self.spec.mem},

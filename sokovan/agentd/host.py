@@ -6,10 +6,11 @@ import asyncio
 import json
 import logging
 import signal
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from callosum.rpc import Peer
 from redis.asyncio import Redis
@@ -31,6 +32,15 @@ from sokovan.redis_retry import retry_options
 
 log = logging.getLogger(__name__)
 
+# A reference agent rewrites its registry entry this often; readers judge liveness by it.
+AGENT_HEARTBEAT_SEC: Final = 5.0
+# How long the acknowledgement of an applied fault operation is kept.
+AGENT_CONTROL_ACK_TTL_SEC: Final = 300
+# A reference agent's first Redis contact: retries with exponential backoff up to this cap, so
+# an agent started beside its Valkey waits for it instead of exiting.
+AGENT_REDIS_RETRIES: Final = 12
+AGENT_REDIS_BACKOFF_CAP_SEC: Final = 2.0
+
 # Redis connections shared by the agents of one process.
 _REDIS_CONNECTIONS = 64
 # Presence hashes written per pipeline: bounded so one huge agent set does not stall Redis.
@@ -46,7 +56,7 @@ class HostOptions:
     presence_url: str = ""
     presence_interval: float = C.PRESENCE_REFRESH_SEC
     presence_ttl: int = C.PRESENCE_TTL_SEC
-    heartbeat_interval: float = C.AGENT_HEARTBEAT_SEC
+    heartbeat_interval: float = AGENT_HEARTBEAT_SEC
     control_interval: float = C.AGENT_CONTROL_POLL_SEC
     curve_secret_key_file: Path | None = None
     curve_client_key_files: tuple[Path, ...] = ()
@@ -87,10 +97,19 @@ class AgentHost:
         await _first_contact(redis)
         presence = ValkeyPresence(_presence_client(self.options), ttl=self.options.presence_ttl)
         self._presence = presence
-        for spec in self.specs:
-            agent = ReferenceAgent(spec, make_runtime(spec.runtime), presence)
-            self._peers.append(await open_peer(agent, self._curve_auth(spec.agent_id)))
-            self.agents.append(agent)
+        started_at = await _start_time(presence)
+        self.agents = [
+            ReferenceAgent(spec, make_runtime(spec.runtime), presence, started_at)
+            for spec in self.specs
+        ]
+        # Presence first, before serving or registering: once the manager learns of this
+        # instance, every kernel it runs carries a presence stamp newer than its start.
+        try:
+            await self._refresh_presence()
+        except (RedisError, OSError) as e:
+            log.warning("first presence write failed, retrying with the refresh loop: %s", e)
+        for agent in self.agents:
+            self._peers.append(await open_peer(agent, self._curve_auth(agent.agent_id)))
         await self._heartbeat()
         opts = self.options
         self._tasks = [
@@ -199,7 +218,7 @@ class AgentHost:
         if acks:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for key, value in acks.items():
-                    pipe.set(key, value, ex=C.AGENT_CONTROL_ACK_TTL_SEC)
+                    pipe.set(key, value, ex=AGENT_CONTROL_ACK_TTL_SEC)
                 await pipe.execute()
 
 
@@ -211,6 +230,15 @@ def _stats_client(options: HostOptions) -> Redis:
         wait=30,
         **retry_options(),
     )
+
+
+async def _start_time(presence: ValkeyPresence) -> float:
+    """Now on the presence store's clock, which stamps presence; this host's clock if unread."""
+    try:
+        return await presence.server_time()
+    except (RedisError, OSError) as e:
+        log.warning("presence store unread at start, its start time from this host: %s", e)
+        return time.time()
 
 
 def _presence_client(options: HostOptions) -> Redis:
@@ -249,7 +277,7 @@ async def _first_contact(redis: Redis) -> None:
     # exiting, so a supervisor that stops everything on one exit is not brought down. Only
     # the first contact waits: later outages are logged and retried by the periodic loops.
     retry = Retry(
-        ExponentialBackoff(cap=C.AGENT_REDIS_BACKOFF_CAP_SEC, base=0.1), C.AGENT_REDIS_RETRIES
+        ExponentialBackoff(cap=AGENT_REDIS_BACKOFF_CAP_SEC, base=0.1), AGENT_REDIS_RETRIES
     )
 
     async def failed(error: Exception) -> None:

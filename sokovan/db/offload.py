@@ -109,6 +109,7 @@ class OffloadedStore:
         self.finish_sessions = offload(r.finish_sessions)
         self.note_kernel_attempts = offload(r.note_kernel_attempts)
         self.kernels_to_sweep = offload(r.kernels_to_sweep)
+        self.sweep_ids_on_agents = offload(r.sweep_ids_on_agents)
         self.cancel_pending = offload(r.cancel_pending)
         self.pending_count = offload(r.pending_count)
         # Agents.
@@ -116,6 +117,7 @@ class OffloadedStore:
         self.list_agents = offload(r.list_agents)
         self.record_instance = offload(r.record_instance)
         self.record_contact = offload(r.record_contact)
+        self.agents_restarted_since = offload(r.agents_restarted_since)
         self.agent_contacts = offload(r.agent_contacts)
         self.mark_liveness = offload(r.mark_liveness)
         self.agent_states = offload(r.agent_states)

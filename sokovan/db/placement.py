@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from sokovan.db.agents import agent_row, occupied_on
 from sokovan.db.base import SqlBase
 from sokovan.db.feed import StatusChange, collecting
+from sokovan.db.registry import agent_row, occupied_on
 from sokovan.db.schema import agents, sessions
 from sokovan.records import AgentRow
 from sokovan.types import ResourceSlot, SessionId, SessionStatus

@@ -10,15 +10,15 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from sokovan.db.agents import AgentsAndImages
+from sokovan.db.agent_contacts import LivenessStore
 from sokovan.db.attempts import Attempts
 from sokovan.db.feed import StatusChange, collecting, note
-from sokovan.db.liveness import LivenessStore
-from sokovan.db.maintenance import AgentMaintenance
-from sokovan.db.pending import PendingQueue
+from sokovan.db.maintenance_state import AgentMaintenance
+from sokovan.db.pending_queue import PendingQueue
 from sokovan.db.placement import Placement
+from sokovan.db.registry import AgentsAndImages
 from sokovan.db.schema import agents, kernels, sessions, status_among
-from sokovan.db.transitions import Transitions
+from sokovan.db.status_moves import Transitions
 from sokovan.errors import NotFound
 from sokovan.records import SweepRow
 from sokovan.types import (
@@ -372,6 +372,28 @@ class SchedulerRepository(
             streamed = conn.execution_options(stream_results=True, max_row_buffer=page_size)
             for part in streamed.execute(query).partitions(page_size):
                 yield [tuple(row) for row in part]
+
+    def sweep_ids_on_agents(
+        self,
+        statuses: Collection[KernelStatus],
+        agent_ids: Collection[AgentId],
+        *,
+        only: Collection[KernelId] | None = None,
+    ) -> list[str]:
+        """Ids of the kernels to sweep that these agents host, as `sweep_pages` gives them.
+
+        Searched by agent: a few restarted agents' kernels cost no pass over all the others.
+        """
+        if not agent_ids:
+            return []
+        query = sa.select(_uuid_text(kernels.c.id, self.engine.dialect.name)).where(
+            kernels.c.agent_id.in_(sorted(agent_ids)),
+            status_among(kernels.c.status, [str(s) for s in statuses]),
+        )
+        if only is not None:
+            query = query.where(kernels.c.id.in_(list(only)))
+        with self.engine.connect() as conn:
+            return [str(k) for k in conn.execute(query).scalars()]
 
     def kernel_statuses(self, kernel_ids: Collection[KernelId]) -> dict[KernelId, KernelStatus]:
         with self.engine.connect() as conn:

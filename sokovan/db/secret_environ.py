@@ -10,15 +10,20 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from collections.abc import Collection, Mapping
+from typing import Final
 
 import sqlalchemy as sa
 from cryptography.fernet import Fernet, InvalidToken
 
-from sokovan.constants import DEFAULT_SECRET_ENV_PATTERNS, UNBOUND_SECRET_TTL_SEC
+from sokovan.constants import DEFAULT_SECRET_ENV_PATTERNS
 from sokovan.db.schema import environ_secrets, sessions
 from sokovan.errors import ConfigError, InvalidRequest
 from sokovan.redaction import Patterns, is_secret_ref, ref_id_of, secret_ref, split_environ
 from sokovan.types import SessionId, SessionStatus, utcnow
+
+# A client that stored secret variables and never got its submission through leaves them
+# unbound; after this long no submission can still be waiting for them.
+UNBOUND_SECRET_TTL_SEC: Final = 86400
 
 
 class SqlSecretEnviron:

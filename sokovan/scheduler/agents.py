@@ -10,6 +10,7 @@ from redis.asyncio import Redis
 from sokovan import constants as C
 from sokovan.ports import AgentStore
 from sokovan.records import AgentRow
+from sokovan.scheduler.terminator.identity import reported_start
 from sokovan.types import AgentId, AgentLiveness, ResourceSlot, utcnow
 
 log = logging.getLogger(__name__)
@@ -39,11 +40,13 @@ async def sync_agents(redis: Redis, repo: AgentStore, lost_after: float = 60.0) 
                 capacity=ResourceSlot.from_json(info.get("capacity")),
             )
             instance = info.get("instance_id")
-        except (ValueError, KeyError, TypeError) as e:
+            started_at = reported_start(info)
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
             log.warning("agent %s has an unreadable registration: %s", agent_id, e)
             continue
         await repo.upsert_agent(row, keep_status=True)
-        await repo.record_instance(row.id, None if instance is None else str(instance), now)
+        instance_id = None if instance is None else str(instance)
+        await repo.record_instance(row.id, instance_id, now, started_at)
         seen.add(agent_id)
         if not fresh:
             stale.append(row.id)

@@ -34,11 +34,14 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import Final
 
-from sokovan import constants as C
 from sokovan.ports import Claims
 
 log = logging.getLogger(__name__)
+
+# Renewals per lifetime: one late or lost renewal does not lose the lease.
+LEASE_RENEWALS_PER_LIFETIME: Final = 3
 
 LEASE_LAPSED = "abandoned: its lease lapsed (holder gone); unfinished targets go to the next run"
 HOLDER_GONE = "abandoned: a worker doing its work is gone; unfinished targets go to the next run"
@@ -55,7 +58,7 @@ class Lease:
 
 def renew_every(lifetime: float) -> float:
     """The renewal period: a few renewals fit in one lifetime, so one late renewal is harmless."""
-    return max(lifetime / C.LEASE_RENEWALS_PER_LIFETIME, 0.05)
+    return max(lifetime / LEASE_RENEWALS_PER_LIFETIME, 0.05)
 
 
 async def _renew_until_cancelled(claims: Claims, lease: Lease, lifetime: float) -> None:

@@ -20,7 +20,7 @@ from sokovan.errors import describe_error
 from sokovan.ports import AgentClient, AgentClientPool, SchedulerStore
 from sokovan.records import AgentContact
 from sokovan.scheduler.deadlines import AGENT_LOST
-from sokovan.scheduler.terminator.identity import is_stranger_error
+from sokovan.scheduler.terminator.identity import is_stranger_error, reported_start
 from sokovan.scheduler.transitions import request_termination
 from sokovan.types import (
     NIL_UUID,
@@ -55,6 +55,8 @@ class Ping:
     instance_id: str | None = None
     error: str | None = None
     took: float = 0.0
+    # When the answering instance says it started.
+    started_at: datetime | None = None
 
 
 async def ping_agent(pool: AgentClientPool, agent_id: AgentId, limit_sec: float) -> Ping:
@@ -75,7 +77,8 @@ async def ping_agent(pool: AgentClientPool, agent_id: AgentId, limit_sec: float)
     if stranger is not None:
         return Ping(agent_id, error=stranger, took=took)
     instance = said.get("instance_id")
-    return Ping(agent_id, None if instance is None else str(instance), None, took)
+    instance_id = None if instance is None else str(instance)
+    return Ping(agent_id, instance_id, None, took, reported_start(said))
 
 
 async def _health_and_identity(
@@ -138,7 +141,7 @@ async def check_agents(
     for contact, ping in zip(contacts, pings, strict=True):
         state = next_state(contact, ping, now, t)
         if ping.error is None:
-            await repo.record_contact(contact.id, ping.instance_id, now)
+            await repo.record_contact(contact.id, ping.instance_id, now, ping.started_at)
             if contact.status is not AgentLiveness.ALIVE:
                 log.warning("agent %s answers again (was %s)", contact.id, contact.status)
         elif state is not contact.status:

@@ -14,9 +14,8 @@ import dataclasses
 import logging
 import uuid
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
-from sokovan import constants as C
 from sokovan.scheduler.handlers import execute_batch
 from sokovan.scheduler.handlers.base import HandlerContext, HandlerRuntime, Transition
 from sokovan.scheduler.leases import kept
@@ -38,6 +37,12 @@ if TYPE_CHECKING:
     from sokovan.ports import Claims, Ledger, SessionStore
 
 log = logging.getLogger(__name__)
+
+# A batch records its outcomes and kernel moves itself; a database busy for a moment (SQLite's
+# write lock under a burst) gets this many tries, RECORD_RETRY_SEC apart and growing, before
+# the task fails and the run's next tick re-plans the batch's kernels from SQL.
+RECORD_ATTEMPTS: Final = 4
+RECORD_RETRY_SEC: Final = 0.5
 
 
 class RunOwner(Protocol):
@@ -146,14 +151,14 @@ async def run_batch(
     else:
         async with kept(coordinator.claims, lock_id, run.claim_token, coordinator.claim_lifetime):
             outcomes = await execute_batch(ctx, operation, agent_id, items)
-    for attempt in range(1, C.RECORD_ATTEMPTS + 1):
+    for attempt in range(1, RECORD_ATTEMPTS + 1):
         try:
             _, marked = await record_batch(
                 coordinator, ledger, ctx.repository, run_id, operation, outcomes
             )
             return marked
         except Exception as e:
-            if attempt == C.RECORD_ATTEMPTS:
+            if attempt == RECORD_ATTEMPTS:
                 raise
             log.warning(
                 "run %s: recording agent %s's outcomes failed (attempt %d): %s",
@@ -162,5 +167,5 @@ async def run_batch(
                 attempt,
                 e,
             )
-            await asyncio.sleep(C.RECORD_RETRY_SEC * attempt)
+            await asyncio.sleep(RECORD_RETRY_SEC * attempt)
     raise AssertionError("unreachable")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from sokovan.db.pending import PendingSession, assign_pending, pending_groups, pending_in
+from sokovan.db.pending_queue import PendingSession, assign_pending, pending_groups, pending_in
 from sokovan.db.placement import PlacementView
 from sokovan.db.repository import SchedulerRepository
 from sokovan.errors import InvalidRequest, NoCapacity

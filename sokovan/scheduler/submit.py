@@ -8,7 +8,7 @@ from dataclasses import replace
 from decimal import Decimal
 from typing import Any
 
-from sokovan.db.pending import REQUESTED_AGENTS
+from sokovan.db.pending_queue import REQUESTED_AGENTS
 from sokovan.db.placement import PlacementView
 from sokovan.db.repository import NewKernel, SchedulerRepository
 from sokovan.errors import AgentCordoned, InvalidRequest, NoCapacity, UnknownAgent, UnknownImage

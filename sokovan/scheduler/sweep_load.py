@@ -4,9 +4,11 @@ A sweep reads every RUNNING kernel, yet judges only the few whose presence is mi
 STALE. Each page is plain rows (the id as the database's text, agent, scaling group) and one
 presence scan, which answers with the positions of the kernels that are not plainly fresh;
 so memory stays at one page plus the suspects, and no UUID, timestamp or KernelInfo is made
-for a kernel that is fine. The suspects are then read in full, and the handler judges them
-(presence again, their agents) with each scaling group's total, so its ratio brake sees the
-whole group.
+for a kernel that is fine. Kernels of agents restarted lately are kept too, whatever the
+scan says (searched by agent, or picked from the pages under a budget): whether their
+presence predates the restart is judged with the rest. The suspects
+are then read in full, and the handler judges them (presence again, their agents) with each
+scaling group's total, so its ratio brake sees the whole group.
 """
 
 from __future__ import annotations
@@ -55,8 +57,10 @@ async def load_sweep_targets(
     only: Collection[KernelId] | None = None,
     page_size: int = C.PRESENCE_PAGE_SIZE,
     stamp_agents: bool = True,
+    restarted: frozenset[AgentId] = frozenset(),
 ) -> SweepTargets:
-    """Counts every target per scaling group and keeps those whose presence is not fresh.
+    """Counts every target per scaling group and keeps those whose presence is not fresh,
+    and those on a `restarted` agent.
 
     `stamp_agents` False (not every RUNNING kernel is read): the kernels' agents go without
     their last-check stamp. Raises PresenceUnavailable (from the reader) when presence
@@ -65,10 +69,17 @@ async def load_sweep_targets(
     pages = repo.sweep_pages(statuses, page_size=max(1, page_size), limit=budget, only=only)
     targets = SweepTargets()
     suspected: list[str] = []
+    # Under a budget only the kernels of its pages may be kept: they are picked from there.
+    by_agent = bool(restarted) and not budget
+    in_pages = frozenset() if by_agent else restarted
     try:
-        await _pipeline(presence, pages, targets, suspected, stamp_agents)
+        await _pipeline(presence, pages, targets, suspected, stamp_agents, in_pages)
     finally:
         await pages.close()  # releases the connection on any way out
+    if by_agent:
+        on_restarted = await repo.sweep_ids_on_agents(statuses, restarted, only=only)
+        seen = set(suspected)
+        suspected.extend(k for k in on_restarted if k not in seen)
     if suspected:
         await _read_suspects(repo, statuses, suspected, targets)
     return targets
@@ -80,6 +91,7 @@ async def _pipeline(
     targets: SweepTargets,
     suspected: list[str],
     stamp_agents: bool,
+    restarted: frozenset[AgentId],
 ) -> None:
     """Reads page n+1 from SQL and counts page n-1 while Valkey scans page n's presence."""
     page = await pages.next_page()
@@ -90,13 +102,13 @@ async def _pipeline(
         read = asyncio.ensure_future(presence.scan_for_suspects([r[0] for r in page], agents))
         try:
             if done is not None:
-                _count(*done, targets, suspected)
+                _count(*done, targets, suspected, restarted)
             done = (page, await read)
             targets.pages += 1
         finally:
             page = await fetch  # never leaves the generator running in a thread
     if done is not None:
-        _count(*done, targets, suspected)
+        _count(*done, targets, suspected, restarted)
 
 
 def _count(
@@ -104,6 +116,7 @@ def _count(
     found: Mapping[int, KernelPresence | None],
     targets: SweepTargets,
     suspected: list[str],
+    restarted: frozenset[AgentId],
 ) -> None:
     groups = targets.groups
     for group, count in Counter(row[2] for row in page).items():
@@ -111,6 +124,11 @@ def _count(
         if targets_of is None:
             targets_of = groups[group] = GroupTargets()
         targets_of.total += count
+    if restarted:
+        # Rows of a restarted agent, in page order: the rule is judged on them later.
+        keep = [p for p, row in enumerate(page) if p in found or row[1] in restarted]
+        suspected.extend(page[position][0] for position in keep)
+        return
     suspected.extend(page[position][0] for position in sorted(found))
 
 

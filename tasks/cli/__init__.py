@@ -7,7 +7,8 @@ import os
 
 import typer
 
-from tasks.cli import agent as agent_cmd
+from sokovan import __version__
+from sokovan.agentd import cli as agent_cmd
 from tasks.cli import agents as agents_cmd
 from tasks.cli import certs as certs_cmd
 from tasks.cli import db as db_cmd
@@ -32,8 +33,23 @@ app = typer.Typer(
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"sokovan {__version__}")
+        raise typer.Exit(0)
+
+
 @app.callback()
-def _open_root(ctx: typer.Context) -> None:
+def _open_root(
+    ctx: typer.Context,
+    version: bool = typer.Option(
+        False,
+        "--version",
+        is_eager=True,
+        callback=_print_version,
+        help="Print the version and exit.",
+    ),
+) -> None:
     """Session-lifecycle scheduler on Celery: launch, terminate and reap kernels."""
     # One root per command: its engine, Redis pool and Celery app close when the command ends.
     ctx.with_resource(command_root())

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, Final
 
 import typer
 
-from sokovan import constants as C
 from sokovan.admission.agents import registration
 from sokovan.admission.parse import parse_call
 from sokovan.admission.refusal import Refusal
@@ -23,8 +22,12 @@ from sokovan.types import AgentId, ResourceSlot
 from tasks.cli.common import JsonOption, print_json, print_table
 from tasks.cli.errors import BadInput, Refused
 from tasks.cli.maintenance import cordon_cmd, drain_cmd, uncordon_cmd
+from tasks.cli.parsing import agent_status
 from tasks.cli.root import root
 from tasks.cli.watch import IntervalOption, WatchOption, watch_command
+
+# status_info of sessions ended because their agent was removed by an operator.
+AGENT_REMOVED_REASON: Final = "AGENT_REMOVED"
 
 app = typer.Typer(
     help="Registered agents: list, register, cordon, drain, remove, sync.", no_args_is_help=True
@@ -43,7 +46,9 @@ def _scheduling(a: AgentRow) -> str:
 
 @app.command("list")
 def list_cmd(
-    status: str = typer.Option(None, help="Only agents with this status (ALIVE, LOST, ...)."),
+    status: str = typer.Option(
+        None, help="Only agents with this status (ALIVE, LOST, ...).", callback=agent_status
+    ),
     as_json: bool = JsonOption,
     watch: bool = WatchOption,
     interval: float = IntervalOption,
@@ -138,7 +143,7 @@ def remove(
     note = ""
     if live:
         infos = repo.kernels_in(list(NON_TERMINAL_KERNEL), only=live)
-        sessions = asyncio.run(hand_to_deadline_path(root().store, infos, C.AGENT_REMOVED_REASON))
+        sessions = asyncio.run(hand_to_deadline_path(root().store, infos, AGENT_REMOVED_REASON))
         note = f"; {len(sessions)} session(s) TERMINATING, deadline now"
     typer.echo(f"agent {agent_id} removed{note}")
 

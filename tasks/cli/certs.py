@@ -8,7 +8,7 @@ import typer
 
 from sokovan.agent.curve import create_curve_certificates
 from sokovan.constants import SIGNING_CERT_DAYS
-from sokovan.signing import KEY_FILE, create_signing_files
+from sokovan.signing_files import KEY_FILE, create_signing_files
 from tasks.cli.root import root
 
 app = typer.Typer(help="Certificates that sign task messages.", no_args_is_help=True)

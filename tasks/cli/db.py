@@ -25,4 +25,6 @@ def upgrade(revision: str = typer.Argument("head", help="Target revision.")) -> 
 @app.command()
 def current() -> None:
     """Prints the revision the database is at."""
-    typer.echo(current_revision(root().engine(migrated=False)) or "no schema")
+    r = root()
+    r.require_data()
+    typer.echo(current_revision(r.engine(migrated=False)) or "no schema")

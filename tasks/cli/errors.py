@@ -93,9 +93,22 @@ def classify(exc: BaseException) -> tuple[int, str]:
         return EXIT_FAILED, f"refused: {exc}"
     if isinstance(exc, SokovanError):
         return EXIT_FAILED, f"failed: {exc}"
+    if _read_only(exc):
+        # The database answered; it refuses writes (a read-only file, mount or replica).
+        return EXIT_FAILED, f"failed: the database is read-only: {_first_line(exc)}"
+    if isinstance(exc, OverflowError):
+        return EXIT_BAD_INPUT, f"refused: a number is out of range: {_first_line(exc)}"
     if isinstance(exc, _unreachable_types()):
         return EXIT_UNREACHABLE, f"unreachable: {_first_line(exc)}"
     return EXIT_FAILED, f"failed: {type(exc).__name__}: {_first_line(exc)}"
+
+
+def _read_only(exc: BaseException) -> bool:
+    """Whether the database refused a write because it is read-only."""
+    if not isinstance(exc, sa.exc.DBAPIError):
+        return False
+    text = str(exc.orig).lower()
+    return "readonly" in text or "read-only" in text or "read only" in text
 
 
 def _first_line(exc: BaseException) -> str:

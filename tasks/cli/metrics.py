@@ -14,7 +14,9 @@ from tasks.cli.root import root
 
 
 def metrics(
-    port: int = typer.Option(None, help="HTTP port (default: SOKOVAN_METRICS_PORT)."),
+    port: int = typer.Option(
+        None, min=1, max=65535, help="HTTP port (default: SOKOVAN_METRICS_PORT)."
+    ),
     host: str = typer.Option(None, help="Address to listen on (default: SOKOVAN_METRICS_HOST)."),
 ) -> None:
     """Serves the ledger's Prometheus metrics on /metrics until Ctrl-C."""

@@ -12,7 +12,7 @@ from sokovan.admission.parse import parse_terminate
 from sokovan.admission.refusal import Refusal
 from sokovan.agentd.specs import parse_size
 from sokovan.errors import ConfigError
-from sokovan.types import SessionId
+from sokovan.types import AgentLiveness, SessionId
 from tasks.cli.errors import BadInput
 
 
@@ -52,3 +52,13 @@ def session_id_of(text: str) -> SessionId:
         return SessionId(uuid.UUID(text))
     except ValueError:
         raise BadInput(f"session_id: {text[:40]!r} is not a session id") from None
+
+
+def agent_status(value: str | None) -> str | None:
+    """`agents list --status`: a known agent status in any case, else a refusal (exit 2)."""
+    if value is None:
+        return None
+    known = [str(s) for s in AgentLiveness]
+    if value.upper() not in known:
+        raise BadInput(f"--status {value[:40]!r}: expected one of {', '.join(known)}")
+    return value.upper()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import redis
@@ -67,8 +68,32 @@ class CommandRoot:
             self._adapters = Adapters(self.settings)
         return self._adapters
 
+    def missing_database(self) -> Path | None:
+        """The SQLite file the settings name when it does not exist yet (else None)."""
+        url = sa.engine.make_url(self.settings.effective_database_url)
+        if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+            return None
+        # `sqlite:///file:PATH?mode=ro&uri=true` names the file as an SQLite URI.
+        path = Path(str(url.database).removeprefix("file:").split("?", 1)[0])
+        return None if path.exists() else path
+
+    def require_data(self) -> None:
+        """Refuses (exit 1) when the SQLite file is missing, creating nothing."""
+        if missing := self.missing_database():
+            raise CliError(
+                f"failed: there is no data at {missing.parent} yet (no {missing.name}): "
+                "run `sokovan up` or `sokovan db upgrade` first, or set SOKOVAN_VAR_DIR "
+                "(or SOKOVAN_DATABASE_URL) to where the data is"
+            )
+
     def engine(self, *, migrated: bool = True) -> sa.Engine:
-        """The engine; refuses (once asked with `migrated`) a database with no schema yet."""
+        """The engine; refuses (once asked with `migrated`) a database with no schema yet.
+
+        A command that needs a schema never creates the SQLite file or its folder: with no
+        file there is no data yet, and the command says so instead of leaving an empty one.
+        """
+        if migrated and not self._schema_checked:
+            self.require_data()
         engine = self.adapters.engine
         if migrated and not self._schema_checked:
             if current_revision(engine) is None:

@@ -11,9 +11,10 @@ import typer
 
 from sokovan.db.listing import list_runs
 from sokovan.db.stats import HandlerStats, SessionStats, slot_text
+from sokovan.scheduler.handlers import handler_names
 from sokovan.types import RunId, RunRecord, RunStatus, utcnow
 from sokovan.views import item_json, run_json
-from tasks.cli.common import JsonOption, print_json, print_table, table
+from tasks.cli.common import MAX_ID, JsonOption, LimitOption, print_json, table
 from tasks.cli.errors import BadInput
 from tasks.cli.root import root
 
@@ -22,12 +23,19 @@ app = typer.Typer(
 )
 
 
+def known_handler(name: str | None) -> str | None:
+    """A declared handler's name, or a refusal (exit 2) listing them."""
+    if name is not None and name not in handler_names():
+        raise typer.BadParameter(f"unknown handler {name!r}; known: {', '.join(handler_names())}")
+    return name
+
+
 @app.command("list")
 def list_cmd(
-    handler: str = typer.Option(None, help="Only this handler."),
+    handler: str = typer.Option(None, help="Only this handler.", callback=known_handler),
     status: list[RunStatus] = typer.Option(None, help="Only runs with this status (repeatable)."),
     agent: str = typer.Option(None, help="Only runs with an item on this agent."),
-    limit: int = typer.Option(20, help="At most this many, newest first (0: all)."),
+    limit: int = LimitOption(20),
     as_json: bool = JsonOption,
 ) -> None:
     """Lists runs, newest first."""
@@ -84,7 +92,9 @@ def runs_table(runs: Sequence[RunRecord]) -> str:
 
 @app.command()
 def show(
-    run_id: int = typer.Argument(..., help="The run's id (see `sokovan runs list`)."),
+    run_id: int = typer.Argument(
+        ..., min=1, max=MAX_ID, help="The run's id (see `sokovan runs list`)."
+    ),
     as_json: bool = JsonOption,
 ) -> None:
     """Shows one run with its per-item outcomes and evidence."""
@@ -119,8 +129,13 @@ def show(
             for i in items
         ]
         typer.echo("")
-        print_table(("ITEM", "AGENT", "RESULT", "TOOK", "ERROR", "EVIDENCE"), rows)
+        headers = ("ITEM", "AGENT", "RESULT", "TOOK", "ERROR", "EVIDENCE")
+        # Errors and evidence wrap in their columns; ids and results are never cut.
+        typer.echo(table(headers, rows, wrap=SHOW_WRAP))
 
+
+# Widths the free-text columns of `runs show` wrap at (`--json` has them whole, unwrapped).
+SHOW_WRAP = {"ERROR": 60, "EVIDENCE": 50}
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -142,7 +157,7 @@ def _seconds(value: float | None) -> str:
 @app.command()
 def stats(
     since: str = typer.Option("all", help="Only runs started within this window: 90m, 24h, 7d."),
-    handler: str = typer.Option(None, help="Only this handler."),
+    handler: str = typer.Option(None, help="Only this handler.", callback=known_handler),
     sessions: bool = typer.Option(False, "--sessions", help="Per session instead of per handler."),
     session: list[str] = typer.Option(None, help="Only this session (repeatable; --sessions)."),
     as_json: bool = JsonOption,

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import typer
 
 from sokovan.db.listing import list_sessions
 from sokovan.db.repository import SchedulerRepository
 from sokovan.types import SessionId, SessionStatus
+from sokovan.views import session_document, session_list_document
 from tasks import names
-from tasks.cli.common import JsonOption, iso, print_json, print_table
+from tasks.cli.common import JsonOption, LimitOption, print_json, print_table
 from tasks.cli.create import WAIT_HELP, create
 from tasks.cli.errors import BadInput, refusal
 from tasks.cli.parsing import session_id_of, terminate_kwargs
@@ -38,7 +38,7 @@ def list_cmd(
         None, case_sensitive=False, help="Only these statuses (repeatable), e.g. pending."
     ),
     agent: str = typer.Option(None, help="Only sessions with a kernel on this agent."),
-    limit: int = typer.Option(50, help="At most this many, newest first (0: all)."),
+    limit: int = LimitOption(50),
     as_json: bool = JsonOption,
     watch: bool = WatchOption,
     interval: float = IntervalOption,
@@ -47,28 +47,13 @@ def list_cmd(
     if watch:
         return _watch_list(status, agent, limit, as_json, interval)
     r = root()
-    page = list_sessions(
-        r.engine(), statuses=[str(s) for s in status or []], agent=agent, limit=limit
-    )
-    queue = r.repository.queue_positions()
+    statuses = [str(s) for s in status or []]
     if as_json:
-        rows: list[dict[str, Any]] = [
-            {
-                "id": str(s.id),
-                "name": s.name,
-                "status": s.status,
-                "status_info": s.status_info,
-                "scaling_group": s.scaling_group,
-                "created_at": iso(s.created_at),
-                "status_changed_at": iso(s.status_changed_at),
-                "kernels": s.kernels,
-                "agents": s.agents,
-                "queue_position": queue.get(SessionId(s.id)),
-            }
-            for s in page.items
-        ]
-        print_json({"sessions": rows, "total": page.total, "more": page.more})
+        doc = session_list_document(r.repository, statuses=statuses, agent=agent, limit=limit)
+        print_json(doc)
         return
+    page = list_sessions(r.engine(), statuses=statuses, agent=agent, limit=limit)
+    queue = r.repository.queue_positions()
     table_rows = [
         (
             s.id,
@@ -86,40 +71,13 @@ def list_cmd(
     print_table(headers, table_rows, more=page.more, noun="session(s)")
 
 
-def session_json(repo: SchedulerRepository, sid: SessionId) -> dict[str, Any]:
-    """A session's stable JSON fields, its kernels and error info included."""
-    s = repo.get_session(sid)
-    kernels = [
-        {
-            "id": str(k.id),
-            "hostname": k.cluster_hostname,
-            "agent": k.agent_id,
-            "status": str(k.status),
-            "image": k.image,
-            "occupied_slots": k.occupied_slots.to_json(),
-        }
-        for k in s.kernels
-    ]
-    return {
-        "id": str(s.id),
-        "name": s.name,
-        "status": str(s.status),
-        "status_info": s.status_info,
-        "cluster_mode": str(s.cluster_mode),
-        "network_type": str(s.network_type),
-        "network_id": s.network_id,
-        "error": repo.session_status_data(s.id).get("error"),
-        "kernels": kernels,
-    }
-
-
 @app.command()
 def show(
     session_id: str = typer.Argument(..., help="The session's id (see `sokovan session list`)."),
     as_json: bool = JsonOption,
 ) -> None:
     """Shows a session, its kernels and any error info."""
-    doc = session_json(root().repository, session_id_of(session_id))
+    doc = session_document(root().repository, session_id_of(session_id))
     if as_json:
         print_json(doc)
         return

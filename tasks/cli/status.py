@@ -15,19 +15,23 @@ from sokovan.bootstrap import redis_primary
 from sokovan.config import Settings
 from sokovan.db.engine import current_revision
 from sokovan.db.listing import status_counts
+from sokovan.heartbeats import read_beat
 from tasks.cli.common import JsonOption, print_json
 from tasks.cli.errors import EXIT_UNREACHABLE
 from tasks.cli.root import BROKER_CHECK_SEC, CommandRoot, broker_reachable, root
 
 
 def _database(r: CommandRoot) -> dict[str, Any]:
+    if r.missing_database() is not None:
+        # Nothing is there yet: say so without creating the file (status only reads).
+        return {"reachable": True, "revision": None, "agents": {}, "exists": False}
     try:
         eng = r.engine(migrated=False)
         revision = current_revision(eng)
         agents = status_counts(eng, ()).agents if revision else {}
     except sa.exc.SQLAlchemyError as e:
         return {"reachable": False, "error": str(e).splitlines()[0]}
-    return {"reachable": True, "revision": revision, "agents": agents}
+    return {"reachable": True, "revision": revision, "agents": agents, "exists": True}
 
 
 def _workers(r: CommandRoot, broker_up: bool) -> list[str]:
@@ -40,12 +44,30 @@ def _workers(r: CommandRoot, broker_up: bool) -> list[str]:
     return sorted(name for reply in replies for name in reply)
 
 
-def _beat(s: Settings) -> dict[str, Any]:
+def _schedule_age(s: Settings) -> float | None:
+    """Age of this machine's schedule file (informative: beat may run on another machine)."""
     files = sorted(s.var_dir.glob("celerybeat-schedule*"), key=lambda p: p.stat().st_mtime)
-    if not files:
-        return {"running": False, "schedule_age": None}
-    age = time.time() - files[-1].stat().st_mtime
-    return {"running": age < C.BEAT_STALE_AFTER_SEC, "schedule_age": round(age, 1)}
+    return round(time.time() - files[-1].stat().st_mtime, 1) if files else None
+
+
+def _beat(r: CommandRoot, broker_up: bool) -> dict[str, Any]:
+    """beat is up only while its heartbeat key lives in Valkey (beat rewrites it every 5 s)."""
+    doc: dict[str, Any] = {
+        "running": False,
+        "schedule_age": _schedule_age(r.settings),
+        "heartbeat_age": None,
+        "host": None,
+        "pid": None,
+    }
+    if not broker_up:
+        return doc
+    try:
+        beat = read_beat(r.redis)
+    except Exception:  # a broker that stops answering mid-read: no beat seen
+        return doc
+    if beat is not None:
+        doc.update(running=True, heartbeat_age=round(beat.age, 1), host=beat.host, pid=beat.pid)
+    return doc
 
 
 def _listening(host: str, port: int) -> bool:
@@ -82,7 +104,7 @@ def collect(r: CommandRoot) -> dict[str, Any]:
         "broker": {"reachable": broker_up},
         "database": _database(r),
         "workers": _workers(r, broker_up),
-        "beat": _beat(s),
+        "beat": _beat(r, broker_up),
         "flower": {
             "port": s.flower_port,
             "listening": _listening(_reach(s.flower_host), s.flower_port),
@@ -107,14 +129,20 @@ def _yes(flag: bool) -> str:
 def text(doc: dict[str, Any], s: Settings) -> str:
     """The status document as aligned lines for a person."""
     db, beat = doc["database"], doc["beat"]
-    if db["reachable"]:
+    if not db.get("exists", True):
+        db_note = "no data here yet (run `sokovan up` or `sokovan db upgrade`)"
+    elif db["reachable"]:
         db_note = f"revision {db.get('revision') or 'none (run `sokovan db upgrade`)'}"
     else:
         db_note = db["error"]
-    if beat["schedule_age"] is None:
-        beat_note = "no schedule file"
+    if beat["running"]:
+        beat_note = (
+            f"heartbeat {beat['heartbeat_age']:.0f}s ago from {beat['host']} pid {beat['pid']}"
+        )
+    elif doc["broker"]["reachable"]:
+        beat_note = f"no heartbeat within {C.BEAT_HEARTBEAT_TTL_SEC}s"
     else:
-        beat_note = f"schedule written {beat['schedule_age']:.0f}s ago"
+        beat_note = "unknown: the broker is down"
     agents = ", ".join(f"{n} {k}" for k, n in sorted(db.get("agents", {}).items()))
     metrics_url = f"http://{s.metrics_host}:{s.metrics_port}/metrics"
     rows = [
@@ -125,7 +153,11 @@ def text(doc: dict[str, Any], s: Settings) -> str:
             _yes(doc["broker"]["reachable"]),
             _broker_note(doc, s),
         ),
-        ("workers", str(len(doc["workers"])), " ".join(doc["workers"])),
+        (
+            "workers",
+            str(len(doc["workers"])) if doc["workers"] else "DOWN",
+            " ".join(doc["workers"]) or f"none answered ping within {C.STATUS_PING_TIMEOUT_SEC:g}s",
+        ),
         ("beat", _yes(beat["running"]), beat_note),
         ("flower", _yes(doc["flower"]["listening"]), f"http://{s.flower_host}:{s.flower_port}/"),
         ("metrics", _yes(doc["metrics"]["serving"]), metrics_url),

@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Final
 
 import typer
 
@@ -19,9 +20,14 @@ from sokovan import constants as C
 from sokovan.config import Settings
 from sokovan.db.engine import upgrade as run_upgrade
 from sokovan.embedded import EmbeddedValkey
+from sokovan.types import AgentLiveness
+from tasks import names
 from tasks.cli.errors import CliError, Refused, Unreachable
 from tasks.cli.root import CommandRoot, broker_reachable, root
 from tasks.commands import beat_args, worker_args, worker_env_prefix
+
+# How long `sokovan up` waits for Valkey to answer PING before giving up.
+VALKEY_READY_TIMEOUT_SEC: Final = 20.0
 
 
 def flower_password(s: Settings) -> str:
@@ -101,18 +107,33 @@ def wait_for_broker(
         time.sleep(0.1)
 
 
+def _alive_agents(r: CommandRoot) -> int:
+    """Agents in the agents table that placement may use (what `agents list` shows ALIVE)."""
+    return sum(1 for a in r.repository.list_agents() if a.status == AgentLiveness.ALIVE)
+
+
 def announce_when_ready(r: CommandRoot, agents: int, stop: threading.Event) -> None:
-    """Prints one `ready` line once a worker answers ping and every agent has registered."""
+    """Prints one `up` line once a worker answers ping and every agent can take sessions.
+
+    An agent's self-registration reaches the agents table (where placement looks) through
+    `sokovan.agents.sync`: sent here as soon as the agents registered, instead of waiting for
+    beat's next sync, so the first `session create` is placed rather than left PENDING.
+    """
+    synced_at = 0.0
     while not stop.is_set():
         try:
             workers = r.app.control.ping(timeout=C.STATUS_PING_TIMEOUT_SEC) or []
             registered = int(r.redis.hlen(C.AGENT_REGISTRY_KEY))
+            alive = _alive_agents(r)
+            if workers and registered >= agents > alive and time.monotonic() > synced_at + 2:
+                r.app.send_task(names.AGENTS_SYNC)
+                synced_at = time.monotonic()
         except Exception:  # not ready yet; the supervisor reports processes that fail
-            workers, registered = [], 0
-        if workers and registered >= agents:
+            workers, alive = [], 0
+        if workers and alive >= agents:
             typer.echo(
-                f"sokovan is up: {len(workers)} worker(s), {registered} agent(s) registered; "
-                f"data in {r.settings.var_dir}",
+                f"sokovan is up: {len(workers)} worker(s), {alive} agent(s) registered and "
+                f"taking sessions; data in {r.settings.var_dir}",
             )
             return
         stop.wait(0.5)
@@ -160,7 +181,7 @@ def up(
     valkey = start_valkey(s, env) if s.uses_embedded_valkey else None
     stop = threading.Event()
     try:
-        wait_for_broker(s, C.VALKEY_READY_TIMEOUT_SEC, valkey)
+        wait_for_broker(s, VALKEY_READY_TIMEOUT_SEC, valkey)
         manager = Manager()
         for name, cmd in processes(s, agents, concurrency).items():
             manager.add_process(name, cmd, env=env)
@@ -197,7 +218,9 @@ def flower() -> None:
 
 
 def valkey(
-    port: int = typer.Option(None, help="TCP port (default: SOKOVAN_EMBEDDED_VALKEY_PORT)."),
+    port: int = typer.Option(
+        None, min=1, max=65535, help="TCP port (default: SOKOVAN_EMBEDDED_VALKEY_PORT)."
+    ),
 ) -> None:
     """Runs the embedded Valkey server with its data, append-only file and socket under
     var/valkey: queued tasks survive the server being killed and started again."""

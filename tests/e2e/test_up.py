@@ -194,3 +194,26 @@ def test_port_in_use_is_one_line_naming_the_setting(tmp_path: Path) -> None:
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "SOKOVAN_FLOWER_PORT" in lines[0], done.stderr
     assert "Traceback" not in done.stderr + done.stdout
+
+
+@pytest.mark.timeout(300)
+def test_sc_op_009_up_says_up_when_agents_take_sessions(tmp_path: Path) -> None:
+    """SC-OP-009/SC-OP-011: the moment `sokovan up` says it is up, `agents list` and
+    `status` agree on two ALIVE agents and the first create is placed (RUNNING), not answered
+    PENDING until beat's next agent sync; `status` sees beat by its heartbeat."""
+    env = up_env(tmp_path / "data")
+    with running_up(env, tmp_path / "up.log"):
+        agents = json.loads(sokovan(env, tmp_path, "sokovan agents list --json").stdout)
+        assert [a["status"] for a in agents["agents"]] == ["ALIVE", "ALIVE"], agents
+        doc = json.loads(sokovan(env, tmp_path, "sokovan status --json").stdout)
+        assert doc["database"]["agents"] == {"ALIVE": 2}, doc
+        image = "cr.backend.ai/stable/python:3.12-ubuntu22.04"
+        sokovan(env, tmp_path, f"sokovan image add {image}")
+        made = sokovan(env, tmp_path, f"sokovan session create --image {image} --json")
+        assert json.loads(made.stdout)["status"] == "RUNNING", made.stdout
+        deadline = time.monotonic() + 30
+        while not json.loads(sokovan(env, tmp_path, "sokovan status --json").stdout)["beat"][
+            "running"
+        ]:
+            assert time.monotonic() < deadline, "beat's heartbeat never seen"
+            time.sleep(1)

@@ -17,7 +17,7 @@ from sokovan.scheduler.handlers.reconcile_leftovers import NAME as RECONCILE
 from sokovan.scheduler.handlers.terminate_sessions import NAME as TERMINATE
 from sokovan.scheduler.liveness import hand_to_deadline_path
 from sokovan.scheduler.submit import place
-from sokovan.testing import FakeSecretStore
+from sokovan.stubs.secrets import FakeSecretStore
 from sokovan.types import (
     AgentId,
     KernelStatus,

@@ -22,6 +22,7 @@ from tests.workers import SchedulerEnv, make_env, stop_process
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "ops" / "prometheus" / "alerts.yml"
+RULE_TESTS = ROOT / "ops" / "prometheus" / "alerts_test.yml"
 DASHBOARD = ROOT / "ops" / "grafana" / "sokovan.json"
 SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
 
@@ -80,8 +81,14 @@ def seed_ledger(senv: SchedulerEnv) -> None:
 
 
 @pytest.fixture
-def exporter(tmp_path: Path, valkey_url: str) -> Iterator[str]:
-    """The real `sokovan metrics` process on a seeded ledger; yields its /metrics body."""
+def exporter(exporter_at: tuple[str, int]) -> str:
+    """The /metrics body of the real `sokovan metrics` process on a seeded ledger."""
+    return exporter_at[0]
+
+
+@pytest.fixture
+def exporter_at(tmp_path: Path, valkey_url: str) -> Iterator[tuple[str, int]]:
+    """The real `sokovan metrics` process on a seeded ledger; yields its body and port."""
     senv = make_env(tmp_path, valkey_url)
     seed_ledger(senv)
     port = free_port()
@@ -97,15 +104,16 @@ def exporter(tmp_path: Path, valkey_url: str) -> Iterator[str]:
         )
     try:
         deadline = time.monotonic() + 30
-        while True:
+        body = None
+        while body is None:
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-                    yield r.read().decode()
-                    break
+                    body = r.read().decode()
             except OSError:
                 assert proc.poll() is None, log.read_text()
                 assert time.monotonic() < deadline, log.read_text()
                 time.sleep(0.2)
+        yield body, port
     finally:
         stop_process(proc)
 
@@ -147,3 +155,70 @@ def test_exported_metrics_pass_promtool_lint(exporter: str) -> None:
     assert done.returncode == 0 and not done.stdout.strip(), done.stdout + done.stderr
     assert "sokovan_run_item_failure_ratio" not in exporter
     assert "sokovan_handler_state" not in exporter and "sokovan_freed_slots_total" not in exporter
+
+
+def test_promtool_rule_tests_pass() -> None:
+    """SC-OP-010: `promtool test rules` fires the exporter-, workers- and beat-down alerts on
+    series where they are down, and not while they are up (ops/prometheus/alerts_test.yml)."""
+    done = subprocess.run(
+        [promtool(), "test", "rules", str(RULE_TESTS)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def prometheus() -> str:
+    """The prometheus binary; the test fails (never skips) without it."""
+    found = shutil.which("prometheus")
+    if found is None:
+        pytest.fail("prometheus is missing: `apt-get install prometheus` (Debian) installs it")
+    return found
+
+
+def test_sc_op_010_real_prometheus_alerts_on_exporter_and_workers_down(
+    exporter_at: tuple[str, int], tmp_path: Path
+) -> None:
+    """SC-OP-010: a real Prometheus, scraping the real exporter (no worker running) and an
+    exporter target that is down, with the shipped rules, raises SokovanExporterDown and
+    SokovanWorkersDown (pending within their `for`), and not SokovanBrokerUnreadable."""
+    _, port = exporter_at
+    dead, web = free_port(), free_port()
+    config = tmp_path / "prometheus.yml"
+    config.write_text(
+        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+        f"rule_files: [{json.dumps(str(RULES))}]\n"
+        "scrape_configs:\n"
+        "  - job_name: sokovan\n"
+        f"    static_configs: [{{targets: ['127.0.0.1:{port}', '127.0.0.1:{dead}']}}]\n"
+    )
+    log = tmp_path / "prometheus.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [
+                prometheus(),
+                f"--config.file={config}",
+                f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{web}",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 90
+        wanted = {"SokovanExporterDown", "SokovanWorkersDown"}
+        seen: dict[str, dict[str, str]] = {}
+        while not wanted <= set(seen):
+            assert proc.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, (seen, log.read_text()[-3000:])
+            time.sleep(1)
+            try:
+                url = f"http://127.0.0.1:{web}/api/v1/alerts"
+                with urllib.request.urlopen(url, timeout=5) as r:
+                    alerts = json.loads(r.read())["data"]["alerts"]
+            except OSError:
+                continue
+            seen = {a["labels"]["alertname"]: a["labels"] for a in alerts}
+        assert seen["SokovanExporterDown"]["instance"] == f"127.0.0.1:{dead}"
+        assert "SokovanBrokerUnreadable" not in seen
+    finally:
+        stop_process(proc)

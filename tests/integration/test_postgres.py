@@ -113,3 +113,33 @@ def test_liveness_and_leftovers_on_postgres(pg_engine: sa.Engine) -> None:
     repo.record_contact(agent, "boot-2", utcnow())
     identity = repo.agent_identities([agent])[agent]
     assert identity.instance_id == "boot-2" and identity.instance_since is not None
+
+
+def test_restarts_and_kernels_on_restarted_agents_on_postgres(pg_engine: sa.Engine) -> None:
+    """The sweep's restart reads on PostgreSQL: instance_since compared as timestamptz, kernel
+    ids of restarted agents as the hyphenated text sweep_pages gives."""
+    from datetime import timedelta
+
+    repo = SchedulerRepository(pg_engine)
+    agent = AgentId("pg-restarted")
+    repo.upsert_agent(AgentRow(agent, "tcp://127.0.0.1:4"))
+    repo.add_image(ImageConfig(canonical="img:1"))
+    now = utcnow()
+    started = now - timedelta(seconds=20)
+    repo.record_instance(agent, "boot-1", now)
+    repo.record_instance(agent, "boot-2", now, started)
+    assert repo.agents_restarted_since(now - timedelta(seconds=60))[agent] == started
+    assert agent not in repo.agents_restarted_since(now - timedelta(seconds=10))
+    kid = KernelId(uuid.uuid4())
+    repo.create_session(
+        session_id=SessionId(uuid.uuid4()),
+        name="pg-restart",
+        status=SessionStatus.RUNNING,
+        kernels_=[NewKernel(kid, agent, "img:1", ResourceSlot.from_json({"cpu": 1}))],
+    )
+    repo.transition_kernels([kid], KernelStatus.RUNNING, list(KernelStatus))
+    running = [KernelStatus.RUNNING]
+    assert repo.sweep_ids_on_agents(running, [agent]) == [str(kid)]
+    assert repo.sweep_ids_on_agents(running, [agent], only=[KernelId(uuid.uuid4())]) == []
+    pages = [row[0] for page in repo.sweep_pages(running, page_size=100) for row in page]
+    assert str(kid) in pages

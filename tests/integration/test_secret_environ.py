@@ -18,7 +18,7 @@ from celery import Celery
 from celery.exceptions import NotRegistered
 
 from sokovan.redaction import is_secret_ref
-from sokovan.signing import create_signing_files
+from sokovan.signing_files import create_signing_files
 from sokovan.types import SessionId, SessionStatus
 from tasks.api import Scheduler
 from tasks.app import create_app

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from sokovan.config import load_settings
 from sokovan.errors import ConfigError
-from sokovan.signing import create_signing_files, signing_files
+from sokovan.signing_files import create_signing_files, signing_files
 from sokovan.types import SessionId, SessionStatus
 from tasks.cli import app as cli_app
 from tests.cluster import IMAGE, cluster_without_worker, kernel_processes

@@ -19,7 +19,8 @@ from sokovan.ports import FanOut
 from sokovan.scheduler.handlers import start_sessions
 from sokovan.scheduler.handlers.base import moved_of
 from sokovan.scheduler.outcomes import record_outcomes
-from sokovan.testing import RefusingFanOut, stub_context
+from sokovan.stubs.context import stub_context
+from sokovan.stubs.fanout import RefusingFanOut
 from sokovan.types import (
     AgentId,
     ItemOutcome,

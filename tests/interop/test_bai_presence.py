@@ -13,7 +13,7 @@ import subprocess
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 from urllib.parse import urlparse
 
 import pytest
@@ -25,6 +25,9 @@ from sokovan.presence import ValkeyPresence, agent_last_check_key, presence_key
 from sokovan.scheduler.terminator.stale import read_presence
 from sokovan.types import AgentId, HealthCheckStatus, KernelId, KernelInfo, SessionId
 from tests.interop.conftest import INSTALL_HINT
+
+# A real agent destroys a kernel whose last_check lags its agent's last check by more than this.
+ORPHAN_KERNEL_THRESHOLD_SEC: Final = 600
 
 pytestmark = pytest.mark.interop
 
@@ -145,7 +148,7 @@ async def test_orphan_rule_of_the_agent_holds_for_an_untracked_kernel(
     await read_presence(presence, [tracked, dropped])
     # Ten minutes and more pass for the dropped kernel: age its stamp instead of waiting.
     seconds, _ = await live_db.time()
-    aged = int(seconds) - C.ORPHAN_KERNEL_THRESHOLD_SEC - 60
+    aged = int(seconds) - ORPHAN_KERNEL_THRESHOLD_SEC - 60
     await live_db.hset(presence_key(dropped.id), "last_check", str(aged))
 
     await read_presence(presence, [tracked])
@@ -157,4 +160,4 @@ async def test_orphan_rule_of_the_agent_holds_for_an_untracked_kernel(
     agent_check = seen["agent_last_check"]
     assert seen["kernels"][str(tracked.id)]["last_check"] == agent_check
     lag = agent_check - seen["kernels"][str(dropped.id)]["last_check"]
-    assert lag > C.ORPHAN_KERNEL_THRESHOLD_SEC
+    assert lag > ORPHAN_KERNEL_THRESHOLD_SEC

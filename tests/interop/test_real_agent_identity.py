@@ -15,9 +15,11 @@ from sokovan.db.repository import SchedulerRepository
 from sokovan.records import AgentRow
 from sokovan.scheduler.liveness import ping_agent
 from sokovan.scheduler.terminator import SessionTerminator
-from sokovan.testing import FakePresence, RefusingFanOut
+from sokovan.stubs.fanout import RefusingFanOut
+from sokovan.stubs.presence import FakePresence
 from sokovan.types import AgentId, KernelId, KernelInfo, SessionId
 from tests.interop.conftest import RealAgent
+from tests.sweep_stages import judge_stale_kernels
 
 pytestmark = pytest.mark.interop
 
@@ -43,7 +45,7 @@ async def test_sc_fa_003_real_agent_at_another_agents_address_kills_nothing(
     own = KernelInfo(KernelId(uuid.uuid4()), SessionId(uuid.uuid4()), AgentId(real_agent.agent_id))
     terminator = SessionTerminator(pool, FakePresence(), RefusingFanOut(), verify_identity=True)
     try:
-        judgement = await terminator.judge_stale_kernels([stranger, own])
+        judgement = await judge_stale_kernels(terminator, [stranger, own])
     finally:
         await pool.close_all()
         engine.dispose()

@@ -12,7 +12,7 @@ import pytest
 from sokovan.agent.pool import AgentClientPool
 from sokovan.config import Settings
 from sokovan.errors import AgentRemoteError, AgentTimeout, AgentUnavailable, UnknownAgent
-from sokovan.testing import FakeAgentClient
+from sokovan.stubs.agents import FakeAgentClient
 from sokovan.types import AgentAddress, AgentId, KernelId
 
 

@@ -18,7 +18,7 @@ from sokovan.errors import (
     ReplyShapeError,
     WireError,
 )
-from sokovan.testing import FakeAgentClient
+from sokovan.stubs.agents import FakeAgentClient
 from sokovan.types import AgentAddress, AgentId, KernelId
 
 A1 = AgentId("a1")

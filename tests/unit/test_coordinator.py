@@ -1,6 +1,6 @@
 """The coordinator on stubs alone: claims, runs, declared transitions, follow-ups, recovery.
 
-No Valkey and no SQL: every port is an in-memory stub from sokovan.testing, and the
+No Valkey and no SQL: every port is an in-memory stub from sokovan.stubs, and the
 handler under test is declared here, as a new handler module would declare it.
 """
 
@@ -25,13 +25,10 @@ from sokovan.scheduler.handlers.base import (
 )
 from sokovan.scheduler.leases import HOLDER_GONE
 from sokovan.scheduler.outcomes import record_outcomes
-from sokovan.testing import (
-    InMemoryClaims,
-    InMemoryKernelStates,
-    InMemoryLedger,
-    InMemoryTracker,
-    RecordingKicker,
-)
+from sokovan.stubs.claims import InMemoryClaims
+from sokovan.stubs.fanout import InMemoryTracker
+from sokovan.stubs.kicker import RecordingKicker
+from sokovan.stubs.ledger import InMemoryKernelStates, InMemoryLedger
 from sokovan.types import (
     ItemOutcome,
     KernelId,
@@ -234,7 +231,8 @@ def test_declarations_drive_beat_cli_and_routing() -> None:
 
     schedule = beat_schedule(Settings(sweep_interval=42))
     for d in HANDLERS:
-        assert schedule[d.beat_entry]["kwargs"]["handler"] == d.name
+        # SC-OP-010: each handler's ticks go to its own task name (readable in Flower).
+        assert schedule[d.beat_entry]["task"] == f"sokovan.handler.{d.name}"
     assert schedule["sweep-stale-kernels"]["schedule"] == 42
     assert set(handler_names()) == {d.name for d in HANDLERS}
     assert set(batch_runners()) == set(Operation)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sokovan.scheduler.handlers import batch_runners
+from sokovan.scheduler.handlers import batch_runners, handler_names
 from tasks import names
 from tasks.commands import beat_args, worker_args, worker_env_prefix
 
@@ -34,6 +34,8 @@ def test_every_task_name_is_registered_and_every_name_is_in_the_task_reference()
     internal = {names.RUN_COMPLETE, names.RUN_FAIL, names.KEYPAIRS_GENERATE, names.KEYPAIRS_REFILL}
     internal |= {names.agent_task(op) for op in batch_runners()}
     assert set(names.PUBLIC) | internal <= registered
+    # SC-OP-010: one task per declared handler, named after it (Flower shows which ran).
+    assert {names.handler_task(h) for h in handler_names()} <= registered
     reference = (ROOT / "docs" / "reference" / "tasks.md").read_text()
     for name in (*names.PUBLIC, *internal):
         assert f"`{name}`" in reference, name

@@ -22,7 +22,8 @@ from sokovan.errors import DispatchError
 from sokovan.ports import FanOut
 from sokovan.scheduler.launcher import SessionLauncher, create_kernels_on_agent
 from sokovan.scheduler.launcher.creation import KEYPAIR_FROM_STORE, KEYPAIR_FROM_WORKER
-from sokovan.testing import FakeSecretStore, FakeSessionRecorder
+from sokovan.stubs.recorder import FakeSessionRecorder
+from sokovan.stubs.secrets import FakeSecretStore
 from sokovan.types import (
     AgentBatch,
     AgentId,

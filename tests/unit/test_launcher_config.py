@@ -21,13 +21,10 @@ from sokovan.scheduler.launcher import (
 )
 from sokovan.scheduler.launcher.environ import StoredKernelEnvirons
 from sokovan.scheduler.launcher.status_data import error_info_of
-from sokovan.testing import (
-    FakeAgentClientPool,
-    FakeSecretEnviron,
-    FakeSecretStore,
-    FakeSessionRecorder,
-    InProcessFanOut,
-)
+from sokovan.stubs.agents import FakeAgentClientPool
+from sokovan.stubs.fanout import InProcessFanOut
+from sokovan.stubs.recorder import FakeSessionRecorder
+from sokovan.stubs.secrets import FakeSecretEnviron, FakeSecretStore
 from sokovan.types import (
     AgentBatch,
     AgentId,

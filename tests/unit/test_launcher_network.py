@@ -14,13 +14,11 @@ from sokovan.scheduler.launcher import (
     SessionLauncher,
     load_network_plugins,
 )
-from sokovan.testing import (
-    FakeAgentClientPool,
-    FakeNetworkPlugin,
-    FakeSecretStore,
-    FakeSessionRecorder,
-    InProcessFanOut,
-)
+from sokovan.stubs.agents import FakeAgentClientPool
+from sokovan.stubs.fanout import InProcessFanOut
+from sokovan.stubs.network import FakeNetworkPlugin
+from sokovan.stubs.recorder import FakeSessionRecorder
+from sokovan.stubs.secrets import FakeSecretStore
 from sokovan.types import (
     AgentId,
     ClusterMode,

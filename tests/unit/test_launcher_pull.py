@@ -7,12 +7,10 @@ import uuid
 
 from sokovan.errors import AgentError
 from sokovan.scheduler.launcher import SessionLauncher, pull_images_on_agent
-from sokovan.testing import (
-    FakeAgentClientPool,
-    FakeSecretStore,
-    FakeSessionRecorder,
-    InProcessFanOut,
-)
+from sokovan.stubs.agents import FakeAgentClientPool
+from sokovan.stubs.fanout import InProcessFanOut
+from sokovan.stubs.recorder import FakeSessionRecorder
+from sokovan.stubs.secrets import FakeSecretStore
 from sokovan.types import (
     AgentBatch,
     AgentId,

@@ -16,8 +16,8 @@ from sokovan.errors import ConfigError
 from sokovan.reclaim_policy import parse_policies, policy_for
 from sokovan.scheduler.handlers import handler_names
 from sokovan.scheduler.handlers.reclaim_sessions import ReclaimSessions
-from sokovan.store_stub import InMemoryStore
-from sokovan.testing import FakeActivity
+from sokovan.stubs.activity import FakeActivity
+from sokovan.stubs.store import InMemoryStore
 from sokovan.types import (
     KernelId,
     KernelInfo,

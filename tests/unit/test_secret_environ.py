@@ -20,7 +20,7 @@ from sokovan.records import SessionRequest
 from sokovan.redaction import is_secret_name, is_secret_ref, redact, split_environ
 from sokovan.scheduler.submit import submit_session
 from sokovan.types import AgentId, ImageConfig, ResourceSlot, SessionId, SessionStatus
-from tasks.redaction import PoolApplyFilter, RedactingAMQP, redacted_repr
+from tasks.redacted_reprs import PoolApplyFilter, RedactingAMQP, redacted_repr
 from tests.services import leaks
 
 
@@ -75,7 +75,7 @@ def test_every_task_of_the_app_redacts_its_worker_reprs() -> None:
     from celery.utils.imports import symbol_by_name
 
     from tasks.app import app
-    from tasks.redaction import RedactingRequest
+    from tasks.redacted_reprs import RedactingRequest
 
     app.loader.import_default_modules()
     ours = [t for name, t in app.tasks.items() if name.startswith("sokovan.")]

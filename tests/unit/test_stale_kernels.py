@@ -1,4 +1,4 @@
-"""SessionTerminator.check_stale_kernels / judge_stale_kernels: presence, then the agent."""
+"""The sweep's stages on SessionTerminator: presence, then the agent."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ import pytest
 
 from sokovan.errors import AgentError, PresenceUnavailable
 from sokovan.scheduler.terminator import SessionTerminator
-from sokovan.testing import FakeAgentClient, FakeAgentClientPool, FakePresence, InProcessFanOut
+from sokovan.stubs.agents import FakeAgentClient, FakeAgentClientPool
+from sokovan.stubs.fanout import InProcessFanOut
+from sokovan.stubs.presence import FakePresence
 from sokovan.types import (
     AgentId,
     HealthCheckStatus,
@@ -20,6 +22,7 @@ from sokovan.types import (
     KernelPresence,
     SessionId,
 )
+from tests.sweep_stages import check_stale_kernels, judge_stale_kernels
 
 A1, A2, A3 = AgentId("a1"), AgentId("a2"), AgentId("a3")
 ALIVE = KernelPresence(HealthCheckStatus.ALIVE, last_presence=1000.0)
@@ -54,7 +57,7 @@ async def test_sc_te_008_sc_csk_001_all_alive_skips_stage_two(scenario: str) -> 
     k1, k2 = new_kernel(A1), new_kernel(A1)
     presence = FakePresence({k1.id: ALIVE, k2.id: ALIVE})
 
-    dead = await build(presence, pool).check_stale_kernels([k1, k2])
+    dead = await check_stale_kernels(build(presence, pool), [k1, k2])
 
     assert dead == []
     assert presence.batches == [[k1.id, k2.id]]
@@ -70,7 +73,7 @@ async def test_sc_te_009_sc_csk_002_stale_and_agent_confirms_dead(scenario: str)
     a1.script("check_running", False)
     k1 = new_kernel(A1)
 
-    dead = await build(FakePresence({k1.id: STALE}), pool).check_stale_kernels([k1])
+    dead = await check_stale_kernels(build(FakePresence({k1.id: STALE}), pool), [k1])
 
     assert dead == [k1.id]
     assert asked(a1) == [k1.id]
@@ -84,7 +87,7 @@ async def test_sc_te_010_sc_csk_003_stale_but_agent_says_running(scenario: str) 
     a1.script("check_running", True)
     k1 = new_kernel(A1)
 
-    dead = await build(FakePresence({k1.id: STALE}), pool).check_stale_kernels([k1])
+    dead = await check_stale_kernels(build(FakePresence({k1.id: STALE}), pool), [k1])
 
     assert dead == []
     assert asked(a1) == [k1.id]
@@ -97,7 +100,7 @@ async def test_sc_te_011_missing_presence_treated_as_stale() -> None:
     a1.script("check_running", False)
     k1 = new_kernel(A1)
 
-    dead = await build(FakePresence({}), pool).check_stale_kernels([k1])
+    dead = await check_stale_kernels(build(FakePresence({}), pool), [k1])
 
     assert dead == [k1.id]
     assert asked(a1) == [k1.id]
@@ -115,7 +118,7 @@ async def test_sc_te_012_agent_error_skips_only_that_kernel(
     presence = FakePresence({k1.id: STALE, k2.id: STALE})
 
     with caplog.at_level(logging.WARNING):
-        dead = await build(presence, pool).check_stale_kernels([k1, k2])
+        dead = await check_stale_kernels(build(presence, pool), [k1, k2])
 
     assert dead == [k2.id]
     assert asked(a1) == [k1.id, k2.id]
@@ -132,7 +135,7 @@ async def test_sc_te_013_sc_csk_005_kernel_without_agent_not_acquired(
     k1 = new_kernel(None)
 
     with caplog.at_level(logging.WARNING):
-        dead = await build(FakePresence({k1.id: STALE}), pool).check_stale_kernels([k1])
+        dead = await check_stale_kernels(build(FakePresence({k1.id: STALE}), pool), [k1])
 
     assert dead == []
     assert pool.acquired == []
@@ -144,7 +147,7 @@ async def test_sc_te_014_empty_kernel_list_returns_immediately() -> None:
     pool = FakeAgentClientPool()
     presence = FakePresence()
 
-    assert await build(presence, pool).check_stale_kernels([]) == []
+    assert await check_stale_kernels(build(presence, pool), []) == []
 
     assert presence.batches == []
     assert pool.acquired == []
@@ -159,7 +162,7 @@ async def test_sc_te_015_mixed_results_some_alive_some_dead() -> None:
     a1.script("check_running", True, key=k3.id)
     presence = FakePresence({k1.id: ALIVE, k2.id: STALE, k3.id: STALE})
 
-    dead = await build(presence, pool).check_stale_kernels([k1, k2, k3])
+    dead = await check_stale_kernels(build(presence, pool), [k1, k2, k3])
 
     assert dead == [k2.id]
     assert asked(a1) == [k2.id, k3.id]
@@ -175,7 +178,7 @@ async def test_sc_te_016_agent_answers_none_kernel_skipped(
     k1 = new_kernel(A1)
 
     with caplog.at_level(logging.WARNING):
-        dead = await build(FakePresence({k1.id: STALE}), pool).check_stale_kernels([k1])
+        dead = await check_stale_kernels(build(FakePresence({k1.id: STALE}), pool), [k1])
 
     assert dead == []
     assert str(k1.id) in caplog.text
@@ -193,7 +196,7 @@ async def test_sc_csk_004_agent_connection_error_skips_kernel(
     presence = FakePresence({k1.id: STALE, k2.id: STALE})
 
     with caplog.at_level(logging.WARNING):
-        dead = await build(presence, pool).check_stale_kernels([k1, k2])
+        dead = await check_stale_kernels(build(presence, pool), [k1, k2])
 
     assert dead == [k2.id]
     assert (asked(a1), asked(a2)) == ([k1.id], [k2.id])
@@ -208,7 +211,7 @@ async def test_unreachable_agent_skips_its_kernels_only(caplog: pytest.LogCaptur
     terminator = build(FakePresence({}), pool)
 
     with caplog.at_level(logging.WARNING):
-        judgement = await terminator.judge_stale_kernels([k1, k2])
+        judgement = await judge_stale_kernels(terminator, [k1, k2])
 
     assert judgement.dead_kernel_ids == [k2.id]
     answer = judgement.candidates[0].answer or ""
@@ -240,7 +243,7 @@ async def test_stage_two_runs_across_agents_concurrently() -> None:
     k1, k2 = new_kernel(A1), new_kernel(A2)
     terminator = build(FakePresence({}), pool)
 
-    dead = await asyncio.wait_for(terminator.check_stale_kernels([k1, k2]), timeout=10)
+    dead = await asyncio.wait_for(check_stale_kernels(terminator, [k1, k2]), timeout=10)
 
     assert dead == [k1.id]
 
@@ -267,7 +270,7 @@ async def test_stage_two_keeps_per_agent_order_and_bound() -> None:
     a2.script("check_running", counting(A2))
     kernels = [new_kernel(A1 if i % 3 else A2) for i in range(9)]
 
-    dead = await build(FakePresence({}), pool, concurrency=1).check_stale_kernels(kernels)
+    dead = await check_stale_kernels(build(FakePresence({}), pool, concurrency=1), kernels)
 
     assert dead == [k.id for k in kernels]
     assert asked(a1) == [k.id for k in kernels if k.agent_id == A1]
@@ -277,7 +280,8 @@ async def test_stage_two_keeps_per_agent_order_and_bound() -> None:
 
 
 async def test_judgement_records_evidence_per_candidate() -> None:
-    """Each candidate's evidence: stage-1 status, last_presence, and the agent's answer."""
+    """Each candidate's evidence: stage-1 status, last_presence, why it was suspected, and the
+    agent's answer."""
     pool = FakeAgentClientPool()
     a1 = pool.add(A1)
     alive, dead, missing, unsure, failing = (new_kernel(A1) for _ in range(5))
@@ -291,7 +295,7 @@ async def test_judgement_records_evidence_per_candidate() -> None:
     )
     kernels = [alive, dead, missing, unsure, failing, orphan]
 
-    judgement = await build(presence, pool).judge_stale_kernels(kernels)
+    judgement = await judge_stale_kernels(build(presence, pool), kernels)
 
     evidence = judgement.evidence()
     assert str(alive.id) not in evidence
@@ -300,8 +304,10 @@ async def test_judgement_records_evidence_per_candidate() -> None:
         "presence": "STALE",
         "last_presence": 500.0,
         "check_running": "False",
+        "suspected": "presence stale since 1970-01-01T00:08:20+00:00",
     }
     assert evidence[str(missing.id)]["presence"] == "missing"
+    assert evidence[str(missing.id)]["suspected"] == "presence missing"
     assert evidence[str(missing.id)]["check_running"] == "True"
     assert evidence[str(unsure.id)]["check_running"] == "None"
     assert evidence[str(failing.id)]["check_running"] == "error: boom"
@@ -319,7 +325,7 @@ async def test_presence_unavailable_propagates_without_agent_calls() -> None:
     presence.unavailable = True
 
     with pytest.raises(PresenceUnavailable):
-        await build(presence, pool).check_stale_kernels([new_kernel(A1)])
+        await check_stale_kernels(build(presence, pool), [new_kernel(A1)])
 
     assert pool.acquired == []
 

@@ -13,7 +13,9 @@ from sokovan.scheduler.handlers.sweep_stale_kernels import (
     SweepStaleKernelsKernelHandler,
 )
 from sokovan.scheduler.terminator import SessionTerminator
-from sokovan.testing import FakeAgentClientPool, FakePresence, InProcessFanOut
+from sokovan.stubs.agents import FakeAgentClientPool
+from sokovan.stubs.fanout import InProcessFanOut
+from sokovan.stubs.presence import FakePresence
 from sokovan.types import (
     AgentId,
     HealthCheckStatus,

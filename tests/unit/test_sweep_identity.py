@@ -11,7 +11,9 @@ import uuid
 from sokovan.errors import AgentRemoteError
 from sokovan.scheduler.handlers.sweep_stale_kernels import SweepStaleKernelsKernelHandler
 from sokovan.scheduler.terminator import SessionTerminator
-from sokovan.testing import FakeAgentClientPool, FakePresence, InProcessFanOut
+from sokovan.stubs.agents import FakeAgentClientPool
+from sokovan.stubs.fanout import InProcessFanOut
+from sokovan.stubs.presence import FakePresence
 from sokovan.types import (
     AgentId,
     HealthCheckStatus,
@@ -21,6 +23,7 @@ from sokovan.types import (
     KernelPresence,
     SessionId,
 )
+from tests.sweep_stages import judge_stale_kernels
 
 A1 = AgentId("a1")
 STALE = KernelPresence(HealthCheckStatus.STALE, last_presence=500.0)
@@ -47,7 +50,7 @@ async def test_verified_agent_false_kills() -> None:
     a1.script("check_running", False)
     k = kernel()
 
-    judgement = await build(pool, [k]).judge_stale_kernels([k])
+    judgement = await judge_stale_kernels(build(pool, [k]), [k])
 
     assert judgement.dead_kernel_ids == [k.id]
     assert [c.method for c in a1.calls] == ["health", "check_running"]
@@ -84,7 +87,7 @@ async def test_sc_fa_003_other_agent_id_is_unverified() -> None:
     a1.script("check_running", False)
     k = kernel()
 
-    judgement = await build(pool, [k]).judge_stale_kernels([k])
+    judgement = await judge_stale_kernels(build(pool, [k]), [k])
 
     assert judgement.dead_kernel_ids == []
     assert judgement.candidates[0].answer == "identity"
@@ -103,7 +106,7 @@ async def test_sc_fa_003_agent_id_refused_by_the_agent_is_unverified() -> None:
     )
     k = kernel()
 
-    judgement = await build(pool, [k]).judge_stale_kernels([k])
+    judgement = await judge_stale_kernels(build(pool, [k]), [k])
 
     assert judgement.dead_kernel_ids == []
     assert judgement.candidates[0].answer == "identity"
@@ -121,7 +124,7 @@ async def test_health_failure_is_unverified_not_dead() -> None:
     a1.script("check_running", False)
     k = kernel()
 
-    judgement = await build(pool, [k]).judge_stale_kernels([k])
+    judgement = await judge_stale_kernels(build(pool, [k]), [k])
 
     assert judgement.dead_kernel_ids == []
     assert (judgement.candidates[0].answer or "").startswith("error: ")
@@ -137,6 +140,6 @@ async def test_real_agent_report_without_marker_is_verified_by_agent_id() -> Non
     a1.script("check_running", False)
     k = kernel()
 
-    judgement = await build(pool, [k]).judge_stale_kernels([k])
+    judgement = await judge_stale_kernels(build(pool, [k]), [k])
 
     assert judgement.dead_kernel_ids == [k.id]

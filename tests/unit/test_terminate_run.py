@@ -17,16 +17,14 @@ from sokovan.scheduler.handlers.base import HandlerContext
 from sokovan.scheduler.outcomes import run_batch
 from sokovan.scheduler.terminator import SessionTerminator
 from sokovan.scheduler.tracking import TrackedFanOut
-from sokovan.store_stub import InMemoryStore, KernelMoves
-from sokovan.testing import (
-    FakeAgentClientPool,
-    FakePresence,
-    InMemoryClaims,
-    InMemoryLedger,
-    InMemoryTracker,
-    RecordingKicker,
-    stub_context,
-)
+from sokovan.stubs.agents import FakeAgentClientPool
+from sokovan.stubs.claims import InMemoryClaims
+from sokovan.stubs.context import stub_context
+from sokovan.stubs.fanout import InMemoryTracker
+from sokovan.stubs.kicker import RecordingKicker
+from sokovan.stubs.ledger import InMemoryLedger
+from sokovan.stubs.presence import FakePresence
+from sokovan.stubs.store import InMemoryStore, KernelMoves
 from sokovan.types import (
     AgentBatch,
     AgentId,

@@ -15,13 +15,17 @@ import pytest
 
 from sokovan.errors import AgentError
 from sokovan.scheduler.terminator import SessionTerminator, destroy_kernels_on_agent
-from sokovan.testing import FakeAgentClient, FakeAgentClientPool, FakePresence, InProcessFanOut
+from sokovan.scheduler.terminator.destroy import DestroyJob, destroy_jobs
+from sokovan.stubs.agents import FakeAgentClient, FakeAgentClientPool
+from sokovan.stubs.fanout import InProcessFanOut
+from sokovan.stubs.presence import FakePresence
 from sokovan.types import (
     AgentBatch,
     AgentId,
     ItemOutcome,
     KernelId,
     KernelInfo,
+    KernelTerminationResult,
     Operation,
     ResourceSlot,
     RunId,
@@ -59,6 +63,20 @@ def build(
     fanout = InProcessFanOut(execute)
     terminator = SessionTerminator(pool, FakePresence(), fanout, destroy_concurrency=concurrency)
     return terminator, fanout
+
+
+async def terminate_kernel(
+    pool: FakeAgentClientPool,
+    agent_id: AgentId,
+    kernel_id: KernelId,
+    session_id: SessionId,
+    reason: str,
+    occupied_slots: ResourceSlot,
+) -> KernelTerminationResult:
+    """One kernel through the path of a destroy batch: one job on one leased client."""
+    job = DestroyJob(kernel_id, session_id, reason, occupied_slots)
+    [(result, _)] = await destroy_jobs(pool, agent_id, [job], 1)
+    return result
 
 
 async def outcome_of(call: Awaitable[object]) -> object:
@@ -184,14 +202,13 @@ async def test_sc_te_005_multiple_sessions_terminated_in_parallel() -> None:
 
 
 async def test_sc_te_006_termination_result_captures_details() -> None:
-    """SC-TE-006: _terminate_kernel reports kernel, agent, slots and success."""
+    """SC-TE-006: one kernel's destroy reports kernel, agent, slots and success."""
     pool = FakeAgentClientPool()
     pool.add(A1)
-    terminator, _ = build(pool)
     kernel_id, session_id = KernelId(uuid.uuid4()), SessionId(uuid.uuid4())
     slots = ResourceSlot(cpu=Decimal(4), mem=Decimal(8 * 1024**3))
 
-    result = await terminator._terminate_kernel(A1, kernel_id, session_id, "USER_REQUESTED", slots)
+    result = await terminate_kernel(pool, A1, kernel_id, session_id, "USER_REQUESTED", slots)
 
     assert (result.kernel_id, result.agent_id, result.occupied_slots) == (kernel_id, A1, slots)
     assert result.success is True
@@ -202,10 +219,9 @@ async def test_sc_te_007_termination_error_captured_in_result() -> None:
     """SC-TE-007: an AgentError from destroy_kernel becomes success=False with its message."""
     pool = FakeAgentClientPool()
     pool.add(A1).script("destroy_kernel", AgentError("Connection timeout"))
-    terminator, _ = build(pool)
 
-    result = await terminator._terminate_kernel(
-        A1, KernelId(uuid.uuid4()), SessionId(uuid.uuid4()), "USER_REQUESTED", ResourceSlot()
+    result = await terminate_kernel(
+        pool, A1, KernelId(uuid.uuid4()), SessionId(uuid.uuid4()), "USER_REQUESTED", ResourceSlot()
     )
 
     assert result.success is False
@@ -213,11 +229,11 @@ async def test_sc_te_007_termination_error_captured_in_result() -> None:
 
 
 async def test_terminate_kernel_unreachable_agent_is_a_failed_result() -> None:
-    """_terminate_kernel on an agent the pool cannot reach returns a failure, not raises."""
-    terminator, _ = build(FakeAgentClientPool())
+    """One kernel's destroy on an agent the pool cannot reach returns a failure, not raises."""
+    pool = FakeAgentClientPool()
 
-    result = await terminator._terminate_kernel(
-        A1, KernelId(uuid.uuid4()), SessionId(uuid.uuid4()), "USER_REQUESTED", ResourceSlot()
+    result = await terminate_kernel(
+        pool, A1, KernelId(uuid.uuid4()), SessionId(uuid.uuid4()), "USER_REQUESTED", ResourceSlot()
     )
 
     assert result.success is False

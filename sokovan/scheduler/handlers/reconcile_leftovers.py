@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from typing import Final
 
-from sokovan import constants as C
 from sokovan.config import Settings
 from sokovan.ports import FanOut, SchedulerStore
 from sokovan.records import Leftover
@@ -36,6 +36,9 @@ from sokovan.types import (
     RunId,
     utcnow,
 )
+
+# Leftover containers of kernels given up on are retried this often once their agent answers.
+RECONCILE_INTERVAL_SEC: Final = 30.0
 
 NAME = "reconcile_leftovers"
 
@@ -106,7 +109,7 @@ DECLARATION = HandlerDeclaration(
     name=NAME,
     lock_id="LOCKID_SOKOVAN_RECONCILE_LEFTOVERS",
     description="destroys leftover containers of kernels given up on, once their agent answers",
-    default_interval=C.RECONCILE_INTERVAL_SEC,
+    default_interval=RECONCILE_INTERVAL_SEC,
     targets=Targets(kernels=(KernelStatus.TERMINATED,)),
     transitions={},  # the kernels are TERMINATED already; only their leftovers close
     build=build,

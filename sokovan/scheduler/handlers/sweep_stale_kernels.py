@@ -8,6 +8,7 @@ import gc
 import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from datetime import timedelta
 
 from sokovan import constants as C
 from sokovan.errors import PresenceUnavailable
@@ -34,7 +35,7 @@ from sokovan.scheduler.sweep_record import (
     summarize,
     sweep_outcomes,
 )
-from sokovan.scheduler.terminator import SessionTerminator, StaleJudgement
+from sokovan.scheduler.terminator import Restarts, SessionTerminator, StaleJudgement
 from sokovan.scheduler.transitions import parse_ids, request_termination, session_ids_of
 from sokovan.types import (
     JSON,
@@ -47,6 +48,7 @@ from sokovan.types import (
     RunId,
     SessionId,
     Verdict,
+    utcnow,
 )
 
 log = logging.getLogger(__name__)
@@ -75,19 +77,24 @@ class SweepStaleKernelsKernelHandler(KernelHandler):
         *,
         total: int | None = None,
         complete: bool = True,
+        restarts: Restarts | None = None,
     ) -> KernelExecutionResult:
         """Alive kernels are successes, confirmed-dead ones failures, the unsure skipped.
 
         `total` is the group's kernel count when `kernels` are only its suspects, so the
         ratio brake weighs them against the whole group. `complete` False: not all RUNNING
         kernels are read (budget, scope); agents' last-check stamps are then left alone.
-        A braked run sets `brake`: with no failures it held; with failures it reaped at the
-        brake's rate and `brake` says how many it left for the next runs.
+        `restarts`: agents restarted lately; their kernels last present before the restart
+        are suspects although not stale. A braked run sets `brake`: with no failures it
+        held; with failures it reaped at the brake's rate and `brake` says how many it left
+        for the next runs.
         """
         if not kernels:
             return KernelExecutionResult()
         try:
-            judgement = await self._terminator.read_presence(kernels, stamp_agents=complete)
+            judgement = await self._terminator.read_presence(
+                kernels, stamp_agents=complete, restarts=restarts
+            )
         except PresenceUnavailable as e:
             return _braked(scaling_group, kernels, f"presence unavailable: {e}", {})
         if total is not None and total > judgement.total:
@@ -166,15 +173,18 @@ def build(ctx: HandlerContext) -> HandlerRuntime:
         only = parse_ids(scope)
         # A budget or a scope reads only some kernels: no agent may then look checked.
         complete = only is None and not budget
+        restarts = await _restarts()
         groups = await _load(
-            None if only is None else [KernelId(u) for u in only], budget, complete
+            None if only is None else [KernelId(u) for u in only], budget, complete, restarts
         )
         outcomes: list[ItemOutcome] = []
         bulk_ok = 0
         brakes: list[str] = []
         holds: list[str] = []
         for group, (total, members) in groups.items():
-            result = await handler.execute(group, members, total=total, complete=complete)
+            result = await handler.execute(
+                group, members, total=total, complete=complete, restarts=restarts
+            )
             if result.brake:
                 brakes.append(f"{group}: brake: {result.brake}")
                 if not result.failures:
@@ -193,7 +203,20 @@ def build(ctx: HandlerContext) -> HandlerRuntime:
             partial=summary.partial,
         )
 
-    async def _load(only: list[KernelId] | None, budget: int, complete: bool) -> dict[str, _Group]:
+    async def _restarts() -> Restarts:
+        """Agents restarted within the stale window, with their start.
+
+        An agent restarted earlier needs no look: a kernel last present before its start is
+        STALE by now. One sweep interval more, so none falls between the two rules.
+        """
+        window = settings.presence_stale_after + settings.sweep_interval
+        since = utcnow() - timedelta(seconds=window)
+        found = await repo.agents_restarted_since(since)
+        return {agent: at.timestamp() for agent, at in found.items()}
+
+    async def _load(
+        only: list[KernelId] | None, budget: int, complete: bool, restarts: Restarts
+    ) -> dict[str, _Group]:
         """Each scaling group's kernel count and the kernels to judge in full."""
         statuses = list(DECLARATION.targets.kernels)
         try:
@@ -204,6 +227,7 @@ def build(ctx: HandlerContext) -> HandlerRuntime:
                 budget=budget,
                 only=only,
                 stamp_agents=complete,
+                restarted=frozenset(restarts),
             )
             return {g: (t.total, t.suspects) for g, t in targets.groups.items()}
         except PresenceUnavailable:

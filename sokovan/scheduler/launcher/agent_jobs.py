@@ -11,9 +11,8 @@ import time
 import uuid
 from collections.abc import Mapping, Sequence
 from decimal import Decimal
-from typing import Any
+from typing import Any, Final
 
-from sokovan.constants import PULL_AUTO_PULL
 from sokovan.errors import describe_error
 from sokovan.images import image_config_from_json, image_config_to_json
 from sokovan.ports import AgentClientPool
@@ -29,6 +28,9 @@ from sokovan.types import (
 )
 
 log = logging.getLogger(__name__)
+
+# check_and_pull compares digests too, so an agent with a stale tag still pulls.
+PULL_AUTO_PULL: Final = "digest"
 
 
 def pull_batch(

@@ -15,9 +15,9 @@ import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
-from sokovan.constants import CREATE_CONCURRENCY_PER_AGENT, START_SESSION_TIMEOUT_SEC
+from sokovan.constants import START_SESSION_TIMEOUT_SEC
 from sokovan.errors import NotFound, describe_error
 from sokovan.images import image_config_from_json
 from sokovan.ports import AgentClientPool, KernelEnvirons, SecretStore, SessionRecorder
@@ -27,6 +27,10 @@ from sokovan.scheduler.launcher.status_data import error_info_of
 from sokovan.types import JSON, AgentId, ImageConfig, ItemOutcome, KernelId, SessionId
 
 log = logging.getLogger(__name__)
+
+# create_kernels calls in flight per agent inside one task: the original sends them all
+# at once, so the bound is generous; it only keeps one task's sockets and memory in check.
+CREATE_CONCURRENCY_PER_AGENT: Final = 64
 
 # Where the worker finds a session's cluster keypair (the item field "keypair_source").
 # A session on one agent gets its keypair from the worker that calls that agent (taken

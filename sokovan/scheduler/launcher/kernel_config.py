@@ -8,13 +8,15 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Final
 
-from sokovan.constants import KERNEL_AUTO_PULL
 from sokovan.errors import UnknownImage
 from sokovan.images import image_config_to_json
 from sokovan.scheduler.launcher.network import NetworkSetup
 from sokovan.types import JSON, ImageConfig, KernelInfo, SessionInfo
+
+# Launcher. Kernel creation pins images by digest, as Backend.AI's launcher does.
+KERNEL_AUTO_PULL: Final = "digest"
 
 SERVICE_PORTS_LABEL = "ai.backend.service-ports"
 

@@ -11,6 +11,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
+from typing import Final
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
@@ -23,6 +24,20 @@ from sokovan.errors import ConfigError
 from sokovan.ports import KeypairPool, KeypairRefiller
 
 log = logging.getLogger(__name__)
+
+# Below this share of the target, taking keys asks for a refill.
+KEYPAIR_POOL_LOW_WATER: Final = 0.5
+# A process asks for a refill at most this often: a burst takes keys in many tasks.
+KEYPAIR_REFILL_KICK_EVERY_SEC: Final = 5.0
+# Keys per generate task (~0.6 s of CPU for RSA): short enough that a launch task queued
+# behind one is not held up long, large enough that a refill is a few dozen tasks.
+KEYPAIR_REFILL_CHUNK: Final = 16
+# Keys per pool insert inside a generate task; a crash loses at most these.
+KEYPAIR_INSERT_BATCH: Final = 4
+# The refill mark's lifetime estimates the wave's length (this per key, at most the max), so
+# a lost wave is retried once it lapses.
+KEYPAIR_REFILL_SEC_PER_KEY: Final = 0.05
+KEYPAIR_REFILL_MARK_MAX_SEC: Final = 120
 
 # RSA-2048 is what Backend.AI makes and every kernel image accepts; Ed25519 is far cheaper
 # to make but needs an OpenSSH in the image that takes it (OpenSSH 6.5 or later).
@@ -141,11 +156,11 @@ class ClusterKeys:
         if self._pool is None or self._refiller is None or not self.target:
             return
         now = time.monotonic()
-        if now - self._kicked_at < C.KEYPAIR_REFILL_KICK_EVERY_SEC:
+        if now - self._kicked_at < KEYPAIR_REFILL_KICK_EVERY_SEC:
             return
         try:
             left = await self._pool.count(self.key_type)
-            if left >= self.target * C.KEYPAIR_POOL_LOW_WATER:
+            if left >= self.target * KEYPAIR_POOL_LOW_WATER:
                 return
             self._kicked_at = now
             await self._refiller.request_refill()
@@ -167,10 +182,10 @@ class ClusterKeys:
             # The mark lapses before the recheck runs, so that recheck may schedule the next.
             recheck = await self._mark(C.KEYPAIR_RECHECK_KEY, C.KEYPAIR_RECHECK_SEC - 1)
             return RefillPlan((), note, recheck=recheck)
-        wave = min(C.KEYPAIR_REFILL_MARK_MAX_SEC, max(5, deficit * C.KEYPAIR_REFILL_SEC_PER_KEY))
+        wave = min(KEYPAIR_REFILL_MARK_MAX_SEC, max(5, deficit * KEYPAIR_REFILL_SEC_PER_KEY))
         if not await self._mark(C.KEYPAIR_REFILL_MARK_KEY, int(wave)):
             return RefillPlan((), f"a refill is under way ({have} of {self.target})")
-        chunk = C.KEYPAIR_REFILL_CHUNK
+        chunk = KEYPAIR_REFILL_CHUNK
         counts = tuple(min(chunk, deficit - i) for i in range(0, deficit, chunk))
         note = f"refilling {deficit} key(s) in {len(counts)} task(s) ({have} pooled)"
         return RefillPlan(counts, note)
@@ -188,7 +203,7 @@ class ClusterKeys:
         made = 0
         while made < count and not await self._full():
             # A few keys per insert: few SQL writes, and a crash loses little work.
-            step = min(C.KEYPAIR_INSERT_BATCH, count - made)
+            step = min(KEYPAIR_INSERT_BATCH, count - made)
             pairs = [await create_cluster_ssh_keypair(self.key_type) for _ in range(step)]
             await self._pool.add([(p.private_key, p.public_key) for p in pairs], self.key_type)
             made += step

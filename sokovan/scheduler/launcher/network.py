@@ -22,14 +22,16 @@ import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import EntryPoint, entry_points
-from typing import Any
+from typing import Any, Final
 
-from sokovan.constants import SINGLE_NODE_NETWORK_PREFIX
 from sokovan.errors import InvalidRequest, UnknownNetworkDriver
 from sokovan.ports import AgentClientPool, NetworkPlugin
 from sokovan.types import ClusterMode, KernelInfo, NetworkType, SessionInfo
 
 log = logging.getLogger(__name__)
+
+# Prefix of the agent-local bridge made for a single-node multi-kernel session.
+SINGLE_NODE_NETWORK_PREFIX: Final = "bai-singlenode-"
 
 ENTRY_POINT_GROUP = "sokovan.network_plugins"
 

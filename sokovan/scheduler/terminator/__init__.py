@@ -6,12 +6,18 @@ from sokovan.scheduler.terminator.destroy import (
     parse_destroy_item,
     plan_destroy,
 )
-from sokovan.scheduler.terminator.stale import KernelEvidence, StaleJudgement, unverified_kind
+from sokovan.scheduler.terminator.stale import (
+    KernelEvidence,
+    Restarts,
+    StaleJudgement,
+    unverified_kind,
+)
 from sokovan.scheduler.terminator.terminator import SessionTerminator
 
 __all__ = [
     "DestroyPlan",
     "KernelEvidence",
+    "Restarts",
     "SessionTerminator",
     "StaleJudgement",
     "destroy_kernels_on_agent",

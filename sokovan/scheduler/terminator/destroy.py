@@ -158,13 +158,13 @@ async def destroy_kernels_on_agent(
             outcomes[index] = ItemOutcome(
                 _item_id(item), str(agent_id), ok=False, error=describe_error(e)
             )
-    results = await _destroy_jobs(pool, agent_id, [job for _, job in jobs], concurrency)
+    results = await destroy_jobs(pool, agent_id, [job for _, job in jobs], concurrency)
     for (index, job), (result, duration) in zip(jobs, results, strict=True):
         outcomes[index] = to_outcome(result, job.session_id, duration, job.attempt)
     return [o for o in outcomes if o is not None]
 
 
-async def _destroy_jobs(
+async def destroy_jobs(
     pool: AgentClientPool, agent_id: AgentId, jobs: Sequence[DestroyJob], concurrency: int
 ) -> list[tuple[KernelTerminationResult, float]]:
     """Runs the jobs on one leased client; a failed lease fails every job of the agent."""

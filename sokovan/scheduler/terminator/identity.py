@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from sokovan.errors import AgentRemoteError
@@ -39,3 +41,20 @@ def judge_report(agent_id: AgentId, report: Mapping[str, Any]) -> Verdict:
 def is_stranger_error(error: BaseException) -> bool:
     """Whether a failed call says the agent at the address is not the one addressed."""
     return isinstance(error, AgentRemoteError) and error.name == AGENT_ID_NOT_FOUND
+
+
+def reported_start(report: Mapping[str, Any]) -> datetime | None:
+    """When the reporting agent instance started (`started_at`, epoch seconds); None if unsaid.
+
+    A reference agent reports it on the presence store's clock; a real Backend.AI agent
+    reports no instance and no start.
+    """
+    raw = report.get("started_at")
+    if isinstance(raw, bool) or not isinstance(raw, int | float):
+        return None
+    if not math.isfinite(raw) or raw <= 0:
+        return None
+    try:
+        return datetime.fromtimestamp(raw, tz=UTC)
+    except (OverflowError, OSError, ValueError):
+        return None

@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from typing import Any
 
 from sokovan import constants as C
@@ -32,6 +33,10 @@ ANSWER_NO_AGENT = "no agent"
 ANSWER_IDENTITY = "identity"
 
 
+# Agents restarted lately: each one's start, epoch seconds on the presence store's clock.
+Restarts = Mapping[AgentId, float]
+
+
 def unverified_kind(answer: str) -> str:
     """The kind of a stage-2 answer that neither kills nor keeps, as a metric label."""
     if answer == ANSWER_IDENTITY:
@@ -54,6 +59,21 @@ class KernelEvidence:
     answer: str | None = None
     # Why the answering agent's identity is unverified, when it is.
     identity: str | None = None
+    # The agent's start, when it restarted after the kernel's last presence: why it is
+    # suspected although its presence is not (yet) stale.
+    restarted_at: float | None = None
+
+    @property
+    def suspected(self) -> str:
+        """Why stage 1 picked this kernel."""
+        if self.restarted_at is not None:
+            return (
+                f"agent restarted at {_iso(self.restarted_at)} after the kernel's last"
+                f" presence at {_iso(self.last_presence)}"
+            )
+        if self.presence is None:
+            return "presence missing"
+        return f"presence stale since {_iso(self.last_presence)}"
 
     @property
     def dead(self) -> bool:
@@ -69,10 +89,19 @@ class KernelEvidence:
             "presence": "missing" if self.presence is None else self.presence.value,
             "last_presence": self.last_presence,
             "check_running": self.answer,
+            "suspected": self.suspected,
         }
         if self.identity is not None:
             out["identity"] = self.identity
+        if self.restarted_at is not None:
+            out["agent_restarted_at"] = self.restarted_at
         return out
+
+
+def _iso(epoch: float | None) -> str:
+    if epoch is None:
+        return "unknown"
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds")
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,8 +136,10 @@ async def read_presence(
     kernels: Sequence[KernelInfo],
     page_size: int = C.PRESENCE_PAGE_SIZE,
     stamp_agents: bool = True,
+    restarts: Restarts | None = None,
 ) -> StaleJudgement:
-    """Stage 1: one batched presence read per page; missing or STALE kernels become candidates.
+    """Stage 1: one batched presence read per page; missing or STALE kernels become candidates,
+    and so do kernels of a restarted agent (`restarts`) last present before its start.
 
     Only the candidates are kept across pages, so the judgement (and the brake on it) covers
     every kernel while one page of presence is held at a time. `stamp_agents` False: the
@@ -123,14 +154,15 @@ async def read_presence(
         agents = [k.agent_id for k in page] if stamp_agents else None
         statuses = await presence.check_kernel_presence_status_batch([k.id for k in page], agents)
         pages += 1
-        candidates.extend(_suspects(page, statuses))
+        candidates.extend(_suspects(page, statuses, restarts or {}))
     return StaleJudgement(total=len(kernels), candidates=tuple(candidates), pages=pages)
 
 
 def _suspects(
-    kernels: Sequence[KernelInfo], statuses: Mapping[KernelId, KernelPresence]
+    kernels: Sequence[KernelInfo], statuses: Mapping[KernelId, KernelPresence], restarts: Restarts
 ) -> Iterator[KernelEvidence]:
-    """Kernels of one page whose presence is missing or STALE, in input order."""
+    """Kernels of one page whose presence is missing, STALE or older than their agent's
+    restart, in input order."""
     for kernel in kernels:
         status = statuses.get(kernel.id)
         if status is None:
@@ -142,6 +174,21 @@ def _suspects(
                 status.presence,
                 status.last_presence,
             )
+        elif restarts and kernel.agent_id is not None and kernel.agent_id in restarts:
+            started = restarts[kernel.agent_id]
+            if not vouched_since(status.last_presence, started):
+                yield KernelEvidence(
+                    kernel.id,
+                    kernel.agent_id,
+                    status.presence,
+                    status.last_presence,
+                    restarted_at=started,
+                )
+
+
+def vouched_since(last_presence: float | None, started: float) -> bool:
+    """Whether a presence stamp may be the agent instance's that started at `started`."""
+    return last_presence is not None and last_presence >= started - C.AGENT_RESTART_GRACE_SEC
 
 
 async def confirm_with_agents(

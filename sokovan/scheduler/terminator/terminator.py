@@ -7,25 +7,23 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sokovan import constants as C
-from sokovan.errors import describe_error
 from sokovan.ports import AgentClientPool, FanOut, PresenceReader
 from sokovan.scheduler.terminator.destroy import (
-    DestroyJob,
     destroy_kernels_on_agent,
-    destroy_with_client,
     plan_destroy,
 )
-from sokovan.scheduler.terminator.stale import StaleJudgement, confirm_with_agents, read_presence
+from sokovan.scheduler.terminator.stale import (
+    Restarts,
+    StaleJudgement,
+    confirm_with_agents,
+    read_presence,
+)
 from sokovan.types import (
     AgentId,
     ItemOutcome,
-    KernelId,
     KernelInfo,
-    KernelTerminationResult,
     Operation,
-    ResourceSlot,
     RunId,
-    SessionId,
     SessionInfo,
 )
 
@@ -92,35 +90,29 @@ class SessionTerminator:
             self._agent_client_pool, agent_id, items, self._destroy_concurrency
         )
 
-    async def _terminate_kernel(
-        self,
-        agent_id: AgentId,
-        kernel_id: KernelId,
-        session_id: SessionId,
-        reason: str,
-        occupied_slots: ResourceSlot,
-    ) -> KernelTerminationResult:
-        """Destroys one kernel; every failure, the lease's included, is a failed result."""
-        job = DestroyJob(kernel_id, session_id, reason, occupied_slots)
-        try:
-            async with self._agent_client_pool.acquire(agent_id) as client:
-                return await destroy_with_client(client, agent_id, job)
-        except Exception as e:
-            log.warning("kernel %s not destroyed: agent %s unreachable: %s", kernel_id, agent_id, e)
-            error = describe_error(e)
-            return KernelTerminationResult(kernel_id, agent_id, occupied_slots, False, error)
-
     @property
     def presence(self) -> PresenceReader:
         """The presence reader of stage 1 (the sweep's loading pre-reads with it)."""
         return self._presence
 
     async def read_presence(
-        self, kernels: Sequence[KernelInfo], *, stamp_agents: bool = True
+        self,
+        kernels: Sequence[KernelInfo],
+        *,
+        stamp_agents: bool = True,
+        restarts: Restarts | None = None,
     ) -> StaleJudgement:
-        """Stage 1 of the sweep, a page at a time; raises PresenceUnavailable when unreadable."""
+        """Stage 1 of the sweep, a page at a time; raises PresenceUnavailable when unreadable.
+
+        `restarts`: agents restarted lately, with their start; their kernels last present
+        before it are suspects too.
+        """
         return await read_presence(
-            self._presence, kernels, self._presence_page_size, stamp_agents=stamp_agents
+            self._presence,
+            kernels,
+            self._presence_page_size,
+            stamp_agents=stamp_agents,
+            restarts=restarts,
         )
 
     async def confirm_with_agents(self, judgement: StaleJudgement) -> StaleJudgement:
@@ -131,15 +123,3 @@ class SessionTerminator:
             self._check_running_concurrency,
             self._verify_identity,
         )
-
-    async def judge_stale_kernels(self, kernels: Sequence[KernelInfo]) -> StaleJudgement:
-        """Both stages of the sweep, with the evidence for every suspected kernel."""
-        judgement = await self.read_presence(kernels)
-        if not judgement.candidates:
-            return judgement
-        return await self.confirm_with_agents(judgement)
-
-    async def check_stale_kernels(self, kernels: Sequence[KernelInfo]) -> list[KernelId]:
-        """Returns kernels confirmed dead by their agent, in input order."""
-        judgement = await self.judge_stale_kernels(kernels)
-        return judgement.dead_kernel_ids

@@ -44,7 +44,13 @@ class LivenessStore(SqlBase):
                 for a, s, c, lost, inst in conn.execute(query)
             ]
 
-    def record_contact(self, agent_id: AgentId, instance_id: str | None, now: datetime) -> None:
+    def record_contact(
+        self,
+        agent_id: AgentId,
+        instance_id: str | None,
+        now: datetime,
+        started_at: datetime | None = None,
+    ) -> None:
         """The agent answered: ALIVE, contact now, and its instance marker recorded."""
         values: dict[str, Any] = {
             "status": str(AgentLiveness.ALIVE),
@@ -54,12 +60,21 @@ class LivenessStore(SqlBase):
         }
         with self.engine.begin() as conn:
             conn.execute(agents.update().where(agents.c.id == agent_id).values(**values))
-            _record_instance(conn, agent_id, instance_id, now)
+            _record_instance(conn, agent_id, instance_id, now, started_at)
 
-    def record_instance(self, agent_id: AgentId, instance_id: str | None, now: datetime) -> None:
-        """Records an agent's instance marker; a new one starts a new instance_since."""
+    def record_instance(
+        self,
+        agent_id: AgentId,
+        instance_id: str | None,
+        now: datetime,
+        started_at: datetime | None = None,
+    ) -> None:
+        """Records an agent's instance marker; a new one starts a new instance_since.
+
+        instance_since is the start the instance reports (`started_at`), else `now`.
+        """
         with self.engine.begin() as conn:
-            _record_instance(conn, agent_id, instance_id, now)
+            _record_instance(conn, agent_id, instance_id, now, started_at)
 
     def mark_liveness(
         self, agent_ids: Collection[AgentId], status: AgentLiveness, now: datetime
@@ -72,6 +87,14 @@ class LivenessStore(SqlBase):
             values["lost_since"] = sa.func.coalesce(agents.c.lost_since, now)
         with self.engine.begin() as conn:
             conn.execute(agents.update().where(agents.c.id.in_(list(agent_ids))).values(**values))
+
+    def agents_restarted_since(self, since: datetime) -> dict[AgentId, datetime]:
+        """Agents whose current instance started at `since` or later, with that start."""
+        query = sa.select(agents.c.id, agents.c.instance_since).where(
+            agents.c.instance_since >= since
+        )
+        with self.engine.connect() as conn:
+            return {AgentId(a): _aware(at) for a, at in conn.execute(query)}
 
     def agent_identities(self, agent_ids: Collection[AgentId]) -> dict[AgentId, AgentIdentity]:
         """What was recorded about each agent's identity; unknown agents are left out."""
@@ -132,13 +155,19 @@ class LivenessStore(SqlBase):
 
 
 def _record_instance(
-    conn: sa.Connection, agent_id: AgentId, instance_id: str | None, now: datetime
+    conn: sa.Connection,
+    agent_id: AgentId,
+    instance_id: str | None,
+    now: datetime,
+    started_at: datetime | None = None,
 ) -> None:
     # The first marker seen has no earlier instance to tell apart: instance_since stays empty.
-    # A different one means the agent restarted: a record of when, not a judge of its kernels
-    # (an agent id is its node; the sweep trusts whichever instance serves the id).
+    # A different one means the agent restarted: when it started (as it says, never later
+    # than now; else now), so the sweep asks about kernels no presence since vouched for. Not
+    # a judge of its kernels: an agent id is its node, and only its own answer kills.
     if instance_id is None:
         return
+    since = now if started_at is None else min(started_at, now)
     row = agents.c
     conn.execute(
         agents.update()
@@ -148,7 +177,7 @@ def _record_instance(
     conn.execute(
         agents.update()
         .where(row.id == agent_id, row.instance_id != instance_id)
-        .values(instance_id=instance_id, instance_since=now)
+        .values(instance_id=instance_id, instance_since=since)
     )
 
 

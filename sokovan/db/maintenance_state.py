@@ -12,8 +12,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from sokovan.db.agents import agent_row
 from sokovan.db.base import SqlBase
+from sokovan.db.registry import agent_row
 from sokovan.db.schema import agents, kernels, sessions
 from sokovan.errors import UnknownAgent
 from sokovan.records import AgentRow

@@ -27,7 +27,7 @@ REPR_MAXSIZE = 1024
 # Where a repr stops showing a long argument.
 ELIDED = "..."
 # What every task's `Request` names (a task base class of the edge must keep it).
-REDACTING_REQUEST = "tasks.redaction:RedactingRequest"
+REDACTING_REQUEST = "tasks.redacted_reprs:RedactingRequest"
 
 
 def _patterns(app: Any) -> tuple[str, ...]:

@@ -10,6 +10,7 @@ import datetime as dt
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Final
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -17,8 +18,12 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
 from sokovan.config import Settings
-from sokovan.constants import SIGNING_CERT_DAYS, SIGNING_KEY_BITS
+from sokovan.constants import SIGNING_CERT_DAYS
 from sokovan.errors import ConfigError
+
+# Task signing material made by `sokovan certs init`: RSA of the size Celery's examples use,
+# and a certificate valid for a year (Celery refuses messages once it has expired).
+SIGNING_KEY_BITS: Final = 2048
 
 KEY_FILE = "signing.key"
 CERT_FILE = "signing.pem"

@@ -54,6 +54,8 @@ class InMemoryStore:
         self.images: dict[str, ImageConfig] = {}
         self.agents: dict[AgentId, AgentRow] = {}
         self.contacts: dict[AgentId, AgentContact] = {}
+        # When each agent's current instance started, once a second instance was seen.
+        self.instance_since: dict[AgentId, datetime] = {}
         self.leftover_rows: dict[KernelId, Leftover] = {}
         self.kernel_moves: list[tuple[list[KernelId], KernelStatus]] = []
         self.scheduled = Scheduled()  # what the next schedule_pending returns
@@ -232,6 +234,19 @@ class InMemoryStore:
         rows = rows[:limit] if limit else rows
         return ListedPages([rows[i : i + page_size] for i in range(0, len(rows), page_size)])
 
+    async def sweep_ids_on_agents(
+        self,
+        statuses: Collection[KernelStatus],
+        agent_ids: Collection[AgentId],
+        *,
+        only: Collection[KernelId] | None = None,
+    ) -> list[str]:
+        return [
+            str(k.id)
+            for k in self.kernels.values()
+            if k.status in statuses and k.agent_id in agent_ids and (only is None or k.id in only)
+        ]
+
     async def cancel_pending(self, session_id: SessionId, reason: str) -> bool:
         moved = await self.transition_sessions(
             [session_id], SessionStatus.CANCELLED, [SessionStatus.PENDING], status_info=reason
@@ -289,18 +304,45 @@ class InMemoryStore:
         return [a for a in self.agents.values() if scaling_group in (None, a.scaling_group)]
 
     async def record_instance(
-        self, agent_id: AgentId, instance_id: str | None, now: datetime
+        self,
+        agent_id: AgentId,
+        instance_id: str | None,
+        now: datetime,
+        started_at: datetime | None = None,
     ) -> None:
         contact = self.contacts.get(agent_id) or AgentContact(agent_id, AgentLiveness.ALIVE, now)
-        self.contacts[agent_id] = dataclasses.replace(contact, instance_id=instance_id)
+        self._note_instance(contact.instance_id, instance_id, agent_id, now, started_at)
+        kept = contact.instance_id if instance_id is None else instance_id
+        self.contacts[agent_id] = dataclasses.replace(contact, instance_id=kept)
 
     async def record_contact(
-        self, agent_id: AgentId, instance_id: str | None, now: datetime
+        self,
+        agent_id: AgentId,
+        instance_id: str | None,
+        now: datetime,
+        started_at: datetime | None = None,
     ) -> None:
-        self.contacts[agent_id] = AgentContact(
-            agent_id, AgentLiveness.ALIVE, now, None, instance_id
-        )
+        known = self.contacts.get(agent_id)
+        before = None if known is None else known.instance_id
+        self._note_instance(before, instance_id, agent_id, now, started_at)
+        kept = before if instance_id is None else instance_id
+        self.contacts[agent_id] = AgentContact(agent_id, AgentLiveness.ALIVE, now, None, kept)
         await self._set_agent_status(agent_id, AgentLiveness.ALIVE)
+
+    def _note_instance(
+        self,
+        before: str | None,
+        instance_id: str | None,
+        agent_id: AgentId,
+        now: datetime,
+        started_at: datetime | None,
+    ) -> None:
+        """A second, different marker is a restart: it started when it says (not after now)."""
+        if before is not None and instance_id is not None and instance_id != before:
+            self.instance_since[agent_id] = now if started_at is None else min(started_at, now)
+
+    async def agents_restarted_since(self, since: datetime) -> dict[AgentId, datetime]:
+        return {a: at for a, at in self.instance_since.items() if at >= since}
 
     async def agent_contacts(self) -> list[AgentContact]:
         return [self.contacts[a] for a in sorted(self.contacts)]
