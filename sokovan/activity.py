@@ -13,7 +13,7 @@ import logging
 from collections.abc import Collection, Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, Final
 
 import msgpack
 from redis.asyncio import Redis
@@ -23,13 +23,18 @@ from sokovan.types import KernelId, SessionId
 
 log = logging.getLogger(__name__)
 
+# The metric Backend.AI's agents write for CPU use (pct: of one core's capacity, 1000 mcores).
+CPU_UTIL_METRIC: Final = "cpu_util"
+# A week: longer than any sensible idle timeout; a session gone for that long needs no stamp.
+ACTIVITY_TTL_SEC: Final = 7 * 24 * 3600
+
 
 def encode_cpu_stats(millicores: float, *, cpu_used_msec: float | None = None) -> bytes:
     """A kernel's statistics value in Backend.AI's format: `cpu_util` (and `cpu_used`)."""
     current = Decimal(str(millicores)).quantize(Decimal("0.000"))
     pct = (current / Decimal(1000) * 100).quantize(Decimal("0.00"))
     metrics: dict[str, Any] = {
-        C.CPU_UTIL_METRIC: {
+        CPU_UTIL_METRIC: {
             "current": str(current),
             "capacity": "1000.000",
             "pct": str(pct),
@@ -55,7 +60,7 @@ def cpu_pct(raw: bytes | str | None) -> float | None:
         raw = raw.encode("latin-1", "replace")
     try:
         stats = msgpack.unpackb(raw, raw=False)
-        return float(stats[C.CPU_UTIL_METRIC]["pct"])
+        return float(stats[CPU_UTIL_METRIC]["pct"])
     except (ValueError, KeyError, TypeError, msgpack.UnpackException) as e:
         log.warning("unreadable kernel statistics (%s): %r", e, raw[:80])
         return None
@@ -103,4 +108,4 @@ class ValkeyActivity:
             old = await self._redis.get(key)
             if old is not None and float(old) >= when.timestamp():
                 continue
-            await self._redis.set(key, repr(when.timestamp()), ex=C.ACTIVITY_TTL_SEC)
+            await self._redis.set(key, repr(when.timestamp()), ex=ACTIVITY_TTL_SEC)

@@ -218,20 +218,12 @@ KERNEL_LOGS_MAX_BYTES: Final = 1 << 20
 KERNEL_LOGS_DEFAULT_TAIL: Final = 100
 
 # Reclaim (sokovan.scheduler.reclaim): idle and over-age sessions give their resources back.
-# A minute between runs: idle timeouts are minutes to hours, so a minute late is harmless.
-RECLAIM_INTERVAL_SEC: Final = 60.0
 # Backend.AI's kernel statistics live in the "stat" database, db 0, one key per kernel id.
 KERNEL_STATS_DB: Final = 0
-# The metric Backend.AI's agents write for CPU use (pct: of one core's capacity, 1000 mcores).
-CPU_UTIL_METRIC: Final = "cpu_util"
 # How often the reference agent writes its kernels' statistics: Backend.AI's stat interval.
 KERNEL_STATS_INTERVAL_SEC: Final = 5.0
-# Lifetime of a kernel's statistics key: a stopped writer's figures lapse instead of lying.
-KERNEL_STATS_TTL_SEC: Final = 300
 # Last activity per session (the reclaim handler's busy reads and sokovan.session.touch).
 ACTIVITY_KEY_PREFIX: Final = "sokovan:activity:"
-# A week: longer than any sensible idle timeout; a session gone for that long needs no stamp.
-ACTIVITY_TTL_SEC: Final = 7 * 24 * 3600
 # Termination reasons of reclaimed sessions (Backend.AI's idle checkers' names).
 LIFETIME_EXCEEDED_REASON: Final = "LIFETIME_EXCEEDED"
 IDLE_TIMEOUT_REASON: Final = "IDLE_TIMEOUT"

@@ -9,20 +9,23 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
+from typing import Final
 
 import psutil
 from redis.asyncio import Redis
 
-from sokovan import constants as C
 from sokovan.activity import encode_cpu_stats
 
 log = logging.getLogger(__name__)
+
+# Lifetime of a kernel's statistics key: a stopped writer's figures lapse instead of lying.
+KERNEL_STATS_TTL_SEC: Final = 300
 
 
 class KernelStatsWriter:
     """Samples kernels' CPU time and writes their statistics; remembers the last sample."""
 
-    def __init__(self, redis: Redis, ttl: int = C.KERNEL_STATS_TTL_SEC) -> None:
+    def __init__(self, redis: Redis, ttl: int = KERNEL_STATS_TTL_SEC) -> None:
         self._redis = redis
         self._ttl = ttl
         self._last: dict[str, tuple[float, float]] = {}  # kernel id -> (cpu seconds, wall)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import Final
 
 from sokovan import constants as C
 from sokovan.config import Settings
@@ -37,6 +38,9 @@ from sokovan.types import (
 )
 
 log = logging.getLogger(__name__)
+
+# A minute between runs: idle timeouts are minutes to hours, so a minute late is harmless.
+RECLAIM_INTERVAL_SEC: Final = 60.0
 
 NAME = "reclaim_sessions"
 # Item errors: stable texts, so the metrics count them by kind.
@@ -152,7 +156,7 @@ DECLARATION = HandlerDeclaration(
     lock_id="LOCKID_SOKOVAN_RECLAIM_SESSIONS",
     description="ends RUNNING sessions past their group's max lifetime (LIFETIME_EXCEEDED) or "
     "idle for its idle timeout (IDLE_TIMEOUT); report-only and a brake per policy",
-    default_interval=C.RECLAIM_INTERVAL_SEC,
+    default_interval=RECLAIM_INTERVAL_SEC,
     targets=Targets(sessions=(SessionStatus.RUNNING,)),
     # Sessions move through request_termination (the normal terminate path), not by verdict.
     transitions={},
