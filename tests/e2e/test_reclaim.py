@@ -68,7 +68,7 @@ def ended_with(c: Cluster, sid: SessionId, reason: str) -> None:
 
 async def test_sc_re_001_lifetime_exceeded(tmp_path: Path, valkey_url: str) -> None:
     """SC-RE-001: a RUNNING session past max lifetime ends LIFETIME_EXCEEDED, its evidence
-    naming the policy and the age; a younger session (and a busy one) is untouched."""
+    naming the policy and the age; a younger session is untouched."""
     async with reclaiming(tmp_path, valkey_url, {"max_lifetime": 6}) as c:
         old = start(c)
         ended_with(c, old, C.LIFETIME_EXCEEDED_REASON)

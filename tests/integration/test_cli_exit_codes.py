@@ -186,9 +186,14 @@ def _settings() -> list[Case]:
         "SOKOVAN_LOG_LEVEL": ["LOUD"],
         "SOKOVAN_FLOWER_HOST": [" "],
         "SOKOVAN_RETRY_BACKOFF": ["500"],
+        "SOKOVAN_RECLAIM_POLICIES": ["{", "[]", '{"gpu": {"idle_timeut": 5}}'],
     }
     for key, values in bad_env.items():
         cases += [Case(f"{key}={v!r}", ["runs", "list"], 2, key, {key: v}) for v in values]
+    policy = {"SOKOVAN_RECLAIM_POLICIES": '{"gpu": {"brake_share": 2}}'}
+    cases.append(
+        Case("reclaim policy out of range", ["reclaim", "policies"], 2, "brake_share", policy)
+    )
     cases.append(
         Case(
             "misspelt setting", ["runs", "list"], 2, "SOKOVAN_REDIS_URL", {"SOKOVAN_REDIS_ULR": "x"}

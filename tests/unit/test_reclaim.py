@@ -99,6 +99,38 @@ async def test_sc_re_002_touch_counts_as_activity() -> None:
     assert (await store.get_session(touched.id)).status == SessionStatus.RUNNING
 
 
+@pytest.mark.parametrize("threshold", [0.5, 5.0, 50.0])
+@pytest.mark.parametrize("stamped_ago", [None, 10**5])
+async def test_sc_re_002_a_busy_session_is_never_reclaimed_as_idle(
+    threshold: float, stamped_ago: int | None
+) -> None:
+    """SC-RE-002: Given sessions long idle by every clock, each with one kernel at or above the
+    threshold among idle ones, When reclaim judges them under a lifetime-free policy, Then
+    none is reclaimed and each is stamped active now; the all-idle one alone goes."""
+    store = InMemoryStore()
+    now = utcnow()
+    busy: list[SessionInfo] = []
+    activity = FakeActivity()
+    for level in (threshold, threshold * 2, 100.0):
+        sid = SessionId(uuid.uuid4())
+        kernels = tuple(
+            KernelInfo(KernelId(uuid.uuid4()), sid, None, KernelStatus.RUNNING) for _ in range(3)
+        )
+        s = store.add_session(SessionInfo(sid, kernels, status_changed_at=now - timedelta(days=3)))
+        activity.cpu.update({kernels[0].id: 0.0, kernels[1].id: level, kernels[2].id: 0.0})
+        if stamped_ago is not None:
+            activity.stamps[sid] = now - timedelta(seconds=stamped_ago)
+        busy.append(s)
+    idle = session(store, 3 * 86400)
+    activity.cpu[kid(idle)] = 0.0
+    policy = {"idle_timeout": 60, "idle_threshold": threshold, "brake_share": 1}
+    plan = await handler(store, activity, **policy).plan(RUN, None, 0)
+    assert [o.item_id for o in plan.outcomes] == [str(idle.id)]
+    for s in busy:
+        assert (await store.get_session(s.id)).status == SessionStatus.RUNNING
+        assert activity.stamps[s.id] >= now
+
+
 async def test_missing_figures_are_not_idleness() -> None:
     store = InMemoryStore()
     known, _unknown = session(store, 600), session(store, 600)
