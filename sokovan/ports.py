@@ -564,6 +564,14 @@ class LeftoverStore(Protocol):
     ) -> None: ...
 
 
+class ReclaimPolicyStore(Protocol):
+    """Reclaim policies an operator set per scaling group (`sokovan reclaim set`)."""
+
+    async def stored_reclaim_policies(self) -> dict[str, str]:
+        """Scaling group -> its policy's JSON object, for every group set."""
+        ...
+
+
 class SchedulerStore(
     SessionStore,
     SessionQueue,
@@ -571,6 +579,7 @@ class SchedulerStore(
     MaintenanceStore,
     LeftoverStore,
     SessionRecorder,
+    ReclaimPolicyStore,
     Protocol,
 ):
     """Everything the scheduler's handlers read and write in the database."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -21,6 +23,7 @@ from tests.workers import wait_for
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
 RECLAIM = "reclaim_sessions"
+SOKOVAN = str(Path(sys.executable).parent / "sokovan")
 ENDED = (SessionStatus.TERMINATING, SessionStatus.TERMINATED)
 BUSY = {C.KERNEL_LOAD_ENV: "busy"}
 
@@ -42,6 +45,13 @@ async def reclaiming(
         extra_args=["--stats-interval", str(stats_interval)],
     ) as c:
         yield c
+
+
+def cli(c: Cluster, *args: str) -> subprocess.CompletedProcess[str]:
+    """`sokovan ARGS` against the cluster's settings, as an operator types it."""
+    return subprocess.run(
+        [SOKOVAN, *args], env=c.senv.env, capture_output=True, text=True, timeout=120
+    )
 
 
 def start(c: Cluster, environ: Mapping[str, str] | None = None) -> SessionId:
@@ -117,7 +127,9 @@ async def test_sc_re_003_grace_after_start(tmp_path: Path, valkey_url: str) -> N
 
 
 async def test_sc_re_004_report_only(tmp_path: Path, valkey_url: str) -> None:
-    """SC-RE-004: report-only records would-reclaim outcomes and terminates nothing."""
+    """SC-RE-004: report-only records would-reclaim outcomes and terminates nothing; once the
+    operator enforces the policy with `sokovan reclaim set default --enforce`, the session ends
+    LIFETIME_EXCEEDED on a following run."""
     async with reclaiming(tmp_path, valkey_url, {"max_lifetime": 2, "report_only": True}) as c:
         sid = start(c)
         wait_for(lambda: str(sid) in items(c, "would reclaim"), timeout=60, what="a report")
@@ -125,6 +137,16 @@ async def test_sc_re_004_report_only(tmp_path: Path, valkey_url: str) -> None:
         assert c.session(sid).status == SessionStatus.RUNNING
         evidence = items(c, "would reclaim")[str(sid)].evidence
         assert evidence["reason"] == C.LIFETIME_EXCEEDED_REASON
+        done = cli(c, "reclaim", "set", "default", "--enforce", "--json")
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["policy"] == {
+            **evidence["policy"],
+            "report_only": False,
+        }
+        ended_with(c, sid, C.LIFETIME_EXCEEDED_REASON)
+        assert items(c, "reclaimed")[str(sid)].evidence["policy"]["report_only"] is False
+        shown = json.loads(cli(c, "reclaim", "policies", "--json").stdout)
+        assert shown["policies"]["default"]["source"] == "set"
 
 
 def held_runs(c: Cluster) -> list[str]:

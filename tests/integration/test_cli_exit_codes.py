@@ -248,6 +248,7 @@ def _missing_data() -> list[Case]:
         ["db", "current"],
         ["runs", "stats"],
         ["handlers", "list"],
+        ["reclaim", "policies"],
     ]
     return [
         Case(f"no data: {' '.join(c)}", c, 1, "no data", {"SOKOVAN_VAR_DIR": "MISSING"})
@@ -255,7 +256,29 @@ def _missing_data() -> list[Case]:
     ]
 
 
-CASES = [*_ids(), *_lists(), *_create(), *_settings(), *_services(), *_missing_data()]
+def _reclaim() -> list[Case]:
+    gpu = ["reclaim", "set", "gpu"]
+    return [
+        Case("reclaim set no option", gpu, 2, "at least one option"),
+        Case("reclaim set share > 1", [*gpu, "--brake-share", "2"], 2, "brake_share"),
+        Case("reclaim set negative share", [*gpu, "--brake-share", "-1"], 2, "brake_share"),
+        Case("reclaim set bad duration", [*gpu, "--idle-timeout", "soon"], 2, "--idle-timeout"),
+        Case("reclaim set word threshold", [*gpu, "--idle-threshold", "x"], 2, "idle-threshold"),
+        Case("reclaim set nan threshold", [*gpu, "--idle-threshold", "nan"], 2, "idle_threshold"),
+        Case("reclaim set long group", ["reclaim", "set", "g" * 65, "--enforce"], 2, "group"),
+        Case("reclaim unset never set", ["reclaim", "unset", "gpu"], 1, "gpu"),
+    ]
+
+
+CASES = [
+    *_ids(),
+    *_lists(),
+    *_create(),
+    *_settings(),
+    *_services(),
+    *_missing_data(),
+    *_reclaim(),
+]
 
 
 def _stored_session(env: dict[str, str]) -> str:

@@ -13,7 +13,7 @@ from sokovan import constants as C
 from sokovan.activity import cpu_pct, encode_cpu_stats
 from sokovan.config import Settings, load_settings
 from sokovan.errors import ConfigError
-from sokovan.reclaim_policy import parse_policies, policy_for
+from sokovan.reclaim_policy import changed_policy, effective_policies, parse_policies, policy_for
 from sokovan.scheduler.handlers import handler_names
 from sokovan.scheduler.handlers.reclaim_sessions import ReclaimSessions
 from sokovan.stubs.activity import FakeActivity
@@ -189,6 +189,49 @@ async def test_no_policy_reclaims_nothing() -> None:
     session(store, 10**6)
     plan = await ReclaimSessions(store, FakeActivity(), Settings()).plan(RUN, None, 0)
     assert plan.requested == 0 and plan.outcomes == ()
+
+
+async def test_sc_re_004_a_policy_set_with_the_cli_replaces_the_setting_s() -> None:
+    """SC-RE-004: Given the setting's default in report-only mode, When an operator stores an
+    enforcing default (`sokovan reclaim set default --enforce`), Then the next run reclaims."""
+    store = InMemoryStore()
+    old = session(store, 7200)
+    activity = FakeActivity({kid(old): 0.0})
+    reclaim = handler(store, activity, max_lifetime=60, report_only=True)
+    assert [o.verdict for o in (await reclaim.plan(RUN, None, 0)).outcomes] == [
+        Verdict.WOULD_RECLAIM
+    ]
+    base = policy_for(parse_policies(reclaim.setting), "default")
+    enforcing = changed_policy(base, "default", {"report_only": False})
+    store.reclaim_policies["default"] = json.dumps(enforcing.body())
+    plan = await reclaim.plan(RUN, None, 0)
+    assert [o.verdict for o in plan.outcomes] == [Verdict.RECLAIMED]
+    assert plan.outcomes[0].detail["policy"]["max_lifetime"] == 60
+    assert (await store.get_session(old.id)).status == SessionStatus.TERMINATING
+
+
+def test_stored_policies_replace_whole_entries() -> None:
+    setting = '{"default": {"idle_timeout": 60}, "gpu": {"max_lifetime": 5, "grace_period": 9}}'
+    stored = {"gpu": json.dumps({"idle_timeout": 30}), "cpu": json.dumps({"max_lifetime": 7})}
+    policies = effective_policies(setting, stored)
+    assert policies["gpu"].idle_timeout == 30 and policies["gpu"].max_lifetime == 0
+    assert policies["gpu"].grace_period == 0  # the stored entry replaces, not merges
+    assert policies["cpu"].max_lifetime == 7 and policies["default"].idle_timeout == 60
+
+
+@pytest.mark.parametrize(
+    ("changes", "says"),
+    [
+        ({"brake_share": 1.5}, "brake_share"),
+        ({"idle_threshold": float("nan")}, "idle_threshold"),
+        ({"max_lifetime": float("inf")}, "max_lifetime"),
+        ({"idle_timeout": -1}, "idle_timeout"),
+    ],
+)
+def test_a_bad_change_names_the_field(changes: dict[str, float], says: str) -> None:
+    with pytest.raises(ConfigError, match=says) as e:
+        changed_policy(None, "gpu", changes)
+    assert "'gpu'" in str(e.value)
 
 
 def test_policies_per_group_with_default() -> None:

@@ -16,7 +16,7 @@ from typing import Final
 from sokovan import constants as C
 from sokovan.config import Settings
 from sokovan.ports import ActivityStore, SchedulerStore
-from sokovan.reclaim_policy import parse_policies, policy_for
+from sokovan.reclaim_policy import ReclaimPolicy, effective_policies, policy_for
 from sokovan.scheduler.handlers.base import (
     HandlerContext,
     HandlerDeclaration,
@@ -49,6 +49,10 @@ WOULD_RECLAIM = "would reclaim"
 BRAKED = "braked"
 
 
+# A scaling group's policy and its RUNNING sessions.
+_Group = tuple[ReclaimPolicy, list[SessionInfo]]
+
+
 class ReclaimSessions:
     """Judges RUNNING sessions by their group's policy; terminates the reclaimed."""
 
@@ -57,18 +61,22 @@ class ReclaimSessions:
     ) -> None:
         self.repo = repo
         self.activity = activity
-        self.policies = parse_policies(settings.reclaim_policies)
+        self.setting = settings.reclaim_policies
 
     async def plan(self, run_id: RunId, scope: Sequence[str] | None, budget: int) -> Plan:
         """One outcome per session to reclaim; the brake may hold a group."""
-        if not self.policies:
+        # Read each run: a policy set with the CLI applies from the next run on.
+        stored = await self.repo.stored_reclaim_policies()
+        policies = effective_policies(self.setting, stored)
+        if not policies:
             return Plan(requested=0)
         only = [SessionId(u) for u in parse_ids(scope) or []] if scope else None
         sessions = await self.repo.sessions_in([SessionStatus.RUNNING], limit=budget, only=only)
-        groups: dict[str, list[SessionInfo]] = {}
+        groups: dict[str, _Group] = {}
         for s in sessions:
-            if policy_for(self.policies, s.scaling_group) is not None:
-                groups.setdefault(s.scaling_group, []).append(s)
+            policy = policy_for(policies, s.scaling_group)
+            if policy is not None:
+                groups.setdefault(s.scaling_group, (policy, []))[1].append(s)
         if not groups:
             return Plan(requested=0)
         judged = await self._judge(groups)
@@ -92,17 +100,16 @@ class ReclaimSessions:
             follow_ups=[(TERMINATE, [str(s) for s in moved])] if moved else (),
         )
 
-    async def _judge(self, groups: dict[str, list[SessionInfo]]) -> list[GroupJudgement]:
+    async def _judge(self, groups: dict[str, _Group]) -> list[GroupJudgement]:
         now = utcnow()
-        ids = [s.id for members in groups.values() for s in members]
-        kernels = [k.id for members in groups.values() for s in members for k in s.kernels]
+        ids = [s.id for _, members in groups.values() for s in members]
+        kernels = [k.id for _, members in groups.values() for s in members for k in s.kernels]
         util = await self.activity.utilization(kernels) if self.activity else {}
         stamps = await self.activity.last_activity(ids) if self.activity else {}
-        judged = []
-        for name, members in sorted(groups.items()):
-            policy = policy_for(self.policies, name)
-            assert policy is not None
-            judged.append(judge_group(name, policy, members, util, stamps, now))
+        judged = [
+            judge_group(name, policy, members, util, stamps, now)
+            for name, (policy, members) in sorted(groups.items())
+        ]
         busy = [s for g in judged for s in g.busy]
         if busy and self.activity is not None:
             await self.activity.touch(dict.fromkeys(busy, now))
