@@ -94,7 +94,8 @@ async def test_sc_re_002_idle_reaped_busy_and_touched_kept(tmp_path: Path, valke
     """SC-RE-002: Given an idle, a busy (CPU loop) and a touched idle session under a 4 s idle
     timeout, the idle one ends IDLE_TIMEOUT with the utilization read in its evidence; the
     busy and the touched ones stay RUNNING."""
-    policy = {"idle_timeout": 4, "idle_threshold": 10}
+    # An asleep kernel reads 0 %; a CPU loop reads more than 0.5 % even on a loaded machine.
+    policy = {"idle_timeout": 4, "idle_threshold": 0.5}
     async with reclaiming(tmp_path, valkey_url, policy) as c:
         busy = start(c, BUSY)
         touched = start(c)
@@ -111,7 +112,7 @@ async def test_sc_re_002_idle_reaped_busy_and_touched_kept(tmp_path: Path, valke
         assert c.session(touched).status == SessionStatus.RUNNING
         evidence = items(c, "reclaimed")[str(idle)].evidence
         (pct,) = evidence["cpu_util_pct"].values()
-        assert pct is not None and pct < 10
+        assert pct is not None and pct < 0.5
         assert str(busy) not in items(c, "")
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import subprocess
 import sys
 import uuid
@@ -63,7 +64,7 @@ async def stat_db(valkey_url: str) -> AsyncIterator[Redis]:
 def processes() -> Iterator[dict[str, int]]:
     """A busy process (a CPU loop) and an idle one (asleep), as the reference agent runs them."""
     busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
-    idle = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    idle = subprocess.Popen([shutil.which("sleep") or "sleep", "600"])
     yield {"busy": busy.pid, "idle": idle.pid}
     for p in (busy, idle):
         p.kill()
@@ -92,11 +93,12 @@ async def test_sc_re_002_the_real_agent_reads_what_the_reference_agent_writes(
     writer = KernelStatsWriter(stat_db)
     pids = {ids[name]: pid for name, pid in processes.items()}
     assert await writer.write(pids) == 2
-    await asyncio.sleep(1.0)  # the second sample measures this second's CPU time
+    await asyncio.sleep(2.0)  # the second sample measures these seconds' CPU time
     assert await writer.write(pids) == 2
     stats = await backend_ai(valkey_url, {"op": "read", "kernels": list(ids.values())})
     busy, idle = (stats[ids["busy"]]["cpu_util"], stats[ids["idle"]]["cpu_util"])
     assert busy["unit_hint"] == idle["unit_hint"] == "millicores"
-    assert float(busy["pct"]) > 20.0, busy  # a core shared with other work: still far above
-    assert float(idle["pct"]) < 5.0, idle
+    # A loaded machine gives the loop a small share of a core; asleep is no share at all.
+    assert float(busy["pct"]) > max(0.5, 5 * float(idle["pct"])), (busy, idle)
+    assert float(idle["pct"]) < 0.5, idle
     assert "cpu_used" in stats[ids["busy"]]
