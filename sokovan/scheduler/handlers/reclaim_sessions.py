@@ -1,10 +1,11 @@
 """reclaim_sessions: RUNNING sessions past their group's maximum lifetime or idle for its idle
 timeout go TERMINATING (LIFETIME_EXCEEDED / IDLE_TIMEOUT) through the normal terminate path.
 
-Policies per scaling group come from SOKOVAN_RECLAIM_POLICIES (sokovan.reclaim_policy);
-activity is read from kernel utilization in Valkey (sokovan.activity). A group in report-only
-mode records would-reclaim outcomes; a braked group (sokovan.scheduler.reclaim) reclaims
-nothing and the run is `held`.
+Policies per scaling group come from SOKOVAN_RECLAIM_POLICIES, each group's replaced by one
+set with `sokovan reclaim set` (sokovan.reclaim_policy), read afresh every run. Activity is
+read from kernel utilization in Valkey (sokovan.activity). A group in report-only mode
+records would-reclaim outcomes; a braked group (sokovan.scheduler.reclaim) reclaims nothing
+and the run is `held`.
 """
 
 from __future__ import annotations
