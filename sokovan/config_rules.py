@@ -83,6 +83,7 @@ RANGES: dict[str, Range] = {
     "presence_stale_after": SECONDS,
     "presence_ttl": Range(1, 7 * DAY),
     "presence_refresh": SECONDS,
+    "kernel_stats_interval": SECONDS,
     "sweep_max_stale_ratio": Range(0, 1),
     "sweep_brake_reap_share": Range(0, 1),
     "sweep_brake_min_kernels": Range(0, 1_000_000_000),

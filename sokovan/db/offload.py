@@ -128,6 +128,7 @@ class OffloadedStore:
         self.start_drain = offload(r.start_drain)
         self.draining_agents = offload(r.draining_agents)
         self.finish_drain = offload(r.finish_drain)
+        self.stored_reclaim_policies = offload(r.stored_reclaim_policies)
         self.sessions_on_agent = offload(r.sessions_on_agent)
         self.bring_deadlines_forward = offload(r.bring_deadlines_forward)
         # Leftover kernels.

@@ -16,6 +16,7 @@ from sokovan.db.feed import StatusChange, collecting, note
 from sokovan.db.maintenance_state import AgentMaintenance
 from sokovan.db.pending_queue import PendingQueue
 from sokovan.db.placement import Placement
+from sokovan.db.reclaim_policies import ReclaimPolicyRows
 from sokovan.db.registry import AgentsAndImages
 from sokovan.db.schema import agents, kernels, sessions, status_among
 from sokovan.db.status_moves import Transitions
@@ -72,6 +73,7 @@ class SchedulerRepository(
     Placement,
     PendingQueue,
     AgentMaintenance,
+    ReclaimPolicyRows,
 ):
     """Synchronous SQL access; async callers use the async port methods or a thread."""
 
