@@ -78,6 +78,9 @@ async def ours(st: Stack, kernels_total: int, limit: float) -> dict[str, float]:
         "seconds": ended - began,
         "tasks": delta.get("lpush", 0),
         "rss": rss.peak,
+        "rss_process": rss.peak_process,
+        "fds": rss.peak_fds,
+        "fds_process": rss.peak_fds_process,
         "lost": kernels_total - min(kernels_total, terminated, run.succeeded),
         "timeouts": timeouts,
         "other": other,
@@ -180,7 +183,9 @@ async def run(args: argparse.Namespace) -> list[Figure]:
             "s",
             note=(
                 f"{_losses('ours', mine, args)}; {_losses('baseline', base, args)}; "
-                f"tasks sent {mine['tasks']:.0f}; worker peak RSS {mib(mine['rss']):.0f} MiB; "
+                f"tasks sent {mine['tasks']:.0f}; worker peak RSS {mib(mine['rss']):.0f} MiB "
+                f"tree, {mib(mine['rss_process']):.0f} MiB largest process; peak open fds "
+                f"{mine['fds']:.0f} tree, {mine['fds_process']:.0f} largest process; "
                 f"baseline gather alone {base['gather']:.2f} s"
             ),
         ),
@@ -189,6 +194,12 @@ async def run(args: argparse.Namespace) -> list[Figure]:
             mib(mine["rss"]),
             float("nan"),
             "MiB",
+        ),
+        Figure(
+            f"terminate: worker peak open fds ({args.concurrency} procs)",
+            mine["fds"],
+            float("nan"),
+            "fds",
         ),
     ]
 
