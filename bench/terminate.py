@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import time
 
 from bench.harness import (
@@ -145,7 +146,12 @@ async def run(args: argparse.Namespace) -> list[Figure]:
         worker_concurrency=args.concurrency,
         settings={"agent_call_timeout": str(args.call_timeout)},
     ) as st:
-        pool = build_agent_pool(st.senv.settings, OffloadedStore(st.repo))
+        # The design before Celery: one manager process holding a client per agent.
+        one_per_agent = dataclasses.replace(
+            st.senv.settings,
+            agent_pool_size=max(args.agents, st.senv.settings.agent_pool_size),
+        )
+        pool = build_agent_pool(one_per_agent, OffloadedStore(st.repo))
         try:
             # Warm-up: one kernel per agent, so both sides start with connected clients.
             ids = st.agent_ids
