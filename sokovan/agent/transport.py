@@ -125,7 +125,11 @@ def shared_context() -> zmq.asyncio.Context:
     global _shared
     with _shared_lock:
         if _shared is None or _shared[0] != os.getpid():
-            _shared = (os.getpid(), zmq.asyncio.Context())
+            context = zmq.asyncio.Context()
+            # A context holds 1,023 sockets by default: fewer than the agents a manager may
+            # keep connected. The descriptor limit of the process is the real bound.
+            context.set(zmq.MAX_SOCKETS, context.get(zmq.SOCKET_LIMIT))
+            _shared = (os.getpid(), context)
         return _shared[1]
 
 

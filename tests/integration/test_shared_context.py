@@ -11,6 +11,7 @@ import uuid
 from dataclasses import replace
 
 import pytest
+import zmq
 
 from sokovan.agent.pool import AgentClientPool, callosum_client_factory
 from sokovan.agent.transport import shared_context
@@ -44,6 +45,8 @@ async def test_clients_share_one_context_and_an_evicted_one_closes_alone(
     settings = replace(Settings(), agent_pool_size=2, agent_call_timeout=30.0)
     pool = AgentClientPool(Directory(agents), settings, callosum_client_factory(settings))
     context = shared_context()
+    # More agents than ZeroMQ's default of 1,023 sockets a context fit in it.
+    assert context.get(zmq.MAX_SOCKETS) == context.get(zmq.SOCKET_LIMIT) > 1023
     kernel = KernelId(uuid.uuid4())
     try:
         for agent_id in ids:
