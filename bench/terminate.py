@@ -35,6 +35,7 @@ from bench.harness import (
     wait_until,
 )
 from sokovan.bootstrap import build_agent_pool
+from sokovan.config import Settings
 from sokovan.constants import AGENT_CALL_TIMEOUT_SEC, WORKER_CONCURRENCY
 from sokovan.db.offload import OffloadedStore
 from sokovan.db.schema import kernels, sessions
@@ -164,7 +165,11 @@ async def run(args: argparse.Namespace) -> list[Figure]:
         agents=args.agents,
         latency=latency,
         worker_concurrency=args.concurrency,
-        settings={"agent_call_timeout": str(args.call_timeout)},
+        settings={
+            "agent_call_timeout": str(args.call_timeout),
+            "fanout_tasks": str(args.fanout_tasks),
+            "fanout_agents_per_task": str(args.fanout_agents_per_task),
+        },
     ) as st:
         # The design before Celery: one manager process holding a client per agent.
         # A connection refused in the warm-up's crowd of handshakes must not mark its agent
@@ -204,7 +209,10 @@ async def run(args: argparse.Namespace) -> list[Figure]:
             base = await baseline(st, pool, args.kernels)
         finally:
             await pool.close_all()
-    label = f"terminate {args.kernels:,} kernels / {args.agents} agents, {args.latency_ms:g} ms"
+    label = (
+        f"terminate {args.kernels:,} kernels / {args.agents} agents, {args.latency_ms:g} ms, "
+        f"fan-out <= {args.fanout_tasks} tasks of <= {args.fanout_agents_per_task} agents"
+    )
     return [
         Figure(
             label,
@@ -251,6 +259,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--concurrency", type=int, default=WORKER_CONCURRENCY, help="worker processes"
     )
     parser.add_argument("--timeout", type=float, default=600.0, help="bound of one side's run")
+    parser.add_argument(
+        "--fanout-tasks", type=int, default=Settings().fanout_tasks, help="tasks a fan-out"
+    )
+    parser.add_argument(
+        "--fanout-agents-per-task",
+        type=int,
+        default=Settings().fanout_agents_per_task,
+        help="agents a task at most",
+    )
     parser.add_argument(
         "--call-timeout",
         type=float,
