@@ -1,8 +1,9 @@
 """What the benchmarks stand up: a private Valkey, many reference agents, a real Celery worker.
 
 Each benchmark gets its own Valkey server (so INFO commandstats counts only its traffic),
-a migrated SQLite file, reference agents in one process (`--count N`) and, when asked,
-one `celery worker` subprocess whose process tree is sampled for its peak RSS.
+a migrated SQLite file, reference agents spread over host processes (`--count N` each, at
+most AGENTS_PER_HOST per process) and, when asked, one `celery worker` subprocess whose
+process tree is sampled for its peak RSS and open file descriptors.
 """
 
 from __future__ import annotations
@@ -41,6 +42,9 @@ IMAGE = "cr.backend.ai/stable/python:3.12-ubuntu22.04"
 SLOTS = {"cpu": "1", "mem": "1073741824"}
 # Enough capacity that placement never refuses a benchmark's sessions.
 AGENT_CAPACITY = ["--cpu", "100000", "--mem", "100000g"]
+# Reference agents per host process: each agent's RPC socket brings its own ZeroMQ context
+# (threads and descriptors), so 5,000 agents in one process pass the per-process file limit.
+AGENTS_PER_HOST = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,8 +83,73 @@ def lost_note(side: str, lost: int, total: int, what: str, why: str = "") -> str
 
 def timeout_split(errors: Sequence[str]) -> tuple[int, int]:
     """How many of the errors were timeouts, and how many were something else."""
-    timeouts = sum(1 for e in errors if "timeout" in e.lower() or "timed out" in e.lower())
+    # The agent client says "<method> got no reply in 30s" when a call's timeout runs out.
+    said = ("timeout", "timed out", "no reply in")
+    timeouts = sum(1 for e in errors if any(w in e.lower() for w in said))
     return timeouts, len(errors) - timeouts
+
+
+@dataclass(frozen=True)
+class AgentHosts:
+    """Reference agents spread over one or more host processes."""
+
+    processes: tuple[AgentProcess, ...]
+
+    @property
+    def ids(self) -> list[str]:
+        return [agent_id for proc in self.processes for agent_id in proc.ids]
+
+    @property
+    def pids(self) -> list[int]:
+        return [proc.pid for proc in self.processes]
+
+    def addr(self, agent_id: str) -> str:
+        """The RPC address of an agent, whichever process serves it."""
+        for proc in self.processes:
+            if agent_id in proc.agents:
+                return proc.agents[agent_id]
+        raise KeyError(agent_id)
+
+
+def host_prefixes(agents: int, per_host: int = AGENTS_PER_HOST) -> list[tuple[str, int]]:
+    """(id prefix, count) per host process: `a1..aN` in one process, `h1a1..` over several."""
+    if agents <= per_host:
+        return [("a", agents)]
+    hosts = -(-agents // per_host)
+    base, extra = divmod(agents, hosts)
+    return [(f"h{k + 1}a", base + (1 if k < extra else 0)) for k in range(hosts)]
+
+
+@asynccontextmanager
+async def agent_hosts(
+    redis_url: str,
+    agents: int,
+    latency: Mapping[str, float] | None,
+    presence_interval: float,
+    per_host: int = AGENTS_PER_HOST,
+) -> AsyncIterator[AgentHosts]:
+    """`agents` reference agents in as many host processes as AGENTS_PER_HOST asks, started
+    together and stopped together."""
+    async with AsyncExitStack() as exits:
+
+        async def one(prefix: str, count: int) -> AgentProcess:
+            return await exits.enter_async_context(
+                agent_process(
+                    redis_url,
+                    count=count,
+                    id_prefix=prefix,
+                    runtime="sim",
+                    latency=latency,
+                    presence_interval=presence_interval,
+                    extra_args=[*AGENT_CAPACITY, "--log-level", "WARNING"],
+                    ready_timeout=120.0 + agents / 50,
+                )
+            )
+
+        # One after the other: entering an exit stack from concurrent tasks would unwind them
+        # out of order. Each start is mostly the agents' own binding and a ping round.
+        procs = [await one(prefix, count) for prefix, count in host_prefixes(agents, per_host)]
+        yield AgentHosts(tuple(procs))
 
 
 @dataclass
@@ -88,7 +157,7 @@ class Stack:
     """A running scheduler for one benchmark."""
 
     senv: SchedulerEnv
-    agents: AgentProcess
+    agents: AgentHosts
     app: Celery
     repo: SchedulerRepository
     ledger: RunLedger
@@ -114,7 +183,8 @@ async def stack(
     settings: Mapping[str, str] | None = None,
     with_worker: bool = True,
 ) -> AsyncIterator[Stack]:
-    """Valkey, SQLite, `agents` reference agents in one process and (optionally) one worker."""
+    """Valkey, SQLite, `agents` reference agents over host processes and (optionally) one
+    worker."""
     async with AsyncExitStack() as exits:
         tmp = Path(exits.enter_context(tempfile.TemporaryDirectory(prefix="sokovan-bench-")))
         valkey = EmbeddedValkey(tmp / "valkey", persist=False)
@@ -127,16 +197,7 @@ async def stack(
         repo = SchedulerRepository(senv.engine)
         repo.add_image(ImageConfig(canonical=IMAGE))
         procs = await exits.enter_async_context(
-            agent_process(
-                senv.settings.redis_url,
-                count=agents,
-                id_prefix="a",
-                runtime="sim",
-                latency=latency,
-                presence_interval=presence_interval,
-                extra_args=[*AGENT_CAPACITY, "--log-level", "WARNING"],
-                ready_timeout=120.0,
-            )
+            agent_hosts(senv.settings.redis_url, agents, latency, presence_interval)
         )
         redis: Redis = Redis.from_url(senv.settings.redis_url)
         try:
@@ -255,7 +316,7 @@ def stats_delta(before: Mapping[str, int], after: Mapping[str, int]) -> dict[str
 
 
 class RssSampler:
-    """Samples the summed RSS of a process and its children in a thread; keeps the peak."""
+    """Samples RSS and open file descriptors of a process tree in a thread; keeps the peaks."""
 
     def __init__(self, pid: int, interval: float = 0.02) -> None:
         self._root = psutil.Process(pid)
@@ -264,17 +325,23 @@ class RssSampler:
         self._thread = threading.Thread(target=self._loop, name="rss-sampler", daemon=True)
         self.peak = 0  # the whole tree
         self.peak_process = 0  # the largest single process of the tree
+        self.peak_fds = 0  # open descriptors, the whole tree
+        self.peak_fds_process = 0  # open descriptors, the process holding most
 
     def sample(self) -> int:
-        total = 0
+        total = fds = 0
         for proc in _tree(self._root):
             try:
                 rss = int(proc.memory_info().rss)
+                opened = proc.num_fds()
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 continue
             total += rss
+            fds += opened
             self.peak_process = max(self.peak_process, rss)
+            self.peak_fds_process = max(self.peak_fds_process, opened)
         self.peak = max(self.peak, total)
+        self.peak_fds = max(self.peak_fds, fds)
         return total
 
     def _loop(self) -> None:
@@ -291,6 +358,20 @@ class RssSampler:
         self._stop.set()
         self._thread.join(5)
         self.sample()
+
+    def note(self) -> str:
+        """`worker peak RSS 310 MiB tree, 140 MiB largest process; 212 fds tree, 90 largest`."""
+        return (
+            f"worker peak RSS {mib(self.peak):.0f} MiB tree, {mib(self.peak_process):.0f} MiB "
+            f"largest process; peak open fds {self.peak_fds} tree, "
+            f"{self.peak_fds_process} largest process"
+        )
+
+
+def tasks_sent(before: Mapping[str, int], after: Mapping[str, int]) -> int:
+    """Celery messages published between two commandstats (kombu's Redis transport LPUSHes
+    each one onto its queue)."""
+    return after.get("lpush", 0) - before.get("lpush", 0)
 
 
 def _tree(root: psutil.Process) -> Iterable[psutil.Process]:

@@ -37,6 +37,7 @@ from bench.harness import (
     set_statuses,
     stack,
     stats_delta,
+    tasks_sent,
 )
 from sokovan import constants as C
 from sokovan.bootstrap import Services, build_services
@@ -145,7 +146,8 @@ async def ours(st: Stack, scope: list[str] | None, limit: float) -> dict[str, An
             st.app.send_task("sokovan.handler.run", kwargs=kwargs).get, timeout=limit
         )
         ended = time.monotonic()
-    delta = stats_delta(before, commandstats(st.redis_url))
+    after = commandstats(st.redis_url)
+    delta = stats_delta(before, after)
     run_id = answer.get("run_id")
     return {
         "unverified": st.ledger.get_run(RunId(int(run_id))).skipped if run_id else -1,
@@ -153,6 +155,10 @@ async def ours(st: Stack, scope: list[str] | None, limit: float) -> dict[str, An
         "seconds": ended - began,
         "rss": rss.peak,
         "rss_process": rss.peak_process,
+        "fds": rss.peak_fds,
+        "fds_process": rss.peak_fds_process,
+        "resources": rss.note(),
+        "tasks": tasks_sent(before, after),
         # Each stage-1 presence read asks for TIME once; the agents send none here.
         "reads": delta.get("time", 0),
         "hmget": delta.get("hmget", 0),
@@ -237,13 +243,21 @@ async def run(args: argparse.Namespace) -> list[Figure]:
                 f"agents answer check_running after {args.check_latency_ms:g} ms; "
                 f"{outcome}; stage 1: {base['round_trips']:.0f} round trip(s) in the "
                 f"baseline, {mine['reads']:.0f} in ours ({mine['hmget']:.0f} HMGET, "
-                f"{mine['hgetall']:.0f} HGETALL); "
-                f"worker peak RSS {mib(mine['rss']):.0f} MiB tree, "
-                f"{mib(mine['rss_process']):.0f} MiB largest process"
+                f"{mine['hgetall']:.0f} HGETALL); {mine['tasks']} Celery task(s) sent; "
+                f"{mine['resources']}"
             ),
         ),
+        Figure("sweep: Celery tasks sent", mine["tasks"], float("nan"), "tasks"),
+        Figure("sweep: worker peak RSS, tree", mib(mine["rss"]), float("nan"), "MiB"),
         Figure(
             "sweep: worker peak RSS, largest process", mib(mine["rss_process"]), float("nan"), "MiB"
+        ),
+        Figure("sweep: worker peak open fds, tree", mine["fds"], float("nan"), "fds"),
+        Figure(
+            "sweep: worker peak open fds, largest process",
+            mine["fds_process"],
+            float("nan"),
+            "fds",
         ),
     ]
 

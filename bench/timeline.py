@@ -14,7 +14,9 @@ from bench.harness import Stack
 def cpu_seconds(st: Stack) -> dict[str, float]:
     """CPU seconds used so far by the worker's processes, the agents and this process."""
     out: dict[str, float] = {}
-    procs = {"agents": st.agents.proc.pid, "bench": os.getpid()}
+    procs = {"bench": os.getpid()}
+    for n, pid in enumerate(st.agents.pids, 1):
+        procs["agents" if n == 1 else f"agents {n}"] = pid
     if st.worker is not None:
         procs["worker"] = st.worker.proc.pid
         for child in psutil.Process(st.worker.proc.pid).children(recursive=True):

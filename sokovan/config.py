@@ -115,6 +115,14 @@ class Settings:
     reclaim_policies: str = ""
     # How often reference agents write their process kernels' CPU utilization (seconds).
     kernel_stats_interval: float = C.KERNEL_STATS_INTERVAL_SEC
+    # Fan-out shape: a fan-out's agent batches go out in at most `fanout_tasks` tasks, each
+    # holding at most `fanout_agents_per_task` agents. A task has a fixed cost (delivery,
+    # lease, one transaction per group of agents that end together) that one agent's share of
+    # a terminate does not repay at a hundred agents; sixteen tasks keep a 4-process worker
+    # busy in four rounds. The per-task bound keeps one task's connections within the
+    # agent pool of its process, so thousands of agents make more tasks, not larger ones.
+    fanout_tasks: int = 16
+    fanout_agents_per_task: int = 64
     # Agent pool.
     agent_pool_size: int = 256
     # Consecutive connection failures before an agent is marked unavailable.

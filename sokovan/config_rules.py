@@ -101,6 +101,8 @@ RANGES: dict[str, Range] = {
     "run_deadline": Range(1, 7 * DAY),
     "run_retention_days": Range(0, 36_500),
     "max_kernels_per_session": Range(1, 10_000),
+    "fanout_tasks": Range(1, 100_000),
+    "fanout_agents_per_task": Range(1, 100_000),
     "agent_pool_size": COUNT,
     "agent_failure_threshold": Range(1, 10_000),
     "agent_recovery": SECONDS,
