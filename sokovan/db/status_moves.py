@@ -168,9 +168,7 @@ class Transitions(SqlBase):
             for start in range(0, len(ids), IN_CHUNK):
                 chunk = ids[start : start + IN_CHUNK]
                 rows = conn.execute(
-                    sa.select(sessions.c.id, sessions.c.status_data).where(
-                        sessions.c.id.in_(chunk)
-                    )
+                    sa.select(sessions.c.id, sessions.c.status_data).where(sessions.c.id.in_(chunk))
                 )
                 current.update((SessionId(sid), dict(data or {})) for sid, data in rows)
             for sid, data in merges:
