@@ -89,6 +89,10 @@ class Coalesced(Generic[T]):
                     if not done.done():
                         done.set_exception(e)
                 continue
+            except BaseException:  # cancelled with its loop: no caller is left waiting
+                for _, done in batch + self._queued:
+                    done.cancel()
+                raise
             for _, done in batch:
                 if not done.done():
                     done.set_result(None)
