@@ -1,8 +1,8 @@
 """`sokovan up`'s process supervisor: honcho's processes and output, with a restart policy.
 
 honcho stops everything when any one process exits. A Celery worker or beat can exit on its
-own when the broker dies under it (kombu's Redis transport may fail while closing the lost
-connection), and under honcho that one exit would take the whole cluster down. Processes
+own (an OOM kill, an error Celery deems unrecoverable, as a broker dying under it was, see
+tasks/consumer.py), and under honcho that one exit would take the whole cluster down. Processes
 named in `restart` are started again instead, as systemd's `Restart=always` does, unless they
 exit too often (a bad setting, a missing module): then everything stops, as honcho would.
 Any other exit, SIGINT or SIGTERM stops every process: SIGTERM to each process group, SIGKILL

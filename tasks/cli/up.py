@@ -28,7 +28,7 @@ from tasks.commands import beat_args, worker_args, worker_env_prefix
 
 # How long `sokovan up` waits for Valkey to answer PING before giving up.
 VALKEY_READY_TIMEOUT_SEC: Final = 20.0
-# Started again when they exit on their own (a worker or beat can when Valkey dies under it):
+# Started again when they exit on their own (an OOM kill, an unrecoverable Celery error):
 # the database re-drives their work, so a restart loses nothing; the rest stop everything.
 RESTARTED: Final = ("worker", "beat")
 
