@@ -22,7 +22,11 @@ from sokovan.scheduler.submit import submit_session
 from sokovan.types import AgentId, ImageConfig, KernelStatus, ResourceSlot, SessionStatus
 from tests.pg import postgres_engine
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.timeout(300),
+    pytest.mark.xdist_group("postgres"),
+]
 
 IMAGE = "img:1"
 CPU_PER_AGENT = 30  # two agents: room for 60 one-CPU sessions
