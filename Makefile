@@ -19,8 +19,13 @@ demo: venv
 demo-secure: venv
 	$(PY) -m demo --secure
 
+# The suite mostly waits on real processes (workers, beat, Valkey, agents), so it runs on
+# TEST_WORKERS pytest-xdist workers; tests marked with one xdist_group share a worker
+# (docs/development.md). TEST_WORKERS=0 runs it in this process, one test at a time.
+TEST_WORKERS ?= 3
+
 test: venv lint docs
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadgroup
 
 unit: venv
 	$(PY) -m pytest -q tests/unit

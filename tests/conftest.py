@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import random
 import socket
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -17,11 +19,82 @@ from sokovan.embedded import EmbeddedValkey
 from tests.rig import Rig, build_rig
 
 
-def free_port() -> int:
-    """A TCP port on loopback that nothing listens on right now."""
+def _ephemeral_low() -> int:
+    """The lowest port the kernel hands out as a connection's source port."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def worker_ports() -> range:
+    """This pytest process's share of the loopback ports that tests hand out.
+
+    Below the kernel's ephemeral range: a port found free there cannot be taken as the source
+    port of some outgoing connection before the test's server binds it. Each pytest-xdist
+    worker draws from a share of its own, so two workers never hand out the same port.
+    """
+    low, top = 10000, _ephemeral_low()
+    if top < low + 1000:  # an unusual ephemeral range: the ports above it, and the race
+        low, top = max(top, 10000), 65536
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    index = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+    size = (top - low) // max(count, 1)
+    return range(low + index * size, low + (index + 1) * size)
+
+
+def port_is_free(port: int) -> bool:
+    """Whether nothing listens on (or is bound to) this loopback port right now."""
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _port_sequence() -> Iterator[int]:
+    """Every other port of this worker's share, from a random one on, round and round.
+
+    Every other: a test that takes a port and the one after it (agents' base ports) keeps both.
+    """
+    share = worker_ports()
+    start = random.randrange(len(share))
+    while True:
+        for step in range(0, len(share), 2):
+            yield share[(start + step) % len(share)]
+
+
+_PORTS = _port_sequence()
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on, not handed out before in this run."""
+    for _ in range(len(worker_ports())):
+        port = next(_PORTS)
+        if port_is_free(port):
+            return port
+    raise RuntimeError(f"no free port on loopback in {worker_ports()}")
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Fails a `--dist loadgroup` worker whose grouped tests were not given their group.
+
+    pytest-xdist sends a group to one worker by adding `@group` to its tests' node ids; with
+    a pytest that ignores that, tests sharing an expensive fixture would silently spread.
+    """
+    if not getattr(session.config.option, "loadgroup", False):
+        return
+    lost = [
+        item.nodeid
+        for item in session.items
+        if item.get_closest_marker("xdist_group") and "@" not in item.nodeid
+    ]
+    if lost:
+        raise pytest.UsageError(
+            f"--dist loadgroup ignored the xdist_group of {len(lost)} test(s), e.g. {lost[0]}: "
+            "install the pytest that pyproject.toml's [dev] extras pin"
+        )
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ from bench import all as bench_all
 from bench.harness import Figure, lost_note
 from tests.workers import ROOT
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240), pytest.mark.xdist_group("whole-cluster")]
 
 ROWS = (
     "terminate 200 kernels / 10 agents",

@@ -10,7 +10,7 @@ from bench.chaos.results import SoakOptions, print_report
 from bench.chaos.rig import FAULT_KINDS
 from bench.soak import soak
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(480)]
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(480), pytest.mark.xdist_group("whole-cluster")]
 
 
 async def test_sc_cv_007_chaos_soak_settles_with_every_invariant(tmp_path: Path) -> None:

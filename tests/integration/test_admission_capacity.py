@@ -31,7 +31,11 @@ from sokovan.types import (
 )
 from tests.pg import postgres_engine
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.timeout(300),
+    pytest.mark.xdist_group("postgres"),
+]
 
 IMAGE = "img:1"
 CPU_PER_AGENT = 30  # two agents: room for 60 one-CPU sessions

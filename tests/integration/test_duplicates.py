@@ -59,7 +59,10 @@ def duplicate(c: Cluster, message: bytes | str) -> str:
 async def duplicate_while_held(c: Cluster, task: str, method: str) -> str:
     """While one agent's batch of `task` hangs in its agent (holding the one worker process),
     queues a copy of the other agent's batch, waiting behind it; then lifts the hang."""
-    wait_for(lambda: queued(c, task), timeout=30, interval=0.05, what=f"a queued {task}")
+    # Both batches are queued at first; a slow worker takes its one a moment later.
+    wait_for(
+        lambda: len(queued(c, task)) == 1, timeout=30, interval=0.05, what=f"one queued {task}"
+    )
     (message,) = queued(c, task)
     task_id = duplicate(c, message)
     for agent_id in AGENTS:

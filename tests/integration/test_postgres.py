@@ -29,7 +29,7 @@ from sokovan.types import (
 )
 from tests.pg import postgres_engine
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("postgres")]
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,11 @@ from tests.sentinel import ha_cluster, sentinel_rig
 from tests.services import celery_beat
 from tests.workers import celery_worker, wait_for
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.timeout(300),
+    pytest.mark.xdist_group("whole-cluster"),
+]
 
 TERMINATE = "terminate_sessions"
 AGENTS = ("a1", "a2", "a3", "a4")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import random
-import socket
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -12,6 +11,8 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
+
+from tests.conftest import port_is_free, worker_ports
 
 # The script lives in ../shared/interop beside the checkout; BAI_AGENT_SCRIPT overrides it.
 _DEFAULT_SCRIPT = Path(__file__).resolve().parents[2].parent / "shared" / "interop" / "bai-agent"
@@ -38,37 +39,18 @@ class RealAgent:
     agent_public_key: Path | None = None
 
 
-def _ephemeral_low() -> int:
-    """The lowest port the kernel hands out as a connection's source port."""
-    try:
-        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 32768
-
-
-def _ports_free(first: int, count: int) -> bool:
-    for port in range(first, first + count):
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                return False
-    return True
-
-
 def free_port_block(count: int, avoid: set[int]) -> int:
     """The first port of `count` consecutive free ports, 10 away from the ones in `avoid`.
 
-    Picked below the kernel's ephemeral range: a port found free there can be taken as the
-    source port of some outgoing connection before the agent binds it.
+    Drawn from this worker's share of ports (`worker_ports`): below the kernel's ephemeral
+    range, and apart from the ports other pytest-xdist workers hand out.
     """
-    low = _ephemeral_low()
-    top = low - count - 1 if low > 11000 else 65535 - count
+    share = worker_ports()
     for _ in range(200):
-        base = random.randrange(10000, top) // 10 * 10
-        if any(abs(base - a) < 10 for a in avoid):
+        base = random.randrange(share.start, share.stop - count) // 10 * 10
+        if base < share.start or any(abs(base - a) < 10 for a in avoid):
             continue
-        if _ports_free(base, count):
+        if all(port_is_free(p) for p in range(base, base + count)):
             return base
     raise RuntimeError("no block of free ports on loopback")
 

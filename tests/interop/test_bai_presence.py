@@ -29,7 +29,7 @@ from tests.interop.conftest import INSTALL_HINT
 # A real agent destroys a kernel whose last_check lags its agent's last check by more than this.
 ORPHAN_KERNEL_THRESHOLD_SEC: Final = 600
 
-pytestmark = pytest.mark.interop
+pytestmark = [pytest.mark.interop, pytest.mark.xdist_group("interop")]
 
 BAI_HOME = Path(os.environ.get("BAI_HOME", Path.home() / ".cache" / "bai-agent"))
 BAI_PYTHON = BAI_HOME / "venv313" / "bin" / "python"

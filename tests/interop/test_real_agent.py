@@ -18,7 +18,7 @@ from sokovan.types import AgentAddress, AgentId, ImageConfig, KernelId, SessionI
 from tests.interop.conftest import RealAgent
 from tests.interop.kernel_config import cluster_info, kernel_config
 
-pytestmark = pytest.mark.interop
+pytestmark = [pytest.mark.interop, pytest.mark.xdist_group("interop")]
 
 IMAGE = ImageConfig("cr.backend.ai/stable/python:3.9-ubuntu20.04")
 CALL_TIMEOUT = 30.0

@@ -21,7 +21,7 @@ from sokovan.types import AgentId, KernelId, KernelInfo, SessionId
 from tests.interop.conftest import RealAgent
 from tests.sweep_stages import judge_stale_kernels
 
-pytestmark = pytest.mark.interop
+pytestmark = [pytest.mark.interop, pytest.mark.xdist_group("interop")]
 
 
 async def test_sc_fa_003_real_agent_at_another_agents_address_kills_nothing(

@@ -24,7 +24,7 @@ from tasks.app import create_app
 from tests.interop.conftest import RealAgent
 from tests.workers import celery_worker, make_env, wait_for
 
-pytestmark = [pytest.mark.interop, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.interop, pytest.mark.timeout(300), pytest.mark.xdist_group("interop")]
 
 IMAGE = "cr.backend.ai/stable/python:3.9-ubuntu20.04"
 # The dummy backend reports no containers, so the agent cleans up its kernel objects as

@@ -16,7 +16,7 @@ from sokovan.types import AgentId, ImageConfig, KernelId, SessionId
 from tests.conftest import free_port
 from tests.interop.kernel_config import cluster_info, kernel_config
 
-pytestmark = pytest.mark.interop
+pytestmark = [pytest.mark.interop, pytest.mark.xdist_group("interop")]
 
 IMAGE = ImageConfig("cr.backend.ai/stable/python:3.9-ubuntu20.04")
 AGENT_ID = AgentId("i-reference-1")

@@ -12,7 +12,7 @@ import pytest
 from tests.cluster import IMAGE, running_cluster
 from tests.services import run_cli
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(420), pytest.mark.xdist_group("manager")]
 SCRIPT = Path(__file__).with_name("manager_script.py")
 
 
