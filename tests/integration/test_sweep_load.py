@@ -38,9 +38,10 @@ async def test_pages_count_every_kernel_and_keep_only_missing_or_stale_ones(rig:
     assert group.total == 7
     assert {k.id for k in group.suspects} == set(kids[4:])
     assert all(k.agent_id == "a1" and k.status is KernelStatus.RUNNING for k in group.suspects)
-    # One scan per page, each stamping the page's agent.
+    # One scan per page; the agent is stamped with the first page it appears on only, so its
+    # stamp is never later than the last_check of any of its kernels.
     assert [len(b) for b in rig.presence.scans] == [3, 3, 1]
-    assert rig.presence.agent_scans == [["a1"]] * 3
+    assert rig.presence.agent_scans == [["a1"], [], []]
 
 
 async def test_a_sweep_counts_fresh_kernels_without_a_row_and_brakes_on_the_whole_group(
