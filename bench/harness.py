@@ -83,7 +83,9 @@ def lost_note(side: str, lost: int, total: int, what: str, why: str = "") -> str
 
 def timeout_split(errors: Sequence[str]) -> tuple[int, int]:
     """How many of the errors were timeouts, and how many were something else."""
-    timeouts = sum(1 for e in errors if "timeout" in e.lower() or "timed out" in e.lower())
+    # The agent client says "<method> got no reply in 30s" when a call's timeout runs out.
+    said = ("timeout", "timed out", "no reply in")
+    timeouts = sum(1 for e in errors if any(w in e.lower() for w in said))
     return timeouts, len(errors) - timeouts
 
 

@@ -11,7 +11,14 @@ per session one cluster SSH keypair (RSA-2048, made on the event loop as the ori
 does) and one create_kernels, all at once in one gather (no database, no broker); and the
 same calls without the keypairs.
 
+The cold RSA burst is set beside the key generation floor: the keys it needs times the CPU
+one key takes (measured in this run, in this process) over the cores, the least any
+launcher that makes a key per session can take. A second stack with
+SOKOVAN_KEYPAIR_TYPE=ed25519 runs the cold burst again. Each burst's 1-minute load average
+is printed with the figures: the machine may be shared.
+
     python -m bench.launch [--sessions 1000] [--agents 20] [--latency-ms 10] [--pool-size N]
+        [--no-ed25519]
 """
 
 from __future__ import annotations
@@ -22,7 +29,9 @@ import contextlib
 import time
 import uuid
 from collections.abc import Sequence
+from typing import Final
 
+import psutil
 import sqlalchemy as sa
 
 from bench.harness import (
@@ -32,15 +41,14 @@ from bench.harness import (
     Stack,
     commandstats,
     count_sessions,
-    lost_note,
     machine,
-    mib,
     print_figures,
     stack,
     stats_delta,
     timeout_split,
     wait_until,
 )
+from bench.launch_figures import Bursts, figures
 from bench.timeline import cpu_seconds, print_runs
 from sokovan.bootstrap import build_agent_pool
 from sokovan.constants import AGENT_CALL_TIMEOUT_SEC, WORKER_CONCURRENCY
@@ -52,6 +60,8 @@ from sokovan.types import AgentId, ImageConfig, KernelId, SessionId, SessionStat
 from tasks.names import KEYPAIRS_REFILL, SESSION_CREATE, SESSIONS_CREATE
 
 FAILED = (SessionStatus.TERMINATING, SessionStatus.TERMINATED, SessionStatus.ERROR)
+# Keys made in a row to measure one key's CPU: RSA-2048 keys vary a lot (prime search).
+KEY_SAMPLE: Final = 40
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -112,6 +122,7 @@ async def ours(
 ) -> dict[str, float]:
     """Submits every session at once; waits until all are RUNNING; latencies from the database."""
     assert st.worker is not None
+    load = psutil.getloadavg()[0]
     before = commandstats(st.redis_url)
     cpu_before = cpu_seconds(st)
     with RssSampler(st.worker.proc.pid) as rss:
@@ -143,6 +154,7 @@ async def ours(
         "tasks": delta.get("lpush", 0),
         "rss": rss.peak,
         "rss_process": rss.peak_process,
+        "load": load,
     }
 
 
@@ -152,6 +164,7 @@ async def baseline(
     """check_and_pull per agent, then keypair + create_kernels per session, one gather each."""
     image = ImageConfig(canonical=IMAGE)
     config = {"image": {"canonical": IMAGE}, "environ": {}, "resource_slots": {"cpu": "1"}}
+    load = psutil.getloadavg()[0]
     began = time.monotonic()
 
     async def pull(agent: AgentId) -> None:
@@ -184,6 +197,7 @@ async def baseline(
         "lost": count - len(latencies),
         "timeouts": timeouts,
         "other": other,
+        "load": load,
     }
 
 
@@ -209,11 +223,29 @@ def drain_pool(st: Stack) -> None:
         conn.execute(keypair_pool.delete())
 
 
+def key_cpu(key_type: str, keys: int = KEY_SAMPLE) -> float:
+    """CPU seconds one keypair of `key_type` takes here: the mean over `keys` made in a row."""
+    generate_cluster_ssh_keypair(key_type)  # the first one loads the backend
+    began = time.process_time()
+    for _ in range(keys):
+        generate_cluster_ssh_keypair(key_type)
+    return (time.process_time() - began) / keys
+
+
+def settings_of(args: argparse.Namespace, target: int, key_type: str) -> dict[str, str]:
+    return {
+        "agent_call_timeout": str(args.call_timeout),
+        "keypair_pool_size": str(target),
+        "keypair_type": key_type,
+    }
+
+
 async def run(args: argparse.Namespace) -> list[Figure]:
-    """Warm-ups, the baselines, then our burst with a warm pool and with a cold one."""
+    """Warm-ups, the baselines, our burst with a warm pool and with a cold one, then a cold
+    burst on a stack that makes Ed25519 keys."""
     latency = {"create_kernels": args.latency_ms / 1000}
     target = args.pool_size or args.sessions
-    settings = {"agent_call_timeout": str(args.call_timeout), "keypair_pool_size": str(target)}
+    settings = settings_of(args, target, "rsa")
     async with stack(
         agents=args.agents, latency=latency, worker_concurrency=args.concurrency, settings=settings
     ) as st:
@@ -230,7 +262,7 @@ async def run(args: argparse.Namespace) -> list[Figure]:
             await baseline(bare_pool, st.agent_ids, args.agents, keys=False)
             base = await baseline(pool, st.agent_ids, args.sessions)
             bare = await baseline(bare_pool, st.agent_ids, args.sessions, keys=False)
-            warm = await ours(st, args.sessions, "hot-", args.timeout)
+            warm = await ours(st, args.sessions, "hot-", args.timeout, timeline=args.runs)
             await fill_pool(st, target, args.timeout)  # idle time after the burst
             each = await ours(st, args.sessions, "each-", args.timeout, batch=False)
             await fill_pool(st, target, args.timeout)
@@ -240,61 +272,31 @@ async def run(args: argparse.Namespace) -> list[Figure]:
             await pool.close_all()
             await bare_pool.close_all()
         running = count_sessions(st.senv.engine, SessionStatus.RUNNING)
-    return _figures(args, warm, cold, each, base, bare, fill, running, target)
+    keys = {key_type: key_cpu(key_type) for key_type in ("rsa", "ed25519")}
+    ed = await ed25519_cold(args, latency) if args.ed25519 else None
+    bursts = Bursts(warm, cold, each, base, bare, ed, keys)
+    return figures(args, bursts, fill, running, target)
 
 
-def _figures(
-    args: argparse.Namespace,
-    warm: dict[str, float],
-    cold: dict[str, float],
-    each: dict[str, float],
-    base: dict[str, float],
-    bare: dict[str, float],
-    fill: float,
-    running: int,
-    target: int,
-) -> list[Figure]:
-    label = f"launch {args.sessions:,} sessions / {args.agents} agents, {args.latency_ms:g} ms"
-    note = (
-        f"{_losses('ours (warm pool)', warm, args)}; {_losses('ours (cold pool)', cold, args)}; "
-        f"{_losses('ours (warm pool, one message per session)', each, args)}; "
-        f"{_losses('baseline', base, args)}; {_losses('no-keypair baseline', bare, args)}; "
-        f"{running} RUNNING; a pool of {target} keys filled in {fill:.1f} s by the workers; "
-        f"tasks sent for one submission of {args.sessions}: {warm['tasks']:.0f} (warm), "
-        f"{cold['tasks']:.0f} (cold), {each['tasks']:.0f} with one message per session; "
-        f"sending took "
-        f"{warm['sending']:.2f} s; worker peak RSS {mib(warm['rss']):.0f} MiB tree, "
-        f"{mib(warm['rss_process']):.0f} MiB largest process; baseline = keypair + "
-        f"create_kernels per session as Backend.AI does; without keypairs the baseline's "
-        f"p50/p99 are {bare['p50']:.2f}/{bare['p99']:.2f} s ({bare['rate']:.0f} sessions/s)"
-    )
-    return [
-        Figure(
-            f"{label}: sessions/s, warm pool",
-            warm["rate"],
-            base["rate"],
-            "1/s",
-            better="higher",
-            note=note,
-        ),
-        Figure("launch: p50 submit -> RUNNING, warm pool", warm["p50"], base["p50"], "s"),
-        Figure("launch: p99 submit -> RUNNING, warm pool", warm["p99"], base["p99"], "s"),
-        Figure("launch: p50 submit -> RUNNING, cold pool", cold["p50"], base["p50"], "s"),
-        Figure("launch: p99 submit -> RUNNING, cold pool", cold["p99"], base["p99"], "s"),
-        Figure("launch: p99 warm pool / no-keypair baseline", warm["p99"], bare["p99"], "s"),
-        Figure("launch: p99 warm pool, one message per session", each["p99"], base["p99"], "s"),
-    ]
-
-
-def _losses(side: str, got: dict[str, float], args: argparse.Namespace) -> str:
-    """How many sessions one side did not get RUNNING, and to what."""
-    if "failed" in got:  # ours: sessions failed, or not RUNNING within the bound
-        late = got["lost"] - got["failed"]
-        why = f"({got['failed']:.0f} failed, {late:.0f} not RUNNING within {args.timeout:g} s)"
-        return lost_note(side, int(got["lost"]), args.sessions, "sessions", why)
-    why = f"({got['timeouts']:.0f} to the {args.call_timeout:g} s call timeout, "
-    why += f"{got['other']:.0f} to other errors)"
-    return lost_note(side, int(got["lost"]), args.sessions, "create calls", why)
+async def ed25519_cold(
+    args: argparse.Namespace, latency: dict[str, float]
+) -> dict[str, float] | Exception:
+    """A cold burst on a stack with SOKOVAN_KEYPAIR_TYPE=ed25519; a failure as a value."""
+    settings = settings_of(args, args.pool_size or args.sessions, "ed25519")
+    try:
+        async with stack(
+            agents=args.agents,
+            latency=latency,
+            worker_concurrency=args.concurrency,
+            settings=settings,
+        ) as st:
+            # A burst as large first, as on the RSA stack: every worker process has met
+            # every agent, so the cold burst measures keys, not first connections.
+            await ours(st, args.sessions, "warm-", args.timeout)
+            drain_pool(st)
+            return await ours(st, args.sessions, "ed-", args.timeout, timeline=args.runs)
+    except Exception as e:  # the other figures stand; this one is reported as failed
+        return e
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -312,7 +314,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=AGENT_CALL_TIMEOUT_SEC,
         help="seconds per agent call on both sides (the product's default)",
     )
-    parser.add_argument("--runs", action="store_true", help="print the cold burst's runs")
+    parser.add_argument("--runs", action="store_true", help="print each burst's runs")
+    parser.add_argument(
+        "--no-ed25519",
+        dest="ed25519",
+        action="store_false",
+        help="skip the cold burst on a stack that makes Ed25519 keys",
+    )
     parser.add_argument(
         "--pool-size", type=int, default=0, help="keypair pool target (default: --sessions)"
     )

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import time
+from collections.abc import Sequence
 
 from bench.harness import (
     Figure,
@@ -33,6 +35,7 @@ from bench.harness import (
     wait_until,
 )
 from sokovan.bootstrap import build_agent_pool
+from sokovan.config import Settings
 from sokovan.constants import AGENT_CALL_TIMEOUT_SEC, WORKER_CONCURRENCY
 from sokovan.db.offload import OffloadedStore
 from sokovan.db.schema import kernels, sessions
@@ -78,6 +81,9 @@ async def ours(st: Stack, kernels_total: int, limit: float) -> dict[str, float]:
         "seconds": ended - began,
         "tasks": delta.get("lpush", 0),
         "rss": rss.peak,
+        "rss_process": rss.peak_process,
+        "fds": rss.peak_fds,
+        "fds_process": rss.peak_fds_process,
         "lost": kernels_total - min(kernels_total, terminated, run.succeeded),
         "timeouts": timeouts,
         "other": other,
@@ -127,6 +133,25 @@ async def baseline(st: Stack, pool: AgentClientPool, kernels_total: int) -> dict
     }
 
 
+async def connect_all(pool: AgentClientPool, ids: Sequence[AgentId], at_once: int = 100) -> int:
+    """Connects every agent's client, `at_once` handshakes at a time, each tried thrice;
+    returns how many stayed unconnected."""
+    gate = asyncio.Semaphore(at_once)
+
+    async def one(agent_id: AgentId) -> bool:
+        async with gate:
+            for _ in range(3):
+                try:
+                    async with pool.acquire(agent_id):
+                        return True
+                except Exception:
+                    await asyncio.sleep(0.5)
+            return False
+
+    connected = await asyncio.gather(*(one(a) for a in ids))
+    return sum(1 for ok in connected if not ok)
+
+
 def _clear(st: Stack) -> None:
     with st.senv.engine.begin() as conn:
         conn.execute(kernels.delete())
@@ -140,9 +165,21 @@ async def run(args: argparse.Namespace) -> list[Figure]:
         agents=args.agents,
         latency=latency,
         worker_concurrency=args.concurrency,
-        settings={"agent_call_timeout": str(args.call_timeout)},
+        settings={
+            "agent_call_timeout": str(args.call_timeout),
+            "fanout_tasks": str(args.fanout_tasks),
+            "fanout_agents_per_task": str(args.fanout_agents_per_task),
+        },
     ) as st:
-        pool = build_agent_pool(st.senv.settings, OffloadedStore(st.repo))
+        # The design before Celery: one manager process holding a client per agent.
+        # A connection refused in the warm-up's crowd of handshakes must not mark its agent
+        # unavailable for the timed round: the gather is measured with every client connected.
+        one_per_agent = dataclasses.replace(
+            st.senv.settings,
+            agent_pool_size=max(args.agents, st.senv.settings.agent_pool_size),
+            agent_failure_threshold=1_000_000,
+        )
+        pool = build_agent_pool(one_per_agent, OffloadedStore(st.repo))
         try:
             # Warm-up: one kernel per agent, so both sides start with connected clients.
             ids = st.agent_ids
@@ -157,6 +194,7 @@ async def run(args: argparse.Namespace) -> list[Figure]:
                 if side == "ours":
                     await ours(st, len(ids), args.timeout)
                 else:
+                    await connect_all(pool, ids)
                     await baseline(st, pool, len(ids))
                 _clear(st)
             bulk_sessions(
@@ -171,7 +209,10 @@ async def run(args: argparse.Namespace) -> list[Figure]:
             base = await baseline(st, pool, args.kernels)
         finally:
             await pool.close_all()
-    label = f"terminate {args.kernels:,} kernels / {args.agents} agents, {args.latency_ms:g} ms"
+    label = (
+        f"terminate {args.kernels:,} kernels / {args.agents} agents, {args.latency_ms:g} ms, "
+        f"fan-out <= {args.fanout_tasks} tasks of <= {args.fanout_agents_per_task} agents"
+    )
     return [
         Figure(
             label,
@@ -180,7 +221,9 @@ async def run(args: argparse.Namespace) -> list[Figure]:
             "s",
             note=(
                 f"{_losses('ours', mine, args)}; {_losses('baseline', base, args)}; "
-                f"tasks sent {mine['tasks']:.0f}; worker peak RSS {mib(mine['rss']):.0f} MiB; "
+                f"tasks sent {mine['tasks']:.0f}; worker peak RSS {mib(mine['rss']):.0f} MiB "
+                f"tree, {mib(mine['rss_process']):.0f} MiB largest process; peak open fds "
+                f"{mine['fds']:.0f} tree, {mine['fds_process']:.0f} largest process; "
                 f"baseline gather alone {base['gather']:.2f} s"
             ),
         ),
@@ -189,6 +232,12 @@ async def run(args: argparse.Namespace) -> list[Figure]:
             mib(mine["rss"]),
             float("nan"),
             "MiB",
+        ),
+        Figure(
+            f"terminate: worker peak open fds ({args.concurrency} procs)",
+            mine["fds"],
+            float("nan"),
+            "fds",
         ),
     ]
 
@@ -210,6 +259,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--concurrency", type=int, default=WORKER_CONCURRENCY, help="worker processes"
     )
     parser.add_argument("--timeout", type=float, default=600.0, help="bound of one side's run")
+    parser.add_argument(
+        "--fanout-tasks", type=int, default=Settings().fanout_tasks, help="tasks a fan-out"
+    )
+    parser.add_argument(
+        "--fanout-agents-per-task",
+        type=int,
+        default=Settings().fanout_agents_per_task,
+        help="agents a task at most",
+    )
     parser.add_argument(
         "--call-timeout",
         type=float,

@@ -15,7 +15,8 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry as SyncRetry
 
 from sokovan import constants as C
-from sokovan.config import Settings
+from sokovan.activity import ValkeyActivity
+from sokovan.config import Settings, presence_url_for
 from sokovan.db.engine import create_engine
 from sokovan.db.keypool import SqlKeypairPool
 from sokovan.db.ledger import RunLedger
@@ -100,6 +101,19 @@ def build_presence_redis(settings: Settings) -> Redis:
         replace(
             settings,
             redis_url=settings.effective_presence_url,
+            redis_sentinels=settings.redis_sentinels if sentinel else (),
+        )
+    )
+
+
+def build_stats_redis(settings: Settings) -> Redis:
+    """A client of the kernel statistics store: Backend.AI's stat db of the presence server."""
+    sentinel = None if settings.presence_url else settings.sentinel
+    url = presence_url_for(settings.presence_url or settings.redis_url, C.KERNEL_STATS_DB)
+    return build_redis(
+        replace(
+            settings,
+            redis_url=url,
             redis_sentinels=settings.redis_sentinels if sentinel else (),
         )
     )
@@ -205,12 +219,16 @@ class Services:
     presence_redis: Redis | None = None
     # The session status stream the repository publishes to (README, "A manager's view").
     status_feed: RedisStatusFeed | None = None
+    # The kernel statistics store's client (reclaim's activity), when built here.
+    stats_redis: Redis | None = None
 
     async def close(self) -> None:
         """Closes agent connections, Redis and the engine; each failure is logged, not raised."""
         closers = [("agent pool", self.pool.close_all), ("redis", self.redis.aclose)]
         if self.presence_redis is not None:
             closers.append(("presence store", self.presence_redis.aclose))
+        if self.stats_redis is not None:
+            closers.append(("kernel statistics store", self.stats_redis.aclose))
         for name, closer in closers:
             try:
                 await closer()
@@ -284,6 +302,7 @@ async def build_services(
         redis=redis,
     )
     plugins = build_network_plugins() if network_plugins is None else network_plugins
+    stats_redis = build_stats_redis(settings)
     context = HandlerContext(
         settings=settings,
         repository=repository,
@@ -296,6 +315,7 @@ async def build_services(
             repository.sessions_by_ids, OffloadedSecretEnviron(secret_environ)
         ),
         keys=keys,
+        activity=ValkeyActivity(stats_redis),
     )
     for runtime in build_handlers(context):
         coordinator.register(runtime)
@@ -316,6 +336,7 @@ async def build_services(
         network_plugins=plugins,
         presence_redis=presence_redis,
         status_feed=status_feed,
+        stats_redis=stats_redis,
     )
 
 

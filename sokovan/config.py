@@ -14,6 +14,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from sokovan import constants as C
 from sokovan.config_rules import check_ranges
 from sokovan.errors import ConfigError
+from sokovan.reclaim_policy import parse_policies
 
 DEFAULT_REDIS_URL: Final = "redis://127.0.0.1:6399/0"
 DEFAULT_EMBEDDED_PORT: Final = 6399
@@ -109,6 +110,19 @@ class Settings:
     record_empty_beat_runs: bool = False
     # Max items per run per handler (0 = no bound), e.g. SOKOVAN_BUDGETS="sweep_stale_kernels=5000".
     budgets: Mapping[str, int] = field(default_factory=dict)
+    # Reclaim policies per scaling group as JSON (docs/operator/settings.md#reclaim), e.g.
+    # {"default": {"idle_timeout": 3600, "grace_period": 600}}; empty: nothing is reclaimed.
+    reclaim_policies: str = ""
+    # How often reference agents write their process kernels' CPU utilization (seconds).
+    kernel_stats_interval: float = C.KERNEL_STATS_INTERVAL_SEC
+    # Fan-out shape: a fan-out's agent batches go out in at most `fanout_tasks` tasks, each
+    # holding at most `fanout_agents_per_task` agents. A task has a fixed cost (delivery,
+    # lease, one transaction per group of agents that end together) that one agent's share of
+    # a terminate does not repay at a hundred agents; sixteen tasks keep a 4-process worker
+    # busy in four rounds. The per-task bound keeps one task's connections within the
+    # agent pool of its process, so thousands of agents make more tasks, not larger ones.
+    fanout_tasks: int = 16
+    fanout_agents_per_task: int = 64
     # Agent pool.
     agent_pool_size: int = 256
     # Consecutive connection failures before an agent is marked unavailable.
@@ -320,4 +334,5 @@ def load_settings(
         values["redis_url"] = f"redis://127.0.0.1:{values['embedded_valkey_port']}/0"
     settings = Settings(**values)
     check_ranges(settings)
+    parse_policies(settings.reclaim_policies)  # a bad policy fails at start, naming the field
     return settings

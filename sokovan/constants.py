@@ -216,3 +216,16 @@ STATUS_STREAM_FORMAT: Final = "1"
 # Kernel logs (`session logs`, the agents' get_logs): at most this much text, the tail kept.
 KERNEL_LOGS_MAX_BYTES: Final = 1 << 20
 KERNEL_LOGS_DEFAULT_TAIL: Final = 100
+
+# Reclaim (sokovan.scheduler.reclaim): idle and over-age sessions give their resources back.
+# Backend.AI's kernel statistics live in the "stat" database, db 0, one key per kernel id.
+KERNEL_STATS_DB: Final = 0
+# How often the reference agent writes its kernels' statistics: Backend.AI's stat interval.
+KERNEL_STATS_INTERVAL_SEC: Final = 5.0
+# Last activity per session (the reclaim handler's busy reads and sokovan.session.touch).
+ACTIVITY_KEY_PREFIX: Final = "sokovan:activity:"
+# Termination reasons of reclaimed sessions (Backend.AI's idle checkers' names).
+LIFETIME_EXCEEDED_REASON: Final = "LIFETIME_EXCEEDED"
+IDLE_TIMEOUT_REASON: Final = "IDLE_TIMEOUT"
+# A process kernel's environ variable (not a setting): "busy" runs a CPU loop instead of sleeping.
+KERNEL_LOAD_ENV: Final = "REFERENCE_KERNEL_LOAD"

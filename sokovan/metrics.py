@@ -31,6 +31,7 @@ from sokovan.db.stats import RunStats, SessionStats
 from sokovan.heartbeats import KeyStore, live_workers, read_beat
 from sokovan.primary_metrics import PrimaryCollector, PrimaryProbe
 from sokovan.scheduler.handlers import handler_names
+from sokovan.scheduler.handlers import reclaim_sessions as reclaim
 from sokovan.scheduler.handlers.sweep_stale_kernels import DECLARATION as SWEEP
 from sokovan.scheduler.sweep_record import UNVERIFIED
 from sokovan.scheduler.terminator import unverified_kind
@@ -122,6 +123,7 @@ class LedgerCollector(Collector):
         yield from self._handler_families()
         yield from self._status_families()
         yield self._unverified_family()
+        yield self._reclaim_family()
         yield from self._broker_families()
 
     def _run_families(self) -> Iterable[Metric]:
@@ -239,6 +241,30 @@ class LedgerCollector(Collector):
             counts[kind] = counts.get(kind, 0) + n
         for kind, n in counts.items():
             family.add_metric([kind], n)
+        return family
+
+    def _reclaim_family(self) -> Metric:
+        """Sessions reclaim ended, would have ended (report-only) or left to its brake."""
+        family = CounterMetricFamily(
+            "sokovan_reclaim_sessions",
+            "Sessions the reclaim handler judged reclaimable, by result (reclaimed,"
+            " would_reclaim in report-only mode, braked) and reason.",
+            labels=["result", "reason"],
+        )
+        kinds = {reclaim.RECLAIMED: "reclaimed", reclaim.WOULD_RECLAIM: "would_reclaim"}
+        kinds[reclaim.BRAKED] = "braked"
+        counts = {
+            (result, reason): 0
+            for result in kinds.values()
+            for reason in (C.LIFETIME_EXCEEDED_REASON, C.IDLE_TIMEOUT_REASON)
+        }
+        for error, n in self._stats.item_errors(reclaim.NAME).items():
+            kind, _, reason = error.partition(": ")
+            if kind in kinds:
+                counts[(kinds[kind], reason)] = counts.get((kinds[kind], reason), 0) + n
+        for (result, reason), n in sorted(counts.items()):
+            value = self._mono(("reclaim", result, reason), n)
+            family.add_metric([result, reason], value)
         return family
 
     def _broker_families(self) -> Iterable[Metric]:

@@ -116,6 +116,22 @@ class PresenceReader(Protocol):
         ...
 
 
+class ActivityStore(Protocol):
+    """Kernel utilization as agents report it, and sessions' last activity (sokovan.activity)."""
+
+    async def utilization(self, kernel_ids: Collection[KernelId]) -> dict[KernelId, float]:
+        """CPU utilization (percent of a core) per kernel; kernels without data are absent."""
+        ...
+
+    async def last_activity(self, session_ids: Collection[SessionId]) -> dict[SessionId, datetime]:
+        """The newest activity stamp per session; sessions never stamped are absent."""
+        ...
+
+    async def touch(self, stamps: Mapping[SessionId, datetime]) -> None:
+        """Records activity; a stamp never moves back in time."""
+        ...
+
+
 class FanOut(Protocol):
     """Runs one task per agent batch and completes the run when all have answered."""
 
@@ -548,6 +564,14 @@ class LeftoverStore(Protocol):
     ) -> None: ...
 
 
+class ReclaimPolicyStore(Protocol):
+    """Reclaim policies an operator set per scaling group (`sokovan reclaim set`)."""
+
+    async def stored_reclaim_policies(self) -> dict[str, str]:
+        """Scaling group -> its policy's JSON object, for every group set."""
+        ...
+
+
 class SchedulerStore(
     SessionStore,
     SessionQueue,
@@ -555,6 +579,7 @@ class SchedulerStore(
     MaintenanceStore,
     LeftoverStore,
     SessionRecorder,
+    ReclaimPolicyStore,
     Protocol,
 ):
     """Everything the scheduler's handlers read and write in the database."""

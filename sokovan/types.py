@@ -303,14 +303,23 @@ class Verdict(StrEnum):
     LOST = "agent_lost"  # given up past its deadline on a lost agent (AGENT_LOST)
     NEVER_CREATED = "never_created"  # terminated with no destroy: no create was ever sent
     HANDED_OVER = "deadline_path"  # a lost agent's kernel, handed to the deadline path
+    RECLAIMED = "reclaimed"  # reclaim: the session went TERMINATING (idle or over age)
+    WOULD_RECLAIM = "would_reclaim"  # reclaim in report-only mode: nothing was terminated
 
 
 # How the ledger counts each verdict: a success, a failure, or skipped.
 SUCCESS_VERDICTS: Final = frozenset(
-    {Verdict.OK, Verdict.DEAD, Verdict.ALIVE, Verdict.NEVER_CREATED, Verdict.HANDED_OVER}
+    {
+        Verdict.OK,
+        Verdict.DEAD,
+        Verdict.ALIVE,
+        Verdict.NEVER_CREATED,
+        Verdict.HANDED_OVER,
+        Verdict.RECLAIMED,
+    }
 )
 SKIPPED_VERDICTS: Final = frozenset(
-    {Verdict.SKIPPED, Verdict.UNVERIFIED, Verdict.BRAKED, Verdict.DEFERRED}
+    {Verdict.SKIPPED, Verdict.UNVERIFIED, Verdict.BRAKED, Verdict.DEFERRED, Verdict.WOULD_RECLAIM}
 )
 
 

@@ -52,6 +52,10 @@ class Scheduler:
             kwargs={"session_id": session_id, "reason": reason, "force": force},
         )
 
+    def touch_session(self, session_id: str) -> AsyncResult:
+        """sokovan.session.touch: the session was in use just now (reclaim's idle clock)."""
+        return self.app.send_task(names.SESSION_TOUCH, kwargs={"session_id": session_id})
+
     def run_handler(self, handler: str, budget: int | None = None) -> AsyncResult:
         """sokovan.handler.run with trigger api."""
         return self.app.send_task(

@@ -11,8 +11,9 @@ from celery import Celery
 import tasks.nodes  # noqa: F401
 from sokovan import constants as C
 from sokovan.config import Settings, load_settings
+from tasks.consumer import CONSUMER
 from tasks.redacted_reprs import PATTERNS_KEY, RedactingAMQP, RedactingTask, install_log_filters
-from tasks.signing import CONSUMER, setup_signing, signing_config
+from tasks.signing import setup_signing, signing_config
 
 
 def broker_settings(settings: Settings) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from sokovan import constants as C
 from sokovan.deadletter import DeadLetters, failed_outcomes, make_dead_letter
 from sokovan.types import RunId
 from tasks import names
+from tasks.canvas import agent_batches_of
 from tasks.runtime import WorkerRuntime, runtime
 
 log = logging.getLogger(__name__)
@@ -108,9 +109,13 @@ def _refuse_batch(
     reason: str,
 ) -> list[dict[str, Any]]:
     """Failed outcomes for the batch's kernels, recorded in its run and returned to the chord."""
-    agent_id = args[1] if len(args) > 1 else kwargs.get("agent_id")
-    items = args[2] if len(args) > 2 else kwargs.get("items")
-    outcomes = failed_outcomes(str(agent_id), items if isinstance(items, list) else [], reason)
+    outcomes = [
+        outcome
+        for agent_id, items in agent_batches_of(args[1:], kwargs)
+        for outcome in failed_outcomes(
+            str(agent_id), items if isinstance(items, list) else [], reason
+        )
+    ]
     if run_id is not None:
         try:
             rt.services.ledger.sync.record_items(RunId(run_id), outcomes)

@@ -19,6 +19,7 @@ def _public(rt: WorkerRuntime) -> PublicTasks:
         rt.services.coordinator,
         rt.services.settings,
         secrets=rt.services.secret_environ,
+        activity=rt.services.context.activity,
     )
 
 
@@ -52,6 +53,13 @@ def terminate_session(*args: Any, **kwargs: Any) -> dict[str, Any]:
     """Cancels a PENDING session, or marks it TERMINATING and starts the terminate handler."""
     rt = runtime()
     return rt.run(_public(rt).terminate_session(args, kwargs))
+
+
+@task(names.SESSION_TOUCH)
+def touch_session(*args: Any, **kwargs: Any) -> dict[str, Any]:
+    """Records that a manager saw the session in use now; reclaim's idle clock restarts."""
+    rt = runtime()
+    return rt.run(_public(rt).touch_session(args, kwargs))
 
 
 @task(names.SESSION_CREATE)

@@ -9,6 +9,8 @@ from sokovan.types import Operation
 # Public: sent by a manager, the CLI, the Python API or beat.
 SESSION_CREATE: Final = "sokovan.session.create"
 SESSION_TERMINATE: Final = "sokovan.session.terminate"
+# A manager saw the session in use: reclaim's idle clock restarts (docs/operator/reclaim).
+SESSION_TOUCH: Final = "sokovan.session.touch"
 # Many sessions in one message: one task and one pull run for the lot.
 SESSIONS_CREATE: Final = "sokovan.sessions.create"
 HANDLER_RUN: Final = "sokovan.handler.run"
@@ -29,6 +31,7 @@ MAINTENANCE_PRUNE: Final = "sokovan.maintenance.prune"
 PUBLIC: Final = (
     SESSION_CREATE,
     SESSION_TERMINATE,
+    SESSION_TOUCH,
     SESSIONS_CREATE,
     HANDLER_RUN,
     SESSION_GET,

@@ -35,7 +35,7 @@ class WorkerRuntime:
         self._services = self.run(
             build_services(
                 self.settings,
-                CeleryFanOut(),
+                CeleryFanOut(self.settings.fanout_tasks, self.settings.fanout_agents_per_task),
                 CeleryKicker(),
                 refiller=CeleryKeypairRefiller(),
                 holder=incarnation(),

@@ -20,8 +20,6 @@ from sokovan.signing_files import signing_files
 
 log = logging.getLogger(__name__)
 
-CONSUMER = "tasks.signing:QuietConsumer"
-
 
 def signing_config(settings: Settings) -> dict[str, Any]:
     """Celery settings for signed messages; empty when signing is not configured."""

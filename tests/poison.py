@@ -1,4 +1,4 @@
-"""Loaded into a test worker with `-I tests.poison`: destroy batches for the agent named in
+"""Loaded into a test worker with `-I tests.poison`: destroy batches holding the agent named in
 the file $TEST_POISON_FILE kill their pool process, every time, while the file exists.
 
 It stands for a bug that one message triggers in the task body, the kind that crash-loops
@@ -13,6 +13,7 @@ from typing import Any
 
 import tasks.agent_tasks  # noqa: F401  (registers the task patched below)
 from tasks.app import app
+from tasks.canvas import agent_batches_of
 
 POISON_FILE_ENV = "TEST_POISON_FILE"
 EXIT_CODE = 70
@@ -30,8 +31,7 @@ def _install() -> None:
     body = task.run
 
     def run(*args: Any, **kwargs: Any) -> Any:
-        agent_id = args[1] if len(args) > 1 else kwargs.get("agent_id")
-        if _poisoned(agent_id):
+        if any(_poisoned(agent_id) for agent_id, _ in agent_batches_of(args[1:], kwargs)):
             os._exit(EXIT_CODE)
         return body(*args, **kwargs)
 

@@ -17,6 +17,7 @@ from sokovan.admission.schemas import (
     Payload,
     RunHandlerPayload,
     TerminateSessionPayload,
+    TouchSessionPayload,
 )
 from sokovan.records import SessionRequest
 from sokovan.types import AgentId, ClusterMode, NetworkType, ResourceSlot, SessionId
@@ -105,6 +106,10 @@ def parse_terminate(
     args: Sequence[Any], kwargs: Mapping[str, Any]
 ) -> TerminateSessionPayload | Refusal:
     return parse_call(TerminateSessionPayload, args, kwargs)
+
+
+def parse_touch(args: Sequence[Any], kwargs: Mapping[str, Any]) -> TouchSessionPayload | Refusal:
+    return parse_call(TouchSessionPayload, args, kwargs)
 
 
 def parse_run_handler(

@@ -307,6 +307,12 @@ class TerminateSessionPayload(Payload):
     )
 
 
+class TouchSessionPayload(Payload):
+    """`sokovan.session.touch(session_id)`: the manager saw the session in use just now."""
+
+    session_id: Uuid = Field(description="An unknown id is a NotFound refusal.")
+
+
 class RunHandlerPayload(Payload):
     """`sokovan.handler.run(handler, trigger, scope, budget)`."""
 
@@ -478,6 +484,7 @@ PUBLIC_PAYLOADS: Final[dict[str, type[Payload]]] = {
     "sokovan.session.create": CreateSessionRequest,
     "sokovan.sessions.create": CreateSessionsPayload,
     "sokovan.session.terminate": TerminateSessionPayload,
+    "sokovan.session.touch": TouchSessionPayload,
     "sokovan.handler.run": RunHandlerPayload,
     "sokovan.session.get": GetSessionPayload,
     "sokovan.session.list": ListSessionsPayload,

@@ -8,12 +8,17 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from sokovan.admission.parse import parse_create_call, parse_run_handler, parse_terminate
+from sokovan.admission.parse import (
+    parse_create_call,
+    parse_run_handler,
+    parse_terminate,
+    parse_touch,
+)
 from sokovan.admission.refusal import Refusal, from_error
 from sokovan.admission.schemas import Limits
 from sokovan.config import Settings
 from sokovan.errors import InvalidRequest, NotFound, SokovanError
-from sokovan.ports import SchedulerStore, SecretBinder
+from sokovan.ports import ActivityStore, SchedulerStore, SecretBinder
 from sokovan.scheduler.agents import sync_agents
 from sokovan.scheduler.coordinator import Coordinator
 from sokovan.scheduler.handlers import pull_images, schedule_sessions, terminate_sessions
@@ -38,8 +43,11 @@ class PublicTasks:
         coordinator: Coordinator,
         settings: Settings,
         secrets: SecretBinder | None = None,
+        activity: ActivityStore | None = None,
     ) -> None:
         self.repository = repository
+        # Where sokovan.session.touch records activity (reclaim); None refuses touches.
+        self.activity = activity
         self.coordinator = coordinator
         # Where submissions store secret variables (encrypted); None refuses them.
         self.secrets = secrets
@@ -100,6 +108,26 @@ class PublicTasks:
             await self.repository.set_session_deadline(sid, utcnow())
         report = await self.coordinator.run(terminate_sessions.NAME, RunTrigger.API, [str(sid)])
         return {**answer, "terminating": True, "run_id": report.run_id, "force": payload.force}
+
+    async def touch_session(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> JSON:
+        """Records the manager's report that a session is in use now (its idle clock restarts)."""
+        payload = parse_touch(args, kwargs)
+        if isinstance(payload, Refusal):
+            return _refused("session touch", payload)
+        sid = SessionId(payload.session_id)
+        try:
+            session = await self.repository.get_session(sid)
+        except NotFound as e:
+            return _refused("session touch", from_error(e, "session_id"))
+        if self.activity is None:
+            raise SokovanError("no activity store: this worker cannot record touches")
+        now = utcnow()
+        await self.activity.touch({sid: now})
+        return {
+            "session_id": str(sid),
+            "status": str(session.status),
+            "touched_at": now.isoformat(),
+        }
 
     async def _cancel(self, sid: SessionId, reason: str) -> bool:
         """Cancels a session still PENDING; False if the queue placed it meanwhile."""

@@ -10,11 +10,17 @@ and makes a new one for the next call, instead of leaving them to time out.
 from __future__ import annotations
 
 import logging
+import os
+import threading
 from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
 from typing import Any
 
+import zmq
+import zmq.asyncio
 from callosum.abc import RawHeaderBody
+from callosum.auth import AbstractServerAuthenticator
+from callosum.lower import BaseTransport
 from callosum.lower.zeromq import ZeroMQDealerConnector, ZeroMQRPCConnection, ZeroMQRPCTransport
 
 from sokovan.agent.envelope import frame_problem, reply_key
@@ -102,7 +108,52 @@ class GuardedDealerConnector(ZeroMQDealerConnector):
         return GuardedConnection(connection.transport, self._frame_guard)
 
 
+# A closed client socket keeps unsent requests this long (ms), as callosum's own close does.
+CLOSE_LINGER_MS = 50
+
+_shared: tuple[int, zmq.asyncio.Context] | None = None
+_shared_lock = threading.Lock()
+
+
+def shared_context() -> zmq.asyncio.Context:
+    """This process's ZeroMQ context for agent clients, made anew in a forked child.
+
+    callosum gives every transport a context of its own: an I/O thread, a reaper thread and
+    their descriptors per agent connection. A worker process with hundreds of agents cached
+    shares one instead; a context serves any number of sockets.
+    """
+    global _shared
+    with _shared_lock:
+        if _shared is None or _shared[0] != os.getpid():
+            context = zmq.asyncio.Context()
+            # A context holds 1,023 sockets by default: fewer than the agents a manager may
+            # keep connected. The descriptor limit of the process is the real bound.
+            context.set(zmq.MAX_SOCKETS, context.get(zmq.SOCKET_LIMIT))
+            _shared = (os.getpid(), context)
+        return _shared[1]
+
+
 class GuardedZeroMQRPCTransport(ZeroMQRPCTransport):
-    """ZeroMQ RPC transport whose connections are guarded; pass `frame_guard` in its options."""
+    """ZeroMQ RPC transport whose connections are guarded; pass `frame_guard` in its options.
+
+    As a client (no server authenticator) it opens its socket on the process's shared
+    context and closes only that socket.
+    """
 
     connector_cls = GuardedDealerConnector
+
+    def __init__(self, authenticator: Any = None, **kwargs: Any) -> None:
+        if isinstance(authenticator, AbstractServerAuthenticator):
+            super().__init__(authenticator, **kwargs)
+            return
+        BaseTransport.__init__(self, authenticator, **kwargs)
+        self._zap_server = None
+        self._zap_task = None
+        self._zctx = shared_context()
+        self._sock = None
+
+    async def close(self) -> None:
+        if self._zap_server is not None:
+            await super().close()
+        elif self._sock is not None:
+            self._sock.close(linger=CLOSE_LINGER_MS)

@@ -289,6 +289,16 @@ class ReferenceAgent:
             "networks": sorted(self.networks),
         }
 
+    def kernel_pids(self) -> dict[str, int]:
+        """Process ids of the kernels that run as OS processes (their statistics are written)."""
+        if self.faults.silent:
+            return {}
+        return {
+            kid: k.pid
+            for kid, k in self.kernels.items()
+            if k.pid is not None and self.runtime.is_running(kid)
+        }
+
     def presence_due(self) -> list[str]:
         """Kernels whose presence should be refreshed now."""
         if self.faults.silent:

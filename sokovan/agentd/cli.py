@@ -13,6 +13,7 @@ from typing import Annotated, Any
 
 import typer
 
+from sokovan import constants as C
 from sokovan.agentd.control import send_fault
 from sokovan.agentd.host import HostOptions, serve
 from sokovan.agentd.runtime import RuntimeKind
@@ -69,6 +70,13 @@ def run(
             "key of SOKOVAN_CURVE_MANAGER_CERT when SOKOVAN_CURVE_AGENT_CERT is set)."
         ),
     ] = None,
+    stats_interval: Annotated[
+        float | None,
+        typer.Option(
+            help="Seconds between kernel statistics writes (default: "
+            "SOKOVAN_KERNEL_STATS_INTERVAL)."
+        ),
+    ] = None,
     log_level: Annotated[str, typer.Option(help="Logging level.")] = "INFO",
 ) -> None:
     """Serve one or many reference agents until SIGTERM or SIGINT."""
@@ -103,6 +111,8 @@ def run(
         presence_sentinel=None if redis_url or settings.presence_url else settings.sentinel,
         presence_interval=presence_interval or settings.presence_refresh,
         presence_ttl=settings.presence_ttl,
+        stats_url=presence_url_for(settings.presence_url or broker, C.KERNEL_STATS_DB),
+        stats_interval=stats_interval or settings.kernel_stats_interval,
         **curve_options(settings, curve_secret_key_file, curve_client_key_file),
     )
     asyncio.run(serve(specs, options))

@@ -23,6 +23,7 @@ from sokovan.agentd.agent import AgentSpec, ReferenceAgent
 from sokovan.agentd.control import ack_key, control_key, decode_op
 from sokovan.agentd.runtime import make_runtime
 from sokovan.agentd.server import CurveServerAuth, load_curve_auth, open_peer
+from sokovan.agentd.stats import KernelStatsWriter
 from sokovan.config import SentinelTarget, presence_url_for
 from sokovan.errors import SokovanError
 from sokovan.presence import ValkeyPresence
@@ -63,6 +64,9 @@ class HostOptions:
     # so does presence unless it has a store of its own (presence_sentinel None).
     sentinel: SentinelTarget | None = None
     presence_sentinel: SentinelTarget | None = None
+    # Where process kernels' statistics go (Backend.AI's stat db); empty: not written.
+    stats_url: str = ""
+    stats_interval: float = C.KERNEL_STATS_INTERVAL_SEC
 
 
 class AgentHost:
@@ -76,6 +80,7 @@ class AgentHost:
         self._tasks: list[asyncio.Task[None]] = []
         self._redis: Redis | None = None
         self._presence: ValkeyPresence | None = None
+        self._stats: KernelStatsWriter | None = None
 
     async def start(self) -> None:
         """Binds every agent's socket, registers them and starts the periodic loops."""
@@ -112,6 +117,11 @@ class AgentHost:
             asyncio.create_task(self._every(opts.heartbeat_interval, self._heartbeat)),
             asyncio.create_task(self._every(opts.control_interval, self._take_control_ops)),
         ]
+        if opts.stats_url:
+            self._stats = KernelStatsWriter(_stats_client(opts))
+            self._tasks.append(
+                asyncio.create_task(self._every(opts.stats_interval, self._write_stats))
+            )
         log.info(
             "%d reference agent(s) serving: %s",
             len(self.agents),
@@ -142,6 +152,8 @@ class AgentHost:
             await self._redis.aclose()
         if self._presence is not None:
             await self._presence.aclose()
+        if self._stats is not None:
+            await self._stats.aclose()
         log.info("%d reference agent(s) stopped", len(self.agents))
 
     def _curve_auth(self, agent_id: str) -> CurveServerAuth | None:
@@ -176,6 +188,11 @@ class AgentHost:
         for start in range(0, len(due), _PRESENCE_CHUNK):
             await presence.write_presence(due[start : start + _PRESENCE_CHUNK], now=now)
 
+    async def _write_stats(self) -> None:
+        assert self._stats is not None, "start() first"
+        pids = {kid: pid for agent in self.agents for kid, pid in agent.kernel_pids().items()}
+        await self._stats.write(pids)
+
     async def _heartbeat(self) -> None:
         entries: dict[Any, Any] = {
             a.agent_id: json.dumps(a.registration()) for a in self.agents if not a.faults.silent
@@ -203,6 +220,16 @@ class AgentHost:
                 for key, value in acks.items():
                     pipe.set(key, value, ex=AGENT_CONTROL_ACK_TTL_SEC)
                 await pipe.execute()
+
+
+def _stats_client(options: HostOptions) -> Redis:
+    return async_client(
+        options.stats_url,
+        options.presence_sentinel,
+        max_connections=_REDIS_CONNECTIONS,
+        wait=30,
+        **retry_options(),
+    )
 
 
 async def _start_time(presence: ValkeyPresence) -> float:

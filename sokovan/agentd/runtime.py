@@ -17,6 +17,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Protocol
 
+from sokovan import constants as C
+
 log = logging.getLogger(__name__)
 
 # A kernel process that ignores SIGTERM this long is killed outright.
@@ -94,8 +96,11 @@ def _die_with_parent() -> None:
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
-def kernel_command() -> list[str]:
-    """The program a process kernel runs: something that idles until killed."""
+def kernel_command(environ: Mapping[str, str] | None = None) -> list[str]:
+    """The program a process kernel runs: something that idles until killed, or with
+    REFERENCE_KERNEL_LOAD=busy in its environ, a CPU loop (reclaim's busy kernels)."""
+    if (environ or {}).get(C.KERNEL_LOAD_ENV) == "busy":
+        return [sys.executable, "-c", "while True: pass"]
     sleep = shutil.which("sleep")
     if sleep is not None:
         return [sleep, "infinity"]
@@ -121,7 +126,7 @@ class ProcessRuntime:
         """Spawns the kernel's process with exactly `environ` (plus PATH); its output is kept."""
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **environ}
         preexec = _die_with_parent if sys.platform.startswith("linux") else None
-        command = kernel_command()
+        command = kernel_command(environ)
         with self._log_path(kernel_id).open("ab") as log_file:
             log_file.write(f"kernel {kernel_id} started: {shlex.join(command)}\n".encode())
             log_file.flush()

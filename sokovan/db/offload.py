@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections.abc import Callable, Collection, Coroutine, Generator, Mapping, Sequence
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, Generic, ParamSpec, TypeVar
 
 from sokovan.db.keypool import SqlKeypairPool
 from sokovan.db.ledger import RunLedger
@@ -35,6 +35,7 @@ from sokovan.types import (
 
 P = ParamSpec("P")
 R = TypeVar("R")
+T = TypeVar("T")
 
 __all__ = [
     "OffloadedKeypairPool",
@@ -54,6 +55,47 @@ def offload(fn: Callable[P, R]) -> Callable[P, Coroutine[Any, Any, R]]:
         return await asyncio.to_thread(fn, *args, **kwargs)
 
     return offloaded
+
+
+class Coalesced(Generic[T]):
+    """One item per call, written in batches: calls made while a write is queued or under
+    way go together into the next one, so a burst of per-session writes costs a few
+    transactions instead of one each. Each call returns once its own item is written, and
+    raises what that write raised."""
+
+    def __init__(self, write: Callable[[list[T]], None]) -> None:
+        self._write = write
+        self._queued: list[tuple[T, asyncio.Future[None]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def __call__(self, item: T) -> None:
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:  # a new loop (tests, the CLI): nothing of the old one is kept
+            self._loop, self._queued, self._flusher = loop, [], None
+        done: asyncio.Future[None] = loop.create_future()
+        self._queued.append((item, done))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = loop.create_task(self._flush())
+        await done
+
+    async def _flush(self) -> None:
+        while self._queued:
+            batch, self._queued = self._queued, []
+            try:
+                await asyncio.to_thread(self._write, [item for item, _ in batch])
+            except Exception as e:
+                for _, done in batch:
+                    if not done.done():
+                        done.set_exception(e)
+                continue
+            except BaseException:  # cancelled with its loop: no caller is left waiting
+                for _, done in batch + self._queued:
+                    done.cancel()
+                raise
+            for _, done in batch:
+                if not done.done():
+                    done.set_result(None)
 
 
 class OffloadedLedger:
@@ -101,7 +143,8 @@ class OffloadedStore:
         self.sessions_in = offload(r.sessions_in)
         self.sessions_to_destroy = offload(r.sessions_to_destroy)
         self.image_configs = offload(r.image_configs)
-        self.merge_session_status_data = offload(r.merge_session_status_data)
+        self._status_data = Coalesced(r.merge_sessions_status_data)
+        self._network_ids = Coalesced(r.set_sessions_network_ids)
         self.set_session_deadline = offload(r.set_session_deadline)
         self.transition_sessions = offload(r.transition_sessions)
         self.transition_kernels = offload(r.transition_kernels)
@@ -128,6 +171,7 @@ class OffloadedStore:
         self.start_drain = offload(r.start_drain)
         self.draining_agents = offload(r.draining_agents)
         self.finish_drain = offload(r.finish_drain)
+        self.stored_reclaim_policies = offload(r.stored_reclaim_policies)
         self.sessions_on_agent = offload(r.sessions_on_agent)
         self.bring_deadlines_forward = offload(r.bring_deadlines_forward)
         # Leftover kernels.
@@ -165,18 +209,23 @@ class OffloadedStore:
         """SessionQueue: one placement pass over the PENDING queue."""
         return await asyncio.to_thread(schedule_pending, self.sync, budget)
 
+    async def merge_session_status_data(
+        self, session_id: SessionId, data: Mapping[str, Any]
+    ) -> None:
+        """SessionStore: merged with the other sessions' merges of the moment, in one write."""
+        await self._status_data((session_id, data))
+
     async def update_session_network_id(
         self, session_id: SessionId, network_id: str | None
     ) -> None:
-        """SessionRecorder port."""
-        await asyncio.to_thread(self.sync.set_session_network_id, session_id, network_id)
+        """SessionRecorder port: written with the other sessions' ids of the moment."""
+        await self._network_ids((session_id, network_id))
 
     async def update_session_error_info(
         self, session_id: SessionId, error_info: Mapping[str, Any]
     ) -> None:
         """SessionRecorder port: keeps the error under status_data["error"]."""
-        data = {"error": dict(error_info)}
-        await asyncio.to_thread(self.sync.merge_session_status_data, session_id, data)
+        await self._status_data((session_id, {"error": dict(error_info)}))
 
     async def resolve(self, agent_id: AgentId) -> AgentAddress:
         """AgentDirectory port: where the agent listens."""

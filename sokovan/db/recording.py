@@ -31,7 +31,8 @@ from sokovan.types import (
     Verdict,
 )
 
-_CHUNK = 500
+# Ids per IN (...) list: well under SQLite's bound on host parameters.
+IN_CHUNK = 500
 
 
 def move_kernels(
@@ -55,8 +56,8 @@ def move_kernels(
     allowed = [str(s) for s in allowed_from]
     ids = list(kernel_ids)
     moved: list[KernelId] = []
-    for start in range(0, len(ids), _CHUNK):
-        chunk = ids[start : start + _CHUNK]
+    for start in range(0, len(ids), IN_CHUNK):
+        chunk = ids[start : start + IN_CHUNK]
         # One guarded UPDATE that names what it moved: no kernel is reported moved that
         # another transaction moved first.
         stmt = (
@@ -66,11 +67,20 @@ def move_kernels(
             .returning(kernels.c.id)
         )
         moved.extend(KernelId(k) for k in conn.execute(stmt).scalars())
+    # One executemany per set of columns written, not one statement per kernel.
+    by_columns: dict[tuple[str, ...], list[dict[str, Any]]] = {}
     for kernel_id in moved:
-        if values and kernel_id in values:
-            conn.execute(
-                kernels.update().where(kernels.c.id == kernel_id).values(**values[kernel_id])
-            )
+        if values and values.get(kernel_id):
+            row = dict(values[kernel_id])
+            bound = {f"new_{c}": v for c, v in row.items()}
+            by_columns.setdefault(tuple(sorted(row)), []).append({"kid": kernel_id, **bound})
+    for columns, rows in by_columns.items():
+        write = (
+            kernels.update()
+            .where(kernels.c.id == sa.bindparam("kid"))
+            .values({c: sa.bindparam(f"new_{c}") for c in columns})
+        )
+        conn.execute(write, rows)
     return moved
 
 
@@ -175,7 +185,7 @@ class OutcomeRecording(SqlBase):
                 run_items.c.id
             )
         inserted = 0
-        for start in range(0, len(rows), _CHUNK):
+        for start in range(0, len(rows), IN_CHUNK):
             # rowcount of a batched insert is not reliable everywhere; RETURNING is.
-            inserted += len(conn.execute(stmt, rows[start : start + _CHUNK]).all())
+            inserted += len(conn.execute(stmt, rows[start : start + IN_CHUNK]).all())
         return inserted

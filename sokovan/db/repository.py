@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Collection, Generator, Mapping, Sequence
+from collections.abc import Collection, Generator, Iterator, Mapping, Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -16,6 +17,7 @@ from sokovan.db.feed import StatusChange, collecting, note
 from sokovan.db.maintenance_state import AgentMaintenance
 from sokovan.db.pending_queue import PendingQueue
 from sokovan.db.placement import Placement
+from sokovan.db.reclaim_policies import ReclaimPolicyRows
 from sokovan.db.registry import AgentsAndImages
 from sokovan.db.schema import agents, kernels, sessions, status_among
 from sokovan.db.status_moves import Transitions
@@ -35,7 +37,7 @@ from sokovan.types import (
     utcnow,
 )
 
-__all__ = ["NewKernel", "SchedulerRepository"]
+__all__ = ["NewKernel", "SchedulerRepository", "SessionInserts"]
 
 # Statuses before CREATING: no create_kernels has been sent for a kernel in one of them.
 _NOT_YET_SENT = frozenset(
@@ -47,6 +49,20 @@ _NOT_YET_SENT = frozenset(
         SessionStatus.PREPARED,
     }
 )
+
+
+@dataclass(slots=True)
+class SessionInserts:
+    """Rows of sessions placed in one transaction, to insert together at its end."""
+
+    sessions: list[dict[str, Any]] = field(default_factory=list)
+    kernels: list[dict[str, Any]] = field(default_factory=list)
+    statuses: dict[SessionId, SessionStatus] = field(default_factory=dict)
+
+    def add(self, session: dict[str, Any], kernel_rows: list[dict[str, Any]]) -> None:
+        self.sessions.append(session)
+        self.kernels.extend(kernel_rows)
+        self.statuses[SessionId(session["id"])] = SessionStatus(session["status"])
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +88,7 @@ class SchedulerRepository(
     Placement,
     PendingQueue,
     AgentMaintenance,
+    ReclaimPolicyRows,
 ):
     """Synchronous SQL access; async callers use the async port methods or a thread."""
 
@@ -91,33 +108,26 @@ class SchedulerRepository(
         environ: Mapping[str, str] | None = None,
         status_data: Mapping[str, Any] | None = None,
         conn: sa.Connection | None = None,
+        into: SessionInserts | None = None,
     ) -> SessionId:
-        """Inserts a session with its kernels in one transaction (`conn`'s, when given)."""
-        now = utcnow()
-        changes: list[StatusChange] = []  # published once committed, when the transaction is ours
-        with ExitStack() as stack:
-            if conn is None:
-                conn = stack.enter_context(self.engine.begin())
-                stack.enter_context(collecting(conn, changes))
-            note(conn, [session_id], str(status), now)
-            conn.execute(
-                sessions.insert().values(
-                    id=session_id,
-                    name=name,
-                    status=str(status),
-                    status_data=dict(status_data or {}),
-                    scaling_group=scaling_group,
-                    cluster_mode=str(cluster_mode),
-                    network_type=str(network_type),
-                    network_id=network_id,
-                    user_uuid=user_uuid or uuid.UUID(int=0),
-                    access_key=access_key,
-                    environ=dict(environ or {}),
-                    created_at=now,
-                    status_changed_at=now,
-                )
-            )
-            rows = [
+        """Inserts a session with its kernels in one transaction (`conn`'s, when given); with
+        `into`, only adds their rows to it, for `insert_sessions` to write with others."""
+        batch = into if into is not None else SessionInserts()
+        batch.add(
+            {
+                "id": session_id,
+                "name": name,
+                "status": str(status),
+                "status_data": dict(status_data or {}),
+                "scaling_group": scaling_group,
+                "cluster_mode": str(cluster_mode),
+                "network_type": str(network_type),
+                "network_id": network_id,
+                "user_uuid": user_uuid or uuid.UUID(int=0),
+                "access_key": access_key,
+                "environ": dict(environ or {}),
+            },
+            [
                 {
                     "id": k.id,
                     "session_id": session_id,
@@ -135,16 +145,41 @@ class SchedulerRepository(
                     "local_rank": k.local_rank,
                     "cluster_hostname": k.cluster_hostname,
                     "scaling_group": scaling_group,
-                    "created_at": now,
-                    "status_changed_at": now,
                 }
                 for k in kernels_
-            ]
-            if rows:
-                conn.execute(kernels.insert(), rows)
+            ],
+        )
+        if into is not None:
+            return session_id
+        changes: list[StatusChange] = []  # published once committed, when the transaction is ours
+        with ExitStack() as stack:
+            if conn is None:
+                conn = stack.enter_context(self.engine.begin())
+                stack.enter_context(collecting(conn, changes))
+            self.insert_sessions(conn, batch)
         if changes:  # only a transaction of its own: a caller's publishes once it commits
             self.feed.publish(changes)
         return session_id
+
+    def insert_sessions(self, conn: sa.Connection, batch: SessionInserts) -> None:
+        """Inserts the batch's sessions and kernels in `conn`'s transaction, a statement each."""
+        if not batch.sessions:
+            return
+        now = utcnow()
+        by_status: dict[str, list[SessionId]] = {}
+        for row in batch.sessions:
+            by_status.setdefault(row["status"], []).append(row["id"])
+        for status, ids in by_status.items():
+            note(conn, ids, status, now)
+        # A microsecond apart, in the order given: queues read oldest first, ties by id.
+        times = {
+            row["id"]: {"created_at": at, "status_changed_at": at}
+            for row, at in zip(batch.sessions, _ticks(now), strict=False)
+        }
+        conn.execute(sessions.insert(), [{**row, **times[row["id"]]} for row in batch.sessions])
+        if batch.kernels:
+            rows = [{**row, **times[row["session_id"]]} for row in batch.kernels]
+            conn.execute(kernels.insert(), rows)
 
     def get_session(self, session_id: SessionId) -> SessionInfo:
         found = self.sessions_by_ids([session_id])
@@ -490,3 +525,12 @@ def _session(r: Any, ks: list[KernelInfo]) -> SessionInfo:
         status_changed_at=r["status_changed_at"],
         status_data=dict(r["status_data"] or {}),
     )
+
+
+def _ticks(start: datetime) -> Iterator[datetime]:
+    """start, then a microsecond later, and so on."""
+    step = timedelta(microseconds=1)
+    at = start
+    while True:
+        yield at
+        at += step

@@ -215,6 +215,16 @@ handler_state = sa.Table(
     sa.Column("changed_at", TS, nullable=False),
 )
 
+# Reclaim policies an operator set per scaling group (`sokovan reclaim set`): each replaces
+# the group's entry of SOKOVAN_RECLAIM_POLICIES; `policy` is that entry's JSON object.
+reclaim_policies = sa.Table(
+    "reclaim_policies",
+    metadata,
+    sa.Column("scaling_group", sa.String(64), primary_key=True),
+    sa.Column("policy", sa.Text, nullable=False),
+    sa.Column("changed_at", TS, nullable=False),
+)
+
 # Kernels given up on (forced to TERMINATED past a deadline, or on a lost agent) whose
 # container may still exist: reconciliation destroys it once the agent answers again.
 leftover_kernels = sa.Table(

@@ -231,6 +231,17 @@ class RunStats:
         with self._engine.connect() as conn:
             return {str(e): int(n) for e, n in conn.execute(query)}
 
+    def item_errors(self, handler: str) -> dict[str, int]:
+        """Counted items of the handler's runs with an error text, counted per text."""
+        query = (
+            sa.select(run_items.c.error, sa.func.count())
+            .select_from(run_items.join(runs, run_items.c.run_id == runs.c.id))
+            .where(runs.c.handler == handler, run_items.c.error.is_not(None))
+            .group_by(run_items.c.error)
+        )
+        with self._engine.connect() as conn:
+            return {str(e): int(n) for e, n in conn.execute(query)}
+
     def sessions(
         self, session_ids: Collection[str] | None = None, since: datetime | None = None
     ) -> list[SessionStats]:

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
 
 from sokovan.db.base import SqlBase
 from sokovan.db.feed import StatusChange, collecting, note
-from sokovan.db.recording import move_kernels, move_sessions
+from sokovan.db.recording import IN_CHUNK, move_kernels, move_sessions
 from sokovan.db.schema import kernels, sessions, status_among
 from sokovan.types import (
     TERMINAL_KERNEL_STATUSES,
@@ -154,17 +154,45 @@ class Transitions(SqlBase):
             return out
 
     def merge_session_status_data(self, session_id: SessionId, data: Mapping[str, Any]) -> None:
+        self.merge_sessions_status_data([(session_id, data)])
+
+    def merge_sessions_status_data(
+        self, merges: Sequence[tuple[SessionId, Mapping[str, Any]]]
+    ) -> None:
+        """Merges each mapping into its session's status_data, in order, in one transaction."""
+        if not merges:
+            return
         with self.engine.begin() as conn:
-            current = conn.execute(
-                sa.select(sessions.c.status_data).where(sessions.c.id == session_id)
-            ).scalar()
-            merged = {**dict(current or {}), **data}
-            conn.execute(
-                sessions.update().where(sessions.c.id == session_id).values(status_data=merged)
-            )
+            ids = list({sid for sid, _ in merges})
+            current: dict[SessionId, dict[str, Any]] = {}
+            for start in range(0, len(ids), IN_CHUNK):
+                chunk = ids[start : start + IN_CHUNK]
+                rows = conn.execute(
+                    sa.select(sessions.c.id, sessions.c.status_data).where(sessions.c.id.in_(chunk))
+                )
+                current.update((SessionId(sid), dict(data or {})) for sid, data in rows)
+            for sid, data in merges:
+                if sid in current:
+                    current[sid] = {**current[sid], **data}
+            if current:
+                conn.execute(
+                    sessions.update()
+                    .where(sessions.c.id == sa.bindparam("sid"))
+                    .values(status_data=sa.bindparam("merged")),
+                    [{"sid": sid, "merged": data} for sid, data in current.items()],
+                )
 
     def set_session_network_id(self, session_id: SessionId, network_id: str | None) -> None:
+        self.set_sessions_network_ids([(session_id, network_id)])
+
+    def set_sessions_network_ids(self, ids: Sequence[tuple[SessionId, str | None]]) -> None:
+        """Stores each session's network id (the last given wins), in one transaction."""
+        if not ids:
+            return
         with self.engine.begin() as conn:
             conn.execute(
-                sessions.update().where(sessions.c.id == session_id).values(network_id=network_id)
+                sessions.update()
+                .where(sessions.c.id == sa.bindparam("sid"))
+                .values(network_id=sa.bindparam("nid")),
+                [{"sid": sid, "nid": nid} for sid, nid in dict(ids).items()],
             )

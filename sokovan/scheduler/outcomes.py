@@ -10,17 +10,21 @@ batch did is kept as evidence and the kernels are left to the next run.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import uuid
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
+from sokovan.deadletter import failed_outcomes
+from sokovan.errors import describe_error
 from sokovan.scheduler.handlers import execute_batch
 from sokovan.scheduler.handlers.base import HandlerContext, HandlerRuntime, Transition
 from sokovan.scheduler.leases import kept
 from sokovan.scheduler.transitions import promote_sessions, session_ids_of
 from sokovan.types import (
+    AgentBatch,
     AgentId,
     ItemOutcome,
     KernelId,
@@ -29,6 +33,7 @@ from sokovan.types import (
     Operation,
     Recorded,
     RunId,
+    RunRecord,
     SessionStatus,
     Verdict,
 )
@@ -109,10 +114,22 @@ async def record_batch(
     run = await ledger.get_run(run_id)
     transitions = coordinator.spec(run.handler).declaration.transitions
     recorded, marked = await record_outcomes(ledger, transitions, run_id, outcomes)
+    await after_recording(repo, run, operation, outcomes, recorded)
+    return recorded, marked
+
+
+async def after_recording(
+    repo: SessionStore,
+    run: RunRecord,
+    operation: Operation,
+    outcomes: Sequence[ItemOutcome],
+    recorded: Recorded,
+) -> None:
+    """What follows a recorded batch: a note if the run was over, sessions that now run."""
     if not recorded.counted:
         log.warning(
             "run %s is %s: %d outcome(s) of a %s batch kept as evidence only",
-            run_id,
+            run.id,
             run.status,
             len(outcomes),
             operation,
@@ -126,7 +143,6 @@ async def record_batch(
             SessionStatus.CREATING,
             SessionStatus.RUNNING,
         )
-    return recorded, marked
 
 
 async def run_batch(
@@ -138,34 +154,109 @@ async def run_batch(
     agent_id: AgentId,
     items: Sequence[Mapping[str, Any]],
 ) -> list[ItemOutcome]:
-    """Runs one agent batch of a run, renewing the run's lease, and records it as it ends.
+    """Runs one agent batch of a run and records it as it ends (see run_batches)."""
+    batch = AgentBatch(agent_id, tuple(dict(item) for item in items))
+    return await run_batches(coordinator, ledger, ctx, run_id, operation, [batch])
 
+
+async def run_batches(
+    coordinator: RunOwner,
+    ledger: Ledger,
+    ctx: HandlerContext,
+    run_id: RunId,
+    operation: Operation,
+    batches: Sequence[AgentBatch],
+) -> list[ItemOutcome]:
+    """Runs several agents' batches of a run at once, renewing the run's lease, and records
+    what has ended whenever it ends: the agents that finish together share one transaction.
+
+    Each agent's batch stands alone: an agent whose batch raises fails its own items only.
     The batch is the only writer of its outcomes and their kernel moves: the chord body only
     counts them. Recording is tried a few times (a busy database); if it still fails the
     task fails, the run ends failed, and its next run re-plans these kernels from SQL.
     """
     run = await ledger.get_run(run_id)
-    lock_id = coordinator.spec(run.handler).lock_id
-    if not run.claim_token:
-        outcomes = await execute_batch(ctx, operation, agent_id, items)
-    else:
-        async with kept(coordinator.claims, lock_id, run.claim_token, coordinator.claim_lifetime):
-            outcomes = await execute_batch(ctx, operation, agent_id, items)
+    lease: contextlib.AbstractAsyncContextManager[Any] = contextlib.nullcontext()
+    if run.claim_token:
+        lock_id = coordinator.spec(run.handler).lock_id
+        lease = kept(coordinator.claims, lock_id, run.claim_token, coordinator.claim_lifetime)
+    transitions = coordinator.spec(run.handler).declaration.transitions
+    marked: dict[int, list[ItemOutcome]] = {}
+    async with lease:
+        running = {
+            asyncio.ensure_future(_execute_alone(ctx, operation, batch)): index
+            for index, batch in enumerate(batches)
+        }
+        try:
+            while running:
+                done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                ended = {running.pop(t): t.result() for t in done}
+                recorded = await _record_retrying(
+                    ledger, ctx.repository, transitions, run, operation, ended, batches
+                )
+                marked.update(recorded)
+        finally:
+            for pending in running:
+                pending.cancel()
+    return [o for index in range(len(batches)) for o in marked.get(index, [])]
+
+
+async def _execute_alone(
+    ctx: HandlerContext, operation: Operation, batch: AgentBatch
+) -> list[ItemOutcome]:
+    """One agent's batch; whatever it raises fails its own items, never another agent's."""
+    try:
+        return await execute_batch(ctx, operation, batch.agent_id, batch.items)
+    except Exception as e:
+        error = f"{operation} batch failed: {describe_error(e)}"
+        log.warning("agent %s: %s", batch.agent_id, error)
+        return failed_outcomes(str(batch.agent_id), batch.items, error)
+
+
+async def _record_retrying(
+    ledger: Ledger,
+    repo: SessionStore,
+    transitions: Mapping[Verdict, Transition],
+    run: RunRecord,
+    operation: Operation,
+    ended: Mapping[int, list[ItemOutcome]],
+    batches: Sequence[AgentBatch],
+) -> dict[int, list[ItemOutcome]]:
+    """Records the ended batches in one transaction, a few tries; each batch's outcomes back
+    marked with their moves."""
+    outcomes = [o for index in sorted(ended) for o in ended[index]]
+    agents = ", ".join(str(batches[index].agent_id) for index in sorted(ended))
     for attempt in range(1, RECORD_ATTEMPTS + 1):
         try:
-            _, marked = await record_batch(
-                coordinator, ledger, ctx.repository, run_id, operation, outcomes
-            )
-            return marked
+            marked = await _record_ended(ledger, repo, transitions, run, operation, outcomes)
+            break
         except Exception as e:
             if attempt == RECORD_ATTEMPTS:
                 raise
             log.warning(
-                "run %s: recording agent %s's outcomes failed (attempt %d): %s",
-                run_id,
-                agent_id,
+                "run %s: recording the outcomes of agent(s) %s failed (attempt %d): %s",
+                run.id,
+                agents,
                 attempt,
                 e,
             )
             await asyncio.sleep(RECORD_RETRY_SEC * attempt)
-    raise AssertionError("unreachable")
+    out: dict[int, list[ItemOutcome]] = {}
+    position = 0
+    for index in sorted(ended):
+        out[index] = marked[position : position + len(ended[index])]
+        position += len(ended[index])
+    return out
+
+
+async def _record_ended(
+    ledger: Ledger,
+    repo: SessionStore,
+    transitions: Mapping[Verdict, Transition],
+    run: RunRecord,
+    operation: Operation,
+    outcomes: Sequence[ItemOutcome],
+) -> list[ItemOutcome]:
+    recorded, marked = await record_outcomes(ledger, transitions, run.id, outcomes)
+    await after_recording(repo, run, operation, outcomes, recorded)
+    return marked

@@ -10,7 +10,7 @@ from typing import Any
 
 from sokovan.db.pending_queue import REQUESTED_AGENTS
 from sokovan.db.placement import PlacementView
-from sokovan.db.repository import NewKernel, SchedulerRepository
+from sokovan.db.repository import NewKernel, SchedulerRepository, SessionInserts
 from sokovan.errors import AgentCordoned, InvalidRequest, NoCapacity, UnknownAgent, UnknownImage
 from sokovan.ports import SecretBinder
 from sokovan.records import AgentRow, SessionRequest, Submitted
@@ -191,15 +191,19 @@ def store_placed(
     request: SessionRequest,
     view: PlacementView,
     secrets: SecretBinder | None = None,
+    into: SessionInserts | None = None,
 ) -> Submitted:
     """Places one request in an open placement transaction and stores it (PENDING if it
-    must wait); the view then counts its kernels' slots as taken.
+    must wait); the view then counts its kernels' slots as taken. With `into`, its rows
+    join the batch the caller inserts before the transaction ends.
 
     A request naming a session already stored (a resent or redelivered message) is answered
     with that session as it stands."""
     session_id = request.session_id or SessionId(uuid.uuid4())
     if request.session_id is not None:
         stored = repo.stored_status(view, request.session_id)
+        if stored is None and into is not None:
+            stored = into.statuses.get(request.session_id)
         if stored is not None:
             return Submitted(session_id, stored)
     placed = place_or_queue(request, view)
@@ -222,6 +226,7 @@ def store_placed(
         if placed is None and request.agents
         else None,
         conn=view.conn,
+        into=into,
     )
     for agent_id in placed or ():
         # The next placement in this transaction sees these kernels' slots as taken.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
-from sokovan.db.repository import SchedulerRepository
+from sokovan.db.repository import SchedulerRepository, SessionInserts
 from sokovan.errors import SokovanError, UnknownImage
 from sokovan.ports import SecretBinder
 from sokovan.records import SessionRequest, Submitted
@@ -32,6 +32,8 @@ def submit_sessions(
     for group, indexes in by_group.items():
         named = sorted({a for i in indexes for a in requests[i].agents})
         with repo.placement(group, named) as view:
+            # Rows of the group's sessions, written in two statements before the commit.
+            inserts = SessionInserts()
             for i in indexes:
                 request = requests[i]
                 if request.image not in known:
@@ -39,10 +41,11 @@ def submit_sessions(
                     results[i] = UnknownImage(message, field="image")
                     continue
                 try:
-                    results[i] = store_placed(repo, request, view, secrets)
+                    results[i] = store_placed(repo, request, view, secrets, inserts)
                 except SokovanError as e:
                     results[i] = e
                     continue
                 if results[i].status == SessionStatus.PENDING:  # type: ignore[union-attr]
                     view = dataclasses.replace(view, pending=view.pending + 1)
+            repo.insert_sessions(view.conn, inserts)
     return [r for r in results if r is not None]

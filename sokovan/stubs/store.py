@@ -60,6 +60,8 @@ class InMemoryStore:
         self.kernel_moves: list[tuple[list[KernelId], KernelStatus]] = []
         self.scheduled = Scheduled()  # what the next schedule_pending returns
         self.submitted: list[SessionRequest] = []
+        # Reclaim policies set per scaling group, as JSON objects (`sokovan reclaim set`).
+        self.reclaim_policies: dict[str, str] = {}
 
     def add_session(self, session: SessionInfo) -> SessionInfo:
         """Stores a session with its kernels, as a test's given state."""
@@ -393,6 +395,9 @@ class InMemoryStore:
 
     async def draining_agents(self) -> list[AgentRow]:
         return [a for a in self.agents.values() if a.drain_mode and a.drained_at is None]
+
+    async def stored_reclaim_policies(self) -> dict[str, str]:
+        return dict(self.reclaim_policies)
 
     async def finish_drain(self, agent_id: AgentId) -> bool:
         if await self.live_kernel_infos([agent_id]):

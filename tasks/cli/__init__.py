@@ -15,6 +15,7 @@ from tasks.cli import db as db_cmd
 from tasks.cli import dead as dead_cmd
 from tasks.cli import handlers as handlers_cmd
 from tasks.cli import image as image_cmd
+from tasks.cli import reclaim as reclaim_cmd
 from tasks.cli import runs as runs_cmd
 from tasks.cli import session as session_cmd
 from tasks.cli import status as status_cmd
@@ -63,6 +64,7 @@ app.add_typer(agents_cmd.app, name="agents")
 app.add_typer(agent_cmd.app, name="agent")
 app.add_typer(certs_cmd.app, name="certs")
 app.add_typer(dead_cmd.app, name="tasks")
+app.add_typer(reclaim_cmd.app, name="reclaim")
 app.command("up")(up_cmd.up)
 app.command("valkey")(up_cmd.valkey)
 app.command("flower")(up_cmd.flower)

@@ -166,14 +166,14 @@ LIVE = tuple(
 )
 
 
-def parse_age(text: str) -> timedelta:
+def parse_age(text: str, option: str = "--older-than") -> timedelta:
     """`90s`, `30m`, `2h`, `1d`, `1w` (a bare number is seconds) as a duration."""
     match = _DURATION.match(text)
     if not match:
-        raise BadInput(f"--older-than: a duration like 30m, 2h or 1d, got {text!r}")
+        raise BadInput(f"{option}: a duration like 30m, 2h or 1d, got {text!r}")
     amount = float(match.group(1)) * _UNIT_SEC[(match.group(2) or "s").lower()]
     if amount > 100 * 365 * 86400:
-        raise BadInput(f"--older-than: at most 100 years, got {text!r}")
+        raise BadInput(f"{option}: at most 100 years, got {text!r}")
     return timedelta(seconds=amount)
 
 

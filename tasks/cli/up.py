@@ -28,6 +28,9 @@ from tasks.commands import beat_args, worker_args, worker_env_prefix
 
 # How long `sokovan up` waits for Valkey to answer PING before giving up.
 VALKEY_READY_TIMEOUT_SEC: Final = 20.0
+# Started again when they exit on their own (an OOM kill, an unrecoverable Celery error):
+# the database re-drives their work, so a restart loses nothing; the rest stop everything.
+RESTARTED: Final = ("worker", "beat")
 
 
 def flower_password(s: Settings) -> str:
@@ -168,7 +171,7 @@ def up(
     concurrency: int = typer.Option(C.WORKER_CONCURRENCY, min=1, help="Worker processes."),
 ) -> None:
     """Runs Valkey, then a worker, beat, Flower, metrics and reference agents, until Ctrl-C."""
-    from honcho.manager import Manager
+    from tasks.cli.supervisor import Supervisor
 
     r = root()
     s = r.settings
@@ -182,21 +185,19 @@ def up(
     stop = threading.Event()
     try:
         wait_for_broker(s, VALKEY_READY_TIMEOUT_SEC, valkey)
-        manager = Manager()
-        for name, cmd in processes(s, agents, concurrency).items():
-            manager.add_process(name, cmd, env=env)
+        manager = Supervisor(processes(s, agents, concurrency), RESTARTED, env=env)
         typer.echo(
             f"Flower: http://{s.flower_host}:{s.flower_port}/  user {s.flower_user!r}, "
             f"password in {s.var_dir / 'flower-password'} (or SOKOVAN_FLOWER_PASSWORD); "
             f"metrics: http://{s.metrics_host}:{s.metrics_port}/metrics"
         )
         threading.Thread(target=announce_when_ready, args=(r, agents, stop), daemon=True).start()
-        manager.loop()
+        returncode = manager.loop()
     finally:
         stop.set()
         if valkey is not None:
             stop_valkey(valkey)
-    raise typer.Exit(manager.returncode or 0)
+    raise typer.Exit(returncode)
 
 
 def flower_command(s: Settings) -> tuple[list[str], dict[str, str]]:

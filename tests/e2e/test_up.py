@@ -217,3 +217,54 @@ def test_sc_op_009_up_says_up_when_agents_take_sessions(tmp_path: Path) -> None:
         ]:
             assert time.monotonic() < deadline, "beat's heartbeat never seen"
             time.sleep(1)
+
+
+def _worker_tree(up_pid: int) -> list[psutil.Process]:
+    """The processes of the worker's group under `sokovan up` (its shell, main and pool)."""
+    found = []
+    for child in psutil.Process(up_pid).children(recursive=True):
+        try:
+            if "worker" in child.cmdline() and any("celery" in a for a in child.cmdline()):
+                found.append(child)
+        except psutil.NoSuchProcess:
+            continue
+    assert found, "no worker under sokovan up"
+    group = os.getpgid(found[0].pid)
+    return [c for c in psutil.Process(up_pid).children(recursive=True) if _group(c) == group]
+
+
+def _leads(p: psutil.Process) -> bool:
+    return _group(p) == p.pid
+
+
+def _group(p: psutil.Process) -> int | None:
+    try:
+        return os.getpgid(p.pid)
+    except ProcessLookupError:
+        return None
+
+
+@pytest.mark.timeout(300)
+def test_up_starts_the_worker_again_when_its_tree_dies(tmp_path: Path) -> None:
+    """Given `sokovan up`, when the worker's whole process tree is SIGKILLed (as a broker dying
+    under it or an OOM kill can end a worker), then `sokovan up` starts it again and keeps
+    every other process: a session created afterwards reaches RUNNING."""
+    env = up_env(tmp_path / "data")
+    log = tmp_path / "up.log"
+    with running_up(env, log) as proc:
+        killed = _worker_tree(proc.pid)
+        # Valkey and every process but the worker, each the leader of its own group.
+        others = [c for c in psutil.Process(proc.pid).children(recursive=True) if _leads(c)]
+        others = [c for c in others if c not in killed]
+        os.killpg(os.getpgid(killed[0].pid), signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while "worker exited on its own" not in log.read_text(errors="replace"):
+            assert time.monotonic() < deadline, log.read_text()[-4000:]
+            time.sleep(0.3)
+        image = "cr.backend.ai/stable/python:3.12-ubuntu22.04"
+        sokovan(env, tmp_path, f"sokovan image add {image}")
+        made = sokovan(env, tmp_path, f"sokovan session create --image {image} --wait 90 --json")
+        assert json.loads(made.stdout)["status"] == "RUNNING", made.stdout
+        assert proc.poll() is None
+        assert len(others) >= 6 and all(c.is_running() for c in others), log.read_text()[-4000:]
+        assert {c.pid for c in _worker_tree(proc.pid)}.isdisjoint(c.pid for c in killed)

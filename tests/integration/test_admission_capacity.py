@@ -15,11 +15,20 @@ import sqlalchemy as sa
 
 from sokovan.db.engine import create_engine, upgrade
 from sokovan.db.repository import SchedulerRepository
+from sokovan.db.schema import sessions
 from sokovan.errors import NoCapacity
 from sokovan.records import AgentRow, SessionRequest, Submitted
 from sokovan.scheduler.pending import schedule_group, schedule_pending
 from sokovan.scheduler.submit import submit_session
-from sokovan.types import AgentId, ImageConfig, KernelStatus, ResourceSlot, SessionStatus
+from sokovan.scheduler.submit_batch import submit_sessions
+from sokovan.types import (
+    AgentId,
+    ImageConfig,
+    KernelStatus,
+    ResourceSlot,
+    SessionId,
+    SessionStatus,
+)
 from tests.pg import postgres_engine
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -263,3 +272,28 @@ def test_a_named_agent_is_never_filled_past_its_capacity(repo: GroupRepo) -> Non
         submit_session(repo, replace(big, queue=False))
     assert repo.occupied_by_agent()[agent]["cpu"] == 20
     assert repo.session_status_data(waiting.session_id) == {"requested_agents": [agent]}
+
+
+def test_sc_ad_004_one_batch_stores_each_session_once_in_the_order_sent(repo: GroupRepo) -> None:
+    """SC-AD-004 for one batch message: given 70 requests for 60 CPUs, the second naming the
+    first's session id again, when they are submitted together, the repeat is answered with
+    the first's status and not stored twice, 60 sessions are placed and the rest wait, and
+    the stored sessions are ordered as sent (the pending queue reads oldest first)."""
+    first = SessionId(uuid.uuid4())
+    requests = [replace(request_of(repo, queue=True), session_id=first)] * 2
+    requests += [request_of(repo, queue=True) for _ in range(68)]
+    results = submit_sessions(repo, requests)
+    assert all(isinstance(r, Submitted) for r in results)
+    submitted = [r for r in results if isinstance(r, Submitted)]
+    assert submitted[1] == Submitted(first, SessionStatus.SCHEDULED)
+    statuses = [r.status for r in submitted[2:]]
+    assert statuses.count(SessionStatus.SCHEDULED) == 59
+    assert statuses.count(SessionStatus.PENDING) == 9
+    with repo.engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(sessions.c.id)
+            .where(sessions.c.scaling_group == repo.group)
+            .order_by(sessions.c.created_at)
+        ).scalars()
+        stored = [SessionId(r) for r in rows]
+    assert stored == [first, *(r.session_id for r in submitted[2:])]

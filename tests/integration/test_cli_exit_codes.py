@@ -186,9 +186,14 @@ def _settings() -> list[Case]:
         "SOKOVAN_LOG_LEVEL": ["LOUD"],
         "SOKOVAN_FLOWER_HOST": [" "],
         "SOKOVAN_RETRY_BACKOFF": ["500"],
+        "SOKOVAN_RECLAIM_POLICIES": ["{", "[]", '{"gpu": {"idle_timeut": 5}}'],
     }
     for key, values in bad_env.items():
         cases += [Case(f"{key}={v!r}", ["runs", "list"], 2, key, {key: v}) for v in values]
+    policy = {"SOKOVAN_RECLAIM_POLICIES": '{"gpu": {"brake_share": 2}}'}
+    cases.append(
+        Case("reclaim policy out of range", ["reclaim", "policies"], 2, "brake_share", policy)
+    )
     cases.append(
         Case(
             "misspelt setting", ["runs", "list"], 2, "SOKOVAN_REDIS_URL", {"SOKOVAN_REDIS_ULR": "x"}
@@ -243,6 +248,7 @@ def _missing_data() -> list[Case]:
         ["db", "current"],
         ["runs", "stats"],
         ["handlers", "list"],
+        ["reclaim", "policies"],
     ]
     return [
         Case(f"no data: {' '.join(c)}", c, 1, "no data", {"SOKOVAN_VAR_DIR": "MISSING"})
@@ -250,7 +256,29 @@ def _missing_data() -> list[Case]:
     ]
 
 
-CASES = [*_ids(), *_lists(), *_create(), *_settings(), *_services(), *_missing_data()]
+def _reclaim() -> list[Case]:
+    gpu = ["reclaim", "set", "gpu"]
+    return [
+        Case("reclaim set no option", gpu, 2, "at least one option"),
+        Case("reclaim set share > 1", [*gpu, "--brake-share", "2"], 2, "brake_share"),
+        Case("reclaim set negative share", [*gpu, "--brake-share", "-1"], 2, "brake_share"),
+        Case("reclaim set bad duration", [*gpu, "--idle-timeout", "soon"], 2, "--idle-timeout"),
+        Case("reclaim set word threshold", [*gpu, "--idle-threshold", "x"], 2, "idle-threshold"),
+        Case("reclaim set nan threshold", [*gpu, "--idle-threshold", "nan"], 2, "idle_threshold"),
+        Case("reclaim set long group", ["reclaim", "set", "g" * 65, "--enforce"], 2, "group"),
+        Case("reclaim unset never set", ["reclaim", "unset", "gpu"], 1, "gpu"),
+    ]
+
+
+CASES = [
+    *_ids(),
+    *_lists(),
+    *_create(),
+    *_settings(),
+    *_services(),
+    *_missing_data(),
+    *_reclaim(),
+]
 
 
 def _stored_session(env: dict[str, str]) -> str:

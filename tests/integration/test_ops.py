@@ -16,7 +16,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from sokovan.db.ledger import RunLedger
-from sokovan.types import ItemOutcome, RunStatus, RunTrigger
+from sokovan.types import ItemOutcome, RunStatus, RunTrigger, Verdict
 from tests.conftest import free_port
 from tests.workers import SchedulerEnv, make_env, stop_process
 
@@ -58,7 +58,7 @@ def test_promtool_accepts_the_alert_rules() -> None:
 
 
 def seed_ledger(senv: SchedulerEnv) -> None:
-    """A held sweep and a partial terminate run, so label values have samples."""
+    """A held sweep and reclaim and a partial terminate run, so label values have samples."""
     ledger = RunLedger(senv.engine)
     sweep = ledger.open_run("sweep_stale_kernels", RunTrigger.BEAT)
     ledger.close_run(sweep, note="default: brake: presence unavailable", held=True)
@@ -71,6 +71,12 @@ def seed_ledger(senv: SchedulerEnv) -> None:
         ],
     )
     ledger.close_run(term)
+    reclaim = ledger.open_run("reclaim_sessions", RunTrigger.BEAT)
+    ledger.record_items(
+        reclaim,
+        [ItemOutcome("s1", None, error="braked: IDLE_TIMEOUT", verdict=Verdict.BRAKED)],
+    )
+    ledger.close_run(reclaim, note="default: brake share", held=True)
     assert ledger.get_run(sweep).status == RunStatus.HELD
 
 

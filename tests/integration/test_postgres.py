@@ -143,3 +143,14 @@ def test_restarts_and_kernels_on_restarted_agents_on_postgres(pg_engine: sa.Engi
     assert repo.sweep_ids_on_agents(running, [agent], only=[KernelId(uuid.uuid4())]) == []
     pages = [row[0] for page in repo.sweep_pages(running, page_size=100) for row in page]
     assert str(kid) in pages
+
+
+def test_reclaim_policies_on_postgres(pg_engine: sa.Engine) -> None:
+    """SC-RE-004: a policy set with the CLI is stored, replaced and forgotten on PostgreSQL."""
+    repo = SchedulerRepository(pg_engine)
+    repo.store_reclaim_policy("gpu", '{"report_only": true}')
+    repo.store_reclaim_policy("gpu", '{"report_only": false, "idle_timeout": 60}')
+    assert repo.stored_reclaim_policies() == {"gpu": '{"report_only": false, "idle_timeout": 60}'}
+    assert repo.drop_reclaim_policy("gpu") is True
+    assert repo.drop_reclaim_policy("gpu") is False
+    assert repo.stored_reclaim_policies() == {}

@@ -203,12 +203,12 @@ async def test_sc_la_008_slow_session_times_out_while_others_complete(
 ) -> None:
     """SC-LA-008: session 2's agent never answers -> it times out; session 1 is created.
 
-    Given a start timeout of 0.5 s and a create_kernels on a2 that waits forever,
+    Given a start timeout of 2 s and a create_kernels on a2 that waits forever,
     when both sessions start together, then session 1's kernel is created, session 2
     gets a timeout error info and a warning naming it, and neither session is failed
     by the other.
     """
-    kit = make_kit(("a1", "a2"), timeout=0.5)
+    kit = make_kit(("a1", "a2"), timeout=2.0)
     never = asyncio.Event()
 
     async def hang(*_: object) -> list[dict[str, Any]]:

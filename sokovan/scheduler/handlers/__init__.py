@@ -15,6 +15,7 @@ from sokovan.errors import UnknownHandler
 from sokovan.scheduler.handlers import (
     check_agents,
     pull_images,
+    reclaim_sessions,
     reconcile_leftovers,
     schedule_sessions,
     start_sessions,
@@ -37,6 +38,7 @@ HANDLERS: tuple[HandlerDeclaration, ...] = (
     sweep_stale_kernels.DECLARATION,
     reconcile_leftovers.DECLARATION,
     check_agents.DECLARATION,
+    reclaim_sessions.DECLARATION,
 )
 
 

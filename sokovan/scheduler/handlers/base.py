@@ -28,6 +28,7 @@ from sokovan.types import (
 if TYPE_CHECKING:
     from sokovan.config import Settings
     from sokovan.ports import (
+        ActivityStore,
         AgentClientPool,
         FanOut,
         KernelEnvirons,
@@ -132,6 +133,8 @@ class HandlerContext:
     environs: KernelEnvirons | None = None
     # Cluster keypairs (pooled, else made on demand); None makes every key on demand.
     keys: ClusterKeys | None = None
+    # Kernel utilization and last-activity stamps (reclaim); None: idle reclaim is off.
+    activity: ActivityStore | None = None
 
     def launcher(self, fanout: FanOut | None = None) -> SessionLauncher:
         """A launcher over these adapters, dispatching through `fanout` (default: the port)."""

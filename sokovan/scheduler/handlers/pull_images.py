@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import uuid
@@ -106,8 +107,9 @@ class PullImages:
         if not sessions:
             return Plan(requested=0, follow_ups=follow)
         now = utcnow().isoformat()
-        for s in sessions:
-            await self.repo.merge_session_status_data(s.id, {SENT_AT: now, RETRY_AT: None})
+        sent = {SENT_AT: now, RETRY_AT: None}
+        # Together: the store writes what arrives at once in one transaction.
+        await asyncio.gather(*(self.repo.merge_session_status_data(s.id, sent) for s in sessions))
         images = {k.image for s in sessions for k in s.kernels}
         configs = await self.repo.image_configs(images)
         await self.launcher.trigger_image_pulling(sessions, configs, run_id=run_id)
