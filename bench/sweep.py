@@ -42,6 +42,7 @@ from bench.harness import (
 from sokovan import constants as C
 from sokovan.bootstrap import Services, build_services
 from sokovan.config import presence_url_for
+from sokovan.errors import NotFound
 from sokovan.ports import AgentClientPool
 from sokovan.presence import ValkeyPresence
 from sokovan.scheduler.handlers import sweep_stale_kernels
@@ -148,9 +149,8 @@ async def ours(st: Stack, scope: list[str] | None, limit: float) -> dict[str, An
         ended = time.monotonic()
     after = commandstats(st.redis_url)
     delta = stats_delta(before, after)
-    run_id = answer.get("run_id")
     return {
-        "unverified": st.ledger.get_run(RunId(int(run_id))).skipped if run_id else -1,
+        "unverified": _skipped(st, answer.get("run_id")),
         "status": str(answer.get("status") or answer.get("error")),
         "seconds": ended - began,
         "rss": rss.peak,
@@ -164,6 +164,16 @@ async def ours(st: Stack, scope: list[str] | None, limit: float) -> dict[str, An
         "hmget": delta.get("hmget", 0),
         "hgetall": delta.get("hgetall", 0),
     }
+
+
+def _skipped(st: Stack, run_id: Any) -> int:
+    """The run's skipped kernels; -1 (a figure, not an abort) when its record cannot be read."""
+    if not run_id:
+        return -1
+    try:
+        return st.ledger.get_run(RunId(int(run_id))).skipped
+    except NotFound:
+        return -1
 
 
 async def baseline(services: Services, scope: list[str] | None) -> dict[str, Any]:

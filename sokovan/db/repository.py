@@ -404,6 +404,9 @@ class SchedulerRepository(
         if limit:
             query = query.order_by(kernels.c.created_at, kernels.c.id).limit(limit)
         with self.engine.connect() as conn:
+            if only is None and self.engine.dialect.name == "sqlite":
+                yield from _driver_pages(conn, query, page_size)
+                return
             streamed = conn.execution_options(stream_results=True, max_row_buffer=page_size)
             for part in streamed.execute(query).partitions(page_size):
                 yield [tuple(row) for row in part]
@@ -451,6 +454,26 @@ def _sessions_wanted(
     if only is not None:
         wanted.append(sessions.c.id.in_(list(only)))
     return wanted
+
+
+def _driver_pages(
+    conn: sa.Connection, query: sa.Select[Any], page_size: int
+) -> Generator[list[SweepRow]]:
+    """The rows of `query` straight from the driver's cursor, a page at a time.
+
+    SQLite's cursor steps through the table as pages are fetched, so nothing is held beyond a
+    page; its rows are already plain tuples, where a SQLAlchemy row per kernel (and a tuple
+    made of it) took most of a full sweep's reading time. The query's only parameters are
+    statuses and a limit, rendered inline.
+    """
+    sql = str(query.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True}))
+    cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    try:
+        cursor.execute(sql)
+        while rows := cursor.fetchmany(page_size):
+            yield rows
+    finally:
+        cursor.close()
 
 
 def _uuid_text(column: sa.ColumnElement[Any], dialect: str) -> sa.ColumnElement[str]:

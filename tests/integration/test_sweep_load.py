@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
+from sokovan.db.schema import kernels
 from sokovan.scheduler.sweep_load import load_sweep_targets
 from sokovan.types import (
     HealthCheckStatus,
@@ -10,6 +13,7 @@ from sokovan.types import (
     KernelStatus,
     RunStatus,
     RunTrigger,
+    utcnow,
 )
 from sokovan.types import SessionStatus as S
 from tests.rig import Rig, add_session
@@ -38,9 +42,10 @@ async def test_pages_count_every_kernel_and_keep_only_missing_or_stale_ones(rig:
     assert group.total == 7
     assert {k.id for k in group.suspects} == set(kids[4:])
     assert all(k.agent_id == "a1" and k.status is KernelStatus.RUNNING for k in group.suspects)
-    # One scan per page, each stamping the page's agent.
+    # One scan per page; the agent is stamped with the first page it appears on only, so its
+    # stamp is never later than the last_check of any of its kernels.
     assert [len(b) for b in rig.presence.scans] == [3, 3, 1]
-    assert rig.presence.agent_scans == [["a1"]] * 3
+    assert rig.presence.agent_scans == [["a1"], [], []]
 
 
 async def test_a_sweep_counts_fresh_kernels_without_a_row_and_brakes_on_the_whole_group(
@@ -61,3 +66,25 @@ async def test_a_sweep_counts_fresh_kernels_without_a_row_and_brakes_on_the_whol
     assert held.run_id is not None
     braked = rig.ledger.get_run(held.run_id)
     assert (braked.requested, braked.skipped) == (20, 11)
+
+
+def test_pages_from_the_driver_are_plain_rows_with_hyphenated_ids(rig: Rig) -> None:
+    """A full read comes a page at a time as (id text, agent, group) tuples, every RUNNING
+    kernel once; a budget reads the oldest first, no more than it allows."""
+    kids = running(rig, 5)
+    add_session(rig, ["a2"])  # a TERMINATING session and kernel: never read
+    pages = list(rig.repo.sweep_pages([KernelStatus.RUNNING], page_size=2))
+    assert [len(p) for p in pages] == [2, 2, 1]
+    rows = [row for page in pages for row in page]
+    assert all(type(row) is tuple for row in rows)
+    assert sorted(r[0] for r in rows) == sorted(str(k) for k in kids)
+    assert {(r[1], r[2]) for r in rows} == {("a1", "default")}
+    with rig.engine.begin() as conn:
+        for age, kid in enumerate(kids):
+            conn.execute(
+                kernels.update()
+                .where(kernels.c.id == kid)
+                .values(created_at=utcnow() - timedelta(minutes=10 - age))
+            )
+    budgeted = list(rig.repo.sweep_pages([KernelStatus.RUNNING], page_size=10, limit=2))
+    assert [r[0] for page in budgeted for r in page] == [str(k) for k in kids[:2]]
