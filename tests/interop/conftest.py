@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import random
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import pytest
@@ -22,9 +25,29 @@ INSTALL_HINT = (
     "(or set BAI_AGENT_SCRIPT), and make Python 3.13 available to it (pyenv install 3.13, "
     "or BAI_PYTHON=/path/to/python3.13); then run `bai-agent install`"
 )
+# The agent's venv, where drivers run Backend.AI's own code (tests/interop/bai_*.py).
+BAI_HOME = Path(os.environ.get("BAI_HOME", Path.home() / ".cache" / "bai-agent"))
+BAI_PYTHON = BAI_HOME / "venv313" / "bin" / "python"
 # Install can take minutes the first time; start waits for the agent's RPC ping.
 START_TIMEOUT_SEC = 900
 STOP_TIMEOUT_SEC = 60
+
+
+async def run_bai_driver(
+    driver: Path, valkey_url: str, db: int, request: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Runs one operation of a driver of Backend.AI's code in the agent's venv, on `db` of the
+    test's Valkey, and returns the driver's JSON reply (its last line of output)."""
+    if not BAI_PYTHON.is_file():
+        pytest.fail(f"{BAI_PYTHON} is missing: {INSTALL_HINT}")
+    url = urlparse(valkey_url)
+    argv = [str(BAI_PYTHON), str(driver), f"{url.hostname}:{url.port}", str(db)]
+    done = await asyncio.to_thread(
+        subprocess.run, [*argv, json.dumps(request)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, f"Backend.AI's code failed ({driver.name}): {done.stderr[-3000:]}"
+    reply: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return reply
 
 
 @dataclass(frozen=True)

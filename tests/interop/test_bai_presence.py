@@ -6,15 +6,10 @@ on the session's embedded Valkey, in the database a real agent uses (its live db
 
 from __future__ import annotations
 
-import asyncio
-import json
-import os
-import subprocess
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any, Final
-from urllib.parse import urlparse
 
 import pytest
 from redis.asyncio import Redis
@@ -24,34 +19,19 @@ from sokovan.config import Settings
 from sokovan.presence import ValkeyPresence, agent_last_check_key, presence_key
 from sokovan.scheduler.terminator.stale import read_presence
 from sokovan.types import AgentId, HealthCheckStatus, KernelId, KernelInfo, SessionId
-from tests.interop.conftest import INSTALL_HINT
+from tests.interop.conftest import run_bai_driver
 
 # A real agent destroys a kernel whose last_check lags its agent's last check by more than this.
 ORPHAN_KERNEL_THRESHOLD_SEC: Final = 600
 
 pytestmark = [pytest.mark.interop, pytest.mark.xdist_group("interop")]
 
-BAI_HOME = Path(os.environ.get("BAI_HOME", Path.home() / ".cache" / "bai-agent"))
-BAI_PYTHON = BAI_HOME / "venv313" / "bin" / "python"
 DRIVER = Path(__file__).with_name("bai_schedule.py")
 
 
 async def backend_ai(valkey_url: str, request: Mapping[str, Any]) -> dict[str, Any]:
     """Runs one operation of Backend.AI's ValkeyScheduleClient in the agent's venv."""
-    if not BAI_PYTHON.is_file():
-        pytest.fail(f"{BAI_PYTHON} is missing: {INSTALL_HINT}")
-    url = urlparse(valkey_url)
-    argv = [str(BAI_PYTHON), str(DRIVER), f"{url.hostname}:{url.port}", str(C.PRESENCE_DB)]
-    done = await asyncio.to_thread(
-        subprocess.run,
-        [*argv, json.dumps(request)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, f"Backend.AI's client failed: {done.stderr[-3000:]}"
-    reply: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    return reply
+    return await run_bai_driver(DRIVER, valkey_url, C.PRESENCE_DB, request)
 
 
 @pytest.fixture

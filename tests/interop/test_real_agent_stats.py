@@ -10,8 +10,6 @@ database of the session's Valkey, where reclaim reads it; and its stat client's
 from __future__ import annotations
 
 import asyncio
-import json
-import os
 import shutil
 import subprocess
 import sys
@@ -19,7 +17,6 @@ import uuid
 from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import pytest
 from redis.asyncio import Redis
@@ -29,27 +26,16 @@ from sokovan.activity import ValkeyActivity
 from sokovan.agentd.stats import KernelStatsWriter
 from sokovan.config import presence_url_for
 from sokovan.types import KernelId
-from tests.interop.conftest import INSTALL_HINT
+from tests.interop.conftest import run_bai_driver
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(180)]
 
-BAI_HOME = Path(os.environ.get("BAI_HOME", Path.home() / ".cache" / "bai-agent"))
-BAI_PYTHON = BAI_HOME / "venv313" / "bin" / "python"
 DRIVER = Path(__file__).with_name("bai_stats.py")
 
 
 async def backend_ai(valkey_url: str, request: Mapping[str, Any]) -> dict[str, Any]:
     """Runs one operation of Backend.AI's stat code in the agent's venv, on the stat db."""
-    if not BAI_PYTHON.is_file():
-        pytest.fail(f"{BAI_PYTHON} is missing: {INSTALL_HINT}")
-    url = urlparse(valkey_url)
-    argv = [str(BAI_PYTHON), str(DRIVER), f"{url.hostname}:{url.port}", str(C.KERNEL_STATS_DB)]
-    done = await asyncio.to_thread(
-        subprocess.run, [*argv, json.dumps(request)], capture_output=True, text=True, timeout=120
-    )
-    assert done.returncode == 0, f"Backend.AI's stat code failed: {done.stderr[-3000:]}"
-    reply: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    return reply
+    return await run_bai_driver(DRIVER, valkey_url, C.KERNEL_STATS_DB, request)
 
 
 @pytest.fixture
