@@ -4,30 +4,17 @@ agents' batches (run_batches) where each agent stands alone and what ends is rec
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import Sequence
 
-from sokovan.ports import Ledger
-from sokovan.scheduler.coordinator import Coordinator
 from sokovan.scheduler.handlers import terminate_sessions
-from sokovan.scheduler.handlers.base import HandlerContext
 from sokovan.scheduler.outcomes import run_batches
-from sokovan.scheduler.terminator import SessionTerminator
-from sokovan.scheduler.tracking import TrackedFanOut
-from sokovan.stubs.agents import FakeAgentClientPool
-from sokovan.stubs.claims import InMemoryClaims
-from sokovan.stubs.context import stub_context
-from sokovan.stubs.fanout import InMemoryTracker
-from sokovan.stubs.kicker import RecordingKicker
 from sokovan.stubs.ledger import InMemoryLedger
-from sokovan.stubs.presence import FakePresence
 from sokovan.stubs.store import InMemoryStore, KernelMoves
 from sokovan.types import (
     AgentBatch,
     AgentId,
     ItemOutcome,
     KernelId,
-    KernelInfo,
     KernelMove,
     KernelStatus,
     Operation,
@@ -35,11 +22,9 @@ from sokovan.types import (
     RunId,
     RunStatus,
     RunTrigger,
-    SessionId,
-    SessionInfo,
-    SessionStatus,
 )
 from tasks.canvas import agent_batches_of, group_batches
+from tests.terminate_stubs import TerminateStubs
 
 
 def _batches(sizes: Sequence[int]) -> list[AgentBatch]:
@@ -114,65 +99,9 @@ class CountingLedger(InMemoryLedger):
             self.recorded.set()
 
 
-class OneTaskChord:
-    """Every batch of the fan-out in one task (run_batches), then the chord body."""
-
-    def __init__(self) -> None:
-        self.coordinator: Coordinator | None = None
-        self.ledger: Ledger | None = None
-        self.ctx: HandlerContext | None = None
-
-    async def dispatch(
-        self,
-        run_id: RunId,
-        operation: Operation,
-        batches: Sequence[AgentBatch],
-        skipped: Sequence[ItemOutcome] = (),
-    ) -> str:
-        assert self.coordinator and self.ledger and self.ctx
-        outcomes = await run_batches(
-            self.coordinator, self.ledger, self.ctx, run_id, operation, batches
-        )
-        await self.coordinator.complete(run_id, operation, [*outcomes, *skipped])
-        return f"chord-{run_id}"
-
-
-class Stubs:
-    def __init__(self) -> None:
-        self.store = InMemoryStore()
-        self.ledger = CountingLedger(self.store)
-        self.pool = FakeAgentClientPool()
-        self.agents = {
-            "fast1": self.pool.add("fast1"),
-            "fast2": self.pool.add("fast2"),
-            "slow": self.pool.add("slow", delay=0.3),
-        }
-        tracker = InMemoryTracker()
-        self.coordinator = Coordinator(
-            ledger=self.ledger,
-            claims=InMemoryClaims(),
-            kicker=RecordingKicker(),
-            tracker=tracker,
-            claim_lifetime=30,
-            run_deadline=60,
-        )
-        self.chord = OneTaskChord()
-        fanout = TrackedFanOut(self.chord, tracker, self.ledger, settle=self.coordinator.settle)
-        terminator = SessionTerminator(self.pool, FakePresence(), fanout)
-        ctx = stub_context(self.store, pool=self.pool, fanout=fanout, terminator=terminator)
-        self.chord.coordinator, self.chord.ledger = self.coordinator, self.ledger
-        self.chord.ctx = ctx
-        self.coordinator.register(terminate_sessions.build(ctx))
-
-    def add_session(self, agents: Sequence[str]) -> list[KernelId]:
-        sid = SessionId(uuid.uuid4())
-        kids = [KernelId(uuid.uuid4()) for _ in agents]
-        kernels = tuple(
-            KernelInfo(kid, sid, AgentId(agent), KernelStatus.TERMINATING, cluster_idx=i + 1)
-            for i, (kid, agent) in enumerate(zip(kids, agents, strict=True))
-        )
-        self.store.add_session(SessionInfo(sid, kernels, status=SessionStatus.TERMINATING))
-        return kids
+def grouped_stubs() -> TerminateStubs[CountingLedger]:
+    """Two agents that answer at once and a slow one, every agent's batch in one task."""
+    return TerminateStubs(CountingLedger, {"fast1": 0.0, "fast2": 0.0, "slow": 0.3}, one_task=True)
 
 
 async def test_sc_te_004_agents_of_one_task_fail_alone_and_count_per_agent() -> None:
@@ -184,10 +113,10 @@ async def test_sc_te_004_agents_of_one_task_fail_alone_and_count_per_agent() -> 
     alone fail (and stay TERMINATING), the counts are per kernel, and the fast agents were
     recorded in a transaction before the slow agent's, without it.
     """
-    s = Stubs()
-    fast = s.add_session(["fast1", "fast1", "fast2"])
-    slow = s.add_session(["slow", "slow"])
-    gone = s.add_session(["gone", "gone"])
+    s = grouped_stubs()
+    _, fast = s.add_session(["fast1", "fast1", "fast2"])
+    _, slow = s.add_session(["slow", "slow"])
+    _, gone = s.add_session(["gone", "gone"])
 
     report = await s.coordinator.run(terminate_sessions.NAME, RunTrigger.BEAT)
 
@@ -211,9 +140,9 @@ async def test_a_task_cut_short_leaves_its_recorded_agents_done() -> None:
     """SC-CR on stubs: a task cancelled while its slow agent still works (its worker stops)
     keeps the fast agents' kernels TERMINATED and their outcomes counted; the slow agent's
     kernels are untouched, left to the redelivered message or the next run."""
-    s = Stubs()
-    fast = s.add_session(["fast1", "fast2"])
-    slow = s.add_session(["slow"])
+    s = grouped_stubs()
+    _, fast = s.add_session(["fast1", "fast2"])
+    _, slow = s.add_session(["slow"])
     run_id = await s.ledger.open_run(terminate_sessions.NAME, RunTrigger.BEAT)
     batches = [
         AgentBatch(AgentId(str(s.store.kernels[k].agent_id)), (_destroy_item(s, k),))
@@ -238,6 +167,6 @@ async def test_a_task_cut_short_leaves_its_recorded_agents_done() -> None:
     assert set(s.ledger.runs[run_id].items) == {str(k) for k in fast}
 
 
-def _destroy_item(s: Stubs, kernel_id: KernelId) -> dict[str, object]:
+def _destroy_item(s: TerminateStubs[CountingLedger], kernel_id: KernelId) -> dict[str, object]:
     kernel = s.store.kernels[kernel_id]
     return {"kernel_id": str(kernel_id), "session_id": str(kernel.session_id)}
