@@ -6,6 +6,8 @@ Ours: `sokovan.handler.run sweep_stale_kernels` on a real worker, timed from the
 to its answer (claim, load, stage 1, stage 2, marking, ledger: the run is closed by then).
 Baseline, same run and data: the same handler run in this process, with stage 2 asking
 one kernel at a time (the original algorithm).
+A quarter of the fresh kernels have a last_check older than the refresh (240 s), as a sweep
+every 60 s finds them: those are stamped again, the rest only read.
 Each agent takes `--check-latency-ms` (default 5 ms, as the terminate benchmark's destroy
 latency) to answer `check_running`, so stage 2's concurrency shows; 0 answers at once.
 
@@ -41,10 +43,10 @@ from bench.harness import (
 )
 from sokovan import constants as C
 from sokovan.bootstrap import Services, build_services
-from sokovan.config import presence_url_for
+from sokovan.config import Settings, presence_url_for
 from sokovan.errors import NotFound
 from sokovan.ports import AgentClientPool
-from sokovan.presence import ValkeyPresence
+from sokovan.presence import ValkeyPresence, presence_key
 from sokovan.scheduler.handlers import sweep_stale_kernels
 from sokovan.scheduler.terminator import SessionTerminator, StaleJudgement
 from sokovan.scheduler.terminator.stale import ANSWER_DEAD, ANSWER_NO_AGENT, ANSWER_RUNNING
@@ -66,6 +68,9 @@ SEED_PRESENCE_TTL = 6 * 3600
 # No agent refreshes the seeded presence, so "fresh" must last the whole run: the STALE
 # threshold is stretched from 120 s to an hour, and the stale ones are written older still.
 SEED_STALE_AFTER = 3600
+# A sweep every 60 s stamps a kernel's last_check once in four (the refresh is 240 s), so a
+# quarter of the fresh kernels are seeded with one that is due, as each sweep finds them.
+STAMPS_DUE_EVERY = 4
 
 
 class SequentialStage2(SessionTerminator):
@@ -93,6 +98,23 @@ class SequentialStage2(SessionTerminator):
         if running is None:
             return str(running)
         return ANSWER_RUNNING if running else ANSWER_DEAD
+
+
+async def age_last_checks(st: Stack, fresh: Sequence[str]) -> None:
+    """A quarter of the fresh kernels get a last_check older than the refresh, so the next
+    sweep finds what a sweep every 60 s finds; done before each side's timed run."""
+    due = fresh[::STAMPS_DUE_EVERY]
+    redis: Redis = Redis.from_url(presence_url_for(st.redis_url, C.PRESENCE_DB))
+    try:
+        seconds, _ = await redis.time()
+        when = str(int(seconds - 2 * Settings().presence_check_refresh))
+        for start in range(0, len(due), 5000):
+            async with redis.pipeline(transaction=False) as pipe:
+                for kernel_id in due[start : start + 5000]:
+                    pipe.hset(presence_key(kernel_id), "last_check", when)
+                await pipe.execute()
+    finally:
+        await redis.aclose()
 
 
 class _NoKick:
@@ -224,9 +246,11 @@ async def run(args: argparse.Namespace) -> list[Figure]:
             warm = alive + fresh[: 3 * len(alive)]
             await ours(st, warm, args.timeout)
             await baseline(services, warm)
+            await age_last_checks(st, fresh)
             base = await baseline(services, None)
             reaped = args.kernels - count_kernels(st.senv.engine, KernelStatus.RUNNING)
             set_statuses(st.senv.engine, SessionStatus.RUNNING, KernelStatus.RUNNING)
+            await age_last_checks(st, fresh)
             mine = await ours(st, None, args.timeout)
             mine_reaped = args.kernels - count_kernels(st.senv.engine, KernelStatus.RUNNING)
         finally:

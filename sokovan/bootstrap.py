@@ -269,6 +269,7 @@ async def build_services(
         stale_after=settings.presence_stale_after,
         ttl=settings.presence_ttl,
         manager_writes=settings.presence_manager_writes,
+        check_refresh=settings.presence_check_refresh,
     )
     pool = pool or build_agent_pool(settings, repository)
     tracker = tracker or FanOutTracker(redis)

@@ -70,6 +70,9 @@ class Settings:
     # Write last_check per kernel and agent:last_check per agent during a sweep, as
     # Backend.AI's manager does, so real agents' orphan cleanup works.
     presence_manager_writes: bool = True
+    # A kernel's last_check is written again once it is this old, not at every sweep: a real
+    # agent acts only on a gap of 600 s, and a million stamps cost the presence store seconds.
+    presence_check_refresh: float = 240.0
     presence_stale_after: float = C.PRESENCE_STALE_AFTER_SEC
     presence_ttl: int = C.PRESENCE_TTL_SEC
     presence_refresh: float = C.PRESENCE_REFRESH_SEC

@@ -81,6 +81,9 @@ RANGES: dict[str, Range] = {
     "retry_backoff_max": PAUSE,
     "presence_db": Range(0, 1023),
     "presence_stale_after": SECONDS,
+    # Below the 600 s gap after which a real agent takes a kernel for an orphan, with room
+    # for a sweep interval.
+    "presence_check_refresh": Range(0, 300),
     "presence_ttl": Range(1, 7 * DAY),
     "presence_refresh": SECONDS,
     "kernel_stats_interval": SECONDS,

@@ -10,6 +10,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from sokovan import constants as C
+from sokovan import resp_batch
 from sokovan.errors import PresenceUnavailable
 from sokovan.types import AgentId, HealthCheckStatus, KernelId, KernelPresence
 
@@ -64,19 +65,19 @@ return {now, out}
 """
 
 
-# The sweep's first pass over every RUNNING kernel: the kernel ids come as one comma-joined
-# argument (32 hex digits or the hyphenated form; keys are made here, in the hyphenated form
-# agents write), so sending a page costs one string, not one argument per kernel. Only kernels
-# that are not plainly fresh come back: presence missing, or last_presence absent, not a plain
-# number or older than the threshold; the caller judges those again as any read does. With
-# manager writes on, each existing hash is stamped as in _BATCH_CHECK, and KEYS are the agents'
-# last-check keys. ARGV: ids, key prefix, stale threshold, write flag, presence TTL, agent TTL.
+# The sweep's first pass, scripted: used only where a batch cannot be written on the client's
+# connections (see sokovan.resp_batch), and it answers as the batched pass does. The kernel ids
+# come as one comma-joined argument (32 hex digits or the hyphenated form agents write). Only
+# kernels that are not plainly fresh come back. With manager writes on, an existing hash whose
+# last_check is older than the refresh is stamped, and KEYS are the agents' last-check keys.
+# ARGV: ids, key prefix, stale threshold, write flag, presence TTL, agent TTL, refresh.
 _SWEEP_SCAN = """
 local now = redis.call('TIME')
 local t = tonumber(now[1]) + tonumber(now[2]) / 1000000
 local prefix = ARGV[2]
 local stale = tonumber(ARGV[3])
 local write = ARGV[4] == '1'
+local refresh = tonumber(ARGV[7])
 local out = {}
 local n = 0
 for id in string.gmatch(ARGV[1], '[^,]+') do
@@ -86,8 +87,9 @@ for id in string.gmatch(ARGV[1], '[^,]+') do
       .. '-' .. string.sub(id, 17, 20) .. '-' .. string.sub(id, 21)
   end
   local key = prefix .. id
-  local values = redis.call('HMGET', key, 'presence', 'last_presence')
-  if values[1] and write then
+  local values = redis.call('HMGET', key, 'presence', 'last_presence', 'last_check')
+  local checked = values[3] and tonumber(values[3])
+  if values[1] and write and not (checked and t - checked < refresh) then
     redis.call('HSET', key, 'last_check', now[1])
     redis.call('EXPIRE', key, ARGV[5])
   end
@@ -103,6 +105,9 @@ for i = 1, #KEYS do
 end
 return {now, n, out}
 """
+
+_TIME = resp_batch.command(b"TIME")
+_SCAN_FIELDS = (b"presence", b"last_presence", b"last_check")
 
 
 def agent_last_check_key(agent_id: AgentId | str) -> str:
@@ -144,6 +149,39 @@ def _float(raw: Raw) -> float | None:
         return None
 
 
+def _hyphenated(hex_id: str) -> str:
+    """A UUID's 32 hex digits in the hyphenated form agents write."""
+    return f"{hex_id[:8]}-{hex_id[8:12]}-{hex_id[12:16]}-{hex_id[16:20]}-{hex_id[20:]}"
+
+
+def _judge_scan(
+    replies: list[Any], now: float, stale: float, refresh: float
+) -> tuple[dict[int, KernelPresence | None], list[int]]:
+    """A batched scan's suspects (as `_verdict` judges them: no presence, or STALE) and the
+    positions of present kernels whose last_check is due; replies[0] is the server's TIME."""
+    found: dict[int, KernelPresence | None] = {}
+    due: list[int] = []
+    # A million kernels a sweep: the checks are written out here, not calls per kernel.
+    for position, fields in enumerate(replies[1:]):
+        if fields.__class__ is not list or fields[0] is None:  # no hash, or not a hash
+            found[position] = None
+            continue
+        _, last_presence, last_check = fields
+        try:
+            seen = float(last_presence)
+        except (TypeError, ValueError):
+            seen = None
+        if seen is not None and now - seen > stale:
+            found[position] = KernelPresence(HealthCheckStatus.STALE, seen)
+        try:
+            if now - float(last_check) < refresh:
+                continue
+        except (TypeError, ValueError):
+            pass
+        due.append(position)
+    return found, due
+
+
 class ValkeyPresence:
     """Reads and writes presence hashes; one round trip per batch, however many kernels."""
 
@@ -153,11 +191,15 @@ class ValkeyPresence:
         stale_after: float = C.PRESENCE_STALE_AFTER_SEC,
         ttl: int = C.PRESENCE_TTL_SEC,
         manager_writes: bool = False,
+        check_refresh: float = 0.0,
     ) -> None:
         self._redis = redis
         self._stale_after = stale_after
         self._ttl = ttl
         self._manager_writes = manager_writes
+        # A kernel's last_check younger than this is not written again (0: every scan).
+        self._check_refresh = check_refresh
+        self._scripted = False
         self._batch_read = redis.register_script(_BATCH_READ)
         self._batch_check = redis.register_script(_BATCH_CHECK)
         self._sweep_scan = redis.register_script(_SWEEP_SCAN)
@@ -198,11 +240,61 @@ class ValkeyPresence:
         """The positions in `kernel_ids` of kernels whose presence is missing or STALE.
 
         Each maps to its verdict (None: no presence). The ids are text, as the database
-        holds them; with manager writes on, the same round trip stamps last_check on each
-        kernel and the last-check key of each agent in `agent_ids`.
+        holds them. With manager writes on, each kernel whose last_check is older than the
+        check refresh is stamped, and so is the last-check key of each agent in `agent_ids`.
         """
         if not kernel_ids:
             return {}
+        try:
+            try:
+                found = await self._scan_batched(kernel_ids, agent_ids)
+            except resp_batch.BatchUnavailable as e:
+                if not self._scripted:
+                    log.warning("presence scan runs as a script: %s", e)
+                self._scripted = True
+                found = await self._scan_scripted(kernel_ids, agent_ids)
+        except (RedisError, OSError, TimeoutError) as e:
+            raise PresenceUnavailable(f"presence store unreadable: {e}") from e
+        self.round_trips += 1
+        return found
+
+    async def _scan_batched(
+        self, kernel_ids: Sequence[str], agent_ids: Collection[AgentId]
+    ) -> dict[int, KernelPresence | None]:
+        prefix = C.PRESENCE_KEY_PREFIX
+        keys = [(prefix + (k if len(k) != 32 else _hyphenated(k))).encode() for k in kernel_ids]
+        payload = _TIME + resp_batch.same_command((b"HMGET",), keys, _SCAN_FIELDS)
+        replies = await resp_batch.exchange(self._redis, payload, len(keys) + 1)
+        seconds, micros = replies[0]
+        now = float(seconds) + float(micros) / 1_000_000
+        found, due = _judge_scan(replies, now, self._stale_after, self._check_refresh)
+        if self._manager_writes:
+            await self._stamp([keys[p] for p in due], agent_ids, seconds)
+        return found
+
+    async def _stamp(self, keys: list[bytes], agent_ids: Collection[AgentId], now: bytes) -> None:
+        """last_check on kernels' hashes (a hash that expired since its read gets only this
+        field, and its TTL: a real agent's cleanup skips a hash without presence) and the
+        agents' last-check keys."""
+        agents = [agent_last_check_key(a).encode() for a in sorted(agent_ids)]
+        if not keys and not agents:
+            return
+        ttl, agent_ttl = b"%d" % self._ttl, b"%d" % C.AGENT_LAST_CHECK_TTL_SEC
+        payload = b"".join(
+            (
+                resp_batch.same_command((b"HSET",), keys, (b"last_check", now)),
+                resp_batch.same_command((b"EXPIRE",), keys, (ttl,)),
+                resp_batch.same_command((b"SET",), agents, (now, b"EX", agent_ttl)),
+            )
+        )
+        replies = await resp_batch.exchange(self._redis, payload, 2 * len(keys) + len(agents))
+        failed = [r for r in replies if isinstance(r, Exception)]
+        if failed:
+            raise RedisError(f"{len(failed)} presence stamp(s) refused: {failed[0]}")
+
+    async def _scan_scripted(
+        self, kernel_ids: Sequence[str], agent_ids: Collection[AgentId]
+    ) -> dict[int, KernelPresence | None]:
         writes = self._manager_writes
         args: list[str | float] = [
             ",".join(kernel_ids),
@@ -211,13 +303,10 @@ class ValkeyPresence:
             1 if writes else 0,
             self._ttl,
             C.AGENT_LAST_CHECK_TTL_SEC,
+            self._check_refresh,
         ]
         keys = [agent_last_check_key(a) for a in sorted(agent_ids)] if writes else []
-        try:
-            reply: list[Any] = await self._sweep_scan(keys=keys, args=args)
-        except (RedisError, OSError) as e:
-            raise PresenceUnavailable(f"presence store unreadable: {e}") from e
-        self.round_trips += 1
+        reply: list[Any] = await self._sweep_scan(keys=keys, args=args)
         (seconds, micros), scanned, values = reply
         if int(scanned) != len(kernel_ids):
             raise ValueError(

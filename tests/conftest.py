@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from redis.asyncio import Redis
 
 from sokovan import constants as C
+from sokovan import resp_batch
 from sokovan.config import presence_url_for
 from sokovan.db.engine import create_engine, upgrade
 from sokovan.embedded import EmbeddedValkey
@@ -125,6 +126,19 @@ async def presence_redis(valkey_url: str) -> AsyncIterator[Redis]:
     client: Redis = Redis.from_url(presence_url_for(valkey_url, C.PRESENCE_DB))
     yield client
     await client.aclose()
+
+
+@pytest.fixture(params=["batched", "scripted"])
+def scan_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each scan test on both paths: the batch written on the connection, and the script the
+    scan falls back to where a connection offers no stream pair."""
+    if request.param == "scripted":
+
+        async def unavailable(*args: object) -> None:
+            raise resp_batch.BatchUnavailable("no stream pair (test)")
+
+        monkeypatch.setattr(resp_batch, "exchange", unavailable)
+    return str(request.param)
 
 
 @pytest.fixture

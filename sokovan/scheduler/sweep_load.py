@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from operator import itemgetter
@@ -28,6 +28,9 @@ from sokovan.types import AgentId, KernelId, KernelInfo, KernelPresence, KernelS
 
 # Suspects read in full per query: far below every database's bound on bound parameters.
 SUSPECT_QUERY_SIZE = 2000
+# Presence scans of pages sent before the oldest has answered: while the store answers one,
+# this process judges the other's replies.
+SCANS_IN_FLIGHT = 2
 # A SweepRow's fields, taken from a whole page at C speed (no Python call per kernel).
 _ID, _AGENT, _GROUP = itemgetter(0), itemgetter(1), itemgetter(2)
 
@@ -97,28 +100,50 @@ async def _pipeline(
     stamp_agents: bool,
     restarted: frozenset[AgentId],
 ) -> None:
-    """Reads page n+1 from SQL and counts page n-1 while Valkey scans page n's presence."""
-    page = await pages.next_page()
-    done: tuple[list[SweepRow], Mapping[int, KernelPresence | None]] | None = None
+    """Reads page n+1 from SQL while Valkey scans page n and page n-1's replies are judged
+    (two scans in flight, so the store never waits for this process), counting as they end."""
+    reading: deque[tuple[list[SweepRow], asyncio.Future[Mapping[int, KernelPresence | None]]]]
+    reading = deque()
     # Each agent's last-check key is stamped with the first page it appears on: never later
     # than the last_check of any of its kernels, which an agent would take for an orphan's.
     stamped: set[str | None] = {None}
-    while page is not None:
-        fetch = asyncio.ensure_future(pages.next_page())
-        agents: set[AgentId] = set()
-        if stamp_agents:
-            agents = cast("set[AgentId]", set(map(_AGENT, page)) - stamped)
-            stamped |= agents
-        read = asyncio.ensure_future(presence.scan_for_suspects(list(map(_ID, page)), agents))
-        try:
-            if done is not None:
-                _count(*done, targets, suspected, restarted)
-            done = (page, await read)
-            targets.pages += 1
-        finally:
-            page = await fetch  # never leaves the generator running in a thread
-    if done is not None:
-        _count(*done, targets, suspected, restarted)
+    page = await pages.next_page()
+    try:
+        while page is not None:
+            fetch = asyncio.ensure_future(pages.next_page())
+            try:
+                agents: set[AgentId] = set()
+                if stamp_agents:
+                    agents = cast("set[AgentId]", set(map(_AGENT, page)) - stamped)
+                    stamped |= agents
+                ids = list(map(_ID, page))
+                reading.append(
+                    (page, asyncio.ensure_future(presence.scan_for_suspects(ids, agents)))
+                )
+                if len(reading) >= SCANS_IN_FLIGHT:
+                    await _take(reading, targets, suspected, restarted)
+            finally:
+                page = await fetch  # never leaves the generator running in a thread
+        while reading:
+            await _take(reading, targets, suspected, restarted)
+    finally:
+        for _, read in reading:
+            read.cancel()
+        await asyncio.gather(*(read for _, read in reading), return_exceptions=True)
+
+
+async def _take(
+    reading: deque[tuple[list[SweepRow], asyncio.Future[Mapping[int, KernelPresence | None]]]],
+    targets: SweepTargets,
+    suspected: list[str],
+    restarted: frozenset[AgentId],
+) -> None:
+    """Counts the oldest scan in flight once it has answered."""
+    page, read = reading[0]
+    found = await read
+    reading.popleft()
+    targets.pages += 1
+    _count(page, found, targets, suspected, restarted)
 
 
 def _count(

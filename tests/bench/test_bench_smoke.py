@@ -81,3 +81,44 @@ def test_every_size_names_every_benchmark() -> None:
     for sizes in (bench_all.QUICK, bench_all.SMOKE, bench_all.FULL):
         assert set(sizes) == {"terminate", "sweep", "launch", "rpc"}
         assert all(sizes[name] for name in sizes)
+
+
+def test_three_runs_give_each_figure_its_median_and_keep_every_failure() -> None:
+    """`--runs 3`: a row per figure with the median of the runs that measured it and each
+    run's value in its note; a benchmark that failed in one run stays a FAILED row naming it."""
+    nan = float("nan")
+    runs = [
+        [Figure("terminate", 5.0, 4.0, "s", note="n1"), Figure("rpc: calls/s", 10, 9, "1/s")],
+        [Figure("terminate", 3.0, 4.5, "s", note="n2"), Figure("rpc: calls/s", 12, 9, "1/s")],
+        [
+            Figure("terminate", 4.0, 4.2, "s", note="n3"),
+            Figure.failure("bench.rpc", RuntimeError("agent gone")),
+        ],
+    ]
+
+    rows = {f.name: f for f in bench_all.medians(runs)}
+
+    assert (rows["terminate"].ours, rows["terminate"].baseline) == (4.0, 4.2)
+    assert rows["terminate"].note.startswith("median of 3 run(s) (run 1: 5.000 / 4.000;")
+    assert rows["terminate"].note.endswith("; n3")  # the median run's own note
+    assert (rows["rpc: calls/s"].ours, rows["rpc: calls/s"].baseline) == (11.0, 9.0)
+    failed = rows["bench.rpc: FAILED"]
+    assert failed.failed and failed.note.startswith("in run(s) 3 of 3: RuntimeError: agent gone")
+    assert "| — |" in bench_all.render([Figure("sweep: fds", 3, nan, "fds")], "full", 1, "h", 3)
+
+
+def test_a_benchmark_at_two_sizes_names_the_size_in_its_side_rows() -> None:
+    """FULL runs terminate and sweep at two sizes: their side rows would share a name."""
+    rows = bench_all._labelled(
+        "sweep",
+        ["--kernels", "1000000", "--agents", "5000"],
+        [
+            Figure("sweep 1,000,000 kernels / 5000 agents", 1, 2, "s"),
+            Figure("sweep: fds", 3, 4, "fds"),
+        ],
+    )
+
+    assert [f.name for f in rows] == [
+        "sweep 1,000,000 kernels / 5000 agents",
+        "sweep: fds (1,000,000 kernels / 5,000 agents)",
+    ]

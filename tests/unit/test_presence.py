@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
 
+from sokovan import resp_batch
 from sokovan.errors import PresenceUnavailable
 from sokovan.presence import ValkeyPresence, judge, presence_key
 from sokovan.scheduler.terminator.stale import read_presence
 from sokovan.types import HealthCheckStatus, KernelId, KernelInfo, KernelPresence, SessionId
 from tests.conftest import free_port
+from tests.outages import RestartableValkey
 
 NOW = 1_700_000_000.0
 STALE_AFTER = 120.0
@@ -181,6 +184,43 @@ async def test_valkey_presence_unreachable_store_raises_presence_unavailable() -
 
 
 @pytest.mark.integration
+async def test_sweep_scan_through_a_killed_and_restarted_store(tmp_path: Path) -> None:
+    """The batched scan on a store that is SIGKILLed is PresenceUnavailable (no half-read
+    page), and the next scan after the store is back reads on a fresh connection."""
+    server = RestartableValkey(tmp_path / "valkey")
+    client: Redis = Redis.from_url(server.start(), socket_timeout=5)
+    try:
+        reader = ValkeyPresence(client)
+        kernel = KernelId(uuid.uuid4())
+        await reader.write_presence([kernel])
+        assert await reader.scan_for_suspects([str(kernel)]) == {}
+        server.kill(down_for=0, start=False)
+        with pytest.raises(PresenceUnavailable):
+            await reader.scan_for_suspects([str(kernel)])
+        server.start()
+
+        assert await reader.scan_for_suspects([str(kernel)]) == {0: None}  # the data went
+        await reader.write_presence([kernel])
+        assert await reader.scan_for_suspects([str(kernel), "x"]) == {1: None}
+    finally:
+        await client.aclose()
+        server.stop()
+
+
+@pytest.mark.integration
+async def test_batched_scan_takes_a_key_of_another_type_for_no_presence(redis: Redis) -> None:
+    """A hostile or stray key of another type at a kernel's presence name: that kernel has no
+    presence (the agent is asked), and the verdicts of the page's others are unchanged."""
+    reader = ValkeyPresence(redis, manager_writes=True)
+    fresh, stray = KernelId(uuid.uuid4()), KernelId(uuid.uuid4())
+    await reader.write_presence([fresh])
+    await redis.set(presence_key(stray), "not a hash")
+
+    assert await reader.scan_for_suspects([str(stray), str(fresh)]) == {0: None}
+    assert await redis.get(presence_key(stray)) == b"not a hash"
+
+
+@pytest.mark.integration
 async def test_valkey_presence_stage_one_round_trips_equal_pages(redis: Redis) -> None:
     """Stage 1 over 25 kernels in pages of 10 makes 3 round trips (one TIME each), not 25."""
     reader = ValkeyPresence(redis, stale_after=STALE_AFTER)
@@ -208,7 +248,7 @@ def _suspects_of(statuses: dict[KernelId, KernelPresence], ids: list[KernelId]) 
 
 @pytest.mark.integration
 async def test_sweep_scan_returns_exactly_the_kernels_a_batch_read_suspects(
-    private_redis: Redis,
+    private_redis: Redis, scan_path: str
 ) -> None:
     """SC-SK-001 at scale: the scan sends the ids as text and answers only for the kernels
     that are not plainly fresh; its suspects equal the batch read's, whatever the hashes hold
@@ -256,12 +296,33 @@ async def test_sweep_scan_returns_exactly_the_kernels_a_batch_read_suspects(
 
 
 @pytest.mark.integration
-async def test_sweep_scan_refuses_an_id_that_would_split(private_redis: Redis) -> None:
-    """An id holding a comma (or an empty one) cannot be scanned: a clear error naming the
-    argument, rather than verdicts shifted onto the wrong kernels."""
+async def test_batched_scan_reads_any_id_text_in_its_place(private_redis: Redis) -> None:
+    """Each id is its own command: an id holding a comma, or an empty one, is simply a kernel
+    without presence, and the verdicts of the others stay in their places."""
+    reader = ValkeyPresence(private_redis)
+    fresh = KernelId(uuid.uuid4())
+    await reader.write_presence([fresh])
+
+    found = await reader.scan_for_suspects([str(fresh), "a,b", "", str(fresh)])
+
+    assert found == {1: None, 2: None}
+    assert await reader.scan_for_suspects([]) == {}
+
+
+@pytest.mark.integration
+async def test_scripted_scan_refuses_an_id_that_would_split(
+    private_redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The script takes the ids as one comma-joined text: an id holding a comma (or an empty
+    one) is a clear error naming the argument, rather than verdicts shifted onto the wrong
+    kernels."""
+
+    async def unavailable(*args: object) -> None:
+        raise resp_batch.BatchUnavailable("no stream pair (test)")
+
+    monkeypatch.setattr(resp_batch, "exchange", unavailable)
     reader = ValkeyPresence(private_redis)
     with pytest.raises(ValueError, match="kernel_ids"):
         await reader.scan_for_suspects([str(uuid.uuid4()), "a,b"])
     with pytest.raises(ValueError, match="kernel_ids"):
         await reader.scan_for_suspects([str(uuid.uuid4()), ""])
-    assert await reader.scan_for_suspects([]) == {}

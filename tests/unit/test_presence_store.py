@@ -71,7 +71,7 @@ async def test_without_manager_writes_a_read_writes_nothing(redis: Redis) -> Non
 
 
 @pytest.mark.integration
-async def test_sweep_scan_stamps_like_a_batch_read(redis: Redis) -> None:
+async def test_sweep_scan_stamps_like_a_batch_read(redis: Redis, scan_path: str) -> None:
     """The sweep's page scan writes what a batch read writes: last_check on existing hashes
     (TTL refreshed), the agents' last-check keys; no hash for a kernel without presence."""
     present, absent = KernelId(uuid.uuid4()), KernelId(uuid.uuid4())
@@ -88,3 +88,28 @@ async def test_sweep_scan_stamps_like_a_batch_read(redis: Redis) -> None:
     assert 50 < await redis.ttl(presence_key(present)) <= 300
     assert not await redis.exists(presence_key(absent))
     assert 0 < await redis.ttl(agent_last_check_key("a1")) <= C.AGENT_LAST_CHECK_TTL_SEC
+
+
+@pytest.mark.integration
+async def test_sweep_scan_stamps_only_a_last_check_older_than_the_refresh(
+    redis: Redis, scan_path: str
+) -> None:
+    """SC-FA-002 at scale: a last_check younger than the refresh is left as it is (a real
+    agent acts on a 600 s gap); an older one, or none, is stamped; the agent key always is."""
+    recent, due, unstamped = (KernelId(uuid.uuid4()) for _ in range(3))
+    seconds, _ = await redis.time()
+    writer = ValkeyPresence(redis)
+    await writer.write_presence([recent, due, unstamped], now=float(seconds) - 5)
+    await redis.hset(presence_key(recent), "last_check", str(seconds - 10))
+    await redis.hset(presence_key(due), "last_check", str(seconds - 100))
+    await redis.hdel(presence_key(unstamped), "last_check")
+    reader = ValkeyPresence(redis, manager_writes=True, check_refresh=60)
+
+    found = await reader.scan_for_suspects([str(recent), str(due), str(unstamped)], [AgentId("a1")])
+
+    assert found == {}
+    stamp = await redis.get(agent_last_check_key("a1"))
+    assert stamp is not None and int(stamp) >= int(seconds)
+    assert await redis.hget(presence_key(recent), "last_check") == str(seconds - 10).encode()
+    assert await redis.hget(presence_key(due), "last_check") == stamp
+    assert await redis.hget(presence_key(unstamped), "last_check") == stamp
