@@ -22,8 +22,8 @@ from sokovan.types import (
 # Slots of a request that names none.
 DEFAULT_SLOTS = {"cpu": "1", "mem": "1073741824"}
 
-# One kernel as the sweep first reads it: its id as hyphenated text (parsed only for
-# suspects), agent, scaling group.
+# One kernel as the sweep first reads it: its id as the database's text (32 hex digits on
+# SQLite, hyphenated elsewhere; parsed only for suspects), agent, scaling group.
 SweepRow = tuple[str, str | None, str]
 
 

@@ -130,8 +130,8 @@ async def presence_redis(valkey_url: str) -> AsyncIterator[Redis]:
 
 @pytest.fixture(params=["batched", "scripted"])
 def scan_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Each scan test on both paths: the batch written on the connection, and the script the
-    scan falls back to where a connection offers no stream pair."""
+    """Each presence test on both paths: the batch written on the connection, and the script
+    or pipeline it falls back to where a connection offers no stream pair."""
     if request.param == "scripted":
 
         async def unavailable(*args: object) -> None:

@@ -68,16 +68,17 @@ async def test_a_sweep_counts_fresh_kernels_without_a_row_and_brakes_on_the_whol
     assert (braked.requested, braked.skipped) == (20, 11)
 
 
-def test_pages_from_the_driver_are_plain_rows_with_hyphenated_ids(rig: Rig) -> None:
+def test_pages_from_the_driver_are_plain_rows_with_the_databases_id_text(rig: Rig) -> None:
     """A full read comes a page at a time as (id text, agent, group) tuples, every RUNNING
-    kernel once; a budget reads the oldest first, no more than it allows."""
+    kernel once, the id as SQLite holds it (32 hex digits, which the presence scan takes);
+    a budget reads the oldest first, no more than it allows."""
     kids = running(rig, 5)
     add_session(rig, ["a2"])  # a TERMINATING session and kernel: never read
     pages = list(rig.repo.sweep_pages([KernelStatus.RUNNING], page_size=2))
     assert [len(p) for p in pages] == [2, 2, 1]
     rows = [row for page in pages for row in page]
     assert all(type(row) is tuple for row in rows)
-    assert sorted(r[0] for r in rows) == sorted(str(k) for k in kids)
+    assert sorted(r[0] for r in rows) == sorted(k.hex for k in kids)
     assert {(r[1], r[2]) for r in rows} == {("a1", "default")}
     with rig.engine.begin() as conn:
         for age, kid in enumerate(kids):
@@ -87,4 +88,4 @@ def test_pages_from_the_driver_are_plain_rows_with_hyphenated_ids(rig: Rig) -> N
                 .values(created_at=utcnow() - timedelta(minutes=10 - age))
             )
     budgeted = list(rig.repo.sweep_pages([KernelStatus.RUNNING], page_size=10, limit=2))
-    assert [r[0] for page in budgeted for r in page] == [str(k) for k in kids[:2]]
+    assert [r[0] for page in budgeted for r in page] == [k.hex for k in kids[:2]]

@@ -137,8 +137,9 @@ async def test_valkey_presence_one_round_trip_per_batch_with_server_time(
 
 
 @pytest.mark.integration
-async def test_valkey_presence_written_like_an_agent(redis: Redis) -> None:
-    """write_presence stores Backend.AI's fields with a TTL and keeps the first created_at."""
+async def test_valkey_presence_written_like_an_agent(redis: Redis, scan_path: str) -> None:
+    """write_presence stores Backend.AI's fields with a TTL and keeps the first created_at,
+    written as one batch or, where a batch cannot be written, through the client's pipeline."""
     reader = ValkeyPresence(redis, ttl=300)
     kernel = KernelId(uuid.uuid4())
     server_now = await _server_now(redis)
@@ -261,7 +262,7 @@ async def test_sweep_scan_returns_exactly_the_kernels_a_batch_read_suspects(
         "fresh float": {"presence": "1", "last_presence": f"{now - 10:.3f}"},
         "stale": {"presence": "1", "last_presence": str(int(now - 600))},
         "stale float": {"presence": "1", "last_presence": f"{now - 600:.6f}"},
-        "stale exponent": {"presence": "1", "last_presence": f"{now - 600:e}"},
+        "stale exponent": {"presence": "1", "last_presence": f"{now - 600:.10e}"},
         "flag zero": {"presence": "0", "last_presence": str(int(now - 10))},
         "garbage time": {"presence": "1", "last_presence": "yesterday"},
         "hex time": {"presence": "1", "last_presence": "0x10"},
