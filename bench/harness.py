@@ -223,10 +223,11 @@ def bulk_sessions(
     first = 0
     if engine.dialect.name == "sqlite" and count > 5000:
         first = 1  # the first goes through SQLAlchemy; the rest are copies of its stored rows
-    for start in range(0, first or count, 5000):
+    through = first or count
+    for start in range(0, through, 5000):
         srows: list[dict[str, Any]] = []
         krows: list[dict[str, Any]] = []
-        for i in range(start, min(count, start + 5000)):
+        for i in range(start, min(through, start + 5000)):
             sid, kid, agent = uuid.uuid4(), uuid.uuid4(), agent_ids[i % len(agent_ids)]
             made.append((sid, kid, agent))
             srows.append(
