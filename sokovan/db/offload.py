@@ -19,7 +19,7 @@ from sokovan.db.ledger import RunLedger
 from sokovan.db.repository import SchedulerRepository
 from sokovan.db.secret_environ import SqlSecretEnviron
 from sokovan.db.secrets import SqlSecretStore
-from sokovan.errors import SokovanError
+from sokovan.errors import SokovanError, UnknownAgent
 from sokovan.ports import SecretBinder
 from sokovan.records import Scheduled, SessionRequest, Submitted, SweepRow
 from sokovan.scheduler.pending import schedule_pending
@@ -57,33 +57,34 @@ def offload(fn: Callable[P, R]) -> Callable[P, Coroutine[Any, Any, R]]:
     return offloaded
 
 
-class Coalesced(Generic[T]):
-    """One item per call, written in batches: calls made while a write is queued or under
-    way go together into the next one, so a burst of per-session writes costs a few
-    transactions instead of one each. Each call returns once its own item is written, and
-    raises what that write raised."""
+class Coalesced(Generic[T, R]):
+    """One item per call, handled in batches: calls made while a batch is queued or under way
+    go together into the next one, so a burst of per-session writes costs a few transactions
+    instead of one each, and a task's connections to 64 agents one address query. Each call
+    returns its own item's result once its batch is done (`handle` returns one per item, or
+    None for writes), and raises what that batch raised."""
 
-    def __init__(self, write: Callable[[list[T]], None]) -> None:
-        self._write = write
-        self._queued: list[tuple[T, asyncio.Future[None]]] = []
+    def __init__(self, handle: Callable[[list[T]], Sequence[R] | None]) -> None:
+        self._handle = handle
+        self._queued: list[tuple[T, asyncio.Future[R | None]]] = []
         self._flusher: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    async def __call__(self, item: T) -> None:
+    async def __call__(self, item: T) -> R | None:
         loop = asyncio.get_running_loop()
         if loop is not self._loop:  # a new loop (tests, the CLI): nothing of the old one is kept
             self._loop, self._queued, self._flusher = loop, [], None
-        done: asyncio.Future[None] = loop.create_future()
+        done: asyncio.Future[R | None] = loop.create_future()
         self._queued.append((item, done))
         if self._flusher is None or self._flusher.done():
             self._flusher = loop.create_task(self._flush())
-        await done
+        return await done
 
     async def _flush(self) -> None:
         while self._queued:
             batch, self._queued = self._queued, []
             try:
-                await asyncio.to_thread(self._write, [item for item, _ in batch])
+                results = await asyncio.to_thread(self._handle, [item for item, _ in batch])
             except Exception as e:
                 for _, done in batch:
                     if not done.done():
@@ -93,9 +94,9 @@ class Coalesced(Generic[T]):
                 for _, done in batch + self._queued:
                     done.cancel()
                 raise
-            for _, done in batch:
+            for position, (_, done) in enumerate(batch):
                 if not done.done():
-                    done.set_result(None)
+                    done.set_result(None if results is None else results[position])
 
 
 class OffloadedLedger:
@@ -143,8 +144,11 @@ class OffloadedStore:
         self.sessions_in = offload(r.sessions_in)
         self.sessions_to_destroy = offload(r.sessions_to_destroy)
         self.image_configs = offload(r.image_configs)
+        self._status_data: Coalesced[tuple[SessionId, Mapping[str, Any]], None]
         self._status_data = Coalesced(r.merge_sessions_status_data)
+        self._network_ids: Coalesced[tuple[SessionId, str | None], None]
         self._network_ids = Coalesced(r.set_sessions_network_ids)
+        self._agents = Coalesced(r.agents_by_ids)
         self.set_session_deadline = offload(r.set_session_deadline)
         self.transition_sessions = offload(r.transition_sessions)
         self.transition_kernels = offload(r.transition_kernels)
@@ -229,7 +233,9 @@ class OffloadedStore:
 
     async def resolve(self, agent_id: AgentId) -> AgentAddress:
         """AgentDirectory port: where the agent listens."""
-        row = await asyncio.to_thread(self.sync.get_agent, agent_id)
+        row = await self._agents(agent_id)
+        if row is None:
+            raise UnknownAgent(f"agent {agent_id!r} is not registered")
         return AgentAddress(agent_id=row.id, rpc_addr=row.rpc_addr, public_key=row.public_key)
 
 

@@ -65,6 +65,13 @@ class AgentsAndImages(SqlBase):
         with self.engine.connect() as conn:
             return [agent_row(r) for r in conn.execute(query).mappings()]
 
+    def agents_by_ids(self, agent_ids: list[str]) -> list[AgentRow | None]:
+        """The rows of these agents in one query, in order; None for one not registered."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(agents).where(agents.c.id.in_(set(agent_ids))))
+            found = {r["id"]: agent_row(r) for r in rows.mappings()}
+        return [found.get(a) for a in agent_ids]
+
     def get_agent(self, agent_id: str) -> AgentRow:
         with self.engine.connect() as conn:
             row = conn.execute(sa.select(agents).where(agents.c.id == agent_id)).mappings().first()
