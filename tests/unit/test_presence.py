@@ -297,6 +297,22 @@ async def test_sweep_scan_returns_exactly_the_kernels_a_batch_read_suspects(
 
 
 @pytest.mark.integration
+async def test_the_installed_client_takes_the_batched_path(private_redis: Redis) -> None:
+    """The scan relies on redis-py's connections having a stream pair; with the installed
+    redis-py it does: a page is plain HMGETs (one per kernel, one TIME), no script."""
+    reader = ValkeyPresence(private_redis)
+    ids = [str(uuid.uuid4()) for _ in range(25)]
+    before = await _commandstats(private_redis)
+
+    assert len(await reader.scan_for_suspects(ids)) == 25
+
+    calls = {k: v - before.get(k, 0) for k, v in (await _commandstats(private_redis)).items()}
+    assert (calls.get("cmdstat_hmget"), calls.get("cmdstat_time")) == (25, 1)
+    assert not calls.get("cmdstat_evalsha") and not calls.get("cmdstat_eval")
+    assert reader.round_trips == 1
+
+
+@pytest.mark.integration
 async def test_batched_scan_reads_any_id_text_in_its_place(private_redis: Redis) -> None:
     """Each id is its own command: an id holding a comma, or an empty one, is simply a kernel
     without presence, and the verdicts of the others stay in their places."""
