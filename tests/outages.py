@@ -142,8 +142,9 @@ def tracebacks(*logs: str) -> list[str]:
 
 def held_batches(worker: WorkerProcess, operation: str, within: float = float("inf")) -> list[str]:
     """Agent batches of `operation` the worker took in the last `within` seconds and has not
-    finished: the tests' batches last seconds, so one taken a moment ago is surely still
-    running when the worker is killed right after."""
+    finished (succeeded, or raised: a result that could not be stored while Valkey was down
+    ends the task too): the tests' batches last seconds, so one taken a moment ago is surely
+    still running when the worker is killed right after."""
     log = worker.output()
     task = re.escape(f"sokovan.agent.{operation}")
     pattern = rf"\[([0-9-]+ [0-9:]+),([0-9]+): [^]]*\] Task {task}\[([0-9a-f-]+)\] received"
@@ -151,6 +152,7 @@ def held_batches(worker: WorkerProcess, operation: str, within: float = float("i
     for stamp, millis, task_id in re.findall(pattern, log):
         # The worker logs local time, as time.mktime reads it.
         at = time.mktime(time.strptime(stamp, "%Y-%m-%d %H:%M:%S")) + int(millis) / 1000
-        if f"{operation}[{task_id}] succeeded" not in log and time.time() - at < within:
+        ended = re.search(rf"{task}\[{task_id}\] (succeeded|raised)", log)
+        if not ended and time.time() - at < within:
             held.append(task_id)
     return held
