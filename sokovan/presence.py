@@ -149,6 +149,13 @@ def _float(raw: Raw) -> float | None:
         return None
 
 
+def _all_accepted(replies: list[Any], what: str) -> None:
+    """Raises RedisError when the store refused any command of a batch of writes."""
+    failed = [r for r in replies if isinstance(r, Exception)]
+    if failed:
+        raise RedisError(f"{len(failed)} {what} refused: {failed[0]}")
+
+
 def _judge_scan(
     replies: list[Any], now: float, stale: float, refresh: float
 ) -> tuple[dict[int, KernelPresence | None], list[int]]:
@@ -291,9 +298,7 @@ class ValkeyPresence:
             )
         )
         replies = await resp_batch.exchange(self._redis, payload, 2 * len(keys) + len(agents))
-        failed = [r for r in replies if isinstance(r, Exception)]
-        if failed:
-            raise RedisError(f"{len(failed)} presence stamp(s) refused: {failed[0]}")
+        _all_accepted(replies, "presence stamp(s)")
 
     async def _scan_scripted(
         self, kernel_ids: Sequence[str], agent_ids: Collection[AgentId]
@@ -386,9 +391,7 @@ class ValkeyPresence:
             )
         )
         replies = await resp_batch.exchange(self._redis, payload, 4 * len(keys))
-        failed = [r for r in replies if isinstance(r, Exception)]
-        if failed:
-            raise RedisError(f"{len(failed)} presence write(s) refused: {failed[0]}")
+        _all_accepted(replies, "presence write(s)")
 
     async def server_time(self) -> float:
         """The presence store's clock, which every stamp and verdict follows."""
