@@ -6,6 +6,7 @@ import json
 import re
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis as sync_redis
@@ -60,10 +61,15 @@ async def duplicate_while_held(c: Cluster, task: str, method: str) -> str:
     """While one agent's batch of `task` hangs in its agent (holding the one worker process),
     queues a copy of the other agent's batch, waiting behind it; then lifts the hang."""
     # Both batches are queued at first; a slow worker takes its one a moment later.
-    wait_for(
-        lambda: len(queued(c, task)) == 1, timeout=30, interval=0.05, what=f"one queued {task}"
-    )
-    (message,) = queued(c, task)
+    seen: list[Any] = []
+
+    def one_queued() -> bool:
+        # Kept from the same read: a second look could find the next tick's batch queued too.
+        seen[:] = queued(c, task)
+        return len(seen) == 1
+
+    wait_for(one_queued, timeout=30, interval=0.05, what=f"one queued {task}")
+    (message,) = seen
     task_id = duplicate(c, message)
     for agent_id in AGENTS:
         await set_fault(c.senv.settings.redis_url, agent_id, {"op": "clear", "method": method})
