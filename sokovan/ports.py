@@ -389,6 +389,10 @@ class SessionStore(Protocol):
         self, session_ids: Collection[SessionId]
     ) -> dict[SessionId, list[KernelStatus]]: ...
 
+    async def kernel_statuses(
+        self, kernel_ids: Collection[KernelId]
+    ) -> dict[KernelId, KernelStatus]: ...
+
     async def finish_sessions(self, session_ids: Collection[SessionId]) -> list[SessionId]:
         """Moves TERMINATING sessions whose kernels are all terminal to TERMINATED."""
         ...
@@ -549,7 +553,13 @@ class MaintenanceStore(Protocol):
 class LeftoverStore(Protocol):
     """Kernels given up on whose containers may still exist on their agents."""
 
-    async def remember_leftovers(self, items: Sequence[Leftover]) -> int: ...
+    async def remember_leftovers(
+        self, items: Sequence[Leftover], reopen: bool = False, due_at: datetime | None = None
+    ) -> int:
+        """Records kernels given up on, due at once or at `due_at`; one already remembered is
+        kept as it was, or with `reopen` is due again (its container was created after it was
+        destroyed)."""
+        ...
 
     async def leftovers(self, kernel_ids: Collection[KernelId] | None = None) -> list[Leftover]: ...
 

@@ -54,8 +54,12 @@ class Attempts(SqlBase):
                 counts[KernelId(kid)] = n
         return counts
 
-    def remember_leftovers(self, items: Sequence[Leftover]) -> int:
-        """Records kernels given up on; a kernel already remembered is kept as it was."""
+    def remember_leftovers(
+        self, items: Sequence[Leftover], reopen: bool = False, due_at: datetime | None = None
+    ) -> int:
+        """Records kernels given up on, due at once or at `due_at`; a kernel already
+        remembered is kept as it was, or with `reopen` is due again with the new reason (its
+        container was created after it was destroyed)."""
         rows = [
             {
                 "kernel_id": i.kernel_id,
@@ -64,12 +68,26 @@ class Attempts(SqlBase):
                 "reason": i.reason,
                 "forced_at": i.forced_at,
                 "attempts": 0,
+                "next_attempt_at": due_at,
             }
             for i in items
         ]
         if not rows:
             return 0
-        stmt = self._insert()(leftover_kernels).on_conflict_do_nothing(index_elements=["kernel_id"])
+        insert = self._insert()(leftover_kernels)
+        if reopen:
+            stmt = insert.on_conflict_do_update(
+                index_elements=["kernel_id"],
+                set_={
+                    "reason": insert.excluded.reason,
+                    "forced_at": insert.excluded.forced_at,
+                    "attempts": 0,
+                    "next_attempt_at": insert.excluded.next_attempt_at,
+                    "destroyed_at": None,
+                },
+            )
+        else:
+            stmt = insert.on_conflict_do_nothing(index_elements=["kernel_id"])
         with self.engine.begin() as conn:
             conn.execute(stmt, rows)
         return len(rows)

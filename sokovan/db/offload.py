@@ -153,6 +153,7 @@ class OffloadedStore:
         self.transition_sessions = offload(r.transition_sessions)
         self.transition_kernels = offload(r.transition_kernels)
         self.kernel_statuses_by_session = offload(r.kernel_statuses_by_session)
+        self.kernel_statuses = offload(r.kernel_statuses)
         self.finish_sessions = offload(r.finish_sessions)
         self.note_kernel_attempts = offload(r.note_kernel_attempts)
         self.kernels_to_sweep = offload(r.kernels_to_sweep)

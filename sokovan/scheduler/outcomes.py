@@ -19,11 +19,14 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from sokovan.deadletter import failed_outcomes
 from sokovan.errors import describe_error
+from sokovan.records import Leftover
 from sokovan.scheduler.handlers import execute_batch
 from sokovan.scheduler.handlers.base import HandlerContext, HandlerRuntime, Transition
+from sokovan.scheduler.handlers.reconcile_leftovers import NAME as RECONCILE
 from sokovan.scheduler.leases import kept
 from sokovan.scheduler.transitions import promote_sessions, session_ids_of
 from sokovan.types import (
+    TERMINAL_KERNEL_STATUSES,
     AgentBatch,
     AgentId,
     ItemOutcome,
@@ -34,12 +37,15 @@ from sokovan.types import (
     Recorded,
     RunId,
     RunRecord,
+    RunTrigger,
+    SessionId,
     SessionStatus,
     Verdict,
+    utcnow,
 )
 
 if TYPE_CHECKING:
-    from sokovan.ports import Claims, Ledger, SessionStore
+    from sokovan.ports import Claims, HandlerKicker, Ledger, SchedulerStore
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +54,10 @@ log = logging.getLogger(__name__)
 # the task fails and the run's next tick re-plans the batch's kernels from SQL.
 RECORD_ATTEMPTS: Final = 4
 RECORD_RETRY_SEC: Final = 0.5
+# The leftover reason of a container an agent created after its kernel had ended: the session
+# was terminated (or failed) while create_kernels was still running, so the destroy found
+# nothing and the create landed after it.
+CREATED_AFTER_END: Final = "CREATED_AFTER_END"
 
 
 class RunOwner(Protocol):
@@ -55,6 +65,7 @@ class RunOwner(Protocol):
 
     claims: Claims
     claim_lifetime: float
+    kicker: HandlerKicker
 
     def spec(self, handler: str) -> HandlerRuntime: ...
 
@@ -104,7 +115,7 @@ async def record_outcomes(
 async def record_batch(
     coordinator: RunOwner,
     ledger: Ledger,
-    repo: SessionStore,
+    repo: SchedulerStore,
     run_id: RunId,
     operation: Operation,
     outcomes: Sequence[ItemOutcome],
@@ -114,18 +125,22 @@ async def record_batch(
     run = await ledger.get_run(run_id)
     transitions = coordinator.spec(run.handler).declaration.transitions
     recorded, marked = await record_outcomes(ledger, transitions, run_id, outcomes)
-    await after_recording(repo, run, operation, outcomes, recorded)
+    await after_recording(coordinator.kicker, repo, run, operation, outcomes, recorded)
     return recorded, marked
 
 
 async def after_recording(
-    repo: SessionStore,
+    kicker: HandlerKicker,
+    repo: SchedulerStore,
     run: RunRecord,
     operation: Operation,
     outcomes: Sequence[ItemOutcome],
     recorded: Recorded,
 ) -> None:
-    """What follows a recorded batch: a note if the run was over, sessions that now run."""
+    """What follows a recorded batch: a note if the run was over, sessions that now run,
+    and containers created for kernels that had ended meanwhile destroyed."""
+    if operation == Operation.CREATE_KERNELS:
+        await _destroy_created_after_end(kicker, repo, outcomes, recorded)
     if not recorded.counted:
         log.warning(
             "run %s is %s: %d outcome(s) of a %s batch kept as evidence only",
@@ -143,6 +158,53 @@ async def after_recording(
             SessionStatus.CREATING,
             SessionStatus.RUNNING,
         )
+
+
+async def _destroy_created_after_end(
+    kicker: HandlerKicker,
+    repo: SchedulerStore,
+    outcomes: Sequence[ItemOutcome],
+    recorded: Recorded,
+) -> None:
+    """A kernel the agent created whose row had already ended (its session terminated or
+    failed while create_kernels ran, the destroy finding nothing) has a container nobody
+    else knows of: it is remembered as a leftover and reconcile_leftovers is kicked for it."""
+    moved = {str(k) for k in recorded.moved.get(Verdict.OK, ())}
+    created = {
+        o.item_id: o
+        for o in outcomes
+        if o.ok and o.item_id not in moved and o.agent_id and o.detail.get("session_id")
+    }
+    if not created:
+        return
+    ids = [KernelId(uuid.UUID(i)) for i in created]
+    ended = [
+        k for k, s in (await repo.kernel_statuses(ids)).items() if s in TERMINAL_KERNEL_STATUSES
+    ]
+    if not ended:
+        return
+    now = utcnow()
+    leftovers = [
+        Leftover(
+            k,
+            SessionId(uuid.UUID(str(created[str(k)].detail["session_id"]))),
+            AgentId(str(created[str(k)].agent_id)),
+            CREATED_AFTER_END,
+            now,
+            0,
+            None,
+        )
+        for k in ended
+    ]
+    log.warning(
+        "kernel(s) %s were created after they had ended; destroying their containers",
+        sorted(map(str, ended)),
+    )
+    await repo.remember_leftovers(leftovers, reopen=True)
+    try:
+        await kicker.kick(RECONCILE, RunTrigger.EVENT, [str(k) for k in ended])
+    except Exception as e:  # reconcile_leftovers' own tick picks them up
+        log.warning("could not kick %s for %s: %s", RECONCILE, ended, e)
 
 
 async def run_batch(
@@ -192,7 +254,14 @@ async def run_batches(
                 done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
                 ended = {running.pop(t): t.result() for t in done}
                 recorded = await _record_retrying(
-                    ledger, ctx.repository, transitions, run, operation, ended, batches
+                    coordinator.kicker,
+                    ledger,
+                    ctx.repository,
+                    transitions,
+                    run,
+                    operation,
+                    ended,
+                    batches,
                 )
                 marked.update(recorded)
         finally:
@@ -214,8 +283,9 @@ async def _execute_alone(
 
 
 async def _record_retrying(
+    kicker: HandlerKicker,
     ledger: Ledger,
-    repo: SessionStore,
+    repo: SchedulerStore,
     transitions: Mapping[Verdict, Transition],
     run: RunRecord,
     operation: Operation,
@@ -228,7 +298,9 @@ async def _record_retrying(
     agents = ", ".join(str(batches[index].agent_id) for index in sorted(ended))
     for attempt in range(1, RECORD_ATTEMPTS + 1):
         try:
-            marked = await _record_ended(ledger, repo, transitions, run, operation, outcomes)
+            marked = await _record_ended(
+                kicker, ledger, repo, transitions, run, operation, outcomes
+            )
             break
         except Exception as e:
             if attempt == RECORD_ATTEMPTS:
@@ -250,13 +322,14 @@ async def _record_retrying(
 
 
 async def _record_ended(
+    kicker: HandlerKicker,
     ledger: Ledger,
-    repo: SessionStore,
+    repo: SchedulerStore,
     transitions: Mapping[Verdict, Transition],
     run: RunRecord,
     operation: Operation,
     outcomes: Sequence[ItemOutcome],
 ) -> list[ItemOutcome]:
     recorded, marked = await record_outcomes(ledger, transitions, run.id, outcomes)
-    await after_recording(repo, run, operation, outcomes, recorded)
+    await after_recording(kicker, repo, run, operation, outcomes, recorded)
     return marked

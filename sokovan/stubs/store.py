@@ -176,6 +176,11 @@ class InMemoryStore:
                 out.setdefault(k.session_id, []).append(k.status)
         return out
 
+    async def kernel_statuses(
+        self, kernel_ids: Collection[KernelId]
+    ) -> dict[KernelId, KernelStatus]:
+        return {k: self.kernels[k].status for k in kernel_ids if k in self.kernels}
+
     async def finish_sessions(self, session_ids: Collection[SessionId]) -> list[SessionId]:
         done = [
             sid
@@ -418,9 +423,16 @@ class InMemoryStore:
 
     # LeftoverStore.
 
-    async def remember_leftovers(self, items: Sequence[Leftover]) -> int:
+    async def remember_leftovers(
+        self, items: Sequence[Leftover], reopen: bool = False, due_at: datetime | None = None
+    ) -> int:
+        """The stub keeps no backoff: `due_at` is not kept."""
         for item in items:
-            self.leftover_rows.setdefault(item.kernel_id, dataclasses.replace(item, attempts=0))
+            fresh = dataclasses.replace(item, attempts=0, destroyed_at=None)
+            if reopen:
+                self.leftover_rows[item.kernel_id] = fresh
+            else:
+                self.leftover_rows.setdefault(item.kernel_id, fresh)
         return len(items)
 
     async def leftovers(self, kernel_ids: Collection[KernelId] | None = None) -> list[Leftover]:

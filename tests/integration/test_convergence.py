@@ -145,3 +145,44 @@ async def test_sc_cv_003_kernel_never_created_is_ended_without_a_destroy(
         ]
         assert [i.evidence["verdict"] for i in items] == ["never_created"], items
         assert items[0].ok and "never sent" in str(items[0].evidence["never_created"])
+
+
+async def test_sc_cv_003_terminated_while_its_create_is_in_flight(
+    tmp_path: Path, valkey_url: str
+) -> None:
+    """SC-CV-003, a create still in flight: a session is terminated while its agent is still
+    creating its kernel (3 s per create_kernels), so the destroy finds nothing and the kernel
+    ends TERMINATED before the agent creates it. The create task, finding its kernel ended,
+    has the container destroyed: the agent holds nothing soon after, not at the next
+    reconcile tick, and nothing is left behind for good."""
+    settings = {"terminate_interval": "1", "launch_interval": "1"}
+    async with running_cluster(
+        tmp_path,
+        valkey_url,
+        agents=1,
+        settings=settings,
+        beat=True,
+        latency={"create_kernels": 3.0},
+    ) as c:
+        sid = c.create(name="ended-while-created")
+        c.wait_status(sid, SessionStatus.CREATING, timeout=60)
+        wait_for(
+            lambda: all(k.create_sent for k in c.session(sid).kernels),
+            timeout=30,
+            interval=0.05,
+            what="create_kernels sent",
+        )
+        await asyncio.sleep(0.5)  # the agent is inside its 3 s create
+        c.send("sokovan.session.terminate", session_id=str(sid))
+        s = c.wait_status(sid, SessionStatus.TERMINATED, timeout=30)
+        created = re.findall(r"created kernel ([0-9a-f-]+)", c.agents.log_tail(10**6))
+        async with asyncio.timeout(30):
+            # The create lands about 2.5 s after the destroy; then it is destroyed again.
+            while not created or sum((await kernels_held(c, ["a1"])).values()):
+                await asyncio.sleep(0.2)
+                created = re.findall(r"created kernel ([0-9a-f-]+)", c.agents.log_tail(10**6))
+        [kernel] = s.kernels
+        assert created == [str(kernel.id)]
+        assert c.session(sid).status == SessionStatus.TERMINATED
+        [leftover] = c.repo.leftovers([kernel.id])
+        assert leftover.destroyed_at is not None and leftover.reason == "CREATED_AFTER_END"

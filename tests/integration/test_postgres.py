@@ -115,6 +115,13 @@ def test_liveness_and_leftovers_on_postgres(pg_engine: sa.Engine) -> None:
     assert identity.instance_id == "boot-2" and identity.instance_since is not None
 
 
+def test_leftovers_reopen_on_postgres(pg_engine: sa.Engine) -> None:
+    """Leftovers due later, kept, and reopened, on PostgreSQL's upsert."""
+    from tests.integration.test_leftover_rows import assert_leftovers_reopen
+
+    assert_leftovers_reopen(pg_engine)
+
+
 def test_restarts_and_kernels_on_restarted_agents_on_postgres(pg_engine: sa.Engine) -> None:
     """The sweep's restart reads on PostgreSQL: instance_since compared as timestamptz, kernel
     ids of restarted agents as the hyphenated text sweep_pages gives."""
