@@ -13,7 +13,7 @@ from sokovan.config import Settings
 from sokovan.db.ledger import RunLedger
 from sokovan.db.offload import OffloadedLedger, OffloadedStore
 from sokovan.db.repository import NewKernel, SchedulerRepository
-from sokovan.ports import Ledger, SessionStore
+from sokovan.ports import Ledger, SchedulerStore
 from sokovan.scheduler.claims import RedisClaims
 from sokovan.scheduler.coordinator import Coordinator
 from sokovan.scheduler.handlers import sweep_stale_kernels, terminate_sessions
@@ -46,7 +46,7 @@ class ChordFanOut:
     `running` until `release()`. `refuse` makes dispatch fail as a broker that is down.
     """
 
-    def __init__(self, ledger: Ledger, repo: SessionStore) -> None:
+    def __init__(self, ledger: Ledger, repo: SchedulerStore) -> None:
         self.inner = InProcessFanOut(self._execute)
         self.ledger = ledger
         self.repo = repo
