@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import ExitStack, asynccontextmanager
@@ -11,7 +12,7 @@ from typing import Any
 
 import psutil
 import sqlalchemy as sa
-from celery import Celery
+from celery import Celery, states
 from redis.asyncio import Redis
 
 from sokovan.db.ledger import RunLedger
@@ -35,8 +36,28 @@ class Cluster:
     agents: AgentProcess
 
     def send(self, task: str, timeout: float = 60.0, **kwargs: Any) -> Any:
-        """Sends a public task and waits for its answer."""
-        return self.app.send_task(task, kwargs=kwargs).get(timeout=timeout)
+        """Sends a public task and waits for its answer, read where the worker stored it.
+
+        Not `.get()`: a caller's subscription made before a restart of the result store can
+        miss the answer stored after it (celery/celery#4857), and a subscription left pending
+        on a store that a test stopped makes a later test's garbage collection reconnect to
+        it for 20 s. That is the caller's Celery, not the scheduler.
+        """
+        sent = self.app.send_task(task, kwargs=kwargs)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                meta = self.app.backend.get_task_meta(sent.id)
+            except self.app.backend.connection_errors:
+                meta = {"status": states.PENDING}  # the store is restarting: read again
+            if meta["status"] in states.READY_STATES:
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no answer to {task} within {timeout:g} s")
+            time.sleep(0.05)
+        if meta["status"] != states.SUCCESS:
+            raise self.app.backend.exception_to_python(meta["result"])
+        return meta["result"]
 
     def create(self, timeout: float = 60.0, **request: Any) -> SessionId:
         answer = self.send(

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Any
 
 import pytest
-from celery import states
 
 from sokovan.bootstrap import build_redis
 from sokovan.config import load_settings
@@ -30,24 +28,6 @@ SETTINGS = {
     "record_empty_beat_runs": "true",
 }
 DOWN_FOR = 5.0
-
-
-def send_reading_the_stored_result(c: Cluster, task: str, **kwargs: Any) -> Any:
-    """Sends a public task and waits for its stored result by reading it, not by pub/sub.
-
-    A caller's `.get()` that subscribed before a restart of the result store can miss the
-    answer its worker stored after it (celery/celery#4857): that is the caller's Celery, not
-    the scheduler, so the scheduler's answer is read where the worker stored it.
-    """
-    sent = c.app.send_task(task, kwargs=kwargs)
-    wait_for(
-        lambda: c.app.backend.get_task_meta(sent.id)["status"] in states.READY_STATES,
-        timeout=60,
-        what=f"the answer to {task}",
-    )
-    meta = c.app.backend.get_task_meta(sent.id)
-    assert meta["status"] == states.SUCCESS, meta
-    return meta["result"]
 
 
 def sweep_runs_after(c: Cluster, run_id: int) -> list[RunStatus]:
@@ -79,14 +59,10 @@ async def test_valkey_restart_between_beat_ticks_fails_no_run(tmp_path: Path) ->
                     timeout=90,
                     what="3 beat sweeps after the restart",
                 )
-                manual = send_reading_the_stored_result(
-                    c, "sokovan.handler.run", handler=SWEEP, trigger="manual"
-                )
+                manual = c.send("sokovan.handler.run", handler=SWEEP, trigger="manual")
                 assert manual["status"] == str(RunStatus.SUCCEEDED), manual
                 assert c.session(sid).status == SessionStatus.RUNNING
-                answer = send_reading_the_stored_result(
-                    c, "sokovan.session.terminate", session_id=str(sid)
-                )
+                answer = c.send("sokovan.session.terminate", session_id=str(sid))
                 assert answer["terminating"] is True, answer
                 c.wait_status(sid, SessionStatus.TERMINATED)
                 wait_for(lambda: not c.ledger.running(), timeout=30, what="runs closed")
