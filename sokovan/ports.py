@@ -553,12 +553,9 @@ class MaintenanceStore(Protocol):
 class LeftoverStore(Protocol):
     """Kernels given up on whose containers may still exist on their agents."""
 
-    async def remember_leftovers(
-        self, items: Sequence[Leftover], reopen: bool = False, due_at: datetime | None = None
-    ) -> int:
-        """Records kernels given up on, due at once or at `due_at`; one already remembered is
-        kept as it was, or with `reopen` is due again (its container was created after it was
-        destroyed)."""
+    async def remember_leftovers(self, items: Sequence[Leftover], reopen: bool = False) -> int:
+        """Records kernels given up on; one already remembered is kept as it was, or with
+        `reopen` is due again (its container was created after its kernel ended)."""
         ...
 
     async def leftovers(self, kernel_ids: Collection[KernelId] | None = None) -> list[Leftover]: ...

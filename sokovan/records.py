@@ -27,6 +27,15 @@ DEFAULT_SLOTS = {"cpu": "1", "mem": "1073741824"}
 SweepRow = tuple[str, str | None, str]
 
 
+# Leftover reasons of a kernel ended while its create_kernels was still running: the create
+# may still land (CREATE_IN_FLIGHT), or landed after the kernel ended (CREATED_AFTER_END).
+# Until such a leftover is closed its kernel's slots stay held, so nothing is placed where
+# that container may be running.
+CREATE_IN_FLIGHT = "CREATE_IN_FLIGHT"
+CREATED_AFTER_END = "CREATED_AFTER_END"
+SLOT_HOLDING_LEFTOVERS = frozenset({CREATE_IN_FLIGHT, CREATED_AFTER_END})
+
+
 @dataclass(frozen=True, slots=True)
 class Leftover:
     """A kernel given up on whose container may still exist on its agent."""

@@ -15,7 +15,8 @@ import sqlalchemy as sa
 
 from bench.chaos.rig import ChaosCluster
 from bench.chaos.workload import Tracked
-from sokovan.db.schema import agents, kernels, run_items, runs, sessions
+from sokovan.db.schema import agents, kernels, leftover_kernels, run_items, runs, sessions
+from sokovan.records import SLOT_HOLDING_LEFTOVERS
 from sokovan.types import TERMINAL_SESSION_STATUSES, SessionStatus
 
 TRANSITIONAL = frozenset(
@@ -56,6 +57,8 @@ class Snapshot:
     kernels: list[dict[str, Any]]
     capacity: dict[str, dict[str, Decimal]]
     running: dict[str, set[str]]  # agent -> kernel ids whose process is alive
+    # Ended kernels whose slots stay held while a create may have left their container.
+    holding: frozenset[str] = frozenset()
 
 
 def snapshot(cluster: ChaosCluster) -> Snapshot:
@@ -79,8 +82,17 @@ def snapshot(cluster: ChaosCluster) -> Snapshot:
             str(r.id): _slots(r.capacity)
             for r in conn.execute(sa.select(agents.c.id, agents.c.capacity))
         }
+        holding = frozenset(
+            str(k)
+            for k in conn.execute(
+                sa.select(leftover_kernels.c.kernel_id).where(
+                    leftover_kernels.c.destroyed_at.is_(None),
+                    leftover_kernels.c.reason.in_(sorted(SLOT_HOLDING_LEFTOVERS)),
+                )
+            ).scalars()
+        )
     running = {aid: set(cluster.kernel_processes(aid)) for aid in cluster.agent_ids}
-    return Snapshot(by_session, kernel_list, capacity, running)
+    return Snapshot(by_session, kernel_list, capacity, running, holding)
 
 
 def check_all(cluster: ChaosCluster, tracked: Sequence[Tracked]) -> list[Check]:
@@ -215,10 +227,12 @@ def _cpu(slots: Iterable[Mapping[str, Decimal]]) -> float:
 
 
 def _free(snap: Snapshot) -> dict[str, dict[str, Decimal]]:
-    """Agent -> capacity left after the slots its live kernels hold."""
+    """Agent -> capacity left after the slots its live kernels hold, and those whose container
+    a create may have left (the scheduler keeps those slots held too)."""
     free = {aid: dict(cap) for aid, cap in snap.capacity.items()}
     for k in snap.kernels:
-        if k["agent_id"] in free and k["status"] not in ENDED and k["status"] != PENDING:
+        live = k["status"] not in ENDED and k["status"] != PENDING
+        if k["agent_id"] in free and (live or k["id"] in snap.holding):
             for name, amount in _slots(k["requested_slots"]).items():
                 free[k["agent_id"]][name] = free[k["agent_id"]].get(name, Decimal(0)) - amount
     return free

@@ -54,12 +54,9 @@ class Attempts(SqlBase):
                 counts[KernelId(kid)] = n
         return counts
 
-    def remember_leftovers(
-        self, items: Sequence[Leftover], reopen: bool = False, due_at: datetime | None = None
-    ) -> int:
-        """Records kernels given up on, due at once or at `due_at`; a kernel already
-        remembered is kept as it was, or with `reopen` is due again with the new reason (its
-        container was created after it was destroyed)."""
+    def remember_leftovers(self, items: Sequence[Leftover], reopen: bool = False) -> int:
+        """Records kernels given up on; a kernel already remembered is kept as it was, or with
+        `reopen` is due again with the new reason (its container was created after it ended)."""
         rows = [
             {
                 "kernel_id": i.kernel_id,
@@ -68,7 +65,6 @@ class Attempts(SqlBase):
                 "reason": i.reason,
                 "forced_at": i.forced_at,
                 "attempts": 0,
-                "next_attempt_at": due_at,
             }
             for i in items
         ]
@@ -82,7 +78,7 @@ class Attempts(SqlBase):
                     "reason": insert.excluded.reason,
                     "forced_at": insert.excluded.forced_at,
                     "attempts": 0,
-                    "next_attempt_at": insert.excluded.next_attempt_at,
+                    "next_attempt_at": None,
                     "destroyed_at": None,
                 },
             )

@@ -9,9 +9,9 @@ from typing import Any
 import sqlalchemy as sa
 
 from sokovan.db.base import SqlBase
-from sokovan.db.schema import agents, images, kernels
+from sokovan.db.schema import agents, images, kernels, leftover_kernels
 from sokovan.errors import UnknownAgent
-from sokovan.records import AgentRow
+from sokovan.records import SLOT_HOLDING_LEFTOVERS, AgentRow
 from sokovan.types import (
     TERMINAL_KERNEL_STATUSES,
     AgentId,
@@ -80,10 +80,9 @@ class AgentsAndImages(SqlBase):
         return agent_row(row)
 
     def occupied_by_agent(self) -> dict[str, ResourceSlot]:
-        """Slots held by non-terminal kernels, per agent."""
+        """Slots held per agent (see holds_slots)."""
         query = sa.select(kernels.c.agent_id, kernels.c.requested_slots).where(
-            kernels.c.agent_id.is_not(None),
-            kernels.c.status.not_in([str(s) for s in TERMINAL_KERNEL_STATUSES]),
+            kernels.c.agent_id.is_not(None), holds_slots()
         )
         out: dict[str, ResourceSlot] = {}
         with self.engine.connect() as conn:
@@ -134,17 +133,27 @@ class AgentsAndImages(SqlBase):
             }
 
 
+def holds_slots() -> sa.ColumnElement[bool]:
+    """A kernel holds its slots while it is not terminal, and after that while a create may
+    have left its container on the agent (an open leftover of SLOT_HOLDING_LEFTOVERS)."""
+    container_may_run = sa.select(leftover_kernels.c.kernel_id).where(
+        leftover_kernels.c.destroyed_at.is_(None),
+        leftover_kernels.c.reason.in_(sorted(SLOT_HOLDING_LEFTOVERS)),
+    )
+    return sa.or_(
+        kernels.c.status.not_in([str(s) for s in TERMINAL_KERNEL_STATUSES]),
+        kernels.c.id.in_(container_may_run),
+    )
+
+
 def occupied_on(
     conn: sa.Connection, agent_ids: Collection[str] | None = None
 ) -> dict[str, ResourceSlot]:
-    """Slots held by non-terminal kernels per agent, read on `conn` (inside its transaction)."""
+    """Slots held per agent (see holds_slots), read on `conn` (inside its transaction)."""
     slots_text = sa.cast(kernels.c.requested_slots, sa.Text)
     query = (
         sa.select(kernels.c.agent_id, slots_text, sa.func.count())
-        .where(
-            kernels.c.agent_id.is_not(None),
-            kernels.c.status.not_in([str(s) for s in TERMINAL_KERNEL_STATUSES]),
-        )
+        .where(kernels.c.agent_id.is_not(None), holds_slots())
         .group_by(kernels.c.agent_id, slots_text)
     )
     if agent_ids is not None:

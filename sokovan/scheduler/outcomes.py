@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from sokovan.deadletter import failed_outcomes
 from sokovan.errors import describe_error
-from sokovan.records import Leftover
+from sokovan.records import CREATED_AFTER_END, Leftover
 from sokovan.scheduler.handlers import execute_batch
 from sokovan.scheduler.handlers.base import HandlerContext, HandlerRuntime, Transition
 from sokovan.scheduler.handlers.reconcile_leftovers import NAME as RECONCILE
@@ -54,10 +54,8 @@ log = logging.getLogger(__name__)
 # the task fails and the run's next tick re-plans the batch's kernels from SQL.
 RECORD_ATTEMPTS: Final = 4
 RECORD_RETRY_SEC: Final = 0.5
-# The leftover reason of a container an agent created after its kernel had ended: the session
-# was terminated (or failed) while create_kernels was still running, so the destroy found
-# nothing and the create landed after it.
-CREATED_AFTER_END: Final = "CREATED_AFTER_END"
+# Kernels whose created container is to be destroyed once more: ended, or ending.
+ENDING: Final = frozenset({*TERMINAL_KERNEL_STATUSES, KernelStatus.TERMINATING})
 
 
 class RunOwner(Protocol):
@@ -166,21 +164,20 @@ async def _destroy_created_after_end(
     outcomes: Sequence[ItemOutcome],
     recorded: Recorded,
 ) -> None:
-    """A kernel the agent created whose row had already ended (its session terminated or
-    failed while create_kernels ran, the destroy finding nothing) has a container nobody
-    else knows of: it is remembered as a leftover and reconcile_leftovers is kicked for it."""
+    """A kernel the agent created after its session was terminated (or failed) has a container
+    the destroy may have missed: an agent answers a destroy during a create with "already
+    gone". Such kernels are remembered (CREATED_AFTER_END: their slots stay held) and
+    reconcile_leftovers is kicked to destroy them; destroying twice is harmless."""
     moved = {str(k) for k in recorded.moved.get(Verdict.OK, ())}
     created = {
         o.item_id: o
         for o in outcomes
         if o.ok and o.item_id not in moved and o.agent_id and o.detail.get("session_id")
     }
-    if not created:
+    ids = [KernelId(uuid.UUID(i)) for i in created if _is_uuid(i)]
+    if not ids:
         return
-    ids = [KernelId(uuid.UUID(i)) for i in created]
-    ended = [
-        k for k, s in (await repo.kernel_statuses(ids)).items() if s in TERMINAL_KERNEL_STATUSES
-    ]
+    ended = [k for k, s in (await repo.kernel_statuses(ids)).items() if s in ENDING]
     if not ended:
         return
     now = utcnow()
@@ -197,7 +194,7 @@ async def _destroy_created_after_end(
         for k in ended
     ]
     log.warning(
-        "kernel(s) %s were created after they had ended; destroying their containers",
+        "kernel(s) %s were created while or after they were terminated; destroying them",
         sorted(map(str, ended)),
     )
     await repo.remember_leftovers(leftovers, reopen=True)
@@ -205,6 +202,14 @@ async def _destroy_created_after_end(
         await kicker.kick(RECONCILE, RunTrigger.EVENT, [str(k) for k in ended])
     except Exception as e:  # reconcile_leftovers' own tick picks them up
         log.warning("could not kick %s for %s: %s", RECONCILE, ended, e)
+
+
+def _is_uuid(text: str) -> bool:
+    try:
+        uuid.UUID(text)
+    except ValueError:
+        return False
+    return True
 
 
 async def run_batch(

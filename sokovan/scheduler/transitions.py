@@ -5,7 +5,8 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Sequence
 
-from sokovan.ports import SessionStore
+from sokovan.ports import SchedulerStore, SessionStore
+from sokovan.records import CREATE_IN_FLIGHT, Leftover
 from sokovan.types import (
     TERMINAL_KERNEL_STATUSES,
     ItemOutcome,
@@ -14,6 +15,7 @@ from sokovan.types import (
     SessionId,
     SessionInfo,
     SessionStatus,
+    utcnow,
 )
 
 # The handler that destroys what a failed launch created (named here to avoid an import circle).
@@ -55,9 +57,13 @@ async def finish_terminated_sessions(
 
 
 async def request_termination(
-    repo: SessionStore, session_ids: Sequence[SessionId], reason: str
+    repo: SchedulerStore, session_ids: Sequence[SessionId], reason: str
 ) -> list[SessionId]:
-    """Moves live sessions and their kernels to TERMINATING; returns the sessions that moved."""
+    """Moves live sessions and their kernels to TERMINATING; returns the sessions that moved.
+
+    A kernel still CREATING may have its create_kernels running on the agent, which answers a
+    destroy with "already gone" and then creates it: such kernels are remembered first
+    (CREATE_IN_FLIGHT), so their slots stay held and a late container is destroyed."""
     moved = await repo.transition_sessions(
         session_ids,
         SessionStatus.TERMINATING,
@@ -66,6 +72,15 @@ async def request_termination(
     )
     if moved:
         sessions = await repo.sessions_by_ids(moved)
+        now = utcnow()
+        in_flight = [
+            Leftover(k.id, s.id, k.agent_id, CREATE_IN_FLIGHT, now, 0, None)
+            for s in sessions
+            for k in s.kernels
+            if k.agent_id and k.create_sent and k.status == KernelStatus.CREATING
+        ]
+        if in_flight:
+            await repo.remember_leftovers(in_flight)
         kernels = [k.id for s in sessions for k in s.kernels]
         await repo.transition_kernels(
             kernels,
@@ -108,7 +123,7 @@ async def promote_sessions(
 
 
 async def fail_sessions(
-    repo: SessionStore, session_ids: Sequence[SessionId], reason: str
+    repo: SchedulerStore, session_ids: Sequence[SessionId], reason: str
 ) -> list[tuple[str, Sequence[str] | None]]:
     """Failed launches go to TERMINATING so whatever was created is destroyed."""
     moved = await request_termination(repo, sorted(session_ids), reason)

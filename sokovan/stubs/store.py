@@ -423,10 +423,7 @@ class InMemoryStore:
 
     # LeftoverStore.
 
-    async def remember_leftovers(
-        self, items: Sequence[Leftover], reopen: bool = False, due_at: datetime | None = None
-    ) -> int:
-        """The stub keeps no backoff: `due_at` is not kept."""
+    async def remember_leftovers(self, items: Sequence[Leftover], reopen: bool = False) -> int:
         for item in items:
             fresh = dataclasses.replace(item, attempts=0, destroyed_at=None)
             if reopen:

@@ -7,6 +7,7 @@ import asyncio
 import os
 import re
 import signal
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -152,9 +153,10 @@ async def test_sc_cv_003_terminated_while_its_create_is_in_flight(
 ) -> None:
     """SC-CV-003, a create still in flight: a session is terminated while its agent is still
     creating its kernel (3 s per create_kernels), so the destroy finds nothing and the kernel
-    ends TERMINATED before the agent creates it. The create task, finding its kernel ended,
-    has the container destroyed: the agent holds nothing soon after, not at the next
-    reconcile tick, and nothing is left behind for good."""
+    ends TERMINATED before the agent creates it. The kernel's slots stay held while its
+    container may exist (checked all along: whenever the agent holds it, SQL held its slots
+    just before), the create task that sees its kernel ended has the container destroyed at
+    once, not at the next reconcile tick, and then the slots are free."""
     settings = {"terminate_interval": "1", "launch_interval": "1"}
     async with running_cluster(
         tmp_path,
@@ -166,23 +168,30 @@ async def test_sc_cv_003_terminated_while_its_create_is_in_flight(
     ) as c:
         sid = c.create(name="ended-while-created")
         c.wait_status(sid, SessionStatus.CREATING, timeout=60)
-        wait_for(
-            lambda: all(k.create_sent for k in c.session(sid).kernels),
-            timeout=30,
-            interval=0.05,
-            what="create_kernels sent",
-        )
-        await asyncio.sleep(0.5)  # the agent is inside its 3 s create
+        await asyncio.sleep(0.5)  # create_kernels was sent: the agent is inside its 3 s create
         c.send("sokovan.session.terminate", session_id=str(sid))
         s = c.wait_status(sid, SessionStatus.TERMINATED, timeout=30)
-        created = re.findall(r"created kernel ([0-9a-f-]+)", c.agents.log_tail(10**6))
+        [kernel] = s.kernels
+        unheld: list[float] = []
+        created: list[str] = []
         async with asyncio.timeout(30):
             # The create lands about 2.5 s after the destroy; then it is destroyed again.
-            while not created or (await kernels_held(c, ["a1"]))["a1"] > 0:
-                await asyncio.sleep(0.2)
+            while True:
+                held_in_sql = "a1" in c.repo.occupied_by_agent_grouped()
+                on_agent = (await kernels_held(c, ["a1"]))["a1"]
+                if on_agent and not held_in_sql:
+                    unheld.append(time.monotonic())
                 created = re.findall(r"created kernel ([0-9a-f-]+)", c.agents.log_tail(10**6))
-        [kernel] = s.kernels
+                if created and not on_agent:
+                    break
+                await asyncio.sleep(0.1)
         assert created == [str(kernel.id)]
+        assert unheld == [], "the agent ran the kernel while SQL held no slots for it"
         assert c.session(sid).status == SessionStatus.TERMINATED
+        wait_for(
+            lambda: "a1" not in c.repo.occupied_by_agent_grouped(),
+            timeout=10,
+            what="the slots freed once the container is gone",
+        )
         [leftover] = c.repo.leftovers([kernel.id])
-        assert leftover.destroyed_at is not None and leftover.reason == "CREATED_AFTER_END"
+        assert leftover.reason == "CREATED_AFTER_END" and leftover.destroyed_at is not None

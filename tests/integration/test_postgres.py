@@ -115,11 +115,11 @@ def test_liveness_and_leftovers_on_postgres(pg_engine: sa.Engine) -> None:
     assert identity.instance_id == "boot-2" and identity.instance_since is not None
 
 
-def test_leftovers_reopen_on_postgres(pg_engine: sa.Engine) -> None:
-    """Leftovers due later, kept, and reopened, on PostgreSQL's upsert."""
-    from tests.integration.test_leftover_rows import assert_leftovers_reopen
+def test_leftovers_hold_slots_on_postgres(pg_engine: sa.Engine) -> None:
+    """Slots held by a kernel whose container may run, and leftovers reopened, on PostgreSQL."""
+    from tests.integration.test_leftover_rows import assert_leftovers_hold_slots
 
-    assert_leftovers_reopen(pg_engine)
+    assert_leftovers_hold_slots(pg_engine)
 
 
 def test_restarts_and_kernels_on_restarted_agents_on_postgres(pg_engine: sa.Engine) -> None:

@@ -1,18 +1,22 @@
 """SC-CV-003, a create still in flight: a container an agent creates after its kernel ended is
-not left behind. The create task that sees it remembers a leftover and kicks
-reconcile_leftovers; a run abandoned with creates in flight remembers its kernels as leftovers
-due once those calls' time is up."""
+not left behind, and its slots stay held until it is gone. Terminating a CREATING kernel
+remembers it (CREATE_IN_FLIGHT); the create task that sees its kernel ended remembers it
+again (CREATED_AFTER_END) and kicks reconcile_leftovers; a create that never reports is
+destroyed once the start timeout is up."""
 
 from __future__ import annotations
 
 import dataclasses
 import uuid
+from datetime import timedelta
 from typing import NoReturn
 
 from sokovan.config import Settings
+from sokovan.records import CREATE_IN_FLIGHT, CREATED_AFTER_END, Leftover
 from sokovan.scheduler.handlers import start_sessions
 from sokovan.scheduler.handlers.reconcile_leftovers import NAME as RECONCILE
-from sokovan.scheduler.outcomes import CREATED_AFTER_END, after_recording
+from sokovan.scheduler.handlers.reconcile_leftovers import ReconcileLeftovers
+from sokovan.scheduler.outcomes import after_recording
 from sokovan.stubs.fanout import InProcessFanOut
 from sokovan.stubs.kicker import RecordingKicker
 from sokovan.stubs.store import InMemoryStore
@@ -66,6 +70,10 @@ async def _no_batches(*args: object) -> NoReturn:
     raise AssertionError("an abandoned run dispatches nothing")
 
 
+async def _destroyed(operation: Operation, batch: object) -> list[ItemOutcome]:
+    return []
+
+
 def _created(kernel: KernelInfo) -> ItemOutcome:
     return ItemOutcome(str(kernel.id), "a1", ok=True, detail={"session_id": str(kernel.session_id)})
 
@@ -85,6 +93,49 @@ async def test_a_container_created_after_its_kernel_ended_is_destroyed() -> None
     [leftover] = await store.leftovers()
     assert (leftover.kernel_id, leftover.reason) == (ended.id, CREATED_AFTER_END)
     assert kicker.kicks == [(RECONCILE, RunTrigger.EVENT, [str(ended.id)])]
+
+
+async def test_a_container_created_while_its_kernel_is_terminating_is_destroyed_again() -> None:
+    """The create landed after the session was terminated but before the destroy's outcome was
+    recorded: that destroy may have found nothing, so the container is destroyed once more."""
+    store, kicker = InMemoryStore(), RecordingKicker()
+    ending = _session(store, KernelStatus.TERMINATING, status=SessionStatus.TERMINATING)
+    [kernel] = ending.kernels
+
+    await after_recording(
+        kicker, store, _run(), Operation.CREATE_KERNELS, [_created(kernel)], Recorded(True, 1, {})
+    )
+
+    assert [(x.kernel_id, x.reason) for x in await store.leftovers()] == [
+        (kernel.id, CREATED_AFTER_END)
+    ]
+
+
+async def test_a_create_in_flight_is_destroyed_once_the_start_timeout_is_up() -> None:
+    """reconcile_leftovers leaves a CREATE_IN_FLIGHT leftover alone for the start timeout (the
+    create may still land), then destroys it; a CREATED_AFTER_END one goes at once."""
+    store = InMemoryStore()
+    fanout = InProcessFanOut(_destroyed)
+    settings = Settings(start_session_timeout=60)
+    now = utcnow()
+    young, old, landed = (KernelId(uuid.uuid4()) for _ in range(3))
+    sid = SessionId(uuid.uuid4())
+    await store.remember_leftovers(
+        [
+            Leftover(young, sid, AgentId("a1"), CREATE_IN_FLIGHT, now, 0, None),
+            Leftover(
+                old, sid, AgentId("a1"), CREATE_IN_FLIGHT, now - timedelta(seconds=61), 0, None
+            ),
+            Leftover(landed, sid, AgentId("a1"), CREATED_AFTER_END, now, 0, None),
+        ]
+    )
+
+    plan = await ReconcileLeftovers(store, fanout, settings).plan(RunId(1), None, 0)
+
+    assert plan.requested == 2
+    [record] = fanout.records
+    [batch] = record.batches
+    assert {i["kernel_id"] for i in batch.items} == {str(old), str(landed)}
 
 
 async def test_a_destroyed_leftover_is_due_again_when_its_container_reappears() -> None:
@@ -144,4 +195,4 @@ async def test_an_abandoned_run_remembers_its_creates_in_flight() -> None:
     assert store.sessions[session.id].status == SessionStatus.TERMINATING
     assert follow == [("terminate_sessions", [str(session.id)])]
     reasons = {x.kernel_id: x.reason for x in await store.leftovers()}
-    assert reasons == {sent.id: start_sessions.CREATE_IN_FLIGHT}
+    assert reasons == {sent.id: CREATE_IN_FLIGHT}

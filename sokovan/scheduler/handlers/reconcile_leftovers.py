@@ -1,19 +1,23 @@
 """reconcile_leftovers: destroy the containers of kernels given up on, once their agent answers.
 
 A kernel forced to TERMINATED past its deadline (or on a lost agent) may still run on its
-agent. Each leftover is retried with backoff while its agent is not LOST; destroying a
-container that is already gone is a success, and either way the leftover is closed.
+agent, and so may one terminated while its create_kernels was running (the agent answered
+the destroy "already gone", then created it). Each leftover is retried with backoff while
+its agent is not LOST; destroying a container that is already gone is a success, and either
+way the leftover is closed. A create that may still land is waited for first, for the start
+timeout, unless its task saw it land (CREATED_AFTER_END).
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from datetime import timedelta
 from typing import Final
 
 from sokovan.config import Settings
 from sokovan.ports import FanOut, SchedulerStore
-from sokovan.records import Leftover
+from sokovan.records import CREATE_IN_FLIGHT, Leftover
 from sokovan.scheduler.deadlines import LOST_AGENT_STATUS
 from sokovan.scheduler.handlers.base import (
     FollowUps,
@@ -66,7 +70,15 @@ class ReconcileLeftovers:
 
     async def plan(self, run_id: RunId, scope: Sequence[str] | None, budget: int) -> Plan:
         """Due leftovers of agents not LOST, one destroy batch per agent."""
-        due = await self.repo.leftovers_due(utcnow(), budget)
+        now = utcnow()
+        # A create that was running when its kernel ended has the start timeout to land; its
+        # leftover is destroyed after that (or at once if the create was seen to land).
+        landed_by = now - timedelta(seconds=self.settings.start_session_timeout)
+        due = [
+            d
+            for d in await self.repo.leftovers_due(now, budget)
+            if d.reason != CREATE_IN_FLIGHT or d.forced_at <= landed_by
+        ]
         if scope is not None:
             wanted = {str(s) for s in scope}
             due = [d for d in due if str(d.kernel_id) in wanted or d.agent_id in wanted]

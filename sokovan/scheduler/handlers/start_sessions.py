@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from sokovan import constants as C
 from sokovan.config import Settings
 from sokovan.ports import FanOut, SchedulerStore
-from sokovan.records import Leftover
 from sokovan.scheduler.deadlines import past_deadline
 from sokovan.scheduler.handlers.base import (
     FollowUps,
@@ -53,8 +51,6 @@ log = logging.getLogger(__name__)
 
 NAME = "start_sessions"
 CREATION_TIMEOUT = "CREATION_TIMEOUT"
-# The leftover reason of a kernel whose create_kernels was running when its worker was lost.
-CREATE_IN_FLIGHT = "CREATE_IN_FLIGHT"
 
 
 class _DispatchLog:
@@ -108,8 +104,6 @@ class StartSessions:
         self.fanout = fanout
         assert DECLARATION.give_up is not None
         self.deadline = DECLARATION.give_up.deadline(settings)
-        # How long a create_kernels call sent by a lost worker may still run on its agent.
-        self.create_window = settings.start_session_timeout
 
     async def plan(self, run_id: RunId, scope: Sequence[str] | None, budget: int) -> Plan:
         """PREPARED sessions go CREATING, one create_kernels per agent; what cannot be
@@ -167,7 +161,7 @@ class StartSessions:
     async def abandoned(self, run_id: RunId) -> FollowUps:
         """The lost batches' sessions would wait for the creation deadline: fail them now,
         so what their agents may have created is destroyed and nothing is created twice."""
-        return await _fail_interrupted(self.repo, self.create_window)
+        return await _fail_interrupted(self.repo)
 
 
 def build(ctx: HandlerContext) -> HandlerRuntime:
@@ -204,13 +198,11 @@ async def _expire_creating(
     return await fail_sessions(repo, stuck, CREATION_TIMEOUT)
 
 
-async def _fail_interrupted(repo: SchedulerStore, create_window: float) -> FollowUps:
+async def _fail_interrupted(repo: SchedulerStore) -> FollowUps:
     """Every session still CREATING once the run creating it was abandoned (its worker lost)
-    fails at once, so what its agents may have created is destroyed and nothing twice.
-
-    A create_kernels call the lost worker sent may still be running on its agent and land
-    after the destroy: each kernel it was sent for is also remembered as a leftover due once
-    that call's time is up, so its container is destroyed then if it appeared."""
+    fails at once, so what its agents may have created is destroyed and nothing twice (a
+    create still running on its agent is remembered as it is terminated: request_termination).
+    """
     sessions = await repo.sessions_in([SessionStatus.CREATING])
     stuck = [s.id for s in sessions]
     for sid in stuck:
@@ -221,15 +213,6 @@ async def _fail_interrupted(repo: SchedulerStore, create_window: float) -> Follo
             "message": "the run creating it was abandoned (its worker was lost)",
         }
         await repo.merge_session_status_data(sid, {"error": info})
-    now = utcnow()
-    in_flight = [
-        Leftover(k.id, s.id, k.agent_id, CREATE_IN_FLIGHT, now, 0, None)
-        for s in sessions
-        for k in s.kernels
-        if k.agent_id and k.create_sent and k.status == KernelStatus.CREATING
-    ]
-    if in_flight:
-        await repo.remember_leftovers(in_flight, due_at=now + timedelta(seconds=create_window))
     return await fail_sessions(repo, stuck, CREATION_TIMEOUT)
 
 
