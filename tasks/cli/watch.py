@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import io
-import time
-from collections.abc import Callable
+import signal
+import threading
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 
 import typer
@@ -43,7 +44,10 @@ def watch_command(title: str, as_json: bool, interval: float, draw: Callable[[],
 def watch(title: str, command: Callable[[], None], interval: float = WATCH_INTERVAL_SEC) -> None:
     """Redraws `command`'s output in place every `interval` seconds, as `watch(1)` does.
 
-    Ctrl-C ends the watch, exit 0, leaving the last table on the screen.
+    Ctrl-C ends the watch, exit 0, leaving the last table on the screen. It is taken as a
+    flag the loop reads, not as KeyboardInterrupt: an interrupt raised inside a finalizer that
+    the garbage collector runs while a table is read is ignored by Python, and the watch
+    would go on.
     """
     if interval <= 0:
         raise BadInput("--interval: must be more than 0 seconds")
@@ -53,11 +57,26 @@ def watch(title: str, command: Callable[[], None], interval: float = WATCH_INTER
         stamp = datetime.now(UTC).strftime("%H:%M:%S")
         return Text(f"Every {interval:g}s: {title}    {stamp} UTC\n\n{body}")
 
-    first = frame()
-    try:
+    with _interrupts() as stop:
+        first = frame()
         with Live(first, console=console(), auto_refresh=False, transient=False) as live:
-            while True:
-                time.sleep(interval)
+            while not stop.wait(interval):
                 live.update(frame(), refresh=True)
-    except KeyboardInterrupt:
+
+
+@contextlib.contextmanager
+def _interrupts() -> Iterator[threading.Event]:
+    """An event set by Ctrl-C (SIGINT) while inside; off the main thread, where no handler can
+    be set, KeyboardInterrupt ends the watch as well."""
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        with contextlib.suppress(KeyboardInterrupt):
+            yield stop
         return
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: stop.set())
+    try:
+        yield stop
+    except KeyboardInterrupt:  # one that came before the handler was set
+        return
+    finally:
+        signal.signal(signal.SIGINT, previous)
