@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Callable
 
 import pytest
 
@@ -20,11 +21,13 @@ class _InterruptsOnDelete:
         os.kill(os.getpid(), signal.SIGINT)
 
 
-def _drawing_until(interrupt_at: int, draws: list[int], interrupt: object) -> object:
+def _drawing_until(
+    interrupt_at: int, draws: list[int], interrupt: Callable[[], object]
+) -> Callable[[], None]:
     def draw() -> None:
         draws.append(len(draws) + 1)
         if len(draws) == interrupt_at:
-            interrupt()  # type: ignore[operator]
+            interrupt()
         if len(draws) > interrupt_at + 2:
             raise AssertionError("the watch went on after Ctrl-C")
         print(f"frame {len(draws)}")
