@@ -24,7 +24,7 @@ from sokovan.scheduler.handlers import execute_batch
 from sokovan.scheduler.handlers.base import HandlerContext, HandlerRuntime, Transition
 from sokovan.scheduler.handlers.reconcile_leftovers import NAME as RECONCILE
 from sokovan.scheduler.leases import kept
-from sokovan.scheduler.transitions import promote_sessions, session_ids_of
+from sokovan.scheduler.transitions import is_kernel_id, promote_sessions, session_ids_of
 from sokovan.types import (
     TERMINAL_KERNEL_STATUSES,
     AgentBatch,
@@ -174,7 +174,7 @@ async def _destroy_created_after_end(
         for o in outcomes
         if o.ok and o.item_id not in moved and o.agent_id and o.detail.get("session_id")
     }
-    ids = [KernelId(uuid.UUID(i)) for i in created if _is_uuid(i)]
+    ids = [KernelId(uuid.UUID(i)) for i in created if is_kernel_id(i)]
     if not ids:
         return
     ended = [k for k, s in (await repo.kernel_statuses(ids)).items() if s in ENDING]
@@ -202,14 +202,6 @@ async def _destroy_created_after_end(
         await kicker.kick(RECONCILE, RunTrigger.EVENT, [str(k) for k in ended])
     except Exception as e:  # reconcile_leftovers' own tick picks them up
         log.warning("could not kick %s for %s: %s", RECONCILE, ended, e)
-
-
-def _is_uuid(text: str) -> bool:
-    try:
-        uuid.UUID(text)
-    except ValueError:
-        return False
-    return True
 
 
 async def run_batch(

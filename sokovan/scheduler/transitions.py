@@ -36,6 +36,15 @@ def parse_ids(raw: Iterable[str] | None) -> list[uuid.UUID] | None:
     return None if raw is None else [uuid.UUID(str(x)) for x in raw]
 
 
+def is_kernel_id(item_id: str) -> bool:
+    """Whether an outcome's item id names a kernel (a payload error names none)."""
+    try:
+        uuid.UUID(item_id)
+    except ValueError:
+        return False
+    return True
+
+
 def kernel_ids(outcomes: Iterable[ItemOutcome]) -> list[KernelId]:
     return [KernelId(uuid.UUID(o.item_id)) for o in outcomes]
 

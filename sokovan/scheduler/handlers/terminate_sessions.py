@@ -37,6 +37,7 @@ from sokovan.scheduler.transitions import (
     NON_TERMINAL_KERNEL,
     TERMINATE_HANDLER,
     finish_terminated_sessions,
+    is_kernel_id,
     parse_ids,
     session_ids_of,
 )
@@ -196,7 +197,7 @@ class TerminateSessions:
         failed = {
             KernelId(uuid.UUID(o.item_id)): o.error or "unknown error"
             for o in outcomes
-            if not o.ok and not o.skipped and _is_kernel(o.item_id)
+            if not o.ok and not o.skipped and is_kernel_id(o.item_id)
         }
         if failed:
             await self.repo.note_kernel_attempts(
@@ -255,14 +256,6 @@ async def _past_deadline_follow_up(
         if s.status == SessionStatus.TERMINATING and past_deadline(s, seconds, now)
     ]
     return [(NAME, late)] if late else ()
-
-
-def _is_kernel(item_id: str) -> bool:
-    try:
-        uuid.UUID(item_id)
-    except ValueError:
-        return False
-    return True
 
 
 DECLARATION = HandlerDeclaration(
