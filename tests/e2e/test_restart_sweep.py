@@ -139,7 +139,10 @@ async def test_sc_cv_004_sc_cv_010_whole_restart_reaps_the_dead_before_presence_
                 timeout=30,
                 what="the kernels' processes to die with their agents",
             )
-            valkey.restart(down_for=1.0)
+            # Down longer than the restart grace: a kernel's last stamp, written before the kill,
+            # is then older than its agent's new start by more than the grace, so the restart
+            # makes it a suspect. A faster restart leaves it to the stale rule (900 s here).
+            valkey.restart(down_for=C.AGENT_RESTART_GRACE_SEC + 1.0)
 
             async with restarted(c, ports):
                 # A restart of the whole cluster: both new instances registered and recorded
