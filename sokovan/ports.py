@@ -437,8 +437,10 @@ class SessionStore(Protocol):
         """Ids of the kernels to sweep that these agents host, as `sweep_pages` gives them."""
         ...
 
-    async def cancel_pending(self, session_id: SessionId, reason: str) -> bool:
-        """Cancels a session still PENDING; False if it was placed meanwhile."""
+    async def cancel_pending(
+        self, session_ids: Collection[SessionId], reason: str
+    ) -> list[SessionId]:
+        """Cancels the sessions still PENDING; returns them (one placed meanwhile is not)."""
         ...
 
     async def pending_count(self) -> int: ...

@@ -13,6 +13,8 @@ SESSION_TERMINATE: Final = "sokovan.session.terminate"
 SESSION_TOUCH: Final = "sokovan.session.touch"
 # Many sessions in one message: one task and one pull run for the lot.
 SESSIONS_CREATE: Final = "sokovan.sessions.create"
+# Many sessions ended in one message: one task and one terminate run for the lot.
+SESSIONS_TERMINATE: Final = "sokovan.sessions.terminate"
 HANDLER_RUN: Final = "sokovan.handler.run"
 # One task per declared handler, `sokovan.handler.<name>`: Flower shows which handler ran.
 HANDLER_TASK_PREFIX: Final = "sokovan.handler."
@@ -33,6 +35,7 @@ PUBLIC: Final = (
     SESSION_TERMINATE,
     SESSION_TOUCH,
     SESSIONS_CREATE,
+    SESSIONS_TERMINATE,
     HANDLER_RUN,
     SESSION_GET,
     SESSION_LIST,

@@ -9,6 +9,7 @@ from typing import Any
 IMAGE = "cr.backend.ai/stable/python:3.12-ubuntu22.04"
 FIVE_MB = "x" * (5 * 1024 * 1024)
 HUNDRED_K_IDS = [str(uuid.UUID(int=i)) for i in range(100_000)]
+ONE_ID = str(uuid.UUID(int=1))
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,10 @@ def create(field: str | None, case: str, **request: Any) -> Hostile:
 
 def terminate(field: str | None, case: str, **kwargs: Any) -> Hostile:
     return Hostile(case, "sokovan.session.terminate", kwargs, field)
+
+
+def terminate_many(field: str | None, case: str, **kwargs: Any) -> Hostile:
+    return Hostile(case, "sokovan.sessions.terminate", kwargs, field)
 
 
 def handler(field: str | None, case: str, **kwargs: Any) -> Hostile:
@@ -101,6 +106,17 @@ CASES: list[Hostile] = [
     terminate("reason", "terminate-reason-nul", session_id=str(uuid.uuid4()), reason="a\x00"),
     terminate("force", "terminate-force-string", session_id=str(uuid.uuid4()), force="yes"),
     terminate("hard", "terminate-unknown-field", session_id=str(uuid.uuid4()), hard=True),
+    # Many sessions ended in one message.
+    terminate_many("session_ids", "terminate-many-string", session_ids="zz"),
+    terminate_many("session_ids", "terminate-many-empty", session_ids=[]),
+    terminate_many("session_ids", "terminate-many-missing"),
+    terminate_many("session_ids", "terminate-many-100k", session_ids=HUNDRED_K_IDS),
+    terminate_many("session_ids[1]", "terminate-many-not-uuid", session_ids=[ONE_ID, "nope"]),
+    terminate_many("session_ids[0]", "terminate-many-5mb-id", session_ids=[FIVE_MB]),
+    terminate_many("session_ids[0]", "terminate-many-dict-id", session_ids=[{"id": ONE_ID}]),
+    terminate_many("reason", "terminate-many-reason-nul", session_ids=[ONE_ID], reason="a\x00"),
+    terminate_many("force", "terminate-many-force-int", session_ids=[ONE_ID], force=1),
+    terminate_many("hard", "terminate-many-unknown-field", session_ids=[ONE_ID], hard=True),
     # Handler runs.
     handler("handler", "handler-unknown", handler="rm_rf"),
     handler("handler", "handler-list", handler=["terminate_sessions"]),

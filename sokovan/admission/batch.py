@@ -1,19 +1,22 @@
-"""`sokovan.sessions.create`: many requests in one message, each validated and refused alone."""
+"""`sokovan.sessions.create` and `sokovan.sessions.terminate`: many sessions in one message,
+each answered (or refused) alone."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sokovan.admission.parse import keywords, parse_create, validate
-from sokovan.admission.refusal import Refusal, from_error
-from sokovan.admission.schemas import CreateSessionsPayload, Limits
-from sokovan.errors import InvalidRequest, SokovanError
+from sokovan.admission.parse import keywords, parse_call, parse_create, validate
+from sokovan.admission.refusal import Refusal, from_error, refusal_answer
+from sokovan.admission.schemas import CreateSessionsPayload, Limits, TerminateSessionsPayload
+from sokovan.errors import InvalidRequest, NotFound, SokovanError
 from sokovan.ports import SchedulerStore, SecretBinder
 from sokovan.records import SessionRequest
 from sokovan.scheduler.coordinator import Coordinator
-from sokovan.scheduler.handlers import pull_images
-from sokovan.types import JSON, RunTrigger, SessionStatus
+from sokovan.scheduler.handlers import pull_images, schedule_sessions
+from sokovan.scheduler.handlers import terminate_sessions as terminate_handler
+from sokovan.scheduler.transitions import request_termination
+from sokovan.types import JSON, RunTrigger, SessionId, SessionStatus, utcnow
 
 
 async def create_sessions(
@@ -27,10 +30,10 @@ async def create_sessions(
     """Stores the valid requests (placed, or PENDING); one pull run for all the placed ones."""
     given = keywords(["requests"], args, kwargs)
     if isinstance(given, Refusal):
-        return given.to_json()
+        return refusal_answer("sessions create", given)
     payload = validate(CreateSessionsPayload, given, limits)
     if isinstance(payload, Refusal):
-        return payload.to_json()
+        return refusal_answer("sessions create", payload)
     parsed = [parse_create(r, limits) for r in payload.requests]
     valid = [p for p in parsed if isinstance(p, SessionRequest)]
     stored = iter(await repo.submit_sessions(valid, secrets))
@@ -51,3 +54,84 @@ async def create_sessions(
         report = await coordinator.run(pull_images.NAME, RunTrigger.API, placed)
         run_id = report.run_id
     return {"sessions": sessions, "refused": refused, "pull_run_id": run_id}
+
+
+async def terminate_sessions(
+    repo: SchedulerStore, coordinator: Coordinator, args: Sequence[Any], kwargs: Mapping[str, Any]
+) -> JSON:
+    """Ends every named session as `sokovan.session.terminate` ends one, together: the PENDING
+    ones cancelled in one transaction, the live ones moved to TERMINATING at once and ended
+    by one terminate run. Each id gets the single task's answer, in the order sent; an
+    unknown id is refused alone."""
+    payload = parse_call(TerminateSessionsPayload, args, kwargs)
+    if isinstance(payload, Refusal):
+        return refusal_answer("sessions terminate", payload)
+    sids = [SessionId(u) for u in payload.session_ids]
+    unique = list(dict.fromkeys(sids))
+    known = {s.id: s.status for s in await repo.sessions_by_ids(unique)}
+    pending = [s for s in unique if known.get(s) == SessionStatus.PENDING]
+    cancelled = set(await repo.cancel_pending(pending, payload.reason)) if pending else set()
+    if cancelled:
+        # The cancelled sessions may have held the head of their queues.
+        await coordinator.run(schedule_sessions.NAME, RunTrigger.API)
+    # A PENDING session placed before its cancel is ended as a live one.
+    live = [s for s in unique if s in known and s not in cancelled]
+    moved = set(await request_termination(repo, live, payload.reason)) if live else set()
+    now = {s.id: s.status for s in await repo.sessions_by_ids([s for s in live if s not in moved])}
+    terminating = [
+        s for s in live if s in moved or (payload.force and now.get(s) == SessionStatus.TERMINATING)
+    ]
+    if payload.force:
+        # The TERMINATING deadline is now: what cannot be destroyed is given up at once.
+        at = utcnow()
+        for sid in terminating:
+            await repo.set_session_deadline(sid, at)
+    run_id = None
+    if terminating:
+        scope = [str(s) for s in terminating]
+        run_id = (await coordinator.run(terminate_handler.NAME, RunTrigger.API, scope)).run_id
+    return _terminate_answers(
+        sids, known, cancelled, set(terminating), now, run_id=run_id, force=payload.force
+    )
+
+
+def _terminate_answers(
+    sids: Sequence[SessionId],
+    known: Mapping[SessionId, SessionStatus],
+    cancelled: set[SessionId],
+    terminating: set[SessionId],
+    now: Mapping[SessionId, SessionStatus],
+    *,
+    run_id: int | None,
+    force: bool,
+) -> JSON:
+    """One answer per id sent, as `sokovan.session.terminate` gives it, or its refusal."""
+    answers: list[JSON] = []
+    refused: list[JSON] = []
+    for index, sid in enumerate(sids):
+        answer: JSON = {"session_id": str(sid)}
+        if sid not in known:
+            error = NotFound(f"no session with id {sid}")
+            refused.append({"index": index, **from_error(error, f"session_ids[{index}]").to_json()})
+        elif sid in cancelled:
+            answers.append(
+                {
+                    **answer,
+                    "terminating": False,
+                    "status": str(SessionStatus.CANCELLED),
+                    "note": "cancelled while PENDING; no agent was called",
+                }
+            )
+        elif sid in terminating:
+            answers.append({**answer, "terminating": True, "run_id": run_id, "force": force})
+        else:
+            status = now.get(sid, known[sid])
+            answers.append(
+                {
+                    **answer,
+                    "terminating": False,
+                    "status": str(status),
+                    "note": f"session is {status}; nothing to do",
+                }
+            )
+    return {"sessions": answers, "refused": refused, "run_id": run_id}

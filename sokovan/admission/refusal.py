@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -11,6 +12,8 @@ from pydantic import ValidationError
 from sokovan.constants import SECRET_FIELD_NAMES
 from sokovan.errors import SokovanError
 from sokovan.redaction import is_secret_name
+
+log = logging.getLogger(__name__)
 
 # Characters of an offending value echoed in a refusal: enough to recognise it, never a payload.
 REFUSAL_ECHO_CHARS: Final = 40
@@ -99,3 +102,9 @@ def from_error(e: SokovanError, field: str | None = None) -> Refusal:
     if len(text) > 4 * REFUSAL_ECHO_CHARS:
         text = text[: 4 * REFUSAL_ECHO_CHARS] + "..."
     return Refusal(text, type(e).__name__, field)
+
+
+def refusal_answer(task: str, refusal: Refusal) -> dict[str, Any]:
+    """The refusal as a task answers it, logged on one line (a prefix of the input at most)."""
+    log.warning("%s refused: %s", task, refusal.error)
+    return refusal.to_json()

@@ -348,6 +348,24 @@ class CreateSessionsPayload(Payload):
     )
 
 
+class TerminateSessionsPayload(Payload):
+    """`sokovan.sessions.terminate(session_ids=[...], reason, force)`: many in one message."""
+
+    session_ids: list[Uuid] = Field(
+        min_length=1,
+        max_length=C.SESSION_BATCH_MAX,
+        description="Each is answered on its own; an unknown id is a NotFound refusal of that "
+        "id alone.",
+    )
+    reason: Reason = Field(
+        "USER_REQUESTED",
+        description="Printable; recorded on every session, mapped to the agent's lifecycle reason.",
+    )
+    force: StrictBool = Field(
+        False, description="As for `sokovan.session.terminate`, for every session."
+    )
+
+
 SessionStatusName = Literal[
     "PENDING",
     "SCHEDULED",
@@ -484,6 +502,7 @@ PUBLIC_PAYLOADS: Final[dict[str, type[Payload]]] = {
     "sokovan.session.create": CreateSessionRequest,
     "sokovan.sessions.create": CreateSessionsPayload,
     "sokovan.session.terminate": TerminateSessionPayload,
+    "sokovan.sessions.terminate": TerminateSessionsPayload,
     "sokovan.session.touch": TouchSessionPayload,
     "sokovan.handler.run": RunHandlerPayload,
     "sokovan.session.get": GetSessionPayload,

@@ -14,7 +14,7 @@ from sokovan.admission.parse import (
     parse_terminate,
     parse_touch,
 )
-from sokovan.admission.refusal import Refusal, from_error
+from sokovan.admission.refusal import Refusal, from_error, refusal_answer
 from sokovan.admission.schemas import Limits
 from sokovan.config import Settings
 from sokovan.errors import InvalidRequest, NotFound, SokovanError
@@ -26,12 +26,6 @@ from sokovan.scheduler.transitions import request_termination
 from sokovan.types import JSON, RunTrigger, SessionId, SessionStatus, utcnow
 
 log = logging.getLogger(__name__)
-
-
-def _refused(task: str, refusal: Refusal) -> JSON:
-    # The refusal echoes at most a prefix of the input, so this line stays short.
-    log.warning("%s refused: %s", task, refusal.error)
-    return refusal.to_json()
 
 
 class PublicTasks:
@@ -60,11 +54,11 @@ class PublicTasks:
         """Stores a valid request (placed, or PENDING); placed sessions start pulling at once."""
         request = parse_create_call(args, kwargs, self.limits)
         if isinstance(request, Refusal):
-            return _refused("session create", request)
+            return refusal_answer("session create", request)
         try:
             submitted = await self.repository.submit_session(request, self.secrets)
         except InvalidRequest as e:
-            return _refused("session create", from_error(e, e.field))
+            return refusal_answer("session create", from_error(e, e.field))
         sid = str(submitted.session_id)
         if submitted.status == SessionStatus.PENDING:
             log.info("session %s PENDING at position %s", sid, submitted.queue_position)
@@ -80,12 +74,12 @@ class PublicTasks:
         """Cancels a PENDING session, or moves a live one to TERMINATING and terminates it."""
         payload = parse_terminate(args, kwargs)
         if isinstance(payload, Refusal):
-            return _refused("session terminate", payload)
+            return refusal_answer("session terminate", payload)
         sid = SessionId(payload.session_id)
         try:
             session = await self.repository.get_session(sid)
         except NotFound as e:
-            return _refused("session terminate", from_error(e, "session_id"))
+            return refusal_answer("session terminate", from_error(e, "session_id"))
         answer: JSON = {"session_id": str(sid)}
         if session.status == SessionStatus.PENDING and await self._cancel(sid, payload.reason):
             return {
@@ -113,12 +107,12 @@ class PublicTasks:
         """Records the manager's report that a session is in use now (its idle clock restarts)."""
         payload = parse_touch(args, kwargs)
         if isinstance(payload, Refusal):
-            return _refused("session touch", payload)
+            return refusal_answer("session touch", payload)
         sid = SessionId(payload.session_id)
         try:
             session = await self.repository.get_session(sid)
         except NotFound as e:
-            return _refused("session touch", from_error(e, "session_id"))
+            return refusal_answer("session touch", from_error(e, "session_id"))
         if self.activity is None:
             raise SokovanError("no activity store: this worker cannot record touches")
         now = utcnow()
@@ -131,7 +125,7 @@ class PublicTasks:
 
     async def _cancel(self, sid: SessionId, reason: str) -> bool:
         """Cancels a session still PENDING; False if the queue placed it meanwhile."""
-        if not await self.repository.cancel_pending(sid, reason):
+        if not await self.repository.cancel_pending([sid], reason):
             return False
         # The cancelled session may have been the head of its queue.
         await self.coordinator.run(schedule_sessions.NAME, RunTrigger.API)
@@ -154,14 +148,14 @@ class PublicTasks:
         """Starts one run of a handler with the trigger, scope and budget given."""
         payload = parse_run_handler(args, kwargs, self.limits)
         if isinstance(payload, Refusal):
-            return _refused("handler run", payload)
+            return refusal_answer("handler run", payload)
         scope = None if payload.scope is None else [str(x) for x in payload.scope]
         try:
             report = await self.coordinator.run(
                 payload.handler, RunTrigger(payload.trigger), scope, payload.budget
             )
         except SokovanError as e:
-            return _refused("handler run", from_error(e, "handler"))
+            return refusal_answer("handler run", from_error(e, "handler"))
         return {
             "handler": payload.handler,
             "run_id": report.run_id,

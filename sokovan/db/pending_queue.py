@@ -8,7 +8,7 @@ each move guarded by `status = PENDING`, so a concurrent cancel and a placement 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +16,7 @@ import sqlalchemy as sa
 
 from sokovan.db.base import SqlBase
 from sokovan.db.feed import StatusChange, collecting, note
+from sokovan.db.recording import IN_CHUNK
 from sokovan.db.schema import kernels, sessions
 from sokovan.types import (
     AgentId,
@@ -127,31 +128,43 @@ def _cancel_values(reason: str) -> dict[str, Any]:
 class PendingQueue(SqlBase):
     """PENDING sessions: cancelled without an agent call, and their queue positions."""
 
-    def cancel_pending(self, session_id: SessionId, reason: str) -> bool:
-        """Cancels a session still PENDING (it holds no agent); False if it was not PENDING."""
+    def cancel_pending(self, session_ids: Collection[SessionId], reason: str) -> list[SessionId]:
+        """Cancels the sessions still PENDING (they hold no agent), in one transaction; returns
+        those it cancelled (one placed meanwhile, or not PENDING, is left out)."""
         values = _cancel_values(reason)
+        ids = list(dict.fromkeys(session_ids))
+        cancelled: list[SessionId] = []
         changes: list[StatusChange] = []
         with self.engine.begin() as conn, collecting(conn, changes):
-            moved = conn.execute(
-                sessions.update()
-                .where(
-                    sessions.c.id == session_id,
-                    sessions.c.status == str(SessionStatus.PENDING),
-                )
-                .values(**values)
-            ).rowcount
-            if moved:
+            for start in range(0, len(ids), IN_CHUNK):
+                chunk = ids[start : start + IN_CHUNK]
+                moved = [
+                    SessionId(s)
+                    for s in conn.execute(
+                        sessions.update()
+                        .where(
+                            sessions.c.id.in_(chunk),
+                            sessions.c.status == str(SessionStatus.PENDING),
+                        )
+                        .values(**values)
+                        .returning(sessions.c.id)
+                    ).scalars()
+                ]
+                if not moved:
+                    continue
                 conn.execute(
                     kernels.update()
                     .where(
-                        kernels.c.session_id == session_id,
+                        kernels.c.session_id.in_(moved),
                         kernels.c.status == str(KernelStatus.PENDING),
                     )
                     .values(**values)
                 )
-                note(conn, [session_id], values["status"], values["status_changed_at"], reason)
+                cancelled.extend(moved)
+            if cancelled:
+                note(conn, cancelled, values["status"], values["status_changed_at"], reason)
         self.feed.publish(changes)
-        return bool(moved)
+        return cancelled
 
     def pending_count(self) -> int:
         """PENDING sessions in every scaling group."""

@@ -254,11 +254,15 @@ class InMemoryStore:
             if k.status in statuses and k.agent_id in agent_ids and (only is None or k.id in only)
         ]
 
-    async def cancel_pending(self, session_id: SessionId, reason: str) -> bool:
-        moved = await self.transition_sessions(
-            [session_id], SessionStatus.CANCELLED, [SessionStatus.PENDING], status_info=reason
+    async def cancel_pending(
+        self, session_ids: Collection[SessionId], reason: str
+    ) -> list[SessionId]:
+        return await self.transition_sessions(
+            list(dict.fromkeys(session_ids)),
+            SessionStatus.CANCELLED,
+            [SessionStatus.PENDING],
+            status_info=reason,
         )
-        return bool(moved)
 
     async def pending_count(self) -> int:
         return sum(1 for s in self.sessions.values() if s.status == SessionStatus.PENDING)

@@ -252,9 +252,9 @@ def test_cancelling_a_pending_session_frees_its_place(repo: GroupRepo) -> None:
     """SC-AD-007: a PENDING session is cancelled in SQL alone; the queue closes up."""
     subs = fill(repo, 63)
     first, second, third = subs[60:]
-    assert repo.cancel_pending(second.session_id, "USER_REQUESTED")
-    assert not repo.cancel_pending(second.session_id, "USER_REQUESTED")  # once only
-    assert not repo.cancel_pending(subs[0].session_id, "USER_REQUESTED")  # placed: not pending
+    assert repo.cancel_pending([second.session_id], "USER_REQUESTED") == [second.session_id]
+    assert repo.cancel_pending([second.session_id], "USER_REQUESTED") == []  # once only
+    assert repo.cancel_pending([subs[0].session_id], "USER_REQUESTED") == []  # placed: not pending
     cancelled = repo.get_session(second.session_id)
     assert cancelled.status == SessionStatus.CANCELLED and cancelled.status_info == "USER_REQUESTED"
     assert all(k.status == KernelStatus.CANCELLED and k.agent_id is None for k in cancelled.kernels)

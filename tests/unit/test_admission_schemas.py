@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from sokovan.admission.parse import (
+    parse_call,
     parse_create,
     parse_create_call,
     parse_image_name,
@@ -17,7 +18,7 @@ from sokovan.admission.parse import (
     refuse_arguments,
 )
 from sokovan.admission.refusal import INVALID, Refusal, echo
-from sokovan.admission.schemas import Limits
+from sokovan.admission.schemas import Limits, TerminateSessionsPayload
 from sokovan.records import SessionRequest
 from sokovan.types import ClusterMode, NetworkType
 from tests.admission_cases import CASES, IMAGE, Hostile
@@ -32,6 +33,8 @@ def refusal_of(case: Hostile) -> dict[str, Any] | None:
         parsed = parse_create_call((), case.kwargs, LIMITS)
     elif case.task == "sokovan.session.terminate":
         parsed = parse_terminate((), case.kwargs)
+    elif case.task == "sokovan.sessions.terminate":
+        parsed = parse_call(TerminateSessionsPayload, (), case.kwargs)
     elif case.task == "sokovan.handler.run":
         parsed = parse_run_handler((), case.kwargs, LIMITS)
     else:

@@ -62,7 +62,7 @@ def test_every_session_move_is_published_after_commit(engine: sa.Engine) -> None
         repo.create_session(
             session_id=sid, name="s", kernels_=[kernel()], status=SessionStatus.PENDING
         )
-    assert repo.cancel_pending(cancelled, "USER_REQUESTED")
+    assert repo.cancel_pending([cancelled], "USER_REQUESTED") == [cancelled]
     assert schedule_pending(repo).placed == [queued]
     repo.transition_sessions([queued], SessionStatus.RUNNING, [SessionStatus.SCHEDULED])
     repo.transition_sessions([queued], SessionStatus.RUNNING, [SessionStatus.SCHEDULED])  # no-op
