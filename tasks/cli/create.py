@@ -152,7 +152,7 @@ def _submit(
             docs = [{"session_id": r["session_id"]} for r in sent]
             say(as_json, docs, "\n".join(f"session {d['session_id']} sent" for d in docs))
         raise
-    docs = answers if count == 1 else _per_session(answers, count)
+    docs = answers if count == 1 else per_session(answers, count, "pull_run_id")
     for doc, environ in zip(docs, environs, strict=True):
         if store and doc.get("error"):
             store.discard(environ)
@@ -165,7 +165,7 @@ def _send(remote: Remote, requests: list[dict[str, Any]]) -> list[Any]:
         return remote.send_all(names.SESSION_CREATE, [{"request": requests[0]}])
     step = C.SESSION_BATCH_MAX
     chunks = [requests[i : i + step] for i in range(0, len(requests), step)]
-    return remote.send_all(names.SESSIONS_CREATE, [{"requests": c} for c in chunks])
+    return remote.send_all(names.SESSIONS_CREATE, [{"requests": c} for c in chunks], len(requests))
 
 
 def _say_sent(as_json: bool, requests: list[dict[str, Any]], task_ids: list[str]) -> None:
@@ -179,19 +179,26 @@ def _say_sent(as_json: bool, requests: list[dict[str, Any]], task_ids: list[str]
     say(as_json, docs, "\n".join([*lines, f"sent as {len(task_ids)} task(s)"]))
 
 
-def _per_session(answers: list[dict[str, Any]], count: int) -> list[dict[str, Any]]:
-    """The batch answers as one document per request, in the order they were sent."""
+def per_session(
+    answers: list[dict[str, Any]], count: int, run_key: str | None = None
+) -> list[dict[str, Any]]:
+    """The batch tasks' answers as one document per session, in the order they were sent.
+
+    `run_key`: the answer's run id each session's document takes (the pull run of a creation).
+    """
     docs: list[dict[str, Any]] = []
     for n, answer in enumerate(answers):
         size = min(C.SESSION_BATCH_MAX, count - n * C.SESSION_BATCH_MAX)
-        if answer.get("error"):  # the whole message refused: each of its requests with it
+        if answer.get("error"):  # the whole message refused: each of its sessions with it
             docs.extend(dict(answer) for _ in range(size))
             continue
         refused = {int(r["index"]): r for r in answer.get("refused", [])}
-        stored = iter(answer.get("sessions", []))
+        answered = iter(answer.get("sessions", []))
         for index in range(size):
             if index in refused:
                 docs.append({k: v for k, v in refused[index].items() if k != "index"})
+            elif run_key is None:
+                docs.append(next(answered))
             else:
-                docs.append({**next(stored), "pull_run_id": answer.get("pull_run_id")})
+                docs.append({**next(answered), run_key: answer.get(run_key)})
     return docs

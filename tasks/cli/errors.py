@@ -14,6 +14,7 @@ from typing import Any
 import sqlalchemy as sa
 import typer
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError as RedisResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from typer import Abort, Exit
 from typer._click.core import Context
@@ -98,9 +99,25 @@ def classify(exc: BaseException) -> tuple[int, str]:
         return EXIT_FAILED, f"failed: the database is read-only: {_first_line(exc)}"
     if isinstance(exc, OverflowError):
         return EXIT_BAD_INPUT, f"refused: a number is out of range: {_first_line(exc)}"
+    if refused := _broker_refusal(exc):
+        # The broker answered, with an error (its memory full, a read-only replica): it is
+        # reachable, and waiting will not help.
+        return EXIT_FAILED, f"failed: the broker refused it: {_first_line(refused)}"
     if isinstance(exc, _unreachable_types()):
         return EXIT_UNREACHABLE, f"unreachable: {_first_line(exc)}"
     return EXIT_FAILED, f"failed: {type(exc).__name__}: {_first_line(exc)}"
+
+
+def _broker_refusal(exc: BaseException) -> BaseException | None:
+    """The broker's error reply behind `exc` (kombu wraps it as a connection error), if any."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, RedisResponseError):
+            return cause
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return None
 
 
 def _read_only(exc: BaseException) -> bool:

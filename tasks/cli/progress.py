@@ -14,7 +14,6 @@ from sokovan.errors import NotFound
 from sokovan.types import (
     TERMINAL_KERNEL_STATUSES,
     TERMINAL_SESSION_STATUSES,
-    KernelStatus,
     SessionId,
     SessionStatus,
 )
@@ -66,11 +65,19 @@ def follow(label: str, poll: Callable[[], Snapshot], deadline: float) -> Snapsho
             time.sleep(POLL_SEC)
 
 
+# Where a session counts as arrived: a PENDING one cancelled by terminate never ran, and
+# ended as asked (its kernels too).
+ARRIVED = {
+    SessionStatus.RUNNING: {str(SessionStatus.RUNNING)},
+    SessionStatus.TERMINATED: {str(SessionStatus.TERMINATED), str(SessionStatus.CANCELLED)},
+}
+
+
 def sessions_snapshot(
     engine: sa.Engine, sids: Sequence[SessionId], until: SessionStatus
 ) -> tuple[Snapshot, dict[SessionId, str]]:
     """Kernels of these sessions as progress (at `until` is done) and each session's status."""
-    target = KernelStatus(str(until))
+    arrived = ARRIVED[until]
     statuses: dict[SessionId, str] = {}
     requested = done = failed = 0
     over = True
@@ -81,13 +88,13 @@ def sessions_snapshot(
         status, kernels = found[sid]
         statuses[sid] = status
         requested += len(kernels)
-        done += sum(1 for k in kernels if k == target)
-        failed += sum(1 for k in kernels if k in TERMINAL_KERNEL_STATUSES and k != target)
+        done += sum(1 for k in kernels if k in arrived)
+        failed += sum(1 for k in kernels if k in TERMINAL_KERNEL_STATUSES and k not in arrived)
         ended = status == str(until) or SessionStatus(status) in TERMINAL_SESSION_STATUSES
         # A start that failed: the launcher hands the session to termination.
         ended = ended or (until == SessionStatus.RUNNING and status == "TERMINATING")
         over = over and ended
-    reached = sum(1 for s in statuses.values() if s == str(until))
+    reached = sum(1 for s in statuses.values() if s in arrived)
     label = f"{reached}/{len(sids)} {until}"
     return Snapshot(label, requested, done, failed, 0, over), statuses
 

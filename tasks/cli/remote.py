@@ -10,6 +10,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from sokovan import constants as C
 from tasks.cli.errors import EXIT_UNREACHABLE, CliError, Unreachable, classify
 from tasks.cli.root import BROKER_CHECK_SEC, CommandRoot, broker_reachable
 
@@ -39,10 +40,13 @@ class Remote:
         """Sends one task; raises Unreachable when the broker does not answer."""
         return self.send_all(name, [kwargs])[0]
 
-    def send_all(self, name: str, calls: Sequence[dict[str, Any]]) -> list[Any]:
+    def send_all(
+        self, name: str, calls: Sequence[dict[str, Any]], sessions: int | None = None
+    ) -> list[Any]:
         """Sends one task per call, in order, over one producer; their AsyncResults.
 
-        A send that fails ends the burst with one error that says how many were sent.
+        A send that fails ends the burst with one error that says how many were sent (and,
+        given the `sessions` the calls carry in batches of SESSION_BATCH_MAX, how many of them).
         """
         self._check_broker()
         app = self.root.app
@@ -58,7 +62,7 @@ class Remote:
             # retries for about 20 s and prints tracebacks: these answers are not awaited.
             for result in results:
                 result.backend = None
-            raise self._cut_short(e, len(results), len(calls)) from e
+            raise self._cut_short(e, len(results), len(calls), sessions) from e
         return results
 
     def _check_broker(self) -> None:
@@ -73,11 +77,16 @@ class Remote:
             )
         self._broker_seen = True
 
-    def _cut_short(self, error: BaseException, sent: int, total: int) -> CutShort:
+    def _cut_short(
+        self, error: BaseException, sent: int, total: int, sessions: int | None = None
+    ) -> CutShort:
         """The one-line error of a burst that stopped after `sent` of `total` tasks."""
         code, line = classify(error)
         why = line.split(": ", 1)[-1]
         first = f" (the first {sent} in the order given)" if sent else ""
+        if sent and sessions is not None:
+            carried = min(sent * C.SESSION_BATCH_MAX, sessions)
+            first = f" (the first {carried} of {sessions} sessions in the order given)"
         if code == EXIT_UNREACHABLE:
             message = (
                 f"unreachable: the broker at {self.settings.redis_url} stopped answering after "

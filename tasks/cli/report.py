@@ -11,14 +11,8 @@ import typer
 from sokovan.types import SessionId, SessionStatus
 from tasks.cli.common import print_json
 from tasks.cli.errors import EXIT_FAILED, CliError
-from tasks.cli.progress import follow_sessions
+from tasks.cli.progress import ARRIVED, follow_sessions
 from tasks.cli.remote import Remote
-
-# Where a session counts as arrived: a PENDING one cancelled by terminate never ran.
-_ARRIVED = {
-    SessionStatus.RUNNING: {str(SessionStatus.RUNNING)},
-    SessionStatus.TERMINATED: {str(SessionStatus.TERMINATED), str(SessionStatus.CANCELLED)},
-}
 
 
 def _everyone(_: dict[str, Any]) -> bool:
@@ -40,7 +34,7 @@ def follow_and_report(
     for sid, doc in zip(sids, followed, strict=True):
         doc["status"] = statuses.get(sid)
     say(as_json, docs, "\n".join(f"session {sid} {statuses.get(sid)}" for sid in sids))
-    short = [sid for sid in sids if statuses.get(sid) not in _ARRIVED[until]]
+    short = [sid for sid in sids if statuses.get(sid) not in ARRIVED[until]]
     if short:
         sid = short[0]
         others = f" (and {len(short) - 1} more)" if len(short) > 1 else ""

@@ -110,3 +110,45 @@ def test_sc_op_004_ids_printed_when_no_worker_answers(tmp_path: Path, valkey_url
     assert len({uuid.UUID(line.split()[1]) for line in lines}) == 3
     errors = done.stderr.strip().splitlines()
     assert len(errors) == 1 and errors[0].startswith("unreachable: no answer"), done.stderr
+
+
+async def test_sc_op_004_sc_op_005_terminating_a_burst_by_filter_ends_every_session(
+    tmp_path: Path, valkey_url: str
+) -> None:
+    """SC-OP-004 / SC-OP-005: Given one agent with room for 4 one-CPU sessions and 1,500
+    created at once (4 RUNNING, 1,496 PENDING), `session terminate --status pending --status
+    running --yes --wait 120 --json` (two `sokovan.sessions.terminate` messages) exits 0 and
+    prints one document per session: the 4 RUNNING ones TERMINATED through the
+    agent, the 1,496 PENDING ones CANCELLED with no agent call; nothing is left live."""
+    async with running_cluster(
+        tmp_path, valkey_url, agents=1, runtime="sim", extra_args=["--cpu", "4"]
+    ) as c:
+        made = cli(c, "session", "create", "--image", IMAGE, *ONE_CPU, "--count", "1500",
+                   "--wait", "120", "--json")  # fmt: skip
+        assert made.returncode == 0, made.stderr[-2000:]
+        created = json.loads(made.stdout)["sessions"]
+        assert sorted(s["status"] for s in created).count("RUNNING") == 4
+
+        done = cli(c, "session", "terminate", "--status", "pending", "--status", "running",
+                   "--yes", "--wait", "120", "--json")  # fmt: skip
+
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert "Traceback" not in done.stdout + done.stderr
+        ended = json.loads(done.stdout)["sessions"]
+        assert {s["session_id"] for s in ended} == {s["session_id"] for s in created}
+        by_status: dict[str, int] = {}
+        for s in ended:
+            by_status[s["status"]] = by_status.get(s["status"], 0) + 1
+        assert by_status == {"TERMINATED": 4, "CANCELLED": 1496}, by_status
+        assert all(s["terminating"] == (s["status"] == "TERMINATED") for s in ended)
+        live = c.repo.sessions_in(
+            [
+                s
+                for s in SessionStatus
+                if s not in (SessionStatus.TERMINATED, SessionStatus.CANCELLED)
+            ]
+        )
+        assert live == [], live[:3]
+        runs = c.ledger.list_runs(handler="terminate_sessions", limit=50)
+        destroyed = sum(r.succeeded for r in runs)
+        assert destroyed == 4, runs  # each RUNNING kernel destroyed once, the PENDING never

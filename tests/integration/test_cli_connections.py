@@ -6,17 +6,19 @@ Each test runs a Valkey server of its own, so the server-wide connection counter
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis as sync_redis
 
+from sokovan import constants as C
 from sokovan.db.repository import NewKernel, SchedulerRepository
 from sokovan.embedded import EmbeddedValkey
 from sokovan.types import AgentId, KernelId, ResourceSlot, SessionId, SessionStatus
@@ -85,6 +87,21 @@ def queued(url: str) -> int:
         client.close()
 
 
+def queued_messages(url: str) -> list[dict[str, Any]]:
+    """The task queue's messages, oldest first: each one's task name and keyword arguments."""
+    client = sync_redis.Redis.from_url(url)
+    try:
+        raw = client.lrange(QUEUE, 0, -1)
+    finally:
+        client.close()
+    out = []
+    for item in reversed(raw):
+        message = json.loads(item)
+        _, kwargs, _ = json.loads(base64.b64decode(message["body"]))
+        out.append({"task": message["headers"]["task"], "kwargs": kwargs})
+    return out
+
+
 def terminate_and_count(senv: SchedulerEnv, url: str, ids: list[str]) -> int:
     """Broker connections one `session terminate --wait 0` of these ids opened."""
     before = connections_received(url)
@@ -98,55 +115,65 @@ def terminate_and_count(senv: SchedulerEnv, url: str, ids: list[str]) -> int:
     opened = connections_received(url) - before - 1  # the counter's own client
     assert done.returncode == 0, done.stderr[-2000:]
     assert "Traceback" not in done.stdout + done.stderr
-    assert f"sent as {len(ids)} task(s)" in done.stdout
+    assert f"sent as {-(-len(ids) // C.SESSION_BATCH_MAX)} task(s)" in done.stdout
     return opened
 
 
-def test_terminating_ten_thousand_opens_a_bounded_number_of_connections(
+def test_sc_op_004_terminating_ten_thousand_sends_batches_over_a_handful_of_connections(
     tmp_path: Path, own_valkey: str
 ) -> None:
-    """Given 10,000 RUNNING sessions and no worker, `session terminate` of 100 of their ids
-    and then of all 10,000 (`--wait 0`) each queue one task per id over the same handful of
-    broker connections, exit 0 and say how many they sent."""
+    """SC-OP-004: Given 10,000 RUNNING sessions and no worker, `session terminate` of 100 of
+    their ids and then of all 10,000 (`--wait 0`) queue one `sokovan.sessions.terminate` per
+    1,000 ids (1, then 10) over the same handful of broker connections, exit 0 and say how
+    many tasks they sent; every id is in exactly one message, in the order given."""
     senv = make_env(tmp_path, own_valkey)
     ids = stored_sessions(senv, 10_000)
 
     few = terminate_and_count(senv, own_valkey, ids[:100])
     many = terminate_and_count(senv, own_valkey, ids)
 
-    assert queued(senv.settings.redis_url) == 100 + len(ids)
+    messages = queued_messages(senv.settings.redis_url)
+    assert [m["task"] for m in messages] == ["sokovan.sessions.terminate"] * 11
+    carried = [m["kwargs"]["session_ids"] for m in messages]
+    assert sorted(len(c) for c in carried) == [100] + [1000] * 10
+    assert sorted(i for c in carried if len(c) == 1000 for i in c) == sorted(ids)
     assert few <= CONNECTIONS_PER_COMMAND, few
     assert many <= CONNECTIONS_PER_COMMAND, many
 
 
-def test_a_broker_lost_mid_burst_says_how_many_were_sent(tmp_path: Path) -> None:
-    """Given a terminate of 20,000 ids, when Valkey stops after some of the tasks are queued,
-    the command exits 3 with one line that says how many of the 20,000 were sent."""
+def test_a_broker_that_refuses_writes_mid_burst_says_how_many_were_sent(tmp_path: Path) -> None:
+    """Given a terminate of 20,000 ids (20 batch messages) and a broker whose memory fills
+    after a few of them (maxmemory, noeviction), the command exits 1 with one line that says
+    how many of the 20 tasks, and so of the 20,000 sessions, were sent, and no traceback."""
     url, server = start_valkey(tmp_path)
-    stopped = False
     try:
         senv = make_env(tmp_path, url)
         ids = stored_sessions(senv, 20000)
-        args = [SOKOVAN, "session", "terminate", *ids, "--wait", "0"]
-        with subprocess.Popen(
-            args, env=senv.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        ) as proc:
-            deadline = time.monotonic() + 120
-            while queued(senv.settings.redis_url) < 50 and time.monotonic() < deadline:
-                assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-                time.sleep(0.01)
-            server.stop()
-            stopped = True
-            out, err = proc.communicate(timeout=120)
+        client = sync_redis.Redis.from_url(url)
+        try:
+            used = int(client.info("memory")["used_memory"])
+            client.config_set("maxmemory-policy", "noeviction")
+            client.config_set("maxmemory", str(used + 1_000_000))
+        finally:
+            client.close()
+        done = subprocess.run(
+            [SOKOVAN, "session", "terminate", *ids, "--wait", "0"],
+            env=senv.env,
+            capture_output=True,
+            text=True,
+            timeout=240,
+        )
+        sent = len(queued_messages(senv.settings.redis_url))
     finally:
-        if not stopped:
-            server.stop()
-    assert proc.returncode == 3, (out, err[-2000:])
-    assert "Traceback" not in out + err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err[-2000:]
-    assert lines[0].startswith("unreachable: "), lines[0]
-    assert "of 20000" in lines[0], lines[0]
+        server.stop()
+    assert done.returncode == 1, (done.stdout, done.stderr[-2000:])
+    assert "Traceback" not in done.stdout + done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr[-2000:]
+    assert 0 < sent < 20, sent
+    assert lines[0].startswith(f"failed: {sent} of 20 task(s) sent"), lines[0]
+    assert "the broker refused it: " in lines[0] and "maxmemory" in lines[0], lines[0]
+    assert f"the first {sent * 1000} of 20000 sessions" in lines[0], lines[0]
 
 
 def test_creating_ten_thousand_opens_a_bounded_number_of_connections(
