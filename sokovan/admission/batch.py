@@ -81,11 +81,10 @@ async def terminate_sessions(
     terminating = [
         s for s in live if s in moved or (payload.force and now.get(s) == SessionStatus.TERMINATING)
     ]
-    if payload.force:
-        # The TERMINATING deadline is now: what cannot be destroyed is given up at once.
-        at = utcnow()
-        for sid in terminating:
-            await repo.set_session_deadline(sid, at)
+    if payload.force and terminating:
+        # The TERMINATING deadline is now (one transaction for all): what cannot be destroyed
+        # is given up at once.
+        await repo.bring_deadlines_forward(terminating, utcnow())
     run_id = None
     if terminating:
         scope = [str(s) for s in terminating]
