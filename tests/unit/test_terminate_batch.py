@@ -101,3 +101,29 @@ async def test_a_malformed_batch_is_refused_whole_naming_the_field() -> None:
     over = await terminate_sessions(s.store, s.coordinator, (), {"session_ids": many})
     assert over["field"] == "session_ids", over
     assert s.destroyed() == []
+
+
+async def test_a_batch_delivered_twice_ends_each_session_once() -> None:
+    """A redelivered batch (a worker lost before its ack): the second delivery finds every
+    session ended and says so; no kernel is destroyed twice and no second run is counted."""
+    s = TerminateStubs(in_memory_ledger)
+    assert s.chord.ctx is not None
+    s.coordinator.register(schedule_sessions.build(s.chord.ctx))
+    live, (kernel,) = s.add_session(["a1"])
+    pending, _ = s.add_session([None])
+    _in(s, live, SessionStatus.RUNNING, KernelStatus.RUNNING)
+    _in(s, pending, SessionStatus.PENDING, KernelStatus.PENDING)
+    message = {"session_ids": [str(live), str(pending)]}
+
+    first = await terminate_sessions(s.store, s.coordinator, (), message)
+    again = await terminate_sessions(s.store, s.coordinator, (), message)
+
+    assert [a["terminating"] for a in first["sessions"]] == [True, False]
+    assert again["run_id"] is None
+    assert [(a["terminating"], a["status"]) for a in again["sessions"]] == [
+        (False, "TERMINATED"),
+        (False, "CANCELLED"),
+    ]
+    assert s.destroyed() == [str(kernel)]
+    runs = [r.record for r in s.ledger.runs.values() if r.record.handler == "terminate_sessions"]
+    assert [(r.id, r.succeeded) for r in runs] == [(first["run_id"], 1)]
