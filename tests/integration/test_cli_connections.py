@@ -102,16 +102,21 @@ def queued_messages(url: str) -> list[dict[str, Any]]:
     return out
 
 
-def terminate_and_count(senv: SchedulerEnv, url: str, ids: list[str]) -> int:
-    """Broker connections one `session terminate --wait 0` of these ids opened."""
-    before = connections_received(url)
-    done = subprocess.run(
+def terminate_no_wait(senv: SchedulerEnv, ids: list[str]) -> subprocess.CompletedProcess[str]:
+    """`session terminate --wait 0` of these ids."""
+    return subprocess.run(
         [SOKOVAN, "session", "terminate", *ids, "--wait", "0"],
         env=senv.env,
         capture_output=True,
         text=True,
         timeout=240,
     )
+
+
+def terminate_and_count(senv: SchedulerEnv, url: str, ids: list[str]) -> int:
+    """Broker connections one `session terminate --wait 0` of these ids opened."""
+    before = connections_received(url)
+    done = terminate_no_wait(senv, ids)
     opened = connections_received(url) - before - 1  # the counter's own client
     assert done.returncode == 0, done.stderr[-2000:]
     assert "Traceback" not in done.stdout + done.stderr
@@ -156,13 +161,7 @@ def test_a_broker_that_refuses_writes_mid_burst_says_how_many_were_sent(tmp_path
             client.config_set("maxmemory", str(used + 1_000_000))
         finally:
             client.close()
-        done = subprocess.run(
-            [SOKOVAN, "session", "terminate", *ids, "--wait", "0"],
-            env=senv.env,
-            capture_output=True,
-            text=True,
-            timeout=240,
-        )
+        done = terminate_no_wait(senv, ids)
         sent = len(queued_messages(senv.settings.redis_url))
     finally:
         server.stop()
