@@ -122,3 +122,22 @@ def test_a_benchmark_at_two_sizes_names_the_size_in_its_side_rows() -> None:
         "sweep 1,000,000 kernels / 5000 agents",
         "sweep: fds (1,000,000 kernels / 5,000 agents)",
     ]
+
+
+def test_cancel_bench_prints_its_row_beside_the_single_message_baseline() -> None:
+    """`python -m bench.cancel --sessions 50` ends 50 PENDING sessions both ways and prints
+    one row, its ratio and the tasks each way sent, with nothing left uncancelled."""
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.cancel", "--sessions", "50"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=200,
+        check=False,
+    )
+    out = done.stdout
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "end 50 PENDING sessions: seconds" in out, out
+    assert "FAILED" not in out, out
+    assert "tasks sent: 1 batch message(s) against 50 single ones" in out, out
+    assert "sessions left uncancelled: 0 (batch), 0 (single)" in out, out
