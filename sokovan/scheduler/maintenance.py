@@ -24,6 +24,10 @@ from sokovan.types import AgentId, SessionId, SessionStatus, utcnow
 
 log = logging.getLogger(__name__)
 
+# The handler that carries drains on and marks them done (named here to avoid an import
+# circle: the terminate handler starts it when it empties a draining agent).
+DRAIN_HANDLER = "check_agents"
+
 
 class DrainMode(StrEnum):
     """How a drain ends the agent's sessions."""

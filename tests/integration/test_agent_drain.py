@@ -133,3 +133,29 @@ async def test_drain_of_20_sessions_ends_empty_by_its_deadline_despite_a_killed_
         assert {c.session(s).status_info for s in drained} == {C.AGENT_DRAINED_REASON}
         assert c.session(other).status == SessionStatus.RUNNING
         assert "agent a1" in err and f"{SESSIONS} done" in err, err  # progress, on stderr
+
+
+async def test_sc_op_002_a_drain_is_marked_done_as_its_last_kernel_ends_not_at_a_tick(
+    tmp_path: Path, valkey_url: str
+) -> None:
+    """SC-OP-002: Given three RUNNING sessions on a1, no beat and an agent check interval of an
+    hour, when `sokovan.agents.drain` ends them, a1 reads `drained` within seconds of its last
+    kernel ending: the terminate run that emptied a draining agent starts the agents' check,
+    which marks the drain done; nothing waits for the next tick."""
+    async with cluster_without_worker(
+        tmp_path, valkey_url, agents=2, settings={"agent_ping_interval": "3600"}
+    ) as c:
+        with celery_worker(c.senv, concurrency=2):
+            sids = create_on(c, "a1", 3)
+            for sid in sids:
+                c.wait_status(sid, SessionStatus.RUNNING, timeout=60)
+            answer = c.send("sokovan.agents.drain", agent_id="a1", deadline_seconds=60)
+            assert answer["sessions"] == 3, answer
+            for sid in sids:
+                c.wait_status(sid, SessionStatus.TERMINATED, timeout=60)
+            wait_for(
+                lambda: c.repo.get_agent("a1").maintenance == "drained",
+                timeout=20,
+                what="a1 marked drained once empty",
+            )
+        assert await held_by(c, "a1") == 0

@@ -23,11 +23,11 @@ from sokovan.scheduler.liveness import (
     hand_on_lost_agents,
     returned_with_leftovers,
 )
-from sokovan.scheduler.maintenance import continue_drains
+from sokovan.scheduler.maintenance import DRAIN_HANDLER, continue_drains
 from sokovan.scheduler.transitions import NON_TERMINAL_KERNEL, TERMINATE_HANDLER
 from sokovan.types import RunId
 
-NAME = "check_agents"
+NAME = DRAIN_HANDLER
 LOCK_ID = "LOCKID_SOKOVAN_CHECK_AGENTS"
 
 

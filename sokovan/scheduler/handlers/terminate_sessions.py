@@ -32,6 +32,7 @@ from sokovan.scheduler.handlers.base import (
     Targets,
     Transition,
 )
+from sokovan.scheduler.maintenance import DRAIN_HANDLER
 from sokovan.scheduler.terminator import SessionTerminator
 from sokovan.scheduler.transitions import (
     NON_TERMINAL_KERNEL,
@@ -219,7 +220,18 @@ class TerminateSessions:
         if moved.get(Verdict.OK) or moved.get(Verdict.SKIPPED):
             # Destroyed kernels freed their slots: the pending queue may fit now.
             follow.append((SCHEDULE_SESSIONS, None))
+        if moved.get(Verdict.OK) and await self._on_a_draining_agent(outcomes):
+            # The agents' check marks a drain done once its agent is empty: now, not at its
+            # next tick.
+            follow.append((DRAIN_HANDLER, None))
         return follow
+
+    async def _on_a_draining_agent(self, outcomes: Sequence[ItemOutcome]) -> bool:
+        """Whether a kernel this run destroyed was on an agent being drained."""
+        destroyed_on = {o.agent_id for o in outcomes if o.ok and not o.skipped and o.agent_id}
+        if not destroyed_on:
+            return False
+        return any(a.id in destroyed_on for a in await self.repo.draining_agents())
 
 
 def _note(empty: Sequence[SessionId], split: _Split) -> str | None:
