@@ -73,8 +73,15 @@ async def test_sc_op_004_sigkill_mid_batch_terminate_ends_every_session_once(
     once recovery has freed the dead worker's run), the agents hold no kernel, and each
     RUNNING kernel has exactly one successful destroy in the ledger: a batch delivered again
     ends nothing twice."""
-    settings = {"visibility_timeout": str(REDELIVERY_VISIBILITY_SEC)}
-    async with cluster_without_worker(tmp_path, valkey_url, agents=2, settings=settings) as c:
+    # One destroy at a time per agent, 0.5 s each: the live sessions' run lasts about 4 s, so
+    # the kill lands before it ends, however fast the cancellations went.
+    settings = {
+        "visibility_timeout": str(REDELIVERY_VISIBILITY_SEC),
+        "destroy_concurrency": "1",
+    }
+    async with cluster_without_worker(
+        tmp_path, valkey_url, agents=2, settings=settings, latency={"destroy_kernel": 0.5}
+    ) as c:
         agents = sorted(c.agents.agents)
         with celery_worker(c.senv, concurrency=2):
             live = running_sessions(
