@@ -27,18 +27,23 @@ ROWS = (
 )
 
 
-def test_smoke_run_prints_every_benchmark_row_and_exits_0() -> None:
-    """Given tiny sizes, when `python -m bench.all --smoke` runs, every row is printed."""
+def bench_output(module: str, *args: str, timeout: float) -> str:
+    """What `python -m <module> <args>` printed; it must exit 0."""
     done = subprocess.run(
-        [sys.executable, "-m", "bench.all", "--smoke"],
+        [sys.executable, "-m", module, *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=220,
+        timeout=timeout,
         check=False,
     )
-    out = done.stdout
     assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def test_smoke_run_prints_every_benchmark_row_and_exits_0() -> None:
+    """Given tiny sizes, when `python -m bench.all --smoke` runs, every row is printed."""
+    out = bench_output("bench.all", "--smoke", timeout=220)
     for row in ROWS:
         assert row in out, f"missing row {row!r} in:\n{out}"
     assert "FAILED" not in out, out
@@ -127,16 +132,7 @@ def test_a_benchmark_at_two_sizes_names_the_size_in_its_side_rows() -> None:
 def test_cancel_bench_prints_its_row_beside_the_single_message_baseline() -> None:
     """`python -m bench.cancel --sessions 50` ends 50 PENDING sessions both ways and prints
     one row, its ratio and the tasks each way sent, with nothing left uncancelled."""
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.cancel", "--sessions", "50"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=200,
-        check=False,
-    )
-    out = done.stdout
-    assert done.returncode == 0, done.stderr[-3000:]
+    out = bench_output("bench.cancel", "--sessions", "50", timeout=200)
     assert "end 50 PENDING sessions: seconds" in out, out
     assert "FAILED" not in out, out
     assert "tasks sent: 1 batch message(s) against 50 single ones" in out, out
