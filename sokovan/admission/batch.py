@@ -4,6 +4,7 @@ each answered (or refused) alone."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from sokovan.admission.parse import keywords, parse_call, parse_create, validate
@@ -59,29 +60,81 @@ async def create_sessions(
 async def terminate_sessions(
     repo: SchedulerStore, coordinator: Coordinator, args: Sequence[Any], kwargs: Mapping[str, Any]
 ) -> JSON:
-    """Ends every named session as `sokovan.session.terminate` ends one, together: the PENDING
-    ones cancelled in one transaction, the live ones moved to TERMINATING at once and ended
-    by one terminate run. Each id gets the single task's answer, in the order sent; an
-    unknown id is refused alone."""
+    """Ends every named session as `sokovan.session.terminate` ends one, together. Each id
+    gets the single task's answer, in the order sent; an unknown id is refused alone."""
     payload = parse_call(TerminateSessionsPayload, args, kwargs)
     if isinstance(payload, Refusal):
         return refusal_answer("sessions terminate", payload)
     sids = [SessionId(u) for u in payload.session_ids]
+    ending = await end_sessions(repo, coordinator, sids, payload.reason, force=payload.force)
+    answers: list[JSON] = []
+    refused: list[JSON] = []
+    for index, sid in enumerate(sids):
+        answer = ending.answer(sid)
+        if answer is None:
+            error = from_error(ending.unknown(sid), f"session_ids[{index}]")
+            refused.append({"index": index, **error.to_json()})
+        else:
+            answers.append(answer)
+    return {"sessions": answers, "refused": refused, "run_id": ending.run_id}
+
+
+@dataclass(frozen=True)
+class Ending:
+    """What ending some sessions did to each of them."""
+
+    known: Mapping[SessionId, SessionStatus]  # as they were found
+    cancelled: frozenset[SessionId]
+    terminating: frozenset[SessionId]  # ended by the run `run_id`
+    now: Mapping[SessionId, SessionStatus]  # the others, as they are now
+    run_id: int | None
+    force: bool
+
+    def answer(self, sid: SessionId) -> JSON | None:
+        """The task's answer for one session; None for a session that does not exist."""
+        if sid not in self.known:
+            return None
+        answer: JSON = {"session_id": str(sid)}
+        if sid in self.cancelled:
+            status, note = SessionStatus.CANCELLED, "cancelled while PENDING; no agent was called"
+        elif sid in self.terminating:
+            return {**answer, "terminating": True, "run_id": self.run_id, "force": self.force}
+        else:
+            status = self.now.get(sid, self.known[sid])
+            note = f"session is {status}; nothing to do"
+        return {**answer, "terminating": False, "status": str(status), "note": note}
+
+    @staticmethod
+    def unknown(sid: SessionId) -> NotFound:
+        return NotFound(f"no session with id {sid}")
+
+
+async def end_sessions(
+    repo: SchedulerStore,
+    coordinator: Coordinator,
+    sids: Sequence[SessionId],
+    reason: str,
+    *,
+    force: bool,
+) -> Ending:
+    """The one way sessions are ended on request: the PENDING ones cancelled in one
+    transaction (and their queues run once), the live ones moved to TERMINATING at once and
+    ended by one terminate run; `force` gives up at once what cannot be destroyed."""
     unique = list(dict.fromkeys(sids))
     known = {s.id: s.status for s in await repo.sessions_by_ids(unique)}
     pending = [s for s in unique if known.get(s) == SessionStatus.PENDING]
-    cancelled = set(await repo.cancel_pending(pending, payload.reason)) if pending else set()
+    cancelled = set(await repo.cancel_pending(pending, reason)) if pending else set()
     if cancelled:
         # The cancelled sessions may have held the head of their queues.
         await coordinator.run(schedule_sessions.NAME, RunTrigger.API)
     # A PENDING session placed before its cancel is ended as a live one.
     live = [s for s in unique if s in known and s not in cancelled]
-    moved = set(await request_termination(repo, live, payload.reason)) if live else set()
+    moved = set(await request_termination(repo, live, reason)) if live else set()
     now = {s.id: s.status for s in await repo.sessions_by_ids([s for s in live if s not in moved])}
     terminating = [
-        s for s in live if s in moved or (payload.force and now.get(s) == SessionStatus.TERMINATING)
+        s for s in live if s in moved or (force and now.get(s) == SessionStatus.TERMINATING)
     ]
-    if payload.force and terminating:
+    if force and terminating:
         # The TERMINATING deadline is now (one transaction for all): what cannot be destroyed
         # is given up at once.
         await repo.bring_deadlines_forward(terminating, utcnow())
@@ -89,48 +142,6 @@ async def terminate_sessions(
     if terminating:
         scope = [str(s) for s in terminating]
         run_id = (await coordinator.run(terminate_handler.NAME, RunTrigger.API, scope)).run_id
-    return _terminate_answers(
-        sids, known, cancelled, set(terminating), now, run_id=run_id, force=payload.force
+    return Ending(
+        known, frozenset(cancelled), frozenset(terminating), now, run_id=run_id, force=force
     )
-
-
-def _terminate_answers(
-    sids: Sequence[SessionId],
-    known: Mapping[SessionId, SessionStatus],
-    cancelled: set[SessionId],
-    terminating: set[SessionId],
-    now: Mapping[SessionId, SessionStatus],
-    *,
-    run_id: int | None,
-    force: bool,
-) -> JSON:
-    """One answer per id sent, as `sokovan.session.terminate` gives it, or its refusal."""
-    answers: list[JSON] = []
-    refused: list[JSON] = []
-    for index, sid in enumerate(sids):
-        answer: JSON = {"session_id": str(sid)}
-        if sid not in known:
-            error = NotFound(f"no session with id {sid}")
-            refused.append({"index": index, **from_error(error, f"session_ids[{index}]").to_json()})
-        elif sid in cancelled:
-            answers.append(
-                {
-                    **answer,
-                    "terminating": False,
-                    "status": str(SessionStatus.CANCELLED),
-                    "note": "cancelled while PENDING; no agent was called",
-                }
-            )
-        elif sid in terminating:
-            answers.append({**answer, "terminating": True, "run_id": run_id, "force": force})
-        else:
-            status = now.get(sid, known[sid])
-            answers.append(
-                {
-                    **answer,
-                    "terminating": False,
-                    "status": str(status),
-                    "note": f"session is {status}; nothing to do",
-                }
-            )
-    return {"sessions": answers, "refused": refused, "run_id": run_id}

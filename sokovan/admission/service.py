@@ -8,6 +8,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from sokovan.admission.batch import end_sessions
 from sokovan.admission.parse import (
     parse_create_call,
     parse_run_handler,
@@ -21,8 +22,7 @@ from sokovan.errors import InvalidRequest, NotFound, SokovanError
 from sokovan.ports import ActivityStore, SchedulerStore, SecretBinder
 from sokovan.scheduler.agents import sync_agents
 from sokovan.scheduler.coordinator import Coordinator
-from sokovan.scheduler.handlers import pull_images, schedule_sessions, terminate_sessions
-from sokovan.scheduler.transitions import request_termination
+from sokovan.scheduler.handlers import pull_images, schedule_sessions
 from sokovan.types import JSON, RunTrigger, SessionId, SessionStatus, utcnow
 
 log = logging.getLogger(__name__)
@@ -76,32 +76,14 @@ class PublicTasks:
         if isinstance(payload, Refusal):
             return refusal_answer("session terminate", payload)
         sid = SessionId(payload.session_id)
-        try:
-            session = await self.repository.get_session(sid)
-        except NotFound as e:
-            return refusal_answer("session terminate", from_error(e, "session_id"))
-        answer: JSON = {"session_id": str(sid)}
-        if session.status == SessionStatus.PENDING and await self._cancel(sid, payload.reason):
-            return {
-                **answer,
-                "terminating": False,
-                "status": str(SessionStatus.CANCELLED),
-                "note": "cancelled while PENDING; no agent was called",
-            }
-        moved = await request_termination(self.repository, [sid], payload.reason)
-        status = (await self.repository.get_session(sid)).status
-        if not moved and not (payload.force and status == SessionStatus.TERMINATING):
-            return {
-                **answer,
-                "terminating": False,
-                "status": str(status),
-                "note": f"session is {status}; nothing to do",
-            }
-        if payload.force:
-            # The TERMINATING deadline is now: what cannot be destroyed is given up at once.
-            await self.repository.set_session_deadline(sid, utcnow())
-        report = await self.coordinator.run(terminate_sessions.NAME, RunTrigger.API, [str(sid)])
-        return {**answer, "terminating": True, "run_id": report.run_id, "force": payload.force}
+        ending = await end_sessions(
+            self.repository, self.coordinator, [sid], payload.reason, force=payload.force
+        )
+        answer = ending.answer(sid)
+        if answer is None:
+            error = from_error(ending.unknown(sid), "session_id")
+            return refusal_answer("session terminate", error)
+        return answer
 
     async def touch_session(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> JSON:
         """Records the manager's report that a session is in use now (its idle clock restarts)."""
@@ -122,14 +104,6 @@ class PublicTasks:
             "status": str(session.status),
             "touched_at": now.isoformat(),
         }
-
-    async def _cancel(self, sid: SessionId, reason: str) -> bool:
-        """Cancels a session still PENDING; False if the queue placed it meanwhile."""
-        if not await self.repository.cancel_pending([sid], reason):
-            return False
-        # The cancelled session may have been the head of its queue.
-        await self.coordinator.run(schedule_sessions.NAME, RunTrigger.API)
-        return True
 
     async def sync_agents(self, redis: Redis) -> JSON:
         """Copies agents' registrations; an agent that joined gets the pending queue a run."""
