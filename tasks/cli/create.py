@@ -7,7 +7,6 @@ from typing import Any
 
 import typer
 
-from sokovan import constants as C
 from sokovan.admission.parse import parse_create
 from sokovan.admission.refusal import Refusal
 from sokovan.admission.schemas import Limits
@@ -16,7 +15,7 @@ from tasks import names
 from tasks.cli.common import JsonOption
 from tasks.cli.errors import BadInput, CliError, refusal
 from tasks.cli.parsing import parse_pairs, parse_slots
-from tasks.cli.remote import CutShort, Remote
+from tasks.cli.remote import Burst, CutShort, Remote, per_task
 from tasks.cli.report import follow_and_report, say
 from tasks.cli.root import root
 
@@ -136,69 +135,36 @@ def _submit(
     ]
     sent: list[dict[str, Any]] = []
     try:
-        results = _send(remote, requests)
+        burst = remote.send_sessions(
+            requests,
+            (names.SESSION_CREATE, lambda one: {"request": one}),
+            (names.SESSIONS_CREATE, lambda many: {"requests": list(many)}),
+        )
         sent = requests
         if not remote.wait:
-            _say_sent(as_json, requests, [r.id for r in results])
+            _say_sent(as_json, requests, burst)
             return None
-        answers = [remote.answer(r) for r in results]
+        docs = burst.answers(remote, "pull_run_id")
     except Exception as e:
         if store:  # nothing will bind these secrets to a session
             for environ in environs:
                 store.discard(environ)
         if isinstance(e, CutShort):
-            sent = requests[: e.sent * (1 if count == 1 else C.SESSION_BATCH_MAX)]
+            sent = requests[: e.sent * per_task(count)]
         if sent:  # the ids asked for, before the one-line error
             docs = [{"session_id": r["session_id"]} for r in sent]
             say(as_json, docs, "\n".join(f"session {d['session_id']} sent" for d in docs))
         raise
-    docs = answers if count == 1 else per_session(answers, count, "pull_run_id")
     for doc, environ in zip(docs, environs, strict=True):
         if store and doc.get("error"):
             store.discard(environ)
     return docs
 
 
-def _send(remote: Remote, requests: list[dict[str, Any]]) -> list[Any]:
-    """One `session.create` for one request, else `sessions.create` per chunk of the maximum."""
-    if len(requests) == 1:
-        return remote.send_all(names.SESSION_CREATE, [{"request": requests[0]}])
-    step = C.SESSION_BATCH_MAX
-    chunks = [requests[i : i + step] for i in range(0, len(requests), step)]
-    return remote.send_all(names.SESSIONS_CREATE, [{"requests": c} for c in chunks], len(requests))
-
-
-def _say_sent(as_json: bool, requests: list[dict[str, Any]], task_ids: list[str]) -> None:
+def _say_sent(as_json: bool, requests: list[dict[str, Any]], burst: Burst) -> None:
     """Each session's id and the task that carries it, when no answer is awaited."""
-    per_task = 1 if len(requests) == 1 else C.SESSION_BATCH_MAX
     docs = [
-        {"session_id": r["session_id"], "task_id": task_ids[n // per_task]}
-        for n, r in enumerate(requests)
+        {"session_id": r["session_id"], "task_id": burst.task_id(n)} for n, r in enumerate(requests)
     ]
     lines = [f"session {d['session_id']} sent" for d in docs]
-    say(as_json, docs, "\n".join([*lines, f"sent as {len(task_ids)} task(s)"]))
-
-
-def per_session(
-    answers: list[dict[str, Any]], count: int, run_key: str | None = None
-) -> list[dict[str, Any]]:
-    """The batch tasks' answers as one document per session, in the order they were sent.
-
-    `run_key`: the answer's run id each session's document takes (the pull run of a creation).
-    """
-    docs: list[dict[str, Any]] = []
-    for n, answer in enumerate(answers):
-        size = min(C.SESSION_BATCH_MAX, count - n * C.SESSION_BATCH_MAX)
-        if answer.get("error"):  # the whole message refused: each of its sessions with it
-            docs.extend(dict(answer) for _ in range(size))
-            continue
-        refused = {int(r["index"]): r for r in answer.get("refused", [])}
-        answered = iter(answer.get("sessions", []))
-        for index in range(size):
-            if index in refused:
-                docs.append({k: v for k, v in refused[index].items() if k != "index"})
-            elif run_key is None:
-                docs.append(next(answered))
-            else:
-                docs.append({**next(answered), run_key: answer.get(run_key)})
-    return docs
+    say(as_json, docs, "\n".join([*lines, f"sent as {len(burst.results)} task(s)"]))

@@ -7,12 +7,20 @@ producer and its one broker connection, however many tasks there are.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from sokovan import constants as C
 from tasks.cli.errors import EXIT_UNREACHABLE, CliError, Unreachable, classify
 from tasks.cli.root import BROKER_CHECK_SEC, CommandRoot, broker_reachable
+
+T = TypeVar("T")
+
+
+def per_task(sessions: int) -> int:
+    """How many sessions each message of a burst carries: one alone goes as the single task."""
+    return 1 if sessions == 1 else C.SESSION_BATCH_MAX
 
 
 class CutShort(CliError):
@@ -65,6 +73,22 @@ class Remote:
             raise self._cut_short(e, len(results), len(calls), sessions) from e
         return results
 
+    def send_sessions(
+        self,
+        items: Sequence[T],
+        one: tuple[str, Callable[[T], dict[str, Any]]],
+        many: tuple[str, Callable[[Sequence[T]], dict[str, Any]]],
+    ) -> Burst:
+        """One session's item goes as the single task `one`; more go as the batch task `many`,
+        a message per SESSION_BATCH_MAX items, in order (the kwargs made by each's function)."""
+        if len(items) == 1:
+            name, kwargs_of = one
+            return Burst(self.send_all(name, [kwargs_of(items[0])]), 1)
+        name, batch_of = many
+        step = C.SESSION_BATCH_MAX
+        calls = [batch_of(items[i : i + step]) for i in range(0, len(items), step)]
+        return Burst(self.send_all(name, calls, len(items)), len(items))
+
     def _check_broker(self) -> None:
         """PINGs the broker before the first send only: one short check per command."""
         if self._broker_seen:
@@ -110,3 +134,47 @@ class Remote:
         if not isinstance(value, dict):
             return {"value": value}
         return value
+
+
+@dataclass
+class Burst:
+    """The messages that carry `sessions` sessions, in the order given (see send_sessions)."""
+
+    results: list[Any]
+    sessions: int
+
+    def task_id(self, n: int) -> str:
+        """The id of the task that carries the n-th session."""
+        return str(self.results[n // per_task(self.sessions)].id)
+
+    def answers(self, remote: Remote, run_key: str | None = None) -> list[dict[str, Any]]:
+        """One document per session, in the order sent (see per_session)."""
+        answers = [remote.answer(r) for r in self.results]
+        if self.sessions == 1:
+            return answers
+        return per_session(answers, self.sessions, run_key)
+
+
+def per_session(
+    answers: list[dict[str, Any]], count: int, run_key: str | None = None
+) -> list[dict[str, Any]]:
+    """The batch tasks' answers as one document per session, in the order they were sent.
+
+    `run_key`: the answer's run id each session's document takes (the pull run of a creation).
+    """
+    docs: list[dict[str, Any]] = []
+    for n, answer in enumerate(answers):
+        size = min(C.SESSION_BATCH_MAX, count - n * C.SESSION_BATCH_MAX)
+        if answer.get("error"):  # the whole message refused: each of its sessions with it
+            docs.extend(dict(answer) for _ in range(size))
+            continue
+        refused = {int(r["index"]): r for r in answer.get("refused", [])}
+        answered = iter(answer.get("sessions", []))
+        for index in range(size):
+            if index in refused:
+                docs.append({k: v for k, v in refused[index].items() if k != "index"})
+            elif run_key is None:
+                docs.append(next(answered))
+            else:
+                docs.append({**next(answered), run_key: answer.get(run_key)})
+    return docs

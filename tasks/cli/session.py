@@ -6,14 +6,13 @@ import time
 
 import typer
 
-from sokovan import constants as C
 from sokovan.db.listing import list_sessions
 from sokovan.db.repository import SchedulerRepository
 from sokovan.types import SessionId, SessionStatus
 from sokovan.views import session_document, session_list_document
 from tasks import names
 from tasks.cli.common import JsonOption, LimitOption, print_json, print_table
-from tasks.cli.create import WAIT_HELP, create, per_session
+from tasks.cli.create import WAIT_HELP, create
 from tasks.cli.errors import BadInput, refusal
 from tasks.cli.parsing import session_id_of, terminate_kwargs
 from tasks.cli.remote import Remote
@@ -157,25 +156,23 @@ def terminate(
     r = root()
     _refuse_unknown(r.repository, sids)
     remote = Remote(r, wait)
-    # One id: the single task; more: the batch task per chunk of its maximum.
-    step = 1 if len(calls) == 1 else C.SESSION_BATCH_MAX
-    if step == 1:
-        results = remote.send_all(names.SESSION_TERMINATE, calls)
-    else:
-        batches = [
-            {"session_ids": session_ids[i : i + step], "reason": reason, "force": force}
-            for i in range(0, len(session_ids), step)
-        ]
-        results = remote.send_all(names.SESSIONS_TERMINATE, batches, len(session_ids))
+    burst = remote.send_sessions(
+        calls,
+        (names.SESSION_TERMINATE, lambda one: one),
+        (
+            names.SESSIONS_TERMINATE,
+            lambda many: {
+                "session_ids": [c["session_id"] for c in many],
+                "reason": reason,
+                "force": force,
+            },
+        ),
+    )
     if not wait:
-        sent = [
-            {"session_id": str(sid), "task_id": results[n // step].id} for n, sid in enumerate(sids)
-        ]
-        say(as_json, sent, f"sent as {len(results)} task(s)")
+        sent = [{"session_id": str(sid), "task_id": burst.task_id(n)} for n, sid in enumerate(sids)]
+        say(as_json, sent, f"sent as {len(burst.results)} task(s)")
         return
-    answers = [remote.answer(r) for r in results]
-    if step > 1:
-        answers = per_session(answers, len(sids))
+    answers = burst.answers(remote)
     refused = [a for a in answers if a.get("error")]
     if refused:
         raise refusal(refused[0])

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from sokovan import constants as C
-from tasks.cli.create import per_session
+from tasks.cli.remote import per_session
 
 
 def test_batch_answers_map_back_to_each_request_in_order() -> None:
