@@ -38,10 +38,16 @@ def call(name: str, timeout: float = 60, **kwargs: Any) -> Any:
 
 def follow(sid: str, wanted: str, timeout: float = 90) -> list[str]:
     """Reads the stream until the session reaches `wanted`; returns the statuses it passed."""
+    return follow_all([sid], wanted, timeout)[sid]
+
+
+def follow_all(sids: list[str], wanted: str, timeout: float = 90) -> dict[str, list[str]]:
+    """Reads the stream until every session reached `wanted`; the statuses each passed."""
     global last
-    passed: list[str] = []
+    passed: dict[str, list[str]] = {sid: [] for sid in sids}
+    waiting = set(sids)
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while waiting and time.monotonic() < deadline:
         reply: Any = stream.xread({STREAM: last}, block=1000)
         for _, entries in reply or []:
             for entry_id, fields in entries:
@@ -49,11 +55,14 @@ def follow(sid: str, wanted: str, timeout: float = 90) -> list[str]:
                 assert set(fields) == FIELDS, fields
                 assert fields["v"] == "1", fields
                 seen.append(fields)
-                if fields["session_id"] == sid:
-                    passed.append(fields["status"])
+                sid = fields["session_id"]
+                if sid in passed:
+                    passed[sid].append(fields["status"])
                     if fields["status"] == wanted:
-                        return passed
-    raise SystemExit(f"session {sid} did not reach {wanted} on the stream: {passed}")
+                        waiting.discard(sid)
+    if waiting:
+        raise SystemExit(f"sessions {sorted(waiting)} did not reach {wanted} on the stream")
+    return passed
 
 
 out: dict[str, Any] = {}
@@ -75,6 +84,14 @@ while True:
         break
     time.sleep(0.5)
 out["run"] = run
+# Many sessions in one message each way; an unknown id is refused alone.
+batch = call("sokovan.sessions.create", requests=[{"image": os.environ["IMAGE"]}] * 3)
+out["batch_created"] = batch
+ids = [s["session_id"] for s in batch["sessions"]]
+out["batch_to_running"] = follow_all(ids, "RUNNING")
+unknown = "00000000-0000-0000-0000-000000000002"
+out["batch_terminate"] = call("sokovan.sessions.terminate", session_ids=[*ids, unknown])
+out["batch_to_terminated"] = follow_all(ids, "TERMINATED")
 out["refused_id"] = call("sokovan.session.get", session_id="not-an-id")
 out["unknown_id"] = call("sokovan.session.get", session_id="00000000-0000-0000-0000-000000000001")
 out["refused_limit"] = call("sokovan.session.list", limit=100000)

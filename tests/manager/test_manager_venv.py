@@ -19,7 +19,8 @@ SCRIPT = Path(__file__).with_name("manager_script.py")
 async def test_sc_op_011_manager_with_celery_only_follows_sessions(
     tmp_path: Path, valkey_url: str, manager_python: Path
 ) -> None:
-    """SC-OP-011: create, follow to RUNNING, terminate, follow to TERMINATED, read the run.
+    """SC-OP-011: create, follow to RUNNING, terminate, follow to TERMINATED, read the run;
+    then three sessions created and ended by the batch tasks, an unknown id refused alone.
 
     Given a worker, beat and two reference agents (process kernels),
     when a script in a venv holding only `celery[redis]` drives them by the documented task
@@ -58,6 +59,17 @@ async def test_sc_op_011_manager_with_celery_only_follows_sessions(
     assert run["handler"] == "terminate_sessions" and run["status"] == "succeeded"
     assert run["succeeded"] == 1 and run["failed"] == 0
     assert [i["result"] for i in run["items"]] == ["ok"] and run["items_more"] == 0
+    batch = out["batch_created"]
+    ids = [s["session_id"] for s in batch["sessions"]]
+    assert len(set(ids)) == 3 and batch["refused"] == [], batch
+    assert all(p[-1] == "RUNNING" for p in out["batch_to_running"].values())
+    ended = out["batch_terminate"]
+    assert [a["session_id"] for a in ended["sessions"]] == ids
+    assert all(a["terminating"] and a["run_id"] == ended["run_id"] for a in ended["sessions"])
+    [refused] = ended["refused"]
+    assert refused["index"] == 3 and refused["kind"] == "NotFound"
+    assert refused["field"] == "session_ids[3]"
+    assert all(p[-2:] == ["TERMINATING", "TERMINATED"] for p in out["batch_to_terminated"].values())
     assert out["refused_id"]["kind"] == "InvalidRequest"
     assert out["refused_id"]["field"] == "session_id"
     assert out["unknown_id"]["kind"] == "NotFound"
