@@ -6,14 +6,15 @@ Field names are stable (README, "JSON output"); datetimes are ISO 8601 strings i
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from datetime import datetime
 from typing import Any
 
 from sokovan.db.ledger import RunLedger
 from sokovan.db.listing import list_sessions
 from sokovan.db.repository import SchedulerRepository
-from sokovan.types import RunId, RunItemRecord, RunRecord, SessionId
+from sokovan.scheduler.deadlines import deadline_of
+from sokovan.types import RunId, RunItemRecord, RunRecord, SessionId, SessionStatus
 
 JSON = dict[str, Any]
 
@@ -22,8 +23,17 @@ def iso(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
 
 
-def session_document(repo: SchedulerRepository, sid: SessionId) -> JSON:
-    """A session with its kernels and error info (`session show --json`); raises NotFound."""
+def session_document(
+    repo: SchedulerRepository,
+    sid: SessionId,
+    deadlines: Mapping[SessionStatus, float] | None = None,
+) -> JSON:
+    """A session with its kernels and error info (`session show --json`); raises NotFound.
+
+    With `deadlines` (seconds per state, see `state_deadlines`), `deadline_at` says when the
+    session's current state gives up; each kernel's failed destroy attempts and last error
+    say why it has not ended yet.
+    """
     s = repo.get_session(sid)
     kernels = [
         {
@@ -33,9 +43,12 @@ def session_document(repo: SchedulerRepository, sid: SessionId) -> JSON:
             "status": str(k.status),
             "image": k.image,
             "occupied_slots": k.occupied_slots.to_json(),
+            "attempts": int(k.status_data.get("attempts") or 0),
+            "last_error": k.status_data.get("last_error"),
         }
         for k in s.kernels
     ]
+    seconds = (deadlines or {}).get(s.status)
     return {
         "id": str(s.id),
         "name": s.name,
@@ -45,6 +58,7 @@ def session_document(repo: SchedulerRepository, sid: SessionId) -> JSON:
         "network_type": str(s.network_type),
         "network_id": s.network_id,
         "error": repo.session_status_data(s.id).get("error"),
+        "deadline_at": None if seconds is None else iso(deadline_of(s, seconds)),
         "kernels": kernels,
     }
 

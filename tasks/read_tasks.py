@@ -13,6 +13,7 @@ from sokovan.admission.parse import parse_call
 from sokovan.admission.refusal import Refusal, from_error
 from sokovan.admission.schemas import GetRunPayload, GetSessionPayload, ListSessionsPayload
 from sokovan.errors import NotFound
+from sokovan.scheduler.handlers import state_deadlines
 from sokovan.types import RunId, SessionId
 from sokovan.views import run_document, session_document, session_list_document
 from tasks import names
@@ -34,8 +35,9 @@ def get_session(*args: Any, **kwargs: Any) -> dict[str, Any]:
     if isinstance(payload, Refusal):
         return _refused(names.SESSION_GET, payload)
     try:
-        repository = runtime().services.repository.sync
-        return session_document(repository, SessionId(payload.session_id))
+        services = runtime().services
+        deadlines = state_deadlines(services.settings)
+        return session_document(services.repository.sync, SessionId(payload.session_id), deadlines)
     except NotFound as e:
         return _refused(names.SESSION_GET, from_error(e, "session_id"))
 

@@ -8,7 +8,8 @@ import typer
 
 from sokovan.db.listing import list_sessions
 from sokovan.db.repository import SchedulerRepository
-from sokovan.types import SessionId, SessionStatus
+from sokovan.scheduler.handlers import give_up_in, state_deadlines
+from sokovan.types import KernelStatus, SessionId, SessionStatus
 from sokovan.views import session_document, session_list_document
 from tasks import names
 from tasks.cli.common import JsonOption, LimitOption, print_json, print_table
@@ -76,8 +77,10 @@ def show(
     session_id: str = typer.Argument(..., help="The session's id (see `sokovan session list`)."),
     as_json: bool = JsonOption,
 ) -> None:
-    """Shows a session, its kernels and any error info."""
-    doc = session_document(root().repository, session_id_of(session_id))
+    """Shows a session, its kernels and any error info; in a state with a deadline, when it
+    gives up, and why its kernels have not moved yet."""
+    r = root()
+    doc = session_document(r.repository, session_id_of(session_id), state_deadlines(r.settings))
     if as_json:
         print_json(doc)
         return
@@ -91,6 +94,9 @@ def show(
     )
     if doc["error"]:
         typer.echo(f"  error: {doc['error']}")
+    give_up = give_up_in(SessionStatus(doc["status"]))
+    if doc["deadline_at"] and give_up is not None:
+        typer.echo(f"  {doc['status']} gives up at {doc['deadline_at']}: {give_up.then}")
     rows = [
         (
             k["id"],
@@ -103,6 +109,12 @@ def show(
         for k in doc["kernels"]
     ]
     print_table(("KERNEL", "HOST", "AGENT", "STATUS", "IMAGE", "SLOTS"), rows)
+    for k in doc["kernels"]:
+        if k["last_error"] and k["status"] == str(KernelStatus.TERMINATING):
+            typer.echo(
+                f"kernel {k['id']}: {k['attempts']} failed destroy attempt(s), the last: "
+                f"{k['last_error']} (`session terminate --force` gives it up now)"
+            )
 
 
 app.command()(create)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -21,6 +23,7 @@ from sokovan.types import (
 )
 from tests.agents import set_fault
 from tests.cluster import Cluster, ghost_agent, kernel_rows, running_cluster
+from tests.services import run_cli
 from tests.workers import wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
@@ -166,6 +169,47 @@ async def test_sc_dl_005_force_on_unreachable_and_on_answering_agents(
         assert rows[str(k_fine.id)][0] == "TERMINATED"
         assert rows[str(k_fine.id)][1] != "FORCE_TERMINATED"
         assert _forced_outcomes(c, k_stuck.id) and not _forced_outcomes(c, k_fine.id)
+
+
+async def test_sc_dl_001_a_stuck_termination_says_when_it_gives_up_and_why(
+    tmp_path: Path, valkey_url: str
+) -> None:
+    """SC-DL-001 seen by an operator: Given a RUNNING session on a1 whose destroy_kernel
+    hangs and a long TERMINATING deadline, when it is terminated (no force), then
+    `sokovan.session.get` (and `session show --json`) gives `deadline_at`, an hour after the
+    move, and the kernel's failed destroy attempts with the last error naming a1; `session
+    show` says when TERMINATING gives up, what happens then, and that --force gives the
+    kernel up now. A RUNNING session has no deadline and no attempts."""
+    slow = {**FAST, "terminating_deadline": "3600"}
+    async with running_cluster(tmp_path, valkey_url, runtime="sim", settings=slow, beat=True) as c:
+        stuck = _running_on(c, "a1", "stuck")
+        running = c.send("sokovan.session.get", session_id=str(stuck))
+        assert running["deadline_at"] is None
+        assert [(k["attempts"], k["last_error"]) for k in running["kernels"]] == [(0, None)]
+        await set_fault(
+            c.senv.settings.redis_url,
+            "a1",
+            {"op": "hang", "method": "destroy_kernel", "seconds": 120},
+        )
+
+        c.send("sokovan.session.terminate", session_id=str(stuck))
+        moved_at = datetime.now(UTC)
+        wait_for(
+            lambda: c.send("sokovan.session.get", session_id=str(stuck))["kernels"][0]["attempts"],
+            timeout=60,
+            what="a failed destroy attempt recorded",
+        )
+
+        doc = c.send("sokovan.session.get", session_id=str(stuck))
+        assert doc["status"] == "TERMINATING", doc
+        left = (datetime.fromisoformat(doc["deadline_at"]) - moved_at).total_seconds()
+        assert 3500 < left <= 3600, doc["deadline_at"]
+        [kernel] = doc["kernels"]
+        assert kernel["attempts"] >= 1 and "a1" in kernel["last_error"], kernel
+        shown = await asyncio.to_thread(run_cli, c.senv, "session", "show", str(stuck))
+        assert f"TERMINATING gives up at {doc['deadline_at']}: destroy is retried" in shown
+        assert f"kernel {kernel['id']}: " in shown and "failed destroy attempt(s)" in shown
+        assert "`session terminate --force` gives it up now" in shown
 
 
 async def test_sc_dl_003_pull_that_never_completes(tmp_path: Path, valkey_url: str) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from sokovan.config import Settings
 from sokovan.errors import UnknownHandler
 from sokovan.scheduler.handlers import (
     check_agents,
@@ -24,11 +25,12 @@ from sokovan.scheduler.handlers import (
 )
 from sokovan.scheduler.handlers.base import (
     BatchRunner,
+    GiveUp,
     HandlerContext,
     HandlerDeclaration,
     HandlerRuntime,
 )
-from sokovan.types import AgentId, ItemOutcome, Operation
+from sokovan.types import AgentId, ItemOutcome, Operation, SessionStatus
 
 HANDLERS: tuple[HandlerDeclaration, ...] = (
     schedule_sessions.DECLARATION,
@@ -62,6 +64,23 @@ def batch_runners() -> Mapping[Operation, BatchRunner]:
             if runners.setdefault(operation, runner) is not runner:
                 raise ValueError(f"operation {operation} is declared twice with different code")
     return runners
+
+
+def give_up_in(state: SessionStatus) -> GiveUp | None:
+    """The give-up policy of the handler whose deadline bounds this session state, if any."""
+    for d in HANDLERS:
+        if d.give_up is not None and d.give_up.state == state:
+            return d.give_up
+    return None
+
+
+def state_deadlines(settings: Settings) -> dict[SessionStatus, float]:
+    """Seconds a session may stay in each state that has a deadline, as configured."""
+    return {
+        d.give_up.state: d.give_up.deadline(settings)
+        for d in HANDLERS
+        if d.give_up is not None and d.give_up.state is not None
+    }
 
 
 def build_handlers(ctx: HandlerContext) -> list[HandlerRuntime]:

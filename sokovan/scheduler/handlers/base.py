@@ -80,6 +80,8 @@ class GiveUp:
     deadline_setting: str  # Settings field: seconds a target may stay in the state
     attempts_setting: str | None = None  # Settings field: tries before giving up
     then: str = ""  # what the deadline path does, in one line (CLI, docs)
+    # The session state whose time the deadline bounds (None: not a session's state).
+    state: SessionStatus | None = None
 
     def deadline(self, settings: Settings) -> float:
         """Seconds a target may stay in the handler's state, as configured."""

@@ -248,6 +248,7 @@ DECLARATION = HandlerDeclaration(
     build=build,
     batches={Operation.CHECK_AND_PULL: pull_on_agent},
     give_up=GiveUp(
+        state=SessionStatus.PULLING,
         deadline_setting="pulling_deadline",
         attempts_setting="pull_attempts",
         then=(

@@ -237,6 +237,7 @@ DECLARATION = HandlerDeclaration(
     build=build,
     batches={Operation.CREATE_KERNELS: create_on_agent},
     give_up=GiveUp(
+        state=SessionStatus.CREATING,
         deadline_setting="creating_deadline",
         then="the session fails (CREATION_TIMEOUT) and the kernels that were created are destroyed",
     ),

@@ -289,6 +289,7 @@ DECLARATION = HandlerDeclaration(
     build=build,
     batches={Operation.DESTROY_KERNELS: destroy_on_agent},
     give_up=GiveUp(
+        state=SessionStatus.TERMINATING,
         deadline_setting="terminating_deadline",
         then=(
             "destroy is retried with backoff; past the deadline a kernel is TERMINATED"
