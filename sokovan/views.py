@@ -14,7 +14,7 @@ from sokovan.db.ledger import RunLedger
 from sokovan.db.listing import list_sessions
 from sokovan.db.repository import SchedulerRepository
 from sokovan.scheduler.deadlines import deadline_of
-from sokovan.types import RunId, RunItemRecord, RunRecord, SessionId, SessionStatus
+from sokovan.types import KernelStatus, RunId, RunItemRecord, RunRecord, SessionId, SessionStatus
 
 JSON = dict[str, Any]
 
@@ -61,6 +61,19 @@ def session_document(
         "deadline_at": None if seconds is None else iso(deadline_of(s, seconds)),
         "kernels": kernels,
     }
+
+
+def failing_kernel(doc: JSON) -> str | None:
+    """What holds a session document's kernels up: the first TERMINATING kernel with a failed
+    destroy, as one line; None when none has failed."""
+    for k in doc["kernels"]:
+        if k["last_error"] and k["status"] == str(KernelStatus.TERMINATING):
+            error = " ".join(str(k["last_error"]).split())  # one line, whatever the agent said
+            return (
+                f"kernel {k['id']} on {k['agent']}: {k['attempts']} failed destroy attempt(s),"
+                f" the last: {error}"
+            )
+    return None
 
 
 def session_list_document(

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import typer
 
+from sokovan.errors import NotFound
+from sokovan.scheduler.handlers import state_deadlines
 from sokovan.types import SessionId, SessionStatus
+from sokovan.views import failing_kernel, session_document
 from tasks.cli.common import print_json
 from tasks.cli.errors import EXIT_FAILED, CliError
 from tasks.cli.progress import ARRIVED, follow_sessions
 from tasks.cli.remote import Remote
+from tasks.cli.root import CommandRoot
 
 
 def _everyone(_: dict[str, Any]) -> bool:
@@ -34,15 +38,43 @@ def follow_and_report(
     for sid, doc in zip(sids, followed, strict=True):
         doc["status"] = statuses.get(sid)
     say(as_json, docs, "\n".join(f"session {sid} {statuses.get(sid)}" for sid in sids))
-    short = [sid for sid in sids if statuses.get(sid) not in ARRIVED[until]]
+    short = fell_short(remote.root, sids, statuses, until, remote.wait)
     if short:
-        sid = short[0]
-        others = f" (and {len(short) - 1} more)" if len(short) > 1 else ""
-        raise CliError(
-            f"failed: session {sid} is {statuses.get(sid)}, not {until}, after waiting up to "
-            f"{remote.wait:g}s{others} (see `sokovan session show {sid}`)",
-            EXIT_FAILED,
-        )
+        raise short
+
+
+def fell_short(
+    root: CommandRoot,
+    sids: Sequence[SessionId],
+    statuses: Mapping[SessionId, str | None],
+    until: SessionStatus,
+    waited: float,
+) -> CliError | None:
+    """Exit 1 naming the first session that did not reach `until` and what holds it up (a
+    kernel's failed destroys, when its state gives up); None when every one got there."""
+    short = [sid for sid in sids if statuses.get(sid) not in ARRIVED[until]]
+    if not short:
+        return None
+    sid = short[0]
+    others = f" (and {len(short) - 1} more)" if len(short) > 1 else ""
+    held = "".join(f"; {w}" for w in _held_up_by(root, sid))
+    return CliError(
+        f"failed: session {sid} is {statuses.get(sid)}, not {until}, after waiting up to "
+        f"{waited:g}s{others}{held} (see `sokovan session show {sid}`)",
+        EXIT_FAILED,
+    )
+
+
+def _held_up_by(root: CommandRoot, sid: SessionId) -> list[str]:
+    """A kernel's failed destroys and when the session's state gives up, if they are known."""
+    try:
+        doc = session_document(root.repository, sid, state_deadlines(root.settings))
+    except NotFound:  # removed meanwhile: the status line says enough
+        return []
+    why = [failing_kernel(doc)]
+    if doc["deadline_at"]:
+        why.append(f"{doc['status']} gives up at {doc['deadline_at']}")
+    return [w for w in why if w]
 
 
 def say(as_json: bool, docs: list[dict[str, Any]], text: str) -> None:

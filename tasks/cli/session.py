@@ -9,8 +9,8 @@ import typer
 from sokovan.db.listing import list_sessions
 from sokovan.db.repository import SchedulerRepository
 from sokovan.scheduler.handlers import give_up_in, state_deadlines
-from sokovan.types import KernelStatus, SessionId, SessionStatus
-from sokovan.views import session_document, session_list_document
+from sokovan.types import SessionId, SessionStatus
+from sokovan.views import failing_kernel, session_document, session_list_document
 from tasks import names
 from tasks.cli.common import JsonOption, LimitOption, print_json, print_table
 from tasks.cli.create import WAIT_HELP, create
@@ -109,12 +109,9 @@ def show(
         for k in doc["kernels"]
     ]
     print_table(("KERNEL", "HOST", "AGENT", "STATUS", "IMAGE", "SLOTS"), rows)
-    for k in doc["kernels"]:
-        if k["last_error"] and k["status"] == str(KernelStatus.TERMINATING):
-            typer.echo(
-                f"kernel {k['id']}: {k['attempts']} failed destroy attempt(s), the last: "
-                f"{k['last_error']} (`session terminate --force` gives it up now)"
-            )
+    failing = failing_kernel(doc)
+    if failing:
+        typer.echo(f"{failing} (`session terminate --force` gives it up now)")
 
 
 app.command()(create)
@@ -267,4 +264,4 @@ def wait(
     r = root()
     _refuse_unknown(r.repository, sids)
     deadline = time.monotonic() + timeout
-    wait_for_sessions(r.engine(), sids, wanted, timeout, deadline, as_json)
+    wait_for_sessions(r, sids, wanted, timeout, deadline, as_json)

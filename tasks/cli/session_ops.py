@@ -27,6 +27,8 @@ from sokovan.types import (
 from tasks.cli.common import print_json, print_table
 from tasks.cli.errors import EXIT_FAILED, BadInput, CliError, Unreachable
 from tasks.cli.progress import follow_sessions
+from tasks.cli.report import fell_short
+from tasks.cli.root import CommandRoot
 
 # ---- session logs -------------------------------------------------------------------------
 
@@ -120,7 +122,7 @@ ARRIVED = {
 
 
 def wait_for_sessions(
-    engine: sa.Engine,
+    root: CommandRoot,
     sids: Sequence[SessionId],
     until: SessionStatus,
     timeout: float,
@@ -128,7 +130,7 @@ def wait_for_sessions(
     as_json: bool,
 ) -> None:
     """Follows sessions to `until`; exit 0 if all got there, 1 otherwise (one line each)."""
-    statuses = follow_sessions(engine, list(sids), until, deadline)
+    statuses = follow_sessions(root.engine(), list(sids), until, deadline)
     arrived = {sid: statuses.get(sid) in ARRIVED[until] for sid in sids}
     if as_json:
         print_json(
@@ -143,15 +145,9 @@ def wait_for_sessions(
         )
     else:
         typer.echo("\n".join(f"session {sid} {statuses.get(sid)}" for sid in sids))
-    short = [sid for sid in sids if not arrived[sid]]
+    short = fell_short(root, sids, statuses, until, timeout)
     if short:
-        others = f" (and {len(short) - 1} more)" if len(short) > 1 else ""
-        sid = short[0]
-        raise CliError(
-            f"failed: session {sid} is {statuses.get(sid)}, not {until}, after waiting up to "
-            f"{timeout:g}s{others}",
-            EXIT_FAILED,
-        )
+        raise short
 
 
 # ---- terminate by filter ------------------------------------------------------------------

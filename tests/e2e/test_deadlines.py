@@ -23,6 +23,7 @@ from sokovan.types import (
 )
 from tests.agents import set_fault
 from tests.cluster import Cluster, ghost_agent, kernel_rows, running_cluster
+from tests.integration.test_operator_cli import cli as acli_sync
 from tests.services import run_cli
 from tests.workers import wait_for
 
@@ -179,7 +180,8 @@ async def test_sc_dl_001_a_stuck_termination_says_when_it_gives_up_and_why(
     `sokovan.session.get` (and `session show --json`) gives `deadline_at`, an hour after the
     move, and the kernel's failed destroy attempts with the last error naming a1; `session
     show` says when TERMINATING gives up, what happens then, and that --force gives the
-    kernel up now. A RUNNING session has no deadline and no attempts."""
+    kernel up now; `session wait` fails with the same in its one line. A RUNNING session has
+    no deadline and no attempts."""
     slow = {**FAST, "terminating_deadline": "3600"}
     async with running_cluster(tmp_path, valkey_url, runtime="sim", settings=slow, beat=True) as c:
         stuck = _running_on(c, "a1", "stuck")
@@ -208,8 +210,17 @@ async def test_sc_dl_001_a_stuck_termination_says_when_it_gives_up_and_why(
         assert kernel["attempts"] >= 1 and "a1" in kernel["last_error"], kernel
         shown = await asyncio.to_thread(run_cli, c.senv, "session", "show", str(stuck))
         assert f"TERMINATING gives up at {doc['deadline_at']}: destroy is retried" in shown
-        assert f"kernel {kernel['id']}: " in shown and "failed destroy attempt(s)" in shown
+        assert f"kernel {kernel['id']} on a1: " in shown and "failed destroy attempt(s)" in shown
         assert "`session terminate --force` gives it up now" in shown
+        # Waiting on it fails (exit 1) with the same why in its one line.
+        short = await asyncio.to_thread(
+            acli_sync, c, "session", "wait", str(stuck), "--for", "terminated", "--timeout", "1"
+        )
+        assert short.returncode == 1, short.stderr
+        line = short.stderr.strip().splitlines()[-1]  # after the progress bar's last frame
+        assert line.startswith(f"failed: session {stuck} is TERMINATING, not TERMINATED"), line
+        assert f"kernel {kernel['id']} on a1: " in line and "failed destroy attempt(s)" in line
+        assert "TERMINATING gives up at " in line, line
 
 
 async def test_sc_dl_003_pull_that_never_completes(tmp_path: Path, valkey_url: str) -> None:
