@@ -6,15 +6,17 @@ Field names are stable (README, "JSON output"); datetimes are ISO 8601 strings i
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection
 from datetime import datetime
 from typing import Any
 
+from sokovan.config import Settings
 from sokovan.db.ledger import RunLedger
 from sokovan.db.listing import list_sessions
 from sokovan.db.repository import SchedulerRepository
 from sokovan.scheduler.deadlines import deadline_of
-from sokovan.types import KernelStatus, RunId, RunItemRecord, RunRecord, SessionId, SessionStatus
+from sokovan.scheduler.handlers import state_deadlines
+from sokovan.types import KernelStatus, RunId, RunItemRecord, RunRecord, SessionId
 
 JSON = dict[str, Any]
 
@@ -23,16 +25,11 @@ def iso(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
 
 
-def session_document(
-    repo: SchedulerRepository,
-    sid: SessionId,
-    deadlines: Mapping[SessionStatus, float] | None = None,
-) -> JSON:
+def session_document(repo: SchedulerRepository, sid: SessionId, settings: Settings) -> JSON:
     """A session with its kernels and error info (`session show --json`); raises NotFound.
 
-    With `deadlines` (seconds per state, see `state_deadlines`), `deadline_at` says when the
-    session's current state gives up; each kernel's failed destroy attempts and last error
-    say why it has not ended yet.
+    `deadline_at` says when the session's current state gives up (as `settings` bound it),
+    each kernel's failed destroy attempts and last error why it has not ended yet.
     """
     s = repo.get_session(sid)
     kernels = [
@@ -48,7 +45,7 @@ def session_document(
         }
         for k in s.kernels
     ]
-    seconds = (deadlines or {}).get(s.status)
+    seconds = state_deadlines(settings).get(s.status)
     return {
         "id": str(s.id),
         "name": s.name,
@@ -57,7 +54,7 @@ def session_document(
         "cluster_mode": str(s.cluster_mode),
         "network_type": str(s.network_type),
         "network_id": s.network_id,
-        "error": repo.session_status_data(s.id).get("error"),
+        "error": s.status_data.get("error"),
         "deadline_at": None if seconds is None else iso(deadline_of(s, seconds)),
         "kernels": kernels,
     }

@@ -13,7 +13,6 @@ from sokovan.admission.parse import parse_call
 from sokovan.admission.refusal import Refusal, from_error
 from sokovan.admission.schemas import GetRunPayload, GetSessionPayload, ListSessionsPayload
 from sokovan.errors import NotFound
-from sokovan.scheduler.handlers import state_deadlines
 from sokovan.types import RunId, SessionId
 from sokovan.views import run_document, session_document, session_list_document
 from tasks import names
@@ -36,8 +35,8 @@ def get_session(*args: Any, **kwargs: Any) -> dict[str, Any]:
         return _refused(names.SESSION_GET, payload)
     try:
         services = runtime().services
-        deadlines = state_deadlines(services.settings)
-        return session_document(services.repository.sync, SessionId(payload.session_id), deadlines)
+        sid = SessionId(payload.session_id)
+        return session_document(services.repository.sync, sid, services.settings)
     except NotFound as e:
         return _refused(names.SESSION_GET, from_error(e, "session_id"))
 

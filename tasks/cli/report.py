@@ -9,7 +9,6 @@ from typing import Any
 import typer
 
 from sokovan.errors import NotFound
-from sokovan.scheduler.handlers import state_deadlines
 from sokovan.types import SessionId, SessionStatus
 from sokovan.views import failing_kernel, session_document
 from tasks.cli.common import print_json
@@ -68,7 +67,7 @@ def fell_short(
 def _held_up_by(root: CommandRoot, sid: SessionId) -> list[str]:
     """A kernel's failed destroys and when the session's state gives up, if they are known."""
     try:
-        doc = session_document(root.repository, sid, state_deadlines(root.settings))
+        doc = session_document(root.repository, sid, root.settings)
     except NotFound:  # removed meanwhile: the status line says enough
         return []
     why = [failing_kernel(doc)]

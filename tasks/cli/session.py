@@ -8,7 +8,7 @@ import typer
 
 from sokovan.db.listing import list_sessions
 from sokovan.db.repository import SchedulerRepository
-from sokovan.scheduler.handlers import give_up_in, state_deadlines
+from sokovan.scheduler.handlers import give_up_in
 from sokovan.types import SessionId, SessionStatus
 from sokovan.views import failing_kernel, session_document, session_list_document
 from tasks import names
@@ -80,7 +80,7 @@ def show(
     """Shows a session, its kernels and any error info; in a state with a deadline, when it
     gives up, and why its kernels have not moved yet."""
     r = root()
-    doc = session_document(r.repository, session_id_of(session_id), state_deadlines(r.settings))
+    doc = session_document(r.repository, session_id_of(session_id), r.settings)
     if as_json:
         print_json(doc)
         return

@@ -26,7 +26,7 @@ from sokovan.types import (
 )
 from tasks.cli.common import print_json, print_table
 from tasks.cli.errors import EXIT_FAILED, BadInput, CliError, Unreachable
-from tasks.cli.progress import follow_sessions
+from tasks.cli.progress import ARRIVED, follow_sessions
 from tasks.cli.report import fell_short
 from tasks.cli.root import CommandRoot
 
@@ -114,11 +114,6 @@ def kernel_logs(
 # ---- session wait -------------------------------------------------------------------------
 
 WAIT_TARGETS = (SessionStatus.RUNNING, SessionStatus.TERMINATED)
-# Where a session counts as arrived: a PENDING one cancelled by terminate never ran.
-ARRIVED = {
-    SessionStatus.RUNNING: {str(SessionStatus.RUNNING)},
-    SessionStatus.TERMINATED: {str(SessionStatus.TERMINATED), str(SessionStatus.CANCELLED)},
-}
 
 
 def wait_for_sessions(

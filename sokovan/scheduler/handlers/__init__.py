@@ -66,21 +66,22 @@ def batch_runners() -> Mapping[Operation, BatchRunner]:
     return runners
 
 
+# The give-up policy of each session state a handler's deadline bounds.
+_GIVE_UPS: dict[SessionStatus, GiveUp] = {
+    d.give_up.state: d.give_up
+    for d in HANDLERS
+    if d.give_up is not None and d.give_up.state is not None
+}
+
+
 def give_up_in(state: SessionStatus) -> GiveUp | None:
     """The give-up policy of the handler whose deadline bounds this session state, if any."""
-    for d in HANDLERS:
-        if d.give_up is not None and d.give_up.state == state:
-            return d.give_up
-    return None
+    return _GIVE_UPS.get(state)
 
 
 def state_deadlines(settings: Settings) -> dict[SessionStatus, float]:
     """Seconds a session may stay in each state that has a deadline, as configured."""
-    return {
-        d.give_up.state: d.give_up.deadline(settings)
-        for d in HANDLERS
-        if d.give_up is not None and d.give_up.state is not None
-    }
+    return {state: give_up.deadline(settings) for state, give_up in _GIVE_UPS.items()}
 
 
 def build_handlers(ctx: HandlerContext) -> list[HandlerRuntime]:
